@@ -1,0 +1,34 @@
+"""headscope: find, measure and edit the attention heads of transformer models.
+
+Public surface (lazily imported so `import headscope` stays fast):
+    load_model, model_info, capture, reducers, HeadScores
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "headscope.models",
+    "model_info": "headscope.models",
+    "ModelInfo": "headscope.models",
+    "capture": "headscope.capture",
+    "CaptureResult": "headscope.capture",
+    "reducers": "headscope.capture.reducers",
+    "HeadScores": "headscope.results",
+    "TokenScores": "headscope.results",
+    "HeadscopeError": "headscope.errors",
+    "InputError": "headscope.errors",
+    "ModelNotFoundError": "headscope.errors",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = import_module(_LAZY[name])
+        return module if name == "reducers" else getattr(module, name)
+    raise AttributeError(f"module 'headscope' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

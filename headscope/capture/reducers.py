@@ -1,0 +1,140 @@
+"""Reducers fold each layer's activations into per-(prompt, layer, head) statistics at once,
+so nothing of size layers x heads x T x T outlives the layer's hook.
+
+A reducer declares the activations it `needs` ("pattern", "z", "q", "k", "v", "rot_q", "rot_k",
+"attn_scores", "resid_pre", "resid_mid", "resid_post", "attn_out"); the engine hands them over
+for one layer at a time. Query-averaged statistics subclass `QueryMeanReducer` and only write
+`per_query`: a [batch, head, query] statistic and the [batch, query] mask of queries it covers.
+All six are vectorised over heads: no Python loop per head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.info import ModelInfo
+from ..results import HeadScores
+from .context import BatchContext
+
+
+class Reducer:
+    """Base contract. Subclasses set `name`, `needs`, `description` and implement update/result."""
+
+    name = "reducer"
+    needs: tuple[str, ...] = ("pattern",)
+    description = ""
+    higher_is_more = True
+
+    def params(self) -> dict:
+        return {}
+
+    def start(self, info: ModelInfo, n_prompts: int) -> None:
+        raise NotImplementedError
+
+    def update(self, layer: int, acts: dict[str, torch.Tensor], ctx: BatchContext) -> None:
+        raise NotImplementedError
+
+    def result(self, info: ModelInfo, prompts: list[str] | None = None) -> HeadScores:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({params})"
+
+
+class QueryMeanReducer(Reducer):
+    """Mean over a set of queries of a per-query statistic; one value per (prompt, layer, head)."""
+
+    def start(self, info: ModelInfo, n_prompts: int) -> None:
+        self._sums = np.zeros((n_prompts, info.n_layers, info.n_heads))
+        self._counts = np.zeros((n_prompts, info.n_layers))
+
+    def per_query(self, acts: dict[str, torch.Tensor], ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (stat [batch, head, query], covered [batch, query] bool)."""
+        raise NotImplementedError
+
+    def update(self, layer, acts, ctx):
+        stat, covered = self.per_query(acts, ctx)
+        summed = (stat.double() * covered[:, None, :]).sum(-1)  # [batch, head]
+        self._sums[ctx.index, layer] += summed.numpy()
+        self._counts[ctx.index, layer] += covered.sum(-1).numpy()
+
+    def result(self, info, prompts=None):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = self._sums / self._counts[:, :, None]  # NaN where no query was covered
+        values[self._counts == 0] = np.nan
+        return HeadScores(
+            values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+            analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
+            higher_is_more=self.higher_is_more, description=self.description,
+        )
+
+
+class FirstTokenMass(QueryMeanReducer):
+    name = "first_token_mass"
+    description = "Mean attention on position 0 over queries 1..T-1 (the StreamingLLM sink view)."
+
+    def per_query(self, acts, ctx):
+        return acts["pattern"][..., 0], ctx.queries_after_first  # [batch, head, q]
+
+
+class AttentionEntropy(QueryMeanReducer):
+    name = "attention_entropy"
+    description = "Mean Shannon entropy (nats) of each attention row, queries 1..T-1."
+    higher_is_more = True
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]
+        return -torch.special.xlogy(pattern, pattern).sum(-1), ctx.queries_after_first
+
+
+class MeanAttentionDistance(QueryMeanReducer):
+    name = "mean_attention_distance"
+    description = "Mean backward distance sum_j A[i,j](i-j), queries 1..T-1 (Preplan-and-Anchor d)."
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        pos = ctx.positions.to(pattern.dtype)
+        expected_key = pattern @ pos  # [batch, head, q]
+        return pos - expected_key, ctx.queries_after_first
+
+
+class PreviousTokenScore(QueryMeanReducer):
+    name = "previous_token_score"
+    description = "Mean attention from query i to key i-1, queries 1..T-1."
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]
+        prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # [batch, head, q-1] for q = 1..T-1
+        stat = torch.nn.functional.pad(prev, (1, 0))  # align to query index; q=0 is not covered
+        return stat, ctx.queries_after_first
+
+
+class DuplicateTokenScore(QueryMeanReducer):
+    name = "duplicate_token_score"
+    description = "Attention on earlier copies of the query's own token (RazorAttention echo), over queries that have one."
+
+    def per_query(self, acts, ctx):
+        mask = ctx.earlier_same_token.to(acts["pattern"].dtype)  # [batch, q, k]
+        return torch.einsum("bhqk,bqk->bhq", acts["pattern"], mask), ctx.queries_with_earlier_copy
+
+
+class InductionScore(QueryMeanReducer):
+    name = "induction_score"
+    description = "Attention on the tokens right after earlier copies of the query's token (prefix matching), over queries that have one."
+
+    def per_query(self, acts, ctx):
+        mask = ctx.after_earlier_same_token.to(acts["pattern"].dtype)
+        return torch.einsum("bhqk,bqk->bhq", acts["pattern"], mask), ctx.queries_with_earlier_copy
+
+
+DEFAULT_REDUCERS = (
+    FirstTokenMass, AttentionEntropy, MeanAttentionDistance,
+    PreviousTokenScore, DuplicateTokenScore, InductionScore,
+)
+
+
+def default_reducers() -> list[Reducer]:
+    """Fresh instances of the six per-head statistics `headscope report` shows."""
+    return [cls() for cls in DEFAULT_REDUCERS]

@@ -1,0 +1,85 @@
+"""Prompts → lists of token ids → right-padded batches.
+
+Right padding keeps every real token at its natural position (RoPE positions 0..n-1, as in an
+unpadded run), and causal attention means real queries never see the pad keys after them; the
+attention mask is still passed so models and reducers can tell pads apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..models.info import ModelInfo
+
+
+@dataclass
+class TokenBatch:
+    tokens: torch.Tensor  # [batch, pos] long, right-padded
+    attention_mask: torch.Tensor  # [batch, pos] long, 1 = real token
+    lengths: torch.Tensor  # [batch] long
+    index: list[int]  # position of each row in the user's prompt list
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[batch, pos] bool: True for real (non-pad) tokens."""
+        return self.attention_mask.bool()
+
+
+def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = None) -> list[list[int]]:
+    """Normalise prompts (str, list of str, LongTensor [batch, pos], list of id lists) to id lists.
+
+    Raises InputError for an empty prompt list, an empty prompt, or a prompt longer than the
+    model's context, naming the prompt and the fix.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dtype not in (torch.int64, torch.int32) or inputs.ndim not in (1, 2):
+            raise InputError(f"token tensors must be integer [batch, pos] or [pos], got {inputs.dtype} {tuple(inputs.shape)}")
+        inputs = [row.tolist() for row in inputs.reshape(-1, inputs.shape[-1])]
+    if not isinstance(inputs, Sequence) or len(inputs) == 0:
+        raise InputError("no prompts given: pass a non-empty string, list of strings, or token tensor")
+    bos = info.prepend_bos if prepend_bos is None else prepend_bos
+    if bos and info.bos_token_id is None:
+        raise InputError("prepend_bos=True but the tokenizer has no BOS token; pass prepend_bos=False")
+    out = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            if not item.strip():
+                raise InputError(f"prompt {i} is empty (or only whitespace): remove it or give it text")
+            ids = model.tokenizer(item, add_special_tokens=False)["input_ids"]
+            if bos:
+                ids = [info.bos_token_id] + list(ids)
+        else:
+            ids = [int(t) for t in (item.tolist() if isinstance(item, torch.Tensor) else item)]
+        if not ids:
+            raise InputError(f"prompt {i} has no tokens: remove it or give it text")
+        if len(ids) > info.n_ctx:
+            raise InputError(
+                f"prompt {i} has {len(ids)} tokens but {info.name} has a context of {info.n_ctx}: "
+                f"shorten it (or split it) to at most {info.n_ctx} tokens"
+            )
+        vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+        if vocab and (min(ids) < 0 or max(ids) >= vocab):
+            raise InputError(f"prompt {i} has token ids outside the vocabulary 0..{vocab - 1}")
+        out.append(ids)
+    return out
+
+
+def iter_batches(token_lists: list[list[int]], batch_size: int, pad_id: int) -> Iterator[TokenBatch]:
+    """Yield right-padded batches in the user's order."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(token_lists), batch_size):
+        chunk = token_lists[start : start + batch_size]
+        lengths = torch.tensor([len(ids) for ids in chunk])
+        width = int(lengths.max())
+        tokens = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        for row, ids in enumerate(chunk):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        yield TokenBatch(tokens, mask, lengths, list(range(start, start + len(chunk))))

@@ -1,0 +1,97 @@
+"""ModelInfo: what analyzers need to know about a model without poking at the bridge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shape facts of a decoder model, read once from a TransformerBridge.
+
+    Example:
+        >>> from headscope.testing import tiny_model
+        >>> info = model_info(tiny_model())
+        >>> info.kv_group(3)        # GQA: query head 3 reads KV head 3 // group_size
+        1
+    """
+
+    name: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    n_ctx: int
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    prepend_bos: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_group(self, head: int) -> int:
+        """KV head read by query head `head`."""
+        self.check_head(0, head)
+        return head // self.group_size
+
+    def check_head(self, layer: int, head: int) -> None:
+        """Raise InputError naming the valid range when (layer, head) does not exist."""
+        if not 0 <= int(layer) < self.n_layers:
+            raise InputError(
+                f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        if not 0 <= int(head) < self.n_heads:
+            raise InputError(
+                f"head {head} is out of range: {self.name} has heads 0..{self.n_heads - 1} per layer"
+            )
+
+    def check_layers(self, layers) -> list[int]:
+        """Normalise a layer selection (None = all; negatives count from the end)."""
+        if layers is None:
+            return list(range(self.n_layers))
+        out = []
+        for layer in layers:
+            layer = int(layer)
+            if -self.n_layers <= layer < 0:
+                layer += self.n_layers
+            self.check_head(layer, 0)
+            out.append(layer)
+        if not out:
+            raise InputError("layers is empty: pass None for all layers or a non-empty list")
+        return sorted(set(out))
+
+
+def model_info(model) -> ModelInfo:
+    """Read a ModelInfo from a TransformerBridge (cached on the bridge)."""
+    cached = getattr(model, "_headscope_info", None)
+    if cached is not None:
+        return cached
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    if n_heads % n_kv:
+        raise InputError(f"n_heads={n_heads} is not a multiple of n_key_value_heads={n_kv}")
+    tok = getattr(model, "tokenizer", None)
+    info = ModelInfo(
+        name=str(getattr(model, "_headscope_name", None) or cfg.model_name),
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model),
+        n_ctx=int(cfg.n_ctx),
+        bos_token_id=getattr(tok, "bos_token_id", None),
+        pad_token_id=getattr(tok, "pad_token_id", None),
+        prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),
+    )
+    try:
+        model._headscope_info = info
+    except Exception:  # a bridge that refuses attributes still works, just uncached
+        pass
+    return info

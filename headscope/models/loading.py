@@ -1,0 +1,140 @@
+"""load_model: one entry point for the bundled model, local HF folders and cached hub ids."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ModelNotFoundError
+from . import bundled
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def hf_offline():
+    """Force Hugging Face offline mode for the duration of a load.
+
+    The env vars only count if set before huggingface_hub is imported, so the module constant
+    is patched as well; without this TransformerLens spends about a minute retrying the hub
+    for processor files that a local folder does not have.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    saved_const = hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_const
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None):
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with hf_offline():
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32)
+    bridge.eval()
+    if prepend_bos is not None:
+        bridge.cfg.default_prepend_bos = prepend_bos
+    bridge._headscope_name = name
+    return bridge
+
+
+def _load_smollm2(cache_dir, device, dtype):
+    folder = bundled.smollm2_fp32_dir(cache_dir)
+    # SmolLM2's tokenizer adds no BOS; its "bos" <|im_start|> opens chat turns, so raw text is
+    # fed as is (TL would otherwise prepend id 1 to every prompt).
+    return _boot(str(folder), bundled.SMOLLM2_NAME, device, dtype, prepend_bos=False)
+
+
+# Names load_model accepts besides paths and hub ids. Later testbeds register here.
+BUNDLED: dict[str, Callable] = {bundled.SMOLLM2_NAME: _load_smollm2}
+ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
+
+
+def _hub_id_is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # malformed ids raise; they are simply not cached
+        return False
+    return isinstance(hit, str)
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None, device=None, dtype=None, allow_download: bool = False):
+    """Load a model as a TransformerLens 4.x TransformerBridge.
+
+    Args:
+        name_or_path: None (the bundled SmolLM2-135M-Instruct), a bundled name
+            (see `headscope.models.BUNDLED`), a local Hugging Face model folder, or a hub id
+            already in the local HF cache.
+        cache_dir: where the bundled model's fp32 cache lives (default: HEADSCOPE_CACHE or
+            ~/.cache/headscope).
+        device, dtype: passed to the bridge (default CPU, float32).
+        allow_download: let an uncached hub id go to the network. Off by default: headscope
+            is used offline and an uncached id fails at once with a clear message.
+
+    Example:
+        >>> import headscope
+        >>> model = headscope.load_model()          # ~1 s after the first, cached, load
+        >>> model.cfg.n_layers, model.cfg.n_heads
+        (30, 9)
+    """
+    key = ALIASES.get(name_or_path, name_or_path)
+    if isinstance(key, str) and key.lower() in BUNDLED:
+        return BUNDLED[key.lower()](cache_dir, device, dtype)
+
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is a folder but not a Hugging Face model folder (no config.json). "
+                "Fix: point at the folder written by save_pretrained()."
+            )
+        return _boot(str(path), str(name_or_path), device, dtype, prepend_bos=None)
+
+    text = str(name_or_path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelNotFoundError(
+            f"Unknown model {text!r}: not a bundled model ({', '.join(sorted(BUNDLED))}), not an "
+            "existing folder, and not a hub id of the form 'org/name'. "
+            "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
+        )
+    if _hub_id_is_cached(text):
+        with hf_offline():
+            return _boot(text, text, device, dtype, prepend_bos=None)
+    if allow_download:
+        return _boot_online(text, device, dtype)
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    raise ModelNotFoundError(
+        f"{text!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and headscope does not "
+        "download models by default (this machine may be offline; hub retries would hang). "
+        "Fix: download it where there is network (huggingface-cli download "
+        f"{text}) and copy the cache or the saved folder here, pass a local folder, or call "
+        "load_model(..., allow_download=True) if this machine can reach the hub."
+    )
+
+
+def _boot_online(repo_id: str, device, dtype):
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
+    bridge.eval()
+    bridge._headscope_name = repo_id
+    return bridge
