@@ -1,0 +1,86 @@
+"""Peak memory and time: headscope reducer capture vs a plain forward vs TransformerLens caches.
+
+Each mode runs in a fresh subprocess (so allocator state cannot leak between modes). After the
+model is loaded and warmed up, the process's peak-RSS mark is reset (Linux /proc/self/clear_refs),
+so the reported peak is what the forward pass itself added.
+
+Usage: python benchmarks/capture_memory.py [--tokens 1024] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+MODES = {
+    "plain_forward": "model(tokens)  # TransformerLens bridge, no hooks",
+    "headscope_capture": "headscope.capture(model, tokens, default_reducers())  # six per-head statistics",
+    "run_with_cache_patterns": "model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))",
+    "run_with_cache_all": "model.run_with_cache(tokens)  # the usual TL way",
+}
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def child(mode: str, n_tokens: int, repeats: int) -> dict:
+    import torch
+
+    import headscope
+    from headscope.capture import capture, default_reducers
+
+    model = headscope.load_model()
+    tokens = torch.randint(1000, 11000, (1, n_tokens), generator=torch.Generator().manual_seed(0))
+    run = {
+        "plain_forward": lambda: model(tokens),
+        "headscope_capture": lambda: capture(model, tokens, default_reducers(), progress=False),
+        "run_with_cache_patterns": lambda: model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern")),
+        "run_with_cache_all": lambda: model.run_with_cache(tokens),
+    }[mode]
+    with torch.no_grad():
+        run()  # warm-up (allocator, lazy init)
+        times, peaks = [], []
+        for _ in range(repeats):
+            base = _rss_kb("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            start = time.perf_counter()
+            out = run()
+            times.append(time.perf_counter() - start)
+            peaks.append(_rss_kb("VmHWM") - base)
+            del out
+    return {"mode": mode, "seconds": min(times), "peak_mb": min(peaks) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", default=None)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.tokens, args.repeats)))
+        return
+    rows = []
+    for mode in MODES:
+        proc = subprocess.run([sys.executable, __file__, "--child", mode, "--tokens", str(args.tokens),
+                               "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = {r["mode"]: r for r in rows}
+    plain, cached = base["plain_forward"], base["run_with_cache_all"]
+    print(f"SmolLM2-135M-Instruct, {args.tokens} tokens, batch 1, CPU; best of {args.repeats}")
+    print(f"{'mode':<26}{'time s':>9}{'peak MB':>10}{'time/plain':>12}{'mem/plain':>11}{'mem/run_with_cache':>20}")
+    for r in rows:
+        print(f"{r['mode']:<26}{r['seconds']:>9.2f}{r['peak_mb']:>10.0f}{r['seconds'] / plain['seconds']:>12.2f}"
+              f"{r['peak_mb'] / plain['peak_mb']:>11.2f}{r['peak_mb'] / cached['peak_mb']:>20.3f}")
+    for mode, code in MODES.items():
+        print(f"  {mode}: {code}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""Labelled result types every analyzer returns: `HeadScores` (per head) and `TokenScores` (per token).
+
+Kept torch-free on purpose (numpy/pandas here, plotly/pyarrow imported lazily) so results can be
+loaded, tabulated and plotted on a laptop without the model stack installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import html
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from headscope.errors import HeadscopeError, InputError
+
+_FORMAT = {"HeadScores": "headscope.HeadScores", "TokenScores": "headscope.TokenScores"}
+_FORMAT_VERSION = 1
+_PARQUET_KEY = b"headscope"
+# Read once at import: os.umask can only be queried by setting it, which is racy in threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class ResultFileError(HeadscopeError, ValueError):
+    """A saved result file that is truncated, corrupted or not a headscope result."""
+
+
+def _version() -> str:
+    try:
+        from headscope import __version__
+
+        return str(__version__)
+    except Exception:  # a half-installed package must not make results unsavable
+        return "0+unknown"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_path)` on a temp file next to `path`, then os.replace it into place.
+
+    Same directory so os.replace is an atomic rename (no cross-device copy); on any failure the
+    temp file is removed and an existing `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved results should be shareable
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    """Normalise params to plain JSON types up front, so provenance round-trips exactly."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in (sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x)]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)  # paths, dtypes, enums: keep something readable rather than failing the save
+
+
+def _as_array(values: Any, kind: str, ndims: tuple[int, ...]) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{kind}: values must be numeric and rectangular (for a torch tensor pass "
+                         f"t.detach().cpu()): {e}") from None
+    if arr.ndim not in ndims:
+        raise InputError(f"{kind}: values must have {' or '.join(map(str, ndims))} dims, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InputError(f"{kind}: values are empty (shape {arr.shape})")
+    return arr
+
+
+def _encode(arr: np.ndarray) -> list:
+    # NaN -> null keeps the JSON standard; +-inf stay floats (Python's json reads Infinity back).
+    return np.where(np.isnan(arr), None, arr).tolist() if arr.dtype.kind == "f" else arr.tolist()
+
+
+def _rows(x: Any, ind: int) -> str:
+    # One innermost row per line: a 32x32 grid stays ~32 readable lines instead of 1024.
+    if isinstance(x, list) and x and all(isinstance(e, list) for e in x):
+        pad = " " * (ind + 1)
+        return "[\n" + ",\n".join(pad + _rows(e, ind + 1) for e in x) + "\n" + " " * ind + "]"
+    return json.dumps(x, allow_nan=True, ensure_ascii=False)
+
+
+def _dump(doc: dict) -> str:
+    def one(k, v):
+        if k in ("values", "tokens"):
+            return _rows(v, 1)
+        if k in ("dims", "shape"):
+            return json.dumps(v)
+        return json.dumps(v, indent=1, allow_nan=True, ensure_ascii=False).replace("\n", "\n ")
+
+    parts = [f" {json.dumps(k)}: {one(k, v)}" for k, v in doc.items()]
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def _read_json(path: Path, cls: str) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultFileError(f"{path}: not valid JSON (truncated or corrupted file?): {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT[cls]:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ResultFileError(f"{path}: not a saved {cls} (format tag {got!r}, expected {_FORMAT[cls]!r})")
+    missing = {"values", "provenance"} - doc.keys()
+    if missing:
+        raise ResultFileError(f"{path}: {cls} file is missing key(s) {sorted(missing)}")
+    return doc
+
+
+class _Result:
+    """Shared provenance / save plumbing for HeadScores and TokenScores."""
+
+    values: np.ndarray
+    prompts: list[str] | None
+
+    def _init_meta(self, *, name, model, analyzer, params, prompts, description, version, created, extra):
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
+        if prompts is not None:
+            prompts = [str(p) for p in prompts]
+        self.prompts = prompts
+        self._prov = {"name": name, "analyzer": str(analyzer), "params": _jsonable(params or {}),
+                      "model": str(model), "headscope_version": version or _version(),
+                      "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      **extra, "description": str(description)}
+
+    name = property(lambda self: self._prov["name"])
+    model = property(lambda self: self._prov["model"])
+    analyzer = property(lambda self: self._prov["analyzer"])
+    params = property(lambda self: copy.deepcopy(self._prov["params"]))
+    description = property(lambda self: self._prov["description"])
+
+    @property
+    def provenance(self) -> dict:
+        return copy.deepcopy(self._prov)  # a copy: editing it must not silently rewrite the record
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and self.values.shape == other.values.shape
+                and np.array_equal(self.values, other.values, equal_nan=True)
+                and self._prov == other._prov and self.prompts == other.prompts)
+
+    __hash__ = None  # mutable numpy payload
+
+    def allclose(self, other: _Result, atol: float = 1e-8, rtol: float = 0.0) -> bool:
+        """Same shape and values within tolerance (NaN == NaN); ignores provenance."""
+        return (self.values.shape == other.values.shape
+                and bool(np.allclose(self.values, other.values, atol=atol, rtol=rtol, equal_nan=True)))
+
+    def _json_doc(self) -> dict:
+        return {"format": _FORMAT[type(self).__name__], "format_version": _FORMAT_VERSION,
+                "dims": list(self.dims), "shape": list(self.values.shape), "prompts": self.prompts,
+                "provenance": self._prov, "values": _encode(self.values)}
+
+    def _save_json(self, path: Path) -> Path:
+        text = _dump(self._json_doc())
+        return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def _header_html(self, extra: str = "") -> str:
+        p = self._prov
+        params = ", ".join(f"{k}={json.dumps(v)[:40]}" for k, v in list(p["params"].items())[:8])
+        rows = [("model", p["model"] or "—"), ("analyzer", p["analyzer"] or "—"),
+                ("shape", f"{self.values.shape} {self.dims}"), *([("kv heads", extra)] if extra else []),
+                ("params", params or "—")]
+        cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
+                        f"{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return (f"<div><b>{type(self).__name__}: {html.escape(p['name'])}</b>"
+                f"<table style='font-size:smaller'>{cells}</table>")
+
+
+class HeadScores(_Result):
+    """Per-head scores, dims ("layer","head") or ("prompt","layer","head")."""
+
+    def __init__(self, values, *, name: str, n_kv_heads: int | None = None, model: str = "",
+                 analyzer: str = "", params: dict | None = None, prompts: list[str] | None = None,
+                 higher_is_more: bool = True, description: str = "", version: str | None = None,
+                 created: str | None = None):
+        self.values = _as_array(values, "HeadScores", (2, 3))
+        self.dims = ("layer", "head") if self.values.ndim == 2 else ("prompt", "layer", "head")
+        self.n_layers, self.n_heads = self.values.shape[-2:]
+        kv = self.n_heads if n_kv_heads is None else n_kv_heads
+        if isinstance(kv, bool) or not isinstance(kv, (int, np.integer)) or kv < 1 or self.n_heads % kv:
+            raise InputError(f"HeadScores: n_kv_heads={n_kv_heads!r} must be a positive integer dividing "
+                             f"n_heads={self.n_heads} (query heads per KV group must be whole)")
+        self.n_kv_heads = int(kv)
+        if prompts is not None and self.values.ndim == 3 and len(prompts) != self.values.shape[0]:
+            raise InputError(f"HeadScores: {len(prompts)} prompts given but values have "
+                             f"{self.values.shape[0]} along 'prompt' (shape {self.values.shape})")
+        self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
+                        description=description, version=version, created=created,
+                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": bool(higher_is_more)})
+
+    higher_is_more = property(lambda self: self._prov["higher_is_more"])
+
+    @property
+    def kv_group(self) -> np.ndarray:
+        return np.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([[f"L{layer}H{h}" for h in range(self.n_heads)] for layer in range(self.n_layers)])
+
+    def _mean(self) -> np.ndarray:
+        if self.values.ndim == 2:
+            return self.values
+        with warnings.catch_warnings():  # all-NaN heads legitimately stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(self.values, axis=0)
+
+    def mean_over_prompts(self) -> HeadScores:
+        p = self._prov
+        return HeadScores(self._mean(), name=p["name"], n_kv_heads=self.n_kv_heads, model=p["model"],
+                          analyzer=p["analyzer"], params=p["params"], prompts=self.prompts,
+                          higher_is_more=p["higher_is_more"], description=p["description"],
+                          version=p["headscope_version"], created=p["created"])
+
+    def score(self, layer: int, head: int) -> float:
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+            raise InputError(f"L{layer}H{head} out of range: model has {self.n_layers} layers x {self.n_heads} heads")
+        return float(self._mean()[layer, head])
+
+    def top(self, k: int = 10, largest: bool | None = None) -> pd.DataFrame:
+        """The k best heads (prompt-mean if 3-D); NaN heads always sort last."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"top: k must be a positive integer, got {k!r}")
+        largest = self.higher_is_more if largest is None else largest
+        df = self._long(self._mean()[None], with_prompt=False)
+        df = df.sort_values("score", ascending=not largest, na_position="last", kind="stable").head(int(k))
+        df.insert(0, "rank", np.arange(1, len(df) + 1))
+        df = df[["rank", "label", "layer", "head", "kv_group", "score"]].reset_index(drop=True)
+        df.attrs = self.provenance
+        return df
+
+    def _long(self, v3: np.ndarray, with_prompt: bool) -> pd.DataFrame:
+        P, L, H = v3.shape
+        pi, li, hi = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), np.arange(H), indexing="ij"))
+        cols: dict[str, Any] = {}
+        if with_prompt:
+            cols["prompt"] = pi
+            if self.prompts is not None:
+                cols["prompt_text"] = np.asarray(self.prompts, dtype=object)[pi]
+        cols.update(layer=li, head=hi, label=[f"L{layer}H{h}" for layer, h in zip(li, hi)],
+                    kv_group=self.kv_group[hi], score=v3.ravel())
+        return pd.DataFrame(cols)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Long format, one row per (prompt,) layer, head; provenance in df.attrs."""
+        three = self.values.ndim == 3
+        df = self._long(self.values if three else self.values[None], with_prompt=three)
+        df.attrs = self.provenance
+        return df
+
+    def plot(self, **kw):
+        """Interactive heatmap (plotly go.Figure); kwargs go to headscope.viz.figures.head_heatmap."""
+        from headscope.viz.figures import head_heatmap
+
+        return head_heatmap(self, **kw)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically; format by suffix: .json (readable) or .parquet (long table + provenance)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            return self._save_json(path)
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            df = self.to_dataframe()
+            table = pa.table({c: df[c].to_numpy() for c in df.columns})
+            meta = {k: v for k, v in self._json_doc().items() if k != "values"}
+            table = table.replace_schema_metadata({_PARQUET_KEY: json.dumps(meta).encode()})
+            return atomic_write(path, lambda p: pq.write_table(table, p))
+        raise InputError(f"HeadScores.save: unsupported suffix {path.suffix!r} in {path}; use .json or .parquet")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HeadScores:
+        path = Path(path)
+        if path.suffix == ".json":
+            doc = _read_json(path, "HeadScores")
+            try:
+                values = np.array(doc["values"], dtype=np.float64)  # null -> NaN
+            except (TypeError, ValueError) as e:
+                raise ResultFileError(f"{path}: 'values' is not a rectangular numeric array: {e}") from None
+        elif path.suffix == ".parquet":
+            doc, values = _load_parquet(path)
+        else:
+            raise InputError(f"HeadScores.load: unsupported suffix {path.suffix!r} in {path}; use .json or .parquet")
+        if list(values.shape) != doc.get("shape"):
+            raise ResultFileError(f"{path}: values shape {values.shape} != recorded shape {doc.get('shape')}")
+        p = doc["provenance"]
+        try:
+            return cls(values, name=p["name"], n_kv_heads=p["n_kv_heads"], model=p["model"],
+                       analyzer=p["analyzer"], params=p["params"], prompts=doc.get("prompts"),
+                       higher_is_more=p["higher_is_more"], description=p["description"],
+                       version=p["headscope_version"], created=p["created"])
+        except (KeyError, TypeError, InputError) as e:
+            raise ResultFileError(f"{path}: invalid HeadScores provenance/values: {e!r}") from None
+
+    def __repr__(self) -> str:
+        return (f"HeadScores(name={self.name!r}, model={self.model!r}, shape={self.values.shape}, "
+                f"dims={self.dims}, n_kv_heads={self.n_kv_heads})")
+
+    def _repr_html_(self) -> str:
+        kv = f"{self.n_kv_heads} ({self.n_heads // self.n_kv_heads} query heads each)"
+        table = self.top(5).to_html(index=False, na_rep="NaN", float_format="{:.4g}".format)
+        return self._header_html(kv) + table + "</div>"
+
+
+def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types (ArrowInvalid, OSError) for bad files
+        raise ResultFileError(f"{path}: not a readable parquet file (truncated or corrupted?): {e}") from None
+    raw = (table.schema.metadata or {}).get(_PARQUET_KEY)
+    try:
+        doc = json.loads(raw)
+    except (TypeError, ValueError):
+        raise ResultFileError(f"{path}: parquet has no headscope metadata (not saved by HeadScores.save)") from None
+    if doc.get("format") != _FORMAT["HeadScores"] or "provenance" not in doc or "shape" not in doc:
+        raise ResultFileError(f"{path}: headscope metadata is not a HeadScores record")
+    shape = tuple(doc["shape"])
+    idx_cols = ["prompt", "layer", "head"][-len(shape):] if len(shape) in (2, 3) else []
+    missing = set(idx_cols + ["score"]) - set(table.column_names)
+    if not idx_cols or missing:
+        raise ResultFileError(f"{path}: missing column(s) {sorted(missing)} for shape {shape}")
+    idx = tuple(np.asarray(table.column(c).to_numpy(), dtype=np.int64) for c in idx_cols)
+    if any(i.min() < 0 or i.max() >= n for i, n in zip(idx, shape)) or len(idx[0]) != int(np.prod(shape)):
+        raise ResultFileError(f"{path}: index columns do not cover shape {shape} exactly once")
+    values = np.full(shape, np.nan)
+    values[idx] = np.asarray(table.column("score").to_numpy(zero_copy_only=False), dtype=np.float64)
+    return doc, values
+
+
+class TokenScores(_Result):
+    """Per-token scores: values [token] or [prompt, token] (NaN-pad ragged prompts); tokens as strings."""
+
+    def __init__(self, values, *, tokens, name: str, model: str = "", analyzer: str = "",
+                 params: dict | None = None, prompts: list[str] | None = None, description: str = "",
+                 version: str | None = None, created: str | None = None):
+        self.values = _as_array(values, "TokenScores", (1, 2))
+        self.dims = ("token",) if self.values.ndim == 1 else ("prompt", "token")
+        rows = [tokens] if self.values.ndim == 1 else list(tokens)
+        if len(rows) != len(self.values.reshape(-1, self.values.shape[-1])) or any(
+                len(r) > self.values.shape[-1] for r in rows) or any(isinstance(r, str) for r in rows):
+            raise InputError(f"TokenScores: tokens must be a list of strings per prompt, each no longer "
+                             f"than the token axis; values shape {self.values.shape}")
+        self.tokens = [[str(t) for t in r] for r in rows]  # always per-prompt internally
+        if prompts is not None and self.values.ndim == 2 and len(prompts) != self.values.shape[0]:
+            raise InputError(f"TokenScores: {len(prompts)} prompts for {self.values.shape[0]} rows of values")
+        self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
+                        description=description, version=version, created=created, extra={})
+
+    def to_dataframe(self) -> pd.DataFrame:
+        v = self.values.reshape(-1, self.values.shape[-1])
+        recs = [(p, i, t, v[p, i]) for p, row in enumerate(self.tokens) for i, t in enumerate(row)]
+        df = pd.DataFrame(recs, columns=["prompt", "position", "token", "score"])
+        if self.values.ndim == 1:
+            df = df.drop(columns="prompt")
+        elif self.prompts is not None:
+            df.insert(1, "prompt_text", [self.prompts[p] for p in df["prompt"]])
+        df.attrs = self.provenance
+        return df
+
+    def plot(self, **kw):
+        from headscope.viz.figures import token_plot
+
+        return token_plot(self, **kw)
+
+    def _json_doc(self) -> dict:
+        return {**super()._json_doc(), "tokens": self.tokens if self.values.ndim == 2 else self.tokens[0]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        if path.suffix != ".json":
+            raise InputError(f"TokenScores.save: only .json is supported, got {path}")
+        return self._save_json(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TokenScores:
+        path = Path(path)
+        doc = _read_json(path, "TokenScores")
+        p = doc["provenance"]
+        try:
+            return cls(np.array(doc["values"], dtype=np.float64), tokens=doc["tokens"], name=p["name"],
+                       model=p["model"], analyzer=p["analyzer"], params=p["params"],
+                       prompts=doc.get("prompts"), description=p["description"],
+                       version=p["headscope_version"], created=p["created"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ResultFileError(f"{path}: invalid TokenScores file: {e!r}") from None
+
+    def __repr__(self) -> str:
+        return f"TokenScores(name={self.name!r}, model={self.model!r}, shape={self.values.shape}, dims={self.dims})"
+
+    def _repr_html_(self) -> str:
+        return self._header_html() + self.to_dataframe().head(10).to_html(index=False, na_rep="NaN") + "</div>"

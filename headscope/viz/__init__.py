@@ -1,0 +1,17 @@
+"""Figures, static export and HTML reports for headscope results (plotly only; no torch)."""
+
+from headscope.viz.export import BrowserNotFound, export_figure, export_figures, find_browser
+from headscope.viz.figures import head_heatmap, token_plot, top_heads_bar
+from headscope.viz.report import ReportSection, write_report
+
+__all__ = [
+    "BrowserNotFound",
+    "ReportSection",
+    "export_figure",
+    "export_figures",
+    "find_browser",
+    "head_heatmap",
+    "token_plot",
+    "top_heads_bar",
+    "write_report",
+]
