@@ -1,0 +1,35 @@
+"""`headscope report` end to end on the bundled model, through the installed console script."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from headscope.cli import main
+
+
+@pytest.mark.real_model
+def test_report_end_to_end_writes_html_and_figures(tmp_path):
+    out = tmp_path / "rep"
+    exe = shutil.which("headscope") or f"{sys.executable} -m headscope.cli"
+    proc = subprocess.run(exe.split() + ["report", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = (out / "report.html").read_text()
+    assert html.count("<h2") >= 6 and "smollm2-135m-instruct" in html
+    for stat in ["first_token_mass", "attention_entropy", "mean_attention_distance",
+                 "previous_token_score", "duplicate_token_score", "induction_score"]:
+        saved = json.loads((out / "scores" / f"{stat}.json").read_text())
+        assert saved["provenance"]["model"] == "smollm2-135m-instruct"
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert sum(name.endswith(".png") for name in figures) == 6, figures
+    assert sum(name.endswith(".svg") for name in figures) == 6, figures
+    for png in (out / "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reports_user_errors_in_one_line(capsys):
+    assert main(["info", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headscope: error: Unknown model 'no-such-model'") and "Traceback" not in err
