@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .capture import capture
-from .capture.reducers import default_reducers
+from .capture.reducers import DEFAULT_REDUCERS
 from .errors import InputError
 from .inputs.probes import repeated_random_tokens
 from .models import load_model, model_info
@@ -20,6 +20,10 @@ from .viz.report import ReportSection, write_report
 # repeated random tokens, where the right answer is unambiguous.
 TEXT_STATS = ("first_token_mass", "attention_entropy", "mean_attention_distance", "previous_token_score")
 REPEAT_STATS = ("duplicate_token_score", "induction_score")
+
+
+def _reducers(names):
+    return [cls() for cls in DEFAULT_REDUCERS if cls.name in names]
 
 
 def load_prompts(path: str | Path | None = None) -> list[str]:
@@ -48,10 +52,10 @@ def run_report(model=None, out_dir: str | Path = "headscope-report", *, prompts_
     model = model if hasattr(model, "cfg") else load_model(model)
     info = model_info(model)
     prompts = load_prompts(prompts_file)
-    text = capture(model, prompts, default_reducers(), batch_size=batch_size, progress=progress)
+    text = capture(model, prompts, _reducers(TEXT_STATS), batch_size=batch_size, progress=progress)
     probes = repeated_random_tokens(model.cfg.d_vocab, seq_len=repeat_len, n_prompts=n_repeat_prompts, seed=seed,
                                     first_token=info.bos_token_id)
-    repeats = capture(model, probes, default_reducers(), batch_size=batch_size, progress=progress)
+    repeats = capture(model, probes, _reducers(REPEAT_STATS), batch_size=batch_size, progress=progress)
 
     out_dir = Path(out_dir)
     sections, scores_dir = [], out_dir / "scores"

@@ -11,22 +11,19 @@ import datetime as _dt
 import html
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from headscope.errors import HeadscopeError, InputError
+from headscope.fileio import atomic_write, dump_rows_json, encode_nan, jsonable
 
 _FORMAT = {"HeadScores": "headscope.HeadScores", "TokenScores": "headscope.TokenScores"}
 _FORMAT_VERSION = 1
 _PARQUET_KEY = b"headscope"
-# Read once at import: os.umask can only be queried by setting it, which is racy in threads.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class ResultFileError(HeadscopeError, ValueError):
@@ -42,41 +39,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call `write(tmp_path)` on a temp file next to `path`, then os.replace it into place.
-
-    Same directory so os.replace is an atomic rename (no cross-device copy); on any failure the
-    temp file is removed and an existing `path` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved results should be shareable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _jsonable(x: Any) -> Any:
-    """Normalise params to plain JSON types up front, so provenance round-trips exactly."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in (sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x)]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return str(x)  # paths, dtypes, enums: keep something readable rather than failing the save
-
-
 def _as_array(values: Any, kind: str, ndims: tuple[int, ...]) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
@@ -88,31 +50,6 @@ def _as_array(values: Any, kind: str, ndims: tuple[int, ...]) -> np.ndarray:
     if arr.size == 0:
         raise InputError(f"{kind}: values are empty (shape {arr.shape})")
     return arr
-
-
-def _encode(arr: np.ndarray) -> list:
-    # NaN -> null keeps the JSON standard; +-inf stay floats (Python's json reads Infinity back).
-    return np.where(np.isnan(arr), None, arr).tolist() if arr.dtype.kind == "f" else arr.tolist()
-
-
-def _rows(x: Any, ind: int) -> str:
-    # One innermost row per line: a 32x32 grid stays ~32 readable lines instead of 1024.
-    if isinstance(x, list) and x and all(isinstance(e, list) for e in x):
-        pad = " " * (ind + 1)
-        return "[\n" + ",\n".join(pad + _rows(e, ind + 1) for e in x) + "\n" + " " * ind + "]"
-    return json.dumps(x, allow_nan=True, ensure_ascii=False)
-
-
-def _dump(doc: dict) -> str:
-    def one(k, v):
-        if k in ("values", "tokens"):
-            return _rows(v, 1)
-        if k in ("dims", "shape"):
-            return json.dumps(v)
-        return json.dumps(v, indent=1, allow_nan=True, ensure_ascii=False).replace("\n", "\n ")
-
-    parts = [f" {json.dumps(k)}: {one(k, v)}" for k, v in doc.items()]
-    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _read_json(path: Path, cls: str) -> dict:
@@ -141,7 +78,7 @@ class _Result:
         if prompts is not None:
             prompts = [str(p) for p in prompts]
         self.prompts = prompts
-        self._prov = {"name": name, "analyzer": str(analyzer), "params": _jsonable(params or {}),
+        self._prov = {"name": name, "analyzer": str(analyzer), "params": jsonable(params or {}),
                       "model": str(model), "headscope_version": version or _version(),
                       "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       **extra, "description": str(description)}
@@ -171,10 +108,10 @@ class _Result:
     def _json_doc(self) -> dict:
         return {"format": _FORMAT[type(self).__name__], "format_version": _FORMAT_VERSION,
                 "dims": list(self.dims), "shape": list(self.values.shape), "prompts": self.prompts,
-                "provenance": self._prov, "values": _encode(self.values)}
+                "provenance": self._prov, "values": encode_nan(self.values)}
 
     def _save_json(self, path: Path) -> Path:
-        text = _dump(self._json_doc())
+        text = dump_rows_json(self._json_doc())
         return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     def _header_html(self, extra: str = "") -> str:

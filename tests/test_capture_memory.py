@@ -2,6 +2,7 @@
 
 import dataclasses
 import gc
+import warnings
 
 import numpy as np
 import pytest
@@ -43,8 +44,10 @@ def test_reducer_capture_at_1024_tokens_stores_no_patterns(smol):
     assert res.patterns is None
     # Nothing pattern-sized is left alive anywhere in the process either (hooks dropped the stash).
     gc.collect()
-    leftovers = [o.shape for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dim() >= 2
-                 and tuple(o.shape[-2:]) == (T, T)]
+    with warnings.catch_warnings():  # isinstance() on some torch module objects warns about deprecations
+        warnings.simplefilter("ignore")
+        leftovers = [o.shape for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dim() >= 2
+                     and tuple(o.shape[-2:]) == (T, T)]
     assert not leftovers, leftovers
     # The statistics themselves are complete: one value per (prompt, layer, head).
     assert res["first_token_mass"].values.shape == (1, 30, 9)
