@@ -1,37 +1,13 @@
-"""Writes the notebooks from this source, so they stay reviewable as code. Run from the repo root:
+"""Writes every notebook from its source in notebooks/src/NN_name.py (a module with a CELLS list of
+("md" | "code", text) pairs), so notebooks stay reviewable as code. Run from the repo root:
 python notebooks/build_notebooks.py"""
 
+import importlib.util
 from pathlib import Path
 
 import nbformat as nbf
 
-QUICKSTART = [
-    ("md", "# headscope quick start\n\nCapture per-head statistics of the bundled SmolLM2-135M-Instruct, "
-           "look at them, save them. Runs offline on a laptop CPU in about a minute."),
-    ("code", "import headscope\nfrom headscope.capture import capture, default_reducers\n"
-             "from headscope.inputs import repeated_random_tokens\n\n"
-             "model = headscope.load_model()\nheadscope.model_info(model)"),
-    ("md", "## Sink heads on ordinary text\nFirst-token mass: how much each head's queries attend to position 0."),
-    ("code", "prompts = [\n    'The lighthouse keeper climbed the spiral stairs every evening at dusk.',\n"
-             "    'To make a simple bread, mix flour, water, salt and yeast in a large bowl.',\n"
-             "    'Alice gave Bob a red notebook. Later that day Bob gave Alice a blue pen.',\n]\n"
-             "res = capture(model, prompts, default_reducers())\nsink = res['first_token_mass']\nsink.plot()"),
-    ("code", "sink.top(5)"),
-    ("md", "## Induction heads on repeated random tokens\nEach probe is `<|im_start|>` + 50 random tokens, twice."),
-    ("code", "probes = repeated_random_tokens(model.cfg.d_vocab, seq_len=50, n_prompts=4, first_token=1)\n"
-             "ind = capture(model, probes)['induction_score']\nind.top(5)"),
-    ("code", "ind.plot()"),
-    ("md", "## Long DataFrames and files\nEvery result carries its provenance (model, reducer, parameters, version)."),
-    ("code", "df = ind.to_dataframe()\ndf.head()"),
-    ("code", "import tempfile, pathlib\npath = pathlib.Path(tempfile.mkdtemp()) / 'induction.parquet'\n"
-             "ind.save(path)\nheadscope.HeadScores.load(path) == ind"),
-    ("md", "## Planted heads: a model whose answer is known\n`headscope.testing.planted_model()` builds a tiny "
-           "Llama with a sink, previous-token, local-window and induction head at known positions."),
-    ("code", "from headscope.testing import planted_model, repeated_random_tokens as tiny_probes\n"
-             "tiny, truth = planted_model()\nprint(truth)\n"
-             "tiny_res = capture(tiny, tiny_probes(tiny, seq_len=20, batch=2))\n"
-             "tiny_res['induction_score'].top(3)"),
-]
+HERE = Path(__file__).parent
 
 
 def build(cells, path: Path) -> None:
@@ -41,5 +17,14 @@ def build(cells, path: Path) -> None:
     nbf.write(nb, path)
 
 
+def main() -> None:
+    for source in sorted((HERE / "src").glob("[0-9]*.py")):
+        spec = importlib.util.spec_from_file_location(source.stem, source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        build(module.CELLS, HERE / f"{source.stem}.ipynb")
+        print(f"wrote notebooks/{source.stem}.ipynb")
+
+
 if __name__ == "__main__":
-    build(QUICKSTART, Path(__file__).parent / "01_quickstart.ipynb")
+    main()

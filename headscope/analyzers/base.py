@@ -1,0 +1,107 @@
+"""The analyzer contract (scikit-learn shaped) and the registry the CLI and configs use.
+
+    class MyAnalyzer(Analyzer):
+        name = "my-analyzer"                 # registry key, used by `headscope scan my-analyzer`
+        def __init__(self, threshold=0.1):   # only stores parameters
+            self.threshold = threshold
+        def fit(self, model, data=None):     # runs; data=None means built-in default inputs
+            self.scores_ = ...               # HeadScores
+            self.heads_ = select_heads(self.scores_, threshold=self.threshold)
+            return self
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import InputError
+from ..results import HeadScores
+
+REGISTRY: dict[str, type["Analyzer"]] = {}
+
+
+def register(cls: type["Analyzer"]) -> type["Analyzer"]:
+    """Class decorator: make an analyzer available by its `name` (CLI, experiment specs)."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise TypeError(f"analyzer name {cls.name!r} is taken by {REGISTRY[cls.name].__name__}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_analyzer(name: str, **params) -> "Analyzer":
+    """Instantiate a registered analyzer; unknown names and parameters fail with the valid ones listed."""
+    from . import _load_all  # noqa: F401  (imports every analyzer module so they register)
+
+    if name not in REGISTRY:
+        raise InputError(f"unknown analyzer {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    valid = set(cls._param_names())
+    unknown = set(params) - valid
+    if unknown:
+        raise InputError(f"analyzer {name!r} has no parameter(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return cls(**params)
+
+
+class Analyzer:
+    """Base class: `__init__` stores parameters only; `fit(model, data)` returns self and sets
+    `scores_` (HeadScores) and `heads_` (selected (layer, head) pairs), plus analyzer-specific
+    attributes ending in `_`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "Analyzer":
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise InputError(f"{type(self).__name__} has no parameter {key!r}; valid: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def fit(self, model, data=None) -> "Analyzer":
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "scores_"):
+            raise InputError(f"{type(self).__name__} is not fitted yet: call .fit(model, data) first")
+
+    def plot(self, **kw):
+        """The analyzer's main figure (default: the heatmap of `scores_`)."""
+        self._check_fitted()
+        return self.scores_.plot(**kw)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
+                 top_fraction: float | None = None) -> list[tuple[int, int]]:
+    """Heads by threshold (score > threshold), top-k, or top fraction, best first (prompt-mean; NaN never selected)."""
+    if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
+        raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
+    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
+    sign = 1.0 if scores.higher_is_more else -1.0
+    flat = np.where(np.isnan(mean), -np.inf, sign * mean).ravel()
+    order = np.argsort(-flat, kind="stable")
+    order = order[np.isfinite(flat[order])]
+    if threshold is not None:
+        order = order[flat[order] > sign * threshold]
+    elif top_k is not None:
+        order = order[: int(top_k)]
+    else:
+        order = order[: int(round(top_fraction * mean.size))]
+    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
