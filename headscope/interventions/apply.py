@@ -1,0 +1,32 @@
+"""Apply interventions for the duration of a call; the user's model is never mutated."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..models.info import model_info
+from .hooks import build_hooks
+
+
+@contextlib.contextmanager
+def apply(model, interventions, *, decode_start: int | None = None):
+    """Context manager: attach the interventions' hooks, always remove them on exit (also on error).
+
+    Example:
+        >>> from headscope.testing import planted_model
+        >>> from headscope.interventions import UniformAttention, apply
+        >>> model, truth = planted_model()
+        >>> with apply(model, [UniformAttention(heads=[truth.induction])]):
+        ...     logits = model(torch.tensor([[1, 5, 6, 7, 5, 6, 7]]))
+    """
+    hooks = build_hooks(list(interventions), model_info(model), decode_start)  # validate before attaching
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def run(model, tokens, interventions, *, decode_start: int | None = None, **forward_kw):
+    """One forward pass with the interventions applied; returns the model's output (logits)."""
+    with torch.no_grad(), apply(model, interventions, decode_start=decode_start):
+        return model(tokens, **forward_kw)
