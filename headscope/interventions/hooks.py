@@ -70,3 +70,17 @@ def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None)
                 raise InputError(f"intervention kind {spec.kind!r} has no hook implementation yet")
             hooks.append((name, fn))
     return hooks
+
+
+def head_gate_hooks(gates: torch.Tensor, layers) -> list[tuple[str, object]]:
+    """Hooks multiplying every head's output by gates[layer, head] (Michel et al.'s head mask ξ).
+
+    `gates` is a [n_layers, n_heads] tensor, usually ones with requires_grad, so ∂loss/∂gates is
+    each head's importance. Not a serialisable spec: it exists for gradient attribution.
+    """
+    def make(layer):
+        def hook(z, hook):  # [batch, pos, head, d_head]
+            return z * gates[layer][None, None, :, None]
+        return hook
+
+    return [(SITES["z"].format(l=layer), make(layer)) for layer in layers]
