@@ -28,6 +28,47 @@ def _info(args) -> int:
     return 0
 
 
+def _parse_param(text: str):
+    """`key=value` with value read as YAML (numbers, booleans, lists) — never evaluated as code."""
+    import yaml
+
+    from .errors import InputError
+
+    if "=" not in text:
+        raise InputError(f"--param {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _scan(args) -> int:
+    from pathlib import Path
+
+    from .analyzers import get_analyzer
+    from .models import load_model
+    from .viz.export import export_figure
+
+    analyzer = get_analyzer(args.name, **dict(_parse_param(p) for p in args.param))
+    analyzer.fit(load_model(args.model))
+    out = Path(args.out or f"headscope-scan-{args.name}")
+    scores_path = analyzer.scores_.save(out / f"{args.name}.json")
+    files = export_figure(analyzer.plot(), out, args.name, formats=("html",) if args.no_static else ("html", "png", "svg"))
+    print(analyzer.scores_.top(args.top).to_string(index=False))
+    print(f"selected heads ({len(analyzer.heads_)}): " + ", ".join(f"L{l}H{h}" for l, h in analyzer.heads_[:30]))
+    print(f"scores: {scores_path}   figures: {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+def _scan_or_list(args) -> int:
+    if args.list or not args.name:
+        from .analyzers import REGISTRY
+        from .analyzers import _load_all  # noqa: F401  (registers every analyzer)
+
+        for name in sorted(REGISTRY):
+            print(f"{name:<20} {REGISTRY[name].description}")
+        return 0
+    return _scan(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headscope", description="Find, measure and edit attention heads.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=0, help="seed of the repeated random-token probes")
     rep.add_argument("--no-static", action="store_true", help="skip PNG/SVG export (HTML only)")
     rep.set_defaults(func=_report)
+
+    scan = sub.add_parser("scan", help="run one analyzer (see `headscope scan --list`) and save its scores and figure")
+    scan.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")
+    scan.add_argument("--list", action="store_true", help="list the analyzers and exit")
+    scan.add_argument("--model", default=None)
+    scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="analyzer parameter (repeatable)")
+    scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-NAME)")
+    scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
+    scan.add_argument("--no-static", action="store_true", help="HTML figure only")
+    scan.set_defaults(func=_scan_or_list)
 
     inf = sub.add_parser("info", help="print a model's layers, heads, KV groups and context")
     inf.add_argument("--model", default=None)
