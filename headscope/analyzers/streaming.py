@@ -1,0 +1,120 @@
+"""Retrieval vs streaming heads (RazorAttention scores, DuoAttention-style streaming check)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..capture import capture
+from ..capture.reducers import DuplicateTokenScore, InductionScore
+from ..errors import InputError
+from ..inputs.probes import repeated_random_tokens
+from ..interventions import StreamingWindow, apply
+from ..models.info import model_info
+from .base import Analyzer, register
+
+
+def copy_accuracy(model, tokens: torch.Tensor, seg_len: int, interventions=()) -> float:
+    """Top-1 accuracy of predicting the second copy of a repeated segment (tokens [batch, 1 + k*seg_len])."""
+    with torch.no_grad(), apply(model, interventions):
+        logits = model(tokens)
+    # query i in copy 2 (positions seg_len+1 .. 2*seg_len-1 after the first token) predicts token i+1
+    pred = logits[:, seg_len + 1 : 2 * seg_len].argmax(-1)
+    return float((pred == tokens[:, seg_len + 2 : 2 * seg_len + 1]).float().mean())
+
+
+@register
+class StreamingHeads(Analyzer):
+    """Which heads need the full context (retrieval) and which can keep sink + recent window (streaming).
+
+    Scores (RazorAttention, methods.md §3): on a leading token + a random segment repeated
+    `n_repeats` times, echo = attention on earlier copies of the current token, induction =
+    attention on the tokens right after them (per query head); each KV head takes the max over its
+    query group. Retrieval KV heads = top `induction_ratio` by induction ∪ top `echo_ratio` by echo,
+    pooled over all (layer, KV head); every other KV head is a streaming candidate.
+
+    `check_streaming` then measures copy accuracy with a head set restricted to the first `sink`
+    keys plus a `recent` window (DuoAttention's streaming mask) against random sets of the same size.
+
+    Example:
+        >>> from headscope.testing import planted_model
+        >>> model, truth = planted_model()
+        >>> sh = StreamingHeads(seg_len=20, n_repeats=2, token_range=(2, 48)).fit(model)
+        >>> truth.induction in sh.heads_
+        True
+    """
+
+    name = "streaming-heads"
+    description = "RazorAttention induction score per head (retrieval vs streaming heads; KV-group max)."
+
+    def __init__(self, seg_len: int = 256, n_repeats: int = 4, n_prompts: int = 2, token_range=None,
+                 induction_ratio: float = 0.14, echo_ratio: float = 0.01, sink: int = 4, recent: int = 64,
+                 check: bool = True, n_random: int = 3, seed: int = 0, batch_size: int = 2):
+        self.seg_len = seg_len
+        self.n_repeats = n_repeats
+        self.n_prompts = n_prompts
+        self.token_range = token_range
+        self.induction_ratio = induction_ratio
+        self.echo_ratio = echo_ratio
+        self.sink = sink
+        self.recent = recent
+        self.check = check
+        self.n_random = n_random
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def _probes(self, model, seg_len, n_repeats, seed):
+        info = model_info(model)
+        return repeated_random_tokens(model.cfg.d_vocab, seg_len, n_repeats, self.n_prompts, seed,
+                                      token_range=self.token_range, first_token=info.bos_token_id)
+
+    def fit(self, model, data=None) -> "StreamingHeads":
+        info = model_info(model)
+        probes = self._probes(model, self.seg_len, self.n_repeats, self.seed) if data is None else data
+        res = capture(model, probes, [DuplicateTokenScore(), InductionScore()], batch_size=self.batch_size)
+        self.scores_ = res["induction_score"]
+        self.echo_scores_ = res["duplicate_token_score"]
+        g = info.group_size
+        echo = self.echo_scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
+        ind = self.scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
+        n_kv = echo.size
+        top = lambda v, ratio: set(np.argsort(-np.nan_to_num(v.ravel(), nan=-1), kind="stable")[: int(round(n_kv * ratio))])
+        chosen = top(ind, self.induction_ratio) | top(echo, self.echo_ratio)
+        layer, kv = np.divmod(np.arange(n_kv), info.n_kv_heads)
+        self.kv_table_ = pd.DataFrame({"layer": layer, "kv_head": kv, "echo_max": echo.ravel(),
+                                       "induction_max": ind.ravel(), "retrieval": [i in chosen for i in range(n_kv)]})
+        by_score = self.kv_table_.sort_values("induction_max", ascending=False)
+        retrieval_kv = [(int(r.layer), int(r.kv_head)) for r in by_score.itertuples() if r.retrieval]
+        self.heads_ = [(l, k * g + j) for l, k in retrieval_kv for j in range(g)]
+        self.streaming_heads_ = [(int(l), h) for l in range(info.n_layers) for h in range(info.n_heads)
+                                 if (int(l), h) not in set(self.heads_)]
+        self.streaming_check_ = self.check_streaming(model) if self.check else None
+        return self
+
+    def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None) -> pd.DataFrame:
+        """Copy accuracy on fresh repeated-token probes with each head set made streaming.
+
+        Default sets: none, the streaming candidates, the retrieval heads, and `n_random` random sets
+        of as many heads as there are retrieval heads. The recent window must be shorter than the
+        segment, or the earlier copy stays visible and nothing can break.
+        """
+        self._check_fitted()
+        seg_len = seg_len or min(self.seg_len, 4 * self.recent)
+        if seg_len <= self.recent:
+            raise InputError(f"check segment length {seg_len} must exceed the recent window {self.recent}")
+        info = model_info(model)
+        if head_sets is None:
+            rng = np.random.default_rng(self.seed)
+            all_heads = [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+            head_sets = {"none": [], "streaming candidates": self.streaming_heads_, "retrieval heads": self.heads_}
+            for i in range(self.n_random):
+                pick = rng.choice(len(all_heads), size=len(self.heads_), replace=False)
+                head_sets[f"random #{i}"] = [all_heads[j] for j in sorted(pick)]
+        tokens = self._probes(model, seg_len, 2, self.seed + 1)
+        rows = []
+        for label, heads in head_sets.items():
+            specs = [StreamingWindow(heads=heads, sink=self.sink, recent=self.recent)] if heads else []
+            rows.append({"head_set": label, "n_heads": len(heads), "sink": self.sink, "recent": self.recent,
+                         "copy_accuracy": copy_accuracy(model, tokens, seg_len, specs)})
+        return pd.DataFrame(rows)
