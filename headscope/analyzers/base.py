@@ -89,12 +89,16 @@ class Analyzer:
 
 
 def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
-                 top_fraction: float | None = None) -> list[tuple[int, int]]:
-    """Heads by threshold (score > threshold), top-k, or top fraction, best first (prompt-mean; NaN never selected)."""
+                 top_fraction: float | None = None, largest: bool | None = None) -> list[tuple[int, int]]:
+    """Heads by threshold (beyond it), top-k, or top fraction, best first (prompt-mean; NaN never selected).
+
+    "Best" is the largest score unless `largest=False` (default: the scores' `higher_is_more`).
+    A top fraction keeps at least one head.
+    """
     if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
         raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
     mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
-    sign = 1.0 if scores.higher_is_more else -1.0
+    sign = 1.0 if (scores.higher_is_more if largest is None else largest) else -1.0
     flat = np.where(np.isnan(mean), -np.inf, sign * mean).ravel()
     order = np.argsort(-flat, kind="stable")
     order = order[np.isfinite(flat[order])]
@@ -102,6 +106,6 @@ def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: i
         order = order[flat[order] > sign * threshold]
     elif top_k is not None:
         order = order[: int(top_k)]
-    else:
-        order = order[: int(round(top_fraction * mean.size))]
+    else:  # a fraction of the heads that were measured (NaN = not captured, e.g. a layer subset)
+        order = order[: max(1, int(round(top_fraction * len(order))))]
     return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]

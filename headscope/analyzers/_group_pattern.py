@@ -1,0 +1,156 @@
+"""Reducers for analyses that read a *group* of heads over the response part of each prompt.
+
+- `ResponseDistance`: per-head attention-weighted backward distance, averaged over response
+  queries only (Preplan-and-Anchor's d^(l,h), Eq. 7); prompt queries are not covered.
+- `GroupMeanPattern`: per prompt, the mean [T, T] pattern over the heads of each named group
+  (Ā^loc, Ā^glob). Only one T x T float64 sum per prompt and group is kept, never L x H x T x T,
+  so a group spread over 30 layers costs the memory of one attention map.
+
+Both are plain capture reducers: the analyzer runs `capture()` with them (no hook loops here).
+`waad`, `fai` and `select_tokens` turn one prompt's group-mean pattern into per-token values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..capture.reducers import QueryMeanReducer, Reducer
+from ..errors import InputError
+from ..results import HeadScores
+
+__all__ = ["GroupMeanPattern", "ResponseDistance", "fai", "select_tokens", "waad"]
+
+
+class ResponseDistance(QueryMeanReducer):
+    """Mean over response queries t of sum_{s<=t} A[t, s] (t - s); one value per (prompt, layer, head).
+
+    `response_starts[p]` is the position of prompt p's first response token; queries before it
+    are the prompt and are not covered (a response-free prompt gives NaN).
+    """
+
+    name = "response_attention_distance"
+    description = ("Mean backward attention distance sum_s A[t,s](t-s) over response queries t "
+                   "(Preplan-and-Anchor d^(l,h); lower = more local).")
+    higher_is_more = False
+
+    def __init__(self, response_starts):
+        self.response_starts = [int(s) for s in response_starts]
+
+    def params(self) -> dict:
+        return {"n_prompts": len(self.response_starts)}
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        pos = ctx.positions.to(pattern.dtype)
+        distance = pos - pattern @ pos  # [batch, head, q]: sum_s A[t,s] (t - s), rows sum to 1
+        starts = torch.tensor([self.response_starts[i] for i in ctx.index])  # [batch]
+        covered = ctx.valid & (ctx.positions[None, :] >= starts[:, None])  # [batch, q]
+        return distance, covered
+
+
+class GroupMeanPattern(Reducer):
+    """Per prompt and group, the mean attention pattern over the group's heads: [T, T] float64.
+
+    `groups` maps a group name to a boolean [n_layers, n_heads] mask (the same heads for every
+    prompt). Read the maps with `mean_patterns()` after capture. `result()` returns a HeadScores
+    map of membership (value = index of the head's group in `groups`, NaN for heads in none) so
+    the engine's contract holds and the grouping can be plotted.
+    """
+
+    name = "group_mean_pattern"
+    needs = ("pattern",)
+    description = "Index of the head group each head was averaged into (NaN: in no group)."
+
+    def __init__(self, groups: dict[str, np.ndarray]):
+        if not groups:
+            raise InputError("GroupMeanPattern needs at least one group of heads")
+        self.groups = {str(k): np.asarray(v, dtype=bool) for k, v in groups.items()}
+        shapes = {m.shape for m in self.groups.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise InputError(f"group masks must all be [n_layers, n_heads] booleans, got shapes {sorted(shapes)}")
+        for name, mask in self.groups.items():
+            if not mask.any():
+                raise InputError(f"head group {name!r} is empty: select at least one head")
+
+    def params(self) -> dict:
+        return {name: [[int(l), int(h)] for l, h in zip(*np.nonzero(m))] for name, m in self.groups.items()}
+
+    def start(self, info, n_prompts):
+        mask = next(iter(self.groups.values()))
+        if mask.shape != (info.n_layers, info.n_heads):
+            raise InputError(f"group masks are {mask.shape} but the model has {info.n_layers} layers x "
+                             f"{info.n_heads} heads")
+        self._sums: dict[str, list[np.ndarray | None]] = {g: [None] * n_prompts for g in self.groups}
+        # Heads averaged per prompt: the same for all prompts, but counted as seen so that a layer
+        # that was not captured cannot silently shrink the denominator.
+        self._counts = {g: np.zeros(n_prompts) for g in self.groups}
+
+    def update(self, layer, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        lengths = ctx.valid.sum(-1).tolist()
+        for g, mask in self.groups.items():
+            heads = torch.from_numpy(mask[layer]).to(pattern.dtype)  # [head]
+            n_heads = float(mask[layer].sum())
+            if n_heads == 0:
+                continue
+            summed = torch.einsum("bhqk,h->bqk", pattern, heads).double()  # [batch, q, k]
+            for row, p in enumerate(ctx.index):
+                n = lengths[row]
+                block = summed[row, :n, :n].cpu().numpy()
+                acc = self._sums[g][p]
+                self._sums[g][p] = block.copy() if acc is None else acc + block
+                self._counts[g][p] += n_heads
+
+    def mean_patterns(self) -> dict[str, list[np.ndarray]]:
+        """{group: [per prompt: mean pattern [T_p, T_p] over the group's heads]}."""
+        out = {}
+        for g, mask in self.groups.items():
+            expected = float(mask.sum())
+            if any(c != expected for c in self._counts[g]):
+                raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
+            out[g] = [s / expected for s in self._sums[g]]
+        return out
+
+    def result(self, info, prompts=None):
+        values = np.full((info.n_layers, info.n_heads), np.nan)
+        for i, mask in enumerate(self.groups.values()):
+            values[mask] = i
+        return HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+                          analyzer=f"capture.{type(self).__name__}", params=self.params(),
+                          higher_is_more=True, description=self.description)
+
+
+# Per-token statistics of one prompt's group-mean pattern (numpy, vectorised over positions).
+
+def waad(mean_local: np.ndarray, window: int) -> np.ndarray:
+    """WAAD_t = sum_{s<=t} Ā[t,s] min(t-s, W) for every position t of one prompt: [T]."""
+    T = mean_local.shape[0]
+    gap = np.arange(T)[:, None] - np.arange(T)[None, :]  # [t, s]
+    return (np.where(gap >= 0, mean_local, 0.0) * np.minimum(np.clip(gap, 0, None), window)).sum(1)
+
+
+def fai(mean_global: np.ndarray, start: int, horizon: tuple[int, float]) -> np.ndarray:
+    """FAI_s = mean over t in T(s) of Ā[t,s], T(s) = {t >= start : lo <= t-s <= hi}: [T], NaN if T(s) empty."""
+    T = mean_global.shape[0]
+    t, s = np.arange(T)[:, None], np.arange(T)[None, :]
+    future = (t >= start) & (t - s >= horizon[0]) & (t - s <= horizon[1])  # [t, s]
+    count = future.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (mean_global * future).sum(0) / np.maximum(count, 1), np.nan)
+
+
+def select_tokens(values: np.ndarray, q: float, rule: str = "top_quantile") -> np.ndarray:
+    """Boolean mask of the TopQ tokens: the round(q * n) largest defined values (ties: earlier first).
+
+    rule="local_max" keeps only those that are also local maxima (>= left, > right neighbour).
+    """
+    ok = np.isfinite(values)
+    k = int(round(q * ok.sum()))
+    order = np.argsort(-np.where(ok, values, -np.inf), kind="stable")[:k]
+    mask = np.zeros(len(values), dtype=bool)
+    mask[order] = True
+    if rule == "local_max":
+        padded = np.concatenate([[-np.inf], np.where(ok, values, -np.inf), [-np.inf]])
+        mask &= (padded[1:-1] >= padded[:-2]) & (padded[1:-1] > padded[2:])
+    return mask

@@ -1,0 +1,296 @@
+"""Preplan-and-Anchor (Li et al., arXiv:2510.13554): local/global head groups, WAAD and FAI.
+
+Two capture passes, never an L x H x T x T tensor:
+  1. `ResponseDistance`: d^(l,h) = mean over response queries t of sum_{s<=t} A[t,s](t-s).
+     H_loc = the `local_fraction` of heads with the lowest d, H_glob = the `global_fraction` highest.
+  2. `GroupMeanPattern`: per prompt, Ā^loc and Ā^glob = mean [T, T] pattern over each group.
+Then, per response token (R = response positions):
+  WAAD_t = sum_{s<=t} Ā^loc[t,s] min(t-s, W)
+  FAI_s  = mean over t in T(s) of Ā^glob[t,s],  T(s) = {t in R : s+H_lo <= t <= s+H_hi}
+  preplan tokens = top q of Δ_t = |WAAD_t - WAAD_{t+1}|,  anchor tokens = top q of FAI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..capture import capture
+from ..errors import InputError
+from ..models.info import model_info
+from ..paths import data_dir
+from ..results import HeadScores, TokenScores
+from ._group_pattern import GroupMeanPattern, ResponseDistance, fai, select_tokens, waad
+from .base import Analyzer, register, select_heads
+
+TEMPLATES = ("auto", "chat", "plain", "raw")
+PEAK_RULES = ("top_quantile", "local_max")
+
+
+def load_pairs(path=None) -> list[tuple[str, str]]:
+    """The default (prompt, response) pairs: data/preplan/pairs.json (8 GSM8K-style problems)."""
+    doc = json.loads((data_dir() / "preplan" / "pairs.json" if path is None else path).read_text(encoding="utf-8"))
+    return [(p["prompt"], p["response"]) for p in doc["pairs"]]
+
+
+def middle_layers(n_layers: int, n: int = 5) -> list[int]:
+    """`n` evenly spaced layers in [floor(L/3), floor(2L/3)] (the paper's RL setting), floored."""
+    return sorted({int(x) for x in np.linspace(n_layers // 3, 2 * n_layers // 3, n)})
+
+
+def _normalise_pairs(data) -> list[tuple]:
+    if data is None:
+        return load_pairs()
+    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (tuple, list, dict)):
+        data = [data]
+    if isinstance(data, str) or not isinstance(data, (list, tuple)) or not data:
+        raise InputError("data must be a non-empty list of (prompt, response) pairs (strings or token-id lists), "
+                         "or dicts with 'prompt' and 'response'; pass None for the built-in GSM8K-style set")
+    pairs = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = (item.get("prompt"), item.get("response"))
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InputError(f"data[{i}] is not a (prompt, response) pair: got {type(item).__name__}")
+        prompt, response = item
+        if isinstance(prompt, str) != isinstance(response, str):
+            raise InputError(f"data[{i}]: prompt and response must both be strings or both token-id lists")
+        if response is None or len(response) == 0 or (isinstance(response, str) and not response.strip()):
+            raise InputError(f"data[{i}] has an empty response: R (the response positions) would be empty")
+        pairs.append((prompt, response))
+    return pairs
+
+
+def encode_pairs(model, pairs, template: str = "auto") -> tuple[list[list[int]], list[int]]:
+    """Token ids of prompt+response and the position where each response starts.
+
+    Strings: "chat" wraps the prompt as a user turn with the tokenizer's chat template (generation
+    prompt included); "plain" writes "Question: {prompt}\\nAnswer:" + " {response}"; "raw" joins them
+    as given; "auto" = chat if the tokenizer has a template, else plain. Prompt and response are
+    tokenized separately so R is exact. Token-id pairs are used as they are.
+    """
+    info, tok = model_info(model), getattr(model, "tokenizer", None)
+    if template not in TEMPLATES:
+        raise InputError(f"template={template!r} is not one of {TEMPLATES}")
+    if template == "auto":
+        template = "chat" if getattr(tok, "chat_template", None) else "plain"
+    ids, starts = [], []
+    for prompt, response in pairs:
+        if isinstance(response, str):
+            if tok is None:
+                raise InputError("this model has no tokenizer: pass (prompt_ids, response_ids) pairs instead of strings")
+            if template == "chat":
+                if not getattr(tok, "chat_template", None):
+                    raise InputError("template='chat' but the tokenizer has no chat template; use 'plain' or 'raw'")
+                prefix = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, tokenize=False)
+            elif template == "plain":
+                prefix = f"Question: {prompt}\nAnswer:"
+                response = response if response[:1].isspace() else " " + response
+            else:
+                prefix = prompt
+            p_ids = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+            r_ids = tok(response, add_special_tokens=False)["input_ids"]
+            bos = info.bos_token_id
+            if info.prepend_bos and bos is not None and (not p_ids or p_ids[0] != bos):
+                p_ids = [bos] + list(p_ids)
+        else:
+            p_ids, r_ids = [int(t) for t in prompt], [int(t) for t in response]
+        ids.append(list(p_ids) + list(r_ids))
+        starts.append(len(p_ids))
+    return ids, starts
+
+
+@register
+class PreplanAnchor(Analyzer):
+    """Local vs global heads by backward attention distance; WAAD (local rhythm) and FAI (anchors) per token.
+
+    Attributes after fit: scores_ (HeadScores [prompt, layer, head], mean backward distance over
+    the response, lower = local), heads_ = local_heads_, global_heads_, waad_, waad_delta_, fai_
+    (TokenScores [prompt, response token]), preplan_tokens_, anchor_tokens_ (DataFrames),
+    mean_patterns_ ({"local"|"global": per prompt [T, T]}), token_ids_, response_starts_, layers_.
+    """
+
+    name = "preplan-anchor"
+    description = "Preplan-and-Anchor (arXiv:2510.13554): local/global heads, WAAD, FAI, preplan and anchor tokens."
+
+    def __init__(self, local_fraction: float = 0.3, global_fraction: float = 0.3, layers=None, window: int = 10,
+                 horizon=(1, None), quantile: float = 0.4, peak_rule: str = "top_quantile",
+                 template: str = "auto", local_heads=None, global_heads=None, batch_size: int = 8):
+        self.local_fraction = local_fraction
+        self.global_fraction = global_fraction
+        self.layers = layers
+        self.window = window
+        self.horizon = horizon
+        self.quantile = quantile
+        self.peak_rule = peak_rule
+        self.template = template
+        self.local_heads = local_heads
+        self.global_heads = global_heads
+        self.batch_size = batch_size
+
+    def _checked(self, info) -> tuple[list[int], tuple[int, float]]:
+        for name in ("local_fraction", "global_fraction", "quantile"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise InputError(f"{name}={v!r} must be a fraction in (0, 1]")
+        if self.local_fraction + self.global_fraction > 1:
+            raise InputError("local_fraction + global_fraction > 1: the two head groups would overlap")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise InputError(f"window={self.window!r} must be a positive integer (the paper uses W = 10)")
+        if self.peak_rule not in PEAK_RULES:
+            raise InputError(f"peak_rule={self.peak_rule!r} is not one of {PEAK_RULES}")
+        try:
+            lo, hi = self.horizon
+            lo, hi = int(lo), (math.inf if hi is None else float(hi))
+        except (TypeError, ValueError):
+            raise InputError(f"horizon={self.horizon!r} must be (H_lo, H_hi): (1, None) = to the end of the "
+                             "response, (10, 50) = the paper's RL horizon") from None
+        if lo < 0 or hi < lo:
+            raise InputError(f"horizon={self.horizon!r} needs 0 <= H_lo <= H_hi")
+        if isinstance(self.layers, str):
+            if self.layers != "middle":
+                raise InputError(f"layers={self.layers!r}: use None (all), 'middle' or a list of layer indices")
+            return middle_layers(info.n_layers), (lo, hi)
+        return info.check_layers(self.layers), (lo, hi)
+
+    def _group(self, distances: HeadScores, explicit, fraction: float, lowest: bool, info) -> list[tuple[int, int]]:
+        if explicit is not None:
+            heads = [(int(l), int(h)) for l, h in explicit]
+            for l, h in heads:
+                info.check_head(l, h)
+            if not heads:
+                raise InputError("an explicit head group is empty: pass at least one (layer, head) or None")
+            return heads
+        return select_heads(distances, top_fraction=fraction, largest=not lowest)
+
+    def fit(self, model, data=None) -> PreplanAnchor:
+        info = model_info(model)
+        layers, horizon = self._checked(info)
+        pairs = _normalise_pairs(data)
+        ids, starts = encode_pairs(model, pairs, self.template)
+        prompts = [p if isinstance(p, str) else f"pair {i}" for i, (p, _) in enumerate(pairs)]
+        # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
+        dist = ResponseDistance(starts)
+        raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
+        self.scores_ = HeadScores(raw.values, name="mean_backward_distance", n_kv_heads=info.n_kv_heads,
+                                  model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts,
+                                  higher_is_more=False, description=dist.description)
+        self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, True, info)
+        self.global_heads_ = self._group(self.scores_, self.global_heads, self.global_fraction, False, info)
+        self.heads_ = list(self.local_heads_)
+        # Pass 2: mean pattern of each group, per prompt, over the layers holding group heads only.
+        masks = {}
+        for g, heads in (("local", self.local_heads_), ("global", self.global_heads_)):
+            masks[g] = np.zeros((info.n_layers, info.n_heads), dtype=bool)
+            masks[g][tuple(np.array(heads).T)] = True
+        reducer = GroupMeanPattern(masks)
+        group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
+        capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)
+        self.mean_patterns_ = reducer.mean_patterns()
+        self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
+        self._per_token(model, info, prompts, horizon)
+        return self
+
+    def _per_token(self, model, info, prompts, horizon) -> None:
+        tok = getattr(model, "tokenizer", None)
+        width = max(len(ids) - s for ids, s in zip(self.token_ids_, self.response_starts_))
+        rows = {k: np.full((len(prompts), width), np.nan) for k in ("waad", "delta", "fai")}
+        strings, records = [], {"preplan": [], "anchor": []}
+        for p, (ids, start) in enumerate(zip(self.token_ids_, self.response_starts_)):
+            w = waad(self.mean_patterns_["local"][p], self.window)[start:]
+            f = fai(self.mean_patterns_["global"][p], start, horizon)[start:]
+            d = np.append(np.abs(w[:-1] - w[1:]), np.nan)  # Δ_t needs t+1 inside the response
+            n = len(w)
+            rows["waad"][p, :n], rows["delta"][p, :n], rows["fai"][p, :n] = w, d, f
+            toks = [tok.decode([i]) if tok is not None else str(i) for i in ids[start:]]
+            strings.append(toks)
+            for kind, values, shown in (("preplan", d, d), ("anchor", f, f)):
+                for i in np.flatnonzero(select_tokens(values, self.quantile, self.peak_rule)):
+                    records[kind].append((p, start + int(i), int(i), toks[i], float(shown[i])))
+        meta = dict(model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts)
+        self.waad_ = TokenScores(rows["waad"], tokens=strings, name="WAAD", **meta,
+                                 description=f"Windowed average attention distance of the local heads (W={self.window}).")
+        self.waad_delta_ = TokenScores(rows["delta"], tokens=strings, name="WAAD delta", **meta,
+                                       description="|WAAD_t - WAAD_{t+1}|; NaN at the last response token.")
+        self.fai_ = TokenScores(rows["fai"], tokens=strings, name="FAI", **meta,
+                                description=f"Future attention influence of the global heads, horizon {self.horizon}.")
+        cols = ["prompt", "position", "response_index", "token", "value"]
+        self.preplan_tokens_ = pd.DataFrame(records["preplan"], columns=cols)
+        self.anchor_tokens_ = pd.DataFrame(records["anchor"], columns=cols)
+
+    def plot(self, **kw):
+        """Heatmap of the mean backward distance with H_loc (circles) and H_glob (crosses) marked."""
+        self._check_fitted()
+        return group_heatmap(self.scores_, self.local_heads_, self.global_heads_, **kw)
+
+    def plot_tokens(self, prompt_index: int = 0, **kw):
+        """Per-token WAAD (with preplan markers) above FAI (anchor bars) over one response's text."""
+        self._check_fitted()
+        if not 0 <= int(prompt_index) < len(self.token_ids_):
+            raise InputError(f"prompt_index {prompt_index} out of range: fitted on {len(self.token_ids_)} pairs")
+        return token_figure(self, int(prompt_index), **kw)
+
+
+# Figures (plotly), kept here so the analyzer's look is defined next to its attributes.
+
+def group_heatmap(scores: HeadScores, local, global_, **kw):
+    """`scores.plot()` with the local heads circled and the global heads crossed."""
+    import plotly.graph_objects as go
+
+    fig = scores.plot(**kw)
+    for heads, label, symbol, color in ((local, "H_loc (lowest distance)", "circle-open", "white"),
+                                        (global_, "H_glob (highest distance)", "x-thin-open", "black")):
+        fig.add_trace(go.Scatter(x=[h for _, h in heads], y=[l for l, _ in heads], mode="markers", name=label,
+                                 marker=dict(symbol=symbol, size=9, color=color, line=dict(width=2, color=color)),
+                                 hovertemplate="L%{y}H%{x}<extra>" + label + "</extra>"))
+    fig.update_layout(showlegend=True, legend=dict(orientation="h", x=0, y=-0.08, yanchor="top", bgcolor="#ddd"),
+                      height=(fig.layout.height or 500) + 40, margin=dict(b=90))
+    return fig
+
+
+def token_figure(an: PreplanAnchor, p: int, *, width: int | None = None, height: int | None = None):
+    """Two stacked panels over one response: WAAD with preplan markers, FAI bars with anchors highlighted."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..viz.figures import _FONT, _show_token
+
+    toks = an.waad_.tokens[p]
+    n, x = len(toks), list(range(len(toks)))
+    shown = [_show_token(t) for t in toks]
+    w, d, f = (s.values[p, :n] for s in (an.waad_, an.waad_delta_, an.fai_))
+    pre = set(an.preplan_tokens_.loc[an.preplan_tokens_["prompt"] == p, "response_index"])
+    anc = set(an.anchor_tokens_.loc[an.anchor_tokens_["prompt"] == p, "response_index"])
+    custom = np.stack([shown, np.char.mod("%.3f", d), np.char.mod("%.4f", f)], axis=-1)
+    hover = "%{x}: <b>%{customdata[0]}</b><br>WAAD %{y:.3f}<br>Δ %{customdata[1]}<br>FAI %{customdata[2]}<extra></extra>"
+    q = f"top {an.quantile:.0%}" + (", local maxima" if an.peak_rule == "local_max" else "")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=("WAAD of the local heads; ▲ = preplan token (" + q + " of Δ_t = |WAAD_t − WAAD_t+1|)",
+                                        "FAI of the global heads; orange = anchor token (" + q + " of FAI)"))
+    fig.add_trace(go.Scatter(x=x, y=w, mode="lines+markers", name="WAAD", line=dict(color="#4c72b0", width=1.5),
+                             marker=dict(size=4), customdata=custom, hovertemplate=hover), row=1, col=1)
+    idx = sorted(pre)
+    fig.add_trace(go.Scatter(x=idx, y=w[idx], mode="markers", name="preplan token (t of Δ_t)",
+                             marker=dict(symbol="triangle-up", size=9, color="#c44e52"), hoverinfo="skip"), row=1, col=1)
+    colors = ["#dd8452" if i in anc else "#c9c9c9" for i in x]
+    fig.add_trace(go.Bar(x=x, y=f, name="FAI (orange = anchor)", marker_color=colors, customdata=custom,
+                         hovertemplate=hover.replace("WAAD %{y:.3f}", "FAI %{y:.4f}")), row=2, col=1)
+    prompt = (an.scores_.prompts or [""])[p]
+    sub = (f"pair {p}: {prompt[:80]}{'…' if len(prompt) > 80 else ''} | W={an.window}, horizon={an.horizon}, "
+           f"|H_loc|={len(an.local_heads_)}, |H_glob|={len(an.global_heads_)}")
+    ticks = dict(tickmode="array", tickvals=x, ticktext=shown, tickangle=-70, tickfont=dict(size=9))
+    fig.update_xaxes(**ticks, row=2, col=1)
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_yaxes(title_text="WAAD", row=1, col=1)
+    fig.update_yaxes(title_text="FAI", row=2, col=1)
+    fig.update_layout(title=dict(text=f"Preplan-and-Anchor — {an.scores_.model}", x=0.02, xanchor="left",
+                                 subtitle=dict(text=sub, font=dict(size=11, color="#555"))),
+                      template="plotly_white", font=_FONT, bargap=0.15, width=width or max(700, min(2400, 13 * n + 160)),
+                      height=height or 560, margin=dict(l=60, r=20, t=110, b=110), showlegend=False)
+    for ann in fig.layout.annotations:  # subplot titles: left-aligned like the main title
+        ann.update(x=0, xanchor="left", font=dict(size=12))
+    return fig
