@@ -257,11 +257,11 @@ def token_figure(an: PreplanAnchor, p: int, *, width: int | None = None, height:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ..viz.figures import _FONT, _show_token
+    from ..viz.figures import FONT, show_token
 
     toks = an.waad_.tokens[p]
     n, x = len(toks), list(range(len(toks)))
-    shown = [_show_token(t) for t in toks]
+    shown = [show_token(t) for t in toks]
     w, d, f = (s.values[p, :n] for s in (an.waad_, an.waad_delta_, an.fai_))
     pre = set(an.preplan_tokens_.loc[an.preplan_tokens_["prompt"] == p, "response_index"])
     anc = set(an.anchor_tokens_.loc[an.anchor_tokens_["prompt"] == p, "response_index"])
@@ -289,7 +289,7 @@ def token_figure(an: PreplanAnchor, p: int, *, width: int | None = None, height:
     fig.update_yaxes(title_text="FAI", row=2, col=1)
     fig.update_layout(title=dict(text=f"Preplan-and-Anchor — {an.scores_.model}", x=0.02, xanchor="left",
                                  subtitle=dict(text=sub, font=dict(size=11, color="#555"))),
-                      template="plotly_white", font=_FONT, bargap=0.15, width=width or max(700, min(2400, 13 * n + 160)),
+                      template="plotly_white", font=FONT, bargap=0.15, width=width or max(700, min(2400, 13 * n + 160)),
                       height=height or 560, margin=dict(l=60, r=20, t=110, b=110), showlegend=False)
     for ann in fig.layout.annotations:  # subplot titles: left-aligned like the main title
         ann.update(x=0, xanchor="left", font=dict(size=12))

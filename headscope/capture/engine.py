@@ -42,9 +42,10 @@ ORDER = list(SITES)
 
 @dataclass
 class CaptureResult(Mapping):
-    """Reducer name → HeadScores, plus the tokens and (only if asked) full patterns."""
+    """Reducer name → its result (HeadScores for per-head reducers; residual-stream reducers may
+    return their own result objects), plus the tokens and (only if asked) full patterns."""
 
-    scores: dict[str, HeadScores]
+    scores: dict[str, HeadScores | object]
     token_ids: list[list[int]]
     prompts: list[str] | None
     layers: list[int]

@@ -8,7 +8,7 @@ its kind's parameters. Realising a spec as hooks is `headscope.interventions.hoo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from ..errors import InputError

@@ -14,10 +14,10 @@ import plotly.graph_objects as go
 if TYPE_CHECKING:
     from headscope.results import HeadScores, TokenScores
 
-_FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
+FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
 
 
-def _ticks(n: int, prefix: str, max_ticks: int = 40) -> dict:
+def axis_ticks(n: int, prefix: str, max_ticks: int = 40) -> dict:
     # Every index while it fits; beyond ~40 labels collide, so thin them evenly.
     step = max(1, math.ceil(n / max_ticks))
     vals = list(range(0, n, step))
@@ -27,7 +27,7 @@ def _ticks(n: int, prefix: str, max_ticks: int = 40) -> dict:
 _NAN_COLOR = "#9e9e9e"  # mid grey: not in Viridis or RdBu, so a NaN head never reads as "score 0"
 
 
-def _title(name: str, model: str, extra: str = "") -> dict:
+def title_block(name: str, model: str, extra: str = "") -> dict:
     # Details go in a subtitle so long model names don't push the title off a narrow figure.
     title = dict(text=" — ".join(s for s in (name, model) if s), x=0.02, xanchor="left")
     if extra:  # an empty subtitle still reserves vertical space
@@ -76,13 +76,13 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
     if np.isnan(z).any():
         extra += ("; " if extra else "") + "grey = NaN"
     fig.update_layout(
-        title=title if title is not None else _title(scores.name, scores.model, extra),
-        template=template, font=_FONT, plot_bgcolor=_NAN_COLOR,
+        title=title if title is not None else title_block(scores.name, scores.model, extra),
+        template=template, font=FONT, plot_bgcolor=_NAN_COLOR,
         width=width or int(min(1400, max(520, 26 * H + 190))),
         height=height or int(min(1400, max(340, 20 * L + 170))),
         margin=dict(l=60, r=20, t=80, b=50),
-        xaxis=dict(title="head", side="bottom", showgrid=False, zeroline=False, **_ticks(H, "H")),
-        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False, **_ticks(L, "L")),
+        xaxis=dict(title="head", side="bottom", showgrid=False, zeroline=False, **axis_ticks(H, "H")),
+        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False, **axis_ticks(L, "L")),
     )
     return fig
 
@@ -92,14 +92,14 @@ def top_heads_bar(scores: HeadScores, k: int = 15, *, title: str | None = None) 
     df = scores.top(k)
     fig = go.Figure(go.Bar(x=df["score"], y=df["label"], orientation="h", customdata=df["kv_group"],
                            hovertemplate="%{y}<br>KV group %{customdata}<br>score %{x:.4g}<extra></extra>"))
-    fig.update_layout(title=title if title is not None else _title(scores.name, scores.model, f"top {len(df)}"),
-                      template="plotly_white", font=_FONT, width=520, height=max(280, 22 * len(df) + 120),
+    fig.update_layout(title=title if title is not None else title_block(scores.name, scores.model, f"top {len(df)}"),
+                      template="plotly_white", font=FONT, width=520, height=max(280, 22 * len(df) + 120),
                       yaxis=dict(autorange="reversed", title=None), xaxis=dict(title=scores.name),
                       margin=dict(l=80, r=20, t=60, b=50))
     return fig
 
 
-def _show_token(t: str) -> str:
+def show_token(t: str) -> str:
     # Make whitespace visible: tokens like " the" / "\n" are otherwise indistinguishable on an axis.
     return t.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·") or "∅"
 
@@ -110,7 +110,7 @@ def token_plot(scores: TokenScores, *, title: str | None = None, width: int | No
     rows = scores.values.reshape(-1, scores.values.shape[-1])
     fig = go.Figure()
     for p, toks in enumerate(scores.tokens):
-        shown = [_show_token(t) for t in toks]
+        shown = [show_token(t) for t in toks]
         y = rows[p, : len(toks)]
         kind = go.Bar if len(scores.tokens) == 1 else go.Scatter
         label = (scores.prompts[p][:40] if scores.prompts else f"prompt {p}")
@@ -120,10 +120,10 @@ def token_plot(scores: TokenScores, *, title: str | None = None, width: int | No
     n = max(len(t) for t in scores.tokens)
     xaxis = dict(title="token position")
     if len(scores.tokens) == 1 and n <= 60:  # token strings as ticks only when they are unambiguous
-        xaxis.update(tickmode="array", tickvals=list(range(n)), ticktext=[_show_token(t) for t in scores.tokens[0]],
+        xaxis.update(tickmode="array", tickvals=list(range(n)), ticktext=[show_token(t) for t in scores.tokens[0]],
                      tickangle=-60)
-    fig.update_layout(title=title if title is not None else _title(scores.name, scores.model),
-                      template="plotly_white", font=_FONT, xaxis=xaxis, yaxis=dict(title=scores.name),
+    fig.update_layout(title=title if title is not None else title_block(scores.name, scores.model),
+                      template="plotly_white", font=FONT, xaxis=xaxis, yaxis=dict(title=scores.name),
                       width=width or min(1400, max(500, 18 * n + 160)), height=height or 380,
                       showlegend=len(scores.tokens) > 1)
     return fig

@@ -1,0 +1,263 @@
+"""Attention sinks: sink heads, sink rate, hidden sinks, massive activations and VAR's phi, in one pass.
+
+    >>> from headscope.analyzers.sinks import AttentionSinks
+    >>> from headscope.testing import planted_model, repeated_random_tokens
+    >>> model, truth = planted_model()
+    >>> sinks = AttentionSinks().fit(model, repeated_random_tokens(model, seq_len=20, batch=2))
+    >>> sinks.heads_[0] == truth.sink
+    True
+
+Formulas, defaults and gotchas: docs/attention-sinks.md (methods.md §6, §7, §9).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..capture import capture
+from ..capture.reducers import FirstTokenMass
+from ..errors import InputError
+from ..models.info import model_info
+from ..results import HeadScores, TokenScores
+from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, phi_from_top_k
+from .base import Analyzer, register, select_heads
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InputError(msg)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@register
+class AttentionSinks(Analyzer):
+    """Sink heads (Gu et al. alpha_k > epsilon), sink rate, ACT hidden sinks, massive activations, VAR phi.
+
+    Args:
+        epsilon: Gu et al.'s threshold on alpha_k; heads above it are `heads_` (0.3).
+        max_tokens: Gu et al.'s T: alpha_k uses queries among the first T tokens of each prompt (64).
+        sink_position: the key position k whose importance is `scores_` (0 = the first token).
+        hidden_sink_threshold: ACT's alpha on s_j (0.1).
+        hidden_sink_min_queries: ignore keys seen by fewer queries than this (1 = ACT: none ignored).
+        massive_min_abs, massive_min_ratio: Sun et al.'s |x| > 100 and |x| >= 1000 x median|x|.
+        tau: VAR's sink-token threshold on phi (20).
+        sink_dims: dims for phi; None finds them from the first token's massive activations.
+        phi_top_k: |x_d| / RMS values kept per token when sink_dims is None (raised to
+            d_model // tau^2 + 1 so that the phi > tau decision is always exact).
+        batch_size: prompts per forward pass.
+
+    Learned: `scores_` (alpha_k, HeadScores [prompt, layer, head]), `heads_`, `first_token_mass_`,
+    `sink_rate_` (%), `hidden_sinks_` (DataFrame), `hidden_sink_counts_` (HeadScores),
+    `massive_activations_` (DataFrame), `massive_dims_`, `layer_magnitudes_` (DataFrame),
+    `sink_dims_`, `phi_` (ndarray [prompt, layer, pos], NaN on pads), `sink_tokens_` (DataFrame),
+    `tokens_` (token strings per prompt).
+    """
+
+    name = "attention-sinks"
+    description = ("Attention sinks: Gu et al. sink heads and sink rate, ACT hidden sinks, Sun et al. "
+                   "massive activations and VAR's phi sink tokens, from one capture pass.")
+
+    def __init__(self, epsilon: float = 0.3, max_tokens: int = 64, sink_position: int = 0,
+                 hidden_sink_threshold: float = 0.1, hidden_sink_min_queries: int = 1,
+                 massive_min_abs: float = 100.0, massive_min_ratio: float = 1000.0, tau: float = 20.0,
+                 sink_dims: list[int] | None = None, phi_top_k: int = 8, batch_size: int = 8):
+        self.epsilon = epsilon
+        self.max_tokens = max_tokens
+        self.sink_position = sink_position
+        self.hidden_sink_threshold = hidden_sink_threshold
+        self.hidden_sink_min_queries = hidden_sink_min_queries
+        self.massive_min_abs = massive_min_abs
+        self.massive_min_ratio = massive_min_ratio
+        self.tau = tau
+        self.sink_dims = sink_dims
+        self.phi_top_k = phi_top_k
+        self.batch_size = batch_size
+
+    def _validate(self, d_model: int) -> None:
+        for name in ("epsilon", "hidden_sink_threshold", "massive_min_abs", "massive_min_ratio", "tau"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0,
+                   f"{name}={v!r} must be a finite number >= 0")
+        for name in ("max_tokens", "phi_top_k", "batch_size", "hidden_sink_min_queries"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v >= 1, f"{name}={v!r} must be an integer >= 1")
+        _check(_is_int(self.sink_position) and 0 <= self.sink_position < self.max_tokens,
+               f"sink_position={self.sink_position!r} must be an integer in [0, max_tokens={self.max_tokens})")
+        if self.sink_dims is not None:
+            dims = list(self.sink_dims) if not isinstance(self.sink_dims, (str, bytes)) else None
+            _check(bool(dims) and all(_is_int(d) and 0 <= d < d_model for d in dims),
+                   f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in 0..{d_model - 1} "
+                   "(or None to find them from the first token's massive activations)")
+
+    def fit(self, model, data=None) -> AttentionSinks:
+        """Run one capture pass over `data` (default: the built-in prompts) and set the learned attributes."""
+        info = model_info(model)
+        self._validate(info.d_model)
+        if data is None:
+            from ..reporting import load_prompts
+
+            data = load_prompts()
+        top_k = max(int(self.phi_top_k), int(info.d_model // self.tau**2) + 1 if self.tau > 0 else info.d_model)
+        importance = TokenImportance(self.sink_position, self.max_tokens)
+        hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
+        phi = PhiTopK(self.sink_dims, top_k)
+        res = capture(model, data, [FirstTokenMass(), importance, hidden,
+                                    MassiveActivations(self.massive_min_abs, self.massive_min_ratio), phi],
+                      batch_size=self.batch_size)
+        self.tokens_ = _token_strings(model, res.token_ids)
+        self.first_token_mass_ = res["first_token_mass"]
+        self.scores_ = _relabel(res["sink_importance"], info.name, self.get_params())
+        self.heads_ = select_heads(self.scores_, threshold=self.epsilon)
+        with warnings.catch_warnings():  # prompts too short for sink_position are NaN and left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            above = np.where(np.isnan(self.scores_.values), np.nan, self.scores_.values > self.epsilon)
+            self.sink_rate_ = float(100 * np.nanmean(np.nanmean(above, axis=(1, 2))))
+        self.hidden_sinks_ = self._table(hidden.table(), ["prompt", "layer", "head", "position", "score"])
+        self.hidden_sink_counts_ = res["hidden_sink_count"]
+        self._massive = res["massive_activations"]
+        m = self._massive.entries
+        with np.errstate(divide="ignore"):  # a layer whose median |x| is 0 (one-hot toy models): ratio inf
+            ratio = np.abs(m["value"]) / m["median"]
+        self.massive_activations_ = self._table(
+            {**m, "ratio": ratio},
+            ["prompt", "layer", "position", "dim", "value", "median", "ratio"])
+        self.massive_dims_ = sorted({int(d) for d in m["dim"]})
+        self.layer_magnitudes_ = self._magnitudes()
+        if self.sink_dims is not None:
+            self.sink_dims_ = sorted({int(d) for d in self.sink_dims})
+        else:
+            self.sink_dims_ = sorted({int(d) for d, p in zip(m["dim"], m["position"]) if p == 0})
+            if not self.sink_dims_:
+                warnings.warn("no massive activation at the first token: phi is undefined (all NaN); pass "
+                              "sink_dims=[...] explicitly or lower massive_min_ratio", stacklevel=2)
+        self.phi_ = phi_from_top_k(res["phi"], self.sink_dims_)
+        p, layer, pos = np.nonzero(np.nan_to_num(self.phi_, nan=-np.inf) > self.tau)
+        self.sink_tokens_ = self._table({"prompt": p, "layer": layer, "position": pos, "phi": self.phi_[p, layer, pos]},
+                                        ["prompt", "layer", "position", "phi"])
+        return self
+
+    def _table(self, cols: dict, order: list[str]) -> pd.DataFrame:
+        """DataFrame with a `token` column after `position`, sorted by prompt/layer/(head)/position."""
+        df = pd.DataFrame({c: cols[c] for c in order})
+        df.insert(order.index("position") + 1, "token",
+                  [self.tokens_[p][t] for p, t in zip(df["prompt"], df["position"])])
+        if "head" in df:
+            df.insert(df.columns.get_loc("head") + 1, "label", [f"L{a}H{b}" for a, b in zip(df["layer"], df["head"])])
+        keys = [c for c in ("prompt", "layer", "head", "position", "dim") if c in df]
+        return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+    def _magnitudes(self) -> pd.DataFrame:
+        r = self._massive
+        P, L = r.median.shape
+        pi, li = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), indexing="ij"))
+        return pd.DataFrame({"prompt": pi, "layer": li, "top1": r.top3[..., 0].ravel(), "top2": r.top3[..., 1].ravel(),
+                             "top3": r.top3[..., 2].ravel(), "median": r.median.ravel(),
+                             "top1_position": r.top1_where[..., 0].ravel(), "top1_dim": r.top1_where[..., 1].ravel()})
+
+    def phi_scores(self, layer: int) -> TokenScores:
+        """phi of every token entering `layer` (hook_resid_pre) as TokenScores [prompt, token]."""
+        self._check_fitted()
+        _check(_is_int(layer) and -self.phi_.shape[1] <= layer < self.phi_.shape[1],
+               f"layer={layer!r} out of range: the model has layers 0..{self.phi_.shape[1] - 1}")
+        layer = int(layer) % self.phi_.shape[1]
+        return TokenScores(self.phi_[:, layer], tokens=self.tokens_, name=f"phi_L{layer}", model=self.scores_.model,
+                           analyzer=f"analyzers.{type(self).__name__}", params=self.get_params(),
+                           prompts=self.scores_.prompts,
+                           description=f"VAR phi (sink dims {self.sink_dims_}) entering layer {layer}; "
+                                       f"sink tokens have phi > tau = {self.tau}")
+
+    def plot_phi(self, layer: int | None = None, prompt: int = 0):
+        """phi per token: one prompt as a layer x position heatmap (layer=None), or one layer as lines."""
+        self._check_fitted()
+        if layer is not None:
+            return phi_lines(self.phi_scores(layer), self.tau)
+        _check(_is_int(prompt) and 0 <= prompt < len(self.tokens_),
+               f"prompt={prompt!r} out of range: fitted on {len(self.tokens_)} prompts")
+        return phi_heatmap(self.phi_[prompt, :, : len(self.tokens_[prompt])], self.tokens_[prompt], self.tau,
+                           self.sink_dims_, self.scores_.model)
+
+    def plot_massive(self):
+        """Sun et al.'s layer-wise curve: top-1/2/3 |x| and median |x| of each layer output (prompt mean)."""
+        self._check_fitted()
+        return massive_curve(self.layer_magnitudes_, self.massive_dims_, self.massive_min_ratio, self.scores_.model)
+
+
+def _relabel(scores: HeadScores, model: str, params: dict) -> HeadScores:
+    """The reducer's alpha_k as the analyzer's result (its own name and full parameters in provenance)."""
+    return HeadScores(scores.values, name=f"sink_importance_k{params['sink_position']}", n_kv_heads=scores.n_kv_heads,
+                      model=model, analyzer="analyzers.AttentionSinks", params=params, prompts=scores.prompts,
+                      higher_is_more=True, description=scores.description)
+
+
+def _token_strings(model, token_ids: list[list[int]]) -> list[list[str]]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [[str(t) for t in ids] for ids in token_ids]
+    return [[tok.decode([t]) for t in ids] for ids in token_ids]
+
+
+# --- figures (plotly imported lazily, like headscope.viz) ---------------------------------------------
+
+def phi_lines(scores: TokenScores, tau: float):
+    """TokenScores line/bar plot of phi with the tau threshold drawn in."""
+    fig = scores.plot()
+    fig.add_hline(y=tau, line=dict(color="firebrick", dash="dash"), annotation_text=f"tau = {tau:g}")
+    return fig
+
+
+def phi_heatmap(z: np.ndarray, tokens: list[str], tau: float, dims: list[int], model: str):
+    """Layer x position heatmap of phi for one prompt; cells above tau are marked with a cross."""
+    import plotly.graph_objects as go
+
+    from ..viz.figures import FONT, show_token, axis_ticks, title_block
+
+    L, T = z.shape
+    shown = [show_token(t) for t in tokens]
+    custom = np.broadcast_to(np.asarray(shown, dtype=object), (L, T))
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(T)), y=list(range(L)), customdata=custom, colorscale="Viridis",
+                               hovertemplate="L%{y} pos %{x} <b>%{customdata}</b><br>phi %{z:.3g}<extra></extra>",
+                               colorbar=dict(title=dict(text="phi", side="right"), thickness=14)))
+    li, ti = np.nonzero(np.nan_to_num(z, nan=-np.inf) > tau)
+    fig.add_trace(go.Scatter(x=ti, y=li, mode="markers", name=f"phi > {tau:g}", hoverinfo="skip",
+                             marker=dict(symbol="x-thin", size=7, line=dict(width=2, color="white"))))
+    xaxis = dict(title="token position", showgrid=False)
+    if T <= 60:
+        xaxis.update(tickmode="array", tickvals=list(range(T)), ticktext=shown, tickangle=-60)
+    extra = f"sink dims {dims}; x = phi > tau = {tau:g}"
+    if np.isnan(z).any():  # auto sink dims: tokens whose top-k holds no sink dim (phi provably <= tau)
+        extra += "; blank = not among the token's top-k (pass sink_dims for exact values)"
+    fig.update_layout(title=title_block("phi entering each layer", model, extra),
+                      template="plotly_white", font=FONT, width=min(1400, max(520, 16 * T + 200)),
+                      height=min(1400, max(340, 18 * L + 200)), xaxis=xaxis, showlegend=False,
+                      yaxis=dict(title="layer", autorange="reversed", showgrid=False, **axis_ticks(L, "L")))
+    return fig
+
+
+def massive_curve(df: pd.DataFrame, dims: list[int], min_ratio: float, model: str):
+    """Top-1/2/3 and median |x| per layer (mean over prompts), log scale, as in Sun et al.'s Fig. 2."""
+    import plotly.graph_objects as go
+
+    from ..viz.figures import FONT, title_block
+
+    g = df.groupby("layer")
+    mean = g[["top1", "top2", "top3", "median"]].mean()
+    where = g.apply(lambda d: f"pos {d['top1_position'].mode()[0]} dim {d['top1_dim'].mode()[0]}",
+                    include_groups=False)
+    fig = go.Figure()
+    for col, dash in (("top1", "solid"), ("top2", "solid"), ("top3", "solid"), ("median", "dot")):
+        fig.add_trace(go.Scatter(x=mean.index, y=mean[col], name=col, mode="lines+markers", line=dict(dash=dash),
+                                 customdata=where.reindex(mean.index),
+                                 hovertemplate="L%{x}: %{y:.4g}" + (" (%{customdata})" if col == "top1" else "")
+                                 + f"<extra>{col}</extra>"))
+    fig.add_trace(go.Scatter(x=mean.index, y=min_ratio * mean["median"], name=f"{min_ratio:g} x median",
+                             mode="lines", line=dict(dash="dash", color="grey")))
+    fig.update_layout(title=title_block("massive activations (layer outputs)", model, f"massive dims {dims}"),
+                      template="plotly_white", font=FONT, width=720, height=420,
+                      xaxis=dict(title="layer"), yaxis=dict(title="|x|", type="log"))
+    return fig
