@@ -1,0 +1,182 @@
+"""Head divergence: how much each head's output changes when a context segment is taken away.
+
+VHD of He et al. (ACL 2025, "vision-aware head divergence", ../shared/docs/methods.md §5),
+generalised from image tokens to any segment (a document, a system prompt, few-shot examples):
+
+    VHD[l, h] = d( z[l, h](prompt with segment), z[l, h](segment removed or replaced) )
+
+z = the head's output before W_O (hook_z), at chosen query positions after the segment (default:
+the last token, i.e. the first generation step), averaged over positions and prompts. Two capture
+passes (with, without) collect z at those positions only; no attention pattern is kept.
+
+    >>> from headscope.analyzers.head_divergence import HeadDivergence
+    >>> hd = HeadDivergence().fit(model, [("Context:", " The door is green.", " Q: door colour? A:")])
+    >>> hd.scores_.top(5); hd.token_vhd_; hd.plot()
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..capture import capture
+from ..errors import InputError
+from ..inputs.segments import VARIANTS, build_variants, segment_prompts
+from ..models.info import model_info
+from ..paths import data_dir
+from ..results import HeadScores, TokenScores
+from ._z_reducers import ZAtPositions
+from .base import Analyzer, register, select_heads
+
+DISTANCES = ("euclidean", "sq_l2", "cosine")
+SELECTS = ("top_k", "threshold", "top_fraction")
+
+
+def z_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distance over the last dim (d_head): [..., d_head] x2 -> [...] (float64)."""
+    a, b = a.double(), b.double()
+    if distance == "euclidean":
+        return (a - b).norm(dim=-1)
+    if distance == "sq_l2":
+        return ((a - b) ** 2).sum(-1)
+    if distance == "cosine":  # 1 - cos; a zero vector counts as orthogonal to everything
+        denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
+        return 1.0 - (a * b).sum(-1) / denom
+    raise InputError(f"distance={distance!r}: use one of {DISTANCES}")
+
+
+def default_segment_data() -> list[dict]:
+    """The built-in (prefix, segment, suffix) items: a passage from the report prompts and a question
+    about it (data/segments/context_questions.json)."""
+    doc = json.loads((data_dir() / "segments" / "context_questions.json").read_text(encoding="utf-8"))
+    return doc["items"]
+
+
+def outlier_mask(vhd: np.ndarray, ta: np.ndarray) -> np.ndarray:
+    """VHR's outlier rule, per prompt and layer (arrays [..., head]): VHD > mu + sigma AND TA > mu + sigma
+    (population std over the layer's heads); TA = ||z without the segment||^2."""
+    def above(x):
+        return x > x.mean(-1, keepdims=True) + x.std(-1, keepdims=True)
+    return above(vhd) & above(ta)
+
+
+def token_vhd(vhd: np.ndarray, k: int) -> np.ndarray:
+    """T-VHD (Eq. 5): sum over layers of the top-k heads' VHD in each layer; [..., layer, head] -> [...]."""
+    k = min(int(k), vhd.shape[-1])
+    return np.sort(vhd, axis=-1)[..., -k:].sum(-1).sum(-1)
+
+
+@register
+class HeadDivergence(Analyzer):
+    """Per-head output divergence between prompts with and without a context segment (VHD)."""
+
+    name = "head-divergence"
+    description = ("Distance between each head's output z with and without a context segment "
+                   "(VHD, He et al. 2025), at query positions after the segment.")
+
+    def __init__(self, positions="last", distance: str = "euclidean", variant: str = "removed", filler=None,
+                 outlier_rule: bool = False, top_k_per_layer: int = 4, select="above_median",
+                 batch_size: int = 8):
+        self.positions = positions
+        self.distance = distance
+        self.variant = variant
+        self.filler = filler
+        self.outlier_rule = outlier_rule
+        self.top_k_per_layer = top_k_per_layer
+        self.select = select
+        self.batch_size = batch_size
+
+    def _select_spec(self):
+        s = self.select
+        if isinstance(s, str) and s == "above_median":
+            return ("above_median", None)
+        if isinstance(s, dict) and len(s) == 1:
+            s = next(iter(s.items()))
+        if isinstance(s, (tuple, list)) and len(s) == 2 and s[0] in SELECTS:
+            return (s[0], s[1])
+        raise InputError(f"select={self.select!r}: use 'above_median' (VHR's per-layer H_l), or "
+                         f"('top_k', 10) / ('threshold', 0.5) / ('top_fraction', 0.1)")
+
+    def _check(self, n_heads: int):
+        if self.distance not in DISTANCES:
+            raise InputError(f"distance={self.distance!r}: use one of {DISTANCES}")
+        if self.variant not in VARIANTS:
+            raise InputError(f"variant={self.variant!r}: use 'removed' (segment deleted) or 'replaced' "
+                             f"(same-length filler)")
+        k = self.top_k_per_layer
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_heads:
+            raise InputError(f"top_k_per_layer={k!r}: must be an integer in 1..{n_heads} (heads per layer)")
+        if self.filler is not None and self.variant != "replaced":
+            raise InputError("filler is only used with variant='replaced'; set variant='replaced' or drop filler")
+        return self._select_spec()
+
+    def fit(self, model, data=None) -> HeadDivergence:
+        """data: list of (prefix, segment, suffix), each part text or token ids (see
+        `headscope.inputs.segments.segment_prompts`); None = the built-in passage + question items."""
+        info = model_info(model)
+        how, arg = self._check(info.n_heads)
+        items = segment_prompts(model, default_segment_data() if data is None else data)
+        pair = build_variants(model, items, variant=self.variant, positions=self.positions, filler=self.filler)
+        with_seg = ZAtPositions(pair.present_positions, name="z_sq_norm_with_segment")
+        without = ZAtPositions(pair.other_positions, name="z_sq_norm_without_segment")
+        capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)
+        capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)
+
+        per_pos = [z_distance(a, b, self.distance).numpy() for a, b in zip(with_seg.z, without.z)]  # [layer, pos, head]
+        raw = np.stack([d.mean(1) for d in per_pos])  # [prompt, layer, head]
+        ta = without.result(info).values  # [prompt, layer, head] ||z without||^2
+        flagged = outlier_mask(raw, ta)
+        vhd = raw
+        if self.outlier_rule:  # VHR: heads whose output surges without the segment are not "reading" it
+            vhd = np.where(flagged, 0.0, raw)
+            per_pos = [np.where(f[:, None, :], 0.0, d) for f, d in zip(flagged, per_pos)]
+
+        prompts = [it.text if it.text is not None else model.tokenizer.decode(it.present) for it in items]
+        params = self.get_params()
+        meta = {"n_kv_heads": info.n_kv_heads, "model": info.name, "analyzer": self.name, "params": params,
+                "prompts": prompts}
+        self.segments_, self.variants_, self.vhd_per_position_ = items, pair, per_pos
+        self.scores_ = HeadScores(vhd, name="head_divergence", higher_is_more=True, description=(
+            f"{self.distance} distance of hook_z with vs {self.variant} segment, mean over positions "
+            f"({self.positions!r})" + ("; VHR outliers zeroed" if self.outlier_rule else "")), **meta)
+        self.ta_ = HeadScores(ta, name="ta_without_segment", higher_is_more=True,
+                              description="||z||^2 without the segment (VHR's TA), mean over positions", **meta)
+        p, l, h = np.nonzero(flagged)  # reported whether or not they were zeroed
+        self.outliers_ = pd.DataFrame({"prompt": p, "layer": l, "head": h,
+                                       "label": [f"L{a}H{b}" for a, b in zip(l, h)], "vhd": raw[p, l, h],
+                                       "ta": ta[p, l, h], "zeroed": bool(self.outlier_rule)})
+        self.token_vhd_ = token_vhd(vhd, self.top_k_per_layer)  # [prompt]
+        self.token_vhd_positions_ = self._position_tvhd(model, items, pair, per_pos, prompts, params)
+        self.heads_ = self._heads(how, arg)
+        return self
+
+    def _position_tvhd(self, model, items, pair, per_pos, prompts, params) -> TokenScores:
+        width = max(len(ids) for ids in pair.present)
+        values = np.full((len(items), width), np.nan)  # NaN = position not measured
+        for i, (pos, d) in enumerate(zip(pair.present_positions, per_pos)):
+            values[i, pos] = token_vhd(d.transpose(1, 0, 2), self.top_k_per_layer)  # d: [layer, pos, head]
+        tokens = [[model.tokenizer.decode([t]) for t in ids] for ids in pair.present]
+        return TokenScores(values, tokens=tokens, name="token_vhd", model=model_info(model).name,
+                           analyzer=self.name, params=params, prompts=prompts,
+                           description=f"T-VHD: sum over layers of the top-{self.top_k_per_layer} head VHDs")
+
+    def _heads(self, how, arg) -> list[tuple[int, int]]:
+        if how != "above_median":
+            return select_heads(self.scores_, **{how: arg})
+        mean = self.scores_.mean_over_prompts().values  # [layer, head]
+        keep = mean > np.median(mean, axis=1, keepdims=True)  # VHR's H_l, per layer
+        order = np.argsort(-np.where(keep, mean, -np.inf).ravel(), kind="stable")[: int(keep.sum())]
+        return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+
+    def plot(self, **kw):
+        """Layer x head heatmap of the prompt-mean VHD."""
+        self._check_fitted()
+        return self.scores_.plot(**kw)
+
+    def plot_tokens(self, **kw):
+        """T-VHD at each measured position (useful with positions='after_segment')."""
+        self._check_fitted()
+        return self.token_vhd_positions_.plot(**kw)
