@@ -78,6 +78,12 @@ class Analyzer:
         if not hasattr(self, "scores_"):
             raise InputError(f"{type(self).__name__} is not fitted yet: call .fit(model, data) first")
 
+    def _own(self, scores: HeadScores, name: str | None = None, description: str | None = None) -> HeadScores:
+        """A reducer's HeadScores re-labelled as this analyzer's result (its name and all parameters)."""
+        return HeadScores(scores.values, name=name or scores.name, n_kv_heads=scores.n_kv_heads, model=scores.model,
+                          analyzer=self.name, params=self.get_params(), prompts=scores.prompts,
+                          higher_is_more=scores.higher_is_more, description=description or scores.description)
+
     def plot(self, **kw):
         """The analyzer's main figure (default: the heatmap of `scores_`)."""
         self._check_fitted()

@@ -21,7 +21,7 @@ from ..capture import capture
 from ..capture.reducers import FirstTokenMass
 from ..errors import InputError
 from ..models.info import model_info
-from ..results import HeadScores, TokenScores
+from ..results import TokenScores
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, phi_from_top_k
 from .base import Analyzer, register, select_heads
 
@@ -112,7 +112,7 @@ class AttentionSinks(Analyzer):
                       batch_size=self.batch_size)
         self.tokens_ = _token_strings(model, res.token_ids)
         self.first_token_mass_ = res["first_token_mass"]
-        self.scores_ = _relabel(res["sink_importance"], info.name, self.get_params())
+        self.scores_ = self._own(res["sink_importance"], name=f"sink_importance_k{self.sink_position}")
         self.heads_ = select_heads(self.scores_, threshold=self.epsilon)
         with warnings.catch_warnings():  # prompts too short for sink_position are NaN and left out
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -167,7 +167,7 @@ class AttentionSinks(Analyzer):
                f"layer={layer!r} out of range: the model has layers 0..{self.phi_.shape[1] - 1}")
         layer = int(layer) % self.phi_.shape[1]
         return TokenScores(self.phi_[:, layer], tokens=self.tokens_, name=f"phi_L{layer}", model=self.scores_.model,
-                           analyzer=f"analyzers.{type(self).__name__}", params=self.get_params(),
+                           analyzer=self.name, params=self.get_params(),
                            prompts=self.scores_.prompts,
                            description=f"VAR phi (sink dims {self.sink_dims_}) entering layer {layer}; "
                                        f"sink tokens have phi > tau = {self.tau}")
@@ -186,13 +186,6 @@ class AttentionSinks(Analyzer):
         """Sun et al.'s layer-wise curve: top-1/2/3 |x| and median |x| of each layer output (prompt mean)."""
         self._check_fitted()
         return massive_curve(self.layer_magnitudes_, self.massive_dims_, self.massive_min_ratio, self.scores_.model)
-
-
-def _relabel(scores: HeadScores, model: str, params: dict) -> HeadScores:
-    """The reducer's alpha_k as the analyzer's result (its own name and full parameters in provenance)."""
-    return HeadScores(scores.values, name=f"sink_importance_k{params['sink_position']}", n_kv_heads=scores.n_kv_heads,
-                      model=model, analyzer="analyzers.AttentionSinks", params=params, prompts=scores.prompts,
-                      higher_is_more=True, description=scores.description)
 
 
 def _token_strings(model, token_ids: list[list[int]]) -> list[list[str]]:

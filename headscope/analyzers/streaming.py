@@ -73,8 +73,8 @@ class StreamingHeads(Analyzer):
         info = model_info(model)
         probes = self._probes(model, self.seg_len, self.n_repeats, self.seed) if data is None else data
         res = capture(model, probes, [DuplicateTokenScore(), InductionScore()], batch_size=self.batch_size)
-        self.scores_ = res["induction_score"]
-        self.echo_scores_ = res["duplicate_token_score"]
+        self.scores_ = self._own(res["induction_score"])
+        self.echo_scores_ = self._own(res["duplicate_token_score"])
         g = info.group_size
         echo = self.echo_scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
         ind = self.scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
