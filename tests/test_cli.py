@@ -35,15 +35,6 @@ def test_cli_reports_user_errors_in_one_line(capsys):
     assert err.startswith("headscope: error: Unknown model 'no-such-model'") and "Traceback" not in err
 
 
-@pytest.mark.real_model
-def test_scan_runs_an_analyzer_and_saves_scores(tmp_path, capsys):
-    assert main(["scan", "head-importance", "--param", "top_k=3", "--out", str(tmp_path), "--no-static"]) == 0
-    saved = json.loads((tmp_path / "head-importance.json").read_text())
-    assert saved["provenance"]["params"]["top_k"] == 3
-    assert (tmp_path / "head-importance.html").is_file()
-    assert "selected heads (3)" in capsys.readouterr().out
-
-
 def test_scan_rejects_unknown_analyzer_and_parameter(capsys):
     assert main(["scan", "no-such-analyzer"]) == 2
     assert "unknown analyzer 'no-such-analyzer'; available:" in capsys.readouterr().err
