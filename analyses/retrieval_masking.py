@@ -48,6 +48,23 @@ def needle_accuracy(model, samples, heads) -> float:
     return correct / len(samples)
 
 
+def plot(record: dict, out: Path) -> None:
+    """The figure of the sweep, from the saved record (re-render with --replot)."""
+    ks, rand = record["ks"], record["random_accuracy"]
+    fig = go.Figure()
+    fig.add_scatter(x=ks, y=record["top_k_accuracy"], mode="lines+markers", name="top-K retrieval heads masked")
+    mean, lo, hi = (np.array([f(r) for r in rand]) for f in (np.mean, np.min, np.max))
+    fig.add_scatter(x=ks, y=mean, mode="lines+markers", name=f"K random heads (mean, min-max of {len(rand[0])} seeds)",
+                    error_y=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo))
+    det = record["detection"]
+    fig.update_layout(title=f"Needle accuracy vs masked heads — SmolLM2-135M-Instruct<br><sub>{det['prompt_form']} prompt, "
+                      f"{det['context_lengths']} tokens, {record['n_eval_samples']} held-out samples</sub>",
+                      xaxis_title="K heads masked (uniform attention on decode queries)", yaxis_title="needle accuracy",
+                      yaxis_range=[-0.05, 1.05], template="plotly_white", width=900, height=500,
+                      legend=dict(x=0.55, y=0.95))
+    export_figure(fig, out / "figures", "retrieval_masking")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--context-length", type=int, default=None, help="default: the RetrievalHeads default setting")
@@ -58,7 +75,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--exclude-top", type=int, default=50, help="random heads are drawn outside this many top-ranked heads")
     p.add_argument("--out", default=str(DOCS))
+    p.add_argument("--replot", action="store_true", help="only re-render the figure from the saved JSON")
     args = p.parse_args()
+    if args.replot:
+        record = json.loads((Path(args.out) / "retrieval_masking.json").read_text())
+        return plot(record, Path(args.out))
     start = time.time()
 
     model = headscope.load_model()
@@ -87,20 +108,12 @@ def main() -> None:
         "model": "smollm2-135m-instruct", "detection": {k: v for k, v in params.items()}, "detect_accuracy": detector.accuracy_,
         "n_heads_above_threshold": n_above, "top_heads": [f"L{l}H{h}" for l, h in ranking[:10]],
         "top_scores": [round(float(detector.scores_.values[l, h]), 3) for l, h in ranking[:10]],
-        "ks": ks, "top_k_accuracy": top_acc, "random_accuracy": rand_acc, "n_eval_samples": args.n_samples,
+        "ks": ks, "top_k_accuracy": top_acc, "random_accuracy": rand_acc, "n_eval_samples": len(samples),
+        "n_detect_samples": args.n_detect * len(params["context_lengths"]), "random_seeds": args.seeds,
         "seconds": round(time.time() - start, 1),
     }
     atomic_write(out / "retrieval_masking.json", lambda t: t.write_text(json.dumps(record, indent=1)))
-    fig = go.Figure()
-    fig.add_scatter(x=ks, y=top_acc, mode="lines+markers", name="top-K retrieval heads masked")
-    mean, lo, hi = (np.array([f(r) for r in rand_acc]) for f in (np.mean, np.min, np.max))
-    fig.add_scatter(x=ks, y=mean, mode="lines+markers", name=f"K random heads (mean of {args.seeds} seeds)",
-                    error_y=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo))
-    fig.update_layout(title=f"Needle accuracy vs masked heads — SmolLM2-135M-Instruct ({params['prompt_form']} prompt, "
-                      f"{params['context_lengths']} tokens, {args.n_samples} held-out samples)",
-                      xaxis_title="K heads masked (uniform attention on decode queries)", yaxis_title="needle accuracy",
-                      yaxis_range=[-0.05, 1.05], template="plotly_white", width=900, height=500)
-    export_figure(fig, out / "figures", "retrieval_masking")
+    plot(record, out)
     print(json.dumps({k: record[k] for k in ("detect_accuracy", "n_heads_above_threshold", "top_heads", "seconds")}))
 
 
