@@ -23,29 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
 import headscope
-from headscope.analyzers.retrieval import RetrievalHeads
+from headscope.analyzers.retrieval import RetrievalHeads, needle_accuracy
 from headscope.fileio import atomic_write
 from headscope.inputs.needle import make_needle_prompts
-from headscope.interventions import UniformAttention, apply
+from headscope.interventions import UniformAttention
 from headscope.viz.export import export_figure
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def needle_accuracy(model, samples, heads) -> float:
-    correct = 0
-    for s in samples:
-        prompt, answer = list(s.prompt_ids), list(s.answer_ids)
-        tokens = torch.tensor([prompt + answer])
-        specs = [UniformAttention(heads=heads, positions="decode")] if heads else []
-        with torch.no_grad(), apply(model, specs, decode_start=len(prompt) - 1):
-            logits = model(tokens)
-        pred = logits[0, len(prompt) - 1 : len(prompt) + len(answer) - 1].argmax(-1)
-        correct += bool(torch.equal(pred, torch.tensor(answer)))
-    return correct / len(samples)
+def masked_accuracy(model, samples, heads) -> float:
+    return needle_accuracy(model, samples, [UniformAttention(heads=heads, positions="decode")] if heads else [])
 
 
 def plot(record: dict, out: Path) -> None:
@@ -97,8 +87,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     top_acc, rand_acc = [], []
     for k in ks:
-        top_acc.append(needle_accuracy(model, samples, ranking[:k]))
-        rand_acc.append([needle_accuracy(model, samples, [pool[i] for i in rng.choice(len(pool), k, replace=False)])
+        top_acc.append(masked_accuracy(model, samples, ranking[:k]))
+        rand_acc.append([masked_accuracy(model, samples, [pool[i] for i in rng.choice(len(pool), k, replace=False)])
                          for _ in range(args.seeds)] if k else [top_acc[-1]] * args.seeds)
         print(f"K={k:3d}  top-K retrieval heads: {top_acc[-1]:.2f}   random: {np.round(rand_acc[-1], 2).tolist()}", flush=True)
 

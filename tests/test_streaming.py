@@ -1,6 +1,5 @@
 """Retrieval vs streaming heads: planted copy head, KV-group max by hand, streaming check on SmolLM2."""
 
-import numpy as np
 import pytest
 
 from headscope.analyzers.streaming import StreamingHeads
@@ -12,7 +11,7 @@ def test_planted_copy_head_is_retrieval_and_streaming_the_rest_keeps_copying():
     sh = StreamingHeads(seg_len=20, n_repeats=3, token_range=(2, 48), recent=8, induction_ratio=0.25).fit(model)
     layer, head = truth.induction
     assert sh.heads_[: 2] == [(layer, 2 * (head // 2)), (layer, 2 * (head // 2) + 1)]  # its whole KV group
-    check = sh.streaming_check_.set_index("head_set")["copy_accuracy"]
+    check = sh.streaming_check_.set_index("head_set")["accuracy"]
     assert check["none"] == 1.0
     assert check["streaming candidates"] == 1.0  # sink, previous-token and local heads need no far keys
     assert check["retrieval heads"] < 0.2        # the copy head cannot see the first copy any more
@@ -35,6 +34,14 @@ def test_real_model_retrieval_heads_include_the_induction_group(smol):
     sh = StreamingHeads(seg_len=64, n_repeats=2, n_prompts=2, recent=16, n_random=2).fit(smol)
     assert (17, 3) in sh.heads_ and (17, 4) in sh.heads_  # the strong induction KV group of layer 17
     assert len(sh.heads_) == 3 * round(90 * 0.14) or len(sh.heads_) == 3 * (round(90 * 0.14) + 1)
-    check = sh.streaming_check_.set_index("head_set")["copy_accuracy"]
+    check = sh.streaming_check_.set_index("head_set")["accuracy"]
     assert check["retrieval heads"] < check["none"] - 0.2
     assert sh.plot().data
+
+
+@pytest.mark.real_model
+def test_needle_task_breaks_when_retrieval_heads_stream(smol):
+    sh = StreamingHeads(seg_len=64, n_repeats=2, n_prompts=1, recent=16, check=False).fit(smol)
+    check = sh.check_streaming(smol, task="needle", head_sets={"none": [], "retrieval heads": sh.heads_}).set_index("head_set")
+    assert check.loc["none", "accuracy"] >= 0.6  # the bundled model retrieves at 200 tokens
+    assert check.loc["retrieval heads", "accuracy"] < check.loc["none", "accuracy"] - 0.3

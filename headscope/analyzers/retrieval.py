@@ -125,6 +125,25 @@ def _span(sample: NeedleSample, span: str) -> tuple[int, int]:
     return sample.answer_span if span == "answer" else sample.needle_span
 
 
+def needle_accuracy(model, samples, interventions=()) -> float:
+    """Fraction of samples whose answer greedy decoding reproduces exactly, with interventions applied.
+
+    Measured teacher-forced (one forward over prompt + answer; correct iff every answer token is
+    the argmax given the gold prefix, which is exactly when greedy decoding reproduces it).
+    Interventions with positions="decode" hit the last prompt token and the answer queries.
+    """
+    from ..interventions import apply
+
+    correct = 0
+    for s in samples:
+        prompt, answer = list(s.prompt_ids), list(s.answer_ids)
+        with torch.no_grad(), apply(model, interventions, decode_start=len(prompt) - 1):
+            logits = model(torch.tensor([prompt + answer]))
+        pred = logits[0, len(prompt) - 1 : len(prompt) + len(answer) - 1].argmax(-1)
+        correct += bool(torch.equal(pred, torch.tensor(answer)))
+    return correct / len(samples)
+
+
 @register
 class RetrievalHeads(Analyzer):
     """Retrieval heads by the copy-paste score on needle-in-a-haystack (or repeated-segment) prompts.

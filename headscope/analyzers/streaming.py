@@ -92,8 +92,12 @@ class StreamingHeads(Analyzer):
         self.streaming_check_ = self.check_streaming(model) if self.check else None
         return self
 
-    def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None) -> pd.DataFrame:
-        """Copy accuracy on fresh repeated-token probes with each head set made streaming.
+    def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None,
+                        task: str = "copy", needle_samples=None) -> pd.DataFrame:
+        """Accuracy with each head set made streaming: `task="copy"` (second copy of fresh
+        repeated-token probes) or `task="needle"` (exact needle retrieval on `needle_samples`,
+        default 10 completion prompts of 200 tokens; the recent window should be shorter than the
+        distance from the needle to the end of the prompt).
 
         Default sets: none, the streaming candidates, the retrieval heads, and `n_random` random sets
         of as many heads as there are retrieval heads. The recent window must be shorter than the
@@ -111,10 +115,20 @@ class StreamingHeads(Analyzer):
             for i in range(self.n_random):
                 pick = rng.choice(len(all_heads), size=len(self.heads_), replace=False)
                 head_sets[f"random #{i}"] = [all_heads[j] for j in sorted(pick)]
-        tokens = self._probes(model, seg_len, 2, self.seed + 1)
+        if task == "copy":
+            tokens = self._probes(model, seg_len, 2, self.seed + 1)
+            score = lambda specs: copy_accuracy(model, tokens, seg_len, specs)
+        elif task == "needle":
+            from ..inputs.needle import make_needle_prompts
+            from .retrieval import needle_accuracy
+
+            samples = needle_samples or make_needle_prompts(model.tokenizer, 10, [200], seed=self.seed + 1)
+            score = lambda specs: needle_accuracy(model, samples, specs)
+        else:
+            raise InputError(f"task={task!r} is not one of ('copy', 'needle')")
         rows = []
         for label, heads in head_sets.items():
             specs = [StreamingWindow(heads=heads, sink=self.sink, recent=self.recent)] if heads else []
             rows.append({"head_set": label, "n_heads": len(heads), "sink": self.sink, "recent": self.recent,
-                         "copy_accuracy": copy_accuracy(model, tokens, seg_len, specs)})
+                         "task": task, "accuracy": score(specs)})
         return pd.DataFrame(rows)
