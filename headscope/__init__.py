@@ -1,7 +1,7 @@
 """headscope: find, measure and edit the attention heads of transformer models.
 
 Public surface (lazily imported so `import headscope` stays fast):
-    load_model, model_info, capture, reducers, HeadScores
+    load_model, model_info, capture, reducers, HeadScores, apply, run, scan, get_analyzer
 """
 
 from importlib import import_module
@@ -17,6 +17,10 @@ _LAZY = {
     "reducers": "headscope.capture.reducers",
     "HeadScores": "headscope.results",
     "TokenScores": "headscope.results",
+    "apply": "headscope.interventions",
+    "run": "headscope.interventions",
+    "scan": "headscope.interventions",
+    "get_analyzer": "headscope.analyzers",
     "HeadscopeError": "headscope.errors",
     "InputError": "headscope.errors",
     "ModelNotFoundError": "headscope.errors",

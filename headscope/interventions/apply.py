@@ -7,12 +7,16 @@ import contextlib
 import torch
 
 from ..models.info import model_info
-from .hooks import build_hooks
+from .hooks import build_hooks, check_specs
+from .prepare import prepare
 
 
 @contextlib.contextmanager
 def apply(model, interventions, *, decode_start: int | None = None):
     """Context manager: attach the interventions' hooks, always remove them on exit (also on error).
+
+    Mean and resample ablations first run their reference prompts once (observe-only) to get the
+    head outputs they substitute.
 
     Example:
         >>> from headscope.testing import planted_model
@@ -21,7 +25,10 @@ def apply(model, interventions, *, decode_start: int | None = None):
         >>> with apply(model, [UniformAttention(heads=[truth.induction])]):
         ...     logits = model(torch.tensor([[1, 5, 6, 7, 5, 6, 7]]))
     """
-    hooks = build_hooks(list(interventions), model_info(model), decode_start)  # validate before attaching
+    info = model_info(model)
+    specs = check_specs(interventions, info)  # validate before any compute
+    prepared = prepare(model, specs)
+    hooks = build_hooks(specs, info, decode_start, prepared)
     with model.hooks(fwd_hooks=hooks):
         yield model
 

@@ -1,14 +1,29 @@
-"""Realise intervention specs as hook functions: one hook per (spec, layer), vectorised over the
-spec's heads in that layer (a head index tensor, no Python loop per head)."""
+"""Realise intervention specs as hook functions.
+
+One hook per (spec, layer), vectorised over every (batch row, head) pair it edits: the pairs are
+gathered into one slice, edited by the kind's function from `edits.py`, and scattered back. A
+`Selector` says which pairs: `apply()` edits every row x the spec's heads of that layer; `scan()`
+edits a different head in each block of rows, so many single-head variants share one forward.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from ..capture.engine import SITES
 from ..errors import InputError
 from ..models.info import ModelInfo
-from .specs import Intervention, ScaleOutput, StreamingWindow, UniformAttention, ZeroAblation
+from . import edits
+from .prepare import Prepared
+from .specs import (ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
+                    UniformAttention, VARRedistribution, ZeroAblation)
+
+# selector(batch_size) -> (row_idx [n], head_idx [n], local_row [n]); local_row indexes the
+# prompt a row holds (scan stacks copies of the batch, so row r holds prompt r % batch).
+Selector = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+_QK_SITES = ("attn_scores", "pattern")  # [batch, head, q, k]; other sites are [batch, pos, head, d]
 
 
 def query_slice(positions, decode_start: int | None) -> slice:
@@ -21,54 +36,76 @@ def query_slice(positions, decode_start: int | None) -> slice:
     return slice(positions[0], positions[1])
 
 
-def _head_dim_hook(heads: torch.Tensor, rows: slice, edit):
-    """Hook for sites shaped [batch, pos, head, d] (hook_q, hook_z)."""
+def every_row(heads: torch.Tensor) -> Selector:
+    """All batch rows x the given heads (the apply() case)."""
+    def select(batch: int):
+        rows = torch.arange(batch).repeat_interleave(len(heads))
+        return rows, heads.repeat(batch), rows
+    return select
+
+
+def _edit_fn(spec: Intervention, layer: int, prepared: Prepared | None):
+    """edit(sel, rows, head_idx, local_row) -> edited sel, for this spec's kind at this layer."""
+    if isinstance(spec, UniformAttention):
+        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: x * spec.epsilon)
+    if isinstance(spec, ZeroAblation):
+        return lambda sel, rows, h, r: edits.on_rows(sel, rows, torch.zeros_like)
+    if isinstance(spec, ScaleOutput):
+        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: x * spec.alpha)
+    if isinstance(spec, MeanAblation):
+        mean = prepared.mean_z(spec, layer)  # [head, d_head]
+        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: mean[h][:, None, :].to(x.dtype).expand_as(x))
+    if isinstance(spec, ResampleAblation):
+        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: prepared.resampled_z(spec, layer, h, r, sel.shape[1])[:, rows].to(x.dtype))
+    if isinstance(spec, StreamingWindow):
+        def stream(sel, rows, h, r):
+            hidden = edits.streaming_hidden(sel.shape[-2], sel.shape[-1], spec.sink, spec.recent, rows)
+            return sel.masked_fill(hidden, torch.finfo(sel.dtype).min)
+        return stream
+    if isinstance(spec, ACTCalibration):
+        return lambda sel, rows, h, r: edits.act_calibrate(sel, rows, spec.beta, spec.threshold)
+    if isinstance(spec, VARRedistribution):
+        return lambda sel, rows, h, r: edits.var_redistribute(sel, rows, spec.sinks, spec.targets, spec.keep_fraction,
+                                                               spec.min_target_mass, spec.max_sink_share)
+    raise InputError(f"intervention kind {spec.kind!r} has no hook implementation")
+
+
+def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None):
+    """The hook realising `spec` at `layer` on the (row, head) pairs `select` names."""
+    edit = _edit_fn(spec, layer, prepared)
+    qk_site = spec.site in _QK_SITES
+
     def hook(tensor, hook):
+        row_idx, head_idx, local_row = select(tensor.shape[0])
         out = tensor.clone()
-        out[:, rows, heads] = edit(tensor[:, rows, heads])  # [batch, pos, n_sel, d]
+        if qk_site:  # [batch, head, q, k] -> sel [n, q, k]
+            out[row_idx, head_idx] = edit(tensor[row_idx, head_idx], rows, head_idx, local_row)
+        else:  # [batch, pos, head, d] -> sel [n, pos, d]
+            out[row_idx, :, head_idx] = edit(tensor[row_idx, :, head_idx], rows, head_idx, local_row)
         return out
     return hook
 
 
-def _streaming_hook(heads: torch.Tensor, rows: slice, sink: int, recent: int):
-    def hook(scores, hook):  # [batch, head, q, k], causal mask already added
-        n_q, n_k = scores.shape[-2:]
-        q = torch.arange(n_k - n_q, n_k)[:, None]  # absolute query positions (KV cache aware)
-        k = torch.arange(n_k)[None, :]
-        hidden = ~((k < sink) | (q - k < recent))  # [q, k]
-        row_mask = torch.zeros(n_q, dtype=torch.bool)
-        row_mask[rows] = True
-        hidden = hidden & row_mask[:, None]
-        out = scores.clone()
-        sel = out[:, heads]
-        out[:, heads] = sel.masked_fill(hidden, torch.finfo(scores.dtype).min)
-        return out
-    return hook
-
-
-def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None) -> list[tuple[str, object]]:
-    """(hook name, fn) pairs for the specs; validates every head against the model first."""
-    hooks = []
-    for spec in interventions:
+def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
+    specs = list(interventions)
+    for spec in specs:
         if not isinstance(spec, Intervention):
             raise InputError(f"{spec!r} is not an Intervention (build one, or use Intervention.from_dict)")
         for layer, head in spec.heads:
             info.check_head(layer, head)
+    return specs
+
+
+def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
+                prepared: Prepared | None = None) -> list[tuple[str, object]]:
+    """(hook name, fn) pairs for the specs; validates every head against the model first.
+    Mean/resample specs need `prepared` reference activations (see `prepare.prepare`)."""
+    hooks = []
+    for spec in check_specs(interventions, info):
         rows = query_slice(spec.positions, decode_start)
         for layer in sorted({l for l, _ in spec.heads}):
             heads = torch.tensor([h for l, h in spec.heads if l == layer])
-            name = SITES[spec.site].format(l=layer)
-            if isinstance(spec, UniformAttention):
-                fn = _head_dim_hook(heads, rows, lambda x, e=spec.epsilon: x * e)
-            elif isinstance(spec, ZeroAblation):
-                fn = _head_dim_hook(heads, rows, torch.zeros_like)
-            elif isinstance(spec, ScaleOutput):
-                fn = _head_dim_hook(heads, rows, lambda x, a=spec.alpha: x * a)
-            elif isinstance(spec, StreamingWindow):
-                fn = _streaming_hook(heads, rows, spec.sink, spec.recent)
-            else:
-                raise InputError(f"intervention kind {spec.kind!r} has no hook implementation yet")
-            hooks.append((name, fn))
+            hooks.append((SITES[spec.site].format(l=layer), layer_hook(spec, layer, every_row(heads), rows, prepared)))
     return hooks
 
 

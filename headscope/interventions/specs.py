@@ -45,6 +45,11 @@ def _norm_positions(positions) -> Positions:
     return (start, end)
 
 
+def _plain(value):
+    """Tuples (also nested) to lists, so a spec dumps to JSON and YAML alike."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
 @dataclass(frozen=True)
 class Intervention:
     heads: tuple = ()
@@ -59,8 +64,7 @@ class Intervention:
     def to_dict(self) -> dict[str, Any]:
         d = {"kind": self.kind}
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            d[f.name] = [list(h) for h in value] if f.name == "heads" else (list(value) if isinstance(value, tuple) else value)
+            d[f.name] = _plain(getattr(self, f.name))
         return d
 
     @staticmethod
@@ -122,3 +126,100 @@ class StreamingWindow(Intervention):
         super().__post_init__()
         if self.sink < 0 or self.recent < 1:
             raise InputError(f"streaming window needs sink >= 0 and recent >= 1, got sink={self.sink}, recent={self.recent}")
+
+
+def _prompts_field(value, name: str):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    try:
+        out = tuple(v if isinstance(v, str) else tuple(int(t) for t in v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a list of prompts (strings or token-id lists), got {value!r}") from None
+    if not out:
+        raise InputError(f"{name} is empty: give at least one prompt")
+    return out
+
+
+@_kind
+@dataclass(frozen=True)
+class MeanAblation(Intervention):
+    """Replace the head's output (hook_z) by its mean over all tokens of a reference set of
+    prompts. `reference=None` means "the inputs being run" inside `scan()`; `apply()` needs it set."""
+
+    reference: tuple | None = None
+    kind: ClassVar[str] = "mean"
+    site: ClassVar[str] = "z"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "reference", _prompts_field(self.reference, "mean ablation reference"))
+
+
+@_kind
+@dataclass(frozen=True)
+class ResampleAblation(Intervention):
+    """Replace the head's output (hook_z) by its output on another prompt, position by position:
+    batch row i takes source prompt (i + shift) mod n_sources. Sources must be at least as long as
+    the inputs. `source=None` means "the inputs being run" inside `scan()` (shift 1: each prompt
+    gets the next prompt's activations)."""
+
+    source: tuple | None = None
+    shift: int = 0
+    kind: ClassVar[str] = "resample"
+    site: ClassVar[str] = "z"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "source", _prompts_field(self.source, "resample source"))
+
+
+@_kind
+@dataclass(frozen=True)
+class ACTCalibration(Intervention):
+    """ACT attention calibration (Yu et al. 2024) at hook_pattern: keys whose mean received
+    attention s_j exceeds `threshold` (the first such key, normally BOS, excepted) keep `beta` of
+    their mass; the rest moves proportionally to the other keys. Rows stay stochastic."""
+
+    beta: float = 0.4
+    threshold: float = 0.1
+    kind: ClassVar[str] = "act"
+    site: ClassVar[str] = "pattern"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.beta <= 1.0:
+            raise InputError(f"ACT beta is the fraction of sink attention kept, in [0, 1]; got {self.beta}")
+
+
+@_kind
+@dataclass(frozen=True)
+class VARRedistribution(Intervention):
+    """VAR visual-attention redistribution (Kang et al. 2025) at hook_pattern: the `sinks` key
+    positions keep `keep_fraction` of their attention and the freed mass moves, proportionally,
+    to the non-sink keys of the `targets` [start, end) span (e.g. the image tokens). A row is
+    edited only if it puts >= `min_target_mass` on the span and the span's sinks hold <=
+    `max_sink_share` of it (the paper's image-centric test; defaults 0 and 1 edit every row)."""
+
+    sinks: tuple = ()
+    targets: tuple = (0, None)
+    keep_fraction: float = 0.6
+    min_target_mass: float = 0.0
+    max_sink_share: float = 1.0
+    kind: ClassVar[str] = "var"
+    site: ClassVar[str] = "pattern"
+
+    def __post_init__(self):
+        super().__post_init__()
+        try:
+            object.__setattr__(self, "sinks", tuple(sorted({int(s) for s in self.sinks})))
+        except (TypeError, ValueError):
+            raise InputError(f"VAR sinks must be a list of key positions, got {self.sinks!r}") from None
+        if not self.sinks:
+            raise InputError("VAR needs at least one sink position (sinks=[...])")
+        if isinstance(self.targets, str):
+            raise InputError(f"VAR targets must be a [start, end) span of key positions, got {self.targets!r}")
+        object.__setattr__(self, "targets", _norm_positions(self.targets))
+        if not 0.0 <= self.keep_fraction <= 1.0:
+            raise InputError(f"VAR keep_fraction must be in [0, 1], got {self.keep_fraction}")
