@@ -1,0 +1,124 @@
+"""Generalized Ships and Sahara (Zhou et al. 2024): dataset-level safety heads by subspace angle,
+grown greedily into a head group."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..interventions import UniformAttention
+from ..interventions.scan import variant_outputs
+from ..inputs.tokens import to_token_lists
+from ..models.info import model_info
+from ..results import HeadScores
+from .base import Analyzer, register
+from .ships import as_prompt_ids
+
+
+def leading_left_vector(M: torch.Tensor) -> torch.Tensor:
+    """u1 of M = U S Vᵀ, M [n_prompts, d_model]: the leading left singular vector (in R^n_prompts)."""
+    return torch.linalg.svd(M.double(), full_matrices=False)[0][:, 0]
+
+
+def subspace_angle(u: torch.Tensor, v: torch.Tensor) -> float:
+    """Principal angle (degrees) between span(u) and span(v) for unit vectors: arccos |<u, v>|,
+    as the official `compute_subspace_similarity` with r = 1."""
+    return float(torch.rad2deg(torch.arccos(torch.clamp((u @ v).abs(), 0.0, 1.0))))
+
+
+@register
+class Sahara(Analyzer):
+    """Generalized Ships(h) = angle between the leading left singular vectors of M_base and
+    M_ablated, M = the final-norm hidden states of every request's last token [n_prompts, d_model].
+    Sahara grows a group G greedily: each step adds the head whose ablation together with G
+    (Undifferentiated Attention, ε = 1e-5) gives the largest angle.
+
+    Each step is one exact batched scan over the candidates with G kept ablated. `scores_` is the
+    first step's single-head Generalized Ships [layer, head] (degrees); `heads_` the group in the
+    order found; `steps_` a table of (step, head, angle); `step_scores_` each step's HeadScores.
+
+    Example:
+        >>> from headscope.testing import planted_model, repeated_random_tokens
+        >>> model, truth = planted_model()
+        >>> sahara = Sahara(search_steps=1).fit(model, repeated_random_tokens(model, 12, batch=4))
+        >>> sahara.heads_[0] in (truth.previous_token, truth.induction)
+        True
+    """
+
+    name = "sahara"
+    description = "Dataset-level safety heads: subspace angle of last-token hidden states, greedy group search."
+
+    def __init__(self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None,
+                 batch_size: int = 8):
+        self.epsilon = epsilon
+        self.search_steps = search_steps
+        self.prompt_format = prompt_format
+        self.heads = heads
+        self.batch_size = batch_size
+
+    def _angles(self, model, ids, u_base, group, candidates) -> np.ndarray:
+        info = model_info(model)
+        n = len(ids)
+        hidden = {h: torch.zeros(n, info.d_model) for h in candidates}
+        spec = UniformAttention(heads=candidates, epsilon=self.epsilon)
+        base_iv = [UniformAttention(heads=group, epsilon=self.epsilon)] if group else []
+        for batch, _, layer, variants in variant_outputs(model, ids, spec, batch_size=self.batch_size,
+                                                         readout="final_hidden", base_interventions=base_iv,
+                                                         desc=f"{self.name} step {len(group) + 1}"):
+            for head, out in variants.items():
+                hidden[(layer, head)][batch.index] = out[:, 0].float()
+        angles = np.full((info.n_layers, info.n_heads), np.nan)
+        for (layer, head), M in hidden.items():
+            angles[layer, head] = subspace_angle(u_base, leading_left_vector(M))
+        return angles
+
+    def fit(self, model, data=None) -> "Sahara":
+        """data: harmful requests (strings, formatted with prompt_format) or token ids; None = the
+        held-out harmful prompts written for headscope. Needs at least 2 prompts."""
+        info = model_info(model)
+        raw, prompts = as_prompt_ids(model, data, self.prompt_format)
+        ids = to_token_lists(model, raw, info)
+        if len(ids) < 2:
+            from ..errors import InputError
+
+            raise InputError("Sahara compares subspaces of a dataset's hidden states: give at least 2 prompts")
+        pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
+            (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+        for l, h in pool:
+            info.check_head(l, h)
+        u_base = leading_left_vector(_final_hidden(model, ids, self.batch_size))
+        group, rows, self.step_scores_ = [], [], []
+        for step in range(min(self.search_steps, len(pool))):
+            angles = self._angles(model, ids, u_base, group, [h for h in pool if h not in group])
+            best = tuple(int(x) for x in np.unravel_index(np.nanargmax(angles), angles.shape))
+            group.append(best)
+            rows.append({"step": step + 1, "head": f"L{best[0]}H{best[1]}", "layer": best[0], "head_index": best[1],
+                         "angle_deg": float(angles[best])})
+            self.step_scores_.append(HeadScores(angles, name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads,
+                                                model=info.name, analyzer=self.name, params=self.get_params(),
+                                                description=f"subspace angle (deg) with {group[:-1] or 'no heads'} "
+                                                            "already ablated"))
+        self.scores_ = self._own(self.step_scores_[0], name="generalized_ships",
+                                 description="Generalized Ships: subspace angle (degrees), one head ablated")
+        self.heads_ = group
+        self.steps_ = pd.DataFrame(rows)
+        return self
+
+
+def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:
+    """[n_prompts, d_model]: the final-norm hidden state at each prompt's last token."""
+    from ..inputs.tokens import iter_batches
+
+    info = model_info(model)
+    out = torch.zeros(len(ids), info.d_model)
+    grabbed = {}
+    handle = model.ln_final.register_forward_hook(lambda m, a, o: grabbed.__setitem__("h", o.detach()))
+    try:
+        for batch in iter_batches(ids, batch_size, info.pad_token_id or 0):
+            with torch.no_grad():
+                model(batch.tokens, attention_mask=batch.attention_mask)
+            out[batch.index] = grabbed["h"][torch.arange(len(batch.index)), batch.lengths - 1].float()
+    finally:
+        handle.remove()
+    return out
