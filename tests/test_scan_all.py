@@ -17,6 +17,8 @@ QUICK = {
     "streaming-heads": ["seg_len=48", "n_repeats=2", "n_prompts=1", "recent=12", "n_random=1"],
     "head-divergence": [],
     "retrieval-heads": ["n_samples=2"],
+    "ships": ["heads=[[2, 0], [2, 1], [20, 0]]"],
+    "sahara": ["search_steps=1", "heads=[[2, 0], [2, 1], [20, 0]]"],
 }
 
 
