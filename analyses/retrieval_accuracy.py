@@ -30,6 +30,7 @@ from headscope.analyzers.retrieval import (
     RetrievalHeads,
     rouge1_recall,
 )
+from headscope.analyzers.streaming import copy_accuracy
 from headscope.generation import greedy_generate, stop_token_ids
 from headscope.inputs import repeated_random_tokens
 from headscope.inputs.needle import FORMS, make_needle_prompts
@@ -65,12 +66,9 @@ def needle_grid(model, lengths, forms, n, seed, max_new_tokens) -> pd.DataFrame:
 
 def induction_accuracy(model, seed) -> dict:
     probes = repeated_random_tokens(model.cfg.d_vocab, seq_len=50, n_repeats=2, n_prompts=8, seed=seed, first_token=1)
-    with torch.no_grad():
-        pred = model(probes).argmax(-1)  # [prompt, pos]
-    # position p predicts p+1; the second copy starts at 1 + 50, so predictions for 52..100.
-    hits = (pred[:, 51:-1] == probes[:, 52:]).float()
+    teacher_forced = copy_accuracy(model, probes, seg_len=50)  # top-1 on the second copy, gold prefix
     copy = RetrievalHeads(n_samples=20, seed=seed).fit(model, "repeats")
-    return {"teacher_forced_top1": float(hits.mean()), "greedy_copy_success": copy.accuracy_,
+    return {"teacher_forced_top1": teacher_forced, "greedy_copy_success": copy.accuracy_,
             "greedy_token_recall": float(copy.per_sample_.recall.mean()), "analyzer": copy}
 
 
