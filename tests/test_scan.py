@@ -114,3 +114,34 @@ def test_scan_equals_the_naive_loop_on_smollm2(smol):
     got = fast.values[:, [0, 14, 29]]
     np.testing.assert_allclose(got, slow[:, [0, 14, 29]], atol=1e-4)
     assert np.nanmax(slow) > 1e-3
+
+
+def test_a_failing_scan_leaves_no_hooks_and_the_model_unchanged():
+    model = tiny_model(seed=14)
+    tokens = torch.tensor([RAGGED[0]])
+    with torch.no_grad():
+        before = model(tokens)
+
+    def broken_metric(base, variant, batch):
+        raise RuntimeError("metric failed mid-scan")
+    with pytest.raises(RuntimeError, match="mid-scan"):
+        scan(model, [RAGGED[0]], "mean", broken_metric)
+    assert sum(len(hp._forward_hooks) for hp in set(model.hook_dict.values())) == 0
+    assert all(not b._forward_pre_hooks for b in model.blocks) and not model.ln_final._forward_hooks
+    with torch.no_grad():
+        assert torch.equal(model(tokens), before)
+
+
+def test_a_consumer_error_detaches_the_base_interventions_at_once():
+    from headscope.interventions import UniformAttention
+    from headscope.interventions.scan import variant_outputs
+    model = tiny_model(seed=15)
+    outputs = variant_outputs(model, [RAGGED[0]], UniformAttention(heads=[(1, 0), (1, 1)]),
+                              base_interventions=[UniformAttention(heads=[(0, 2)])])
+    with pytest.raises(RuntimeError, match="consumer"):
+        import contextlib
+        with contextlib.closing(outputs):
+            for _ in outputs:
+                assert sum(len(hp._forward_hooks) for hp in set(model.hook_dict.values())) == 1  # the base spec
+                raise RuntimeError("consumer failed")
+    assert sum(len(hp._forward_hooks) for hp in set(model.hook_dict.values())) == 0

@@ -3,6 +3,7 @@ grown greedily into a head group."""
 
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import pandas as pd
 import torch
@@ -63,11 +64,12 @@ class Sahara(Analyzer):
         hidden = {h: torch.zeros(n, info.d_model) for h in candidates}
         spec = UniformAttention(heads=candidates, epsilon=self.epsilon)
         base_iv = [UniformAttention(heads=group, epsilon=self.epsilon)] if group else []
-        for batch, _, layer, variants in variant_outputs(model, ids, spec, batch_size=self.batch_size,
-                                                         readout="final_hidden", base_interventions=base_iv,
-                                                         desc=f"{self.name} step {len(group) + 1}"):
-            for head, out in variants.items():
-                hidden[(layer, head)][batch.index] = out[:, 0].float()
+        outputs = variant_outputs(model, ids, spec, batch_size=self.batch_size, readout="final_hidden",
+                                  base_interventions=base_iv, desc=f"{self.name} step {len(group) + 1}")
+        with contextlib.closing(outputs):
+            for batch, _, layer, variants in outputs:
+                for head, out in variants.items():
+                    hidden[(layer, head)][batch.index] = out[:, 0].float()
         angles = np.full((info.n_layers, info.n_heads), np.nan)
         for (layer, head), M in hidden.items():
             angles[layer, head] = subspace_angle(u_base, leading_left_vector(M))

@@ -11,6 +11,7 @@ directly here (their hooks fire as usual).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -111,7 +112,8 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
     `spec` names every head to scan; each is intervened on alone. `base_interventions` stay
     applied in the clean run and in every variant (Sahara's greedy search grows them). Outputs
     are logits or, with readout="final_hidden", the final-norm hidden state; only each prompt's
-    last real position when last_only.
+    last real position when last_only. Consume it inside `contextlib.closing(...)` so that an
+    error in the consumer detaches the base interventions' hooks at once.
     """
     from .apply import apply
 
@@ -182,11 +184,13 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=Non
     score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
     spec = dataclasses.replace(template, heads=_scanned_heads(info, heads, layers))
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)
-    for batch, base, layer, variants in variant_outputs(
-            model, token_lists, spec, batch_size=batch_size, max_rows=max_rows, decode_start=decode_start,
-            last_only=getattr(score, "last_only", False), progress=progress, desc=f"scan {spec.kind}"):
-        for head, variant in variants.items():
-            values[batch.index, layer, head] = score(base, variant, batch).cpu().numpy()
+    variants_iter = variant_outputs(model, token_lists, spec, batch_size=batch_size, max_rows=max_rows,
+                                    decode_start=decode_start, last_only=getattr(score, "last_only", False),
+                                    progress=progress, desc=f"scan {spec.kind}")
+    with contextlib.closing(variants_iter):  # a failing metric still detaches the generator's hooks at once
+        for batch, base, layer, variants in variants_iter:
+            for head, variant in variants.items():
+                values[batch.index, layer, head] = score(base, variant, batch).cpu().numpy()
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else None
     name = getattr(score, "name", getattr(metric, "__name__", "metric"))
     return HeadScores(values, name=f"{spec.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
