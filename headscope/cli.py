@@ -69,6 +69,19 @@ def _scan_or_list(args) -> int:
     return _scan(args)
 
 
+def _run(args) -> int:
+    from .experiments import run_experiment
+
+    try:
+        out = run_experiment(args.spec, args.out, fresh=args.fresh)
+    except KeyboardInterrupt:  # finished units are on disk; say how to continue instead of a traceback
+        print("headscope: interrupted; finished units are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(f"results: {out}   summary: {out / 'summary.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headscope", description="Find, measure and edit attention heads.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
     scan.add_argument("--no-static", action="store_true", help="HTML figure only")
     scan.set_defaults(func=_scan_or_list)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment spec, see docs/experiments.md")
+    run.add_argument("spec", help="experiment spec (YAML)")
+    run.add_argument("--out", default=None, help="results folder (default: headscope-run-NAME); re-running resumes")
+    run.add_argument("--fresh", action="store_true", help="discard the folder's earlier results and start again")
+    run.set_defaults(func=_run)
 
     inf = sub.add_parser("info", help="print a model's layers, heads, KV groups and context")
     inf.add_argument("--model", default=None)

@@ -1,0 +1,180 @@
+"""Work units of `analyze` and `scan` units, and how each unit's results are combined.
+
+Every unit becomes a list of `Item`s (one analyzer fit; one scan per chunk of `layers_per_unit`
+layers; one evaluation per (condition, K, seed)). An item is done iff its marker file exists,
+and it writes that marker last, so a resumed run skips exactly the finished items.
+`finish(unit)` then rebuilds the unit's combined results from the item files alone, so it gives
+the same output whether the items came from one run or several.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..results import HeadScores
+
+# Which way is "important" for ranking a scan's heads when a condition says rank: auto.
+# logit_diff is the change of (correct - wrong): a head that helped makes it negative when removed.
+SCAN_RANK = {"kl_last": "largest", "loss": "largest", "logit_diff": "smallest"}
+
+
+@dataclass
+class Item:
+    unit: object
+    key: str
+    marker: Path
+    run: Callable[[], None]
+
+    @property
+    def done(self) -> bool:
+        return self.marker.is_file()
+
+
+@dataclass
+class Context:
+    """What executors share during one run."""
+
+    spec: object
+    store: object
+    model: object
+    info: object
+    datasets: dict  # DataSpec path -> Dataset
+    memo: dict = field(default_factory=dict)
+    _scores: dict = field(default_factory=dict)
+
+    def dataset(self, unit):
+        return None if unit.data is None else self.datasets[unit.data.path]
+
+    def scores(self, unit_name: str) -> HeadScores:
+        """Combined scores of a finished analyze/scan unit (read from its item files)."""
+        if unit_name not in self._scores:
+            unit = self.spec.unit(unit_name)
+            self._scores[unit_name] = analyze_scores(unit, self) if unit.type == "analyze" else scan_scores(unit, self)
+        return self._scores[unit_name]
+
+    def ranked(self, unit_name: str, rank: str) -> tuple[list, int]:
+        """Heads of a unit best first, and how many of them lead as the analyzer's own selection."""
+        from .conditions import ranking
+
+        by_score = ranking(self.scores(unit_name), self.auto_rank(unit_name) if rank in ("auto", "selected") else rank)
+        if rank != "selected":
+            return by_score, 0
+        info = json.loads((self.store.unit_dir(unit_name) / "info.json").read_text(encoding="utf-8"))
+        chosen = [tuple(h) for h in info["heads"]]
+        return chosen + [h for h in by_score if h not in set(chosen)], len(chosen)
+
+    def auto_rank(self, unit_name: str) -> str:
+        unit = self.spec.unit(unit_name)
+        if unit.type == "scan":
+            return SCAN_RANK[unit.metric]
+        return "largest" if self.scores(unit_name).higher_is_more else "smallest"
+
+
+# ---- analyze --------------------------------------------------------------------------------------------
+
+def plan_analyze(unit, ctx: Context) -> list[Item]:
+    folder = ctx.store.unit_dir(unit.name)
+
+    def run():
+        from ..analyzers import get_analyzer
+
+        ds = ctx.dataset(unit)
+        analyzer = get_analyzer(unit.target, **unit.params).fit(ctx.model, None if ds is None else ds.analyzer_input)
+        heads = [list(map(int, h)) for h in getattr(analyzer, "heads_", [])]
+        ctx.store.write_json(folder / "info.json", {"analyzer": unit.target, "params": analyzer.get_params(),
+                                                    "heads": heads})
+        ctx.store.write_text(folder / "figure.plotly.json", analyzer.plot().to_json())
+        analyzer.scores_.save(folder / "scores.parquet")  # the marker, written last
+    return [Item(unit, "fit", folder / "scores.parquet", run)]
+
+
+def analyze_scores(unit, ctx: Context) -> HeadScores:
+    return HeadScores.load(ctx.store.unit_dir(unit.name) / "scores.parquet")
+
+
+# ---- scan ---------------------------------------------------------------------------------------------
+
+def _chunks(unit, info) -> list[list[int]]:
+    layers = sorted(unit.layers) if unit.layers else list(range(info.n_layers))
+    n = unit.layers_per_unit
+    return [layers[i:i + n] for i in range(0, len(layers), n)]
+
+
+def _chunk_file(unit, ctx, chunk) -> Path:
+    return ctx.store.unit_dir(unit.name) / f"layers_{chunk[0]:03d}-{chunk[-1]:03d}.parquet"
+
+
+def plan_scan(unit, ctx: Context) -> list[Item]:
+    items = []
+    for chunk in _chunks(unit, ctx.info):
+        marker = _chunk_file(unit, ctx, chunk)
+
+        def run(chunk=chunk, marker=marker):
+            from ..interventions import scan
+
+            ds = ctx.dataset(unit)
+            params = dict(unit.params)
+            positions = params.pop("positions", "all")
+            kwargs = {"answers": ds.answers} if unit.metric == "logit_diff" else None
+            scores = scan(ctx.model, ds.token_lists, unit.target, unit.metric, layers=chunk,
+                          batch_size=unit.batch_size, metric_kwargs=kwargs, positions=positions,
+                          progress=False, **params)
+            scores.save(marker)
+        items.append(Item(unit, f"layers {chunk[0]}-{chunk[-1]}", marker, run))
+    return items
+
+
+def scan_scores(unit, ctx: Context) -> HeadScores:
+    """The per-chunk files stitched into one HeadScores [prompt, layer, head] (NaN = not scanned)."""
+    ds = ctx.dataset(unit)
+    values, first = None, None
+    for chunk in _chunks(unit, ctx.info):
+        part = HeadScores.load(_chunk_file(unit, ctx, chunk))
+        if values is None:
+            values, first = np.full(part.values.shape, np.nan), part
+        values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
+    params = {"kind": unit.target, "metric": unit.metric, **unit.params, "data": unit.data.name,
+              "layers": unit.layers or "all"}
+    return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
+                      analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
+                      description=first.description)
+
+
+# ---- combining ----------------------------------------------------------------------------------------
+
+def _top_rows(scores: HeadScores, rank: str, n: int = 10) -> list[dict]:
+    from .conditions import ranking
+
+    mean = scores.mean_over_prompts().values
+    return [{"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}
+            for l, h in ranking(scores, rank)[:n]]
+
+
+def finish_heads(unit, ctx: Context) -> dict:
+    """Write results/<unit>.{parquet,json} and return the figure + summary of an analyze/scan unit."""
+    scores = ctx.scores(unit.name)
+    scores.save(ctx.store.path("results", f"{unit.name}.parquet"))
+    scores.save(ctx.store.path("results", f"{unit.name}.json"))
+    rank = ctx.auto_rank(unit.name)
+    summary = {"type": unit.type, "target": unit.target, "rank": rank, "top": _top_rows(scores, rank),
+               "shape": list(scores.values.shape)}
+    if unit.type == "analyze":
+        import plotly.io as pio
+
+        folder = ctx.store.unit_dir(unit.name)
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+        summary["selected_heads"] = [f"L{l}H{h}" for l, h in info["heads"]]
+        fig = pio.from_json((folder / "figure.plotly.json").read_text(encoding="utf-8"))
+    else:
+        summary["metric"] = unit.metric
+        from ..viz.figures import title_block
+
+        extra = (f"{unit.target} on one head at a time; mean over {scores.values.shape[0]} prompts; "
+                 f"{scores.n_kv_heads} KV groups (lines)")
+        fig = scores.plot(title=title_block(f"{unit.name}: {unit.metric} change", scores.model, extra))
+    return {"figure": fig, "summary": summary}
