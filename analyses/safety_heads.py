@@ -8,8 +8,8 @@
    top Ships head (the paper's query-level protocol); the Sahara group (sizes 1..steps); the same
    numbers of random heads (outside the top 20 Ships heads, several seeds); and the top-1 head with
    Scaling Contribution (head output x 1e-5) instead of Undifferentiated Attention.
-3. Over-refusal check: how many held-out harmless requests are still answered with the top heads
-   ablated.
+3. Over-refusal check: how many held-out harmless requests are still answered with the top-3 heads
+   ablated (the unablated rate is in docs/safety_model.json).
 
 Every finished piece is cached (atomically) under --work, so an interrupted run resumes.
 Writes docs/safety_heads.json and docs/figures/safety_heads.{html,png,svg}.
@@ -89,7 +89,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-detect", type=int, default=12, help="held-out harmful requests used by Ships/Sahara")
     p.add_argument("--steps", type=int, default=2, help="Sahara greedy steps")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--ks", default="1,3")
     p.add_argument("--work", default=str(ROOT / ".cache" / "safety_heads"))
     p.add_argument("--out", default=str(ROOT / "docs"))
@@ -125,7 +125,6 @@ def main() -> None:
     for k in range(1, args.steps + 1):
         jobs[f"sahara{k}"] = lambda k=k: asr(model, harmful, group[:k])
     jobs["ships_top1_scaling"] = lambda: asr(model, harmful, ranking[:1], kind="scaling")
-    jobs["harmless_none"] = lambda: asr(model, harmless, [])
     jobs["harmless_ships_top3"] = lambda: asr(model, harmless, ranking[:3])
     conditions = {}
     for name, job in jobs.items():
