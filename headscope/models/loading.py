@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModelNotFoundError
-from . import bundled
+from . import bundled, safety
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ def _load_smollm2(cache_dir, device, dtype):
 
 # Names load_model accepts besides paths and hub ids. Later testbeds register here.
 BUNDLED: dict[str, Callable] = {bundled.SMOLLM2_NAME: _load_smollm2}
+# The safety-tuned testbed: SmolLM2 + the LoRA delta in data/ (models/safety.py imports _boot lazily).
+BUNDLED[safety.SAFETY_NAME] = safety.load_safety
 ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
 
 
