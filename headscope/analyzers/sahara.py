@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..interventions import UniformAttention
-from ..interventions.scan import variant_outputs
+from ..interventions.scan import _CleanRun, variant_outputs
 from ..inputs.tokens import to_token_lists
 from ..models.info import model_info
 from ..results import HeadScores
@@ -109,18 +109,12 @@ class Sahara(Analyzer):
 
 
 def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:
-    """[n_prompts, d_model]: the final-norm hidden state at each prompt's last token."""
+    """[n_prompts, d_model]: the final-norm hidden state at each prompt's last token (the scan's clean run)."""
     from ..inputs.tokens import iter_batches
 
     info = model_info(model)
     out = torch.zeros(len(ids), info.d_model)
-    grabbed = {}
-    handle = model.ln_final.register_forward_hook(lambda m, a, o: grabbed.__setitem__("h", o.detach()))
-    try:
-        for batch in iter_batches(ids, batch_size, info.pad_token_id or 0):
-            with torch.no_grad():
-                model(batch.tokens, attention_mask=batch.attention_mask)
-            out[batch.index] = grabbed["h"][torch.arange(len(batch.index)), batch.lengths - 1].float()
-    finally:
-        handle.remove()
+    for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):
+        clean = _CleanRun(model, batch, layers=[])
+        out[batch.index] = clean.final_hidden[torch.arange(len(batch.index)), batch.lengths - 1].float()
     return out
