@@ -100,6 +100,19 @@ def _check_prompt(model, prompt_ids, max_new_tokens: int) -> list[int]:
     return [int(t) for t in ids]
 
 
+def _image_kwargs(model, ids: list[int], pixel_values, device) -> dict:
+    if pixel_values is None:
+        return {}
+    from .inputs.images import ImagePrompt, check_image_tokens
+    from .vision.spans import image_token_ids
+
+    prompt = ImagePrompt(tuple(ids), pixel_values)
+    check_image_tokens(model, prompt)
+    if ids[-1] in image_token_ids(model):
+        raise InputError("the prompt ends with an image token; add the text that follows the image")
+    return {"pixel_values": prompt.pixel_values.to(device)}
+
+
 def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
     from .capture.engine import SITES
 
@@ -120,7 +133,7 @@ def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
 
 def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, hooks: HooksArg = None,
                     observe: Sequence[str] | None = None, on_step: StepCallback | None = None,
-                    use_cache: bool = True) -> list[int]:
+                    use_cache: bool = True, pixel_values: torch.Tensor | None = None) -> list[int]:
     """Greedy (argmax) continuation of one prompt; returns the new token ids.
 
     Args:
@@ -138,6 +151,8 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
             Observers run after `hooks`, so they see intervened values. Returning True stops
             generation after this token (e.g. once an answer is complete).
         use_cache: KV-cached decoding (default) or full recomputation at every step (reference).
+        pixel_values: the prompt's images for a vision-language model ([n_images, C, H, W]); they go
+            into the forward that sees the image tokens (the prefill, or every step without cache).
     """
     ids = _check_prompt(model, prompt_ids, max_new_tokens)
     stops = frozenset(int(s) for s in (stop_ids or ()))
@@ -145,10 +160,11 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
     stash: dict[str, dict[int, torch.Tensor]] = {s: {} for s in (observe or ())}
     observers = _observers(observe, n_layers, stash) if observe else []
     device = getattr(model.cfg, "device", None) or "cpu"
+    images = _image_kwargs(model, ids, pixel_values, device)
     P, out, past = len(ids), [], None
     with torch.no_grad():
         if use_cache and P > 1:
-            _, past = model(torch.tensor([ids[:-1]], device=device), return_type="logits_and_cache")
+            _, past = model(torch.tensor([ids[:-1]], device=device), return_type="logits_and_cache", **images)
         for step_i in range(max_new_tokens):
             seq = ids + out
             step = DecodeStep(step_i, P, P - 1 + step_i if use_cache else 0)
@@ -158,7 +174,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
                 if use_cache:
                     logits, past = model(x, return_type="logits_and_cache", past_key_values=past)
                 else:
-                    logits = model(x)
+                    logits = model(x, **images)
             token = int(logits[0, -1].argmax())
             out.append(token)
             acts = {s: torch.stack([stash[s][layer] for layer in range(n_layers)]) for s in stash}

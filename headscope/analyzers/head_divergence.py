@@ -24,6 +24,7 @@ import torch
 
 from ..capture import capture
 from ..errors import InputError
+from ..inputs.images import ids_of
 from ..inputs.segments import VARIANTS, build_variants, segment_prompts
 from ..models.info import model_info
 from ..paths import data_dir
@@ -115,7 +116,8 @@ class HeadDivergence(Analyzer):
 
     def fit(self, model, data=None) -> HeadDivergence:
         """data: list of (prefix, segment, suffix), each part text or token ids (see
-        `headscope.inputs.segments.segment_prompts`); None = the built-in passage + question items."""
+        `headscope.inputs.segments.segment_prompts`), or `ImagePrompt`s (the segment is the image block:
+        VHD); None = the built-in passage + question items."""
         info = model_info(model)
         how, arg = self._check(info.n_heads)
         items = segment_prompts(model, default_segment_data() if data is None else data)
@@ -154,11 +156,11 @@ class HeadDivergence(Analyzer):
         return self
 
     def _position_tvhd(self, model, items, pair, per_pos, prompts, params) -> TokenScores:
-        width = max(len(ids) for ids in pair.present)
+        width = max(len(ids) for ids in pair.present)  # len() of an ImagePrompt is its token count
         values = np.full((len(items), width), np.nan)  # NaN = position not measured
         for i, (pos, d) in enumerate(zip(pair.present_positions, per_pos)):
             values[i, pos] = token_vhd(d.transpose(1, 0, 2), self.top_k_per_layer)  # d: [layer, pos, head]
-        tokens = [[model.tokenizer.decode([t]) for t in ids] for ids in pair.present]
+        tokens = [[model.tokenizer.decode([t]) for t in ids_of(ids)] for ids in pair.present]
         return TokenScores(values, tokens=tokens, name="token_vhd", model=model_info(model).name,
                            analyzer=self.name, params=params, prompts=prompts,
                            description=f"T-VHD: sum over layers of the top-{self.top_k_per_layer} head VHDs")

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..inputs.images import batch_forward_kwargs, images_of
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_info
 from ..results import HeadScores
@@ -88,6 +89,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     Args:
         model: a TransformerBridge (e.g. from `headscope.load_model()`).
         inputs: a string, a list of strings (any lengths: batches are right-padded and masked),
+            `headscope.inputs.images.ImagePrompt`s (their pixel values go with their batch),
             a LongTensor [batch, pos], or a list of token-id lists.
         reducers: Reducer instances (default: the six of `reducers.default_reducers()`).
         layers: layers to capture (default all); the forward stops after the last one.
@@ -109,6 +111,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     reducers = _check_reducers(reducers)
     layers = info.check_layers(layers)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
+    images = images_of(inputs)  # ImagePrompt rows pass their pixel values with their batch
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else (
         [inputs] if isinstance(inputs, str) else None)
     needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
@@ -142,7 +145,8 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
 
         hooks = [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop)
+            model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop,
+                  **batch_forward_kwargs(images, batch.index))
         stash.clear()
 
     scores = {r.name: r.result(info, prompts) for r in reducers}

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..models.info import model_info
+from .images import ImagePrompt, check_image_tokens
 
 VARIANTS = ("removed", "replaced")
 NAMED_POSITIONS = ("last", "after_segment")
@@ -38,10 +39,18 @@ class SegmentPrompt:
     segment: tuple[int, ...]
     suffix: tuple[int, ...]
     text: str | None = None  # prefix + segment + suffix when all three were given as text
+    pixel_values: torch.Tensor | None = None  # the images when the segment is an image span
 
     @property
     def present(self) -> list[int]:
         return [*self.prefix, *self.segment, *self.suffix]
+
+    @property
+    def present_input(self):
+        """What the model is run on: the ids, or an ImagePrompt when the prompt carries images."""
+        if self.pixel_values is None:
+            return self.present
+        return ImagePrompt(tuple(self.present), self.pixel_values)
 
     @property
     def span(self) -> tuple[int, int]:
@@ -105,8 +114,21 @@ def _tokens(model, part, what: str, index: int) -> list[int]:
     raise InputError(f"item {index}: the {what} must be text or a list of token ids, got {type(part).__name__}")
 
 
+def _image_item(model, item: ImagePrompt, index: int) -> SegmentPrompt:
+    """An ImagePrompt's segment is its image block, found from the model's image token."""
+    from ..vision.spans import image_span
+
+    check_image_tokens(model, item, index)
+    start, end = image_span(model, item.ids)
+    ids = list(item.ids)
+    if end == len(ids):
+        raise InputError(f"item {index}: nothing follows the image; add the question (the measured positions "
+                         "must come after the image)")
+    return SegmentPrompt(tuple(ids[:start]), tuple(ids[start:end]), tuple(ids[end:]), None, item.pixel_values)
+
+
 def _as_triples(data) -> list:
-    if isinstance(data, SegmentPrompt):
+    if isinstance(data, (SegmentPrompt, ImagePrompt)):
         return [data]
     if isinstance(data, Mapping) or (isinstance(data, tuple) and len(data) == 3 and all(
             p is None or isinstance(p, str) for p in data)):
@@ -123,7 +145,9 @@ def segment_prompts(model, data, *, prepend_bos: bool | None = None) -> list[Seg
     Text parts are tokenised separately without special tokens (so the segment's boundaries are exact;
     start the segment and suffix with a space where the text would have one). If the model prepends a
     BOS (or `prepend_bos=True`) it is put in front of a *text* prefix; token-id parts are used as given.
-    Items may also be dicts with keys prefix / segment / suffix, or ready SegmentPrompt objects.
+    Items may also be dicts with keys prefix / segment / suffix, ready SegmentPrompt objects, or
+    `ImagePrompt`s, whose segment is their image block (found from the model's image token; the
+    "removed" variant deletes the image tokens and passes no pixel values).
     """
     info = model_info(model)
     bos = info.prepend_bos if prepend_bos is None else prepend_bos
@@ -131,6 +155,9 @@ def segment_prompts(model, data, *, prepend_bos: bool | None = None) -> list[Seg
     for i, item in enumerate(_as_triples(data)):
         if isinstance(item, SegmentPrompt):
             out.append(item)
+            continue
+        if isinstance(item, ImagePrompt):
+            out.append(_image_item(model, item, i))
             continue
         if isinstance(item, Mapping):
             unknown = set(item) - {"prefix", "segment", "suffix"}
@@ -191,7 +218,7 @@ class VariantPair:
     """Present prompts and their counterparts, with the chosen positions in each (aligned pairwise)."""
 
     variant: str
-    present: list[list[int]]
+    present: list  # token-id lists, or ImagePrompts for prompts with images
     other: list[list[int]]
     present_positions: list[list[int]]
     other_positions: list[list[int]]
@@ -209,7 +236,7 @@ def build_variants(model, items: list[SegmentPrompt], *, variant: str = "removed
         alt = item.variant(variant, fill)
         pos = item.resolve_positions(positions)
         shift = len(item.present) - len(alt)  # positions after the segment move left by this much
-        present.append(item.present)
+        present.append(item.present_input)
         other.append(alt)
         pos_p.append(pos)
         pos_o.append([p - shift for p in pos])

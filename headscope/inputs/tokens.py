@@ -14,6 +14,7 @@ import torch
 
 from ..errors import InputError
 from ..models.info import ModelInfo
+from .images import ImagePrompt, check_image_tokens
 
 
 @dataclass
@@ -30,7 +31,7 @@ class TokenBatch:
 
 
 def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = None) -> list[list[int]]:
-    """Normalise prompts (str, list of str, LongTensor [batch, pos], list of id lists) to id lists.
+    """Normalise prompts (str, list of str, LongTensor [batch, pos], list of id lists, ImagePrompts) to id lists.
 
     Raises InputError for an empty prompt list, an empty prompt, or a prompt longer than the
     model's context, naming the prompt and the fix.
@@ -54,6 +55,9 @@ def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = No
             ids = model.tokenizer(item, add_special_tokens=False)["input_ids"]
             if bos:
                 ids = [info.bos_token_id] + list(ids)
+        elif isinstance(item, ImagePrompt):
+            check_image_tokens(model, item, i)
+            ids = list(item.ids)
         else:
             ids = [int(t) for t in (item.tolist() if isinstance(item, torch.Tensor) else item)]
         if not ids:
