@@ -165,3 +165,16 @@ def test_vhr_bad_input_and_hooks_removed(random_vlm):
     with pytest.raises(Exception):
         vhr_select(model, ImagePrompt(ids, px[:, :2]))  # wrong channel count fails inside the model
     assert not any(h for hp in model.hook_dict.values() for h in hp.fwd_hooks)
+
+
+def test_a_saved_llava_folder_loads_like_a_real_checkpoint(random_vlm, tmp_path):
+    """What a real LLaVA user does: load_model(folder) -> the bridge finds the image token in the config."""
+    from headscope import load_model
+
+    plain_hf_copy(random_vlm).save_pretrained(tmp_path)
+    random_vlm.tokenizer.save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    assert image_token_ids(model) == {IMAGE_TOKEN}
+    items = prompts(model, 2)
+    np.testing.assert_allclose(HeadDivergence().fit(model, items).scores_.values,
+                               HeadDivergence().fit(random_vlm, items).scores_.values, rtol=1e-5, atol=1e-6)

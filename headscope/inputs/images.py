@@ -45,6 +45,15 @@ class ImagePrompt:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def from_processor(cls, processor, text: str, image, **kw) -> "ImagePrompt":
+        """Build one prompt with a Hugging Face processor (real LLaVA-family models), e.g.
+        ``ImagePrompt.from_processor(AutoProcessor.from_pretrained(path), "USER: <image>\nWhat is this? ASSISTANT:", img)``."""
+        enc = processor(text=text, images=image, return_tensors="pt", **kw)
+        if "pixel_values" not in enc:
+            raise InputError("the processor returned no pixel_values: pass an image it accepts (e.g. a PIL image)")
+        return cls(enc["input_ids"], enc["pixel_values"].float())
+
 
 def ids_of(item) -> list[int]:
     """Token ids of a prompt given as an ImagePrompt or a list of ids."""
