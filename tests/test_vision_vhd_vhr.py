@@ -178,3 +178,21 @@ def test_a_saved_llava_folder_loads_like_a_real_checkpoint(random_vlm, tmp_path)
     items = prompts(model, 2)
     np.testing.assert_allclose(HeadDivergence().fit(model, items).scores_.values,
                                HeadDivergence().fit(random_vlm, items).scores_.values, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
+    from headscope.vision.vhd import generation_vhd
+
+    p = prompts(random_vlm, 1, n_after=3)[0]
+    hd, tokens = generation_vhd(random_vlm, p, max_new_tokens=4)
+    assert tokens == greedy_generate(random_vlm, list(p.ids), 4, pixel_values=p.pixel_values)
+    per_step = hd.vhd_per_position_[0]  # [layer, step, head]
+    assert per_step.shape[1] == len(tokens)
+    first = HeadDivergence().fit(random_vlm, [p]).scores_.values[0]  # positions="last" = step 0
+    np.testing.assert_allclose(per_step[:, 0], first, rtol=1e-5, atol=1e-6)
+    for t in range(1, len(tokens)):  # step t = the prompt + t generated tokens, last position
+        grown = ImagePrompt((*p.ids, *tokens[:t]), p.pixel_values)
+        np.testing.assert_allclose(per_step[:, t], HeadDivergence().fit(random_vlm, [grown]).scores_.values[0],
+                                   rtol=1e-5, atol=1e-6)
+    tvhd = hd.token_vhd_positions_.values[0]
+    assert np.isfinite(tvhd[len(p.ids) - 1:]).all() and np.isnan(tvhd[: len(p.ids) - 1]).all()
