@@ -52,6 +52,7 @@ class VHRSelection:
     ta: HeadScores
     outliers: list[tuple[int, int]]
     first_token: int  # argmax at t=0 with the reinforcement applied
+    logits: torch.Tensor | None = None  # [vocab] next-token logits at t=0 (e.g. yes vs no for POPE)
 
     def to_dataframe(self) -> pd.DataFrame:
         df = self.vhd.to_dataframe().rename(columns={"score": "vhd"})
@@ -134,7 +135,7 @@ def vhr_select(model, prompt: ImagePrompt, *, layers=None, alpha: float = 2.0, o
         vhd=HeadScores(vhd, name="vhd_t0", higher_is_more=True,
                        description="VHD at t=0 with earlier layers reinforced (outliers zeroed)", **meta),
         ta=HeadScores(ta, name="ta_t0", higher_is_more=True, description="||z without the image||^2 at t=0", **meta),
-        outliers=outliers, first_token=int(logits[0, last[0]].argmax()))
+        outliers=outliers, first_token=int(logits[0, last[0]].argmax()), logits=logits[0, last[0]].detach().cpu())
 
 
 def vhr_generate(model, prompt: ImagePrompt, max_new_tokens: int = 64, stop_ids=None, *, layers=None,

@@ -1,0 +1,227 @@
+"""Vision-aware heads on the shapes-vlm testbed (He et al. 2025, methods.md §5): VHD finds them,
+ablating them breaks image QA but not text QA, and VHR reinforces them.
+
+1. VHD (HeadDivergence on ImagePrompts, last prompt token = the first generation step) on a
+   detection set of image questions (its own seed): the per-head mean VHD ranks the 32 text heads.
+2. Ablation (hook_z = 0 at every position) on the held-out sets: the top-K VHD heads, the bottom-K
+   (least image-dependent) heads and K random heads (5 seeds), K = 2, 4, 8: image-QA and text-QA
+   accuracy.
+3. VHR (heads chosen per prompt at t=0, outputs x alpha for the rest): image-QA accuracy, POPE
+   (yes/no logits at t=0) and CHAIR on greedy descriptions, against plain greedy decoding; the
+   paper's layers (1 + the last 14/32 of the depth) and all layers; alpha 2 (and 1.5, 3).
+
+Every finished piece is cached under --work (atomic JSON), so an interrupted run resumes.
+Writes docs/vision_heads.json and docs/figures/vision_heads.{html,png}.
+Usage: python analyses/vision_heads.py [--replot] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+import headscope
+from headscope.analyzers.head_divergence import HeadDivergence
+from headscope.fileio import atomic_write
+from headscope.paths import data_dir
+from headscope.interventions import ZeroAblation
+from headscope.vision import shapes as W
+from headscope.vision import shapes_eval as E
+from headscope.vision.vhr import default_layers, vhr_generate, vhr_select
+from headscope.viz.export import export_figure
+
+ROOT = Path(__file__).resolve().parent.parent
+DETECT_SEED = 7_000
+KS = (2, 4, 8)
+SEEDS = range(5)
+
+
+def cached(path: Path, compute):
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    atomic_write(path, lambda t: t.write_text(json.dumps(value, indent=1)))
+    return value
+
+
+def label(h) -> str:
+    return f"L{h[0]}H{h[1]}"
+
+
+def detect(model) -> dict:
+    items = E.default_eval_sets(seed=DETECT_SEED, n_image=120, n_pope_scenes=1, n_describe=1)["image_qa"]
+    prompts = [W.item_prompt(it) for it in items]
+    hd = HeadDivergence(batch_size=32).fit(model, prompts)
+    mean = hd.scores_.mean_over_prompts().values  # [layer, head]
+    hd_out = HeadDivergence(batch_size=32, outlier_rule=True).fit(model, prompts)
+    order = np.argsort(-mean.ravel(), kind="stable")
+    ranked = [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+    return {"vhd": mean.tolist(), "ranked": ranked, "n_prompts": len(prompts),
+            "vhd_outlier_rule": hd_out.scores_.mean_over_prompts().values.tolist(),
+            "n_outliers": int(len(hd_out.outliers_)), "token_vhd_mean": float(np.mean(hd.token_vhd_))}
+
+
+def accuracies(model, sets, heads) -> dict:
+    specs = [ZeroAblation(heads=heads)] if heads else []
+    img = E.image_qa_accuracy(model, sets["image_qa"], interventions=specs)
+    txt = E.text_qa_accuracy(model, sets["text_qa"], interventions=specs)
+    return {"heads": [label(h) for h in heads], "image_qa": img.accuracy, "text_qa": txt.accuracy,
+            "image_qa_per_kind": img.per_kind}
+
+
+def layer_matched_low(ranked, k) -> list:
+    """For each of the top-k heads, the lowest-VHD head of the same layer not already taken: a control
+    for layer (layer-0 heads have the lowest VHD and are needed by every task, image or not)."""
+    taken, out = set(map(tuple, ranked[:k])), []
+    for layer, _ in ranked[:k]:
+        low = next(h for h in reversed(ranked) if h[0] == layer and tuple(h) not in taken)
+        taken.add(tuple(low))
+        out.append(tuple(low))
+    return sorted(out)
+
+
+def ablation(model, sets, ranked, work) -> dict:
+    out = {"none": cached(work / "abl_none.json", lambda: accuracies(model, sets, []))}
+    everyone = [tuple(h) for h in ranked]
+    for k in KS:
+        out[f"top{k}"] = cached(work / f"abl_top{k}.json", lambda: accuracies(model, sets, everyone[:k]))
+        out[f"bottom{k}"] = cached(work / f"abl_bottom{k}.json", lambda: accuracies(model, sets, everyone[-k:]))
+        out[f"matched{k}"] = cached(work / f"abl_matched{k}.json",
+                                    lambda: accuracies(model, sets, layer_matched_low(everyone, k)))
+        for s in SEEDS:
+            pick = np.random.default_rng(s).choice(len(everyone), size=k, replace=False)
+            heads = sorted(everyone[i] for i in pick)
+            out[f"random{k}_seed{s}"] = cached(work / f"abl_random{k}_{s}.json", lambda: accuracies(model, sets, heads))
+    return out
+
+
+def _ask(model, item, layers, alpha):
+    """(answer id at t=0, yes-vs-no logit margin, number of reinforced heads); alpha None = plain greedy."""
+    prompt = W.item_prompt(item)
+    if alpha is None:
+        logits = E._logits(model, torch.tensor([list(prompt.ids)]), prompt.pixel_values)[0, -1]
+        return int(logits.argmax()), logits, 0
+    sel = vhr_select(model, prompt, layers=layers, alpha=alpha)
+    return sel.first_token, sel.logits, len(sel.heads)
+
+
+def vhr_condition(model, sets, layers, alpha) -> dict:
+    """Image QA and POPE at t=0 and CHAIR on descriptions, with VHR (alpha) or plain greedy (None)."""
+    vocab = W.vocabulary()
+    start = time.time()
+    qa = [_ask(model, it, layers, alpha) for it in sets["image_qa"]]
+    answers = [vocab[a] for a, _, _ in qa]
+    correct = [(a,) == it.answer for a, it in zip(answers, sets["image_qa"])]
+    yes, no = vocab.index("yes"), vocab.index("no")
+    pope = [_ask(model, it, layers, alpha) for it in sets["pope"]]
+    said_yes = [bool(lg[yes] > lg[no]) for _, lg, _ in pope]
+    labels = [it.meta["label"] for it in sets["pope"]]
+    stop = [vocab.index(W.END)]
+    texts = []
+    for scene in sets["describe"]:
+        prompt = W.item_prompt(W.describe_item(scene))
+        if alpha is None:
+            from headscope.generation import greedy_generate
+
+            toks = greedy_generate(model, list(prompt.ids), 13, stop, pixel_values=prompt.pixel_values)
+        else:
+            toks = vhr_generate(model, prompt, 13, stop, layers=layers, alpha=alpha).tokens
+        texts.append(" ".join(vocab[t] for t in toks))
+    return {"layers": layers, "alpha": alpha, "image_qa": float(np.mean(correct)), "answers": answers,
+            "correct": correct, "pope": E.pope_metrics(labels, said_yes), "said_yes": said_yes,
+            "chair": E.chair(sets["describe"], texts), "texts": texts,
+            "mean_reinforced_heads": float(np.mean([n for _, _, n in qa])), "seconds": round(time.time() - start, 1)}
+
+
+def vhr_study(model, sets, work) -> dict:
+    n = model.cfg.n_layers
+    paper = default_layers(n)
+    runs = {"greedy": cached(work / "vhr_greedy.json", lambda: vhr_condition(model, sets, paper, None))}
+    for name, layers, alpha in (("vhr_paper_a2", paper, 2.0), ("vhr_all_a2", list(range(n)), 2.0),
+                                ("vhr_paper_a1.5", paper, 1.5), ("vhr_paper_a3", paper, 3.0)):
+        runs[name] = cached(work / f"{name}.json", lambda: vhr_condition(model, sets, layers, alpha))
+    base = runs["greedy"]["correct"]
+    for r in runs.values():  # which way do changed answers go?
+        r["fixed"] = int(sum(1 for a, b in zip(base, r["correct"]) if not a and b))
+        r["broken"] = int(sum(1 for a, b in zip(base, r["correct"]) if a and not b))
+    return runs
+
+
+NAMES = {"top": "top-K VHD", "bottom": "bottom-K VHD", "matched": "lowest VHD of the same layers", "random": "K random"}
+
+
+def plot(rec: dict, out_dir: Path):
+    vhd = np.array(rec["detect"]["vhd"])
+    fig = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.35, 0.35], subplot_titles=(
+        "VHD per head (mean over 120 image questions)", "Zero-ablating K heads", "VHR vs greedy"))
+    fig.add_trace(go.Heatmap(z=vhd, x=[f"H{h}" for h in range(vhd.shape[1])], y=[f"L{l}" for l in range(vhd.shape[0])],
+                             colorscale="Viridis", colorbar=dict(x=0.285, len=0.9, thickness=12), showscale=True), 1, 1)
+    a = rec["ablation"]
+    for metric, dash in (("image_qa", "solid"), ("text_qa", "dot")):
+        for cond, color in (("top", "#E45756"), ("bottom", "#4C78A8"), ("matched", "#B279A2"), ("random", "#72B7B2")):
+            ys = [a["none"][metric]]
+            for k in KS:
+                ys.append(float(np.mean([a[f"random{k}_seed{s}"][metric] for s in SEEDS])) if cond == "random"
+                          else a[f"{cond}{k}"][metric])
+            fig.add_trace(go.Scatter(x=[0, *KS], y=ys, mode="lines+markers", line=dict(color=color, dash=dash),
+                                     name=f"{NAMES[cond]}, {metric.replace('_', ' ')}"), 1, 2)
+    v = rec["vhr"]
+    names = list(v)
+    for metric, getter, color in (("image-QA acc", lambda r: r["image_qa"], "#4C78A8"),
+                                  ("POPE F1", lambda r: r["pope"]["f1"], "#F58518"),
+                                  ("CHAIR_i", lambda r: r["chair"]["chair_i"], "#E45756"),
+                                  ("description recall", lambda r: r["chair"]["recall"], "#54A24B")):
+        fig.add_trace(go.Bar(x=names, y=[getter(v[n]) for n in names], name=metric, marker_color=color), 1, 3)
+    fig.update_xaxes(title_text="K heads ablated", row=1, col=2)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(title="shapes-vlm: vision-aware heads (VHD) and their reinforcement (VHR)", width=1500, height=520,
+                      barmode="group", legend=dict(orientation="h", y=-0.25))
+    return export_figure(fig, out_dir, "vision_heads", formats=("html", "png"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default=str(ROOT / ".cache" / "vision_heads"))
+    ap.add_argument("--replot", action="store_true", help="only re-render the figure from docs/vision_heads.json")
+    ap.add_argument("--fresh", action="store_true", help="drop the cached pieces first (after retraining)")
+    args = ap.parse_args()
+    record_path = ROOT / "docs" / "vision_heads.json"
+    if args.replot:
+        print(plot(json.loads(record_path.read_text()), ROOT / "docs" / "figures"))
+        return
+    work = Path(args.work)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = headscope.load_model("shapes-vlm")
+    sets = E.default_eval_sets()
+    start = time.time()
+    det = cached(work / "detect.json", lambda: detect(model))
+    print("top VHD heads:", [label(h) for h in det["ranked"][:8]], "bottom:", [label(h) for h in det["ranked"][-4:]])
+    abl = ablation(model, sets, det["ranked"], work)
+    for key in ("none", *(f"{c}{k}" for k in KS for c in ("top", "bottom", "matched"))):
+        print(f"{key:>9}: image QA {abl[key]['image_qa']:.3f}  text QA {abl[key]['text_qa']:.3f}")
+    vhr = vhr_study(model, sets, work)
+    for name, r in vhr.items():
+        print(f"{name:>15}: image QA {r['image_qa']:.3f} (fixed {r['fixed']}, broken {r['broken']})  POPE acc "
+              f"{r['pope']['accuracy']:.3f} F1 {r['pope']['f1']:.3f} yes {r['pope']['yes_ratio']:.2f}  CHAIR_i "
+              f"{r['chair']['chair_i']:.3f} CHAIR_s {r['chair']['chair_s']:.3f} recall {r['chair']['recall']:.3f}")
+    train_log = json.loads((data_dir() / "models" / "shapes-vlm" / "train_log.json").read_text())
+    record = {"model": "shapes-vlm", "checkpoint_heldout": train_log.get("heldout"), "detect": det,
+              "ablation": abl, "vhr": {k: {kk: vv for kk, vv in r.items() if kk not in ("answers", "said_yes")}
+                                       for k, r in vhr.items()},
+              "n": {k: len(v) for k, v in sets.items()}, "seconds": round(time.time() - start, 1)}
+    atomic_write(record_path, lambda t: t.write_text(json.dumps(record, indent=1)))
+    print(plot(record, ROOT / "docs" / "figures"))
+
+
+if __name__ == "__main__":
+    main()
