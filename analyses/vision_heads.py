@@ -24,18 +24,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 import headscope
 from headscope.analyzers.head_divergence import HeadDivergence
 from headscope.fileio import atomic_write
-from headscope.paths import data_dir
 from headscope.interventions import ZeroAblation
+from headscope.paths import data_dir
 from headscope.vision import shapes as W
 from headscope.vision import shapes_eval as E
-from headscope.vision.vhr import default_layers, vhr_generate, vhr_select
+from headscope.vision import shapes_vhr as V
+from headscope.vision.vhr import default_layers
 from headscope.viz.export import export_figure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def detect(model) -> dict:
     ranked = [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
     return {"vhd": mean.tolist(), "ranked": ranked, "n_prompts": len(prompts),
             "vhd_outlier_rule": hd_out.scores_.mean_over_prompts().values.tolist(),
-            "n_outliers": int(len(hd_out.outliers_)), "token_vhd_mean": float(np.mean(hd.token_vhd_))}
+            "n_outliers": len(hd_out.outliers_), "token_vhd_mean": float(np.mean(hd.token_vhd_))}
 
 
 def accuracies(model, sets, heads) -> dict:
@@ -92,53 +92,28 @@ def ablation(model, sets, ranked, work) -> dict:
     out = {"none": cached(work / "abl_none.json", lambda: accuracies(model, sets, []))}
     everyone = [tuple(h) for h in ranked]
     for k in KS:
-        out[f"top{k}"] = cached(work / f"abl_top{k}.json", lambda: accuracies(model, sets, everyone[:k]))
-        out[f"bottom{k}"] = cached(work / f"abl_bottom{k}.json", lambda: accuracies(model, sets, everyone[-k:]))
+        out[f"top{k}"] = cached(work / f"abl_top{k}.json", lambda k=k: accuracies(model, sets, everyone[:k]))
+        out[f"bottom{k}"] = cached(work / f"abl_bottom{k}.json", lambda k=k: accuracies(model, sets, everyone[-k:]))
         out[f"matched{k}"] = cached(work / f"abl_matched{k}.json",
-                                    lambda: accuracies(model, sets, layer_matched_low(everyone, k)))
+                                    lambda k=k: accuracies(model, sets, layer_matched_low(everyone, k)))
         for s in SEEDS:
             pick = np.random.default_rng(s).choice(len(everyone), size=k, replace=False)
             heads = sorted(everyone[i] for i in pick)
-            out[f"random{k}_seed{s}"] = cached(work / f"abl_random{k}_{s}.json", lambda: accuracies(model, sets, heads))
+            out[f"random{k}_seed{s}"] = cached(work / f"abl_random{k}_{s}.json", lambda heads=heads: accuracies(model, sets, heads))
     return out
-
-
-def _ask(model, item, layers, alpha):
-    """(answer id at t=0, yes-vs-no logit margin, number of reinforced heads); alpha None = plain greedy."""
-    prompt = W.item_prompt(item)
-    if alpha is None:
-        logits = E._logits(model, torch.tensor([list(prompt.ids)]), prompt.pixel_values)[0, -1]
-        return int(logits.argmax()), logits, 0
-    sel = vhr_select(model, prompt, layers=layers, alpha=alpha)
-    return sel.first_token, sel.logits, len(sel.heads)
 
 
 def vhr_condition(model, sets, layers, alpha) -> dict:
     """Image QA and POPE at t=0 and CHAIR on descriptions, with VHR (alpha) or plain greedy (None)."""
-    vocab = W.vocabulary()
     start = time.time()
-    qa = [_ask(model, it, layers, alpha) for it in sets["image_qa"]]
-    answers = [vocab[a] for a, _, _ in qa]
-    correct = [(a,) == it.answer for a, it in zip(answers, sets["image_qa"])]
-    yes, no = vocab.index("yes"), vocab.index("no")
-    pope = [_ask(model, it, layers, alpha) for it in sets["pope"]]
-    said_yes = [bool(lg[yes] > lg[no]) for _, lg, _ in pope]
-    labels = [it.meta["label"] for it in sets["pope"]]
-    stop = [vocab.index(W.END)]
-    texts = []
-    for scene in sets["describe"]:
-        prompt = W.item_prompt(W.describe_item(scene))
-        if alpha is None:
-            from headscope.generation import greedy_generate
-
-            toks = greedy_generate(model, list(prompt.ids), 13, stop, pixel_values=prompt.pixel_values)
-        else:
-            toks = vhr_generate(model, prompt, 13, stop, layers=layers, alpha=alpha).tokens
-        texts.append(" ".join(vocab[t] for t in toks))
-    return {"layers": layers, "alpha": alpha, "image_qa": float(np.mean(correct)), "answers": answers,
-            "correct": correct, "pope": E.pope_metrics(labels, said_yes), "said_yes": said_yes,
-            "chair": E.chair(sets["describe"], texts), "texts": texts,
-            "mean_reinforced_heads": float(np.mean([n for _, _, n in qa])), "seconds": round(time.time() - start, 1)}
+    qa = V.vhr_image_qa(model, sets["image_qa"], layers=layers, alpha=alpha)
+    pope = V.vhr_pope(model, sets["pope"], layers=layers, alpha=alpha)
+    desc = V.vhr_describe(model, sets["describe"], layers=layers, alpha=alpha)
+    return {"layers": layers, "alpha": alpha, "image_qa": qa["accuracy"], "correct": qa["correct"],
+            "mean_reinforced_heads": qa["mean_reinforced_heads"],
+            "pope": {k: v for k, v in pope.items() if k != "said_yes"},
+            "chair": {k: v for k, v in desc.items() if k != "texts"}, "texts": desc["texts"],
+            "seconds": round(time.time() - start, 1)}
 
 
 def vhr_study(model, sets, work) -> dict:
@@ -147,7 +122,7 @@ def vhr_study(model, sets, work) -> dict:
     runs = {"greedy": cached(work / "vhr_greedy.json", lambda: vhr_condition(model, sets, paper, None))}
     for name, layers, alpha in (("vhr_paper_a2", paper, 2.0), ("vhr_all_a2", list(range(n)), 2.0),
                                 ("vhr_paper_a1.5", paper, 1.5), ("vhr_paper_a3", paper, 3.0)):
-        runs[name] = cached(work / f"{name}.json", lambda: vhr_condition(model, sets, layers, alpha))
+        runs[name] = cached(work / f"{name}.json", lambda layers=layers, alpha=alpha: vhr_condition(model, sets, layers, alpha))
     base = runs["greedy"]["correct"]
     for r in runs.values():  # which way do changed answers go?
         r["fixed"] = int(sum(1 for a, b in zip(base, r["correct"]) if not a and b))
@@ -216,8 +191,7 @@ def main() -> None:
               f"{r['chair']['chair_i']:.3f} CHAIR_s {r['chair']['chair_s']:.3f} recall {r['chair']['recall']:.3f}")
     train_log = json.loads((data_dir() / "models" / "shapes-vlm" / "train_log.json").read_text())
     record = {"model": "shapes-vlm", "checkpoint_heldout": train_log.get("heldout"), "detect": det,
-              "ablation": abl, "vhr": {k: {kk: vv for kk, vv in r.items() if kk not in ("answers", "said_yes")}
-                                       for k, r in vhr.items()},
+              "ablation": abl, "vhr": vhr,
               "n": {k: len(v) for k, v in sets.items()}, "seconds": round(time.time() - start, 1)}
     atomic_write(record_path, lambda t: t.write_text(json.dumps(record, indent=1)))
     print(plot(record, ROOT / "docs" / "figures"))

@@ -14,7 +14,12 @@ from headscope.generation import greedy_generate
 from headscope.inputs.images import ImagePrompt
 from headscope.interventions import ScaleOutput, apply
 from headscope.testing import plain_hf_copy
-from headscope.testing.tiny_vlm import IMAGE_TOKEN, planted_llava, tiny_llava, tiny_vlm_prompt
+from headscope.testing.tiny_vlm import (
+    IMAGE_TOKEN,
+    planted_llava,
+    tiny_llava,
+    tiny_vlm_prompt,
+)
 from headscope.vision.spans import image_span, image_spans, image_token_ids
 from headscope.vision.vhr import default_layers, vhr_generate, vhr_select
 

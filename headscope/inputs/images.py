@@ -11,8 +11,8 @@ without images: the batch's pixel values are the images of its rows, concatenate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class ImagePrompt:
         return len(self.ids)
 
     @classmethod
-    def from_processor(cls, processor, text: str, image, **kw) -> "ImagePrompt":
+    def from_processor(cls, processor, text: str, image, **kw) -> ImagePrompt:
         """Build one prompt with a Hugging Face processor (real LLaVA-family models), e.g.
         ``ImagePrompt.from_processor(AutoProcessor.from_pretrained(path), "USER: <image>\nWhat is this? ASSISTANT:", img)``."""
         enc = processor(text=text, images=image, return_tensors="pt", **kw)

@@ -7,8 +7,8 @@ attention mask is still passed so models and reducers can tell pads apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from headscope.testing.tiny import BOS_ID, PAD_ID, TINY_NAME, _TINY_INIT_STD, tiny_tokenizer
+from headscope.testing.tiny import (
+    _TINY_INIT_STD,
+    BOS_ID,
+    PAD_ID,
+    TINY_NAME,
+    tiny_tokenizer,
+)
 
 VOCAB = 48
 IMAGE_TOKEN = VOCAB - 1  # the last id of the tiny vocabulary stands for an image patch
@@ -135,7 +141,7 @@ def tiny_vlm_prompt(model, n_before: int = 2, n_after: int = 4, seed: int = 0, n
     g = torch.Generator().manual_seed(seed)
     n_img = n_image_tokens(model)
     size = model.original_model.config.vision_config.image_size
-    text = lambda n: torch.randint(2, IMAGE_TOKEN, (n,), generator=g).tolist()  # noqa: E731
+    text = lambda n: torch.randint(2, IMAGE_TOKEN, (n,), generator=g).tolist()
     ids = [BOS_ID] + text(n_before)
     for _ in range(n_images):
         ids += [IMAGE_TOKEN] * n_img

@@ -11,7 +11,7 @@ a shapes-vlm prompt, a visual-sink SmolLM2 prompt and a real LLaVA prompt.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
