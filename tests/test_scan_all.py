@@ -19,7 +19,11 @@ QUICK = {
     "retrieval-heads": ["n_samples=2"],
     "ships": ["heads=[[2, 0], [2, 1], [20, 0]]"],
     "sahara": ["search_steps=1", "heads=[[2, 0], [2, 1], [20, 0]]"],
+    "visual-sink": ["n_default_prompts=2"],
+    "vit-heads": [],
 }
+# Analyzers that need a vision-language testbed run on it instead of the bundled SmolLM2.
+MODEL = {"visual-sink": "smollm2-visual-sinks", "vit-heads": "shapes-vlm"}
 
 
 def test_every_analyzer_has_a_quick_cli_setting():
@@ -30,6 +34,8 @@ def test_every_analyzer_has_a_quick_cli_setting():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_scan_from_cli(name, tmp_path):
     args = ["scan", name, "--out", str(tmp_path), "--no-static", "--top", "3"]
+    if name in MODEL:
+        args += ["--model", MODEL[name]]
     for p in QUICK[name]:
         args += ["--param", p]
     assert main(args) == 0

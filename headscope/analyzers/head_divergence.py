@@ -117,10 +117,11 @@ class HeadDivergence(Analyzer):
     def fit(self, model, data=None) -> HeadDivergence:
         """data: list of (prefix, segment, suffix), each part text or token ids (see
         `headscope.inputs.segments.segment_prompts`), or `ImagePrompt`s (the segment is the image block:
-        VHD); None = the built-in passage + question items."""
+        VHD); None = the built-in passage + question items (for shapes-vlm and smollm2-visual-sinks:
+        their built-in image prompts)."""
         info = model_info(model)
         how, arg = self._check(info.n_heads)
-        items = segment_prompts(model, default_segment_data() if data is None else data)
+        items = segment_prompts(model, self._default_data(model) if data is None else data)
         pair = build_variants(model, items, variant=self.variant, positions=self.positions, filler=self.filler)
         with_seg = ZAtPositions(pair.present_positions, name="z_sq_norm_with_segment")
         without = ZAtPositions(pair.other_positions, name="z_sq_norm_without_segment")
@@ -154,6 +155,17 @@ class HeadDivergence(Analyzer):
         self.token_vhd_positions_ = self._position_tvhd(model, items, pair, per_pos, prompts, params)
         self.heads_ = self._heads(how, arg)
         return self
+
+    @staticmethod
+    def _default_data(model):
+        """Text passages, or for a vision-language testbed its built-in image prompts (VHD proper)."""
+        from ..vision.spans import image_token_ids
+
+        if image_token_ids(model):
+            from ..vision.datasets import default_image_prompts
+
+            return default_image_prompts(model)
+        return default_segment_data()
 
     def _position_tvhd(self, model, items, pair, per_pos, prompts, params) -> TokenScores:
         width = max(len(ids) for ids in pair.present)  # len() of an ImagePrompt is its token count

@@ -6,6 +6,7 @@
       - {name: random, random: [1, 5, 10], seeds: [0, 1, 2], from: scores, exclude_top: 10}
       - {name: pair, heads: [[17, 3], [18, 6]]}          # an explicit list
       - {name: mixed, interventions: [{kind: zero, heads: [[3, 1]]}, {kind: scale, alpha: 2, heads: [[5, 0]]}]}
+      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (shapes metrics)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ RANKS = ("auto", "largest", "smallest", "magnitude", "selected")
 class Condition:
     name: str
     path: str
-    mode: str  # "heads" | "interventions" | "top_k" | "random"
+    mode: str  # "heads" | "interventions" | "top_k" | "random" | "vhr"
     heads: list | None = None
     interventions: list[dict] | None = None
     ks: list[int] | None = None
@@ -33,6 +34,7 @@ class Condition:
     source: str | None = None  # `from:` an earlier analyze/scan unit
     exclude_top: int | None = None
     rank: str = "auto"
+    vhr: dict | None = None  # {"alpha": float, "layers": list | None}
 
     def head_lists(self):
         """(field path, heads) of every explicit head list, for range checks once the model is loaded."""
@@ -47,6 +49,8 @@ class Condition:
             return [(self.name, len(self.heads), None)]
         if self.mode == "interventions":
             return [(self.name, len({tuple(h) for iv in self.interventions for h in iv["heads"]}), None)]
+        if self.mode == "vhr":
+            return [(self.name, 0, None)]
         if self.mode == "top_k":
             return [(f"{self.name}_k{k}", k, None) for k in self.ks]
         return [(f"{self.name}_k{k}_seed{s}", k, s) for k in self.ks for s in self.seeds]
@@ -74,13 +78,16 @@ def check_intervention(d: dict, path: str, kind_path: str | None = None):
 
 def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
     sec = Section(raw, path)
-    modes = [m for m in ("heads", "interventions", "top_k", "random") if m in sec.raw]
+    modes = [m for m in ("heads", "interventions", "top_k", "random", "vhr") if m in sec.raw]
     if len(modes) != 1:
         raise fail(path, "needs exactly one of heads (explicit list), interventions (full specs), top_k "
-                         f"(best K of an earlier unit, with from:) or random (K random heads); got {modes or 'none'}")
+                         "(best K of an earlier unit, with from:), random (K random heads) or vhr (VHR, "
+                         f"per-prompt heads); got {modes or 'none'}")
     c = Condition(name=sec.get("name", as_name), path=path, mode=modes[0])
     if c.mode == "heads":
         c.heads = sec.get("heads", as_heads)
+    elif c.mode == "vhr":
+        c.vhr = _vhr_params(sec.get("vhr"), sec.at("vhr"))
     elif c.mode == "interventions":
         items = sec.get("interventions", as_list)
         if not items:
@@ -119,6 +126,16 @@ def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
                          "{kind: uniform_attention}) to know what to do to its heads")
     sec.finish()
     return c
+
+
+def _vhr_params(raw, path: str) -> dict:
+    sec = Section(raw if raw is not None else {}, path)
+    alpha = sec.get("alpha", lambda v, p: v, 2.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise fail(sec.at("alpha"), f"must be a number (the paper uses 2), got {alpha!r}")
+    layers = sec.get("layers", lambda v, p: None if v is None else as_int_list(0)(v, p), None)
+    sec.finish()
+    return {"alpha": float(alpha), "layers": layers}
 
 
 def _rank(value, path):

@@ -23,13 +23,15 @@ GENERATORS = {
     "repeat_samples": ("headscope.inputs.needle", "make_repeat_samples", "vocab_size", "needle"),
     "repeated_tokens": ("headscope.inputs.probes", "repeated_random_tokens", "vocab_size", "tokens"),
     "prompt_set": ("headscope.safety.prompts", "prompt_set", None, "text"),
+    "shapes": ("headscope.vision.datasets", "shapes_set", None, "shapes"),  # shapes-vlm QAItems
 }
 _NOT_PARAMS = {"needles", "haystack"}  # python-only arguments (lists of dicts), not spec fields
 
 
 @dataclass
 class DataSpec:
-    """A parsed dataset entry; `kind` is what it yields: "text", "tokens" or "needle" (NeedleSample)."""
+    """A parsed dataset entry; `kind` is what it yields: "text", "tokens", "needle" (NeedleSample) or
+    "shapes" (shapes-world QAItems, with images)."""
 
     name: str
     path: str
@@ -55,10 +57,14 @@ class Dataset:
     answers: list | None
     labels: list[str] | None  # prompt texts for result provenance (None for token inputs)
     chat: bool = False
+    prompts: list | None = None  # model inputs when they are not the items (ImagePrompts of shapes items)
 
     @property
     def analyzer_input(self):
-        """What `Analyzer.fit` gets: the items, or the chat-formatted token ids when chat: true."""
+        """What `Analyzer.fit` gets: the items, the chat-formatted token ids when chat: true, or the
+        ImagePrompts of image items."""
+        if self.prompts is not None:
+            return self.prompts
         return self.token_lists if self.chat else self.items
 
 
@@ -214,8 +220,14 @@ def materialize(spec: DataSpec, model, info) -> Dataset:
             items = list(spec.prompts)
         if spec.template is not None:
             items = [spec.template.replace("{prompt}", p) for p in items]
+        prompts = None
         if spec.kind == "needle":
             token_lists = [list(s.prompt_ids) for s in items]
+        elif spec.kind == "shapes":
+            from ..vision.shapes import item_prompt
+
+            prompts = [item_prompt(it) for it in items]
+            token_lists = to_token_lists(model, prompts, info)
         elif spec.chat:  # the same chat formatting as the safety evaluation's generation
             from ..safety.evaluate import chat_prompt_ids
 
@@ -225,4 +237,4 @@ def materialize(spec: DataSpec, model, info) -> Dataset:
     except HeadscopeError as e:
         raise fail(spec.path, str(e)) from None
     labels = list(items) if spec.kind == "text" else None
-    return Dataset(spec.name, spec.kind, items, token_lists, spec.answers, labels, spec.chat)
+    return Dataset(spec.name, spec.kind, items, token_lists, spec.answers, labels, spec.chat, prompts)

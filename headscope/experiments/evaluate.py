@@ -7,6 +7,9 @@ Metrics:
   (`headscope.safety.attack_success_rate`); text prompts (e.g. `generator: prompt_set`).
 - kl_last, logit_diff, loss: the scan metrics (`headscope.interventions.METRICS`) with all of the
   condition's heads intervened at once, mean over prompts (per prompt values are kept too).
+- image_qa_accuracy, text_qa_accuracy, pope_accuracy, pope_f1, chair_i, chair_s: the shapes-vlm
+  testbed's metrics (`headscope.vision.shapes_eval`) on `generator: shapes` data; a `vhr` condition
+  evaluates them under VHR (heads chosen per prompt, `headscope.vision.shapes_vhr`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from ._fields import as_mapping, fail
 from .conditions import choose_heads
 from .data import check_call_params
 
-NEEDLE, ANY = ("needle",), ("text", "tokens", "needle")
+NEEDLE, ANY, SHAPES = ("needle",), ("text", "tokens", "needle"), ("shapes",)
+# shapes metric -> (split its items must come from, key of the result)
+SHAPES_METRICS = {"image_qa_accuracy": ("image_qa", "accuracy"), "text_qa_accuracy": ("text_qa", "accuracy"),
+                  "pope_accuracy": ("pope", "accuracy"), "pope_f1": ("pope", "f1"),
+                  "chair_i": ("describe", "chair_i"), "chair_s": ("describe", "chair_s")}
 EVAL_METRICS = {"needle_accuracy": NEEDLE, "attack_success_rate": ("text",),
-                "kl_last": ANY, "logit_diff": ANY, "loss": ANY}
+                "kl_last": ANY, "logit_diff": ANY, "loss": ANY, **{m: SHAPES for m in SHAPES_METRICS}}
 
 
 def _asr():
@@ -59,9 +66,21 @@ def check_metric(unit, sec) -> None:
                               sec.at("params.judge"))
     elif params:
         raise fail(sec.at("params"), f"metric {unit.target} takes no parameters, got {sorted(params)}")
+    if unit.target in SHAPES_METRICS:
+        split = SHAPES_METRICS[unit.target][0]
+        if unit.data.params.get("split", "image_qa") != split:
+            raise fail(sec.at("data"), f"{unit.target} needs split: {split} in dataset {unit.data.name!r}")
     if unit.target == "logit_diff" and not unit.data.answers:
         raise fail(sec.at("data"), f"logit_diff needs answers: give dataset {unit.data.name!r} an 'answers' "
                                    "list of [correct, wrong] pairs, one per prompt")
+
+
+def check_vhr_conditions(unit) -> None:
+    """VHR needs an image metric of the shapes world (it compares runs with and without the image)."""
+    vhr = [c for c in unit.conditions if c.mode == "vhr"]
+    if vhr and (unit.target not in SHAPES_METRICS or unit.target == "text_qa_accuracy"):
+        raise fail(vhr[0].path, "a vhr condition needs a shapes image metric (image_qa_accuracy, pope_accuracy, "
+                                "pope_f1, chair_i, chair_s): VHR compares runs with and without the image")
 
 
 def _interventions(unit, cond, heads, ds):
@@ -121,8 +140,28 @@ def _metric_change(model, info, ds, specs, metric: str, batch_size: int, cache: 
     return out
 
 
-def _evaluate(unit, ctx, specs, ds) -> dict:
+def _shapes(unit, model, ds, specs, vhr) -> dict:
+    """A shapes-world metric with fixed interventions, or under VHR (`vhr` = its alpha and layers)."""
+    from ..vision import shapes_eval as E
+    from ..vision import shapes_vhr as V
+
+    split, key = SHAPES_METRICS[unit.target]
+    items = ds.items
+    if vhr is not None:
+        run = {"image_qa": V.vhr_image_qa, "pope": V.vhr_pope}.get(split)
+        res = run(model, items, **vhr) if run else V.vhr_describe(model, [it.scene for it in items], **vhr)
+        return {"value": float(res[key]), "vhr": vhr, **({"texts": res["texts"]} if "texts" in res else {})}
+    if split == "describe":
+        texts = E.describe(model, [it.scene for it in items], interventions=specs)
+        return {"value": float(E.chair([it.scene for it in items], texts)[key]), "texts": texts}
+    run = {"image_qa": E.image_qa_accuracy, "text_qa": E.text_qa_accuracy, "pope": E.pope}[split]
+    return {"value": float(getattr(run(model, items, interventions=specs), key))}
+
+
+def _evaluate(unit, ctx, specs, ds, vhr=None) -> dict:
     model = ctx.model
+    if unit.target in SHAPES_METRICS:
+        return _shapes(unit, model, ds, specs, vhr)
     if unit.target == "needle_accuracy":
         from ..analyzers.retrieval import needle_accuracy
 
@@ -156,12 +195,12 @@ def plan_evaluate(unit, ctx):
                     heads = choose_heads(cond, k, seed, ranked, all_heads, n_selected)
                 elif cond.mode == "heads":
                     heads = sorted(cond.heads)
-                specs = _interventions(unit, cond, heads, ds)
-                key = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True,
+                specs = [] if cond.mode == "vhr" else _interventions(unit, cond, heads, ds)
+                key = hashlib.sha256(json.dumps([[s.to_dict() for s in specs], cond.vhr], sort_keys=True,
                                                 default=str).encode()).hexdigest()
                 start = time.time()
                 if (unit.name, key) not in ctx.memo:  # e.g. K=0 of several conditions: the same baseline
-                    ctx.memo[(unit.name, key)] = _evaluate(unit, ctx, specs, ds)
+                    ctx.memo[(unit.name, key)] = _evaluate(unit, ctx, specs, ds, cond.vhr)
                 result = ctx.memo[(unit.name, key)]
                 record = {"condition": cond.name, "mode": cond.mode, "k": k, "seed": seed,
                           "heads": [list(h) for h in heads], "interventions": [_readable(s, ds) for s in specs],

@@ -192,7 +192,7 @@ def _scan(unit: Unit, sec: Section) -> None:
 
 
 def _evaluate(unit: Unit, sec: Section, earlier: list[Unit]) -> None:
-    from .evaluate import check_metric
+    from .evaluate import check_metric, check_vhr_conditions
 
     check_metric(unit, sec)
     tpl = sec.get("intervention", as_mapping, None)
@@ -203,6 +203,7 @@ def _evaluate(unit: Unit, sec: Section, earlier: list[Unit]) -> None:
     unit.intervention = tpl
     unit.batch_size = sec.get("batch_size", int_at_least(1), 8)
     unit.conditions = parse_conditions(sec.get("conditions"), sec.at("conditions"), earlier, tpl is not None)
+    check_vhr_conditions(unit)
     if unit.target in ("kl_last", "logit_diff", "loss"):  # whole-prompt forwards: no decode start exists
         found = [(sec.at("intervention.positions"), tpl)] + [
             (f"{c.path}.interventions[{j}].positions", iv)

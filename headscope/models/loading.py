@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModelNotFoundError
-from . import bundled, safety
+from . import bundled, safety, shapes_vlm, visual_sinks
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def _load_smollm2(cache_dir, device, dtype):
 BUNDLED: dict[str, Callable] = {bundled.SMOLLM2_NAME: _load_smollm2}
 # The safety-tuned testbed: SmolLM2 + the LoRA delta in data/ (models/safety.py imports _boot lazily).
 BUNDLED[safety.SAFETY_NAME] = safety.load_safety
+BUNDLED[shapes_vlm.SHAPES_VLM_NAME] = shapes_vlm.load_shapes_vlm
+BUNDLED[visual_sinks.VISUAL_SINKS_NAME] = visual_sinks.load_visual_sinks
 ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
 
 

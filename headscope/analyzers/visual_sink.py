@@ -1,0 +1,312 @@
+"""Visual attention sinks and image-centric heads (Kang et al., "See What You Are Told", ICLR 2025), plus
+the VAR interventions they define. Formulas and defaults: methods.md §6; usage: docs/visual-sink.md.
+
+    >>> model = headscope.load_model("smollm2-visual-sinks")
+    >>> vs = VisualSink().fit(model)                     # the testbed's default image prompts
+    >>> vs.visual_sinks_                                 # sink tokens inside the image, per layer
+    >>> vs.heads_                                        # image-centric heads
+    >>> with apply(model, vs.var_interventions(prompt=0)): ...
+
+Two capture passes: the first finds the sink dims (the first token's massive activations, Sun et al.'s
+criterion on `hook_resid_post`) unless `sink_dims` is given; the second computes phi on every layer's
+`hook_resid_pre` and, in the same hook, tests each query row after the image against the sinks of that
+layer (the image-centric rule), so nothing of size T x T is kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..capture import capture
+from ..errors import InputError
+from ..inputs.tokens import to_token_lists
+from ..interventions.specs import VARRedistribution
+from ..models.info import model_info
+from ..results import HeadScores
+from ..vision.spans import image_span
+from ._sink_reducers import MassiveActivations, PhiTopK
+from .base import Analyzer, register, select_heads
+
+FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (methods.md §6)
+_PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
+
+
+class ImageCentricRows(PhiTopK):
+    """PhiTopK with given sink dims (exact phi) that also, per layer >= 2, marks sink tokens (phi > tau)
+    and tests every query row after the image: image-centric iff it gives the image >= min_image_attention
+    and the image's non-sink tokens hold >= rho of that (methods.md §6, `HeadFork`)."""
+
+    name = "image_centric"
+    needs = ("resid_pre", "pattern")
+    description = "Fraction of query rows after the image that are image-centric (Kang et al. 2025)."
+
+    def __init__(self, spans, sink_dims, tau, rho, min_image_attention):
+        super().__init__(sink_dims=sink_dims)
+        self.spans, self.tau, self.rho, self.min_image = list(spans), float(tau), float(rho), float(min_image_attention)
+
+    def start(self, info, n_prompts):
+        super().start(info, n_prompts)
+        self._stats = {k: np.full((n_prompts, info.n_layers, info.n_heads), np.nan) for k in _PER_HEAD}
+        self._sinks: list[tuple[int, int, np.ndarray]] = []  # (prompt, layer, sink positions)
+
+    def update(self, layer, acts, ctx):
+        super().update(layer, acts, ctx)  # stores this layer's phi (exact: sink dims are given)
+        if layer < FIRST_SINK_LAYER:
+            return
+        phi = self._chunks[-1][2]  # [batch, pos], NaN on pads
+        sink = phi.nan_to_num(-1.0) > self.tau
+        pattern = acts["pattern"].float()  # [batch, head, q, k]
+        for r, p in enumerate(ctx.index):
+            n, (s, e) = int(ctx.valid[r].sum()), self.spans[p]
+            self._sinks.append((p, layer, sink[r, :n].nonzero()[:, 0].numpy()))
+            rows = pattern[r, :, e:n, :n]  # [head, q, k]: the text queries after the image
+            if rows.shape[1] == 0:
+                continue
+            vis_sink = sink[r, :n].clone()
+            vis_sink[:s], vis_sink[e:] = False, False
+            text_sink = sink[r, :n] & ~vis_sink
+            image = rows[..., s:e].sum(-1)  # [head, q]
+            on_sinks = rows[..., vis_sink].sum(-1)
+            attending = image >= self.min_image
+            centric = attending & (image - on_sinks >= self.rho * image)
+            for key, v in (("fraction", centric.float()), ("attending", attending.float()), ("image", image),
+                           ("visual_sink", on_sinks), ("text_sink", rows[..., text_sink].sum(-1))):
+                self._stats[key][p, layer] = v.mean(-1).numpy()
+            self._stats["n_rows"][p, layer] = rows.shape[1]
+
+    def result(self, info, prompts=None):
+        return {"phi": super().result(info, prompts).phi, "stats": self._stats, "sinks": self._sinks}
+
+
+@register
+class VisualSink(Analyzer):
+    """Visual sink tokens (phi > tau inside the image), image-centric heads, and VAR interventions.
+
+    Args:
+        tau: sink threshold on phi (20, the paper's). phi <= sqrt(d_model) (24 for SmolLM2): calibrate it
+            from the phi histogram (`phi_table()`, `plot_phi_histogram()`, `tau_gap()`).
+        rho: an image-centric row gives >= rho of its image attention to non-sink image tokens (0.5;
+            paper: 0.8 general, 0.5 hallucination, 0.9 vision-centric tasks).
+        min_image_attention: ... and >= this much attention to the image overall (0.2, the code's `summ`).
+        keep_fraction: fraction of sink attention VAR KEEPS (0.6, the official code's p; the paper's p is
+            the fraction removed).
+        min_head_fraction: a head is in `heads_` when more than this fraction of its eligible query rows
+            are image-centric (prompt mean).
+        sink_dims: residual dims for phi; None finds them from the first token's massive activations.
+        massive_min_abs, massive_min_ratio: Sun et al.'s |x| > 100 and >= 1000 x median for that search.
+        n_default_prompts: size of the testbed's default prompt set (data=None).
+        batch_size: prompts per forward pass.
+
+    Learned: `sink_dims_`, `phi_` [prompt, layer, pos] (NaN on pads), `sink_tokens_` (DataFrame: prompt,
+    layer, position, token, phi, in_image; layers 2..L-1), `visual_sinks_` (its in_image rows),
+    `image_spans_`, `tokens_`, `scores_` (HeadScores [prompt, layer, head]: fraction of eligible rows that
+    are image-centric; NaN in layers 0-1), `heads_`, `attending_fraction_` (rows with enough image
+    attention, image-centric or not: the difference are sink-dominated rows), `image_attention_`, `visual_sink_attention_`,
+    `text_sink_attention_` (HeadScores: mean attention of the query rows after the image to the image,
+    to its sinks, to the sinks outside it).
+    """
+
+    name = "visual-sink"
+    description = ("Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
+                   "heads and VAR redistribution specs (Kang et al. 2025).")
+
+    def __init__(self, tau: float = 20.0, rho: float = 0.5, min_image_attention: float = 0.2,
+                 keep_fraction: float = 0.6, min_head_fraction: float = 0.5, sink_dims: list[int] | None = None,
+                 massive_min_abs: float = 100.0, massive_min_ratio: float = 1000.0, n_default_prompts: int = 8,
+                 batch_size: int = 8):
+        self.tau = tau
+        self.rho = rho
+        self.min_image_attention = min_image_attention
+        self.keep_fraction = keep_fraction
+        self.min_head_fraction = min_head_fraction
+        self.sink_dims = sink_dims
+        self.massive_min_abs = massive_min_abs
+        self.massive_min_ratio = massive_min_ratio
+        self.n_default_prompts = n_default_prompts
+        self.batch_size = batch_size
+
+    def _validate(self, d_model: int) -> None:
+        def number(name, lo, hi):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not lo <= v <= hi:
+                raise InputError(f"{name}={v!r} must be a number in [{lo}, {hi}]")
+        number("tau", 0, np.inf)
+        for name in ("rho", "min_image_attention", "keep_fraction", "min_head_fraction"):
+            number(name, 0, 1)
+        for name in ("n_default_prompts", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name}={v!r} must be an integer >= 1")
+        if self.sink_dims is not None:
+            dims = [] if isinstance(self.sink_dims, (str, bytes)) else list(self.sink_dims)
+            if not dims or not all(isinstance(d, (int, np.integer)) and 0 <= d < d_model for d in dims):
+                raise InputError(f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
+                                 f"0..{d_model - 1} (or None to find them from the first token's massive activations)")
+
+    def _inputs(self, model, data) -> list[list[int]]:
+        from ..models import visual_sinks
+
+        if data is None:
+            if not visual_sinks.is_visual_sinks(model):
+                raise InputError("visual-sink needs prompts that contain an image and has built-in ones only for the "
+                                 "visual-sink testbed. Fix: fit(model, data=[token id lists with image tokens]) or "
+                                 f"use model = headscope.load_model({visual_sinks.VISUAL_SINKS_NAME!r}).")
+            data = visual_sinks.default_prompts(model, self.n_default_prompts)
+        if isinstance(data, visual_sinks.VisualPrompt):
+            data = [data]
+        if isinstance(data, (list, tuple)):
+            data = [list(d.ids) if isinstance(d, visual_sinks.VisualPrompt) else d for d in data]
+        return to_token_lists(model, data, model_info(model))
+
+    def fit(self, model, data=None) -> VisualSink:
+        """Find the sink dims (unless given), then phi, sink tokens and image-centric rows in one pass."""
+        info = model_info(model)
+        self._validate(info.d_model)
+        tokens = self._inputs(model, data)
+        self.image_spans_ = [image_span(model, ids) for ids in tokens]
+        self.sink_dims_ = sorted({int(d) for d in self.sink_dims}) if self.sink_dims is not None else \
+            self._find_sink_dims(model, tokens)
+        rows = ImageCentricRows(self.image_spans_, self.sink_dims_, self.tau, self.rho, self.min_image_attention)
+        res = capture(model, tokens, [rows], batch_size=self.batch_size)["image_centric"]
+        self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
+        self.token_ids_ = tokens
+        tok = getattr(model, "tokenizer", None)
+        self.tokens_ = [[tok.decode([t]) if tok is not None else str(t) for t in ids] for ids in tokens]
+        self.phi_ = res["phi"]
+        self._sink_sets = {(p, layer): {int(x) for x in pos} for p, layer, pos in res["sinks"]}
+        self.sink_tokens_ = self._sink_table(res["sinks"])
+        self.visual_sinks_ = self.sink_tokens_[self.sink_tokens_["in_image"]].reset_index(drop=True)
+        stats = res["stats"]
+
+        def scores(key, name, description):
+            return HeadScores(stats[key], name=name, n_kv_heads=info.n_kv_heads, model=info.name, analyzer=self.name,
+                              params=self.get_params(), description=description)
+        self.scores_ = scores("fraction", "image_centric_fraction",
+                              f"fraction of query rows after the image with image attention >= "
+                              f"{self.min_image_attention} and non-sink share >= rho = {self.rho}")
+        self.attending_fraction_ = scores("attending", "image_attending_fraction",
+                                          f"fraction of query rows after the image with image attention >= "
+                                          f"{self.min_image_attention} (image-centric or sink-dominated)")
+        self.image_attention_ = scores("image", "image_attention", "mean attention of text queries after the image to it")
+        self.visual_sink_attention_ = scores("visual_sink", "visual_sink_attention",
+                                             "mean attention of text queries after the image to its sink tokens")
+        self.text_sink_attention_ = scores("text_sink", "text_sink_attention",
+                                           "mean attention of text queries after the image to sinks outside it")
+        self.heads_ = select_heads(self.scores_, threshold=self.min_head_fraction)
+        return self
+
+    def _find_sink_dims(self, model, tokens) -> list[int]:
+        m = capture(model, tokens, [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
+                    batch_size=self.batch_size)["massive_activations"].entries
+        dims = sorted({int(d) for d, p in zip(m["dim"], m["position"]) if p == 0})
+        if not dims:
+            raise InputError("the first token has no massive activation in these prompts (|x| > "
+                             f"{self.massive_min_abs} and >= {self.massive_min_ratio} x median), so the sink dims "
+                             "cannot be found. Fix: pass sink_dims=[...] explicitly (e.g. from AttentionSinks."
+                             "massive_dims_ on longer prompts) or lower massive_min_ratio.")
+        return dims
+
+    def _sink_table(self, sinks) -> pd.DataFrame:
+        rows = []
+        for p, layer, positions in sinks:
+            s, e = self.image_spans_[p]
+            for t in positions:
+                rows.append((p, layer, int(t), self.tokens_[p][t], float(self.phi_[p, layer, t]), bool(s <= t < e)))
+        df = pd.DataFrame(rows, columns=["prompt", "layer", "position", "token", "phi", "in_image"])
+        return df.astype({"prompt": int, "layer": int, "position": int, "in_image": bool}).sort_values(
+            ["prompt", "layer", "position"], kind="stable").reset_index(drop=True)
+
+    def sinks_at(self, prompt: int, layer: int) -> list[int]:
+        """Sink positions (visual and text) entering `layer` in prompt `prompt` (empty for layers 0-1)."""
+        self._check_fitted()
+        return sorted(self._sink_sets.get((int(prompt), int(layer)), ()))
+
+    def var_interventions(self, prompt: int = 0, keep_fraction: float | None = None) -> list[VARRedistribution]:
+        """VAR for one fitted prompt: per layer 2..L-2 with sinks, one spec over all heads whose sinks are that
+        layer's sink tokens (visual and text, as in the code), targets the image span, rows = text queries
+        after the image (prefill), edited only where the row is image-centric (min_target_mass =
+        min_image_attention, max_sink_share = 1 - rho). The last layer and layers 0-1 are never edited.
+
+        Run it on that prompt's ids (`token_ids_[prompt]`): the positions are that prompt's.
+        """
+        self._check_fitted()
+        if not (isinstance(prompt, (int, np.integer)) and 0 <= prompt < len(self.token_ids_)):
+            raise InputError(f"prompt={prompt!r} out of range: fitted on {len(self.token_ids_)} prompts")
+        keep = self.keep_fraction if keep_fraction is None else keep_fraction
+        s, e = self.image_spans_[prompt]
+        specs = []
+        for layer in range(FIRST_SINK_LAYER, self.n_layers_ - 1):
+            sinks = self.sinks_at(prompt, layer)
+            if sinks and e < len(self.token_ids_[prompt]):
+                specs.append(VARRedistribution(heads=[(layer, h) for h in range(self.n_heads_)], positions=(e, None),
+                                               sinks=sinks, targets=(s, e), keep_fraction=keep,
+                                               min_target_mass=self.min_image_attention, max_sink_share=1.0 - self.rho))
+        return specs
+
+    # --- calibrating tau ---------------------------------------------------------------------------------
+
+    def phi_table(self) -> pd.DataFrame:
+        """Every real token's phi entering every layer (prompt, layer, position, phi, in_image, is_sink)."""
+        self._check_fitted()
+        P, L, _ = self.phi_.shape
+        rows = []
+        for p in range(P):
+            s, e = self.image_spans_[p]
+            n = len(self.token_ids_[p])
+            for layer in range(L):
+                for t in range(n):
+                    rows.append((p, layer, t, float(self.phi_[p, layer, t]), s <= t < e))
+        df = pd.DataFrame(rows, columns=["prompt", "layer", "position", "phi", "in_image"])
+        df["is_sink"] = (df["layer"] >= FIRST_SINK_LAYER) & (df["phi"] > self.tau)
+        return df
+
+    def tau_gap(self, layers=None) -> tuple[float, float]:
+        """(low, high): the widest gap between consecutive sorted phi values of the given layers (default
+        2..L-1) in the upper half of the range; a tau inside it separates sinks from the rest."""
+        df = self.phi_table()
+        layers = range(FIRST_SINK_LAYER, self.n_layers_) if layers is None else layers
+        v = np.sort(df.loc[df["layer"].isin(list(layers)), "phi"].to_numpy())
+        v = v[v >= v.max() / 2]
+        if len(v) < 2:
+            return float(v[0]), float(v[0])
+        i = int(np.argmax(np.diff(v)))
+        return float(v[i]), float(v[i + 1])
+
+    # --- figures ---------------------------------------------------------------------------------------
+
+    def plot(self, **kw):
+        """Heatmap of the image-centric fraction per head (prompt mean)."""
+        self._check_fitted()
+        return self.scores_.plot(**kw)
+
+    def plot_phi(self, prompt: int = 0):
+        """phi per layer x position for one prompt (crosses: phi > tau), as in AttentionSinks.plot_phi."""
+        from .sinks import phi_heatmap
+
+        self._check_fitted()
+        n = len(self.token_ids_[prompt])
+        fig = phi_heatmap(self.phi_[prompt, :, :n], self.tokens_[prompt], self.tau, self.sink_dims_,
+                          self.scores_.model)
+        s, e = self.image_spans_[prompt]
+        fig.add_vrect(x0=s - 0.5, x1=e - 0.5, line_width=1, line_color="orange", annotation_text="image")
+        return fig
+
+    def plot_phi_histogram(self, layers=None):
+        """Histogram of phi (layers 2..L-1 by default) for image and text tokens, with the tau line."""
+        import plotly.graph_objects as go
+
+        from ..viz.figures import FONT, title_block
+
+        df = self.phi_table()
+        layers = range(FIRST_SINK_LAYER, self.n_layers_) if layers is None else layers
+        df = df[df["layer"].isin(list(layers))]
+        fig = go.Figure()
+        for label, part in (("image tokens", df[df["in_image"]]), ("text tokens", df[~df["in_image"]])):
+            fig.add_trace(go.Histogram(x=part["phi"], name=label, nbinsx=120, opacity=0.7))
+        fig.add_vline(x=self.tau, line={"color": "firebrick", "dash": "dash"}, annotation_text=f"tau = {self.tau:g}")
+        fig.update_layout(barmode="overlay", template="plotly_white", font=FONT, width=760, height=420,
+                          title=title_block("phi histogram (calibrate tau in the gap)", self.scores_.model,
+                                            f"sink dims {self.sink_dims_}"),
+                          xaxis={"title": "phi = max |x_d| / RMS(x)"}, yaxis={"title": "tokens x layers", "type": "log"})
+        return fig

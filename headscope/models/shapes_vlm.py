@@ -1,0 +1,106 @@
+"""The "shapes-vlm" testbed: a tiny LLaVA trained from scratch on the synthetic shapes world
+(headscope/vision/shapes.py), shipped in data/models/shapes-vlm/ by analyses/train_shapes_vlm.py.
+See docs/shapes-vlm.md.
+
+The folder holds config.json (a LlavaConfig), model.safetensors, the word-level tokenizer files and
+train_log.json. Loading builds the HF model from the config, loads the safetensors (no pickle) and
+boots it as a TransformerBridge with the world's tokenizer.
+
+Gotchas: prompts are built by headscope.vision.shapes (BOS included, so the bridge's
+default_prepend_bos is off); the 16 ``<image>`` tokens (id 2) must be in the ids and the image passed
+as ``pixel_values`` ([n_images, 3, 32, 32] in [0, 1], from shapes.render).
+
+    >>> model = headscope.load_model("shapes-vlm")
+    >>> prompt = shapes.item_prompt(item)               # ImagePrompt(ids, pixel_values)
+    >>> logits = model(torch.tensor([prompt.ids]), pixel_values=prompt.pixel_values)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import HeadscopeError, ModelNotFoundError
+
+SHAPES_VLM_NAME = "shapes-vlm"
+WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "train_log.json"
+FIX = ("Fix: restore data/models/shapes-vlm/ from the repository, or retrain it with "
+       "`OMP_NUM_THREADS=1 python analyses/train_shapes_vlm.py` (~20 min on one CPU thread).")
+
+
+def model_dir() -> Path:
+    from ..paths import data_dir
+
+    try:
+        return data_dir() / "models" / SHAPES_VLM_NAME
+    except HeadscopeError as exc:
+        raise ModelNotFoundError(f"{SHAPES_VLM_NAME} needs headscope's data/ folder: {exc}") from exc
+
+
+def train_log(folder: str | Path | None = None) -> dict:
+    """The training record shipped with the checkpoint (seed, steps, wall time, held-out accuracies)."""
+    path = Path(folder or model_dir()) / LOG
+    if not path.is_file():
+        raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: {path} is missing. {FIX}")
+    return json.loads(path.read_text())
+
+
+def shapes_vlm_hf(folder: str | Path | None = None, device=None, dtype=None):
+    """The plain HF LlavaForConditionalGeneration (eval mode, eager attention) from the shipped folder."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    folder = Path(folder or model_dir())
+    for name in (WEIGHTS, CONFIG):
+        if not (folder / name).is_file():
+            raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: {folder / name} is missing. {FIX}")
+    try:
+        config = LlavaConfig.from_json_file(str(folder / CONFIG))
+        config.architectures = ["LlavaForConditionalGeneration"]  # TransformerLens picks its adapter from this
+        config._attn_implementation = "eager"
+        config.text_config._attn_implementation = config.vision_config._attn_implementation = "eager"
+        model = LlavaForConditionalGeneration(config)
+        state = load_file(str(folder / WEIGHTS))
+        model.load_state_dict(state, strict=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: cannot build the model from {folder} ({exc}). {FIX}") from exc
+    model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def load_tokenizer(folder: str | Path | None = None):
+    """The shipped tokenizer; it must equal the world's vocabulary (shapes.vocabulary())."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ..vision import shapes
+
+    folder = Path(folder or model_dir())
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: {folder / 'tokenizer.json'} is missing. {FIX}")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    vocab = tok.get_vocab()
+    if [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])] != shapes.vocabulary():
+        raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: the shipped tokenizer's vocabulary differs from "
+                                 f"headscope.vision.shapes.vocabulary() (the world changed since training). {FIX}")
+    return tok
+
+
+def load_shapes_vlm(cache_dir=None, device=None, dtype=None):
+    """BUNDLED loader for "shapes-vlm" (cache_dir is unused: the checkpoint is small and read in place)."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from ..vision import shapes
+    from .loading import hf_offline
+
+    hf = shapes_vlm_hf(device=device, dtype=dtype)
+    tok = load_tokenizer()
+    with hf_offline():
+        bridge = TransformerBridge.boot_transformers(shapes.TOKENIZER_NAME, hf_model=hf, tokenizer=tok,
+                                                     device=device, dtype=dtype or torch.float32)
+    bridge.eval()
+    bridge.cfg.default_prepend_bos = False  # shapes prompts carry their own BOS
+    bridge._headscope_name = SHAPES_VLM_NAME
+    bridge._headscope_image_token_ids = frozenset({shapes.IMAGE_TOKEN_ID})
+    return bridge
