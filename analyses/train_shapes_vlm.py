@@ -13,6 +13,7 @@ config.json (LlavaConfig), tokenizer files, train_log.json. One thread throughou
 
     OMP_NUM_THREADS=1 .venv/bin/python analyses/train_shapes_vlm.py            # ~20 min
     OMP_NUM_THREADS=1 .venv/bin/python analyses/train_shapes_vlm.py --quick    # ~3 min, smoke test
+    OMP_NUM_THREADS=1 .venv/bin/python analyses/train_shapes_vlm.py --eval-only  # re-measure the shipped one
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from headscope.vision import shapes as W  # noqa: E402
-from headscope.vision import shapes_eval as E  # noqa: E402
+from headscope.vision import shapes as W
+from headscope.vision import shapes_eval as E
 
 # Architecture: kept here (and in config.json); headscope/models/shapes_vlm.py only reads the config.
-ARCH = dict(d_model=128, n_layers=4, n_heads=8, n_kv_heads=4, d_head=16, d_mlp=384,
-            v_width=64, v_layers=2, v_heads=4, v_mlp=128)
+ARCH = {"d_model": 128, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "d_head": 16, "d_mlp": 384,
+        "v_width": 64, "v_layers": 2, "v_heads": 4, "v_mlp": 128}
 
 
 def build_config(vocab_size: int):
@@ -179,6 +180,7 @@ def train_llava(model, steps: int, batch: int, lr: float, warmup: int, seed: int
 
 
 SMALL_SETS = {"n_image": 120, "n_pope_scenes": 30, "n_describe": 12}
+NOISE = 0.3
 
 
 def evaluate(model) -> dict:
@@ -197,12 +199,20 @@ def evaluate(model) -> dict:
     small = {"sets": k, "image_qa": round(float(np.mean(img.correct[:k["n_image"]])), 4),
              "pope": {m: round(v, 4) for m, v in small_pope.items()},
              "chair": E.chair(sets["describe"][:k["n_describe"]], texts[:k["n_describe"]])}
+    # Noisy images (shapes.render noise=NOISE): the regime where the model hallucinates, for VHR/VAR.
+    nimg = E.image_qa_accuracy(model, sets["image_qa"], noise=NOISE)
+    npp = E.pope(model, sets["pope"], noise=NOISE)
+    nch = E.chair(sets["describe"], E.describe(model, sets["describe"], noise=NOISE))
+    noisy = {"noise": NOISE, "image_qa": round(nimg.accuracy, 4),
+             "pope": {m: round(getattr(npp, m), 4) for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")},
+             "pope_per_probe": {m: round(v, 4) for m, v in npp.per_probe.items()},
+             "chair": {m: round(v, 4) if isinstance(v, float) else v for m, v in nch.items()}}
     return {"image_qa": round(img.accuracy, 4), "image_qa_per_kind": {k: round(v, 4) for k, v in img.per_kind.items()},
             "text_qa": round(txt.accuracy, 4), "text_qa_per_kind": {k: round(v, 4) for k, v in txt.per_kind.items()},
             "pope": {k: round(v, 4) if isinstance(v, float) else v for k, v in pp.to_dataframe().iloc[0].to_dict().items()},
             "chair": {k: round(v, 4) if isinstance(v, float) else v for k, v in ch.items()},
             "describe_exact_match": round(exact, 4), "describe_examples": texts[:5],
-            "small_sets": small,
+            "small_sets": small, "noisy": noisy,
             "n": {"image_qa": img.n, "text_qa": txt.n, "pope": pp.n, "describe": len(texts)}}
 
 
@@ -231,6 +241,19 @@ def save(model, log: dict, out: Path) -> None:
         raise
 
 
+def reevaluate(out: Path) -> None:
+    from headscope.fileio import atomic_write
+    from headscope.models.shapes_vlm import shapes_vlm_hf, train_log
+
+    torch.set_num_threads(1)
+    log = train_log(out)
+    t1 = time.time()
+    log["heldout"] = evaluate(shapes_vlm_hf(out))
+    log["eval_wall_s"] = round(time.time() - t1, 1)
+    print(json.dumps(log["heldout"], indent=1), flush=True)
+    atomic_write(out / "train_log.json", lambda p: p.write_text(json.dumps(log, indent=1) + "\n"))
+
+
 def main(argv=None):
     from headscope.paths import data_dir
 
@@ -246,7 +269,12 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--quick", action="store_true", help="short schedule for a smoke test (~3 min)")
     ap.add_argument("--out", type=Path, default=None, help="default: data/models/shapes-vlm")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="re-measure the checkpoint in --out and rewrite its train_log.json 'heldout' (no training)")
     args = ap.parse_args(argv)
+    out = args.out or data_dir() / "models" / "shapes-vlm"
+    if args.eval_only:
+        return reevaluate(out)
     if args.quick:
         args.vision_steps, args.steps, args.eval_every = 150, 400, 100
     torch.set_num_threads(1)
@@ -266,7 +294,6 @@ def main(argv=None):
     log["heldout"] = evaluate(model)
     log["eval_wall_s"] = round(time.time() - t1, 1)
     print(json.dumps(log["heldout"], indent=1), flush=True)
-    out = args.out or data_dir() / "models" / "shapes-vlm"
     save(model, log, out)
     print(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
 

@@ -256,3 +256,15 @@ def test_pope_and_chair_from_real_generations(vlm, vlm_hf, log, small):
     c = E.chair(scenes, texts)
     assert all(0 <= c[k] <= 1 for k in ("chair_i", "chair_s", "recall")) and c["n_mentions"] > 0
     assert c["recall"] >= shipped["chair"]["recall"] - 0.1 and c["recall"] > 0.5
+
+
+def test_noisy_images_make_it_hallucinate(vlm, small):
+    """Pixel noise (the documented knob) lowers accuracy and produces hallucinated objects."""
+    scenes = small["describe"]
+    noisy = E.chair(scenes, E.describe(vlm, scenes, noise=0.3))
+    clean = E.chair(scenes, E.describe(vlm, scenes))
+    assert noisy["chair_s"] > clean["chair_s"] and noisy["chair_i"] > 0
+    a = W.render(scenes[0], noise=0.3, noise_seed=1)
+    assert torch.equal(a, W.render(scenes[0], noise=0.3, noise_seed=1))  # same scene, same noise
+    assert not torch.equal(a, W.render(scenes[0], noise=0.3, noise_seed=2))
+    assert E.image_qa_accuracy(vlm, small["image_qa"], noise=0.3).accuracy < E.image_qa_accuracy(vlm, small["image_qa"]).accuracy

@@ -17,13 +17,14 @@ a model that leans on it says yes to an absent companion.
 
     >>> rng = np.random.default_rng(0)
     >>> scene = sample_scene(rng)
-    >>> px = render(scene)                      # FloatTensor [3, 32, 32] in [0, 1]
+    >>> px = render(scene)                      # FloatTensor [3, 32, 32] in [0, 1]; render(scene, noise=0.3) is harder
     >>> item = sample_image_item(rng, scene)    # QAItem(kind, question, answer, scene, ...)
     >>> ids, n_prompt = encode_item(item)            # word ids; shapes_tokenizer() gives the same
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,8 +127,13 @@ def _mask(shape: str, dx: int, dy: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
-def render(scene: Scene) -> torch.Tensor:
-    """FloatTensor [3, 32, 32] in [0, 1]: black background, each object filled with its colour."""
+def render(scene: Scene, noise: float = 0.0, noise_seed: int = 0) -> torch.Tensor:
+    """FloatTensor [3, 32, 32]: black background, each object filled with its colour (values in [0, 1]).
+
+    `noise` > 0 adds Gaussian pixel noise of that std (values leave [0, 1]): the knob that makes the
+    trained model hallucinate (docs/shapes-vlm.md). The noise is a function of (noise_seed, scene), so a
+    scene looks the same in every question and every call, with or without interventions.
+    """
     img = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for o in scene.objects:
         row, col = divmod(CELLS.index(o.cell), 2)
@@ -135,11 +141,17 @@ def render(scene: Scene) -> torch.Tensor:
         sl = (slice(row * CELL, (row + 1) * CELL), slice(col * CELL, (col + 1) * CELL))
         for ch, value in enumerate(COLOURS[o.colour]):
             img[ch][sl][m] = value
+    if noise:
+        rng = np.random.default_rng([noise_seed, zlib.crc32(repr(scene).encode())])
+        img += (noise * rng.standard_normal(img.shape)).astype(np.float32)
     return torch.from_numpy(img)
 
 
-def render_batch(scenes) -> torch.Tensor:
-    return torch.stack([render(s) for s in scenes]) if scenes else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+def render_batch(scenes, noise: float = 0.0, noise_seed: int = 0) -> torch.Tensor:
+    """[n, 3, 32, 32]: `render` of each scene."""
+    if not scenes:
+        return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return torch.stack([render(s, noise, noise_seed) for s in scenes])
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -317,12 +329,12 @@ def encode_item(item: QAItem, tok=None) -> tuple[list[int], int]:
     return p + _ids(tok, item.answer), len(p)
 
 
-def item_prompt(item: QAItem, tok=None):
+def item_prompt(item: QAItem, tok=None, noise: float = 0.0, noise_seed: int = 0):
     """An ImagePrompt (image items) or a plain id list (text items), for headscope's analyzers."""
     from ..inputs.images import ImagePrompt
 
     ids = prompt_ids(item, tok)
-    return ImagePrompt(tuple(ids), render(item.scene).unsqueeze(0)) if item.has_image else ids
+    return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0)) if item.has_image else ids
 
 
 def sample_items(seed: int, n: int, text_fraction: float = 0.15, kinds=IMAGE_KINDS) -> list[QAItem]:

@@ -2,7 +2,8 @@
 
 Every function takes the model (a TransformerBridge, or the plain HF LlavaForConditionalGeneration for
 reference checks), ``interventions=()`` (headscope.interventions specs, bridge only) and ``hooks=()``
-(raw TransformerLens forward hooks ``(name, fn)``, bridge only), applied around every forward.
+(raw TransformerLens forward hooks ``(name, fn)``, bridge only), applied around every forward, and the
+image functions ``noise=0.0`` (Gaussian pixel noise std, ``shapes.render``: the hallucination regime).
 
     >>> sets = default_eval_sets()
     >>> image_qa_accuracy(model, sets["image_qa"]).accuracy
@@ -32,10 +33,9 @@ _ID_WORD = W.vocabulary()
 @contextlib.contextmanager
 def _applied(model, interventions, hooks):
     with contextlib.ExitStack() as stack:
-        if interventions or hooks:
-            if not hasattr(model, "hooks"):
-                raise InputError("interventions/hooks need a TransformerBridge; got a plain HF model. "
-                                 "Fix: use headscope.load_model('shapes-vlm')")
+        if (interventions or hooks) and not hasattr(model, "hooks"):
+            raise InputError("interventions/hooks need a TransformerBridge; got a plain HF model. "
+                             "Fix: use headscope.load_model('shapes-vlm')")
         if interventions:
             from ..interventions import apply
 
@@ -64,7 +64,8 @@ def _check_items(items, need_image: bool | None = None):
         raise InputError(f"expected only {which} items; split the list by `item.has_image`")
 
 
-def teacher_forced(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> list[np.ndarray]:
+def teacher_forced(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
+                   noise_seed: int = 0) -> list[np.ndarray]:
     """Per item the logits [n_answer, vocab] at the positions that predict its answer tokens."""
     _check_items(items)
     out: list[np.ndarray | None] = [None] * len(items)
@@ -75,18 +76,18 @@ def teacher_forced(model, items, *, batch_size: int = 32, interventions=(), hook
             # Split where the chunk switches from text to image items, so no batch mixes the two.
             for group in ([i for i in chunk if not items[i].has_image], [i for i in chunk if items[i].has_image]):
                 if group:
-                    _run_group(model, items, group, out)
+                    _run_group(model, items, group, out, noise, noise_seed)
     return out
 
 
-def _run_group(model, items, group, out):
+def _run_group(model, items, group, out, noise, noise_seed):
     seqs, plens = zip(*(W.encode_item(items[i]) for i in group))
     width = max(map(len, seqs))
     # Right padding: causal attention keeps every real position independent of the pads.
     ids = torch.full((len(seqs), width), W.PAD_ID, dtype=torch.long)
     for r, s in enumerate(seqs):
         ids[r, :len(s)] = torch.tensor(s)
-    pixels = W.render_batch([items[i].scene for i in group]) if items[group[0]].has_image else None
+    pixels = W.render_batch([items[i].scene for i in group], noise, noise_seed) if items[group[0]].has_image else None
     logits = _logits(model, ids, pixels)
     for r, i in enumerate(group):
         n_ans = len(seqs[r]) - plens[r]
@@ -117,9 +118,12 @@ def _qa(model, items, need_image, **kw) -> QAResult:
     return QAResult(float(np.mean(correct)), len(items), per_kind, preds, correct)
 
 
-def image_qa_accuracy(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> QAResult:
-    """Exact-match accuracy on image questions (pixel_values passed; all answer tokens must be argmax)."""
-    return _qa(model, items, True, batch_size=batch_size, interventions=interventions, hooks=hooks)
+def image_qa_accuracy(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
+                      noise_seed: int = 0) -> QAResult:
+    """Exact-match accuracy on image questions (pixel_values passed; all answer tokens must be argmax).
+    `noise`: Gaussian pixel noise std added to every image (see shapes.render)."""
+    return _qa(model, items, True, batch_size=batch_size, interventions=interventions, hooks=hooks, noise=noise,
+               noise_seed=noise_seed)
 
 
 def text_qa_accuracy(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> QAResult:
@@ -157,12 +161,14 @@ def pope_metrics(labels, said_yes) -> dict:
             "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "yes_ratio": float(p.mean())}
 
 
-def pope(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> PopeResult:
+def pope(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
+         noise_seed: int = 0) -> PopeResult:
     """POPE on "is there a <colour> <shape> ?" probes (items from shapes.pope_items)."""
     _check_items(items, True)
     if any(it.kind != "pope" for it in items):
         raise InputError("pope() takes POPE probes only: build them with shapes.pope_items(seed, n_scenes)")
-    logits = teacher_forced(model, items, batch_size=batch_size, interventions=interventions, hooks=hooks)
+    logits = teacher_forced(model, items, batch_size=batch_size, interventions=interventions, hooks=hooks,
+                            noise=noise, noise_seed=noise_seed)
     yes, no = _WORD_ID["yes"], _WORD_ID["no"]
     said_yes = [bool(lg[0, yes] > lg[0, no]) for lg in logits]
     invalid = float(np.mean([lg[0].argmax() not in (yes, no) for lg in logits]))
@@ -174,7 +180,8 @@ def pope(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> P
                       said_yes=said_yes)
 
 
-def describe(model, scenes, *, max_new_tokens: int = 13, batch_size: int = 32, interventions=(), hooks=()) -> list[str]:
+def describe(model, scenes, *, max_new_tokens: int = 13, batch_size: int = 32, interventions=(), hooks=(),
+             noise: float = 0.0, noise_seed: int = 0) -> list[str]:
     """Greedy descriptions ("red circle top-left , blue square bottom-right .") of each scene.
 
     Full recomputation every step (no KV cache; the prompts are ~21 tokens), pixel_values passed each
@@ -188,7 +195,7 @@ def describe(model, scenes, *, max_new_tokens: int = 13, batch_size: int = 32, i
     with _applied(model, interventions, hooks):
         for start in range(0, len(scenes), batch_size):
             batch = scenes[start:start + batch_size]
-            pixels = W.render_batch(batch)
+            pixels = W.render_batch(batch, noise, noise_seed)
             ids = torch.tensor([prompt] * len(batch))
             done = torch.zeros(len(batch), dtype=torch.bool)
             for _ in range(max_new_tokens):
