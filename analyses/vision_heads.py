@@ -103,30 +103,39 @@ def ablation(model, sets, ranked, work) -> dict:
     return out
 
 
-def vhr_condition(model, sets, layers, alpha) -> dict:
+def vhr_condition(model, sets, layers, alpha, noise) -> dict:
     """Image QA and POPE at t=0 and CHAIR on descriptions, with VHR (alpha) or plain greedy (None)."""
     start = time.time()
-    qa = V.vhr_image_qa(model, sets["image_qa"], layers=layers, alpha=alpha)
-    pope = V.vhr_pope(model, sets["pope"], layers=layers, alpha=alpha)
-    desc = V.vhr_describe(model, sets["describe"], layers=layers, alpha=alpha)
-    return {"layers": layers, "alpha": alpha, "image_qa": qa["accuracy"], "correct": qa["correct"],
+    kw = {"layers": layers, "alpha": alpha, "noise": noise}
+    qa = V.vhr_image_qa(model, sets["image_qa"], **kw)
+    pope = V.vhr_pope(model, sets["pope"], **kw)
+    desc = V.vhr_describe(model, sets["describe"], **kw)
+    return {"layers": layers, "alpha": alpha, "noise": noise, "image_qa": qa["accuracy"], "correct": qa["correct"],
             "mean_reinforced_heads": qa["mean_reinforced_heads"],
             "pope": {k: v for k, v in pope.items() if k != "said_yes"},
             "chair": {k: v for k, v in desc.items() if k != "texts"}, "texts": desc["texts"],
             "seconds": round(time.time() - start, 1)}
 
 
+NOISES = (0.0, 0.3)  # clean images (no hallucination to fix) and the hallucination regime
+
+
 def vhr_study(model, sets, work) -> dict:
     n = model.cfg.n_layers
     paper = default_layers(n)
-    runs = {"greedy": cached(work / "vhr_greedy.json", lambda: vhr_condition(model, sets, paper, None))}
-    for name, layers, alpha in (("vhr_paper_a2", paper, 2.0), ("vhr_all_a2", list(range(n)), 2.0),
-                                ("vhr_paper_a1.5", paper, 1.5), ("vhr_paper_a3", paper, 3.0)):
-        runs[name] = cached(work / f"{name}.json", lambda layers=layers, alpha=alpha: vhr_condition(model, sets, layers, alpha))
-    base = runs["greedy"]["correct"]
-    for r in runs.values():  # which way do changed answers go?
-        r["fixed"] = int(sum(1 for a, b in zip(base, r["correct"]) if not a and b))
-        r["broken"] = int(sum(1 for a, b in zip(base, r["correct"]) if a and not b))
+    runs = {}
+    for noise in NOISES:
+        tag = f"noise{noise:g}"
+        base = runs[f"{tag}/greedy"] = cached(work / f"vhr_{tag}_greedy.json",
+                                              lambda noise=noise: vhr_condition(model, sets, paper, None, noise))
+        for name, layers, alpha in (("vhr_paper_a2", paper, 2.0), ("vhr_all_a2", list(range(n)), 2.0),
+                                    ("vhr_paper_a1.5", paper, 1.5), ("vhr_paper_a3", paper, 3.0)):
+            runs[f"{tag}/{name}"] = cached(work / f"vhr_{tag}_{name}.json", lambda layers=layers, alpha=alpha, noise=noise:
+                                           vhr_condition(model, sets, layers, alpha, noise))
+        for key in [k for k in runs if k.startswith(tag)]:  # which way do changed answers go?
+            r = runs[key]
+            r["fixed"] = int(sum(1 for a, b in zip(base["correct"], r["correct"]) if not a and b))
+            r["broken"] = int(sum(1 for a, b in zip(base["correct"], r["correct"]) if a and not b))
     return runs
 
 
@@ -136,7 +145,8 @@ NAMES = {"top": "top-K VHD", "bottom": "bottom-K VHD", "matched": "lowest VHD of
 def plot(rec: dict, out_dir: Path):
     vhd = np.array(rec["detect"]["vhd"])
     fig = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.35, 0.35], subplot_titles=(
-        "VHD per head (mean over 120 image questions)", "Zero-ablating K heads", "VHR vs greedy"))
+        "VHD per head (mean over 120 image questions)", "Zero-ablating K heads",
+        "VHR vs greedy, clean (σ=0) and noisy (σ=0.3) images"))
     fig.add_trace(go.Heatmap(z=vhd, x=[f"H{h}" for h in range(vhd.shape[1])], y=[f"L{l}" for l in range(vhd.shape[0])],
                              colorscale="Viridis", colorbar=dict(x=0.285, len=0.9, thickness=12), showscale=True), 1, 1)
     a = rec["ablation"]
@@ -154,10 +164,11 @@ def plot(rec: dict, out_dir: Path):
                                   ("POPE F1", lambda r: r["pope"]["f1"], "#F58518"),
                                   ("CHAIR_i", lambda r: r["chair"]["chair_i"], "#E45756"),
                                   ("description recall", lambda r: r["chair"]["recall"], "#54A24B")):
-        fig.add_trace(go.Bar(x=names, y=[getter(v[n]) for n in names], name=metric, marker_color=color), 1, 3)
+        fig.add_trace(go.Bar(x=[n.replace("noise", "σ=").replace("/", " ") for n in names],
+                             y=[getter(v[n]) for n in names], name=metric, marker_color=color), 1, 3)
     fig.update_xaxes(title_text="K heads ablated", row=1, col=2)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(title="shapes-vlm: vision-aware heads (VHD) and their reinforcement (VHR)", width=1500, height=520,
+    fig.update_layout(title="shapes-vlm: vision-aware heads (VHD) and their reinforcement (VHR)", width=1600, height=560,
                       barmode="group", legend=dict(orientation="h", y=-0.25))
     return export_figure(fig, out_dir, "vision_heads", formats=("html", "png"))
 
@@ -186,7 +197,7 @@ def main() -> None:
         print(f"{key:>9}: image QA {abl[key]['image_qa']:.3f}  text QA {abl[key]['text_qa']:.3f}")
     vhr = vhr_study(model, sets, work)
     for name, r in vhr.items():
-        print(f"{name:>15}: image QA {r['image_qa']:.3f} (fixed {r['fixed']}, broken {r['broken']})  POPE acc "
+        print(f"{name:>22}: image QA {r['image_qa']:.3f} (fixed {r['fixed']}, broken {r['broken']})  POPE acc "
               f"{r['pope']['accuracy']:.3f} F1 {r['pope']['f1']:.3f} yes {r['pope']['yes_ratio']:.2f}  CHAIR_i "
               f"{r['chair']['chair_i']:.3f} CHAIR_s {r['chair']['chair_s']:.3f} recall {r['chair']['recall']:.3f}")
     train_log = json.loads((data_dir() / "models" / "shapes-vlm" / "train_log.json").read_text())

@@ -38,6 +38,7 @@ units:
   - name: pope
     evaluate: pope_f1
     data: pope
+    params: {noise: 0.3}
     conditions:
       - {name: vhr, vhr: {}}
 """
@@ -68,7 +69,7 @@ def test_spec_results_equal_library_calls(tmp_path, model):
     assert vhr == pytest.approx(V.vhr_image_qa(model, items, layers=[1, 2, 3], alpha=2.0)["accuracy"])
     pope = json.loads((out / "units" / "pope" / "vhr.json").read_text())
     pope_table = pd.read_parquet(out / "results" / "pope.parquet")
-    assert pope_table["value"].iloc[0] == pytest.approx(V.vhr_pope(model, shapes_set("pope", n=20))["f1"])
+    assert pope_table["value"].iloc[0] == pytest.approx(V.vhr_pope(model, shapes_set("pope", n=20), noise=0.3)["f1"])
     assert pope["vhr"] == {"alpha": 2.0, "layers": None}
 
 

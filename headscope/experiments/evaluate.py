@@ -64,6 +64,12 @@ def check_metric(unit, sec) -> None:
 
             check_call_params(as_mapping(judge, sec.at("params.judge")), RefusalPhraseJudge.__init__,
                               sec.at("params.judge"))
+    elif unit.target in SHAPES_METRICS:  # pixel noise std of the images (the hallucination regime)
+        noise = params.pop("noise", 0.0)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+            raise fail(sec.at("params.noise"), f"must be a number >= 0 (pixel noise std), got {noise!r}")
+        if params:
+            raise fail(sec.at("params"), f"metric {unit.target} takes only noise, got {sorted(params)}")
     elif params:
         raise fail(sec.at("params"), f"metric {unit.target} takes no parameters, got {sorted(params)}")
     if unit.target in SHAPES_METRICS:
@@ -147,15 +153,16 @@ def _shapes(unit, model, ds, specs, vhr) -> dict:
 
     split, key = SHAPES_METRICS[unit.target]
     items = ds.items
+    noise = {"noise": float(unit.params.get("noise", 0.0))} if split != "text_qa" else {}
     if vhr is not None:
         run = {"image_qa": V.vhr_image_qa, "pope": V.vhr_pope}.get(split)
-        res = run(model, items, **vhr) if run else V.vhr_describe(model, [it.scene for it in items], **vhr)
+        res = run(model, items, **vhr, **noise) if run else V.vhr_describe(model, [it.scene for it in items], **vhr, **noise)
         return {"value": float(res[key]), "vhr": vhr, **({"texts": res["texts"]} if "texts" in res else {})}
     if split == "describe":
-        texts = E.describe(model, [it.scene for it in items], interventions=specs)
+        texts = E.describe(model, [it.scene for it in items], interventions=specs, **noise)
         return {"value": float(E.chair([it.scene for it in items], texts)[key]), "texts": texts}
     run = {"image_qa": E.image_qa_accuracy, "text_qa": E.text_qa_accuracy, "pope": E.pope}[split]
-    return {"value": float(getattr(run(model, items, interventions=specs), key))}
+    return {"value": float(getattr(run(model, items, interventions=specs, **noise), key))}
 
 
 def _evaluate(unit, ctx, specs, ds, vhr=None) -> dict:
