@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 import headscope
 from headscope.analyzers.sahara import Sahara
 from headscope.analyzers.ships import Ships
-from headscope.fileio import atomic_write
+from headscope.fileio import atomic_write, cached_json as cached
 from headscope.interventions import ScaleOutput, UniformAttention
 from headscope.results import HeadScores
 from headscope.safety import attack_success_rate, prompt_set
@@ -37,15 +37,6 @@ from headscope.viz.export import export_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 1e-5
-
-
-def cached(path: Path, compute):
-    """JSON-cached step: reuse a finished result, else compute and write it atomically."""
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    atomic_write(path, lambda t: t.write_text(json.dumps(value, indent=1)))
-    return value
 
 
 def asr(model, prompts, heads, kind="uniform") -> dict:

@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 
 import headscope
 from headscope.analyzers.head_divergence import HeadDivergence
-from headscope.fileio import atomic_write
+from headscope.fileio import atomic_write, cached_json as cached
 from headscope.interventions import ZeroAblation
 from headscope.paths import data_dir
 from headscope.vision import shapes as W
@@ -42,14 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DETECT_SEED = 7_000
 KS = (2, 4, 8)
 SEEDS = range(5)
-
-
-def cached(path: Path, compute):
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    atomic_write(path, lambda t: t.write_text(json.dumps(value, indent=1)))
-    return value
 
 
 def label(h) -> str:
@@ -144,11 +136,11 @@ NAMES = {"top": "top-K VHD", "bottom": "bottom-K VHD", "matched": "lowest VHD of
 
 def plot(rec: dict, out_dir: Path):
     vhd = np.array(rec["detect"]["vhd"])
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.35, 0.35], subplot_titles=(
+    fig = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.35, 0.35], horizontal_spacing=0.09, subplot_titles=(
         "VHD per head (mean over 120 image questions)", "Zero-ablating K heads",
         "VHR vs greedy, clean (σ=0) and noisy (σ=0.3) images"))
     fig.add_trace(go.Heatmap(z=vhd, x=[f"H{h}" for h in range(vhd.shape[1])], y=[f"L{l}" for l in range(vhd.shape[0])],
-                             colorscale="Viridis", colorbar=dict(x=0.285, len=0.9, thickness=12), showscale=True), 1, 1)
+                             colorscale="Viridis", colorbar=dict(x=0.285, len=0.9, thickness=10, title="VHD"), showscale=True), 1, 1)
     a = rec["ablation"]
     for metric, dash in (("image_qa", "solid"), ("text_qa", "dot")):
         for cond, color in (("top", "#E45756"), ("bottom", "#4C78A8"), ("matched", "#B279A2"), ("random", "#72B7B2")):

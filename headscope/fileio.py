@@ -35,6 +35,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """A resumable step of a study: reuse the finished result at `path`, else compute it and write it
+    atomically (an interrupted run never leaves a half-written result behind)."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    atomic_write(path, lambda t: t.write_text(json.dumps(value, indent=1)))
+    return value
+
+
 def jsonable(x: Any) -> Any:
     """Normalise params to plain JSON types up front, so provenance round-trips exactly."""
     if isinstance(x, dict):
