@@ -201,3 +201,20 @@ def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
                                    rtol=1e-5, atol=1e-6)
     tvhd = hd.token_vhd_positions_.values[0]
     assert np.isfinite(tvhd[len(p.ids) - 1:]).all() and np.isnan(tvhd[: len(p.ids) - 1]).all()
+
+
+def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
+    """The visual-sink analyzer on a real LLaVA architecture: phi uses the image features (pixel values
+    reach the model), equal to a recomputation from plain-HF hidden states."""
+    from headscope.analyzers.visual_sink import VisualSink
+
+    items = prompts(random_vlm, 2)
+    vs = VisualSink(sink_dims=[3, 7], tau=1.0).fit(random_vlm, items)
+    hf = plain_hf_copy(random_vlm)
+    for i, p in enumerate(items):
+        with torch.no_grad():
+            hidden = hf(input_ids=torch.tensor([p.ids]), pixel_values=p.pixel_values, output_hidden_states=True).hidden_states
+        for layer in range(2, random_vlm.cfg.n_layers):
+            h = hidden[layer][0].double()
+            ref = (h[:, [3, 7]].abs() / (h.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()).max(-1).values
+            np.testing.assert_allclose(vs.phi_[i, layer, : len(p.ids)], ref.numpy(), rtol=1e-4)

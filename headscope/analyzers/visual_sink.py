@@ -144,7 +144,8 @@ class VisualSink(Analyzer):
                 raise InputError(f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
                                  f"0..{d_model - 1} (or None to find them from the first token's massive activations)")
 
-    def _inputs(self, model, data) -> list[list[int]]:
+    def _inputs(self, model, data) -> tuple[list, list[list[int]]]:
+        """(what the model runs on: ImagePrompts keep their pixel values, token id lists)."""
         from ..models import visual_sinks
 
         if data is None:
@@ -157,18 +158,20 @@ class VisualSink(Analyzer):
             data = [data]
         if isinstance(data, (list, tuple)):
             data = [list(d.ids) if isinstance(d, visual_sinks.VisualPrompt) else d for d in data]
-        return to_token_lists(model, data, model_info(model))
+        return data, to_token_lists(model, data, model_info(model))
 
     def fit(self, model, data=None) -> VisualSink:
-        """Find the sink dims (unless given), then phi, sink tokens and image-centric rows in one pass."""
+        """Find the sink dims (unless given), then phi, sink tokens and image-centric rows in one pass.
+        data: token id lists or VisualPrompts with image tokens, or ImagePrompts (LLaVA-family models);
+        None = the visual-sink testbed's built-in prompts."""
         info = model_info(model)
         self._validate(info.d_model)
-        tokens = self._inputs(model, data)
+        inputs, tokens = self._inputs(model, data)
         self.image_spans_ = [image_span(model, ids) for ids in tokens]
         self.sink_dims_ = sorted({int(d) for d in self.sink_dims}) if self.sink_dims is not None else \
-            self._find_sink_dims(model, tokens)
+            self._find_sink_dims(model, inputs)
         rows = ImageCentricRows(self.image_spans_, self.sink_dims_, self.tau, self.rho, self.min_image_attention)
-        res = capture(model, tokens, [rows], batch_size=self.batch_size)["image_centric"]
+        res = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]
         self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
         self.token_ids_ = tokens
         tok = getattr(model, "tokenizer", None)
