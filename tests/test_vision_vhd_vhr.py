@@ -102,7 +102,7 @@ def test_mixed_batch_equals_separate_runs(random_vlm):
 
 
 def test_wrong_number_of_image_tokens_is_a_clear_error(random_vlm):
-    ids, px = tiny_vlm_prompt(random_vlm)
+    _, px = tiny_vlm_prompt(random_vlm)
     short = ImagePrompt([1, 5, 6] + [IMAGE_TOKEN] * 3 + [4, 5], px)
     with pytest.raises(InputError, match="image tokens"):
         capture(random_vlm, [short])
@@ -128,7 +128,7 @@ def _reference_selection(model, prompt, layers, alpha):
         zs = []
         for tokens, px in ((ids, prompt.pixel_values), (no_img, None)):
             got = {}
-            hook = (f"blocks.{layer}.attn.hook_z", lambda z, hook: got.update(z=z[0, -1].clone()))  # observe only
+            hook = (f"blocks.{layer}.attn.hook_z", lambda z, hook, got=got: got.update(z=z[0, -1].clone()))  # observe only
             with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=[hook]):
                 model(torch.tensor([tokens]), pixel_values=px)
             zs.append(got["z"].double())
@@ -167,7 +167,7 @@ def test_vhr_bad_input_and_hooks_removed(random_vlm):
         vhr_select(model, ids)
     with pytest.raises(InputError, match="layers"):
         vhr_select(model, ImagePrompt(ids, px), layers=[9])
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         vhr_select(model, ImagePrompt(ids, px[:, :2]))  # wrong channel count fails inside the model
     assert not any(h for hp in model.hook_dict.values() for h in hp.fwd_hooks)
 
