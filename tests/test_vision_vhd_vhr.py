@@ -218,3 +218,25 @@ def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
             h = hidden[layer][0].double()
             ref = (h[:, [3, 7]].abs() / (h.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()).max(-1).values
             np.testing.assert_allclose(vs.phi_[i, layer, : len(p.ids)], ref.numpy(), rtol=1e-4)
+
+
+def test_var_generation_edits_decode_queries_like_a_full_recompute():
+    """KV-cached VAR generation (prefill span + every decode query) equals recomputing the whole sequence
+    with the span specs at each step; prefill-only VAR and no VAR give other tokens."""
+    from headscope.interventions import VARRedistribution
+    from headscope.testing import tiny_model
+    from headscope.vision.var import var_generate
+
+    ids = [1, *range(5, 25)]
+    specs = [VARRedistribution(heads=[(l, h) for h in range(4)], positions=(12, None), sinks=(0, 6),
+                               targets=(4, 12), keep_fraction=0.2) for l in (1, 2)]
+    for seed in range(3):
+        model = tiny_model(n_layers=3, seed=seed)
+        got = var_generate(model, ids, specs, 8)
+        with apply(model, specs):
+            ref = greedy_generate(model, ids, 8, use_cache=False)
+            prefill_only = greedy_generate(model, ids, 8)
+        assert got == ref
+        assert prefill_only != ref and greedy_generate(model, ids, 8) != ref
+    with pytest.raises(InputError, match="VARRedistribution"):
+        var_generate(model, ids, [ScaleOutput(heads=[(0, 0)])], 2)
