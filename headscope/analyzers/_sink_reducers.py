@@ -218,6 +218,11 @@ class PhiTopK(Reducer):
         return PhiResult(self._lengths, None, vals, dims)
 
 
+def first_token_dims(entries: dict) -> list[int]:
+    """VAR's sink dims: the dims of the massive activations (MassiveActivations entries) at position 0."""
+    return sorted({int(d) for d, p in zip(entries["dim"], entries["position"]) if p == 0})
+
+
 def phi_from_top_k(result: PhiResult, sink_dims) -> np.ndarray:
     """phi [prompt, layer, pos] from kept top-k values: exact where a sink dim is among a token's top-k;
     NaN where none is (then phi <= that token's k-th value, below tau when top_k > d_model / tau^2)."""

@@ -22,7 +22,7 @@ from ..capture.reducers import FirstTokenMass
 from ..errors import InputError
 from ..models.info import model_info
 from ..results import TokenScores
-from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, phi_from_top_k
+from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
 from .base import Analyzer, register, select_heads
 
 
@@ -132,7 +132,7 @@ class AttentionSinks(Analyzer):
         if self.sink_dims is not None:
             self.sink_dims_ = sorted({int(d) for d in self.sink_dims})
         else:
-            self.sink_dims_ = sorted({int(d) for d, p in zip(m["dim"], m["position"]) if p == 0})
+            self.sink_dims_ = first_token_dims(m)
             if not self.sink_dims_:
                 warnings.warn("no massive activation at the first token: phi is undefined (all NaN); pass "
                               "sink_dims=[...] explicitly or lower massive_min_ratio", stacklevel=2)

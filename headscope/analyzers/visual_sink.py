@@ -25,7 +25,7 @@ from ..interventions.specs import VARRedistribution
 from ..models.info import model_info
 from ..results import HeadScores
 from ..vision.spans import image_span
-from ._sink_reducers import MassiveActivations, PhiTopK
+from ._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 from .base import Analyzer, register, select_heads
 
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (methods.md §6)
@@ -202,7 +202,7 @@ class VisualSink(Analyzer):
     def _find_sink_dims(self, model, tokens) -> list[int]:
         m = capture(model, tokens, [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
                     batch_size=self.batch_size)["massive_activations"].entries
-        dims = sorted({int(d) for d, p in zip(m["dim"], m["position"]) if p == 0})
+        dims = first_token_dims(m)
         if not dims:
             raise InputError("the first token has no massive activation in these prompts (|x| > "
                              f"{self.massive_min_abs} and >= {self.massive_min_ratio} x median), so the sink dims "

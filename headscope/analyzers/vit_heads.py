@@ -96,13 +96,11 @@ def _as_item(x, index: int) -> AnswerItem:
     raise InputError(f"item {index} is a {type(x).__name__}; pass AnswerItem, a dict or a shapes QAItem")
 
 
-def is_shapes_vlm(model) -> bool:
-    return "shapes-vlm" in str(getattr(model, "_headscope_name", ""))
-
-
 def default_items(model, n: int) -> list[AnswerItem]:
     """The built-in data: the first `n` one-word image questions of the shapes-vlm held-out set
     (`shapes_eval.default_eval_sets()["image_qa"]`, kinds balanced); for other models an InputError."""
+    from ..models.shapes_vlm import is_shapes_vlm
+
     if not is_shapes_vlm(model):
         raise InputError("vit-heads has built-in data only for shapes-vlm: pass data=[AnswerItem(ids, pixel_values, "
                          "answer_positions), ...] (ids containing the image tokens and the answer) for this model")

@@ -39,12 +39,15 @@ def hf_offline():
                 os.environ[key] = value
 
 
-def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None):
+def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None):
+    """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
+    (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`."""
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
+    extra = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
     with hf_offline():
-        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32)
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
     bridge.eval()
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos

@@ -88,19 +88,13 @@ def load_tokenizer(folder: str | Path | None = None):
 
 def load_shapes_vlm(cache_dir=None, device=None, dtype=None):
     """BUNDLED loader for "shapes-vlm" (cache_dir is unused: the checkpoint is small and read in place)."""
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
-
     from ..vision import shapes
-    from .loading import hf_offline
+    from .loading import _boot
 
-    hf = shapes_vlm_hf(device=device, dtype=dtype)
-    tok = load_tokenizer()
-    with hf_offline():
-        bridge = TransformerBridge.boot_transformers(shapes.TOKENIZER_NAME, hf_model=hf, tokenizer=tok,
-                                                     device=device, dtype=dtype or torch.float32)
-    bridge.eval()
-    bridge.cfg.default_prepend_bos = False  # shapes prompts carry their own BOS
-    bridge._headscope_name = SHAPES_VLM_NAME
-    bridge._headscope_image_token_ids = frozenset({shapes.IMAGE_TOKEN_ID})
-    return bridge
+    # shapes prompts carry their own BOS; the image token comes from config.image_token_index.
+    return _boot(shapes.TOKENIZER_NAME, SHAPES_VLM_NAME, device, dtype, prepend_bos=False,
+                 hf_model=shapes_vlm_hf(device=device, dtype=dtype), tokenizer=load_tokenizer())
+
+
+def is_shapes_vlm(model) -> bool:
+    return getattr(model, "_headscope_name", None) == SHAPES_VLM_NAME

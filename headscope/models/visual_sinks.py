@@ -177,18 +177,12 @@ def visual_sinks_hf(cache_dir=None, device=None, dtype=None, manifest: dict | No
 
 def load_visual_sinks(cache_dir=None, device=None, dtype=None):
     """BUNDLED loader for "smollm2-visual-sinks" (built in memory from the bundled fp32 SmolLM2)."""
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from .loading import hf_offline
+    from .loading import _boot
 
     hf, tok, codes = visual_sinks_hf(cache_dir, device, dtype)
-    with hf_offline():
-        bridge = TransformerBridge.boot_transformers(str(bundled.smollm2_fp32_dir(cache_dir)), hf_model=hf,
-                                                     tokenizer=tok, device=device, dtype=dtype or torch.float32)
-    bridge.eval()
-    bridge.cfg.default_prepend_bos = False  # as the bundled SmolLM2: its tokenizer adds no BOS
-    bridge._headscope_name = VISUAL_SINKS_NAME
+    # prepend_bos False as the bundled SmolLM2: its tokenizer adds no BOS.
+    bridge = _boot(str(bundled.smollm2_fp32_dir(cache_dir)), VISUAL_SINKS_NAME, device, dtype, prepend_bos=False,
+                   hf_model=hf, tokenizer=tok)
     bridge._headscope_image_token_ids = frozenset(codes.ids)
     bridge._headscope_visual_codes = codes
     return bridge

@@ -67,15 +67,9 @@ def _config(n_layers: int, n_heads: int, n_kv_heads: int, d_model: int, image_si
 
 
 def _boot(hf_model):
-    from transformer_lens.model_bridge import TransformerBridge
+    from headscope.models.loading import _boot as boot
 
-    from headscope.models.loading import hf_offline
-
-    with hf_offline():
-        bridge = TransformerBridge.boot_transformers(TINY_NAME, hf_model=hf_model, tokenizer=tiny_tokenizer(VOCAB))
-    bridge.eval()
-    bridge._headscope_name = "headscope/tiny-llava"
-    return bridge
+    return boot(TINY_NAME, "headscope/tiny-llava", None, None, None, hf_model=hf_model, tokenizer=tiny_tokenizer(VOCAB))
 
 
 def _hf_llava(seed: int, **shape):

@@ -29,10 +29,10 @@ DETECT_SEED = 7_000  # the detection set of analyses/vision_heads.py: disjoint f
 def default_image_prompts(model, n: int = 64) -> list:
     """Built-in prompts with an image for `model`'s testbed: shapes-vlm image questions (ImagePrompts),
     or the visual-sink testbed's prompts as (prefix, image, suffix) id triples. Other models: InputError."""
-    from ..models.shapes_vlm import SHAPES_VLM_NAME
+    from ..models.shapes_vlm import is_shapes_vlm
     from ..models.visual_sinks import default_prompts, is_visual_sinks
 
-    if getattr(model, "_headscope_name", None) == SHAPES_VLM_NAME:
+    if is_shapes_vlm(model):
         return [W.item_prompt(it) for it in shapes_set("image_qa", n=n, seed=DETECT_SEED)]
     if is_visual_sinks(model):
         out = []

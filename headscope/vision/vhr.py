@@ -27,6 +27,7 @@ from ..analyzers.head_divergence import outlier_mask, z_distance
 from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, check_image_tokens
+from ..inputs.tokens import iter_batches
 from ..interventions import ScaleOutput, apply
 from ..models.info import model_info
 from ..results import HeadScores
@@ -98,10 +99,8 @@ def vhr_select(model, prompt: ImagePrompt, *, layers=None, alpha: float = 2.0, o
     drop = set(image_positions(model, with_img))
     without = [t for i, t in enumerate(with_img) if i not in drop]
     pad = info.pad_token_id if info.pad_token_id is not None else 0
-    width = len(with_img)
-    tokens = torch.tensor([with_img, without + [pad] * (width - len(without))])
-    mask = torch.tensor([[1] * width, [1] * len(without) + [0] * (width - len(without))])
-    last = torch.tensor([len(with_img) - 1, len(without) - 1])
+    batch = next(iter_batches([with_img, without], 2, pad))  # right-padded, as every capture
+    tokens, mask, last = batch.tokens, batch.attention_mask, batch.lengths - 1
     vhd = np.full((1, info.n_layers, info.n_heads), np.nan)
     ta = np.full_like(vhd, np.nan)
     heads, outliers = [], []
