@@ -1,13 +1,19 @@
-# The two commands of the README. Both are safe to re-run.
-.PHONY: report test setup
+# The two commands of the README. Both are safe to re-run; both use the one locked environment.
+.PHONY: report test setup lock
+
+# While headscope and its tests run, pip (and uv) can reach no index: nothing may be installed then.
+OFFLINE = PIP_NO_INDEX=1 UV_OFFLINE=1
 
 report:            ## set everything up, then write the report on the bundled model
-	scripts/setup.sh test,jupyter
-	.venv/bin/headscope report --out headscope-report
+	scripts/setup.sh
+	$(OFFLINE) .venv/bin/headscope report --out headscope-report
 
 test:              ## set up, then run the whole test suite
-	scripts/setup.sh test
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	scripts/setup.sh
+	$(OFFLINE) .venv/bin/python -m pytest -q -p no:cacheprovider
 
-setup:
-	scripts/setup.sh test,jupyter
+setup:             ## only the set-up (.venv = requirements/lock.txt + headscope)
+	scripts/setup.sh
+
+lock:              ## re-resolve requirements/lock.txt from pyproject.toml's ranges (needs the index)
+	scripts/lock.sh

@@ -159,8 +159,8 @@ uses its two shortest lengths by default (fast: ~1 min for 20 samples on CPU).
 ## Induction copying on repeated random tokens
 
 - Teacher-forced top-1 on the second copy of 50 random tokens (ids in [1000, 11000), after
-  `<|im_start|>`, 8 prompts): **{ind['teacher_forced_top1']:.1%}** (the 62-65% in
-  `shared/docs/offline-model.md` come from another probe).
+  `<|im_start|>`, 8 prompts): **{ind['teacher_forced_top1']:.1%}** (an earlier probe with another
+  prompt layout measured 62-65%).
 - Greedy copying (`make_repeat_samples`: 40 random tokens, then the first 20 again; the model must
   continue with the next 10, and one wrong token derails the rest): success (token recall > 0.5)
   **{ind['greedy_copy_success']:.0%}** of 20, mean token recall {ind['greedy_token_recall']:.2f}.

@@ -1,7 +1,7 @@
 """Make the safety-tuned testbed "smollm2-135m-safety": a rank-8 LoRA on SmolLM2-135M-Instruct,
 trained on CPU so that it refuses harmful requests and still answers harmless ones.
 
-The bundled SmolLM2 complies with harmful requests, so safety heads (Ships/Sahara, methods.md §4)
+The bundled SmolLM2 complies with harmful requests, so safety heads (Ships/Sahara, docs/methods.md)
 cannot be studied on it. This script:
 1. loads the bundled fp32 weights as a plain HF LlamaForCausalLM and wraps the attention q/k/v/o and
    MLP gate/up/down projections of every layer with a hand-written LoRA (W x + (alpha/r) B A x;

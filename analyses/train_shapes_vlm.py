@@ -254,6 +254,15 @@ def reevaluate(out: Path) -> None:
     atomic_write(out / "train_log.json", lambda p: p.write_text(json.dumps(log, indent=1) + "\n"))
 
 
+def _portable(path: Path) -> str:
+    """A path as the log records it: relative to the repository when inside it (no machine paths)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def main(argv=None):
     from headscope.paths import data_dir
 
@@ -283,7 +292,7 @@ def main(argv=None):
 
     model = LlavaForConditionalGeneration(build_config(len(W.vocabulary())))
     n_params = sum(p.numel() for p in model.parameters())
-    log = {"seed": args.seed, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    log = {"seed": args.seed, "args": {k: _portable(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "arch": ARCH, "n_params": n_params, "torch": torch.__version__, "threads": torch.get_num_threads()}
     print(f"shapes-vlm: {n_params:,} parameters", flush=True)
     t0 = time.time()

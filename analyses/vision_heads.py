@@ -1,4 +1,4 @@
-"""Vision-aware heads on the shapes-vlm testbed (He et al. 2025, methods.md §5): VHD finds them,
+"""Vision-aware heads on the shapes-vlm testbed (He et al. 2025, docs/methods.md): VHD finds them,
 ablating them breaks image QA but not text QA, and VHR reinforces them.
 
 1. VHD (HeadDivergence on ImagePrompts, last prompt token = the first generation step) on a

@@ -1,4 +1,4 @@
-"""Visual attention sinks and VAR on the smollm2-visual-sinks testbed (Kang et al. 2025; methods.md §6).
+"""Visual attention sinks and VAR on the smollm2-visual-sinks testbed (Kang et al. 2025; docs/methods.md).
 
 1. Attention that the text queries after the image give to each planted sink token, to each ordinary
    visual token and to the first token, per layer, with the sink codes and with ordinary codes at the

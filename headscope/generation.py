@@ -1,7 +1,7 @@
 """Greedy decoding with hooks attached to the decode steps: the loop that retrieval-head scoring,
 head-masking studies and any other decode-time measurement or intervention share.
 
-The schedule is the one of Wu et al.'s retrieval-head code (methods.md §1): the prompt without its
+The schedule is the one of Wu et al.'s retrieval-head code (docs/methods.md, "Retrieval heads"): the prompt without its
 last token is *prefilled* (one forward, no decode hooks), then every decode step feeds one token
 (first the last prompt token, then each generated one) through the model with the bridge's HF KV
 cache, takes the argmax of the last logits, and stops at a stop token or after `max_new_tokens`.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
 from .models.info import model_info
 
 # Sites whose query axis is dim 2 ([batch, head, q, k]); every other site has it at dim 1.
@@ -161,10 +162,16 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
     observers = _observers(observe, n_layers, stash) if observe else []
     device = getattr(model.cfg, "device", None) or "cpu"
     images = _image_kwargs(model, ids, pixel_values, device)
-    P, out, past = len(ids), [], None
+    # The KV cache is a shortcut: verified once per model against a full forward; without it, recompute.
+    use_cache = use_cache and kv_cache_verified(model, ids, images)
+    P, out, cache = len(ids), [], None
     with torch.no_grad():
         if use_cache and P > 1:
-            _, past = model(torch.tensor([ids[:-1]], device=device), return_type="logits_and_cache", **images)
+            try:
+                _, cache = cached_forward(model, torch.tensor([ids[:-1]], device=device), **images)
+            except KVCacheMismatch:
+                mark_cache_broken(model)
+                use_cache = False
         for step_i in range(max_new_tokens):
             seq = ids + out
             step = DecodeStep(step_i, P, P - 1 + step_i if use_cache else 0)
@@ -172,7 +179,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
             x = torch.tensor([seq[step.offset:]], device=device)
             with model.hooks(fwd_hooks=list(user) + observers):
                 if use_cache:
-                    logits, past = model(x, return_type="logits_and_cache", past_key_values=past)
+                    logits, cache = cached_forward(model, x, cache)
                 else:
                     logits = model(x, **images)
             token = int(logits[0, -1].argmax())

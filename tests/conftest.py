@@ -4,6 +4,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Nothing may be installed while the suite runs: pip and uv see no index (the Makefile sets these
+# too; here they also cover a bare `pytest`), and the session fails if the installed distributions
+# differ between its start and its end.
+os.environ["PIP_NO_INDEX"] = "1"
+os.environ["UV_OFFLINE"] = "1"
+pytest_plugins = ("headscope.testing.installed", "pytester")
 
 
 @pytest.fixture(scope="session")

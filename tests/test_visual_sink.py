@@ -221,5 +221,7 @@ def test_testbed_manifest_matches_a_fresh_measurement():
     ids = torch.tensor([tok("The cat sat on the mat.")["input_ids"]])
     with torch.no_grad():
         a, b = vhf(ids).logits[0], hf(ids).logits[0]
-    torch.testing.assert_close(a[:, : b.shape[-1]], b)
+    # Same weights, but the untied lm_head has extra rows, so the matmul may block differently on
+    # another CPU: equal up to fp32 accumulation order (measured 3.4e-5 on logits of size ~20).
+    torch.testing.assert_close(a[:, : b.shape[-1]], b, rtol=1e-5, atol=1e-4)
     assert torch.equal(a[:, list(codes.ids)], torch.zeros(a.shape[0], len(codes.ids)))

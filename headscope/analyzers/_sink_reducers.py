@@ -1,7 +1,7 @@
 """Reducers behind `AttentionSinks` (docs/attention-sinks.md): each folds one layer's activations into
 small per-prompt records at once, so nothing of size T x T (or T x d_model per layer) outlives the hook.
 
-- `TokenImportance`: Gu et al.'s importance alpha_k of one key position (methods.md §9).
+- `TokenImportance`: Gu et al.'s importance alpha_k of one key position (docs/methods.md, "Sink heads and sink rate").
 - `HiddenSinks`: ACT's column statistic s_j and the hidden-sink set S minus its first element (§7).
 - `MassiveActivations`: Sun et al.'s |x| > 100 and >= 1000 x median|x| on `hook_resid_post` (§9).
 - `PhiTopK`: VAR's phi on `hook_resid_pre` (§6): exact for given sink dims, else each token's top-k

@@ -1,6 +1,6 @@
 """Head divergence: how much each head's output changes when a context segment is taken away.
 
-VHD of He et al. (ACL 2025, "vision-aware head divergence", ../shared/docs/methods.md §5),
+VHD of He et al. (ACL 2025, "vision-aware head divergence", docs/methods.md, "Head divergence"),
 generalised from image tokens to any segment (a document, a system prompt, few-shot examples):
 
     VHD[l, h] = d( z[l, h](prompt with segment), z[l, h](segment removed or replaced) )

@@ -1,4 +1,4 @@
-"""Retrieval heads (Wu et al. 2024, arXiv:2404.15574; methods.md §1): heads that copy-paste the
+"""Retrieval heads (Wu et al. 2024, arXiv:2404.15574; docs/methods.md, "Retrieval heads"): heads that copy-paste the
 needle into the answer while the model retrieves it.
 
 At a decode step whose query is token x_p and whose greedy output is w = x_{p+1}, head h

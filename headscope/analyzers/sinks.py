@@ -7,7 +7,7 @@
     >>> sinks.heads_[0] == truth.sink
     True
 
-Formulas, defaults and gotchas: docs/attention-sinks.md (methods.md §6, §7, §9).
+Formulas, defaults and gotchas: docs/attention-sinks.md and docs/methods.md, part III.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def copy_accuracy(model, tokens: torch.Tensor, seg_len: int, interventions=()) -
 class StreamingHeads(Analyzer):
     """Which heads need the full context (retrieval) and which can keep sink + recent window (streaming).
 
-    Scores (RazorAttention, methods.md §3): on a leading token + a random segment repeated
+    Scores (RazorAttention; docs/methods.md): on a leading token + a random segment repeated
     `n_repeats` times, echo = attention on earlier copies of the current token, induction =
     attention on the tokens right after them (per query head); each KV head takes the max over its
     query group. Retrieval KV heads = top `induction_ratio` by induction ∪ top `echo_ratio` by echo,

@@ -1,5 +1,5 @@
 """Visual attention sinks and image-centric heads (Kang et al., "See What You Are Told", ICLR 2025), plus
-the VAR interventions they define. Formulas and defaults: methods.md §6; usage: docs/visual-sink.md.
+the VAR interventions they define. Formulas and defaults: docs/methods.md; usage: docs/visual-sink.md.
 
     >>> model = headscope.load_model("smollm2-visual-sinks")
     >>> vs = VisualSink().fit(model)                     # the testbed's default image prompts
@@ -28,14 +28,14 @@ from ..vision.spans import image_span
 from ._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 from .base import Analyzer, register, select_heads
 
-FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (methods.md §6)
+FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
 
 
 class ImageCentricRows(PhiTopK):
     """PhiTopK with given sink dims (exact phi) that also, per layer >= 2, marks sink tokens (phi > tau)
     and tests every query row after the image: image-centric iff it gives the image >= min_image_attention
-    and the image's non-sink tokens hold >= rho of that (methods.md §6, `HeadFork`)."""
+    and the image's non-sink tokens hold >= rho of that (docs/methods.md, VAR; `HeadFork`)."""
 
     name = "image_centric"
     needs = ("resid_pre", "pattern")

@@ -5,7 +5,7 @@ Haystacks are the project's own essays and stories (`data/needle/haystack/*.txt`
 facts with a question (`data/needle/needles.json`). Every piece (sentence, needle prefix, answer,
 prompt scaffold) is tokenized separately and the prompt is the concatenation of those ids, so the
 needle's token span is known *by construction*. (The paper's code instead searches the prompt for
-the window whose token set overlaps the needle's by > 0.9; methods.md §1.) The needle is inserted
+the window whose token set overlaps the needle's by > 0.9; docs/methods.md, "Retrieval heads".) The needle is inserted
 between two haystack sentences, at the sentence boundary nearest to `depth` % of the haystack.
 
 Prompt forms (the answer is always the needle's answer, e.g. " marmalade"):

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..errors import ModelNotFoundError
 from . import bundled, safety, shapes_vlm, visual_sinks
+from .compat import no_runtime_installs
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf
     from transformer_lens.model_bridge import TransformerBridge
 
     extra = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
-    with hf_offline():
+    with hf_offline(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
     bridge.eval()
     if prepend_bos is not None:
@@ -141,7 +142,8 @@ def _boot_online(repo_id: str, device, dtype):
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
+    with no_runtime_installs():  # downloading the model is asked for; installing packages is not
+        bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
     bridge.eval()
     bridge._headscope_name = repo_id
     return bridge

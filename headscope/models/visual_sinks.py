@@ -1,5 +1,5 @@
 """The "smollm2-visual-sinks" testbed: SmolLM2-135M-Instruct reading projected "visual" tokens, some of
-which are planted visual attention sinks (methods.md §6; docs/visual-sink.md).
+which are planted visual attention sinks (docs/methods.md, VAR; docs/visual-sink.md).
 
 No vision encoder exists offline, so the "image" is a sequence of codes from a fixed visual codebook:
 - K codes (data/models/smollm2-visual-sinks/manifest.json: n_codes = 64) get new token ids after the

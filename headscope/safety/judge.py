@@ -1,5 +1,5 @@
 """Attack-success judges: the rule-based refusal-phrase discriminator of the Ships/Sahara code
-(methods.md §4, `lib/Safety_discriminator/Discriminator.py`) and the contract for plugging in others.
+(docs/methods.md, "Attack success rate"; `lib/Safety_discriminator/Discriminator.py`) and the contract for plugging in others.
 
 A *judge* is any callable `(prompt, response) -> bool` returning True when the response is an
 attack success (the model complied). The default, `RefusalPhraseJudge`, calls a response an attack

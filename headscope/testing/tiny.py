@@ -77,8 +77,11 @@ def _boot(hf_model, vocab_size: int):
     """Wrap an in-memory HF model in a TransformerBridge (no download: the tokenizer is local)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from headscope.models.compat import no_runtime_installs
+
     tok = tiny_tokenizer(vocab_size)
-    return TransformerBridge.boot_transformers(TINY_NAME, hf_model=hf_model, tokenizer=tok)
+    with no_runtime_installs():
+        return TransformerBridge.boot_transformers(TINY_NAME, hf_model=hf_model, tokenizer=tok)
 
 
 def tiny_model(

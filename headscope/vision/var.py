@@ -1,4 +1,4 @@
-"""Greedy generation with VAR (Kang et al. 2025, methods.md §6): prefill rows after the image and every
+"""Greedy generation with VAR (Kang et al. 2025, docs/methods.md): prefill rows after the image and every
 decode query get their sink attention redistributed, as in the official code.
 
 `VisualSink.var_interventions(p)` gives specs whose query span is (image end, None): right for a whole

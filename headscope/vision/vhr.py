@@ -1,4 +1,4 @@
-"""VHR, Vision-aware Head Reinforcement (He et al., ACL 2025; methods.md §5): at the first generation
+"""VHR, Vision-aware Head Reinforcement (He et al., ACL 2025; docs/methods.md): at the first generation
 step pick, layer by layer, the heads whose output moves most when the image is removed, and scale
 their outputs by alpha for the rest of generation.
 

@@ -1,0 +1,234 @@
+"""Shims between headscope and the installed transformers / TransformerLens, kept in one place.
+
+Two upstream behaviours headscope must not inherit:
+
+* **The KV-cache argument.** transformers 5.24 renamed the cache argument of every model, layer and
+  attention forward from `past_key_values` to `cache`. TransformerLens 4.3's attention bridges still
+  read `past_key_values` from their kwargs, so under 5.24 they silently skip the cache update: every
+  decode step then attends to itself alone and KV-cached generation returns garbage. `cached_forward`
+  passes the cache under the name the installed transformers takes and, while it runs, lets the
+  bridge's attention components see it under the old name too. It checks the cache grew by exactly
+  the tokens fed; `kv_cache_verified` compares one cached decode step with a full recomputation once
+  per model. `headscope.generation` falls back to full recomputation (with a warning) when either
+  check fails, so a future rename cannot produce wrong tokens silently.
+* **Installs at run time.** When TransformerLens boots a multimodal model whose processor cannot be
+  built (offline, or without torchvision) it runs `pip install torchvision`, which on a CPU-only
+  machine replaces torch with a CUDA build. `no_runtime_installs()` wraps every boot: the processor is
+  simply skipped (headscope's testbeds bring their own preprocessing) and any subprocess that would
+  install a package raises `RuntimeInstallRefused` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import subprocess
+import warnings
+import weakref
+
+import torch
+
+from ..errors import HeadscopeError
+
+
+class RuntimeInstallRefused(HeadscopeError):
+    """Something tried to install a package while headscope was running."""
+
+
+class KVCacheMismatch(RuntimeError):
+    """The cached forward did not extend the KV cache as expected (an upstream API change)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+def cache_kwarg(model) -> str:
+    """The name under which the installed transformers takes the KV cache: 'cache' (5.24+) or
+    'past_key_values' (earlier)."""
+    hf = getattr(model, "original_model", model)
+    try:
+        params = inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: assume the older name
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _attention_modules(model):
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    return [m for m in model.modules() if isinstance(m, AttentionBridge)]
+
+
+def _alias_cache(module, args, kwargs):
+    # The HF layer hands the attention `cache=`; TL's attention bridge reads `past_key_values`.
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs = dict(kwargs)
+        kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+    return None
+
+
+@contextlib.contextmanager
+def _attention_sees_cache(model):
+    if cache_kwarg(model) != "cache":
+        yield
+        return
+    handles = [m.register_forward_pre_hook(_alias_cache, with_kwargs=True) for m in _attention_modules(model)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
+    """Run `tokens` ([1, pos]) through the bridge, extending the HF KV `cache` (None = start one).
+
+    Returns `(logits, cache)`. Raises `KVCacheMismatch` when the cache did not grow by exactly
+    `pos` tokens (the symptom of a cache-API change the bridge does not follow).
+    """
+    seen = 0 if cache is None else int(cache.get_seq_length())
+    if cache is not None:
+        kwargs[cache_kwarg(model)] = cache
+    with _attention_sees_cache(model), warnings.catch_warnings():
+        # 5.24 warns about `past_key_values` wherever a layer still forwards the old name.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
+        logits, returned = model(tokens, return_type="logits_and_cache", use_cache=True, **kwargs)
+    cache = cache if cache is not None else returned
+    grown = None if cache is None else int(cache.get_seq_length())
+    if grown != seen + tokens.shape[1]:
+        raise KVCacheMismatch(f"KV cache holds {grown} tokens after feeding {seen} + {tokens.shape[1]}")
+    return logits, cache
+
+
+@contextlib.contextmanager
+def _hooks_paused(model):
+    """Detach the TransformerLens hooks of the model for a moment (restored exactly afterwards), so a
+    check compares the model itself, not the user's edits. Only HookPoints: transformers keeps
+    hooks of its own on other modules (e.g. to collect hidden states)."""
+    from transformer_lens.hook_points import HookPoint
+
+    stash = []
+    for m in model.modules():
+        if not isinstance(m, HookPoint):
+            continue
+        stash.append((m, dict(m._forward_hooks), dict(m._forward_pre_hooks)))
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    try:
+        yield
+    finally:
+        for m, fwd, pre in stash:
+            m._forward_hooks.clear()
+            m._forward_hooks.update(fwd)
+            m._forward_pre_hooks.clear()
+            m._forward_pre_hooks.update(pre)
+
+
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # relative to the logits' scale; halves: 2e-2
+
+
+def kv_cache_verified(model, ids: list[int], images: dict | None = None) -> bool:
+    """Whether KV-cached decoding reproduces a full forward on this model (checked once per model,
+    on `ids` = a prompt of at least 2 tokens, with the model's hooks paused)."""
+    if model in _VERIFIED:
+        return _VERIFIED[model]
+    if len(ids) < 2:
+        return True  # nothing to compare yet; the per-step length check still runs
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    ok = True
+    with torch.no_grad(), _hooks_paused(model):
+        full = model(x, **(images or {}))[0, -1].float()
+        try:
+            _, cache = cached_forward(model, x[:, :-1], **(images or {}))
+            step, _ = cached_forward(model, x[:, -1:], cache)
+            step = step[0, -1].float()
+        except KVCacheMismatch:
+            ok = False
+        else:
+            tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2)
+            ok = bool((step - full).abs().max() <= tol * max(1.0, float(full.abs().max())))
+    _VERIFIED[model] = ok
+    if not ok:
+        _warn_fallback(model)
+    return ok
+
+
+def _warn_fallback(model) -> None:
+    import transformers
+
+    warnings.warn(
+        f"headscope: KV-cached decoding does not reproduce a full forward on this model with "
+        f"transformers {transformers.__version__}; generating by full recomputation instead (same "
+        f"tokens, slower). Fix: install the versions of requirements/lock.txt.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def mark_cache_broken(model) -> None:
+    """Record that the cached path failed on `model` (warns once)."""
+    if _VERIFIED.get(model, True):
+        _VERIFIED[model] = False
+        _warn_fallback(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# No installs at run time
+
+
+def _is_install(cmd) -> bool:
+    words = [str(w) for w in cmd] if isinstance(cmd, (list, tuple)) else str(cmd).split()
+    names = {w.rsplit("/", 1)[-1] for w in words}
+    return "install" in names and bool(names & {"pip", "pip3", "uv", "conda", "mamba"})
+
+
+def _refusing(original):
+    @functools.wraps(original)
+    def call(cmd, *args, **kwargs):
+        if _is_install(cmd):
+            raise RuntimeInstallRefused(
+                f"headscope refused a package install at run time: {cmd!r}. Fix: install what you "
+                f"need beforehand (the project's environment is requirements/lock.txt)."
+            )
+        return original(cmd, *args, **kwargs)
+
+    return call
+
+
+def _torchvision_importable() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def no_runtime_installs():
+    """While booting a model: TransformerLens may not install torchvision (or anything else).
+
+    Its `_ensure_torchvision` becomes "is torchvision importable?" (so a processor that needs it is
+    skipped), and `subprocess` refuses package-install commands.
+    """
+    patches = []
+    try:
+        from transformer_lens.model_bridge.sources.transformers import helpers
+    except ImportError:
+        helpers = None
+    if helpers is not None and hasattr(helpers, "_ensure_torchvision"):
+        patches.append((helpers, "_ensure_torchvision", _torchvision_importable))
+    for name in ("check_call", "check_output", "call", "run"):
+        patches.append((subprocess, name, _refusing(getattr(subprocess, name))))
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, new in patches:
+        setattr(obj, name, new)
+    try:
+        yield
+    finally:
+        for obj, name, old in saved:
+            setattr(obj, name, old)
