@@ -17,8 +17,16 @@ def hook_count(model) -> int:
 
 
 def test_unknown_model_name_is_clear():
-    with pytest.raises(ModelNotFoundError, match="Unknown model 'no-such-model'.*bundled"):
-        headscope.load_model("no-such-model")
+    with pytest.raises(ModelNotFoundError, match="Unknown model 'no/such/model'.*bundled"):
+        headscope.load_model("no/such/model")  # not a folder, not a hub id
+
+
+def test_bare_hub_id_is_a_hub_id():
+    """'gpt2' and 'bert-base-uncased' are real hub ids: a bare name is looked up in the HF cache."""
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="'surely-not-cached-xyz' is not in the local Hugging Face cache.*offline"):
+        headscope.load_model("surely-not-cached-xyz")
+    assert time.monotonic() - start < 10
 
 
 def test_uncached_hub_id_fails_fast_naming_offline():

@@ -30,9 +30,9 @@ def test_report_end_to_end_writes_html_and_figures(tmp_path):
 
 
 def test_cli_reports_user_errors_in_one_line(capsys):
-    assert main(["info", "--model", "no-such-model"]) == 2
+    assert main(["info", "--model", "no/such/model"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("headscope: error: Unknown model 'no-such-model'") and "Traceback" not in err
+    assert err.startswith("headscope: error: Unknown model 'no/such/model'") and "Traceback" not in err
 
 
 def test_scan_rejects_unknown_analyzer_and_parameter(capsys):

@@ -44,7 +44,13 @@ class Reducer:
 
 
 class QueryMeanReducer(Reducer):
-    """Mean over a set of queries of a per-query statistic; one value per (prompt, layer, head)."""
+    """Mean over a set of queries of a per-query statistic; one value per (prompt, layer, head).
+
+    `causal_only` statistics assume a query sees only earlier keys; on a bidirectional encoder
+    they are reported as NaN (not applicable) rather than as a misleading number.
+    """
+
+    causal_only = False
 
     def start(self, info: ModelInfo, n_prompts: int) -> None:
         self._sums = np.zeros((n_prompts, info.n_layers, info.n_heads))
@@ -55,6 +61,8 @@ class QueryMeanReducer(Reducer):
         raise NotImplementedError
 
     def update(self, layer, acts, ctx):
+        if self.causal_only and not ctx.info.causal:
+            return  # not applicable on a bidirectional encoder: the result stays NaN
         stat, covered = self.per_query(acts, ctx)
         summed = (stat.double() * covered[:, None, :]).sum(-1)  # [batch, head]
         self._sums[ctx.index, layer] += summed.numpy()
@@ -91,7 +99,8 @@ class AttentionEntropy(QueryMeanReducer):
 
 class MeanAttentionDistance(QueryMeanReducer):
     name = "mean_attention_distance"
-    description = "Mean backward distance sum_j A[i,j](i-j), queries 1..T-1 (Preplan-and-Anchor d)."
+    description = "Mean backward distance sum_j A[i,j](i-j), queries 1..T-1 (Preplan-and-Anchor d); NaN on encoders."
+    causal_only = True
 
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
@@ -122,7 +131,8 @@ class DuplicateTokenScore(QueryMeanReducer):
 
 class InductionScore(QueryMeanReducer):
     name = "induction_score"
-    description = "Attention on the tokens right after earlier copies of the query's token (prefix matching), over queries that have one."
+    description = "Attention on the tokens right after earlier copies of the query's token (prefix matching), over queries that have one; NaN on encoders."
+    causal_only = True
 
     def per_query(self, acts, ctx):
         mask = ctx.after_earlier_same_token.to(acts["pattern"].dtype)

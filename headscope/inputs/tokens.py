@@ -52,9 +52,7 @@ def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = No
         if isinstance(item, str):
             if not item.strip():
                 raise InputError(f"prompt {i} is empty (or only whitespace): remove it or give it text")
-            ids = model.tokenizer(item, add_special_tokens=False)["input_ids"]
-            if bos:
-                ids = [info.bos_token_id] + list(ids)
+            ids = encode(model.tokenizer, item, bos, info.bos_token_id)
         elif isinstance(item, ImagePrompt):
             check_image_tokens(model, item, i)
             ids = list(item.ids)
@@ -72,6 +70,19 @@ def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = No
             raise InputError(f"prompt {i} has token ids outside the vocabulary 0..{vocab - 1}")
         out.append(ids)
     return out
+
+
+def encode(tokenizer, text: str, bos: bool, bos_id: int | None) -> list[int]:
+    """`text` as the tokenizer encodes it by default (its own special tokens: BOS, [CLS] .. [SEP]),
+    with BOS then forced present (`bos`) or absent, so the override means the same on every tokenizer."""
+    ids = list(tokenizer(text)["input_ids"])
+    firsts = {bos_id, getattr(tokenizer, "cls_token_id", None)} - {None}  # an encoder's [CLS] opens it
+    has = bool(ids) and ids[0] in firsts
+    if bos and not has and bos_id is not None:
+        ids = [bos_id] + ids
+    elif not bos and has:
+        ids = ids[1:]
+    return ids
 
 
 def iter_batches(token_lists: list[list[int]], batch_size: int, pad_id: int) -> Iterator[TokenBatch]:

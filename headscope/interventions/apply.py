@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from ..models.info import model_info
-from .hooks import build_hooks, check_specs
+from .hooks import build_hooks, check_editable, check_specs
 from .prepare import prepare
 
 
@@ -27,6 +27,7 @@ def apply(model, interventions, *, decode_start: int | None = None):
     """
     info = model_info(model)
     specs = check_specs(interventions, info)  # validate before any compute
+    check_editable(model, specs)
     prepared = prepare(model, specs)
     hooks = build_hooks(specs, info, decode_start, prepared)
     with model.hooks(fwd_hooks=hooks):

@@ -21,6 +21,20 @@ def on_rows(sel: torch.Tensor, rows: slice, fn) -> torch.Tensor:
     return out
 
 
+def scale_visible_scores(sel: torch.Tensor, rows: slice, epsilon: float) -> torch.Tensor:
+    """Uniform attention on attention scores [n, q, k]: visible scores x epsilon, masked ones kept.
+
+    A key is masked when its score is -inf or at the dtype's most negative value (how the eager
+    attention of HF and TransformerLens write causal, sliding-window and padding masks), so
+    epsilon = 0 gives exactly uniform attention over the keys the head may see.
+    """
+    out = sel.clone()
+    scores = sel[:, rows]
+    visible = scores > torch.finfo(scores.dtype).min / 2
+    out[:, rows] = torch.where(visible, scores * epsilon, scores)
+    return out
+
+
 def streaming_hidden(n_q: int, n_k: int, sink: int, recent: int, rows: slice) -> torch.Tensor:
     """[q, k] bool: keys a streaming head may NOT see (key k visible iff k < sink or q - k < recent).
     Query positions are absolute (the KV cache puts the n_q queries at the end of n_k keys)."""

@@ -47,7 +47,7 @@ def every_row(heads: torch.Tensor) -> Selector:
 def _edit_fn(spec: Intervention, layer: int, prepared: Prepared | None):
     """edit(sel, rows, head_idx, local_row) -> edited sel, for this spec's kind at this layer."""
     if isinstance(spec, UniformAttention):
-        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: x * spec.epsilon)
+        return lambda sel, rows, h, r: edits.scale_visible_scores(sel, rows, spec.epsilon)
     if isinstance(spec, ZeroAblation):
         return lambda sel, rows, h, r: edits.on_rows(sel, rows, torch.zeros_like)
     if isinstance(spec, ScaleOutput):
@@ -84,6 +84,22 @@ def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, pr
             out[row_idx, :, head_idx] = edit(tensor[row_idx, :, head_idx], rows, head_idx, local_row)
         return out
     return hook
+
+
+def check_editable(model, specs) -> None:
+    """Refuse attention-pattern kinds on a model whose bridge cannot apply them (the edit would be
+    discarded and the result silently equal the clean model)."""
+    from ..models.compat import pattern_edits_take_effect
+
+    kinds = sorted({s.kind for s in specs if s.site in _QK_SITES})
+    if kinds and not pattern_edits_take_effect(model):
+        arch = type(getattr(model, "original_model", model)).__name__
+        raise InputError(
+            f"intervention kind(s) {kinds} edit attention scores or patterns, but on {arch} the "
+            "TransformerLens bridge lets Hugging Face compute attention and only reports the pattern "
+            "afterwards, so such an edit would be discarded. Fix: use a head-output kind (zero, mean, "
+            "resample, scale) on this model, or a family whose attention the bridge computes itself "
+            "(see docs/architectures.md).")
 
 
 def check_specs(interventions, info: ModelInfo) -> list[Intervention]:

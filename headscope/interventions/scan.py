@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_info
 from ..results import HeadScores
-from .hooks import layer_hook, query_slice
+from .hooks import check_editable, layer_hook, query_slice
 from .metrics import resolve_metric
 from .prepare import prepare
 from .specs import KINDS, Intervention
@@ -57,31 +58,43 @@ def _scanned_heads(info, heads, layers) -> list[tuple[int, int]]:
     return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
 
 
-def _expand(value, batch: int, copies: int):
-    """Repeat a block kwarg along the batch axis for `copies` stacked variants."""
-    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
+def _expand(value, batch: int, copies: int, n_heads: int = 1):
+    """Repeat a block argument along the batch axis for `copies` stacked variants: tensors with a
+    batch axis first, also flattened batch x heads (Bloom's ALiBi is [batch * heads, 1, key])."""
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] in (batch, batch * n_heads):
         return value.repeat(copies, *([1] * (value.ndim - 1)))
     if isinstance(value, tuple):
-        return tuple(_expand(v, batch, copies) for v in value)
+        return tuple(_expand(v, batch, copies, n_heads) for v in value)
+    if isinstance(value, dict):
+        return {k: _expand(v, batch, copies, n_heads) for k, v in value.items()}
     return value
 
 
-class _CleanRun:
-    """One clean forward keeping each needed block's input (and the block kwargs: mask, RoPE),
-    the logits and the final-norm hidden states."""
+_NOT_REPLAYED = ("past_key_values", "cache", "layer_past", "use_cache")
 
-    def __init__(self, model, batch, layers):
-        self.inputs, self.kwargs = {}, None
+
+def _is_cache(value) -> bool:
+    """A KV cache object (whatever a family calls the argument): a replay must not extend it."""
+    return type(value).__name__.endswith("Cache") and hasattr(value, "get_seq_length")
+
+
+class _CleanRun:
+    """One clean forward keeping the input of every block from the first scanned layer on, with
+    the keyword arguments the model gave *that* block (masks and RoPE differ per layer on
+    local/global models), the logits and the final-norm hidden states."""
+
+    def __init__(self, model, batch, first_layer: int):
+        self.inputs, self.args, self.kwargs = {}, {}, {}
         handles = []
 
         def grab(layer):
             def pre_hook(module, args, kwargs):
                 self.inputs[layer] = args[0].detach()
-                if self.kwargs is None:
-                    self.kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+                self.args[layer] = args[1:]  # some families pass the mask positionally (BERT)
+                self.kwargs[layer] = {k: v for k, v in kwargs.items() if k not in _NOT_REPLAYED and not _is_cache(v)}
             return pre_hook
         try:
-            for layer in layers:
+            for layer in range(first_layer, len(model.blocks)):
                 handles.append(model.blocks[layer].register_forward_pre_hook(grab(layer), with_kwargs=True))
             handles.append(model.ln_final.register_forward_hook(
                 lambda module, args, out: setattr(self, "final_hidden", out.detach())))
@@ -92,21 +105,88 @@ class _CleanRun:
                 h.remove()
 
 
-def _finish(model, x, layer, kwargs, last_idx, readout: str = "logits"):
-    """Run blocks layer.. on residual x [rows, pos, d]; then the final norm and (for "logits")
-    the unembedding, of all positions or only of each row's last_idx."""
-    for block in model.blocks[layer:]:
-        x = block(x, **kwargs, use_cache=False)
+def _final_norm(model, x):
+    """The model's own path from the last block's output to the unembedding's input: the final norm,
+    or a masked-LM head's transform (BERT: dense, activation, then the norm the bridge calls ln_final)."""
+    head = getattr(getattr(getattr(model.original_model, "cls", None), "predictions", None), "transform", None)
+    return head(x) if head is not None else model.ln_final(x)
+
+
+def _logits(model, x):
+    """The unembedding as the model's own forward applies it, including a final soft-cap/scale."""
+    logits = model.unembed(x)
+    config = getattr(model.original_model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: str = "logits"):
+    """Run blocks layer.. on residual x [copies * B, pos, d], each with its own clean kwargs; then
+    the final norm and (for "logits") the unembedding, of all positions or only of each row's last_idx."""
+    batch = x.shape[0] // copies
+    for b in range(layer, len(model.blocks)):
+        H = model.cfg.n_heads
+        args = tuple(_expand(a, batch, copies, H) for a in clean.args[b])
+        x = model.blocks[b](x, *args, **{k: _expand(v, batch, copies, H) for k, v in clean.kwargs[b].items()},
+                            use_cache=False)
         x = x[0] if isinstance(x, tuple) else x
     if last_idx is not None:
         x = x[torch.arange(len(x)), last_idx][:, None]  # [rows, 1, d]
-    x = model.ln_final(x)
-    return model.unembed(x) if readout == "logits" else x
+    x = _final_norm(model, x)
+    return _logits(model, x) if readout == "logits" else x
+
+
+def _full_forward(model, batch, copies: int, last_idx, readout: str):
+    """The model's own forward on `copies` stacked copies of the batch (the fallback: exact by construction)."""
+    got = {}
+    handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
+    try:
+        logits = model(batch.tokens.repeat(copies, 1), attention_mask=batch.attention_mask.repeat(copies, 1))
+    finally:
+        handle.remove()
+    out = logits if readout == "logits" else got["h"]
+    return out[torch.arange(len(out)), last_idx][:, None] if last_idx is not None else out
+
+
+# Relative tolerance of the replay self-check (the issue: 1e-5 of the logits' scale).
+REPLAY_RTOL = 1e-5
+_REPLAY_TOLERANCE = {torch.float32: REPLAY_RTOL, torch.float64: 1e-10}  # halves: 1e-2
+
+
+def replay_error(model, clean: _CleanRun, batch, layers, last_only: bool, readout: str) -> float | None:
+    """Largest deviation, relative to the output's scale, of the block replay (two stacked copies,
+    no edit) from the model's own clean forward, over `layers`; None if the replay crashes."""
+    B, last = len(batch.index), batch.lengths - 1
+    full = clean.logits if readout == "logits" else clean.final_hidden
+    ref = full[torch.arange(B), last][:, None] if last_only else full
+    worst = 0.0
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                got = _finish(model, clean.inputs[layer].repeat(2, 1, 1), layer, clean, 2,
+                              last.repeat(2) if last_only else None, readout)
+                diff = (got.float() - ref.float().repeat(2, *([1] * (ref.ndim - 1)))).abs().max().item()
+                worst = max(worst, diff / max(1.0, ref.float().abs().max().item()))
+    except Exception:  # a replay that cannot even run is the clearest mismatch
+        return None
+    return worst
+
+
+def _warn_no_replay(model, err) -> None:
+    what = "crashed" if err is None else f"deviates by {err:.2e} of the output scale"
+    warnings.warn(
+        f"scan: replaying blocks from the stored residual {what} on this model "
+        f"({type(model.original_model).__name__}); every variant runs the model's own full forward "
+        f"instead (same numbers as a per-head loop, slower).", RuntimeWarning, stacklevel=4)
 
 
 def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int = 8, max_rows: int = 64,
                     last_only: bool = True, readout: str = "logits", base_interventions=(),
-                    decode_start: int | None = None, progress: bool | None = None, desc: str = "scan"):
+                    decode_start: int | None = None, progress: bool | None = None, desc: str = "scan",
+                    replay: str = "auto"):
     """Yield (batch, base [B, pos', out], {head: variant [B, pos', out]}) for every scanned layer.
 
     `spec` names every head to scan; each is intervened on alone. `base_interventions` stay
@@ -114,10 +194,17 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
     are logits or, with readout="final_hidden", the final-norm hidden state; only each prompt's
     last real position when last_only. Consume it inside `contextlib.closing(...)` so that an
     error in the consumer detaches the base interventions' hooks at once.
+
+    `replay`: "auto" restarts each layer's variants from the stored clean residual after checking,
+    on the first batch, that this replay reproduces the model's own forward (else it warns and
+    runs full forwards); "off" always runs full forwards; "force" skips the check (benchmarks).
     """
     from .apply import apply
 
+    if replay not in ("auto", "off", "force"):
+        raise InputError(f"replay must be 'auto', 'off' or 'force', got {replay!r}")
     info = model_info(model)
+    check_editable(model, [spec])
     prepared = prepare(model, [spec], default_prompts=token_lists, batch_size=batch_size)
     rows = query_slice(spec.positions, decode_start)
     by_layer = {l: [h for ll, h in spec.heads if ll == l] for l in sorted({l for l, _ in spec.heads})}
@@ -126,11 +213,18 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
     per = max(1, max_rows // min(batch_size, len(token_lists)))
     n_units = len(batches) * sum(-(-len(hs) // per) for hs in by_layer.values())
     bar = tqdm(total=n_units, desc=desc, unit="fwd", disable=not (progress if progress is not None else n_units > 8))
+    use_replay = replay != "off"
     try:
         with apply(model, base_interventions):
-            for batch in batches:
-                clean = _CleanRun(model, batch, list(by_layer))
+            for n_batch, batch in enumerate(batches):
+                clean = _CleanRun(model, batch, min(by_layer))
                 B, last = len(batch.index), batch.lengths - 1
+                if n_batch == 0 and replay == "auto":
+                    err = replay_error(model, clean, batch, sorted({min(by_layer), max(by_layer)}), last_only, readout)
+                    tol = _REPLAY_TOLERANCE.get(clean.logits.dtype, 1e-2)
+                    if err is None or err > tol:
+                        use_replay = False
+                        _warn_no_replay(model, err)
                 full = clean.logits if readout == "logits" else clean.final_hidden
                 base = full[torch.arange(B), last][:, None] if last_only else full
                 for layer, heads in by_layer.items():
@@ -142,10 +236,13 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
                         def select(n_rows, chunk=chunk, B=B, global_rows=global_rows):
                             return torch.arange(n_rows), torch.tensor(chunk).repeat_interleave(B), global_rows
                         hook = (SITES[spec.site].format(l=layer), layer_hook(spec, layer, select, rows, prepared))
-                        kwargs = {k: _expand(v, B, c) for k, v in clean.kwargs.items()}
+                        last_rows = last.repeat(c) if last_only else None
                         with torch.no_grad(), model.hooks(fwd_hooks=[hook]):
-                            variant = _finish(model, clean.inputs[layer].repeat(c, 1, 1), layer, kwargs,
-                                              last.repeat(c) if last_only else None, readout)
+                            if use_replay:
+                                variant = _finish(model, clean.inputs[layer].repeat(c, 1, 1), layer, clean, c,
+                                                  last_rows, readout)
+                            else:
+                                variant = _full_forward(model, batch, c, last_rows, readout)
                         out.update({head: variant[k * B:(k + 1) * B] for k, head in enumerate(chunk)})
                         bar.update()
                     yield batch, base, layer, out
@@ -155,7 +252,8 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
 
 def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=None, layers=None, batch_size: int = 8,
          max_rows: int = 64, metric_kwargs: dict | None = None, positions="all", decode_start: int | None = None,
-         prepend_bos: bool | None = None, progress: bool | None = None, **kind_params) -> HeadScores:
+         prepend_bos: bool | None = None, progress: bool | None = None, replay: str = "auto",
+         **kind_params) -> HeadScores:
     """The metric's change when each single head is intervened on, for every head and prompt.
 
     Args:
@@ -167,6 +265,9 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=Non
             "loss", or a callable metric(base_logits, variant_logits, batch) -> [batch].
         heads / layers: restrict the scan (default: every head of every layer).
         max_rows: most rows per variant forward (heads stacked per forward = max_rows // batch).
+        replay: "auto" (default) restarts each layer's variants from the stored clean residual once a
+            run-time check shows that this replay reproduces the model's own logits (1e-5 relative),
+            else warns and runs full forwards; "off" always runs full forwards.
 
     Returns:
         HeadScores [prompt, layer, head]; heads not scanned are NaN.
@@ -186,7 +287,7 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=Non
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)
     variants_iter = variant_outputs(model, token_lists, spec, batch_size=batch_size, max_rows=max_rows,
                                     decode_start=decode_start, last_only=getattr(score, "last_only", False),
-                                    progress=progress, desc=f"scan {spec.kind}")
+                                    progress=progress, desc=f"scan {spec.kind}", replay=replay)
     with contextlib.closing(variants_iter):  # a failing metric still detaches the generator's hooks at once
         for batch, base, layer, variants in variants_iter:
             for head, variant in variants.items():

@@ -84,12 +84,20 @@ class Intervention:
 @_kind
 @dataclass(frozen=True)
 class UniformAttention(Intervention):
-    """Scale the head's queries by epsilon (0 = exactly uniform attention over the causal prefix,
-    so the head outputs the running mean of V). Ships uses 1e-5; the retrieval-head masking uses 0."""
+    """Make the head attend (almost) uniformly over the keys it may see.
+
+    Realised on the head's attention scores as the model computes them (after RoPE, any q/k norm,
+    soft-capping and position bias such as ALiBi, with its causal / sliding-window / padding mask):
+    every visible score is multiplied by `epsilon`, masked keys stay masked. epsilon = 0 gives
+    exactly uniform attention over the visible keys on every architecture (the head outputs the
+    mean of V over them); Ships' epsilon = 1e-5 is "scale the query by epsilon", which on a model
+    without q-norm or score bias is the same thing (scores are linear in q) and elsewhere is the
+    faithful generalisation (scaling hook_q would be undone by a q-norm and leave ALiBi's bias).
+    """
 
     epsilon: float = 0.0
     kind: ClassVar[str] = "uniform_attention"
-    site: ClassVar[str] = "q"
+    site: ClassVar[str] = "attn_scores"
 
 
 @_kind

@@ -86,18 +86,24 @@ def _attention_sees_cache(model):
 def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
     """Run `tokens` ([1, pos]) through the bridge, extending the HF KV `cache` (None = start one).
 
-    Returns `(logits, cache)`. Raises `KVCacheMismatch` when the cache did not grow by exactly
+    Keys in the cache are always at their absolute positions (full layers, no eviction), so a
+    decode step's pattern row is indexed by absolute key position on every family. Returns `(logits, cache)`. Raises `KVCacheMismatch` when the cache did not grow by exactly
     `pos` tokens (the symptom of a cache-API change the bridge does not follow).
     """
     seen = 0 if cache is None else int(cache.get_seq_length())
-    if cache is not None:
-        kwargs[cache_kwarg(model)] = cache
+    if cache is None:
+        # A cache of full layers, also on sliding-window models: HF's sliding layers evict old keys,
+        # which would shift the key axis of every decode pattern away from absolute positions (the
+        # window is still applied, by the attention mask). Costs memory for windowed layers only.
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+    kwargs[cache_kwarg(model)] = cache
     with _attention_sees_cache(model), warnings.catch_warnings():
         # 5.24 warns about `past_key_values` wherever a layer still forwards the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
-        logits, returned = model(tokens, return_type="logits_and_cache", use_cache=True, **kwargs)
-    cache = cache if cache is not None else returned
-    grown = None if cache is None else int(cache.get_seq_length())
+        logits, _ = model(tokens, return_type="logits_and_cache", use_cache=True, **kwargs)
+    grown = int(cache.get_seq_length())
     if grown != seen + tokens.shape[1]:
         raise KVCacheMismatch(f"KV cache holds {grown} tokens after feeding {seen} + {tokens.shape[1]}")
     return logits, cache
@@ -175,6 +181,23 @@ def mark_cache_broken(model) -> None:
     if _VERIFIED.get(model, True):
         _VERIFIED[model] = False
         _warn_fallback(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the bridge lets an edit reach
+
+
+def pattern_edits_take_effect(model) -> bool:
+    """Whether edits at `hook_attn_scores` / `hook_pattern` reach the model's output.
+
+    TransformerLens's base `AttentionBridge` delegates attention to the wrapped HF module and fires
+    those two hooks afterwards on what HF returned (BERT, GPT-Neo): an edit there is discarded.
+    Families whose bridge computes attention itself (a subclass overriding `forward`) apply it.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    blocks = getattr(model, "blocks", None) or []
+    return all(type(block.attn).forward is not AttentionBridge.forward for block in blocks)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class ModelInfo:
     bos_token_id: int | None = None
     pad_token_id: int | None = None
     prepend_bos: bool = False
+    causal: bool = True  # False for bidirectional encoders (BERT): causal-only statistics are NaN there
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -89,6 +90,7 @@ def model_info(model) -> ModelInfo:
         bos_token_id=getattr(tok, "bos_token_id", None),
         pad_token_id=getattr(tok, "pad_token_id", None),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),
+        causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
     )
     try:
         model._headscope_info = info

@@ -50,10 +50,21 @@ def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf
     with hf_offline(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
     bridge.eval()
-    if prepend_bos is not None:
-        bridge.cfg.default_prepend_bos = prepend_bos
+    # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
+    bridge.cfg.default_prepend_bos = tokenizer_adds_bos(bridge.tokenizer) if prepend_bos is None else prepend_bos
     bridge._headscope_name = name
     return bridge
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts with its BOS token by default (Llama: yes; GPT-2, Qwen: no).
+    An encoder's [CLS] plays that part (TransformerLens treats it as the BOS to prepend)."""
+    if tokenizer is None:
+        return False
+    # The bridge gives a tokenizer without BOS one (BERT's becomes [UNK]), so check both names.
+    firsts = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "cls_token_id", None)} - {None}
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] in firsts
 
 
 def _load_smollm2(cache_dir, device, dtype):
@@ -115,11 +126,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
         return _boot(str(path), str(name_or_path), device, dtype, prepend_bos=None)
 
     text = str(name_or_path)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    # Hub ids are 'org/name' or, for the oldest models, a bare name ('gpt2', 'bert-base-uncased').
+    looks_like_hub_id = (text.count("/") <= 1 and text.strip() == text and text
+                         and not text.startswith((".", "/", "~")) and not text.endswith("/"))
     if not looks_like_hub_id:
         raise ModelNotFoundError(
             f"Unknown model {text!r}: not a bundled model ({', '.join(sorted(BUNDLED))}), not an "
-            "existing folder, and not a hub id of the form 'org/name'. "
+            "existing folder, and not a hub id ('org/name' or a bare name such as 'gpt2'). "
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
@@ -145,5 +158,6 @@ def _boot_online(repo_id: str, device, dtype):
     with no_runtime_installs():  # downloading the model is asked for; installing packages is not
         bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
     bridge.eval()
+    bridge.cfg.default_prepend_bos = tokenizer_adds_bos(bridge.tokenizer)
     bridge._headscope_name = repo_id
     return bridge

@@ -1,0 +1,454 @@
+"""Conformance checks of every headscope engine on every family of the architecture matrix.
+
+Each check takes an architecture name (`headscope.testing.architectures.ARCHITECTURES`), runs one
+engine on the tiny bridged model and compares it with an independent reference on a plain,
+never-bridged Hugging Face copy in eager attention (or with a hand computation). A check returns
+None when the engine agrees, returns a short reason when the engine does not apply to the family
+*and refuses it with a clear error* (that refusal is what it verifies), and raises AssertionError
+otherwise. `run_matrix()` runs them all; `python -m headscope.testing.conformance` prints the table
+of docs/architectures.md.
+
+    >>> from headscope.testing.conformance import CHECKS, run_matrix
+    >>> CHECKS["scan"]("gemma2")            # None: scan() equals a per-head loop on Gemma 2
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable
+
+import torch
+
+from headscope.errors import InputError
+from headscope.testing import architectures as A
+
+CHECKS: dict[str, Callable[[str], str | None]] = {}
+TOL_PATTERN = 1e-5
+TOL_SCAN = 1e-4
+
+
+def _check(name: str):
+    def register(fn):
+        CHECKS[name] = fn
+        return fn
+    return register
+
+
+@functools.lru_cache(maxsize=None)
+def bridged(name: str):
+    return A.tiny_arch_model(name)
+
+
+@functools.lru_cache(maxsize=None)
+def plain(name: str):
+    return A.plain_hf(name)
+
+
+def prompts(name: str) -> list[list[int]]:
+    """Two prompts of different lengths (a right-padded batch), with repeats for induction/duplicates."""
+    a = A.random_prompt(name, 22, seed=1).tolist()
+    b = A.random_prompt(name, 15, seed=2).tolist()
+    if A.ARCHITECTURES[name].is_encoder:
+        a = a[:1] + a[1:8] + a[1:8] + a[15:]  # keep [CLS] .. [SEP] framing
+    else:
+        a = a[:1] + a[1:11] + a[1:11] + a[21:]
+    return [a, b]
+
+
+def _hf_attentions(name: str, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        out = plain(name)(torch.tensor([ids]), output_attentions=True)
+    return torch.stack([a[0] for a in out.attentions])  # [layer, head, q, k]
+
+
+def _visible(name: str, layer: int, T: int) -> torch.Tensor:
+    """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
+    if A.ARCHITECTURES[name].is_encoder:
+        return torch.ones(T, T, dtype=torch.bool)
+    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    vis = k <= q
+    window = A.layer_windows(name)[layer]
+    return vis & (q - k < window) if window else vis
+
+
+def _pattern_kinds_refused(name: str) -> str | None:
+    """On a family whose bridge only reports patterns after HF computed them, the attention-level
+    kinds must be refused with a clear error; returns the reason, or None if they are live."""
+    from headscope.interventions import UniformAttention, apply
+    from headscope.models.compat import pattern_edits_take_effect
+
+    if pattern_edits_take_effect(bridged(name)):
+        return None
+    try:
+        with apply(bridged(name), [UniformAttention(heads=[(0, 0)])]):
+            pass
+    except InputError as e:
+        assert "discarded" in str(e) and "docs/architectures.md" in str(e)
+        return "attention-level kinds refused: the bridge reports patterns after HF computes them"
+    raise AssertionError(f"{name}: pattern edits do not take effect, yet uniform attention was accepted")
+
+
+# ---------------------------------------------------------------------------------------------
+# capture
+
+
+@_check("strings")
+def check_strings(name: str) -> None:
+    """A string prompt is analysed as the model's tokenizer encodes it by default: its own special
+    tokens ([CLS] .. [SEP] on an encoder, BOS where the tokenizer adds one), nothing else."""
+    from headscope.capture import capture
+
+    text = "t5 t6 t7 t5"
+    res = capture(bridged(name), [text])
+    assert res.token_ids[0] == list(A.tokenizer_for(name)(text)["input_ids"]), f"{name}: {res.token_ids[0]}"
+
+
+@_check("patterns")
+def check_patterns(name: str) -> None:
+    """Captured patterns (a right-padded batch) equal HF's output_attentions, prompt by prompt."""
+    from headscope.capture import capture
+
+    ps = prompts(name)
+    res = capture(bridged(name), ps, keep_patterns=True, batch_size=2)
+    for ids, got in zip(ps, res.patterns):
+        ref = _hf_attentions(name, ids)
+        torch.testing.assert_close(got, ref, rtol=0, atol=TOL_PATTERN)
+
+
+@_check("reducers")
+def check_reducers(name: str) -> str | None:
+    """The six default reducers equal plain loops over HF's patterns. On an encoder, entropy is
+    over the whole (bidirectional) row and the causal-only statistics (mean backward distance,
+    induction) are reported as NaN, never as a number."""
+    import numpy as np
+
+    from headscope.capture import capture
+    from headscope.testing.reference_loops import reference_stats
+
+    ps = prompts(name)
+    res = capture(bridged(name), ps, batch_size=2)
+    encoder = A.ARCHITECTURES[name].is_encoder
+    for p, ids in enumerate(ps):
+        pattern = _hf_attentions(name, ids).double()
+        ref = reference_stats(pattern.tolist(), ids)
+        if encoder:
+            rows = pattern[:, :, 1:]  # queries 1..T-1, whole rows
+            ref["attention_entropy"] = (-torch.special.xlogy(rows, rows).sum(-1).mean(-1)).tolist()
+            for stat in ("mean_attention_distance", "induction_score"):
+                assert np.isnan(res[stat].values).all(), f"{name}: {stat} must be NaN on an encoder"
+                del ref[stat]
+        for stat, table in ref.items():
+            np.testing.assert_allclose(res[stat].values[p], np.array(table), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} {stat}")
+    return "mean backward distance and induction are NaN (causal-only)" if encoder else None
+
+
+@_check("head_outputs")
+def check_head_outputs(name: str) -> None:
+    """hook_z equals the input of HF's output projection (heads concatenated)."""
+    model, hf = bridged(name), plain(name)
+    ids = torch.tensor([prompts(name)[0]])
+    got, ref = {}, {}
+    hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: got.__setitem__(l, z.detach().clone()))
+             for l in range(model.cfg.n_layers)]
+    handles = [out_proj(hf, l).register_forward_pre_hook(lambda m, args, l=l: ref.__setitem__(l, args[0].detach()))
+               for l in range(model.cfg.n_layers)]
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            model(ids)
+        with torch.no_grad():
+            hf(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    for layer in got:
+        z = got[layer].flatten(-2)
+        torch.testing.assert_close(z, ref[layer].reshape(z.shape), rtol=1e-5, atol=1e-5)
+
+
+def out_proj(hf, layer: int) -> torch.nn.Module:
+    """The attention output projection of `layer` in a plain HF model of the matrix."""
+    t = hf.config.model_type
+    if t in ("gpt2",):
+        return hf.transformer.h[layer].attn.c_proj
+    if t == "gpt_neox":
+        return hf.gpt_neox.layers[layer].attention.dense
+    if t == "gpt_neo":
+        return hf.transformer.h[layer].attn.attention.out_proj
+    if t in ("falcon", "bloom"):
+        return hf.transformer.h[layer].self_attention.dense
+    if t == "mpt":
+        return hf.transformer.blocks[layer].attn.out_proj
+    if t == "bert":
+        return hf.bert.encoder.layer[layer].attention.output.dense
+    return hf.model.layers[layer].self_attn.o_proj
+
+
+# ---------------------------------------------------------------------------------------------
+# interventions
+
+
+def _z_and_v(model, ids, specs):
+    from headscope.interventions import apply
+
+    got = {}
+    hooks = []
+    for l in range(model.cfg.n_layers):
+        hooks.append((f"blocks.{l}.attn.hook_z", lambda t, hook, l=l: got.__setitem__(("z", l), t.detach().clone())))
+        hooks.append((f"blocks.{l}.attn.hook_v", lambda t, hook, l=l: got.__setitem__(("v", l), t.detach().clone())))
+        hooks.append((f"blocks.{l}.attn.hook_pattern", lambda t, hook, l=l: got.__setitem__(("p", l), t.detach().clone())))
+    with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=hooks):
+        logits = model(ids)
+    return got, logits
+
+
+@_check("uniform_attention")
+def check_uniform_attention(name: str) -> str | None:
+    """epsilon = 0: each edited head outputs the mean of V over exactly the keys it may see;
+    Ships' epsilon = 1e-5: within 1e-3 of it."""
+    from headscope.interventions import UniformAttention
+
+    refused = _pattern_kinds_refused(name)
+    if refused:
+        return refused
+    model = bridged(name)
+    ids = torch.tensor([prompts(name)[0]])
+    T = ids.shape[1]
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in (0, model.cfg.n_heads - 1)]
+    group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+    for eps, tol in ((0.0, 1e-5), (1e-5, 1e-3)):
+        got, _ = _z_and_v(model, ids, [UniformAttention(heads=heads, epsilon=eps)])
+        for l, h in heads:
+            v = got[("v", l)][0, :, h // group]  # [pos, d]
+            vis = _visible(name, l, T).float()
+            ref = (vis / vis.sum(-1, keepdim=True)) @ v
+            z = got[("z", l)][0, :, h]
+            scale = max(1.0, ref.abs().max().item())
+            assert (z - ref).abs().max().item() <= tol * scale, f"{name} L{l}H{h} eps={eps}"
+    return None
+
+
+@_check("zero")
+def check_zero(name: str) -> None:
+    """Zero ablation equals HF with the head's slice of the output-projection input zeroed."""
+    from headscope.interventions import ZeroAblation, run
+
+    model, hf = bridged(name), plain(name)
+    ids = torch.tensor([prompts(name)[0]])
+    d = model.cfg.d_head
+    for layer, head in ((0, 1), (model.cfg.n_layers - 1, 2)):
+        got = run(model, ids, [ZeroAblation(heads=[(layer, head)])])
+
+        def zero_slice(m, args, head=head):
+            x = args[0].clone()
+            x[..., head * d:(head + 1) * d] = 0
+            return (x,)
+        handle = out_proj(hf, layer).register_forward_pre_hook(zero_slice)
+        try:
+            with torch.no_grad():
+                ref = hf(ids).logits
+        finally:
+            handle.remove()
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@_check("scale_identity")
+def check_scale_identity(name: str) -> None:
+    """ScaleOutput(alpha=1) is the identity, bit for bit."""
+    from headscope.interventions import ScaleOutput, run
+
+    model = bridged(name)
+    ids = torch.tensor([prompts(name)[0]])
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    with torch.no_grad():
+        clean = model(ids)
+    assert torch.equal(run(model, ids, [ScaleOutput(heads=heads, alpha=1.0)]), clean)
+
+
+@_check("streaming_window")
+def check_streaming_window(name: str) -> str | None:
+    """A streaming head attends only to its sink and recent keys, and its rows still sum to one."""
+    from headscope.interventions import StreamingWindow
+
+    refused = _pattern_kinds_refused(name)
+    if refused:
+        return refused
+    model = bridged(name)
+    ids = torch.tensor([prompts(name)[0]])
+    T = ids.shape[1]
+    got, _ = _z_and_v(model, ids, [StreamingWindow(heads=[(0, 0), (1, 3)], sink=2, recent=4)])
+    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    for l, h in ((0, 0), (1, 3)):
+        p = got[("p", l)][0, h]
+        allowed = _visible(name, l, T) & ((k < 2) | (q - k < 4))
+        assert p[~allowed].abs().max().item() == 0.0, f"{name} L{l}H{h}: attention outside the window"
+        torch.testing.assert_close(p.sum(-1), torch.ones(T), rtol=0, atol=1e-5)
+    return None
+
+
+@_check("act_var_rows")
+def check_act_var_rows(name: str) -> str | None:
+    """ACT and VAR move attention mass between keys; every row still sums to one."""
+    from headscope.interventions import ACTCalibration, VARRedistribution
+
+    refused = _pattern_kinds_refused(name)
+    if refused:
+        return refused
+    model = bridged(name)
+    ids = torch.tensor([prompts(name)[0]])
+    T = ids.shape[1]
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    for spec in (ACTCalibration(heads=heads), VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))):
+        got, _ = _z_and_v(model, ids, [spec])
+        for l in range(model.cfg.n_layers):
+            torch.testing.assert_close(got[("p", l)][0].sum(-1), torch.ones(model.cfg.n_heads, T), rtol=0, atol=1e-5)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# scan
+
+
+def _kl_last(clean, variant, last):
+    c = clean[torch.arange(len(last)), last].log_softmax(-1)
+    v = variant[torch.arange(len(last)), last].log_softmax(-1)
+    return (c.exp() * (c - v)).sum(-1)
+
+
+@_check("scan")
+def check_scan(name: str) -> str | None:
+    """scan() equals one forward per head (1e-4) for every kind that applies, and a no-op scan is 0;
+    the replay's self-check passes (no fallback warning) on every family of the matrix."""
+    import numpy as np
+
+    from headscope.interventions import KINDS, run, scan
+
+    model = bridged(name)
+    ps = prompts(name)
+    width = max(map(len, ps))
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([p + [pad] * (width - len(p)) for p in ps])
+    mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ps])
+    last = torch.tensor([len(p) - 1 for p in ps])
+    with torch.no_grad():
+        clean = model(tokens, attention_mask=mask)
+    kinds = [("zero", {}), ("scale", {"alpha": 2.0}), ("mean", {})]
+    if _pattern_kinds_refused(name) is None:
+        kinds += [("uniform_attention", {}), ("uniform_attention", {"epsilon": 1e-5}),
+                  ("streaming_window", {"sink": 1, "recent": 3})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a replay fallback would warn
+        noop = scan(model, ps, "scale", "kl_last", alpha=1.0)
+        assert np.nanmax(np.abs(noop.values)) < 1e-9, f"{name}: no-op scan gave {np.nanmax(np.abs(noop.values))}"
+        for kind, params in kinds:
+            got = scan(model, ps, kind, "kl_last", **params)
+            for l in range(model.cfg.n_layers):
+                for h in range(model.cfg.n_heads):
+                    spec = KINDS[kind](heads=[(l, h)], **params)
+                    if kind == "mean":
+                        spec = KINDS[kind](heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
+                    ref = _kl_last(clean, run(model, tokens, [spec], attention_mask=mask), last)
+                    np.testing.assert_allclose(got.values[:, l, h], ref.numpy(), rtol=TOL_SCAN, atol=TOL_SCAN,
+                                               err_msg=f"{name} {kind} L{l}H{h}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+@_check("generation")
+def check_generation(name: str) -> str | None:
+    """KV-cached greedy generation equals full recomputation, a plain HF argmax loop, and HF
+    `generate` (which stops at EOS: compared up to there)."""
+    from headscope.generation import greedy_generate
+
+    if A.ARCHITECTURES[name].is_encoder:
+        return "encoder: no generation"
+    model, hf = bridged(name), plain(name)
+    for ids in prompts(name):
+        got = greedy_generate(model, ids, 6)
+        assert got == greedy_generate(model, ids, 6, use_cache=False), f"{name}: cached != recompute"
+        seq = list(ids)
+        with torch.no_grad():
+            for _ in range(6):
+                seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
+            x = torch.tensor([ids])
+            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False,
+                              pad_token_id=0)[0, len(ids):].tolist()
+        assert got == seq[len(ids):], f"{name}: != plain HF greedy loop"
+        assert ref and got[:len(ref)] == ref, f"{name}: != HF generate"
+    return None
+
+
+@_check("retrieval")
+def check_retrieval(name: str) -> str | None:
+    """The retrieval score's teacher-forced mode (one forward over prompt + answer) equals its
+    generate mode (the paper's step-by-step KV-cached decoding), with copy events to compare."""
+    import numpy as np
+
+    from headscope.analyzers.retrieval import RetrievalHeads
+    from headscope.generation import greedy_generate
+    from headscope.inputs.needle import NeedleSample
+
+    if A.ARCHITECTURES[name].is_encoder:
+        return "encoder: no generation"
+    model = bridged(name)
+    samples = []
+    for seed in range(4):
+        ids = A.random_prompt(name, 12, seed=seed).tolist()
+        full = ids + greedy_generate(model, ids, 12)  # the answer is the model's own continuation
+        P = len(full)  # a "needle" covering the whole prompt: any copy from it counts
+        samples.append(NeedleSample(tuple(full), (0, P), (0, P), tuple(full), "", P, 0.0, "repeat", "all",
+                                    "repeats", False))
+    tf = RetrievalHeads(span="needle", success_rouge=-1).fit(model, samples)
+    gen = RetrievalHeads(span="needle", success_rouge=-1, mode="generate").fit(model, samples)
+    assert np.nansum(tf.sample_scores_.values) > 0, f"{name}: no copy events to compare"
+    np.testing.assert_allclose(tf.sample_scores_.values, gen.sample_scores_.values, rtol=0, atol=1e-12)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def run_matrix(names=None, checks=None) -> dict[str, dict[str, str]]:
+    """{arch: {check: "ok" | reason | "FAIL: ..."}} for every architecture and check."""
+    out = {}
+    for name in names or A.ARCHITECTURES:
+        row = {}
+        for check in checks or CHECKS:
+            try:
+                reason = CHECKS[check](name)
+                row[check] = "ok" if reason is None else reason
+            except Exception as e:  # the table reports a failure; the test suite raises it
+                row[check] = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        out[name] = row
+    return out
+
+
+def markdown(table: dict[str, dict[str, str]]) -> str:
+    checks = list(next(iter(table.values())))
+    notes: list[str] = []
+
+    def cell(text):
+        if text == "ok":
+            return "✓"
+        if text not in notes:
+            notes.append(text)
+        return f"— ({notes.index(text) + 1})"
+
+    lines = ["| family | attention | features | " + " | ".join(checks) + " |",
+             "|---|---|---|" + "---|" * len(checks)]
+    for name, row in table.items():
+        arch = A.ARCHITECTURES[name]
+        lines.append(f"| `{name}` | {arch.attention} | {', '.join(arch.features) or '—'} | "
+                     + " | ".join(cell(row[c]) for c in checks) + " |")
+    lines.append("")
+    lines += [f"({i + 1}) {n}" for i, n in enumerate(notes)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(run_matrix()))
