@@ -45,7 +45,7 @@ def needle_grid(model, lengths, forms, n, seed, max_new_tokens) -> pd.DataFrame:
     rows = []
     for form in forms:
         for length in lengths:
-            for s in make_needle_prompts(model.tokenizer, n, [length], seed=seed, form=form):
+            for s in make_needle_prompts(model, n, [length], seed=seed, form=form):
                 out: list[int] = []
 
                 def done(step, token, acts, s=s, out=out):

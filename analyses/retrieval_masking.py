@@ -81,7 +81,7 @@ def main() -> None:
     detector.fit(model)
     params = detector.get_params()
     ranking = [tuple(map(int, r)) for r in detector.scores_.top(model.cfg.n_layers * model.cfg.n_heads)[["layer", "head"]].values]
-    samples = make_needle_prompts(model.tokenizer, args.n_samples, params["context_lengths"], seed=1, form=params["prompt_form"])
+    samples = make_needle_prompts(model, args.n_samples, params["context_lengths"], seed=1, form=params["prompt_form"])
     ks = [int(k) for k in args.ks.split(",")]
     pool = ranking[args.exclude_top:]
     rng = np.random.default_rng(0)

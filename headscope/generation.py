@@ -29,7 +29,7 @@ import torch
 
 from .errors import InputError
 from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
-from .models.info import model_info
+from .models.info import model_device, model_info
 
 # Sites whose query axis is dim 2 ([batch, head, q, k]); every other site has it at dim 1.
 _QK_SITES = ("attn_scores", "pattern")
@@ -160,7 +160,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
     n_layers = model_info(model).n_layers
     stash: dict[str, dict[int, torch.Tensor]] = {s: {} for s in (observe or ())}
     observers = _observers(observe, n_layers, stash) if observe else []
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     images = _image_kwargs(model, ids, pixel_values, device)
     # The KV cache is a shortcut: verified once per model against a full forward; without it, recompute.
     use_cache = use_cache and kv_cache_verified(model, ids, images)

@@ -199,9 +199,9 @@ def test_answers_never_occur_in_the_haystack():
 @pytest.mark.parametrize("form", ["completion", "question", "chat"])
 def test_needle_prompts_locate_the_needle_exactly(smol, form):
     tok = smol.tokenizer
-    samples = make_needle_prompts(tok, 10, [250, 600], seed=3, form=form)
-    assert samples == make_needle_prompts(tok, 10, [250, 600], seed=3, form=form)  # seeded
-    assert samples != make_needle_prompts(tok, 10, [250, 600], seed=4, form=form)
+    samples = make_needle_prompts(smol, 10, [250, 600], seed=3, form=form)
+    assert samples == make_needle_prompts(smol, 10, [250, 600], seed=3, form=form)  # seeded
+    assert samples != make_needle_prompts(smol, 10, [250, 600], seed=4, form=form)
     needles = {n["id"]: n for n in load_needles()}
     assert sorted({s.depth for s in samples[:10]}) == pytest.approx(list(np.linspace(0, 100, 10)))
     for s in samples:
@@ -219,7 +219,7 @@ def test_needle_prompts_locate_the_needle_exactly(smol, form):
 
 @pytest.mark.real_model
 def test_smol_teacher_forced_equals_hf_loop_and_generate_mode(smol, smol_hf):
-    samples = make_needle_prompts(smol.tokenizer, 2, [150], seed=0, form="completion")
+    samples = make_needle_prompts(smol, 2, [150], seed=0, form="completion")
     stops = stop_token_ids(smol.tokenizer)
     tf = RetrievalHeads(max_new_tokens=6, success_rouge=-1).fit(smol, samples)
     gen = RetrievalHeads(max_new_tokens=6, success_rouge=-1, mode="generate").fit(smol, samples)
@@ -240,3 +240,20 @@ def test_smol_end_to_end(smol):
     assert all(fit.scores_.score(l, h) > 0.1 for l, h in fit.heads_)
     fig = fit.plot()
     assert fig.data and "retrieval" in fig.layout.title.text
+
+
+def test_needle_prompts_take_bos_from_the_tokenizer_and_paper_forms_are_byte_for_byte():
+    from headscope.testing.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer(48)  # adds BOS by default, like Llama-2's (the paper code's self.enc(text))
+    for form in ("completion", "question", "paper"):
+        for s in make_needle_prompts(tok, 2, [80], form=form, seed=1):
+            assert s.prompt_ids[0] == tok.bos_token_id
+            assert list(s.prompt_ids[slice(*s.answer_span)]) == list(s.answer_ids)
+        s = make_needle_prompts(tok, 1, [80], form=form, seed=1, prepend_bos=False)[0]
+        assert s.prompt_ids[0] != tok.bos_token_id
+    needle = load_needles()[0]
+    s = make_needle_prompts(tok, 1, [80], form="paper", needles=[needle])[0]
+    tail = tok("Based on the content of the book, Question: " + needle["question"] + "\nAnswer:",
+               add_special_tokens=False)["input_ids"]
+    assert list(s.prompt_ids[-len(tail):]) == tail

@@ -118,3 +118,17 @@ def test_ships_on_smollm2_matches_the_hf_reference(smol, smol_hf):
         np.testing.assert_allclose(ships.scores_.values[:, head[0], head[1]], ref_ships(smol_hf, ids, head, 1e-5),
                                    rtol=1e-3, atol=1e-5)
     assert ships.plot() is not None and len(ships.heads_) == 10
+
+
+def test_paper_templates_byte_for_byte_with_the_tokenizers_special_tokens():
+    from headscope.analyzers._safety_inputs import TEMPLATES, safety_prompt_ids
+    from headscope.testing.architectures import tiny_arch_model
+
+    assert TEMPLATES["ships"] == "## Query:{query} \n## Answer:"
+    assert TEMPLATES["sahara"] == "## Query:{query}\n## Answer:"
+    assert TEMPLATES["query"] == "## Query: {query}\n## Answer:"
+    model = tiny_arch_model("llama")  # its tokenizer adds BOS, like Llama-2's: the code's tokenizer(text) keeps it
+    for fmt, template in TEMPLATES.items():
+        text = template.replace("{query}", "t5 t6")
+        assert safety_prompt_ids(model, ["t5 t6"], fmt) == [model.tokenizer(text)["input_ids"]]
+        assert safety_prompt_ids(model, ["t5 t6"], fmt)[0][0] == model.tokenizer.bos_token_id

@@ -118,6 +118,32 @@ def test_var_keeps_rows_stochastic_and_moves_exactly_the_freed_sink_mass(planted
     assert n_edited > 0
 
 
+def test_a_layer_with_only_text_sinks_is_left_untouched(planted):
+    """The official code forks no head in a layer without a visual sink; here the image holds no planted
+    sink, so BOS is the only (text) sink and VAR must edit nothing unless asked to."""
+    model, _ = planted
+    prompts = [[1, 5, 6, 30, 31, 32, 33, 34, 35, 7, 8, 9, 10, 11, 12]]
+    vs = VisualSink(tau=5.0, min_image_attention=0.0, rho=0.0).fit(model, prompts)
+    assert vs.sinks_at(0, 2) == [0] and vs.visual_sinks_.empty
+    assert vs.var_interventions(0) == []
+    loose = VisualSink(tau=5.0, min_image_attention=0.0, rho=0.0, require_visual_sink=False).fit(model, prompts)
+    specs = loose.var_interventions(0)
+    assert [spec.heads[0][0] for spec in specs] == [2] and list(specs[0].sinks) == [0]
+
+
+def test_rho_conventions_are_one_threshold_read_two_ways(planted):
+    model, _ = planted
+    paper = VisualSink(tau=5.0, min_image_attention=0.3, rho=0.6).fit(model, PROMPTS)
+    code = VisualSink(tau=5.0, min_image_attention=0.3, rho=0.4, rho_convention="code").fit(model, PROMPTS)
+    np.testing.assert_array_equal(paper.scores_.values, code.scores_.values)
+    assert paper.var_interventions(0) == code.var_interventions(0)
+    assert paper.var_interventions(0)[0].max_sink_share == pytest.approx(0.4)
+    other = VisualSink(tau=5.0, min_image_attention=0.3, rho=0.6, rho_convention="code").fit(model, PROMPTS)
+    assert other.var_interventions(0)[0].max_sink_share == pytest.approx(0.6)
+    with pytest.raises(InputError, match="rho_convention"):
+        VisualSink(rho_convention="paperish").fit(model, PROMPTS)
+
+
 def test_inputs_are_checked():
     model = tiny_model(n_layers=4, seed=3)
     with pytest.raises(InputError, match="smollm2-visual-sinks"):

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from ..inputs.tokens import encode
+from ..models.info import model_info
 
-# The official code's template for Generalized Ships / the Ships quick-start.
-QUERY_TEMPLATE = "## Query: {query}\n## Answer:"
+# The official code's templates (Zhou et al. 2024), byte for byte:
+QUERY_TEMPLATE = "## Query: {query}\n## Answer:"  # `ships_test` (generation) and the quick-start
+TEMPLATES = {
+    "raw": "{query}",  # `get_ships` without a template (use_tem=False)
+    "query": QUERY_TEMPLATE,
+    "ships": "## Query:{query} \n## Answer:",  # `SHIPS.main` scoring with use_tem=True
+    "sahara": "## Query:{query}\n## Answer:",  # Generalized Ships / Sahara
+}
 
 
 def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
@@ -13,7 +21,9 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
 
     "chat": the model's chat template with the assistant turn opened (how the safety-tuned
     testbed was trained, so where its refusal lives); "raw": the text as is (Ships' get_ships);
-    "query": the paper code's "## Query: ...\\n## Answer:"; or any template with a {query} field.
+    "query", "ships", "sahara": the paper code's templates (`TEMPLATES`); or any template with a
+    {query} field. Non-chat formats are encoded as the code's `tokenizer(text)` does: with the
+    tokenizer's own special tokens (BOS on Llama-2 / Mistral, none on SmolLM2).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -24,11 +34,13 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
         from ..safety import chat_ids
 
         return [chat_ids(model, p) for p in prompts]
-    template = {"raw": "{query}", "query": QUERY_TEMPLATE}.get(prompt_format, prompt_format)
+    template = TEMPLATES.get(prompt_format, prompt_format)
     if "{query}" not in template:
-        raise InputError(f"prompt_format must be 'chat', 'raw', 'query' or a template containing {{query}}, "
-                         f"got {prompt_format!r}")
-    return [model.tokenizer(template.replace("{query}", p), add_special_tokens=False)["input_ids"] for p in prompts]
+        raise InputError(f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
+                         f"{{query}}, got {prompt_format!r}")
+    info = model_info(model)
+    return [encode(model.tokenizer, template.replace("{query}", p), info.prepend_bos, info.bos_token_id)
+            for p in prompts]
 
 
 def default_harmful_prompts() -> list[str]:

@@ -179,7 +179,7 @@ class RetrievalHeads(Analyzer):
 
     def _samples(self, model, data) -> list[NeedleSample]:
         if data is None:
-            return make_needle_prompts(model.tokenizer, self.n_samples, self.context_lengths, self.depths,
+            return make_needle_prompts(model, self.n_samples, self.context_lengths, self.depths,
                                        self.seed, self.prompt_form)
         if isinstance(data, str) and data == "repeats":
             info = model_info(model)

@@ -122,7 +122,7 @@ class StreamingHeads(Analyzer):
             from ..inputs.needle import make_needle_prompts
             from .retrieval import needle_accuracy
 
-            samples = needle_samples or make_needle_prompts(model.tokenizer, 10, [200], seed=self.seed + 1)
+            samples = needle_samples or make_needle_prompts(model, 10, [200], seed=self.seed + 1)
             score = lambda specs: needle_accuracy(model, samples, specs)
         else:
             raise InputError(f"task={task!r} is not one of ('copy', 'needle')")

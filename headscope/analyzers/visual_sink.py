@@ -35,15 +35,16 @@ _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_ro
 class ImageCentricRows(PhiTopK):
     """PhiTopK with given sink dims (exact phi) that also, per layer >= 2, marks sink tokens (phi > tau)
     and tests every query row after the image: image-centric iff it gives the image >= min_image_attention
-    and the image's non-sink tokens hold >= rho of that (docs/methods.md, VAR; `HeadFork`)."""
+    and its visual sinks hold at most `max_sink_share` of that (docs/methods.md, VAR; `HeadFork`)."""
 
     name = "image_centric"
     needs = ("resid_pre", "pattern")
     description = "Fraction of query rows after the image that are image-centric (Kang et al. 2025)."
 
-    def __init__(self, spans, sink_dims, tau, rho, min_image_attention):
+    def __init__(self, spans, sink_dims, tau, max_sink_share, min_image_attention):
         super().__init__(sink_dims=sink_dims)
-        self.spans, self.tau, self.rho, self.min_image = list(spans), float(tau), float(rho), float(min_image_attention)
+        self.spans, self.tau, self.min_image = list(spans), float(tau), float(min_image_attention)
+        self.max_sink_share = float(max_sink_share)
 
     def start(self, info, n_prompts):
         super().start(info, n_prompts)
@@ -69,7 +70,7 @@ class ImageCentricRows(PhiTopK):
             image = rows[..., s:e].sum(-1)  # [head, q]
             on_sinks = rows[..., vis_sink].sum(-1)
             attending = image >= self.min_image
-            centric = attending & (image - on_sinks >= self.rho * image)
+            centric = attending & (on_sinks <= self.max_sink_share * image)
             for key, v in (("fraction", centric.float()), ("attending", attending.float()), ("image", image),
                            ("visual_sink", on_sinks), ("text_sink", rows[..., text_sink].sum(-1))):
                 self._stats[key][p, layer] = v.mean(-1).numpy()
@@ -86,8 +87,13 @@ class VisualSink(Analyzer):
     Args:
         tau: sink threshold on phi (20, the paper's). phi <= sqrt(d_model) (24 for SmolLM2): calibrate it
             from the phi histogram (`phi_table()`, `plot_phi_histogram()`, `tau_gap()`).
-        rho: an image-centric row gives >= rho of its image attention to non-sink image tokens (0.5;
-            paper: 0.8 general, 0.5 hallucination, 0.9 vision-centric tasks).
+        rho: the image-centric threshold, read by `rho_convention` (0.5, where both agree).
+        rho_convention: "paper" (default): a row is image-centric when its non-sink image tokens hold
+            >= rho of its image attention (the paper's r >= rho; 0.8 general, 0.5 hallucination, 0.9
+            vision-centric tasks). "code": when its visual sinks hold <= rho of it (`HeadFork`'s test), so
+            code rho = 1 - paper rho; they agree only at 0.5.
+        require_visual_sink: VAR edits a layer only when it has a visual sink (True, as the official code:
+            a layer whose sinks are all text tokens is left untouched); False edits every layer with a sink.
         min_image_attention: ... and >= this much attention to the image overall (0.2, the code's `summ`).
         keep_fraction: fraction of sink attention VAR KEEPS (0.6, the official code's p; the paper's p is
             the fraction removed).
@@ -111,12 +117,15 @@ class VisualSink(Analyzer):
     description = ("Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
                    "heads and VAR redistribution specs (Kang et al. 2025).")
 
-    def __init__(self, tau: float = 20.0, rho: float = 0.5, min_image_attention: float = 0.2,
+    def __init__(self, tau: float = 20.0, rho: float = 0.5, rho_convention: str = "paper",
+                 require_visual_sink: bool = True, min_image_attention: float = 0.2,
                  keep_fraction: float = 0.6, min_head_fraction: float = 0.5, sink_dims: list[int] | None = None,
                  massive_min_abs: float = 100.0, massive_min_ratio: float = 1000.0, n_default_prompts: int = 8,
                  batch_size: int = 8):
         self.tau = tau
         self.rho = rho
+        self.rho_convention = rho_convention
+        self.require_visual_sink = require_visual_sink
         self.min_image_attention = min_image_attention
         self.keep_fraction = keep_fraction
         self.min_head_fraction = min_head_fraction
@@ -134,6 +143,11 @@ class VisualSink(Analyzer):
         number("tau", 0, np.inf)
         for name in ("rho", "min_image_attention", "keep_fraction", "min_head_fraction"):
             number(name, 0, 1)
+        if self.rho_convention not in ("paper", "code"):
+            raise InputError(f"rho_convention={self.rho_convention!r} must be 'paper' (non-sink share >= rho) "
+                             "or 'code' (sink share <= rho, the official HeadFork test)")
+        if not isinstance(self.require_visual_sink, bool):
+            raise InputError(f"require_visual_sink={self.require_visual_sink!r} must be True or False")
         for name in ("n_default_prompts", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -168,9 +182,11 @@ class VisualSink(Analyzer):
         self._validate(info.d_model)
         inputs, tokens = self._inputs(model, data)
         self.image_spans_ = [image_span(model, ids) for ids in tokens]
+        # The sink share a row may give at most: one number for both conventions.
+        self.max_sink_share_ = 1.0 - self.rho if self.rho_convention == "paper" else float(self.rho)
         self.sink_dims_ = sorted({int(d) for d in self.sink_dims}) if self.sink_dims is not None else \
             self._find_sink_dims(model, inputs)
-        rows = ImageCentricRows(self.image_spans_, self.sink_dims_, self.tau, self.rho, self.min_image_attention)
+        rows = ImageCentricRows(self.image_spans_, self.sink_dims_, self.tau, self.max_sink_share_, self.min_image_attention)
         res = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]
         self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
         self.token_ids_ = tokens
@@ -187,7 +203,8 @@ class VisualSink(Analyzer):
                               params=self.get_params(), description=description)
         self.scores_ = scores("fraction", "image_centric_fraction",
                               f"fraction of query rows after the image with image attention >= "
-                              f"{self.min_image_attention} and non-sink share >= rho = {self.rho}")
+                              f"{self.min_image_attention} and visual-sink share <= {self.max_sink_share_:g} "
+                              f"(rho = {self.rho}, {self.rho_convention} convention)")
         self.attending_fraction_ = scores("attending", "image_attending_fraction",
                                           f"fraction of query rows after the image with image attention >= "
                                           f"{self.min_image_attention} (image-centric or sink-dominated)")
@@ -226,10 +243,11 @@ class VisualSink(Analyzer):
         return sorted(self._sink_sets.get((int(prompt), int(layer)), ()))
 
     def var_interventions(self, prompt: int = 0, keep_fraction: float | None = None) -> list[VARRedistribution]:
-        """VAR for one fitted prompt: per layer 2..L-2 with sinks, one spec over all heads whose sinks are that
-        layer's sink tokens (visual and text, as in the code), targets the image span, rows = text queries
-        after the image (prefill), edited only where the row is image-centric (min_target_mass =
-        min_image_attention, max_sink_share = 1 - rho). The last layer and layers 0-1 are never edited.
+        """VAR for one fitted prompt: per layer 2..L-2 with a visual sink (any sink if `require_visual_sink`
+        is False), one spec over all heads whose sinks are that layer's sink tokens (visual and text, as in
+        the code), targets the image span, rows = text queries after the image (prefill), edited only where
+        the row is image-centric (min_target_mass = min_image_attention, max_sink_share from rho and its
+        convention). The last layer and layers 0-1 are never edited.
 
         Run it on that prompt's ids (`token_ids_[prompt]`): the positions are that prompt's.
         """
@@ -241,10 +259,12 @@ class VisualSink(Analyzer):
         specs = []
         for layer in range(FIRST_SINK_LAYER, self.n_layers_ - 1):
             sinks = self.sinks_at(prompt, layer)
-            if sinks and e < len(self.token_ids_[prompt]):
-                specs.append(VARRedistribution(heads=[(layer, h) for h in range(self.n_heads_)], positions=(e, None),
-                                               sinks=sinks, targets=(s, e), keep_fraction=keep,
-                                               min_target_mass=self.min_image_attention, max_sink_share=1.0 - self.rho))
+            visual = [t for t in sinks if s <= t < e]
+            if not sinks or e >= len(self.token_ids_[prompt]) or (self.require_visual_sink and not visual):
+                continue  # the official code leaves a layer without a visual sink untouched
+            specs.append(VARRedistribution(heads=[(layer, h) for h in range(self.n_heads_)], positions=(e, None),
+                                           sinks=sinks, targets=(s, e), keep_fraction=keep,
+                                           min_target_mass=self.min_image_attention, max_sink_share=self.max_sink_share_))
         return specs
 
     # --- calibrating tau ---------------------------------------------------------------------------------

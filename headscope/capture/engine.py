@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..inputs.images import batch_forward_kwargs, images_of
 from ..inputs.tokens import iter_batches, to_token_lists
-from ..models.info import model_info
+from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .context import BatchContext
 from .reducers import Reducer, default_reducers
@@ -82,6 +82,15 @@ def _check_reducers(reducers) -> list[Reducer]:
     return reducers
 
 
+def for_reducers(tensor: torch.Tensor) -> torch.Tensor:
+    """An activation as reducers see it: detached, on the CPU, floating point in at least fp32 (so a
+    bf16/fp16 or GPU model gives statistics accumulated in fp32 by the same reducer code)."""
+    t = tensor.detach()
+    if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.cpu()
+
+
 def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, keep_patterns: bool = False,
             prepend_bos: bool | None = None, progress: bool | None = None) -> CaptureResult:
     """Run `model` over `inputs` and reduce each layer's activations to per-head statistics.
@@ -122,6 +131,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
 
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
     batches = list(iter_batches(token_lists, batch_size, pad_id))
+    device = model_device(model)  # inputs follow the model; reducers work on CPU float32 copies
     show = progress if progress is not None else len(batches) > 1
     stop = layers[-1] + 1 if layers[-1] + 1 < info.n_layers else None
     for batch in tqdm(batches, desc="capture", unit="batch", disable=not show):
@@ -130,7 +140,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
 
         def make_hook(layer: int, site: str):
             def hook(tensor, hook):
-                stash[site] = tensor.detach()
+                stash[site] = for_reducers(tensor)
                 if site == last_site:
                     acts = dict(stash)
                     stash.clear()
@@ -145,7 +155,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
 
         hooks = [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop,
+            model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop,
                   **batch_forward_kwargs(images, batch.index))
         stash.clear()
 

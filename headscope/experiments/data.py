@@ -19,7 +19,7 @@ from ._fields import Section, as_bool, as_list, as_str, fail, type_name
 
 # name -> (module, function, argument headscope supplies from the model, kind of items produced)
 GENERATORS = {
-    "needle": ("headscope.inputs.needle", "make_needle_prompts", "tokenizer", "needle"),
+    "needle": ("headscope.inputs.needle", "make_needle_prompts", "tokenizer_or_model", "needle"),
     "repeat_samples": ("headscope.inputs.needle", "make_repeat_samples", "vocab_size", "needle"),
     "repeated_tokens": ("headscope.inputs.probes", "repeated_random_tokens", "vocab_size", "tokens"),
     "prompt_set": ("headscope.safety.prompts", "prompt_set", None, "text"),
@@ -206,8 +206,8 @@ def materialize(spec: DataSpec, model, info) -> Dataset:
             func = _generator(spec.generator, spec.path)
             supplied = GENERATORS[spec.generator][2]
             extra = {}
-            if supplied == "tokenizer":
-                extra["tokenizer"] = model.tokenizer
+            if supplied == "tokenizer_or_model":  # the model: its BOS default, not the bridge tokenizer's
+                extra["tokenizer_or_model"] = model
             elif supplied == "vocab_size":
                 extra["vocab_size"] = int(model.cfg.d_vocab)
             params = dict(spec.params)

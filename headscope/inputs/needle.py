@@ -10,9 +10,21 @@ between two haystack sentences, at the sentence boundary nearest to `depth` % of
 
 Prompt forms (the answer is always the needle's answer, e.g. " marmalade"):
 - "completion": `{haystack}\\n{needle prefix}`               ("... The secret code word is")
-- "question":   `{haystack}\\n\\nBased on the content of the book, Question: {q}\\nAnswer:` (the paper's)
+- "question":   `{haystack}\\n\\nBased on the content of the book, Question: {q}\\nAnswer:`
+- "paper":      `{haystack}Based on the content of the book, Question: {q}\\nAnswer:`, byte for byte
+  the Retrieval_Head code's `context + question` (no separator)
 - "chat":       the tokenizer's chat template around `<book>{haystack}</book>\\nBased on the content
-  of the book, Question: {q}`, with the assistant turn opened (the paper's instruct-model form).
+  of the book, Question: {q}`, with the assistant turn opened
+- "paper-chat": as "chat" with the code's `\\nAnswer:` inside the user turn (its instruct-model form)
+
+BOS: non-chat forms start with the tokenizer's BOS when the tokenizer adds one by default (the code's
+`self.enc(text)` puts `<s>` first on Llama / Mistral; SmolLM2's adds none); `prepend_bos=` overrides.
+Chat forms carry whatever their template holds.
+
+Which span is the paper's: the code scores copies from the *answer phrase* (`real_needle`, found with
+`find_needle_idx`), i.e. `span="answer"` in `RetrievalHeads`; `span="needle"` (the whole needle
+sentence) is a headscope variant. The paper's answers are 14-20 words; the bundled needles' are 1-5
+tokens, so one copy event is worth 0.2-1.0 here against ~0.05 there (see docs/retrieval-heads.md).
 """
 
 from __future__ import annotations
@@ -26,10 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..models.info import tokenizer_adds_bos
 from ..paths import data_dir
 from .probes import repeated_random_tokens
 
-FORMS = ("completion", "question", "chat")
+FORMS = ("completion", "question", "paper", "chat", "paper-chat")
+_CHAT_FORMS = ("chat", "paper-chat")
 DEFAULT_DEPTHS = tuple(float(d) for d in np.linspace(0, 100, 10))  # the paper's depth grid
 QUESTION = "Based on the content of the book, Question: "
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -39,8 +53,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 class NeedleSample:
     """One retrieval prompt. Spans are [start, end) token indices into `prompt_ids`.
 
-    `needle_span` covers the whole needle sentence (the paper's i_q); `answer_span` the tokens the
-    model should copy (`answer_ids == prompt_ids[answer_span]`). `stop` says whether greedy decoding
+    `needle_span` covers the whole needle sentence; `answer_span` the tokens the model should copy
+    (`answer_ids == prompt_ids[answer_span]`), the span the paper's code scores (`real_needle`). `stop` says whether greedy decoding
     should end at a newline/EOS (needles) or run for len(answer_ids) steps (repeats).
     """
 
@@ -97,14 +111,18 @@ def _scaffold(tokenizer, form: str, needle: dict) -> tuple[list[int], list[int]]
         return [], _ids(tokenizer, "\n" + needle["prefix"])
     if form == "question":
         return [], _ids(tokenizer, "\n\n" + QUESTION + needle["question"] + "\nAnswer:")
+    if form == "paper":
+        return [], _ids(tokenizer, QUESTION + needle["question"] + "\nAnswer:")
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("form='chat' needs a tokenizer with a chat template; use 'completion' or 'question'")
+        raise InputError(f"form={form!r} needs a tokenizer with a chat template; use 'completion', 'question' "
+                         "or 'paper'")
     marker = "\x00HAYSTACK\x00"
     text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
                                          tokenize=False)
     before, after = text.split(marker)
+    answer = "\nAnswer:" if form == "paper-chat" else ""
     return (_ids(tokenizer, before + "<book>"),
-            _ids(tokenizer, "</book>\n" + QUESTION + needle["question"] + after))
+            _ids(tokenizer, "</book>\n" + QUESTION + needle["question"] + answer + after))
 
 
 def _needle_ids(tokenizer, needle: dict, sep: str) -> tuple[list[int], int, int]:
@@ -115,17 +133,21 @@ def _needle_ids(tokenizer, needle: dict, sep: str) -> tuple[list[int], int, int]
     return head + answer + tail, len(head), len(head) + len(answer)
 
 
-def make_needle_prompts(tokenizer, n: int, context_lengths, depths=None, seed: int = 0, form: str = "completion",
-                        *, needles: list[dict] | None = None, haystack: list[str] | None = None) -> list[NeedleSample]:
+def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None, seed: int = 0, form: str = "completion",
+                        *, needles: list[dict] | None = None, haystack: list[str] | None = None,
+                        prepend_bos: bool | None = None) -> list[NeedleSample]:
     """`n` seeded needle prompts per context length (in tokens, the whole prompt). Depths cycle through
     `depths` (default the paper's linspace(0, 100, 10)) from a random offset, needles cycle in a
     seeded order, haystack start points are random. Prompts are filled with whole sentences up to
     `context_length` tokens (a needle at depth 0 can add one token).
 
+    Pass the model (a bridge) or a plain tokenizer. `prepend_bos`: None = the model's BOS default, or
+    what a plain tokenizer does by default (non-chat forms only); True / False force it.
+
     Example:
         >>> import headscope
-        >>> tok = headscope.load_model().tokenizer                                  # doctest: +SKIP
-        >>> s = make_needle_prompts(tok, 2, [200], seed=0)[0]                       # doctest: +SKIP
+        >>> model = headscope.load_model()                                          # doctest: +SKIP
+        >>> s = make_needle_prompts(model, 2, [200], seed=0)[0]                     # doctest: +SKIP
         >>> list(s.prompt_ids[slice(*s.answer_span)]) == list(s.answer_ids)         # doctest: +SKIP
         True
     """
@@ -139,6 +161,17 @@ def make_needle_prompts(tokenizer, n: int, context_lengths, depths=None, seed: i
     depths = DEFAULT_DEPTHS if depths is None else tuple(float(d) for d in depths)
     if not depths or any(not 0 <= d <= 100 for d in depths):
         raise InputError(f"depths must be percentages in [0, 100], got {depths}")
+    if hasattr(tokenizer_or_model, "cfg") and hasattr(tokenizer_or_model, "tokenizer"):
+        # A bridge: TransformerLens makes its tokenizer always add BOS, so the model's own default
+        # (set from the original tokenizer when headscope booted it) decides.
+        tokenizer = tokenizer_or_model.tokenizer
+        default_bos = bool(getattr(tokenizer_or_model.cfg, "default_prepend_bos", False))
+    else:
+        tokenizer = tokenizer_or_model
+        default_bos = tokenizer_adds_bos(tokenizer)
+    bos = default_bos if prepend_bos is None else bool(prepend_bos)
+    if bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise InputError("prepend_bos=True but the tokenizer has no BOS token; pass prepend_bos=False")
     needles = load_needles() if needles is None else needles
     sents = _sentences(load_haystack() if haystack is None else haystack)
     sent_ids = [(_ids(tokenizer, s), _ids(tokenizer, " " + s), _ids(tokenizer, "\n\n" + s)) for _, s in sents]
@@ -157,6 +190,8 @@ def make_needle_prompts(tokenizer, n: int, context_lengths, depths=None, seed: i
                 order = rng.sample(range(len(needles)), len(needles))
             needle, depth = needles[order.pop()], depths[(j + shift) % len(depths)]
             before, after = _scaffold(tokenizer, form, needle)
+            if bos and form not in _CHAT_FORMS:
+                before = [tokenizer.bos_token_id] + before
             budget = length - len(before) - len(after) - len(_needle_ids(tokenizer, needle, " ")[0])
             # Consecutive sentences from a random start (wrapping around the corpus) until the budget.
             start, chosen, used = rng.randrange(len(sents)), [], 0

@@ -37,10 +37,10 @@ class LogitDiff:
         self.answer_ids = answer_ids  # [n_prompts, 2] (correct, wrong)
 
     def __call__(self, base, variant, batch):
-        ids = self.answer_ids[torch.as_tensor(batch.index)]  # [batch, 2]
+        ids = self.answer_ids[torch.as_tensor(batch.index)].to(variant.device)  # [batch, 2]
 
         def diff(logits):
-            last = logits[:, -1]
+            last = logits[:, -1].float()  # fp32 whatever the model's dtype
             return last.gather(-1, ids[:, :1])[:, 0] - last.gather(-1, ids[:, 1:])[:, 0]
         return diff(variant) - diff(base)
 
@@ -55,9 +55,9 @@ class LossChange:
 
 
 def _loss(logits, batch):
-    targets = batch.tokens[:, 1:]
-    valid = batch.valid[:, 1:].float()
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # [batch, pos-1]
+    targets = batch.tokens[:, 1:].to(logits.device)
+    valid = batch.valid[:, 1:].float().to(logits.device)
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")  # [batch, pos-1], fp32
     return (nll * valid).sum(-1) / valid.sum(-1).clamp_min(1)
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..capture.engine import SITES
 from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
-from ..models.info import model_info
+from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .hooks import check_editable, layer_hook, query_slice
 from .metrics import resolve_metric
@@ -98,8 +98,9 @@ class _CleanRun:
                 handles.append(model.blocks[layer].register_forward_pre_hook(grab(layer), with_kwargs=True))
             handles.append(model.ln_final.register_forward_hook(
                 lambda module, args, out: setattr(self, "final_hidden", out.detach())))
+            device = model_device(model)
             with torch.no_grad():
-                self.logits = model(batch.tokens, attention_mask=batch.attention_mask)
+                self.logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
         finally:  # hooks never outlive the call
             for h in handles:
                 h.remove()
@@ -144,7 +145,8 @@ def _full_forward(model, batch, copies: int, last_idx, readout: str):
     got = {}
     handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
     try:
-        logits = model(batch.tokens.repeat(copies, 1), attention_mask=batch.attention_mask.repeat(copies, 1))
+        device = model_device(model)
+        logits = model(batch.tokens.repeat(copies, 1).to(device), attention_mask=batch.attention_mask.repeat(copies, 1).to(device))
     finally:
         handle.remove()
     out = logits if readout == "logits" else got["h"]

@@ -123,7 +123,9 @@ class ScaleOutput(Intervention):
 @dataclass(frozen=True)
 class StreamingWindow(Intervention):
     """Let the head's queries see only the first `sink` keys plus the `recent` most recent ones
-    (DuoAttention / StreamingLLM streaming head: key k visible iff k < sink or q - k < recent)."""
+    (the StreamingLLM / DuoAttention streaming mask: key k visible iff k < sink or q - k < recent). The
+    defaults are StreamingLLM's 4 sinks with a 256 window; DuoAttention evaluates with sink=64,
+    recent=256 (and trains with 128 + 256): pass those to reproduce it."""
 
     sink: int = 4
     recent: int = 256

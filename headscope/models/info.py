@@ -97,3 +97,22 @@ def model_info(model) -> ModelInfo:
     except Exception:  # a bridge that refuses attributes still works, just uncached
         pass
     return info
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts with its BOS token by default (Llama: yes; GPT-2, Qwen: no).
+    An encoder's [CLS] plays that part (TransformerLens treats it as the BOS to prepend)."""
+    if tokenizer is None:
+        return False
+    # The bridge gives a tokenizer without BOS one (BERT's becomes [UNK]), so check both names.
+    firsts = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "cls_token_id", None)} - {None}
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] in firsts
+
+
+def model_device(model):
+    """The device of the model's parameters: every input headscope builds is moved there."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return getattr(getattr(model, "cfg", None), "device", None) or "cpu"

@@ -11,6 +11,7 @@ from typing import Callable
 from ..errors import ModelNotFoundError
 from . import bundled, safety, shapes_vlm, visual_sinks
 from .compat import no_runtime_installs
+from .info import tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,30 @@ def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf
     from transformer_lens.model_bridge import TransformerBridge
 
     extra = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
+    if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
+        prepend_bos = _original_adds_bos(source, tokenizer)
     with hf_offline(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
-    bridge.cfg.default_prepend_bos = tokenizer_adds_bos(bridge.tokenizer) if prepend_bos is None else prepend_bos
+    if prepend_bos is not None:
+        bridge.cfg.default_prepend_bos = prepend_bos
     bridge._headscope_name = name
     return bridge
 
 
-def tokenizer_adds_bos(tokenizer) -> bool:
-    """Whether `tokenizer(text)` starts with its BOS token by default (Llama: yes; GPT-2, Qwen: no).
-    An encoder's [CLS] plays that part (TransformerLens treats it as the BOS to prepend)."""
+def _original_adds_bos(source: str, tokenizer=None) -> bool | None:
+    """Whether the model's own tokenizer adds BOS by default (None if it cannot be read offline:
+    TransformerLens's default then stands)."""
     if tokenizer is None:
-        return False
-    # The bridge gives a tokenizer without BOS one (BERT's becomes [UNK]), so check both names.
-    firsts = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "cls_token_id", None)} - {None}
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[0] in firsts
+        from transformers import AutoTokenizer
+
+        try:
+            with hf_offline():
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        except Exception:  # no tokenizer files: keep the bridge's default
+            return None
+    return tokenizer_adds_bos(tokenizer)
 
 
 def _load_smollm2(cache_dir, device, dtype):
@@ -155,9 +162,12 @@ def _boot_online(repo_id: str, device, dtype):
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
+    from transformers import AutoTokenizer
+
     with no_runtime_installs():  # downloading the model is asked for; installing packages is not
         bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
+        bos = tokenizer_adds_bos(AutoTokenizer.from_pretrained(repo_id))
     bridge.eval()
-    bridge.cfg.default_prepend_bos = tokenizer_adds_bos(bridge.tokenizer)
+    bridge.cfg.default_prepend_bos = bos
     bridge._headscope_name = repo_id
     return bridge

@@ -369,12 +369,12 @@ def plain_hf(name: str, seed: int = 0):
     return tiny_hf(name, seed)[0]
 
 
-def _boot(name: str, seed: int):
+def _boot(name: str, seed: int, dtype=torch.float32):
     from headscope.models.loading import _boot as boot
 
     hf, tok = tiny_hf(name, seed)
     label = f"headscope/tiny-{name}"
-    return boot(label, label, "cpu", torch.float32, None, hf_model=hf, tokenizer=tok)
+    return boot(label, label, "cpu", dtype, None, hf_model=hf.to(dtype), tokenizer=tok)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -382,15 +382,15 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def tiny_arch_model(name: str, seed: int = 0):
-    """A TransformerBridge around ``tiny_hf(name, seed)``, booted offline with installs refused.
+def tiny_arch_model(name: str, seed: int = 0, dtype=torch.float32):
+    """A TransformerBridge around ``tiny_hf(name, seed)`` (cast to ``dtype``), booted offline with installs refused.
 
     Raises ``InputError`` for a name not in ``ARCHITECTURES`` or a family this TransformerLens cannot
     bridge; the message names the family and lists the names that do boot (``supported()``).
     """
     arch = _get(name)
     try:
-        return _boot(name, seed)
+        return _boot(name, seed, dtype)
     except Exception as exc:  # no adapter for the family, or its adapter fails on this config
         _BOOT_ERRORS[name] = _short(exc, 2000)
         raise InputError(

@@ -318,36 +318,42 @@ def _kl_last(clean, variant, last):
 
 @_check("scan")
 def check_scan(name: str) -> str | None:
-    """scan() equals one forward per head (1e-4) for every kind that applies, and a no-op scan is 0;
+    """scan() equals one forward per head (1e-4) for every kind that applies (zero, scale, mean,
+    resample; uniform attention at 0 and 1e-5, streaming window, ACT, VAR), a no-op scan is 0, and
     the replay's self-check passes (no fallback warning) on every family of the matrix."""
     import numpy as np
 
     from headscope.interventions import KINDS, run, scan
 
     model = bridged(name)
-    ps = prompts(name)
-    width = max(map(len, ps))
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.tensor([p + [pad] * (width - len(p)) for p in ps])
-    mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ps])
-    last = torch.tensor([len(p) - 1 for p in ps])
-    with torch.no_grad():
-        clean = model(tokens, attention_mask=mask)
-    kinds = [("zero", {}), ("scale", {"alpha": 2.0}), ("mean", {})]
+    ragged = prompts(name)
+    same_length = [p[:min(map(len, ragged))] for p in ragged]  # resample needs sources as long as inputs
+    kinds = [("zero", {}, ragged), ("scale", {"alpha": 2.0}, ragged), ("mean", {}, ragged),
+             ("resample", {"shift": 1}, same_length)]
     if _pattern_kinds_refused(name) is None:
-        kinds += [("uniform_attention", {}), ("uniform_attention", {"epsilon": 1e-5}),
-                  ("streaming_window", {"sink": 1, "recent": 3})]
+        kinds += [("uniform_attention", {}, ragged), ("uniform_attention", {"epsilon": 1e-5}, ragged),
+                  ("streaming_window", {"sink": 1, "recent": 3}, ragged), ("act", {}, ragged),
+                  ("var", {"sinks": (0,), "targets": (1, 8)}, ragged)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a replay fallback would warn
-        noop = scan(model, ps, "scale", "kl_last", alpha=1.0)
+        noop = scan(model, ragged, "scale", "kl_last", alpha=1.0)
         assert np.nanmax(np.abs(noop.values)) < 1e-9, f"{name}: no-op scan gave {np.nanmax(np.abs(noop.values))}"
-        for kind, params in kinds:
+        for kind, params, ps in kinds:
+            width = max(map(len, ps))
+            pad = model.tokenizer.pad_token_id or 0
+            tokens = torch.tensor([p + [pad] * (width - len(p)) for p in ps])
+            mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ps])
+            last = torch.tensor([len(p) - 1 for p in ps])
+            with torch.no_grad():
+                clean = model(tokens, attention_mask=mask)
             got = scan(model, ps, kind, "kl_last", **params)
             for l in range(model.cfg.n_layers):
                 for h in range(model.cfg.n_heads):
                     spec = KINDS[kind](heads=[(l, h)], **params)
-                    if kind == "mean":
+                    if kind == "mean":  # scan's default reference set: the scanned prompts
                         spec = KINDS[kind](heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
+                    if kind == "resample":  # scan's default source: the scanned prompts
+                        spec = KINDS[kind](heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
                     ref = _kl_last(clean, run(model, tokens, [spec], attention_mask=mask), last)
                     np.testing.assert_allclose(got.values[:, l, h], ref.numpy(), rtol=TOL_SCAN, atol=TOL_SCAN,
                                                err_msg=f"{name} {kind} L{l}H{h}")

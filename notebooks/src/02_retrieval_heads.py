@@ -12,7 +12,7 @@ CELLS = [
              "model = headscope.load_model()\ntok = model.tokenizer"),
     ("md", "## A needle in a short haystack\nPrompts are built from token pieces, so the needle's span is "
            "known exactly (no fuzzy search)."),
-    ("code", "sample = make_needle_prompts(tok, 1, [150], seed=2, form='completion')[0]\n"
+    ("code", "sample = make_needle_prompts(model, 1, [150], seed=2, form='completion')[0]\n"
              "ids = list(sample.prompt_ids)\n"
              "print('needle:', repr(tok.decode(ids[slice(*sample.needle_span)])))\n"
              "print('prompt ends:', repr(tok.decode(ids[-12:])))\n"
@@ -44,7 +44,7 @@ CELLS = [
              "        return hook\n"
              "    return [(f'blocks.{l}.attn.hook_q', make(hs)) for l, hs in by_layer.items()]\n\n"
              "ranked = [tuple(x) for x in fit.scores_.top(270)[['layer', 'head']].values]\n"
-             "test = make_needle_prompts(tok, 4, [120], seed=5)\n"
+             "test = make_needle_prompts(model, 4, [120], seed=5)\n"
              "for name, heads in [('no', []), ('top-10', ranked[:10]), ('10 random', random.Random(0).sample(ranked[100:], 10))]:\n"
              "    answers = [tok.decode(greedy_generate(model, list(s.prompt_ids), 10, stop_token_ids(tok), hooks=uniform_heads(heads)))\n"
              "               for s in test]\n"
