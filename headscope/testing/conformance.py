@@ -62,6 +62,12 @@ def _hf_attentions(name: str, ids: list[int]) -> torch.Tensor:
     return torch.stack([a[0] for a in out.attentions])  # [layer, head, q, k]
 
 
+def _one_prompt(name: str):
+    """(bridged model, its first conformance prompt as [1, T] ids, T)."""
+    ids = torch.tensor([prompts(name)[0]])
+    return bridged(name), ids, ids.shape[1]
+
+
 def _visible(name: str, layer: int, T: int) -> torch.Tensor:
     """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
     if A.ARCHITECTURES[name].is_encoder:
@@ -212,9 +218,7 @@ def check_uniform_attention(name: str) -> str | None:
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
-    model = bridged(name)
-    ids = torch.tensor([prompts(name)[0]])
-    T = ids.shape[1]
+    model, ids, T = _one_prompt(name)
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in (0, model.cfg.n_heads - 1)]
     group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
     for eps, tol in ((0.0, 1e-5), (1e-5, 1e-3)):
@@ -274,9 +278,7 @@ def check_streaming_window(name: str) -> str | None:
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
-    model = bridged(name)
-    ids = torch.tensor([prompts(name)[0]])
-    T = ids.shape[1]
+    model, ids, T = _one_prompt(name)
     got, _ = _z_and_v(model, ids, [StreamingWindow(heads=[(0, 0), (1, 3)], sink=2, recent=4)])
     q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
     for l, h in ((0, 0), (1, 3)):
@@ -295,9 +297,7 @@ def check_act_var_rows(name: str) -> str | None:
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
-    model = bridged(name)
-    ids = torch.tensor([prompts(name)[0]])
-    T = ids.shape[1]
+    model, ids, T = _one_prompt(name)
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     for spec in (ACTCalibration(heads=heads), VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))):
         got, _ = _z_and_v(model, ids, [spec])
