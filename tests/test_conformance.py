@@ -13,7 +13,7 @@ from headscope.testing.conformance import CHECKS, markdown, run_matrix
 # Families whose TransformerLens bridge reports attention patterns only after HF computed them.
 POST_HOC_PATTERNS = {"bert", "gpt-neo"}
 EXPECTED_REFUSALS = (
-    {(a, c) for a in POST_HOC_PATTERNS for c in ("uniform_attention", "streaming_window", "act_var_rows")}
+    {(a, c) for a in POST_HOC_PATTERNS for c in ("uniform_attention", "streaming_window", "act_var_rows", "analyzers")}
     | {("bert", "generation"), ("bert", "retrieval"), ("bert", "reducers")}
 )
 

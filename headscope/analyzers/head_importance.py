@@ -47,6 +47,7 @@ class HeadImportance(Analyzer):
 
             data = load_prompts()
         info = model_info(model)
+        info.require_causal("head-importance", "differentiates the next-token loss")
         examples = to_token_lists(model, data, info, self.prepend_bos)
         total = torch.zeros(info.n_layers, info.n_heads, dtype=torch.float64)
         n_tokens = 0

@@ -169,6 +169,7 @@ class PreplanAnchor(Analyzer):
 
     def fit(self, model, data=None) -> PreplanAnchor:
         info = model_info(model)
+        info.require_causal("preplan-anchor", "measures backward attention distance over a response")
         layers, horizon = self._checked(info)
         pairs = _normalise_pairs(data)
         ids, starts = encode_pairs(model, pairs, self.template)

@@ -71,6 +71,7 @@ class StreamingHeads(Analyzer):
 
     def fit(self, model, data=None) -> "StreamingHeads":
         info = model_info(model)
+        info.require_causal("streaming-heads", "ranks heads by induction (prefix matching)")
         probes = self._probes(model, self.seg_len, self.n_repeats, self.seed) if data is None else data
         res = capture(model, probes, [DuplicateTokenScore(), InductionScore()], batch_size=self.batch_size)
         self.scores_ = self._own(res["induction_score"])

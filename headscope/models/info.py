@@ -52,6 +52,12 @@ class ModelInfo:
                 f"head {head} is out of range: {self.name} has heads 0..{self.n_heads - 1} per layer"
             )
 
+    def require_causal(self, method: str, why: str) -> None:
+        """Raise InputError when `method` needs causal attention and this model is an encoder."""
+        if not self.causal:
+            raise InputError(f"{method} {why}, which assumes causal attention; {self.name} is a bidirectional "
+                             "encoder. Fix: use a decoder model for this method.")
+
     def check_layers(self, layers) -> list[int]:
         """Normalise a layer selection (None = all; negatives count from the end)."""
         if layers is None:

@@ -415,6 +415,47 @@ def check_retrieval(name: str) -> str | None:
     return None
 
 
+# The text analyzers with inputs a tiny model can take (retrieval has a column of its own; the
+# vision analyzers need a VLM testbed and are checked in tests/test_vision_*.py).
+_ANALYZER_RUNS = (
+    ("attention-sinks", {}, "ids"),
+    ("streaming-heads", {"seg_len": 12, "n_repeats": 3, "check": False}, None),
+    ("head-importance", {}, "ids"),
+    ("preplan-anchor", {}, "pairs"),
+    ("head-divergence", {}, None),
+    ("ships", {}, "ids"),
+    ("sahara", {"search_steps": 1}, "ids"),
+)
+
+
+@_check("analyzers")
+def check_analyzers(name: str) -> str | None:
+    """Each text analyzer either fits, with a [..., layer, head] table that has finite values and
+    heads that exist, or refuses the family with an InputError (never another exception)."""
+    import numpy as np
+
+    from headscope.analyzers import get_analyzer
+
+    model = bridged(name)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    ids = [A.random_prompt(name, 24, seed=s).tolist() for s in range(3)]
+    data = {"ids": ids, "pairs": [(p[:12], p[12:]) for p in ids], None: None}
+    refused = []
+    for analyzer, params, inputs in _ANALYZER_RUNS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                fit = get_analyzer(analyzer, **params).fit(model, data[inputs])
+        except InputError:
+            refused.append(analyzer)
+            continue
+        values = np.asarray(fit.scores_.values)
+        assert values.shape[-2:] == (L, H), f"{name} {analyzer}: scores_ shape {values.shape}"
+        assert np.isfinite(values).any(), f"{name} {analyzer}: no finite score"
+        assert all(0 <= l < L and 0 <= h < H for l, h in fit.heads_), f"{name} {analyzer}: heads_ {fit.heads_}"
+    return f"refused with a clear error: {', '.join(refused)}" if refused else None
+
+
 # ---------------------------------------------------------------------------------------------
 # the table
 
