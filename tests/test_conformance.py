@@ -30,3 +30,14 @@ def test_architectures_doc_is_generated_from_the_checks():
     table = markdown(run_matrix())
     assert "FAIL" not in table
     assert table in doc, "docs/architectures.md is stale: regenerate with python -m headscope.testing.conformance"
+
+
+def test_a_string_that_begins_with_the_bos_text_keeps_it():
+    """Only a BOS the tokenizer adds is forced on or off; a chat string's own opening token stays."""
+    from headscope.inputs.tokens import encode
+    from headscope.testing.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer(48)  # adds <s> (id 1) by default
+    assert encode(tok, "t5 t6", bos=False, bos_id=1) == [5, 6]
+    assert encode(tok, "t5 t6", bos=True, bos_id=1) == [1, 5, 6]
+    assert encode(tok, "<s> t5", bos=False, bos_id=1) == [1, 5]  # the text's own <s> survives

@@ -76,11 +76,13 @@ def encode(tokenizer, text: str, bos: bool, bos_id: int | None) -> list[int]:
     """`text` as the tokenizer encodes it by default (its own special tokens: BOS, [CLS] .. [SEP]),
     with BOS then forced present (`bos`) or absent, so the override means the same on every tokenizer."""
     ids = list(tokenizer(text)["input_ids"])
+    bare = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     firsts = {bos_id, getattr(tokenizer, "cls_token_id", None)} - {None}  # an encoder's [CLS] opens it
-    has = bool(ids) and ids[0] in firsts
-    if bos and not has and bos_id is not None:
+    # Only a BOS the tokenizer *added* counts: a chat string may itself begin with the BOS text.
+    added = len(ids) > len(bare) and ids[0] in firsts and ids[1:1 + len(bare)] == bare
+    if bos and not added and bos_id is not None:
         ids = [bos_id] + ids
-    elif not bos and has:
+    elif not bos and added:
         ids = ids[1:]
     return ids
 
