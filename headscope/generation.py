@@ -105,7 +105,7 @@ def _image_kwargs(model, ids: list[int], pixel_values, device) -> dict:
     if pixel_values is None:
         return {}
     from .inputs.images import ImagePrompt, check_image_tokens
-    from .vision.spans import image_token_ids
+    from .inputs.spans import image_token_ids
 
     prompt = ImagePrompt(tuple(ids), pixel_values)
     check_image_tokens(model, prompt)

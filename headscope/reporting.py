@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 from . import __version__
 from .capture import capture
 from .capture.reducers import DEFAULT_REDUCERS
-from .errors import InputError
 from .inputs.probes import repeated_random_tokens
+from .inputs.prompts import load_prompts
 from .models import load_model, model_info
-from .paths import data_dir
 from .viz.report import ReportSection, write_report
 
 # Which input each statistic is read on: sink/entropy/distance/previous-token describe heads on
@@ -24,21 +22,6 @@ REPEAT_STATS = ("duplicate_token_score", "induction_score")
 
 def _reducers(names):
     return [cls() for cls in DEFAULT_REDUCERS if cls.name in names]
-
-
-def load_prompts(path: str | Path | None = None) -> list[str]:
-    """The built-in report prompts (data/prompts/report.json) or a user JSON/text file."""
-    path = Path(path) if path else data_dir() / "prompts" / "report.json"
-    if not path.is_file():
-        raise InputError(f"prompt file {path} does not exist")
-    if path.suffix == ".json":
-        doc = json.loads(path.read_text())
-        prompts = doc["prompts"] if isinstance(doc, dict) else doc
-    else:  # plain text: one prompt per blank-line-separated block
-        prompts = [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise InputError(f"{path} holds no prompts: expected a JSON list of strings or {{'prompts': [...]}}")
-    return prompts
 
 
 def run_report(model=None, out_dir: str | Path = "headscope-report", *, prompts_file=None, batch_size: int = 4,

@@ -198,7 +198,7 @@ def test_missing_checkpoint_names_the_fix(tmp_path):
 
 
 def test_bridge_matches_plain_hf(vlm, vlm_hf):
-    from headscope.vision.spans import image_spans
+    from headscope.inputs.spans import image_spans
 
     items = W.sample_items(11, 6, text_fraction=0.0)[:3]
     ids = torch.tensor([W.prompt_ids(it) for it in items if len(W.prompt_ids(it)) == len(W.prompt_ids(items[0]))])

@@ -20,7 +20,7 @@ from headscope.testing.tiny_vlm import (
     tiny_llava,
     tiny_vlm_prompt,
 )
-from headscope.vision.spans import image_span, image_spans, image_token_ids
+from headscope.inputs.spans import image_span, image_spans, image_token_ids
 from headscope.vision.vhr import default_layers, vhr_generate, vhr_select
 
 

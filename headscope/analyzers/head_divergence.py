@@ -159,7 +159,7 @@ class HeadDivergence(Analyzer):
     @staticmethod
     def _default_data(model):
         """Text passages, or for a vision-language testbed its built-in image prompts (VHD proper)."""
-        from ..vision.spans import image_token_ids
+        from ..inputs.spans import image_token_ids
 
         if image_token_ids(model):
             from ..vision.datasets import default_image_prompts

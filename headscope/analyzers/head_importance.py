@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..inputs.prompts import load_prompts
 from ..inputs.tokens import to_token_lists
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
@@ -43,8 +44,6 @@ class HeadImportance(Analyzer):
 
     def fit(self, model, data=None) -> "HeadImportance":
         if data is None:
-            from ..reporting import load_prompts
-
             data = load_prompts()
         info = model_info(model)
         info.require_causal("head-importance", "differentiates the next-token loss")

@@ -20,6 +20,7 @@ import pandas as pd
 from ..capture import capture
 from ..capture.reducers import FirstTokenMass
 from ..errors import InputError
+from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
@@ -100,8 +101,6 @@ class AttentionSinks(Analyzer):
         info = model_info(model)
         self._validate(info.d_model)
         if data is None:
-            from ..reporting import load_prompts
-
             data = load_prompts()
         top_k = max(int(self.phi_top_k), int(info.d_model // self.tau**2) + 1 if self.tau > 0 else info.d_model)
         importance = TokenImportance(self.sink_position, self.max_tokens)

@@ -24,7 +24,7 @@ from ..inputs.tokens import to_token_lists
 from ..interventions.specs import VARRedistribution
 from ..models.info import model_info
 from ..results import HeadScores
-from ..vision.spans import image_span
+from ..inputs.spans import image_span
 from ._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 from .base import Analyzer, register, select_heads
 

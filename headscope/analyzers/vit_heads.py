@@ -195,7 +195,7 @@ def cumulative_gates(tower: VisionTower, order: Sequence[tuple[int, int]]) -> to
 # ----------------------------------------------------------------------------- forwards
 
 def _pad_id(model) -> int:
-    from ..vision.spans import image_token_ids
+    from ..inputs.spans import image_token_ids
 
     tok = getattr(model, "tokenizer", None)
     image = image_token_ids(model)

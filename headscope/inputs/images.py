@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from .spans import image_positions
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,8 +82,6 @@ def batch_forward_kwargs(images: list[torch.Tensor | None] | None, index: Sequen
 
 def check_image_tokens(model, prompt: ImagePrompt, index: int = 0) -> None:
     """The number of image tokens must equal images x tokens per image (LLaVA raises deep inside otherwise)."""
-    from ..vision.spans import image_positions
-
     config = getattr(getattr(model, "original_model", None), "config", None)
     if getattr(config, "model_type", None) != "llava":  # other families tile images into varying counts
         return

@@ -26,6 +26,7 @@ import torch
 from ..errors import InputError
 from ..models.info import model_info
 from .images import ImagePrompt, check_image_tokens
+from .spans import image_span
 
 VARIANTS = ("removed", "replaced")
 NAMED_POSITIONS = ("last", "after_segment")
@@ -116,8 +117,6 @@ def _tokens(model, part, what: str, index: int) -> list[int]:
 
 def _image_item(model, item: ImagePrompt, index: int) -> SegmentPrompt:
     """An ImagePrompt's segment is its image block, found from the model's image token."""
-    from ..vision.spans import image_span
-
     check_image_tokens(model, item, index)
     start, end = image_span(model, item.ids)
     ids = list(item.ids)

@@ -31,7 +31,7 @@ from ..inputs.tokens import iter_batches
 from ..interventions import ScaleOutput, apply
 from ..models.info import model_info
 from ..results import HeadScores
-from .spans import image_positions, image_token_ids
+from ..inputs.spans import image_positions, image_token_ids
 
 PAPER_LAST_LAYERS = 14 / 32  # LLaVA-1.5-7B: layer index 1 and the last 14 of 32 layers
 
