@@ -116,5 +116,5 @@ def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:
     out = torch.zeros(len(ids), info.d_model)
     for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):
         clean = _CleanRun(model, batch, first_layer=len(model.blocks))  # no block inputs needed
-        out[batch.index] = clean.final_hidden[torch.arange(len(batch.index)), batch.lengths - 1].float()
+        out[batch.index] = clean.readout(batch, True, "final_hidden")[:, 0].float()
     return out

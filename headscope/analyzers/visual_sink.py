@@ -20,11 +20,11 @@ import pandas as pd
 
 from ..capture import capture
 from ..errors import InputError
+from ..inputs.spans import image_span
 from ..inputs.tokens import to_token_lists
 from ..interventions.specs import VARRedistribution
 from ..models.info import model_info
 from ..results import HeadScores
-from ..inputs.spans import image_span
 from ._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 from .base import Analyzer, register, select_heads
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..models.info import tokenizer_adds_bos
+from ..models.info import model_info, tokenizer_adds_bos
 from ..paths import data_dir
 from .probes import repeated_random_tokens
 
@@ -165,7 +165,7 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
         # A bridge: TransformerLens makes its tokenizer always add BOS, so the model's own default
         # (set from the original tokenizer when headscope booted it) decides.
         tokenizer = tokenizer_or_model.tokenizer
-        default_bos = bool(getattr(tokenizer_or_model.cfg, "default_prepend_bos", False))
+        default_bos = model_info(tokenizer_or_model).prepend_bos
     else:
         tokenizer = tokenizer_or_model
         default_bos = tokenizer_adds_bos(tokenizer)

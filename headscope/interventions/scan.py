@@ -96,14 +96,30 @@ class _CleanRun:
         try:
             for layer in range(first_layer, len(model.blocks)):
                 handles.append(model.blocks[layer].register_forward_pre_hook(grab(layer), with_kwargs=True))
-            handles.append(model.ln_final.register_forward_hook(
-                lambda module, args, out: setattr(self, "final_hidden", out.detach())))
-            device = model_device(model)
             with torch.no_grad():
-                self.logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
+                self.logits, final = _forward_keeping_final(model, batch.tokens, batch.attention_mask)
+            self.final_hidden = final.detach()
         finally:  # hooks never outlive the call
             for h in handles:
                 h.remove()
+
+    def readout(self, batch, last_only: bool, readout: str):
+        """The clean output the variants are compared with: logits or final hidden, all positions or
+        each prompt's last real one."""
+        full = self.logits if readout == "logits" else self.final_hidden
+        return full[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else full
+
+
+def _forward_keeping_final(model, tokens, attention_mask):
+    """The model's own forward on the model's device: (logits, the final norm's output)."""
+    got = {}
+    handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
+    try:
+        device = model_device(model)
+        logits = model(tokens.to(device), attention_mask=attention_mask.to(device))
+    finally:
+        handle.remove()
+    return logits, got["h"]
 
 
 def _final_norm(model, x):
@@ -127,9 +143,8 @@ def _logits(model, x):
 def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: str = "logits"):
     """Run blocks layer.. on residual x [copies * B, pos, d], each with its own clean kwargs; then
     the final norm and (for "logits") the unembedding, of all positions or only of each row's last_idx."""
-    batch = x.shape[0] // copies
+    batch, H = x.shape[0] // copies, model.cfg.n_heads
     for b in range(layer, len(model.blocks)):
-        H = model.cfg.n_heads
         args = tuple(_expand(a, batch, copies, H) for a in clean.args[b])
         x = model.blocks[b](x, *args, **{k: _expand(v, batch, copies, H) for k, v in clean.kwargs[b].items()},
                             use_cache=False)
@@ -142,14 +157,8 @@ def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: s
 
 def _full_forward(model, batch, copies: int, last_idx, readout: str):
     """The model's own forward on `copies` stacked copies of the batch (the fallback: exact by construction)."""
-    got = {}
-    handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
-    try:
-        device = model_device(model)
-        logits = model(batch.tokens.repeat(copies, 1).to(device), attention_mask=batch.attention_mask.repeat(copies, 1).to(device))
-    finally:
-        handle.remove()
-    out = logits if readout == "logits" else got["h"]
+    logits, final = _forward_keeping_final(model, batch.tokens.repeat(copies, 1), batch.attention_mask.repeat(copies, 1))
+    out = logits if readout == "logits" else final
     return out[torch.arange(len(out)), last_idx][:, None] if last_idx is not None else out
 
 
@@ -161,9 +170,8 @@ _REPLAY_TOLERANCE = {torch.float32: REPLAY_RTOL, torch.float64: 1e-10}  # halves
 def replay_error(model, clean: _CleanRun, batch, layers, last_only: bool, readout: str) -> float | None:
     """Largest deviation, relative to the output's scale, of the block replay (two stacked copies,
     no edit) from the model's own clean forward, over `layers`; None if the replay crashes."""
-    B, last = len(batch.index), batch.lengths - 1
-    full = clean.logits if readout == "logits" else clean.final_hidden
-    ref = full[torch.arange(B), last][:, None] if last_only else full
+    last = batch.lengths - 1
+    ref = clean.readout(batch, last_only, readout)
     worst = 0.0
     try:
         with torch.no_grad():
@@ -227,8 +235,7 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
                     if err is None or err > tol:
                         use_replay = False
                         _warn_no_replay(model, err)
-                full = clean.logits if readout == "logits" else clean.final_hidden
-                base = full[torch.arange(B), last][:, None] if last_only else full
+                base = clean.readout(batch, last_only, readout)
                 for layer, heads in by_layer.items():
                     out = {}
                     for i in range(0, len(heads), per):

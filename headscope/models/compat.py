@@ -30,6 +30,7 @@ import weakref
 import torch
 
 from ..errors import HeadscopeError
+from .info import model_device
 
 
 class RuntimeInstallRefused(HeadscopeError):
@@ -47,18 +48,29 @@ class KVCacheMismatch(RuntimeError):
 def cache_kwarg(model) -> str:
     """The name under which the installed transformers takes the KV cache: 'cache' (5.24+) or
     'past_key_values' (earlier)."""
-    hf = getattr(model, "original_model", model)
+    return _cache_kwarg_of(type(getattr(model, "original_model", model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(hf_class) -> str:
+    # Read once per model class: generation asks at every decode step.
     try:
-        params = inspect.signature(hf.forward).parameters
+        params = inspect.signature(hf_class.forward).parameters
     except (TypeError, ValueError):  # a forward without a signature: assume the older name
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
 
 
+_ATTENTION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _attention_modules(model):
+    """The bridge's attention components (found once per model: generation needs them every step)."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    return [m for m in model.modules() if isinstance(m, AttentionBridge)]
+    if model not in _ATTENTION:
+        _ATTENTION[model] = [m for m in model.modules() if isinstance(m, AttentionBridge)]
+    return _ATTENTION[model]
 
 
 def _alias_cache(module, args, kwargs):
@@ -144,8 +156,7 @@ def kv_cache_verified(model, ids: list[int], images: dict | None = None) -> bool
         return _VERIFIED[model]
     if len(ids) < 2:
         return True  # nothing to compare yet; the per-step length check still runs
-    device = next(model.parameters()).device
-    x = torch.tensor([ids], device=device)
+    x = torch.tensor([ids], device=model_device(model))
     ok = True
     with torch.no_grad(), _hooks_paused(model):
         full = model(x, **(images or {}))[0, -1].float()

@@ -41,16 +41,20 @@ def hf_offline():
                 os.environ[key] = value
 
 
-def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None):
+def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
+          offline: bool = True):
     """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
-    (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`."""
+    (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`. `offline=False`
+    lets the hub be reached (an explicit `allow_download`); installing packages is refused either way."""
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     extra = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
+    network = hf_offline if offline else contextlib.nullcontext  # one fresh context per use
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
-        prepend_bos = _original_adds_bos(source, tokenizer)
-    with hf_offline(), no_runtime_installs():
+        with network():
+            prepend_bos = _original_adds_bos(source, tokenizer)
+    with network(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
@@ -67,8 +71,7 @@ def _original_adds_bos(source: str, tokenizer=None) -> bool | None:
         from transformers import AutoTokenizer
 
         try:
-            with hf_offline():
-                tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception:  # no tokenizer files: keep the bridge's default
             return None
     return tokenizer_adds_bos(tokenizer)
@@ -143,10 +146,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
-        with hf_offline():
-            return _boot(text, text, device, dtype, prepend_bos=None)
+        return _boot(text, text, device, dtype, prepend_bos=None)  # offline: every file is in the cache
     if allow_download:
-        return _boot_online(text, device, dtype)
+        return _boot(text, text, device, dtype, prepend_bos=None, offline=False)
     from huggingface_hub.constants import HF_HUB_CACHE
 
     raise ModelNotFoundError(
@@ -156,18 +158,3 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
         f"{text}) and copy the cache or the saved folder here, pass a local folder, or call "
         "load_model(..., allow_download=True) if this machine can reach the hub."
     )
-
-
-def _boot_online(repo_id: str, device, dtype):
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from transformers import AutoTokenizer
-
-    with no_runtime_installs():  # downloading the model is asked for; installing packages is not
-        bridge = TransformerBridge.boot_transformers(repo_id, device=device, dtype=dtype or torch.float32)
-        bos = tokenizer_adds_bos(AutoTokenizer.from_pretrained(repo_id))
-    bridge.eval()
-    bridge.cfg.default_prepend_bos = bos
-    bridge._headscope_name = repo_id
-    return bridge
