@@ -6,7 +6,7 @@ Public surface (lazily imported so `import headscope` stays fast):
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
     "load_model": "headscope.models",

@@ -61,7 +61,6 @@ def _scan(args) -> int:
 def _scan_or_list(args) -> int:
     if args.list or not args.name:
         from .analyzers import REGISTRY
-        from .analyzers import _load_all  # noqa: F401  (registers every analyzer)
 
         for name in sorted(REGISTRY):
             print(f"{name:<20} {REGISTRY[name].description}")

@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from headscope.analyzers import REGISTRY
-from headscope.analyzers import _load_all  # noqa: F401  (registers every analyzer module)
 from headscope.cli import main
 
 # Small settings so the whole sweep stays around a minute on 2 cores; defaults are exercised elsewhere.

@@ -18,27 +18,23 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InputError
+from ..registry import Registry
 from ..results import HeadScores
 
-REGISTRY: dict[str, type["Analyzer"]] = {}
+# Filled by each analyzer's own module (`@register`), wherever it lives (safety and vision analyzers
+# live with their application); a lookup loads every module first (see headscope.registry).
+REGISTRY: Registry[type["Analyzer"]] = Registry("analyzer", fix="`headscope analyze --list` shows them")
 
 
 def register(cls: type["Analyzer"]) -> type["Analyzer"]:
     """Class decorator: make an analyzer available by its `name` (CLI, experiment specs)."""
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise TypeError(f"analyzer name {cls.name!r} is taken by {REGISTRY[cls.name].__name__}")
-    REGISTRY[cls.name] = cls
-    return cls
+    return REGISTRY.register(cls.name, cls)
 
 
 def get_analyzer(name: str, **params) -> "Analyzer":
     """Instantiate a registered analyzer; unknown names and parameters fail with the valid ones listed."""
-    from . import _load_all  # noqa: F401  (imports every analyzer module so they register)
-
-    if name not in REGISTRY:
-        raise InputError(f"unknown analyzer {name!r}; available: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
     valid = set(cls._param_names())
     unknown = set(params) - valid

@@ -1,0 +1,20 @@
+"""The built-in plugin: importing this module imports every headscope module that registers an
+entry (analyzers, intervention kinds, testbeds, evaluators, generators).
+
+It sits at the top of the layer order (it imports everything) and is reached only through the
+registries' plugin loading (`headscope.registry.load_plugins`). Adding a module anywhere in the
+package is enough for it to be found: there is no list to edit.
+"""
+
+import importlib
+import pkgutil
+
+import headscope
+
+# Packages whose modules never register anything and must not be imported eagerly: the CLI (start-up
+# time) and the test helpers (they import pytest-only code).
+SKIP = ("headscope.cli", "headscope.testing", "headscope.plugins", "headscope.__main__")
+
+for _mod in pkgutil.walk_packages(headscope.__path__, prefix="headscope."):
+    if not _mod.name.startswith(SKIP):
+        importlib.import_module(_mod.name)
