@@ -27,8 +27,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 import headscope
-from headscope.analyzers.sahara import Sahara
-from headscope.analyzers.ships import Ships
+from headscope.safety.sahara import Sahara
+from headscope.safety.ships import Ships
 from headscope.fileio import atomic_write, cached_json as cached
 from headscope.interventions import ScaleOutput, UniformAttention
 from headscope.results import HeadScores

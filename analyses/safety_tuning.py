@@ -36,7 +36,7 @@ from torch import nn
 import headscope
 from headscope.fileio import atomic_write
 from headscope.models import smollm2_fp32_dir
-from headscope.models.safety import (
+from headscope.testbeds.safety import (
     DELTA_CONFIG,
     DELTA_WEIGHTS,
     SAFETY_NAME,

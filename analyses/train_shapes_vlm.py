@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from headscope.vision import shapes as W
 from headscope.vision import shapes_eval as E
 
-# Architecture: kept here (and in config.json); headscope/models/shapes_vlm.py only reads the config.
+# Architecture: kept here (and in config.json); headscope/testbeds/shapes_vlm.py only reads the config.
 ARCH = {"d_model": 128, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "d_head": 16, "d_mlp": 384,
         "v_width": 64, "v_layers": 2, "v_heads": 4, "v_mlp": 128}
 
@@ -243,7 +243,7 @@ def save(model, log: dict, out: Path) -> None:
 
 def reevaluate(out: Path) -> None:
     from headscope.fileio import atomic_write
-    from headscope.models.shapes_vlm import shapes_vlm_hf, train_log
+    from headscope.testbeds.shapes_vlm import shapes_vlm_hf, train_log
 
     torch.set_num_threads(1)
     log = train_log(out)

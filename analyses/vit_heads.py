@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import torch
 
 import headscope
-from headscope.analyzers.vit_heads import (
+from headscope.vision.vit_heads import (
     ViTHeads,
     cumulative_gates,
     default_items,
@@ -77,7 +77,7 @@ def checkpoint_fingerprint(log: dict) -> dict:
     """Which shapes-vlm these numbers belong to (the testbed may be retrained)."""
     import hashlib
 
-    from headscope.models.shapes_vlm import WEIGHTS, model_dir
+    from headscope.testbeds.shapes_vlm import WEIGHTS, model_dir
 
     sha = hashlib.sha256((model_dir() / WEIGHTS).read_bytes()).hexdigest()[:16]
     args = log.get("args", {})
@@ -128,7 +128,7 @@ def main() -> None:
 
     dist = fits["loss"].attention_distance_.values  # [images, layer, head]
     cls = fits["loss"].cls_attention_.values
-    from headscope.models.shapes_vlm import train_log
+    from headscope.testbeds.shapes_vlm import train_log
     log = train_log()
     result = {
         "model": "shapes-vlm",

@@ -29,7 +29,10 @@ import torch
 
 from .errors import InputError
 from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
-from .models.info import model_device, model_info
+from .models.info import model_device, model_info, stop_token_ids  # noqa: F401  (stop_token_ids: public here too)
+from .inputs.images import ImagePrompt, check_image_tokens
+from .inputs.spans import image_token_ids
+from .capture.engine import SITES
 
 # Sites whose query axis is dim 2 ([batch, head, q, k]); every other site has it at dim 1.
 _QK_SITES = ("attn_scores", "pattern")
@@ -60,27 +63,6 @@ HooksArg = Sequence[Hook] | Callable[[DecodeStep], Sequence[Hook]] | None
 StepCallback = Callable[[DecodeStep, int, dict], bool | None]
 
 
-def stop_token_ids(tokenizer) -> frozenset[int]:
-    """Ids that end a greedy answer: every token whose text contains a newline, plus EOS.
-
-    (The paper's code stops at Llama's `<0x0A>` token; byte-level BPE vocabularies spell newlines
-    `Ċ` and have many tokens holding one, e.g. `ĊĊ`.) Cached on the tokenizer.
-    """
-    cached = getattr(tokenizer, "_headscope_stop_ids", None)
-    if cached is not None:
-        return cached
-    names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    ids = {i for i, t in enumerate(names) if t and ("\n" in t or "Ċ" in t or t == "<0x0A>")}
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    out = frozenset(ids)
-    try:
-        tokenizer._headscope_stop_ids = out
-    except Exception:  # a tokenizer refusing attributes is just not cached
-        pass
-    return out
-
-
 def _check_prompt(model, prompt_ids, max_new_tokens: int) -> list[int]:
     info = model_info(model)
     ids = prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
@@ -104,8 +86,6 @@ def _check_prompt(model, prompt_ids, max_new_tokens: int) -> list[int]:
 def _image_kwargs(model, ids: list[int], pixel_values, device) -> dict:
     if pixel_values is None:
         return {}
-    from .inputs.images import ImagePrompt, check_image_tokens
-    from .inputs.spans import image_token_ids
 
     prompt = ImagePrompt(tuple(ids), pixel_values)
     check_image_tokens(model, prompt)
@@ -115,8 +95,6 @@ def _image_kwargs(model, ids: list[int], pixel_values, device) -> dict:
 
 
 def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
-    from .capture.engine import SITES
-
     unknown = set(sites) - set(SITES)
     if unknown:
         raise InputError(f"observe: unknown site(s) {sorted(unknown)}; known: {list(SITES)}")

@@ -8,13 +8,12 @@ package is enough for it to be found: there is no list to edit.
 
 import importlib
 import pkgutil
-
-import headscope
+from pathlib import Path
 
 # Packages whose modules never register anything and must not be imported eagerly: the CLI (start-up
 # time) and the test helpers (they import pytest-only code).
 SKIP = ("headscope.cli", "headscope.testing", "headscope.plugins", "headscope.__main__")
 
-for _mod in pkgutil.walk_packages(headscope.__path__, prefix="headscope."):
+for _mod in pkgutil.walk_packages([str(Path(__file__).parent)], prefix="headscope."):
     if not _mod.name.startswith(SKIP):
         importlib.import_module(_mod.name)

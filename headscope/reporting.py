@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .capture import capture
 from .capture.reducers import DEFAULT_REDUCERS
 from .inputs.probes import repeated_random_tokens

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headscope._version import __version__
 from headscope.errors import HeadscopeError, InputError
 from headscope.fileio import atomic_write, dump_rows_json, encode_nan, jsonable
+from headscope.viz.figures import head_heatmap, token_plot
 
 _FORMAT = {"HeadScores": "headscope.HeadScores", "TokenScores": "headscope.TokenScores"}
 _FORMAT_VERSION = 1
@@ -28,15 +30,6 @@ _PARQUET_KEY = b"headscope"
 
 class ResultFileError(HeadscopeError, ValueError):
     """A saved result file that is truncated, corrupted or not a headscope result."""
-
-
-def _version() -> str:
-    try:
-        from headscope import __version__
-
-        return str(__version__)
-    except Exception:  # a half-installed package must not make results unsavable
-        return "0+unknown"
 
 
 def _as_array(values: Any, kind: str, ndims: tuple[int, ...]) -> np.ndarray:
@@ -79,7 +72,7 @@ class _Result:
             prompts = [str(p) for p in prompts]
         self.prompts = prompts
         self._prov = {"name": name, "analyzer": str(analyzer), "params": jsonable(params or {}),
-                      "model": str(model), "headscope_version": version or _version(),
+                      "model": str(model), "headscope_version": version or __version__,
                       "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       **extra, "description": str(description)}
 
@@ -210,8 +203,6 @@ class HeadScores(_Result):
 
     def plot(self, **kw):
         """Interactive heatmap (plotly go.Figure); kwargs go to headscope.viz.figures.head_heatmap."""
-        from headscope.viz.figures import head_heatmap
-
         return head_heatmap(self, **kw)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -322,8 +313,6 @@ class TokenScores(_Result):
         return df
 
     def plot(self, **kw):
-        from headscope.viz.figures import token_plot
-
         return token_plot(self, **kw)
 
     def _json_doc(self) -> dict:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from headscope.analyzers import get_analyzer
-from headscope.analyzers.sahara import Sahara, leading_left_vector, subspace_angle
-from headscope.analyzers.ships import Ships
+from headscope.safety.sahara import Sahara, leading_left_vector, subspace_angle
+from headscope.safety.ships import Ships
 from headscope.errors import InputError
 from headscope.testing import planted_model, plain_hf_copy, repeated_random_tokens, tiny_model
 
@@ -121,7 +121,7 @@ def test_ships_on_smollm2_matches_the_hf_reference(smol, smol_hf):
 
 
 def test_paper_templates_byte_for_byte_with_the_tokenizers_special_tokens():
-    from headscope.analyzers._safety_inputs import TEMPLATES, safety_prompt_ids
+    from headscope.safety._inputs import TEMPLATES, safety_prompt_ids
     from headscope.testing.architectures import tiny_arch_model
 
     assert TEMPLATES["ships"] == "## Query:{query} \n## Answer:"

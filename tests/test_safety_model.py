@@ -9,7 +9,7 @@ import torch
 
 import headscope
 from headscope.errors import ModelNotFoundError
-from headscope.models import safety as safety_mod
+from headscope.testbeds import safety as safety_mod
 from headscope.safety import RefusalPhraseJudge, generate_responses, prompt_set
 
 pytestmark = pytest.mark.real_model
@@ -41,7 +41,7 @@ def test_merge_equals_a_manual_merge(tuned, smol):
     manual = AutoModelForCausalLM.from_pretrained(smollm2_fp32_dir(), attn_implementation="eager").eval()
     scale = config["alpha"] / config["rank"]
     params = dict(manual.named_parameters())
-    with torch.no_grad():  # written independently of models/safety.merge_delta
+    with torch.no_grad():  # written independently of testbeds/safety.merge_delta
         for key, a in factors.items():
             if key.endswith(".lora_A"):
                 module = key[: -len(".lora_A")]

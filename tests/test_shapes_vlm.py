@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from headscope.errors import InputError, ModelNotFoundError
+from headscope.models import model_info
 from headscope.vision import shapes as W
 from headscope.vision import shapes_eval as E
 
@@ -178,20 +179,20 @@ def vlm():
 
 @pytest.fixture(scope="module")
 def vlm_hf():
-    from headscope.models.shapes_vlm import shapes_vlm_hf
+    from headscope.testbeds.shapes_vlm import shapes_vlm_hf
 
     return shapes_vlm_hf()
 
 
 @pytest.fixture(scope="module")
 def log():
-    from headscope.models.shapes_vlm import train_log
+    from headscope.testbeds.shapes_vlm import train_log
 
     return train_log()
 
 
 def test_missing_checkpoint_names_the_fix(tmp_path):
-    from headscope.models.shapes_vlm import shapes_vlm_hf
+    from headscope.testbeds.shapes_vlm import shapes_vlm_hf
 
     with pytest.raises(ModelNotFoundError, match="train_shapes_vlm.py"):
         shapes_vlm_hf(tmp_path)
@@ -210,7 +211,8 @@ def test_bridge_matches_plain_hf(vlm, vlm_hf):
     assert diff < 1e-4 and diff_text < 1e-4
     assert image_spans(vlm, ids[0]) == [(1, 1 + W.N_IMAGE_TOKENS)]
     assert vlm.cfg.n_layers >= 4 and vlm.cfg.n_heads == 8 and vlm.cfg.d_head == 16
-    assert vlm.cfg.default_prepend_bos is False and vlm._headscope_name == "shapes-vlm"
+    assert vlm.cfg.default_prepend_bos is False
+    assert model_info(vlm).name == "shapes-vlm" and model_info(vlm).testbed == "shapes-vlm"
 
 
 @pytest.fixture(scope="module")

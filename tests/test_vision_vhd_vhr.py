@@ -206,7 +206,7 @@ def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
 def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
     """The visual-sink analyzer on a real LLaVA architecture: phi uses the image features (pixel values
     reach the model), equal to a recomputation from plain-HF hidden states."""
-    from headscope.analyzers.visual_sink import VisualSink
+    from headscope.vision.visual_sink import VisualSink
 
     items = prompts(random_vlm, 2)
     vs = VisualSink(sink_dims=[3, 7], tau=1.0).fit(random_vlm, items)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.analyzers.visual_sink import FIRST_SINK_LAYER, VisualSink
+from headscope.vision.visual_sink import FIRST_SINK_LAYER, VisualSink
 from headscope.errors import InputError
+from headscope.models.info import record_facts
 from headscope.interventions import apply
 from headscope.testing import tiny_model
 from headscope.testing.hf_reference import plain_hf_copy
@@ -25,7 +26,7 @@ def planted():
     model = tiny_model(n_layers=4, seed=3)
     with torch.no_grad():
         model.original_model.get_input_embeddings().weight[[1, *SINK_IDS], DIM] = VALUE
-    model._headscope_image_token_ids = frozenset(IMAGE_IDS)
+    record_facts(model, image_token_ids=frozenset(IMAGE_IDS))
     return model, plain_hf_copy(model)
 
 
@@ -162,7 +163,7 @@ MIDDLE = range(12, 29)  # where SmolLM2's first token carries its massive activa
 @pytest.fixture(scope="module")
 def testbed():
     import headscope
-    from headscope.models import visual_sinks
+    from headscope.testbeds import visual_sinks
 
     model = headscope.load_model(visual_sinks.VISUAL_SINKS_NAME)
     prompts = visual_sinks.default_prompts(model, n_prompts=4)
@@ -183,7 +184,7 @@ def test_testbed_planted_sinks_are_the_visual_sinks_phi_finds(testbed):
 
 @pytest.mark.real_model
 def test_testbed_sinks_draw_far_more_attention_in_plain_hf(testbed):
-    from headscope.models import visual_sinks
+    from headscope.testbeds import visual_sinks
 
     _model, prompts, _ = testbed
     hf, _, _codes = visual_sinks.visual_sinks_hf()
@@ -234,7 +235,8 @@ def test_testbed_var_moves_attention_from_the_planted_sinks_to_the_other_visual_
 def test_testbed_manifest_matches_a_fresh_measurement():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from headscope.models import bundled, visual_sinks
+    from headscope.models import bundled
+    from headscope.testbeds import visual_sinks
 
     folder = bundled.smollm2_fp32_dir()
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from headscope.analyzers.base import get_analyzer
-from headscope.analyzers.vit_heads import AnswerItem, ViTHeads, vision_tower
+from headscope.vision.vit_heads import AnswerItem, ViTHeads, vision_tower
 from headscope.errors import InputError
 from headscope.testing.tiny_vlm import _boot, _hf_llava, tiny_vlm_prompt
 

@@ -26,6 +26,7 @@ from ..capture import capture
 from ..errors import InputError
 from ..inputs.images import ids_of
 from ..inputs.segments import VARIANTS, build_variants, segment_prompts
+from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
@@ -159,11 +160,7 @@ class HeadDivergence(Analyzer):
     @staticmethod
     def _default_data(model):
         """Text passages, or for a vision-language testbed its built-in image prompts (VHD proper)."""
-        from ..inputs.spans import image_token_ids
-
-        if image_token_ids(model):
-            from ..vision.datasets import default_image_prompts
-
+        if model_info(model).image_token_ids:
             return default_image_prompts(model)
         return default_segment_data()
 

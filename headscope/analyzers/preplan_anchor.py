@@ -25,6 +25,7 @@ from ..paths import data_dir
 from ..results import HeadScores, TokenScores
 from ._group_pattern import GroupMeanPattern, ResponseDistance, fai, select_tokens, waad
 from .base import Analyzer, register, select_heads
+from ..viz.figures import FONT, show_token
 
 TEMPLATES = ("auto", "chat", "plain", "raw")
 PEAK_RULES = ("top_quantile", "local_max")
@@ -258,7 +259,6 @@ def token_figure(an: PreplanAnchor, p: int, *, width: int | None = None, height:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ..viz.figures import FONT, show_token
 
     toks = an.waad_.tokens[p]
     n, x = len(toks), list(range(len(toks)))

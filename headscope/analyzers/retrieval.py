@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..capture import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
-from ..generation import greedy_generate, stop_token_ids
+from ..generation import greedy_generate
 from ..inputs.needle import (
     FORMS,
     NeedleSample,
@@ -38,6 +38,7 @@ from ..inputs.needle import (
 from ..models.info import model_info
 from ..results import HeadScores
 from .base import Analyzer, register, select_heads
+from ..interventions import apply
 
 DEFAULT_CONTEXT_LENGTHS = (120, 200)  # where the bundled model retrieves >= 80% (docs/retrieval-accuracy.md)
 
@@ -132,8 +133,6 @@ def needle_accuracy(model, samples, interventions=()) -> float:
     the argmax given the gold prefix, which is exactly when greedy decoding reproduces it).
     Interventions with positions="decode" hit the last prompt token and the answer queries.
     """
-    from ..interventions import apply
-
     correct = 0
     for s in samples:
         prompt, answer = list(s.prompt_ids), list(s.answer_ids)
@@ -196,7 +195,7 @@ class RetrievalHeads(Analyzer):
         info = model_info(model)
         samples = self._samples(model, data)
         needs_stop = any(s.stop for s in samples)
-        stops = stop_token_ids(model.tokenizer) if needs_stop else frozenset()
+        stops = model_info(model).stop_token_ids if needs_stop else frozenset()
         outputs, values = [], []
         for s in tqdm(samples, desc="retrieval", unit="sample", disable=len(samples) < 5):
             steps = self.max_new_tokens if s.stop else len(s.answer_ids)

@@ -25,6 +25,7 @@ from ..models.info import model_info
 from ..results import TokenScores
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
 from .base import Analyzer, register, select_heads
+from ..viz.figures import FONT, axis_ticks, show_token, title_block
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -207,7 +208,6 @@ def phi_heatmap(z: np.ndarray, tokens: list[str], tau: float, dims: list[int], m
     """Layer x position heatmap of phi for one prompt; cells above tau are marked with a cross."""
     import plotly.graph_objects as go
 
-    from ..viz.figures import FONT, show_token, axis_ticks, title_block
 
     L, T = z.shape
     shown = [show_token(t) for t in tokens]
@@ -235,7 +235,6 @@ def massive_curve(df: pd.DataFrame, dims: list[int], min_ratio: float, model: st
     """Top-1/2/3 and median |x| per layer (mean over prompts), log scale, as in Sun et al.'s Fig. 2."""
     import plotly.graph_objects as go
 
-    from ..viz.figures import FONT, title_block
 
     g = df.groupby("layer")
     mean = g[["top1", "top2", "top3", "median"]].mean()

@@ -13,6 +13,8 @@ from ..inputs.probes import repeated_random_tokens
 from ..interventions import StreamingWindow, apply
 from ..models.info import model_info
 from .base import Analyzer, register
+from ..inputs.needle import make_needle_prompts
+from .retrieval import needle_accuracy
 
 
 def copy_accuracy(model, tokens: torch.Tensor, seg_len: int, interventions=()) -> float:
@@ -120,9 +122,6 @@ class StreamingHeads(Analyzer):
             tokens = self._probes(model, seg_len, 2, self.seed + 1)
             score = lambda specs: copy_accuracy(model, tokens, seg_len, specs)
         elif task == "needle":
-            from ..inputs.needle import make_needle_prompts
-            from .retrieval import needle_accuracy
-
             samples = needle_samples or make_needle_prompts(model, 10, [200], seed=self.seed + 1)
             score = lambda specs: needle_accuracy(model, samples, specs)
         else:

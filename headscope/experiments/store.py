@@ -22,6 +22,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .._version import __version__
 from ..errors import InputError
 from ..fileio import atomic_write, jsonable
 
@@ -56,7 +57,7 @@ class Store:
         if not state_file.is_file():
             now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             self.write_json("state.json", {"spec_hash": spec.hash, "spec_name": spec.name, "started": now,
-                                           "headscope_version": _version()})
+                                           "headscope_version": __version__})
         self.write_text("spec.yaml", spec.text)
         self._remove_stale_temps()
 
@@ -117,9 +118,4 @@ class Store:
     def read_json(self, rel):
         return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 

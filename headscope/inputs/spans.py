@@ -2,7 +2,7 @@
 
 A LLaVA-family model marks each image patch with its image token (`config.image_token_index` /
 `image_token_id`); the vision features replace those embeddings. headscope's own testbeds record their
-image token ids on the bridge (`bridge._headscope_image_token_ids`), so the same code finds the image in
+image token ids with the model's facts (`model_info(model).image_token_ids`), so the same code finds the image in
 a shapes-vlm prompt, a visual-sink SmolLM2 prompt and a real LLaVA prompt.
 
     >>> from headscope.inputs.spans import image_spans
@@ -16,21 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InputError
-
-_CONFIG_KEYS = ("image_token_index", "image_token_id")
-
-
-def image_token_ids(model) -> frozenset[int]:
-    """The token ids that stand for image patches in `model`'s input (empty if it has none)."""
-    marked = getattr(model, "_headscope_image_token_ids", None)
-    if marked is not None:
-        return frozenset(int(t) for t in marked)
-    config = getattr(getattr(model, "original_model", None), "config", None)
-    for key in _CONFIG_KEYS:
-        value = getattr(config, key, None)
-        if value is not None:
-            return frozenset({int(value)})
-    return frozenset()
+from ..models.info import image_token_ids  # noqa: F401  (part of this module's API)
 
 
 def _as_list(ids) -> list[int]:

@@ -1,7 +1,10 @@
-"""Model loading (bundled SmolLM2, local HF folders, cached hub ids) and ModelInfo."""
+"""Model loading (bundled SmolLM2, testbeds, local HF folders, cached hub ids) and ModelInfo."""
 
 from .bundled import SMOLLM2_NAME, default_cache_dir, smollm2_fp32_dir
-from .info import ModelInfo, model_info
-from .loading import BUNDLED, hf_offline, load_model
+from .catalog import TESTBEDS, Testbed, default_image_prompts, register_testbed
+from .info import ModelInfo, model_info, record_facts
+from .loading import BUNDLED, boot, hf_offline, load_model
 
-__all__ = ["BUNDLED", "ModelInfo", "SMOLLM2_NAME", "default_cache_dir", "hf_offline", "load_model", "model_info", "smollm2_fp32_dir"]
+__all__ = ["BUNDLED", "TESTBEDS", "ModelInfo", "SMOLLM2_NAME", "Testbed", "boot", "default_cache_dir",
+           "default_image_prompts", "hf_offline", "load_model", "model_info", "record_facts", "register_testbed",
+           "smollm2_fp32_dir"]

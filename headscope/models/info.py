@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+
+# Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
+# the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
+# tokenizer belong to the user. Weak keys, so a dropped model takes its entries with it.
+_FACTS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_INFO: "weakref.WeakKeyDictionary[object, ModelInfo]" = weakref.WeakKeyDictionary()
+_CONFIG_IMAGE_KEYS = ("image_token_index", "image_token_id")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,11 @@ class ModelInfo:
     pad_token_id: int | None = None
     prepend_bos: bool = False
     causal: bool = True  # False for bidirectional encoders (BERT): causal-only statistics are NaN there
-    extra: dict = field(default_factory=dict, compare=False)
+    testbed: str | None = None  # the headscope testbed this model is (load_model records it), else None
+    image_token_ids: frozenset = frozenset()  # ids that stand for image patches (empty: a text model)
+    # Ids that end a greedy answer (see stop_token_ids); empty without a tokenizer.
+    stop_token_ids: frozenset = field(default=frozenset(), compare=False, repr=False)
+    extra: dict = field(default_factory=dict, compare=False)  # a testbed's own facts (e.g. visual codes)
 
     @property
     def group_size(self) -> int:
@@ -74,11 +86,64 @@ class ModelInfo:
         return sorted(set(out))
 
 
+def record_facts(model, **facts) -> None:
+    """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`, and
+    anything else under `extra` (loaders and testbeds call this; nothing is written onto the model)."""
+    known = {"name", "testbed", "image_token_ids"}
+    entry = _FACTS.setdefault(model, {"extra": {}})
+    for key, value in facts.items():
+        if key in known:
+            entry[key] = value
+        else:
+            entry["extra"][key] = value
+    _INFO.pop(model, None)  # re-read with the new facts
+
+
+def image_token_ids(model) -> frozenset[int]:
+    """The token ids that stand for image patches in `model`'s input: a testbed's recorded ids, else the
+    HF config's `image_token_index` / `image_token_id` (LLaVA family); empty for a text model."""
+    recorded = _FACTS.get(model, {}).get("image_token_ids") if _weakrefable(model) else None
+    if recorded is not None:
+        return frozenset(int(t) for t in recorded)
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    for key in _CONFIG_IMAGE_KEYS:
+        value = getattr(config, key, None)
+        if value is not None:
+            return frozenset({int(value)})
+    return frozenset()
+
+
+def stop_token_ids(tokenizer) -> frozenset[int]:
+    """Ids that end a greedy answer: every token whose text contains a newline, plus EOS.
+
+    (The retrieval paper's code stops at Llama's `<0x0A>` token; byte-level BPE vocabularies spell
+    newlines `Ċ` and have many tokens holding one, e.g. `ĊĊ`.) `model_info(model).stop_token_ids`
+    holds them for a model's own tokenizer, read once.
+    """
+    if tokenizer is None or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        return frozenset()
+    names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ids = {i for i, t in enumerate(names) if t and ("\n" in t or "Ċ" in t or t == "<0x0A>")}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def _weakrefable(model) -> bool:
+    try:
+        weakref.ref(model)
+        return True
+    except TypeError:
+        return False
+
+
 def model_info(model) -> ModelInfo:
-    """Read a ModelInfo from a TransformerBridge (cached on the bridge)."""
-    cached = getattr(model, "_headscope_info", None)
+    """Read a ModelInfo from a TransformerBridge (read once per model, kept beside it)."""
+    cacheable = _weakrefable(model)
+    cached = _INFO.get(model) if cacheable else None
     if cached is not None:
         return cached
+    facts = _FACTS.get(model, {}) if cacheable else {}
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -86,7 +151,7 @@ def model_info(model) -> ModelInfo:
         raise InputError(f"n_heads={n_heads} is not a multiple of n_key_value_heads={n_kv}")
     tok = getattr(model, "tokenizer", None)
     info = ModelInfo(
-        name=str(getattr(model, "_headscope_name", None) or cfg.model_name),
+        name=str(facts.get("name") or cfg.model_name),
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=n_kv,
@@ -97,11 +162,13 @@ def model_info(model) -> ModelInfo:
         pad_token_id=getattr(tok, "pad_token_id", None),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),
         causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        testbed=facts.get("testbed"),
+        image_token_ids=image_token_ids(model),
+        stop_token_ids=stop_token_ids(tok),
+        extra=dict(facts.get("extra", {})),
     )
-    try:
-        model._headscope_info = info
-    except Exception:  # a bridge that refuses attributes still works, just uncached
-        pass
+    if cacheable:
+        _INFO[model] = info
     return info
 
 

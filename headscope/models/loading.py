@@ -1,4 +1,4 @@
-"""load_model: one entry point for the bundled model, local HF folders and cached hub ids."""
+"""load_model: one entry point for the bundled model, the testbeds, local HF folders and cached hub ids."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable
-
 from ..errors import ModelNotFoundError
-from . import bundled, safety, shapes_vlm, visual_sinks
+from . import bundled
+from .catalog import TESTBEDS, Testbed, register_testbed
 from .compat import no_runtime_installs
-from .info import tokenizer_adds_bos
+from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ def hf_offline():
                 os.environ[key] = value
 
 
-def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
-          offline: bool = True):
+def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
+         offline: bool = True):
     """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
     (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`. `offline=False`
     lets the hub be reached (an explicit `allow_download`); installing packages is refused either way."""
@@ -60,7 +59,7 @@ def _boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
-    bridge._headscope_name = name
+    record_facts(bridge, name=name)
     return bridge
 
 
@@ -81,15 +80,11 @@ def _load_smollm2(cache_dir, device, dtype):
     folder = bundled.smollm2_fp32_dir(cache_dir)
     # SmolLM2's tokenizer adds no BOS; its "bos" <|im_start|> opens chat turns, so raw text is
     # fed as is (TL would otherwise prepend id 1 to every prompt).
-    return _boot(str(folder), bundled.SMOLLM2_NAME, device, dtype, prepend_bos=False)
+    return boot(str(folder), bundled.SMOLLM2_NAME, device, dtype, prepend_bos=False)
 
 
-# Names load_model accepts besides paths and hub ids. Later testbeds register here.
-BUNDLED: dict[str, Callable] = {bundled.SMOLLM2_NAME: _load_smollm2}
-# The safety-tuned testbed: SmolLM2 + the LoRA delta in data/ (models/safety.py imports _boot lazily).
-BUNDLED[safety.SAFETY_NAME] = safety.load_safety
-BUNDLED[shapes_vlm.SHAPES_VLM_NAME] = shapes_vlm.load_shapes_vlm
-BUNDLED[visual_sinks.VISUAL_SINKS_NAME] = visual_sinks.load_visual_sinks
+register_testbed(Testbed(bundled.SMOLLM2_NAME, load=_load_smollm2, summary="the bundled default model"))
+BUNDLED = TESTBEDS  # the catalog's old name (one release)
 ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
 
 
@@ -108,7 +103,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
 
     Args:
         name_or_path: None (the bundled SmolLM2-135M-Instruct), a bundled name
-            (see `headscope.models.BUNDLED`), a local Hugging Face model folder, or a hub id
+            or testbed (see `headscope.models.TESTBEDS`), a local Hugging Face model folder, or a hub id
             already in the local HF cache.
         cache_dir: where the bundled model's fp32 cache lives (default: HEADSCOPE_CACHE or
             ~/.cache/headscope).
@@ -123,8 +118,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
         (30, 9)
     """
     key = ALIASES.get(name_or_path, name_or_path)
-    if isinstance(key, str) and key.lower() in BUNDLED:
-        return BUNDLED[key.lower()](cache_dir, device, dtype)
+    if isinstance(key, str) and key.lower() in TESTBEDS:
+        bridge = TESTBEDS[key.lower()].load(cache_dir, device, dtype)
+        record_facts(bridge, testbed=key.lower())
+        return bridge
 
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():
@@ -133,7 +130,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
                 f"{path} is a folder but not a Hugging Face model folder (no config.json). "
                 "Fix: point at the folder written by save_pretrained()."
             )
-        return _boot(str(path), str(name_or_path), device, dtype, prepend_bos=None)
+        return boot(str(path), str(name_or_path), device, dtype, prepend_bos=None)
 
     text = str(name_or_path)
     # Hub ids are 'org/name' or, for the oldest models, a bare name ('gpt2', 'bert-base-uncased').
@@ -141,14 +138,14 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
                          and not text.startswith((".", "/", "~")) and not text.endswith("/"))
     if not looks_like_hub_id:
         raise ModelNotFoundError(
-            f"Unknown model {text!r}: not a bundled model ({', '.join(sorted(BUNDLED))}), not an "
+            f"Unknown model {text!r}: not a bundled model or testbed ({', '.join(sorted(TESTBEDS))}), not an "
             "existing folder, and not a hub id ('org/name' or a bare name such as 'gpt2'). "
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
-        return _boot(text, text, device, dtype, prepend_bos=None)  # offline: every file is in the cache
+        return boot(text, text, device, dtype, prepend_bos=None)  # offline: every file is in the cache
     if allow_download:
-        return _boot(text, text, device, dtype, prepend_bos=None, offline=False)
+        return boot(text, text, device, dtype, prepend_bos=None, offline=False)
     from huggingface_hub.constants import HF_HUB_CACHE
 
     raise ModelNotFoundError(

@@ -30,6 +30,7 @@ import torch
 
 from headscope.errors import InputError
 from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
+from headscope.models.loading import boot
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -370,8 +371,6 @@ def plain_hf(name: str, seed: int = 0):
 
 
 def _boot(name: str, seed: int, dtype=torch.float32):
-    from headscope.models.loading import _boot as boot
-
     hf, tok = tiny_hf(name, seed)
     label = f"headscope/tiny-{name}"
     return boot(label, label, "cpu", dtype, None, hf_model=hf.to(dtype), tokenizer=tok)

@@ -20,8 +20,17 @@ from typing import Callable
 
 import torch
 
+from headscope.analyzers import get_analyzer
+from headscope.analyzers.retrieval import RetrievalHeads
+from headscope.capture import capture
 from headscope.errors import InputError
+from headscope.generation import greedy_generate
+from headscope.inputs.needle import NeedleSample
+from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
+                                     VARRedistribution, ZeroAblation, apply, run, scan)
+from headscope.models.compat import pattern_edits_take_effect
 from headscope.testing import architectures as A
+from headscope.testing.reference_loops import reference_stats
 
 CHECKS: dict[str, Callable[[str], str | None]] = {}
 TOL_PATTERN = 1e-5
@@ -81,9 +90,6 @@ def _visible(name: str, layer: int, T: int) -> torch.Tensor:
 def _pattern_kinds_refused(name: str) -> str | None:
     """On a family whose bridge only reports patterns after HF computed them, the attention-level
     kinds must be refused with a clear error; returns the reason, or None if they are live."""
-    from headscope.interventions import UniformAttention, apply
-    from headscope.models.compat import pattern_edits_take_effect
-
     if pattern_edits_take_effect(bridged(name)):
         return None
     try:
@@ -103,8 +109,6 @@ def _pattern_kinds_refused(name: str) -> str | None:
 def check_strings(name: str) -> None:
     """A string prompt is analysed as the model's tokenizer encodes it by default: its own special
     tokens ([CLS] .. [SEP] on an encoder, BOS where the tokenizer adds one), nothing else."""
-    from headscope.capture import capture
-
     text = "t5 t6 t7 t5"
     res = capture(bridged(name), [text])
     assert res.token_ids[0] == list(A.tokenizer_for(name)(text)["input_ids"]), f"{name}: {res.token_ids[0]}"
@@ -113,8 +117,6 @@ def check_strings(name: str) -> None:
 @_check("patterns")
 def check_patterns(name: str) -> None:
     """Captured patterns (a right-padded batch) equal HF's output_attentions, prompt by prompt."""
-    from headscope.capture import capture
-
     ps = prompts(name)
     res = capture(bridged(name), ps, keep_patterns=True, batch_size=2)
     for ids, got in zip(ps, res.patterns):
@@ -129,8 +131,6 @@ def check_reducers(name: str) -> str | None:
     induction) are reported as NaN, never as a number."""
     import numpy as np
 
-    from headscope.capture import capture
-    from headscope.testing.reference_loops import reference_stats
 
     ps = prompts(name)
     res = capture(bridged(name), ps, batch_size=2)
@@ -196,8 +196,6 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
 
 
 def _z_and_v(model, ids, specs):
-    from headscope.interventions import apply
-
     got = {}
     hooks = []
     for l in range(model.cfg.n_layers):
@@ -213,8 +211,6 @@ def _z_and_v(model, ids, specs):
 def check_uniform_attention(name: str) -> str | None:
     """epsilon = 0: each edited head outputs the mean of V over exactly the keys it may see;
     Ships' epsilon = 1e-5: within 1e-3 of it."""
-    from headscope.interventions import UniformAttention
-
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
@@ -236,8 +232,6 @@ def check_uniform_attention(name: str) -> str | None:
 @_check("zero")
 def check_zero(name: str) -> None:
     """Zero ablation equals HF with the head's slice of the output-projection input zeroed."""
-    from headscope.interventions import ZeroAblation, run
-
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
     d = model.cfg.d_head
@@ -260,8 +254,6 @@ def check_zero(name: str) -> None:
 @_check("scale_identity")
 def check_scale_identity(name: str) -> None:
     """ScaleOutput(alpha=1) is the identity, bit for bit."""
-    from headscope.interventions import ScaleOutput, run
-
     model = bridged(name)
     ids = torch.tensor([prompts(name)[0]])
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
@@ -273,8 +265,6 @@ def check_scale_identity(name: str) -> None:
 @_check("streaming_window")
 def check_streaming_window(name: str) -> str | None:
     """A streaming head attends only to its sink and recent keys, and its rows still sum to one."""
-    from headscope.interventions import StreamingWindow
-
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
@@ -292,8 +282,6 @@ def check_streaming_window(name: str) -> str | None:
 @_check("act_var_rows")
 def check_act_var_rows(name: str) -> str | None:
     """ACT and VAR move attention mass between keys; every row still sums to one."""
-    from headscope.interventions import ACTCalibration, VARRedistribution
-
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
@@ -323,7 +311,6 @@ def check_scan(name: str) -> str | None:
     the replay's self-check passes (no fallback warning) on every family of the matrix."""
     import numpy as np
 
-    from headscope.interventions import KINDS, run, scan
 
     model = bridged(name)
     ragged = prompts(name)
@@ -368,8 +355,6 @@ def check_scan(name: str) -> str | None:
 def check_generation(name: str) -> str | None:
     """KV-cached greedy generation equals full recomputation, a plain HF argmax loop, and HF
     `generate` (which stops at EOS: compared up to there)."""
-    from headscope.generation import greedy_generate
-
     if A.ARCHITECTURES[name].is_encoder:
         return "encoder: no generation"
     model, hf = bridged(name), plain(name)
@@ -394,9 +379,6 @@ def check_retrieval(name: str) -> str | None:
     generate mode (the paper's step-by-step KV-cached decoding), with copy events to compare."""
     import numpy as np
 
-    from headscope.analyzers.retrieval import RetrievalHeads
-    from headscope.generation import greedy_generate
-    from headscope.inputs.needle import NeedleSample
 
     if A.ARCHITECTURES[name].is_encoder:
         return "encoder: no generation"
@@ -434,7 +416,6 @@ def check_analyzers(name: str) -> str | None:
     heads that exist, or refuses the family with an InputError (never another exception)."""
     import numpy as np
 
-    from headscope.analyzers import get_analyzer
 
     model = bridged(name)
     L, H = model.cfg.n_layers, model.cfg.n_heads

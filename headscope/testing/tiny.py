@@ -14,6 +14,8 @@ import os
 from typing import Union
 
 import torch
+from headscope.models.compat import no_runtime_installs
+from headscope.inputs.probes import repeated_random_tokens as _probe
 
 # Never let transformers / TransformerLens reach for the Hub: every tiny model is built in code.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,7 +79,6 @@ def _boot(hf_model, vocab_size: int):
     """Wrap an in-memory HF model in a TransformerBridge (no download: the tokenizer is local)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from headscope.models.compat import no_runtime_installs
 
     tok = tiny_tokenizer(vocab_size)
     with no_runtime_installs():
@@ -127,8 +128,6 @@ def repeated_random_tokens(
     >>> repeated_random_tokens(48, seq_len=3, seed=0).shape
     torch.Size([1, 7])
     """
-    from headscope.inputs.probes import repeated_random_tokens as _probe
-
     if isinstance(bridge_or_vocab, int):
         vocab, bos = bridge_or_vocab, BOS_ID
     else:

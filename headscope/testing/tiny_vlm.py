@@ -32,6 +32,7 @@ from headscope.testing.tiny import (
     TINY_NAME,
     tiny_tokenizer,
 )
+from headscope.models.loading import boot
 
 VOCAB = 48
 IMAGE_TOKEN = VOCAB - 1  # the last id of the tiny vocabulary stands for an image patch
@@ -67,8 +68,6 @@ def _config(n_layers: int, n_heads: int, n_kv_heads: int, d_model: int, image_si
 
 
 def _boot(hf_model):
-    from headscope.models.loading import _boot as boot
-
     return boot(TINY_NAME, "headscope/tiny-llava", None, None, None, hf_model=hf_model, tokenizer=tiny_tokenizer(VOCAB))
 
 

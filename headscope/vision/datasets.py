@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from ..models.catalog import default_image_prompts as _default_image_prompts
 from . import shapes as W
 from .shapes_eval import EVAL_SEED, default_eval_sets
 
@@ -26,19 +27,5 @@ def shapes_set(split: str = "image_qa", n: int | None = None, seed: int = EVAL_S
 DETECT_SEED = 7_000  # the detection set of analyses/vision_heads.py: disjoint from the held-out sets
 
 
-def default_image_prompts(model, n: int = 64) -> list:
-    """Built-in prompts with an image for `model`'s testbed: shapes-vlm image questions (ImagePrompts),
-    or the visual-sink testbed's prompts as (prefix, image, suffix) id triples. Other models: InputError."""
-    from ..models.shapes_vlm import is_shapes_vlm
-    from ..models.visual_sinks import default_prompts, is_visual_sinks
-
-    if is_shapes_vlm(model):
-        return [W.item_prompt(it) for it in shapes_set("image_qa", n=n, seed=DETECT_SEED)]
-    if is_visual_sinks(model):
-        out = []
-        for p in default_prompts(model):
-            (s, e), ids = p.image_span, list(p.ids)
-            out.append((ids[:s], ids[s:e], ids[e:]))
-        return out
-    raise InputError("no built-in image prompts for this model. Fix: pass ImagePrompts, e.g. "
-                     "ImagePrompt.from_processor(processor, text, image) for a LLaVA-family model.")
+# Each testbed provides its own built-in image prompts (headscope/testbeds/); this is the lookup.
+default_image_prompts = _default_image_prompts

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from ..inputs.images import ImagePrompt
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {  # RGB in [0, 1]; far apart so a single pixel identifies the colour
@@ -331,8 +332,6 @@ def encode_item(item: QAItem, tok=None) -> tuple[list[int], int]:
 
 def item_prompt(item: QAItem, tok=None, noise: float = 0.0, noise_seed: int = 0):
     """An ImagePrompt (image items) or a plain id list (text items), for headscope's analyzers."""
-    from ..inputs.images import ImagePrompt
-
     ids = prompt_ids(item, tok)
     return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0)) if item.has_image else ids
 

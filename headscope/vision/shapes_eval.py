@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InputError
 from . import shapes as W
+from ..interventions import apply
 
 _WORD_ID = {w: i for i, w in enumerate(W.vocabulary())}
 _ID_WORD = W.vocabulary()
@@ -37,8 +38,6 @@ def _applied(model, interventions, hooks):
             raise InputError("interventions/hooks need a TransformerBridge; got a plain HF model. "
                              "Fix: use headscope.load_model('shapes-vlm')")
         if interventions:
-            from ..interventions import apply
-
             stack.enter_context(apply(model, list(interventions)))
         if hooks:
             stack.enter_context(model.hooks(fwd_hooks=list(hooks)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from headscope.results import atomic_write
+from headscope.fileio import atomic_write
 
 STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
 # Debian's `chromium` package first (what setup installs), then the headless shell, then PATH names.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ..errors import InputError
 from ..inputs.tokens import encode
 from ..models.info import model_info
+from .evaluate import chat_ids
+from .prompts import prompt_set
 
 # The official code's templates (Zhou et al. 2024), byte for byte:
 QUERY_TEMPLATE = "## Query: {query}\n## Answer:"  # `ships_test` (generation) and the quick-start
@@ -31,8 +33,6 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise InputError("safety-head analyzers need a non-empty list of request strings (harmful prompts)")
     if prompt_format == "chat":
-        from ..safety import chat_ids
-
         return [chat_ids(model, p) for p in prompts]
     template = TEMPLATES.get(prompt_format, prompt_format)
     if "{query}" not in template:
@@ -45,6 +45,4 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
 
 def default_harmful_prompts() -> list[str]:
     """The held-out harmful requests written for headscope (data/safety)."""
-    from ..safety import prompt_set
-
     return prompt_set("harmful-heldout")

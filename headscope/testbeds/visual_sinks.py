@@ -39,7 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HeadscopeError, InputError, ModelNotFoundError
-from . import bundled
+from ..models import bundled
+from ..models.catalog import Testbed, register_testbed
+from ..models.info import model_info, record_facts
+from ..models.loading import boot
+from ..paths import data_dir
 
 VISUAL_SINKS_NAME = "smollm2-visual-sinks"
 MANIFEST = "manifest.json"
@@ -80,8 +84,6 @@ class VisualPrompt:
 
 
 def manifest_path() -> Path:
-    from ..paths import data_dir
-
     try:
         return data_dir() / "models" / VISUAL_SINKS_NAME / MANIFEST
     except HeadscopeError as exc:
@@ -176,20 +178,17 @@ def visual_sinks_hf(cache_dir=None, device=None, dtype=None, manifest: dict | No
 
 
 def load_visual_sinks(cache_dir=None, device=None, dtype=None):
-    """BUNDLED loader for "smollm2-visual-sinks" (built in memory from the bundled fp32 SmolLM2)."""
-    from .loading import _boot
-
+    """The testbed's loader (built in memory from the bundled fp32 SmolLM2)."""
     hf, tok, codes = visual_sinks_hf(cache_dir, device, dtype)
     # prepend_bos False as the bundled SmolLM2: its tokenizer adds no BOS.
-    bridge = _boot(str(bundled.smollm2_fp32_dir(cache_dir)), VISUAL_SINKS_NAME, device, dtype, prepend_bos=False,
+    bridge = boot(str(bundled.smollm2_fp32_dir(cache_dir)), VISUAL_SINKS_NAME, device, dtype, prepend_bos=False,
                    hf_model=hf, tokenizer=tok)
-    bridge._headscope_image_token_ids = frozenset(codes.ids)
-    bridge._headscope_visual_codes = codes
+    record_facts(bridge, image_token_ids=frozenset(codes.ids), visual_codes=codes)
     return bridge
 
 
 def visual_codes(model) -> VisualCodes:
-    codes = getattr(model, "_headscope_visual_codes", None)
+    codes = model_info(model).extra.get("visual_codes")
     if codes is None:
         raise InputError("this model is not the visual-sink testbed (no visual codebook). "
                          f"Fix: model = headscope.load_model({VISUAL_SINKS_NAME!r}).")
@@ -197,7 +196,7 @@ def visual_codes(model) -> VisualCodes:
 
 
 def is_visual_sinks(model) -> bool:
-    return getattr(model, "_headscope_visual_codes", None) is not None
+    return model_info(model).extra.get("visual_codes") is not None
 
 
 def _encode(model, text: str) -> list[int]:
@@ -247,3 +246,16 @@ def default_prompts(model, n_prompts: int = 8, n_visual: int = 32, n_sinks: int 
         before, after = DEFAULT_TEMPLATES[i % len(DEFAULT_TEMPLATES)]
         out.append(visual_prompt(model, before, n_visual=n_visual, n_sinks=n_sinks, after_text=after, seed=i))
     return out
+
+
+def image_prompts(model, n: int | None = None) -> list:
+    """The default prompts (8 unless `n` says) as (prefix, image, suffix) id triples."""
+    out = []
+    for p in default_prompts(model, n_prompts=n or 8):
+        (s, e), ids = p.image_span, list(p.ids)
+        out.append((ids[:s], ids[s:e], ids[e:]))
+    return out
+
+
+register_testbed(Testbed(VISUAL_SINKS_NAME, load=load_visual_sinks, image_prompts=image_prompts,
+                         summary="SmolLM2 with a visual codebook whose sink codes carry massive activations"))

@@ -23,10 +23,13 @@ from ..errors import InputError
 from ..inputs.spans import image_span
 from ..inputs.tokens import to_token_lists
 from ..interventions.specs import VARRedistribution
+from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..results import HeadScores
-from ._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
-from .base import Analyzer, register, select_heads
+from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
+from ..analyzers.base import Analyzer, register, select_heads
+from ..analyzers.sinks import phi_heatmap
+from ..viz.figures import FONT, title_block
 
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
@@ -79,6 +82,14 @@ class ImageCentricRows(PhiTopK):
     def result(self, info, prompts=None):
         return {"phi": super().result(info, prompts).phi, "stats": self._stats, "sinks": self._sinks}
 
+
+VISUAL_SINKS_TESTBED = "smollm2-visual-sinks"  # the testbed with built-in prompts (headscope/testbeds/visual_sinks.py)
+
+
+def _is_id_prompt(obj) -> bool:
+    """A prompt object carrying token ids in `.ids` but no pixel values (the visual-sink testbed's
+    VisualPrompt); ImagePrompts keep their pixel values and are passed on whole."""
+    return hasattr(obj, "ids") and not hasattr(obj, "pixel_values")
 
 @register
 class VisualSink(Analyzer):
@@ -160,18 +171,16 @@ class VisualSink(Analyzer):
 
     def _inputs(self, model, data) -> tuple[list, list[list[int]]]:
         """(what the model runs on: ImagePrompts keep their pixel values, token id lists)."""
-        from ..models import visual_sinks
-
         if data is None:
-            if not visual_sinks.is_visual_sinks(model):
+            if model_info(model).testbed != VISUAL_SINKS_TESTBED:
                 raise InputError("visual-sink needs prompts that contain an image and has built-in ones only for the "
                                  "visual-sink testbed. Fix: fit(model, data=[token id lists with image tokens]) or "
-                                 f"use model = headscope.load_model({visual_sinks.VISUAL_SINKS_NAME!r}).")
-            data = visual_sinks.default_prompts(model, self.n_default_prompts)
-        if isinstance(data, visual_sinks.VisualPrompt):
+                                 f"use model = headscope.load_model({VISUAL_SINKS_TESTBED!r}).")
+            data = [pre + image + post for pre, image, post in default_image_prompts(model, self.n_default_prompts)]
+        if _is_id_prompt(data):  # one prompt object with .ids (the testbed's VisualPrompt)
             data = [data]
         if isinstance(data, (list, tuple)):
-            data = [list(d.ids) if isinstance(d, visual_sinks.VisualPrompt) else d for d in data]
+            data = [list(d.ids) if _is_id_prompt(d) else d for d in data]
         return data, to_token_lists(model, data, model_info(model))
 
     def fit(self, model, data=None) -> VisualSink:
@@ -305,8 +314,6 @@ class VisualSink(Analyzer):
 
     def plot_phi(self, prompt: int = 0):
         """phi per layer x position for one prompt (crosses: phi > tau), as in AttentionSinks.plot_phi."""
-        from .sinks import phi_heatmap
-
         self._check_fitted()
         n = len(self.token_ids_[prompt])
         fig = phi_heatmap(self.phi_[prompt, :, :n], self.tokens_[prompt], self.tau, self.sink_dims_,
@@ -319,7 +326,6 @@ class VisualSink(Analyzer):
         """Histogram of phi (layers 2..L-1 by default) for image and text tokens, with the tau line."""
         import plotly.graph_objects as go
 
-        from ..viz.figures import FONT, title_block
 
         df = self.phi_table()
         layers = range(FIRST_SINK_LAYER, self.n_layers_) if layers is None else layers

@@ -21,6 +21,12 @@ import json
 from pathlib import Path
 
 from ..errors import HeadscopeError, ModelNotFoundError
+from ..models.catalog import Testbed, register_testbed
+from ..models.info import model_info
+from ..models.loading import boot
+from ..paths import data_dir
+from ..vision import shapes
+from ..vision.datasets import DETECT_SEED, shapes_set
 
 SHAPES_VLM_NAME = "shapes-vlm"
 WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "train_log.json"
@@ -29,8 +35,6 @@ FIX = ("Fix: restore data/models/shapes-vlm/ from the repository, or retrain it 
 
 
 def model_dir() -> Path:
-    from ..paths import data_dir
-
     try:
         return data_dir() / "models" / SHAPES_VLM_NAME
     except HeadscopeError as exc:
@@ -73,8 +77,6 @@ def load_tokenizer(folder: str | Path | None = None):
     """The shipped tokenizer; it must equal the world's vocabulary (shapes.vocabulary())."""
     from transformers import PreTrainedTokenizerFast
 
-    from ..vision import shapes
-
     folder = Path(folder or model_dir())
     if not (folder / "tokenizer.json").is_file():
         raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: {folder / 'tokenizer.json'} is missing. {FIX}")
@@ -87,14 +89,21 @@ def load_tokenizer(folder: str | Path | None = None):
 
 
 def load_shapes_vlm(cache_dir=None, device=None, dtype=None):
-    """BUNDLED loader for "shapes-vlm" (cache_dir is unused: the checkpoint is small and read in place)."""
-    from ..vision import shapes
-    from .loading import _boot
-
+    """The testbed's loader (cache_dir is unused: the checkpoint is small and read in place)."""
     # shapes prompts carry their own BOS; the image token comes from config.image_token_index.
-    return _boot(shapes.TOKENIZER_NAME, SHAPES_VLM_NAME, device, dtype, prepend_bos=False,
+    return boot(shapes.TOKENIZER_NAME, SHAPES_VLM_NAME, device, dtype, prepend_bos=False,
                  hf_model=shapes_vlm_hf(device=device, dtype=dtype), tokenizer=load_tokenizer())
 
 
 def is_shapes_vlm(model) -> bool:
-    return getattr(model, "_headscope_name", None) == SHAPES_VLM_NAME
+    return model_info(model).testbed == SHAPES_VLM_NAME
+
+
+def image_prompts(model, n: int | None = None) -> list:
+    """shapes-vlm's built-in image questions (ImagePrompts) from the detection seed, disjoint from the
+    held-out evaluation sets (64 unless `n` says)."""
+    return [shapes.item_prompt(it) for it in shapes_set("image_qa", n=n or 64, seed=DETECT_SEED)]
+
+
+register_testbed(Testbed(SHAPES_VLM_NAME, load=load_shapes_vlm, image_prompts=image_prompts,
+                         summary="a tiny LLaVA trained from scratch on the synthetic shapes world"))

@@ -10,11 +10,12 @@ import torch
 
 from ..interventions import UniformAttention
 from ..interventions.scan import _CleanRun, variant_outputs
-from ..inputs.tokens import to_token_lists
+from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_info
 from ..results import HeadScores
-from .base import Analyzer, register
+from ..analyzers.base import Analyzer, register
 from .ships import as_prompt_ids
+from ..errors import InputError
 
 
 def leading_left_vector(M: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,6 @@ class Sahara(Analyzer):
         raw, prompts = as_prompt_ids(model, data, self.prompt_format)
         ids = to_token_lists(model, raw, info)
         if len(ids) < 2:
-            from ..errors import InputError
-
             raise InputError("Sahara compares subspaces of a dataset's hidden states: give at least 2 prompts")
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
             (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
@@ -110,8 +109,6 @@ class Sahara(Analyzer):
 
 def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:
     """[n_prompts, d_model]: the final-norm hidden state at each prompt's last token (the scan's clean run)."""
-    from ..inputs.tokens import iter_batches
-
     info = model_info(model)
     out = torch.zeros(len(ids), info.d_model)
     for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..interventions.scan import scan
-from .base import Analyzer, register, select_heads
-from ._safety_inputs import default_harmful_prompts, safety_prompt_ids
+from ..analyzers.base import Analyzer, register, select_heads
+from ._inputs import default_harmful_prompts, safety_prompt_ids
 
 
 def as_prompt_ids(model, data, prompt_format: str):

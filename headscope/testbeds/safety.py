@@ -22,7 +22,10 @@ import tempfile
 from pathlib import Path
 
 from ..errors import HeadscopeError, ModelNotFoundError
-from . import bundled
+from ..models import bundled
+from ..models.catalog import Testbed, register_testbed
+from ..models.loading import boot
+from ..paths import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,6 @@ FIX = "Fix: restore data/models/smollm2-135m-safety/ from the repository, or reg
 
 
 def delta_dir() -> Path:
-    from ..paths import data_dir
-
     try:
         return data_dir() / "models" / SAFETY_NAME
     except HeadscopeError as exc:
@@ -179,8 +180,10 @@ def safety_fp32_dir(cache_dir: str | Path | None = None, *, delta: str | Path | 
 
 
 def load_safety(cache_dir, device, dtype):
-    """Loader registered as BUNDLED["smollm2-135m-safety"] (same boot as the bundled model)."""
-    from .loading import _boot
-
+    """The testbed's loader (same boot as the bundled model)."""
     folder = safety_fp32_dir(cache_dir)
-    return _boot(str(folder), SAFETY_NAME, device, dtype, prepend_bos=False)
+    return boot(str(folder), SAFETY_NAME, device, dtype, prepend_bos=False)
+
+
+register_testbed(Testbed(SAFETY_NAME, load=load_safety,
+                         summary="SmolLM2-135M-Instruct safety-tuned with a small LoRA delta (refuses harmful requests)"))

@@ -29,9 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyzers.base import Analyzer, register, select_heads
 from ..errors import InputError
+from ..inputs.spans import image_token_ids
+from ..models.info import model_info
 from ..results import HeadScores
-from .base import Analyzer, register, select_heads
+from . import shapes
+from .shapes_eval import default_eval_sets
 
 Z_HOOK = "vision_encoder.encoder_layers.{l}.attn.hook_z"  # [images, pos, head, d_head]
 PATTERN_HOOK = "vision_encoder.encoder_layers.{l}.attn.hook_pattern"  # [images, head, q, k]
@@ -86,8 +90,6 @@ def _as_item(x, index: int) -> AnswerItem:
         pos = x["answer_positions"] if "answer_positions" in x else range(int(x["n_prompt"]), n)
         return AnswerItem(ids, x["pixel_values"], tuple(pos))
     if hasattr(x, "question") and hasattr(x, "answer") and hasattr(x, "scene"):  # a shapes QAItem
-        from ..vision import shapes
-
         if x.scene is None:
             raise InputError(f"item {index} is a text-only shapes item: the vision tower never sees it; "
                              "use image items (shapes.sample_items(..., text_fraction=0))")
@@ -99,16 +101,9 @@ def _as_item(x, index: int) -> AnswerItem:
 def default_items(model, n: int) -> list[AnswerItem]:
     """The built-in data: the first `n` one-word image questions of the shapes-vlm held-out set
     (`shapes_eval.default_eval_sets()["image_qa"]`, kinds balanced); for other models an InputError."""
-    from ..models.shapes_vlm import is_shapes_vlm
-
-    if not is_shapes_vlm(model):
+    if model_info(model).testbed != "shapes-vlm":
         raise InputError("vit-heads has built-in data only for shapes-vlm: pass data=[AnswerItem(ids, pixel_values, "
                          "answer_positions), ...] (ids containing the image tokens and the answer) for this model")
-    try:
-        from ..vision.shapes_eval import default_eval_sets
-    except ImportError as e:  # the shapes world ships with the testbed
-        raise InputError(f"the shapes world (headscope.vision.shapes_eval) is not importable ({e}); "
-                         "pass data= explicitly") from None
     return as_answer_items(default_eval_sets(n_image=n, n_pope_scenes=1, n_describe=1)["image_qa"])
 
 
@@ -195,8 +190,6 @@ def cumulative_gates(tower: VisionTower, order: Sequence[tuple[int, int]]) -> to
 # ----------------------------------------------------------------------------- forwards
 
 def _pad_id(model) -> int:
-    from ..inputs.spans import image_token_ids
-
     tok = getattr(model, "tokenizer", None)
     image = image_token_ids(model)
     candidates = (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None), 0, 1, 3)
@@ -332,7 +325,7 @@ class ViTHeads(Analyzer):
         items = default_items(model, int(self.n_items)) if data is None else as_answer_items(data)
         if not any(it.pixel_values.shape[0] for it in items):
             raise InputError("no item has an image: the vision tower never runs; pass items with pixel_values")
-        name = str(getattr(model, "_headscope_name", "") or getattr(getattr(model, "cfg", None), "model_name", ""))
+        name = model_info(model).name
         meta = {"model": name, "analyzer": self.name, "params": self.get_params(), "n_kv_heads": None}
 
         distances, cls_mass = self._clean_pass(model, items, tower)
