@@ -236,13 +236,13 @@ def check_uniform_attention(name: str) -> str | None:
 @_check("zero")
 def check_zero(name: str) -> None:
     """Zero ablation equals HF with the head's slice of the output-projection input zeroed."""
-    from headscope.interventions import ZeroAblation, run
+    from headscope.interventions import ZeroAblation, forward_with
 
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
     d = model.cfg.d_head
     for layer, head in ((0, 1), (model.cfg.n_layers - 1, 2)):
-        got = run(model, ids, [ZeroAblation(heads=[(layer, head)])])
+        got = forward_with(model, ids, [ZeroAblation(heads=[(layer, head)])])
 
         def zero_slice(m, args, head=head):
             x = args[0].clone()
@@ -260,14 +260,14 @@ def check_zero(name: str) -> None:
 @_check("scale_identity")
 def check_scale_identity(name: str) -> None:
     """ScaleOutput(alpha=1) is the identity, bit for bit."""
-    from headscope.interventions import ScaleOutput, run
+    from headscope.interventions import ScaleOutput, forward_with
 
     model = bridged(name)
     ids = torch.tensor([prompts(name)[0]])
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     with torch.no_grad():
         clean = model(ids)
-    assert torch.equal(run(model, ids, [ScaleOutput(heads=heads, alpha=1.0)]), clean)
+    assert torch.equal(forward_with(model, ids, [ScaleOutput(heads=heads, alpha=1.0)]), clean)
 
 
 @_check("streaming_window")
@@ -323,7 +323,7 @@ def check_scan(name: str) -> str | None:
     the replay's self-check passes (no fallback warning) on every family of the matrix."""
     import numpy as np
 
-    from headscope.interventions import KINDS, run, scan
+    from headscope.interventions import KINDS, forward_with, scan
 
     model = bridged(name)
     ragged = prompts(name)
@@ -354,7 +354,7 @@ def check_scan(name: str) -> str | None:
                         spec = KINDS[kind](heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
                     if kind == "resample":  # scan's default source: the scanned prompts
                         spec = KINDS[kind](heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
-                    ref = _kl_last(clean, run(model, tokens, [spec], attention_mask=mask), last)
+                    ref = _kl_last(clean, forward_with(model, tokens, [spec], attention_mask=mask), last)
                     np.testing.assert_allclose(got.values[:, l, h], ref.numpy(), rtol=TOL_SCAN, atol=TOL_SCAN,
                                                err_msg=f"{name} {kind} L{l}H{h}")
     return None
