@@ -229,3 +229,39 @@ def test_old_names_warn_and_point_to_the_new_ones():
     assert torch.equal(old, headscope.forward_with(model, tokens, spec))
     with pytest.warns(DeprecationWarning, match="prepare_references"):
         prepare_module.prepare(model, spec)
+
+
+def test_a_whole_query_kind_makes_chat_generation_recompute_every_step():
+    """safety.generate_responses reads `whole_query` from the class: such a kind sees every query row
+    at every step (no KV cache), any other kind sees one new query per decode step."""
+    from headscope.safety import generate_responses
+
+    seen = []
+
+    @dataclass(frozen=True)
+    class CountRows(Intervention):
+        kind: ClassVar[str] = "toy_count_rows"
+        site: ClassVar[str] = "z"
+
+        def edit(self, sel, rows, ctx):
+            seen.append(sel.shape[1])
+            return sel.clone()
+
+    @dataclass(frozen=True)
+    class CountAllRows(CountRows):
+        kind: ClassVar[str] = "toy_count_all_rows"
+        whole_query: ClassVar[bool] = True
+
+    try:
+        model, truth = planted_model()
+        model.tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }}{% endfor %}"
+        generate_responses(model, ["t5 t6 t7 t5"], interventions=[CountRows(heads=[truth.induction])],
+                           max_new_tokens=3)
+        assert seen[0] > 1 and seen[1:] == [1] * (len(seen) - 1), seen  # prefill, then one query a step
+        seen.clear()
+        generate_responses(model, ["t5 t6 t7 t5"], interventions=[CountAllRows(heads=[truth.induction])],
+                           max_new_tokens=3)
+        assert seen == list(range(5, 5 + len(seen))) and len(seen) == 3, seen  # the whole sequence, each step
+    finally:
+        KINDS.unregister("toy_count_rows")
+        KINDS.unregister("toy_count_all_rows")
