@@ -87,7 +87,7 @@ def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_n
     tok = model.tokenizer
     stops = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
     if use_cache is None:
-        # A kind whose edit reads every query row (`whole_query`) is exact only when each step recomputes the sequence.
+        # a kind whose edit reads every query row (`whole_query`) is exact only if each step recomputes
         use_cache = not spans and not any(s.whole_query for s in whole + decode)
     outside = whole + spans  # with use_cache=False, span indices are absolute positions
     prepared = prepare_references(model, decode) if decode else None  # mean/resample references, computed once
