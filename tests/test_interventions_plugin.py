@@ -197,7 +197,15 @@ def test_a_kind_class_is_checked_when_defined():
 
             def edit(self, sel, rows, ctx):
                 return sel
-    assert not {"toy_bad_site", "toy_no_edit"} & set(KINDS)
+    with pytest.raises(TypeError, match=r"kind: ClassVar"):
+        @dataclass(frozen=True)
+        class FieldNotClassVar(Intervention):
+            kind: str = "toy_field"
+            site: ClassVar[str] = "z"
+
+            def edit(self, sel, rows, ctx):
+                return sel
+    assert not {"toy_bad_site", "toy_no_edit", "toy_field"} & set(KINDS)
     assert KINDS["zero"] is ZeroAblation
 
 

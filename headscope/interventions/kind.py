@@ -18,6 +18,7 @@ Defining the subclass registers it in `KINDS` (`__init_subclass__`): the hook bu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -105,6 +106,11 @@ class Intervention:
         super().__init_subclass__(**kwargs)
         if "kind" not in cls.__dict__:  # an intermediate base class, or a subclass tweaking a kind
             return
+        for name in ("kind", "site", "reference_field", "whole_query"):  # without ClassVar: a dataclass field
+            annotation = inspect.get_annotations(cls).get(name)
+            if annotation is not None and "ClassVar" not in str(annotation):
+                raise TypeError(f"{cls.__qualname__}.{name} must be declared as a class fact, "
+                                f"`{name}: ClassVar[...] = ...`, not as a dataclass field")
         if cls.site not in SITES:
             raise TypeError(f"intervention kind {cls.kind!r} ({cls.__qualname__}) has site {cls.site!r}; "
                             f"use one of the capture-engine sites {sorted(SITES)}")
