@@ -1,7 +1,7 @@
 """headscope: find, measure and edit the attention heads of transformer models.
 
 Public surface (lazily imported so `import headscope` stays fast):
-    load_model, model_info, capture, reducers, HeadScores, apply, run, scan, get_analyzer
+    load_model, model_info, capture, reducers, HeadScores, apply, forward_with, scan, get_analyzer
 """
 
 from importlib import import_module
@@ -18,7 +18,8 @@ _LAZY = {
     "HeadScores": "headscope.results",
     "TokenScores": "headscope.results",
     "apply": "headscope.interventions",
-    "run": "headscope.interventions",
+    "forward_with": "headscope.interventions",
+    "run": "headscope.interventions",  # deprecated alias of forward_with (warns when called)
     "scan": "headscope.interventions",
     "get_analyzer": "headscope.analyzers",
     "HeadscopeError": "headscope.errors",

@@ -14,7 +14,6 @@ Metrics:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -91,28 +90,22 @@ def check_vhr_conditions(unit) -> None:
 
 def _interventions(unit, cond, heads, ds):
     """Intervention specs of one work unit; mean/resample without a reference use the unit's data."""
-    from ..interventions import Intervention, MeanAblation, ResampleAblation
+    from ..interventions import Intervention
 
     if cond.mode == "interventions":
         specs = [Intervention.from_dict(d) for d in cond.interventions]
     else:
         specs = [Intervention.from_dict({**unit.intervention, "heads": heads})] if heads else []
     own = tuple(tuple(t) for t in ds.token_lists)
-    for i, s in enumerate(specs):
-        if isinstance(s, MeanAblation) and s.reference is None:
-            specs[i] = dataclasses.replace(s, reference=own)
-        elif isinstance(s, ResampleAblation) and s.source is None:
-            specs[i] = dataclasses.replace(s, source=own, shift=s.shift or 1)
-    return specs
+    return [s.with_default_reference(own) for s in specs]
 
 
 def _readable(spec, ds) -> dict:
     """to_dict() of a spec, with a reference/source that is the unit's own data named, not listed."""
     d = spec.to_dict()
-    own = [list(t) for t in ds.token_lists]
-    for key in ("reference", "source"):
-        if d.get(key) == own:
-            d[key] = f"data:{ds.name}"
+    key = spec.reference_field
+    if key is not None and d[key] == [list(t) for t in ds.token_lists]:
+        d[key] = f"data:{ds.name}"
     return d
 
 

@@ -1,10 +1,17 @@
-"""One intervention engine: declarative specs, realised as hooks only for the duration of a call."""
+"""One intervention engine: declarative specs, realised as hooks only for the duration of a call.
 
-from .apply import apply, run
+Each kind is one `Intervention` subclass (built-ins in `kinds/`, one module each); defining it registers
+it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
+"""
+
+from .apply import apply, forward_with, run
+from .kind import EditContext
 from .metrics import METRICS
-from .scan import scan
+from .prepare import prepare_references
+from .scan import scan, variant_outputs
 from .specs import (KINDS, ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
                     UniformAttention, VARRedistribution, ZeroAblation)
 
-__all__ = ["KINDS", "ACTCalibration", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
-           "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "apply", "run", "scan"]
+__all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
+           "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "apply",
+           "forward_with", "prepare_references", "run", "scan", "variant_outputs"]

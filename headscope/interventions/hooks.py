@@ -1,7 +1,7 @@
 """Realise intervention specs as hook functions.
 
 One hook per (spec, layer), vectorised over every (batch row, head) pair it edits: the pairs are
-gathered into one slice, edited by the kind's function from `edits.py`, and scattered back. A
+gathered into one slice, edited by the spec's own `edit()` (its kind class), and scattered back. A
 `Selector` says which pairs: `apply()` edits every row x the spec's heads of that layer; `scan()`
 edits a different head in each block of rows, so many single-head variants share one forward.
 """
@@ -14,16 +14,14 @@ import torch
 
 from ..capture.engine import SITES
 from ..errors import InputError
+from ..models.compat import pattern_edits_take_effect
 from ..models.info import ModelInfo
-from . import edits
+from .kind import ATTENTION_SITES, KINDS, EditContext, Intervention
 from .prepare import Prepared
-from .specs import (ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
-                    UniformAttention, VARRedistribution, ZeroAblation)
 
 # selector(batch_size) -> (row_idx [n], head_idx [n], local_row [n]); local_row indexes the
 # prompt a row holds (scan stacks copies of the batch, so row r holds prompt r % batch).
 Selector = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-_QK_SITES = ("attn_scores", "pattern")  # [batch, head, q, k]; other sites are [batch, pos, head, d]
 
 
 def query_slice(positions, decode_start: int | None) -> slice:
@@ -44,44 +42,28 @@ def every_row(heads: torch.Tensor) -> Selector:
     return select
 
 
-def _edit_fn(spec: Intervention, layer: int, prepared: Prepared | None):
-    """edit(sel, rows, head_idx, local_row) -> edited sel, for this spec's kind at this layer."""
-    if isinstance(spec, UniformAttention):
-        return lambda sel, rows, h, r: edits.scale_visible_scores(sel, rows, spec.epsilon)
-    if isinstance(spec, ZeroAblation):
-        return lambda sel, rows, h, r: edits.on_rows(sel, rows, torch.zeros_like)
-    if isinstance(spec, ScaleOutput):
-        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: x * spec.alpha)
-    if isinstance(spec, MeanAblation):
-        mean = prepared.mean_z(spec, layer)  # [head, d_head]
-        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: mean[h][:, None, :].to(x.dtype).expand_as(x))
-    if isinstance(spec, ResampleAblation):
-        return lambda sel, rows, h, r: edits.on_rows(sel, rows, lambda x: prepared.resampled_z(spec, layer, h, r, sel.shape[1])[:, rows].to(x.dtype))
-    if isinstance(spec, StreamingWindow):
-        def stream(sel, rows, h, r):
-            hidden = edits.streaming_hidden(sel.shape[-2], sel.shape[-1], spec.sink, spec.recent, rows)
-            return sel.masked_fill(hidden, torch.finfo(sel.dtype).min)
-        return stream
-    if isinstance(spec, ACTCalibration):
-        return lambda sel, rows, h, r: edits.act_calibrate(sel, rows, spec.beta, spec.threshold)
-    if isinstance(spec, VARRedistribution):
-        return lambda sel, rows, h, r: edits.var_redistribute(sel, rows, spec.sinks, spec.targets, spec.keep_fraction,
-                                                               spec.min_target_mass, spec.max_sink_share)
-    raise InputError(f"intervention kind {spec.kind!r} has no hook implementation")
+def _reference(spec: Intervention, layer: int, prepared: Prepared | None):
+    if not spec.needs_reference:
+        return None
+    if prepared is None:
+        raise InputError(f"intervention {spec.kind!r} needs reference activations: build its hooks with "
+                         "prepared=prepare_references(model, specs), or use apply() / scan(), which prepare them")
+    return prepared.for_layer(spec, layer)
 
 
 def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None):
     """The hook realising `spec` at `layer` on the (row, head) pairs `select` names."""
-    edit = _edit_fn(spec, layer, prepared)
-    qk_site = spec.site in _QK_SITES
+    reference = _reference(spec, layer, prepared)
+    attention_site = spec.edits_attention
 
     def hook(tensor, hook):
         row_idx, head_idx, local_row = select(tensor.shape[0])
+        ctx = EditContext(layer, head_idx, local_row, reference)
         out = tensor.clone()
-        if qk_site:  # [batch, head, q, k] -> sel [n, q, k]
-            out[row_idx, head_idx] = edit(tensor[row_idx, head_idx], rows, head_idx, local_row)
+        if attention_site:  # [batch, head, q, k] -> sel [n, q, k]
+            out[row_idx, head_idx] = spec.edit(tensor[row_idx, head_idx], rows, ctx)
         else:  # [batch, pos, head, d] -> sel [n, pos, d]
-            out[row_idx, :, head_idx] = edit(tensor[row_idx, :, head_idx], rows, head_idx, local_row)
+            out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], rows, ctx)
         return out
     return hook
 
@@ -89,17 +71,15 @@ def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, pr
 def check_editable(model, specs) -> None:
     """Refuse attention-pattern kinds on a model whose bridge cannot apply them (the edit would be
     discarded and the result silently equal the clean model)."""
-    from ..models.compat import pattern_edits_take_effect
-
-    kinds = sorted({s.kind for s in specs if s.site in _QK_SITES})
+    kinds = sorted({s.kind for s in specs if s.edits_attention})
     if kinds and not pattern_edits_take_effect(model):
         arch = type(getattr(model, "original_model", model)).__name__
+        usable = sorted(name for name, cls in KINDS.items() if cls.site not in ATTENTION_SITES)
         raise InputError(
             f"intervention kind(s) {kinds} edit attention scores or patterns, but on {arch} the "
             "TransformerLens bridge lets Hugging Face compute attention and only reports the pattern "
-            "afterwards, so such an edit would be discarded. Fix: use a head-output kind (zero, mean, "
-            "resample, scale) on this model, or a family whose attention the bridge computes itself "
-            "(see docs/architectures.md).")
+            f"afterwards, so such an edit would be discarded. Fix: use a head-output kind ({', '.join(usable)}) "
+            "on this model, or a family whose attention the bridge computes itself (see docs/architectures.md).")
 
 
 def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
@@ -115,7 +95,7 @@ def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
 def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
                 prepared: Prepared | None = None) -> list[tuple[str, object]]:
     """(hook name, fn) pairs for the specs; validates every head against the model first.
-    Mean/resample specs need `prepared` reference activations (see `prepare.prepare`)."""
+    Specs with a reference field (mean, resample) need `prepared` (see `prepare.prepare_references`)."""
     hooks = []
     for spec in check_specs(interventions, info):
         rows = query_slice(spec.positions, decode_start)

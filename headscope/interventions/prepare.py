@@ -1,18 +1,19 @@
-"""Reference activations for mean and resample ablation, computed once before the intervened run.
+"""Reference activations for the kinds that need them (mean and resample ablation), computed once
+before the intervened run.
 
-Both read the heads' outputs (hook_z) on other prompts: the mean over every real token of a
-reference set, or the full per-position outputs of source prompts. They are captured with the
-capture engine (observe-only hooks, batched, padding masked) for the layers the specs touch.
+`prepare_references()` asks each spec with a `reference_field` for its `prepare_reference()` on its
+reference prompts (or on `default_prompts`, the inputs being run, when it names none). The kinds read
+head outputs through `head_outputs()`: the capture engine (observe-only hooks, batched, padding masked)
+on the layers they touch.
 """
 
 from __future__ import annotations
 
-import torch
+import warnings
 
 from ..capture.engine import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
-from .specs import MeanAblation, ResampleAblation
 
 
 class _HeadOutputs(Reducer):
@@ -43,54 +44,51 @@ class _HeadOutputs(Reducer):
         return self
 
 
+def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> _HeadOutputs:
+    """hook_z of `layers` on `prompts`: `.sums[layer]` [head, d_head] over every real token and
+    `.count` of them; with keep_full, `.full[layer][prompt]` [pos, head, d_head] of each prompt too."""
+    collector = _HeadOutputs(layers, keep_full=keep_full)
+    capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size, progress=False)
+    return collector
+
+
 class Prepared:
-    """Reference activations per (spec, layer); built by `prepare()`."""
+    """Reference activations per spec, {spec: {layer: value}}; built by `prepare_references()`."""
 
     def __init__(self):
-        self._means: dict = {}
-        self._sources: dict = {}  # (spec, layer) -> ([n_src, T_max, head, d], lengths [n_src])
+        self._by_spec: dict = {}
 
-    def mean_z(self, spec, layer: int) -> torch.Tensor:
-        return self._means[(spec, layer)]
-
-    def resampled_z(self, spec, layer: int, head_idx, local_row, n_pos: int) -> torch.Tensor:
-        """[n, n_pos, d_head]: for each selected (row, head), the source prompt's outputs."""
-        z, lengths = self._sources[(spec, layer)]
-        src = (local_row + spec.shift) % len(lengths)
-        short = lengths[src] < n_pos
-        if bool(short.any()):
-            raise InputError(f"resample ablation: source prompt {int(src[short][0])} has {int(lengths[src[short][0]])} "
-                             f"tokens but the inputs have {n_pos}; give sources at least as long as the inputs")
-        return z[src, :n_pos, head_idx]
+    def for_layer(self, spec, layer: int):
+        """What `spec.edit` reads as ctx.reference at `layer`."""
+        try:
+            return self._by_spec[spec][layer]
+        except KeyError:
+            raise InputError(f"intervention {spec.kind!r} at layer {layer} has no prepared reference "
+                             "activations. Fix: build its hooks with prepare_references(model, specs), or use "
+                             "apply() / scan(), which prepare them") from None
 
 
-def _layers(spec) -> list[int]:
-    return sorted({l for l, _ in spec.heads})
-
-
-def prepare(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
-    """Capture what mean/resample specs need. `default_prompts` stands in for specs whose
-    reference/source is None (scan passes its own inputs); without it such specs are an error."""
+def prepare_references(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
+    """Capture what specs with a reference field need. `default_prompts` stands in for specs whose
+    reference is None (scan passes its own inputs); without it such specs are an error."""
     prepared = Prepared()
     for spec in interventions:
-        if not isinstance(spec, (MeanAblation, ResampleAblation)):
+        if not spec.needs_reference or spec in prepared._by_spec:
             continue
-        prompts = spec.reference if isinstance(spec, MeanAblation) else spec.source
+        prompts = getattr(spec, spec.reference_field)
         if prompts is None:
             prompts = default_prompts
         if prompts is None:
-            field = "reference" if isinstance(spec, MeanAblation) else "source"
-            raise InputError(f"{spec.kind} ablation needs {field}=[prompts] (the prompts whose head outputs are "
-                             f"used) when applied directly; scan() defaults it to the scanned inputs")
-        collector = _HeadOutputs(_layers(spec), keep_full=isinstance(spec, ResampleAblation))
-        capture(model, [list(p) if isinstance(p, tuple) else p for p in prompts], [collector],
-                layers=_layers(spec), batch_size=batch_size, progress=False)
-        for layer in _layers(spec):
-            if isinstance(spec, MeanAblation):
-                prepared._means[(spec, layer)] = collector.sums[layer] / collector.count
-            else:
-                full = collector.full[layer]
-                lengths = torch.tensor([len(z) for z in full])
-                padded = torch.nn.utils.rnn.pad_sequence(full, batch_first=True)  # [n_src, T_max, head, d]
-                prepared._sources[(spec, layer)] = (padded, lengths)
+            raise InputError(f"intervention {spec.kind!r} needs {spec.reference_field}=[prompts] (the prompts whose "
+                             "activations it uses) when applied directly; scan() defaults it to the scanned inputs")
+        prompts = [list(p) if isinstance(p, tuple) else p for p in prompts]
+        prepared._by_spec[spec] = spec.prepare_reference(model, prompts, batch_size)
     return prepared
+
+
+def prepare(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
+    """Deprecated alias of `prepare_references` (`headscope.experiments.prepare` is another function)."""
+    warnings.warn("headscope.interventions.prepare.prepare is renamed prepare_references (headscope.experiments."
+                  "prepare is an unrelated function); the old name goes in the next release",
+                  DeprecationWarning, stacklevel=2)
+    return prepare_references(model, interventions, default_prompts=default_prompts, batch_size=batch_size)

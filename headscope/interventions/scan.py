@@ -24,36 +24,35 @@ from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
-from .hooks import check_editable, layer_hook, query_slice
+from .apply import apply
+from .hooks import check_editable, check_specs, layer_hook, query_slice
+from .kind import KINDS, Intervention
 from .metrics import resolve_metric
-from .prepare import prepare
-from .specs import KINDS, Intervention
+from .prepare import prepare_references
 
 
 def _template(kind, positions, kind_params) -> Intervention:
+    """The one-head template a scan visits heads with: from a kind name, a kind class or a spec."""
     if isinstance(kind, Intervention):
         if kind_params:
             raise InputError("pass kind parameters either in the Intervention or as keywords, not both")
         return kind
-    cls = KINDS.get(kind)
-    if cls is None:
-        raise InputError(f"unknown intervention kind {kind!r}; known: {sorted(KINDS)}")
-    names = {f.name for f in dataclasses.fields(cls)} - {"heads", "positions"}
-    unknown = set(kind_params) - names
+    cls = kind if isinstance(kind, type) and issubclass(kind, Intervention) else KINDS[kind]
+    names = cls.param_names()
+    unknown = set(kind_params) - set(names)
     if unknown:
-        raise InputError(f"intervention {kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}")
-    if kind == "resample" and kind_params.get("source") is None:
-        kind_params = {"shift": 1, **kind_params}  # resampling a prompt from itself would be a no-op
-    return cls(heads=[(0, 0)], positions=positions, **kind_params)
+        raise InputError(f"intervention {cls.kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}")
+    return cls.scan_template(positions=positions, **kind_params)
 
 
-def _scanned_heads(info, heads, layers) -> list[tuple[int, int]]:
-    if heads is not None:
-        out = sorted({(int(l), int(h)) for l, h in heads})
+def _visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:
+    """The heads a scan visits one at a time: `visit` if given, else every head of `layers`."""
+    if visit is not None:
+        out = sorted({(int(l), int(h)) for l, h in visit})
         for l, h in out:
             info.check_head(l, h)
         if not out:
-            raise InputError("heads is empty: name at least one (layer, head), or pass heads=None for all")
+            raise InputError(f"{name} is empty: name at least one (layer, head), or pass {name}=None for all")
         return out
     return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
 
@@ -193,31 +192,34 @@ def _warn_no_replay(model, err) -> None:
         f"instead (same numbers as a per-head loop, slower).", RuntimeWarning, stacklevel=4)
 
 
-def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int = 8, max_rows: int = 64,
+def variant_outputs(model, token_lists, spec: Intervention, *, visit=None, batch_size: int = 8, max_rows: int = 64,
                     last_only: bool = True, readout: str = "logits", base_interventions=(),
                     decode_start: int | None = None, progress: bool | None = None, desc: str = "scan",
                     replay: str = "auto"):
-    """Yield (batch, base [B, pos', out], {head: variant [B, pos', out]}) for every scanned layer.
+    """Yield (batch, base [B, pos', out], layer, {head: variant [B, pos', out]}) for every visited layer.
 
-    `spec` names every head to scan; each is intervened on alone. `base_interventions` stay
-    applied in the clean run and in every variant (Sahara's greedy search grows them). Outputs
-    are logits or, with readout="final_hidden", the final-norm hidden state; only each prompt's
-    last real position when last_only. Consume it inside `contextlib.closing(...)` so that an
-    error in the consumer detaches the base interventions' hooks at once.
+    Two sets of heads, never mixed: `visit`, the heads visited one at a time (each variant edits one
+    of them, with `spec`'s kind and parameters; default: `spec.heads`), and `base_interventions`,
+    specs whose heads are edited together, in the clean run and in every variant (Sahara's greedy
+    search grows them). Outputs are logits or, with readout="final_hidden", the final-norm hidden
+    state; only each prompt's last real position when last_only. Consume it inside
+    `contextlib.closing(...)` so that an error in the consumer detaches the base interventions'
+    hooks at once.
 
     `replay`: "auto" restarts each layer's variants from the stored clean residual after checking,
     on the first batch, that this replay reproduces the model's own forward (else it warns and
     runs full forwards); "off" always runs full forwards; "force" skips the check (benchmarks).
     """
-    from .apply import apply
-
     if replay not in ("auto", "off", "force"):
         raise InputError(f"replay must be 'auto', 'off' or 'force', got {replay!r}")
     info = model_info(model)
+    if visit is not None:
+        spec = dataclasses.replace(spec, heads=visit)
+    check_specs([spec], info)
     check_editable(model, [spec])
-    prepared = prepare(model, [spec], default_prompts=token_lists, batch_size=batch_size)
+    prepared = prepare_references(model, [spec], default_prompts=token_lists, batch_size=batch_size)
     rows = query_slice(spec.positions, decode_start)
-    by_layer = {l: [h for ll, h in spec.heads if ll == l] for l in sorted({l for l, _ in spec.heads})}
+    by_layer = {l: [h for ll, h in spec.heads if ll == l] for l in spec.layers}
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
     batches = list(iter_batches(token_lists, batch_size, pad_id))
     per = max(1, max_rows // min(batch_size, len(token_lists)))
@@ -259,27 +261,36 @@ def variant_outputs(model, token_lists, spec: Intervention, *, batch_size: int =
         bar.close()
 
 
-def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=None, layers=None, batch_size: int = 8,
-         max_rows: int = 64, metric_kwargs: dict | None = None, positions="all", decode_start: int | None = None,
-         prepend_bos: bool | None = None, progress: bool | None = None, replay: str = "auto",
-         **kind_params) -> HeadScores:
+def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=None, layers=None,
+         base_interventions=(), batch_size: int = 8, max_rows: int = 64, metric_kwargs: dict | None = None,
+         positions="all", decode_start: int | None = None, prepend_bos: bool | None = None,
+         progress: bool | None = None, replay: str = "auto", heads=None, **kind_params) -> HeadScores:
     """The metric's change when each single head is intervened on, for every head and prompt.
+
+    Two sets of heads, kept apart: the heads *visited one at a time* (`visit` / `layers`: each gets
+    its own variant, edited alone) and the heads *edited together* (`base_interventions`: specs
+    applied in the clean run and in every variant, so the scan measures each visited head on top of
+    them, as Sahara's greedy search does).
 
     Args:
         inputs: prompts as for `capture()` (strings, token tensors, id lists; ragged is fine).
-        kind: a key of KINDS ("uniform_attention", "zero", "mean", "resample", "scale", ...) or an
-            Intervention used as a template (its heads are ignored). Kind parameters as keywords,
-            e.g. epsilon=1e-5. Mean/resample default to the scanned inputs as reference/source.
+        kind: a key of KINDS ("uniform_attention", "zero", "mean", "resample", "scale", ...), a kind
+            class, or an Intervention used as a template (its heads are ignored: they are not what
+            is visited). Kind parameters as keywords, e.g. epsilon=1e-5. Mean/resample default to
+            the scanned inputs as reference/source.
         metric: "kl_last", "logit_diff" (metric_kwargs={"answers": [(correct, wrong), ...]}),
             "loss", or a callable metric(base_logits, variant_logits, batch) -> [batch].
-        heads / layers: restrict the scan (default: every head of every layer).
+        visit: the (layer, head) pairs visited one at a time (default: every head of `layers`).
+        layers: visit every head of these layers (default: all layers); ignored when `visit` is given.
+        base_interventions: Intervention specs kept applied underneath every variant.
+        heads: the old name of `visit`, still accepted.
         max_rows: most rows per variant forward (heads stacked per forward = max_rows // batch).
         replay: "auto" (default) restarts each layer's variants from the stored clean residual once a
             run-time check shows that this replay reproduces the model's own logits (1e-5 relative),
             else warns and runs full forwards; "off" always runs full forwards.
 
     Returns:
-        HeadScores [prompt, layer, head]; heads not scanned are NaN.
+        HeadScores [prompt, layer, head]; heads not visited are NaN.
 
     Example:
         >>> from headscope.testing import planted_model
@@ -288,25 +299,31 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, heads=Non
         >>> s.values.shape
         (1, 2, 4)
     """
+    if heads is not None and visit is not None:
+        raise InputError("pass the heads to visit as visit= (heads= is its old name), not both")
     info = model_info(model)
     template = _template(kind, positions, kind_params)
+    base_interventions = check_specs(base_interventions, info)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
     score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
-    spec = dataclasses.replace(template, heads=_scanned_heads(info, heads, layers))
+    visited = _visited_heads(info, visit if heads is None else heads, layers, "visit" if heads is None else "heads")
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)
-    variants_iter = variant_outputs(model, token_lists, spec, batch_size=batch_size, max_rows=max_rows,
+    variants_iter = variant_outputs(model, token_lists, template, visit=visited, batch_size=batch_size,
+                                    max_rows=max_rows, base_interventions=base_interventions,
                                     decode_start=decode_start, last_only=getattr(score, "last_only", False),
-                                    progress=progress, desc=f"scan {spec.kind}", replay=replay)
+                                    progress=progress, desc=f"scan {template.kind}", replay=replay)
     with contextlib.closing(variants_iter):  # a failing metric still detaches the generator's hooks at once
         for batch, base, layer, variants in variants_iter:
             for head, variant in variants.items():
                 values[batch.index, layer, head] = score(base, variant, batch).cpu().numpy()
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else None
     name = getattr(score, "name", getattr(metric, "__name__", "metric"))
-    return HeadScores(values, name=f"{spec.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
-                      analyzer="scan", params={"kind": spec.kind, "metric": name, **_params(template)},
-                      prompts=prompts, higher_is_more=True,
-                      description=f"{getattr(score, 'description', name)}, {spec.kind} on one head at a time")
+    params = {"kind": template.kind, "metric": name, **_params(template)}
+    if base_interventions:
+        params["base_interventions"] = [s.to_dict() for s in base_interventions]
+    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
+                      analyzer="scan", params=params, prompts=prompts, higher_is_more=True,
+                      description=f"{getattr(score, 'description', name)}, {template.kind} on one head at a time")
 
 
 def _params(template: Intervention) -> dict:

@@ -13,8 +13,9 @@ Interventions (`headscope.interventions` specs) apply to the whole forward compu
 - positions "decode": only the decode queries (last prompt token onwards), the prefill is clean;
 - a [start, end) span: absolute positions; generation then recomputes the full sequence every step
   (`use_cache=False`, slower) because with a KV cache each decode forward sees only one position.
-Kinds whose edit reads the whole query axis (ACTCalibration's column means) also switch the cache
-off, so every step sees the statistic of the full sequence; `use_cache=` overrides the choice.
+Kinds whose edit reads the whole query axis (their class sets `whole_query`, e.g. ACTCalibration's
+column means) also switch the cache off, so every step sees the statistic of the full sequence;
+`use_cache=` overrides the choice.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..errors import InputError
 from ..generation import greedy_generate
 from ..interventions import apply
 from ..interventions.hooks import build_hooks, check_specs
-from ..interventions.prepare import prepare
+from ..interventions.prepare import prepare_references
 from ..interventions.specs import Intervention
 from ..models.info import model_info
 from .judge import check_judge
@@ -64,10 +65,6 @@ def _split_interventions(interventions) -> tuple[list, list, list]:
     return whole, decode, spans
 
 
-# Kinds whose hook statistic spans all queries: exact only when every step recomputes the sequence.
-_WHOLE_QUERY_KINDS = frozenset({"act"})
-
-
 def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_new_tokens: int = 64,
                        use_cache: bool | None = None) -> list[str]:
     """Greedy chat responses to `prompts` (one at a time), with `interventions` applied.
@@ -90,9 +87,10 @@ def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_n
     tok = model.tokenizer
     stops = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
     if use_cache is None:
-        use_cache = not spans and not any(s.kind in _WHOLE_QUERY_KINDS for s in whole + decode)
+        # a kind whose edit reads every query row (`whole_query`) is exact only if each step recomputes
+        use_cache = not spans and not any(s.whole_query for s in whole + decode)
     outside = whole + spans  # with use_cache=False, span indices are absolute positions
-    prepared = prepare(model, decode) if decode else None  # mean/resample references, computed once
+    prepared = prepare_references(model, decode) if decode else None  # mean/resample references, computed once
     step_hooks = (lambda step: build_hooks(decode, info, step.decode_start, prepared)) if decode else None
     responses = []
     with apply(model, outside) if outside else contextlib.nullcontext():

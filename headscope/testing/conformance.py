@@ -27,7 +27,7 @@ from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
-                                     VARRedistribution, ZeroAblation, apply, run, scan)
+                                     VARRedistribution, ZeroAblation, apply, forward_with, scan)
 from headscope.models.compat import pattern_edits_take_effect
 from headscope.testing import architectures as A
 from headscope.testing.reference_loops import reference_stats
@@ -236,7 +236,7 @@ def check_zero(name: str) -> None:
     ids = torch.tensor([prompts(name)[0]])
     d = model.cfg.d_head
     for layer, head in ((0, 1), (model.cfg.n_layers - 1, 2)):
-        got = run(model, ids, [ZeroAblation(heads=[(layer, head)])])
+        got = forward_with(model, ids, [ZeroAblation(heads=[(layer, head)])])
 
         def zero_slice(m, args, head=head):
             x = args[0].clone()
@@ -259,7 +259,7 @@ def check_scale_identity(name: str) -> None:
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     with torch.no_grad():
         clean = model(ids)
-    assert torch.equal(run(model, ids, [ScaleOutput(heads=heads, alpha=1.0)]), clean)
+    assert torch.equal(forward_with(model, ids, [ScaleOutput(heads=heads, alpha=1.0)]), clean)
 
 
 @_check("streaming_window")
@@ -341,7 +341,7 @@ def check_scan(name: str) -> str | None:
                         spec = KINDS[kind](heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
                     if kind == "resample":  # scan's default source: the scanned prompts
                         spec = KINDS[kind](heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
-                    ref = _kl_last(clean, run(model, tokens, [spec], attention_mask=mask), last)
+                    ref = _kl_last(clean, forward_with(model, tokens, [spec], attention_mask=mask), last)
                     np.testing.assert_allclose(got.values[:, l, h], ref.numpy(), rtol=TOL_SCAN, atol=TOL_SCAN,
                                                err_msg=f"{name} {kind} L{l}H{h}")
     return None
