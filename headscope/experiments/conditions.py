@@ -20,6 +20,9 @@ from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, f
 from .data import check_call_params
 
 RANKS = ("auto", "largest", "smallest", "magnitude", "selected")
+# The spec's `rank:` words (kept: specs use them) in headscope's one spelling of "which heads come
+# first" (`better` of headscope.results.rank_heads).
+RANK_BETTER = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude"}
 
 
 @dataclass
@@ -158,15 +161,6 @@ def parse_conditions(value, path: str, earlier, has_template: bool) -> list[Cond
     if len(set(stems)) != len(stems):
         raise fail(path, f"condition names clash once K and seeds are appended: {sorted(stems)}")
     return out
-
-
-def ranking(scores, rank: str) -> list[tuple[int, int]]:
-    """Heads of `scores` best first (prompt mean; NaN heads never ranked). rank: largest/smallest/magnitude."""
-    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values  # [layer, head]
-    key = {"largest": -mean, "smallest": mean, "magnitude": -np.abs(mean)}[rank].ravel()
-    order = np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
-    order = order[~np.isnan(key[order])]
-    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
 
 
 def choose_heads(c: Condition, k: int, seed, ranked, all_heads, n_selected: int = 0) -> list[tuple[int, int]]:

@@ -16,11 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..results import HeadScores
+from ..results import HeadScores, rank_heads
+from .conditions import RANK_BETTER
 
-# Which way is "important" for ranking a scan's heads when a condition says rank: auto.
+# Which heads of a scan come first when a condition says rank: auto (`better` of rank_heads).
 # logit_diff is the change of (correct - wrong): a head that helped makes it negative when removed.
-SCAN_RANK = {"kl_last": "largest", "loss": "largest", "logit_diff": "smallest"}
+SCAN_BETTER = {"kl_last": "higher", "loss": "higher", "logit_diff": "lower"}
 
 
 @dataclass
@@ -59,20 +60,20 @@ class Context:
 
     def ranked(self, unit_name: str, rank: str) -> tuple[list, int]:
         """Heads of a unit best first, and how many of them lead as the analyzer's own selection."""
-        from .conditions import ranking
-
-        by_score = ranking(self.scores(unit_name), self.auto_rank(unit_name) if rank in ("auto", "selected") else rank)
+        better = self.auto_better(unit_name) if rank in ("auto", "selected") else RANK_BETTER[rank]
+        by_score = rank_heads(self.scores(unit_name), better)
         if rank != "selected":
             return by_score, 0
         info = json.loads((self.store.unit_dir(unit_name) / "info.json").read_text(encoding="utf-8"))
         chosen = [tuple(h) for h in info["heads"]]
         return chosen + [h for h in by_score if h not in set(chosen)], len(chosen)
 
-    def auto_rank(self, unit_name: str) -> str:
+    def auto_better(self, unit_name: str) -> str:
+        """rank: auto: the scan metric's direction, or the analyzer's scores' own (higher_is_more)."""
         unit = self.spec.unit(unit_name)
         if unit.type == "scan":
-            return SCAN_RANK[unit.metric]
-        return "largest" if self.scores(unit_name).higher_is_more else "smallest"
+            return SCAN_BETTER[unit.metric]
+        return "higher" if self.scores(unit_name).higher_is_more else "lower"
 
 
 # ---- analyze --------------------------------------------------------------------------------------------
@@ -147,12 +148,10 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
 
 # ---- combining ----------------------------------------------------------------------------------------
 
-def _top_rows(scores: HeadScores, rank: str, n: int = 10) -> list[dict]:
-    from .conditions import ranking
-
+def _top_rows(scores: HeadScores, better: str, n: int = 10) -> list[dict]:
     mean = scores.mean_over_prompts().values
     return [{"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}
-            for l, h in ranking(scores, rank)[:n]]
+            for l, h in rank_heads(scores, better)[:n]]
 
 
 def finish_heads(unit, ctx: Context) -> dict:
@@ -160,8 +159,8 @@ def finish_heads(unit, ctx: Context) -> dict:
     scores = ctx.scores(unit.name)
     scores.save(ctx.store.path("results", f"{unit.name}.parquet"))
     scores.save(ctx.store.path("results", f"{unit.name}.json"))
-    rank = ctx.auto_rank(unit.name)
-    summary = {"type": unit.type, "target": unit.target, "rank": rank, "top": _top_rows(scores, rank),
+    better = ctx.auto_better(unit.name)
+    summary = {"type": unit.type, "target": unit.target, "better": better, "top": _top_rows(scores, better),
                "shape": list(scores.values.shape)}
     if unit.type == "analyze":
         import plotly.io as pio
