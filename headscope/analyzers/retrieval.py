@@ -259,3 +259,16 @@ class RetrievalHeads(Analyzer):
         kw.setdefault("title", f"retrieval score — {len(self.heads_)} heads > {self.threshold}, "
                                f"accuracy {self.accuracy_:.0%}")
         return self.scores_.plot(**kw)
+
+
+# ---- `headscope run`: `evaluate: needle_accuracy` -------------------------------------------------------
+from ..experiment_registry import EVALUATORS, Evaluator  # noqa: E402
+
+
+def _needle_evaluator(req) -> dict:
+    return {"value": needle_accuracy(req.model, req.data.items, req.interventions)}
+
+
+EVALUATORS.register("needle_accuracy", Evaluator(
+    _needle_evaluator, data=("needle",), better="higher", needs={"generation"},
+    doc="fraction of needle samples whose answer greedy decoding reproduces (measured teacher-forced)"))

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, fail, int_at_least
-from .data import check_call_params
+from ..interventions import KINDS, Intervention
+from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, check_call_params, fail, int_at_least
 
 RANKS = ("auto", "largest", "smallest", "magnitude", "selected")
 # The spec's `rank:` words (kept: specs use them) in headscope's one spelling of "which heads come
@@ -61,8 +61,6 @@ class Condition:
 
 def check_intervention(d: dict, path: str, kind_path: str | None = None):
     """Validate an intervention dict (heads may be absent: a template), naming the field on error."""
-    from ..interventions import KINDS, Intervention
-
     kind = d.get("kind")
     if kind not in KINDS:
         raise fail(kind_path or f"{path}.kind",

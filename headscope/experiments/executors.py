@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import plotly.io as pio
 
+from ..analyzers import get_analyzer
+from ..interventions import scan
 from ..results import HeadScores, rank_heads
+from ..viz.figures import title_block
 from .conditions import RANK_BETTER
+from .metric_change import METRIC_BETTER
 
-# Which heads of a scan come first when a condition says rank: auto (`better` of rank_heads).
-# logit_diff is the change of (correct - wrong): a head that helped makes it negative when removed.
-SCAN_BETTER = {"kl_last": "higher", "loss": "higher", "logit_diff": "lower"}
+# Which heads of a scan come first when a condition says rank: auto (`better` of rank_heads): those
+# whose ablation moves the metric furthest the wrong way (a head that helped makes logit_diff drop).
+SCAN_BETTER = {metric: "higher" if better == "lower" else "lower" for metric, better in METRIC_BETTER.items()}
 
 
 @dataclass
@@ -82,8 +87,6 @@ def plan_analyze(unit, ctx: Context) -> list[Item]:
     folder = ctx.store.unit_dir(unit.name)
 
     def run():
-        from ..analyzers import get_analyzer
-
         ds = ctx.dataset(unit)
         analyzer = get_analyzer(unit.target, **unit.params).fit(ctx.model, None if ds is None else ds.analyzer_input)
         heads = [list(map(int, h)) for h in getattr(analyzer, "heads_", [])]
@@ -116,8 +119,6 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
         marker = _chunk_file(unit, ctx, chunk)
 
         def run(chunk=chunk, marker=marker):
-            from ..interventions import scan
-
             ds = ctx.dataset(unit)
             params = dict(unit.params)
             positions = params.pop("positions", "all")
@@ -163,16 +164,12 @@ def finish_heads(unit, ctx: Context) -> dict:
     summary = {"type": unit.type, "target": unit.target, "better": better, "top": _top_rows(scores, better),
                "shape": list(scores.values.shape)}
     if unit.type == "analyze":
-        import plotly.io as pio
-
         folder = ctx.store.unit_dir(unit.name)
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
         summary["selected_heads"] = [f"L{l}H{h}" for l, h in info["heads"]]
         fig = pio.from_json((folder / "figure.plotly.json").read_text(encoding="utf-8"))
     else:
         summary["metric"] = unit.metric
-        from ..viz.figures import title_block
-
         extra = (f"{unit.target} on one head at a time; mean over {scores.values.shape[0]} prompts; "
                  f"{scores.n_kv_heads} KV groups (lines)")
         fig = scores.plot(title=title_block(f"{unit.name}: {unit.metric} change", scores.model, extra))

@@ -51,3 +51,17 @@ def prompt_set(name: str) -> list[str]:
     if split == "train":
         return [p for p, _ in training_pairs(kind)]
     return list(_load("heldout.json")[kind])
+
+
+# ---- `headscope run` data generator: a spec's `generator: prompt_set` ----------------------------------
+from ..experiment_registry import GENERATORS, Generator, one_of, params_of  # noqa: E402
+
+
+def _prompt_set_generator(model, info, name: str) -> list[str]:
+    return prompt_set(name)
+
+
+GENERATORS.register("prompt_set", Generator(
+    _prompt_set_generator, yields="text",
+    params=params_of(prompt_set, checks={"name": one_of(PROMPT_SETS, "prompt set")}),
+    doc="a named safety prompt set (prompt_set); needs no model"))

@@ -42,3 +42,21 @@ def default_image_prompts(model, n: int = 64) -> list:
         return out
     raise InputError("no built-in image prompts for this model. Fix: pass ImagePrompts, e.g. "
                      "ImagePrompt.from_processor(processor, text, image) for a LLaVA-family model.")
+
+
+# ---- `headscope run` data generator: a spec's `generator: shapes` --------------------------------------
+from ..experiment_registry import GENERATORS, Generator, one_of, params_of  # noqa: E402
+
+
+def _shapes_generator(model, info, **params) -> list:
+    return shapes_set(**params)
+
+
+def _item_prompts(items) -> list:
+    return [W.item_prompt(it) for it in items]  # ImagePrompts (image items) or id lists: what analyzers take
+
+
+GENERATORS.register("shapes", Generator(
+    _shapes_generator, yields="shapes", model_inputs=_item_prompts,
+    params=params_of(shapes_set, checks={"split": one_of(SPLITS, "split")}),
+    doc="held-out shapes-world QA items with their images (shapes_set)"))
