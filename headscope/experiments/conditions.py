@@ -6,7 +6,7 @@
       - {name: random, random: [1, 5, 10], seeds: [0, 1, 2], from: scores, exclude_top: 10}
       - {name: pair, heads: [[17, 3], [18, 6]]}          # an explicit list
       - {name: mixed, interventions: [{kind: zero, heads: [[3, 1]]}, {kind: scale, alpha: 2, heads: [[5, 0]]}]}
-      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (shapes metrics)
+      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (evaluators with vhr)
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def check_evaluator(unit, sec) -> None:
     entry = evaluator(unit, sec.at("evaluate"))
     data = unit.data
     if data.kind not in entry.data:
-        makers = sorted(n for n, g in GENERATORS.items() if g.yields in entry.data)
+        makers = sorted(n for n, g in GENERATORS.items() if g.yields in entry.data)  # (plain prompts need none)
         hint = f" (use generator: {' or '.join(makers)})" if makers and not {"text", "tokens"} & set(entry.data) else ""
         raise fail(sec.at("data"), f"{unit.target} needs {' or '.join(entry.data)} data, dataset "
                                    f"{data.name!r} yields {data.kind}{hint}")
