@@ -17,6 +17,7 @@ observed half-filled; registering does not (it runs while plugins load).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import threading
 import warnings
@@ -69,6 +70,19 @@ def load_plugins() -> None:
             _state["loading"] = False
 
 
+def _origin(entry) -> str:
+    """Where an entry was defined: a class or function's own module.qualname; for a record (a
+    dataclass such as a Testbed or an Evaluator), that of the first function or class it holds."""
+    if isinstance(entry, type) or callable(entry) and hasattr(entry, "__qualname__"):
+        return f"{entry.__module__}.{entry.__qualname__}"
+    if dataclasses.is_dataclass(entry):
+        for f in dataclasses.fields(entry):
+            value = getattr(entry, f.name)
+            if hasattr(value, "__qualname__") and hasattr(value, "__module__"):
+                return f"{value.__module__}.{value.__qualname__}"
+    return f"{type(entry).__module__}.{type(entry).__qualname__}"
+
+
 class Registry(Mapping[str, T], Generic[T]):
     """A name → entry mapping for one extension point.
 
@@ -92,7 +106,7 @@ class Registry(Mapping[str, T], Generic[T]):
             return lambda obj: self.register(name, obj, replace=replace)
         if not isinstance(name, str) or not name:
             raise TypeError(f"a {self.kind} needs a non-empty string name, got {name!r}")
-        origin = f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
+        origin = _origin(entry)
         taken = self._entries.get(name)
         if taken is not None and taken is not entry and not replace and self._origin[name] != origin:
             raise TypeError(f"{self.kind} name {name!r} is taken by {self._origin[name]}; "

@@ -255,6 +255,61 @@ class HeadScores(_Result):
         return self._header_html(kv) + table + "</div>"
 
 
+# ---- ranking heads ------------------------------------------------------------------------------------
+# "Which direction is better" has one spelling in the ranking code: better="higher" (the largest
+# score ranks first: more of what the scores measure), "lower" (the smallest first), or "magnitude"
+# (the largest |score| first). The older spellings map onto it where they are kept for
+# compatibility: HeadScores' stored `higher_is_more` (the default), `largest=` of select_heads and
+# HeadScores.top, and an experiment spec's `rank: largest / smallest / magnitude`.
+BETTER = ("higher", "lower", "magnitude")
+
+
+def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int, int]]:
+    """Every measured head of `scores`, best first: the one head ranking of headscope.
+
+    Uses the prompt mean of 3-D scores. NaN heads (not measured, e.g. layers a scan skipped) are never
+    ranked; ±inf are extreme scores and rank first or last. Ties keep (layer, head) order.
+
+    Args:
+        better: "higher", "lower" or "magnitude" (see BETTER); None = the scores' own direction
+            (`higher_is_more`).
+
+    Example:
+        >>> s = HeadScores(np.array([[0.2, np.nan], [0.9, -0.5]]), name="x")
+        >>> rank_heads(s), rank_heads(s, "magnitude")
+        ([(1, 0), (0, 0), (1, 1)], [(1, 0), (1, 1), (0, 0)])
+    """
+    if better is None:
+        better = "higher" if scores.higher_is_more else "lower"
+    if better not in BETTER:
+        raise InputError(f"better={better!r}: use one of {', '.join(BETTER)}")
+    mean = scores._mean()  # [layer, head]
+    key = {"higher": -mean, "lower": mean, "magnitude": -np.abs(mean)}[better].ravel()
+    order = np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
+    order = order[~np.isnan(key[order])]
+    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+
+
+def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
+                 top_fraction: float | None = None, largest: bool | None = None) -> list[tuple[int, int]]:
+    """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
+    NaN never selected).
+
+    "Best" is the largest score unless `largest=False` (default: the scores' `higher_is_more`).
+    A top fraction keeps at least one head.
+    """
+    if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
+        raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
+    heads = rank_heads(scores, None if largest is None else ("higher" if largest else "lower"))
+    if threshold is not None:
+        higher = scores.higher_is_more if largest is None else largest
+        mean = scores._mean()
+        return [h for h in heads if (mean[h] > threshold if higher else mean[h] < threshold)]
+    if top_k is not None:
+        return heads[: int(top_k)]
+    return heads[: max(1, int(round(top_fraction * len(heads))))]  # a fraction of the measured heads
+
+
 def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
     import pyarrow.parquet as pq
 

@@ -301,3 +301,81 @@ def test_ablation_example_data_is_valid_on_the_bundled_model(smol):
         last = torch.stack([smol(torch.tensor([t]))[0, -1] for t in ioi.token_lists])  # [prompt, vocab]
     diff = last.gather(1, ids[:, :1]) - last.gather(1, ids[:, 1:])
     assert bool((diff > 1.0).all()), diff
+
+
+# ---- evaluate with the scan metrics: pinned against scan() and a plain per-prompt loop -----------------
+
+METRIC_SPEC = """
+name: metric_change
+model: testing:tiny
+figures: []
+data:
+  ids:
+    prompts: [[1, 5, 6, 7, 5, 6], [1, 9, 4, 8, 9], [1, 3, 2, 3, 2, 3, 2, 11]]
+    answers: [[7, 9], [4, 5], [3, 12]]
+units:
+""" + "".join(f"""
+  - name: {metric}
+    evaluate: {metric}
+    data: ids
+    batch_size: 2
+    intervention: {{kind: zero}}
+    conditions:
+      - {{name: none, heads: []}}
+      - {{name: one, heads: [[1, 3]]}}
+      - {{name: pair, heads: [[0, 1], [1, 3]]}}
+      - {{name: mixed, interventions: [{{kind: zero, heads: [[0, 2]]}}, {{kind: scale, alpha: 3.0, heads: [[1, 0]]}}]}}
+""" for metric in ("kl_last", "logit_diff", "loss"))
+
+
+def _plain_metric(metric, base, variant, answer):
+    """The three scan metrics on one prompt's [pos, vocab] logits, written out by hand."""
+    import torch.nn.functional as F
+
+    if metric == "kl_last":
+        p, q = F.log_softmax(base[-1].double(), -1), F.log_softmax(variant[-1].double(), -1)
+        return float((p.exp() * (p - q)).sum())
+    if metric == "logit_diff":
+        c, w = answer
+        return float((variant[-1, c] - variant[-1, w]) - (base[-1, c] - base[-1, w]))
+    return None  # loss: below
+
+
+def test_evaluate_scan_metrics_equal_scan_and_a_plain_loop(tmp_path):
+    """An evaluate unit with one head gives scan()'s number for that head; with several heads (or mixed
+    kinds) the numbers of a plain unbatched loop under apply(). Pins _metric_change's numbers."""
+    import torch
+    import torch.nn.functional as F
+
+    from headscope.interventions import Intervention, ScaleOutput, ZeroAblation, apply
+    from headscope.testing import tiny_model
+
+    out = run_experiment(write(tmp_path, METRIC_SPEC), tmp_path / "out", progress=False)
+    model = tiny_model()
+    spec = load_spec(tmp_path / "spec.yaml")
+    prompts, answers = spec.data["ids"].prompts, spec.data["ids"].answers
+    conditions = {"none": [], "one": [ZeroAblation(heads=[(1, 3)])],
+                  "pair": [ZeroAblation(heads=[(0, 1), (1, 3)])],
+                  "mixed": [ZeroAblation(heads=[(0, 2)]), ScaleOutput(heads=[(1, 0)], alpha=3.0)]}
+    for metric in ("kl_last", "logit_diff", "loss"):
+        kwargs = {"answers": answers} if metric == "logit_diff" else None
+        single = scan(model, prompts, "zero", metric, heads=[(1, 3)], metric_kwargs=kwargs, progress=False)
+        for cond, specs in conditions.items():
+            rec = json.loads((out / "units" / metric / f"{cond}.json").read_text())
+            assert [Intervention.from_dict(d) for d in rec["interventions"]] == specs
+            want = []
+            for p, ans in zip(prompts, answers):
+                with torch.no_grad():
+                    base = model(torch.tensor([p]))[0]
+                    with apply(model, specs):
+                        variant = model(torch.tensor([p]))[0]
+                if metric == "loss":
+                    t = torch.tensor(p[1:])
+                    want.append(float(F.cross_entropy(variant[:-1], t) - F.cross_entropy(base[:-1], t)))
+                else:
+                    want.append(_plain_metric(metric, base, variant, ans))
+            np.testing.assert_allclose(rec["per_prompt"], want, atol=2e-6, err_msg=f"{metric} {cond}")
+            assert rec["value"] == pytest.approx(np.mean(rec["per_prompt"]), abs=1e-12)
+            if cond == "one":
+                np.testing.assert_allclose(rec["per_prompt"], single.values[:, 1, 3], atol=2e-6)
+        assert any(abs(v) > 1e-3 for v in json.loads((out / "units" / metric / "pair.json").read_text())["per_prompt"])

@@ -212,3 +212,63 @@ def test_token_scores_round_trip_and_views(tmp_path):
 def test_results_and_viz_do_not_import_torch():
     code = "import sys, headscope.results, headscope.viz; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+# ---- the one head ranking: results.rank_heads, select_heads on top of it ------------------------------
+
+def _old_select(scores, *, threshold=None, top_k=None, top_fraction=None, largest=None):
+    """select_heads as analyzers/base.py wrote it before the ranking moved to results.py."""
+    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
+    sign = 1.0 if (scores.higher_is_more if largest is None else largest) else -1.0
+    flat = np.where(np.isnan(mean), -np.inf, sign * mean).ravel()
+    order = np.argsort(-flat, kind="stable")
+    order = order[np.isfinite(flat[order])]
+    if threshold is not None:
+        order = order[flat[order] > sign * threshold]
+    elif top_k is not None:
+        order = order[: int(top_k)]
+    else:
+        order = order[: max(1, int(round(top_fraction * len(order))))]
+    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+
+
+def _old_ranking(scores, rank):
+    """experiments.conditions.ranking before it became results.rank_heads (rank: largest/smallest/magnitude)."""
+    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
+    key = {"largest": -mean, "smallest": mean, "magnitude": -np.abs(mean)}[rank].ravel()
+    order = np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
+    order = order[~np.isnan(key[order])]
+    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+
+
+def test_rank_heads_is_both_former_rankings():
+    from headscope import analyzers
+    from headscope.results import rank_heads, select_heads
+
+    assert analyzers.select_heads is select_heads  # the analyzers' name is the same function
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        v = rng.normal(size=(3, 4, 5)).round(1)  # rounding makes ties
+        v[rng.random(v.shape) < 0.1] = np.nan
+        v[:, trial % 4, 1] = np.nan  # an unmeasured head
+        for higher in (True, False):
+            s = HeadScores(v if trial % 2 else v.mean(0), name="x", higher_is_more=higher)
+            for rank, better in (("largest", "higher"), ("smallest", "lower"), ("magnitude", "magnitude")):
+                assert rank_heads(s, better) == _old_ranking(s, rank)
+            assert rank_heads(s) == rank_heads(s, "higher" if higher else "lower")
+            for largest in (None, True, False):
+                for kw in ({"threshold": 0.3}, {"threshold": -0.2}, {"top_k": 7}, {"top_fraction": 0.25}):
+                    assert select_heads(s, largest=largest, **kw) == _old_select(s, largest=largest, **kw)
+
+
+def test_rank_heads_nan_never_inf_ranked_and_errors():
+    from headscope.results import rank_heads, select_heads
+
+    s = HeadScores(np.array([[0.5, np.nan, np.inf], [-np.inf, 0.7, 0.1]]), name="x")
+    assert rank_heads(s) == [(0, 2), (1, 1), (0, 0), (1, 2), (1, 0)]  # an infinite score is extreme, not unmeasured
+    assert rank_heads(s, "lower") == [(1, 0), (1, 2), (0, 0), (1, 1), (0, 2)]
+    assert select_heads(s, threshold=0.6) == [(0, 2), (1, 1)]
+    with pytest.raises(ValueError, match="better='largest': use one of higher, lower, magnitude"):
+        rank_heads(s, "largest")
+    with pytest.raises(ValueError, match="exactly one of"):
+        select_heads(s)

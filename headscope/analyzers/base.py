@@ -15,11 +15,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..errors import InputError
 from ..registry import Registry
-from ..results import HeadScores
+# select_heads lives next to HeadScores (on top of results.rank_heads, the one head ranking, which the
+# experiments use too); analyzers import it from here as before.
+from ..results import HeadScores, select_heads  # noqa: F401
 
 # Filled by each analyzer's own module (`@register`), wherever it lives (safety and vision analyzers
 # live with their application); a lookup loads every module first (see headscope.registry).
@@ -88,26 +88,3 @@ class Analyzer:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
-
-
-def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
-                 top_fraction: float | None = None, largest: bool | None = None) -> list[tuple[int, int]]:
-    """Heads by threshold (beyond it), top-k, or top fraction, best first (prompt-mean; NaN never selected).
-
-    "Best" is the largest score unless `largest=False` (default: the scores' `higher_is_more`).
-    A top fraction keeps at least one head.
-    """
-    if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
-        raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
-    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
-    sign = 1.0 if (scores.higher_is_more if largest is None else largest) else -1.0
-    flat = np.where(np.isnan(mean), -np.inf, sign * mean).ravel()
-    order = np.argsort(-flat, kind="stable")
-    order = order[np.isfinite(flat[order])]
-    if threshold is not None:
-        order = order[flat[order] > sign * threshold]
-    elif top_k is not None:
-        order = order[: int(top_k)]
-    else:  # a fraction of the heads that were measured (NaN = not captured, e.g. a layer subset)
-        order = order[: max(1, int(round(top_fraction * len(order))))]
-    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]

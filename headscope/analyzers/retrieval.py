@@ -39,6 +39,7 @@ from ..models.info import model_info
 from ..results import HeadScores
 from .base import Analyzer, register, select_heads
 from ..interventions import apply
+from ..experiment_registry import EVALUATORS, Evaluator
 
 DEFAULT_CONTEXT_LENGTHS = (120, 200)  # where the bundled model retrieves >= 80% (docs/retrieval-accuracy.md)
 
@@ -258,3 +259,15 @@ class RetrievalHeads(Analyzer):
         kw.setdefault("title", f"retrieval score — {len(self.heads_)} heads > {self.threshold}, "
                                f"accuracy {self.accuracy_:.0%}")
         return self.scores_.plot(**kw)
+
+
+# ---- `headscope run`: `evaluate: needle_accuracy` -------------------------------------------------------
+
+
+def _needle_evaluator(req) -> dict:
+    return {"value": needle_accuracy(req.model, req.data.items, req.interventions)}
+
+
+EVALUATORS.register("needle_accuracy", Evaluator(
+    _needle_evaluator, data=("needle",), better="higher", needs={"generation"},
+    doc="fraction of needle samples whose answer greedy decoding reproduces (measured teacher-forced)"))

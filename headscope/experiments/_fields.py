@@ -11,6 +11,7 @@ import re
 from typing import Any, Callable
 
 from ..errors import InputError
+from ..experiment_registry import Param, params_of
 
 MISSING = object()
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe as a file name on every OS
@@ -148,3 +149,56 @@ def as_heads(value, path):
     if len(set(out)) != len(out):
         raise fail(path, f"names a head twice: {out}")
     return out
+
+
+# ---- parameters of analyzers, intervention kinds, evaluators and generators --------------------------
+
+def check_params(params: dict, declared, path: str) -> None:
+    """`params` against declared `Param`s: names (with "did you mean"), required ones, the type of each
+    default, nested `fields`, then each Param's own check. Errors name `path.<param>`."""
+    known = {p.name: p for p in declared}
+    if params and not known:
+        raise fail(path, f"takes no parameters, got {sorted(params)}")
+    unknown = set(params) - set(known)
+    if unknown:
+        raise unknown_keys(path, unknown, known)
+    missing = [n for n, p in known.items() if p.required and n not in params]
+    if missing:
+        raise fail(path, f"missing required parameter(s) {missing}")
+    resolve_params(params, declared, path)
+
+
+def resolve_params(params: dict, declared, path: str = "params") -> dict:
+    """The given `params`, checked and converted by their Params (defaults stay with the function)."""
+    known = {p.name: p for p in declared}
+    return {name: _checked(value, known[name], f"{path}.{name}") for name, value in params.items()}
+
+
+def _checked(value, param: Param, where: str):
+    _default_type(value, param.default, where)
+    if param.fields is not None and value is not None:
+        check_params(as_mapping(value, where), param.fields, where)
+    if param.check is None:
+        return value
+    try:
+        return param.check(value)
+    except (InputError, ValueError, TypeError) as e:
+        raise fail(where, str(e)) from None
+
+
+def _default_type(value, default, where: str) -> None:
+    """The obvious type of a value, read off the default (a None default accepts anything)."""
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise fail(where, f"must be true or false, got {type_name(value)} {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+        ok = isinstance(value, int) if isinstance(default, int) else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            want = "an integer" if isinstance(default, int) else "a number"
+            raise fail(where, f"must be {want}, got {type_name(value)} {value!r}")
+    if isinstance(default, str) and not isinstance(value, (str, list)):
+        raise fail(where, f"must be a string, got {type_name(value)} {value!r}")
+
+
+def check_call_params(params: dict, func, path: str, skip=()) -> None:
+    """`params` against `func`'s signature (an analyzer's __init__, an intervention kind, a test model)."""
+    check_params(params, params_of(func, skip=skip), path)

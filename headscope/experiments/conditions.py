@@ -6,7 +6,7 @@
       - {name: random, random: [1, 5, 10], seeds: [0, 1, 2], from: scores, exclude_top: 10}
       - {name: pair, heads: [[17, 3], [18, 6]]}          # an explicit list
       - {name: mixed, interventions: [{kind: zero, heads: [[3, 1]]}, {kind: scale, alpha: 2, heads: [[5, 0]]}]}
-      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (shapes metrics)
+      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (evaluators with vhr)
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, fail, int_at_least
-from .data import check_call_params
+from ..interventions import KINDS, Intervention
+from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, check_call_params, fail, int_at_least
 
 RANKS = ("auto", "largest", "smallest", "magnitude", "selected")
+# The spec's `rank:` words (kept: specs use them) in headscope's one spelling of "which heads come
+# first" (`better` of headscope.results.rank_heads).
+RANK_BETTER = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude"}
 
 
 @dataclass
@@ -58,8 +61,6 @@ class Condition:
 
 def check_intervention(d: dict, path: str, kind_path: str | None = None):
     """Validate an intervention dict (heads may be absent: a template), naming the field on error."""
-    from ..interventions import KINDS, Intervention
-
     kind = d.get("kind")
     if kind not in KINDS:
         raise fail(kind_path or f"{path}.kind",
@@ -158,15 +159,6 @@ def parse_conditions(value, path: str, earlier, has_template: bool) -> list[Cond
     if len(set(stems)) != len(stems):
         raise fail(path, f"condition names clash once K and seeds are appended: {sorted(stems)}")
     return out
-
-
-def ranking(scores, rank: str) -> list[tuple[int, int]]:
-    """Heads of `scores` best first (prompt mean; NaN heads never ranked). rank: largest/smallest/magnitude."""
-    mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values  # [layer, head]
-    key = {"largest": -mean, "smallest": mean, "magnitude": -np.abs(mean)}[rank].ravel()
-    order = np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
-    order = order[~np.isnan(key[order])]
-    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
 
 
 def choose_heads(c: Condition, k: int, seed, ranked, all_heads, n_selected: int = 0) -> list[tuple[int, int]]:

@@ -3,35 +3,28 @@
 Parsing (`parse_data`) happens before the model is loaded and reads files; `materialize` runs
 right after loading (generators need the tokenizer / vocabulary) and tokenizes everything, so a
 prompt that is too long or an answer that is not one token fails before any forward pass.
+Generators are looked up by name in `GENERATORS` (headscope.experiment_registry), where the module
+that owns each one registers it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import HeadscopeError, InputError
-from ._fields import Section, as_bool, as_list, as_str, fail, type_name
-
-# name -> (module, function, argument headscope supplies from the model, kind of items produced)
-GENERATORS = {
-    "needle": ("headscope.inputs.needle", "make_needle_prompts", "tokenizer_or_model", "needle"),
-    "repeat_samples": ("headscope.inputs.needle", "make_repeat_samples", "vocab_size", "needle"),
-    "repeated_tokens": ("headscope.inputs.probes", "repeated_random_tokens", "vocab_size", "tokens"),
-    "prompt_set": ("headscope.safety.prompts", "prompt_set", None, "text"),
-    "shapes": ("headscope.vision.datasets", "shapes_set", None, "shapes"),  # shapes-vlm QAItems
-}
-_NOT_PARAMS = {"needles", "haystack"}  # python-only arguments (lists of dicts), not spec fields
+from ..experiment_registry import GENERATORS, PROMPT_FORMATS, Generator
+from ..inputs.tokens import to_token_lists
+from ._fields import Section, as_bool, as_list, as_str, check_params, fail, resolve_params
 
 
 @dataclass
 class DataSpec:
-    """A parsed dataset entry; `kind` is what it yields: "text", "tokens", "needle" (NeedleSample) or
-    "shapes" (shapes-world QAItems, with images)."""
+    """A parsed dataset entry; `kind` is what it yields: "text" or "tokens" (prompts, a file), or its
+    generator's kind ("needle": NeedleSamples, "shapes": shapes-world QAItems with images, ...)."""
 
     name: str
     path: str
@@ -68,41 +61,11 @@ class Dataset:
         return self.token_lists if self.chat else self.items
 
 
-def _generator(name: str, path: str):
-    if name not in GENERATORS:
-        raise fail(path, f"unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
-    module, func, _, _ = GENERATORS[name]
+def _generator(name: str, path: str) -> Generator:
     try:
-        return getattr(__import__(module, fromlist=[func]), func)
-    except (ImportError, AttributeError) as e:
-        raise fail(path, f"generator {name!r} is not available in this installation ({e})") from None
-
-
-def check_call_params(params: dict, func, path: str, skip=()) -> None:
-    """Names (and obvious types) of `params` against `func`'s signature; required ones must be given."""
-    sig = inspect.signature(func)
-    known = {n: p for n, p in sig.parameters.items()
-             if n not in skip and n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    unknown = set(params) - set(known)
-    if unknown:
-        from ._fields import unknown_keys
-
-        raise unknown_keys(path, unknown, known)
-    missing = [n for n, p in known.items() if p.default is p.empty and n not in params]
-    if missing:
-        raise fail(path, f"missing required parameter(s) {missing}")
-    for name, value in params.items():
-        default = known[name].default
-        where = f"{path}.{name}"
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise fail(where, f"must be true or false, got {type_name(value)} {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
-            ok = isinstance(value, int) if isinstance(default, int) else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok:
-                want = "an integer" if isinstance(default, int) else "a number"
-                raise fail(where, f"must be {want}, got {type_name(value)} {value!r}")
-        if isinstance(default, str) and not isinstance(value, (str, list)):
-            raise fail(where, f"must be a string, got {type_name(value)} {value!r}")
+        return GENERATORS[name]
+    except InputError as e:
+        raise fail(path, str(e)) from None
 
 
 def _answers(value, path: str, n_prompts: int | None) -> list:
@@ -172,16 +135,11 @@ def parse_data(raw: Any, name: str, path: str, base_dir: Path) -> DataSpec:
     spec = DataSpec(name=name, path=path, kind="text", template=template, chat=sec.get("chat", as_bool, False))
     if sources == ["generator"]:
         spec.generator = sec.get("generator", as_str)
-        func = _generator(spec.generator, sec.at("generator"))
-        _, _, supplied, spec.kind = GENERATORS[spec.generator]
+        gen = _generator(spec.generator, sec.at("generator"))
+        spec.kind = gen.yields
         spec.params = {k: v for k, v in sec.raw.items() if k not in ("generator", "template", "chat")}
-        check_call_params(spec.params, func, path, skip={supplied, *_NOT_PARAMS})
+        check_params(spec.params, gen.params, path)  # the parameters sit next to `generator:`
         sec.finish(extra_allowed=spec.params)
-        if spec.generator == "prompt_set":  # no model needed: read it now, so a bad name fails at once
-            try:
-                func(**spec.params)
-            except InputError as e:
-                raise fail(path, str(e)) from None
     elif sources == ["prompts"]:
         spec.prompts, spec.kind = _prompts(sec.get("prompts"), sec.at("prompts"))
         spec.answers = sec.get("answers", lambda v, p: _answers(v, p, len(spec.prompts)), None)
@@ -199,39 +157,23 @@ def parse_data(raw: Any, name: str, path: str, base_dir: Path) -> DataSpec:
 
 def materialize(spec: DataSpec, model, info) -> Dataset:
     """Generate and tokenize (no forward pass). Errors name the dataset's field path."""
-    from ..inputs.tokens import to_token_lists
-
+    gen = _generator(spec.generator, spec.path) if spec.generator else None
     try:
-        if spec.generator:
-            func = _generator(spec.generator, spec.path)
-            supplied = GENERATORS[spec.generator][2]
-            extra = {}
-            if supplied == "tokenizer_or_model":  # the model: its BOS default, not the bridge tokenizer's
-                extra["tokenizer_or_model"] = model
-            elif supplied == "vocab_size":
-                extra["vocab_size"] = int(model.cfg.d_vocab)
-            params = dict(spec.params)
-            if spec.generator in ("repeat_samples", "repeated_tokens") and "first_token" not in params:
-                params["first_token"] = info.bos_token_id  # the model's BOS opens every probe, as in capture
-            items = func(**extra, **params)
-            if spec.generator == "repeated_tokens":
-                items = items.tolist()
+        if gen is not None:
+            items = gen.make(model, info, **resolve_params(spec.params, gen.params, spec.path))
         else:
             items = list(spec.prompts)
         if spec.template is not None:
             items = [spec.template.replace("{prompt}", p) for p in items]
         prompts = None
-        if spec.kind == "needle":
-            token_lists = [list(s.prompt_ids) for s in items]
-        elif spec.kind == "shapes":
-            from ..vision.shapes import item_prompt
-
-            prompts = [item_prompt(it) for it in items]
+        if gen is not None and gen.token_ids is not None:  # items that carry their tokens (NeedleSamples)
+            token_lists = [list(t) for t in gen.token_ids(items)]
+        elif gen is not None and gen.model_inputs is not None:  # e.g. shapes items -> ImagePrompts
+            prompts = gen.model_inputs(items)
             token_lists = to_token_lists(model, prompts, info)
         elif spec.chat:  # the same chat formatting as the safety evaluation's generation
-            from ..safety.evaluate import chat_prompt_ids
-
-            token_lists = to_token_lists(model, [chat_prompt_ids(model.tokenizer, p) for p in items], info)
+            chat = PROMPT_FORMATS["chat"]
+            token_lists = to_token_lists(model, [chat(model.tokenizer, p) for p in items], info)
         else:
             token_lists = to_token_lists(model, items, info)
     except HeadscopeError as e:

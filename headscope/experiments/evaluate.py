@@ -1,15 +1,11 @@
-"""`evaluate` units: a metric under interventions, one work unit per (condition, K, seed).
+"""`evaluate` units: an evaluator under interventions, one work unit per (condition, K, seed).
 
-Metrics:
-- needle_accuracy: fraction of needle prompts whose answer greedy decoding reproduces
-  (`headscope.analyzers.retrieval.needle_accuracy`); data from the `needle` / `repeat_samples` generators.
-- attack_success_rate: greedy chat responses judged by the refusal-phrase judge
-  (`headscope.safety.attack_success_rate`); text prompts (e.g. `generator: prompt_set`).
-- kl_last, logit_diff, loss: the scan metrics (`headscope.interventions.METRICS`) with all of the
-  condition's heads intervened at once, mean over prompts (per prompt values are kept too).
-- image_qa_accuracy, text_qa_accuracy, pope_accuracy, pope_f1, chair_i, chair_s: the shapes-vlm
-  testbed's metrics (`headscope.vision.shapes_eval`) on `generator: shapes` data; a `vhr` condition
-  evaluates them under VHR (heads chosen per prompt, `headscope.vision.shapes_vhr`).
+Evaluators are looked up by name in `EVALUATORS` (headscope.experiment_registry); the module that
+owns each method registers it there, with what it needs, so this module knows none of them:
+- needle_accuracy (headscope.analyzers.retrieval), attack_success_rate (headscope.safety.evaluate),
+  image_qa_accuracy, text_qa_accuracy, pope_accuracy, pope_f1, chair_i, chair_s (headscope.vision.
+  shapes_vhr, with VHR conditions), kl_last, logit_diff, loss (`.metric_change`, here).
+`sorted(EVALUATORS)` lists them; docs/experiments.md says how to add one.
 """
 
 from __future__ import annotations
@@ -18,80 +14,75 @@ import hashlib
 import json
 import time
 
-import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 
 from ..errors import InputError
-from ._fields import as_mapping, fail
+from ..experiment_registry import EVALUATORS, GENERATORS, EvalRequest, Evaluator
+from ..interventions import Intervention, MeanAblation, ResampleAblation
+from ..viz.figures import title_block
+from ._fields import check_params, fail, resolve_params
 from .conditions import choose_heads
-from .data import check_call_params
-
-NEEDLE, ANY, SHAPES = ("needle",), ("text", "tokens", "needle"), ("shapes",)
-# shapes metric -> (split its items must come from, key of the result)
-SHAPES_METRICS = {"image_qa_accuracy": ("image_qa", "accuracy"), "text_qa_accuracy": ("text_qa", "accuracy"),
-                  "pope_accuracy": ("pope", "accuracy"), "pope_f1": ("pope", "f1"),
-                  "chair_i": ("describe", "chair_i"), "chair_s": ("describe", "chair_s")}
-EVAL_METRICS = {"needle_accuracy": NEEDLE, "attack_success_rate": ("text",),
-                "kl_last": ANY, "logit_diff": ANY, "loss": ANY, **{m: SHAPES for m in SHAPES_METRICS}}
+from .executors import Item
 
 
-def _asr():
+def evaluator(unit, path: str | None = None) -> Evaluator:
+    """The unit's evaluator; an unknown name fails listing the registered ones."""
     try:
-        from ..safety.evaluate import attack_success_rate
-    except ImportError as e:
-        raise InputError(f"attack_success_rate is not available in this installation ({e})") from None
-    return attack_success_rate
+        return EVALUATORS[unit.target]
+    except InputError as e:
+        raise fail(path or f"{unit.path}.evaluate", str(e)) from None
 
 
-def check_metric(unit, sec) -> None:
-    """Metric name, the kind of data it needs, and its parameters (before any compute)."""
-    if unit.target not in EVAL_METRICS:
-        raise fail(sec.at("evaluate"), f"unknown metric {unit.target!r}; known: {', '.join(EVAL_METRICS)}")
-    kinds = EVAL_METRICS[unit.target]
-    if unit.data.kind not in kinds:
-        hint = " (use generator: needle or repeat_samples)" if kinds == NEEDLE else ""
-        raise fail(sec.at("data"), f"{unit.target} needs {' or '.join(kinds)} data, dataset "
-                                   f"{unit.data.name!r} yields {unit.data.kind}{hint}")
-    params = dict(unit.params)
-    if unit.target == "attack_success_rate":
-        judge = params.pop("judge", None)
-        try:
-            check_call_params(params, _asr(), sec.at("params"), skip={"model", "prompts", "interventions", "judge"})
-        except InputError as e:
-            raise fail(sec.at("evaluate"), str(e)) if "not available" in str(e) else e from None
-        if judge is not None:
-            from ..safety.judge import RefusalPhraseJudge
-
-            check_call_params(as_mapping(judge, sec.at("params.judge")), RefusalPhraseJudge.__init__,
-                              sec.at("params.judge"))
-    elif unit.target in SHAPES_METRICS:  # pixel noise std of the images (the hallucination regime)
-        noise = params.pop("noise", 0.0)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise fail(sec.at("params.noise"), f"must be a number >= 0 (pixel noise std), got {noise!r}")
-        if params:
-            raise fail(sec.at("params"), f"metric {unit.target} takes only noise, got {sorted(params)}")
-    elif params:
-        raise fail(sec.at("params"), f"metric {unit.target} takes no parameters, got {sorted(params)}")
-    if unit.target in SHAPES_METRICS:
-        split = SHAPES_METRICS[unit.target][0]
-        if unit.data.params.get("split", "image_qa") != split:
-            raise fail(sec.at("data"), f"{unit.target} needs split: {split} in dataset {unit.data.name!r}")
-    if unit.target == "logit_diff" and not unit.data.answers:
-        raise fail(sec.at("data"), f"logit_diff needs answers: give dataset {unit.data.name!r} an 'answers' "
+def check_evaluator(unit, sec) -> None:
+    """Evaluator name, the data it accepts, its parameters and declared needs (before any compute)."""
+    entry = evaluator(unit, sec.at("evaluate"))
+    data = unit.data
+    if data.kind not in entry.data:
+        makers = sorted(n for n, g in GENERATORS.items() if g.yields in entry.data)  # (plain prompts need none)
+        hint = f" (use generator: {' or '.join(makers)})" if makers and not {"text", "tokens"} & set(entry.data) else ""
+        raise fail(sec.at("data"), f"{unit.target} needs {' or '.join(entry.data)} data, dataset "
+                                   f"{data.name!r} yields {data.kind}{hint}")
+    check_params(unit.params, entry.params, sec.at("params"))
+    problem = entry.check_data(data) if entry.check_data else None
+    if problem:
+        raise fail(sec.at("data"), f"{unit.target} {problem}")
+    if "answers" in entry.needs and not data.answers:
+        raise fail(sec.at("data"), f"{unit.target} needs answers: give dataset {data.name!r} an 'answers' "
                                    "list of [correct, wrong] pairs, one per prompt")
 
 
-def check_vhr_conditions(unit) -> None:
-    """VHR needs an image metric of the shapes world (it compares runs with and without the image)."""
+def check_conditions(unit, template_path: str) -> None:
+    """What the conditions ask of the evaluator: VHR support, a decode start for positions: decode."""
+    entry = evaluator(unit)
     vhr = [c for c in unit.conditions if c.mode == "vhr"]
-    if vhr and (unit.target not in SHAPES_METRICS or unit.target == "text_qa_accuracy"):
-        raise fail(vhr[0].path, "a vhr condition needs a shapes image metric (image_qa_accuracy, pope_accuracy, "
-                                "pope_f1, chair_i, chair_s): VHR compares runs with and without the image")
+    if vhr and not entry.vhr:
+        names = ", ".join(n for n in sorted(EVALUATORS) if EVALUATORS[n].vhr)
+        raise fail(vhr[0].path, f"a vhr condition needs a shapes image metric, an evaluator that supports VHR "
+                                f"({names}): VHR compares runs with and without the image")
+    if "generation" not in entry.needs:  # whole-prompt forwards: no decode start exists
+        found = [(template_path, unit.intervention)] + [
+            (f"{c.path}.interventions[{j}].positions", iv)
+            for c in unit.conditions for j, iv in enumerate(c.interventions or [])]
+        for path, iv in found:
+            if iv and iv.get("positions") == "decode":
+                names = ", ".join(n for n in sorted(EVALUATORS) if "generation" in EVALUATORS[n].needs)
+                raise fail(path, f"'decode' is for evaluators that generate ({names}); "
+                                 f"{unit.target} runs whole prompts: use 'all' or a [start, end) span")
+
+
+def check_needs(spec, model, info) -> None:
+    """Needs that only the loaded model can answer (before any forward pass)."""
+    for unit in spec.units:
+        if unit.type == "evaluate" and "chat" in evaluator(unit).needs and \
+                not getattr(getattr(model, "tokenizer", None), "chat_template", None):
+            raise fail(f"{unit.path}.evaluate", f"{unit.target} needs a chat model, but {info.name}'s tokenizer has "
+                                                "no chat template. Fix: use a chat/instruct model (e.g. "
+                                                "smollm2-135m-safety) or another evaluator")
 
 
 def _interventions(unit, cond, heads, ds):
     """Intervention specs of one work unit; mean/resample without a reference use the unit's data."""
-    from ..interventions import Intervention
-
     if cond.mode == "interventions":
         specs = [Intervention.from_dict(d) for d in cond.interventions]
     else:
@@ -109,79 +100,17 @@ def _readable(spec, ds) -> dict:
     return d
 
 
-def _metric_change(model, info, ds, specs, metric: str, batch_size: int, cache: dict) -> np.ndarray:
-    """Per-prompt change of a scan metric with all `specs` applied at once. -> [prompt]
-
-    The clean logits are the same for every work unit of a unit: kept in `cache` (this run only)."""
-    import torch
-
-    from ..inputs.tokens import iter_batches
-    from ..interventions import apply
-    from ..interventions.metrics import resolve_metric
-
-    score = resolve_metric(metric, model, len(ds.token_lists),
-                           {"answers": ds.answers} if metric == "logit_diff" else None)
-    out = np.zeros(len(ds.token_lists))
-    pad = info.pad_token_id if info.pad_token_id is not None else 0
-    last_only = getattr(score, "last_only", False)
-
-    def cut(logits, batch):  # last_only metrics read [batch, 1, vocab] at each prompt's real last token
-        return logits[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else logits
-    batches = list(iter_batches(ds.token_lists, batch_size, pad))
-    with torch.no_grad():
-        if "bases" not in cache:
-            cache["bases"] = [cut(model(b.tokens, attention_mask=b.attention_mask), b) for b in batches]
-        bases = cache["bases"]
-        with apply(model, specs):  # entered once: hooks built and mean/resample references captured once
-            for batch, base in zip(batches, bases):
-                variant = cut(model(batch.tokens, attention_mask=batch.attention_mask), batch)
-                out[batch.index] = score(base, variant, batch).cpu().numpy()
-    return out
-
-
-def _shapes(unit, model, ds, specs, vhr) -> dict:
-    """A shapes-world metric with fixed interventions, or under VHR (`vhr` = its alpha and layers)."""
-    from ..vision import shapes_eval as E
-    from ..vision import shapes_vhr as V
-
-    split, key = SHAPES_METRICS[unit.target]
-    items = ds.items
-    noise = {"noise": float(unit.params.get("noise", 0.0))} if split != "text_qa" else {}
-    if vhr is not None:
-        run = {"image_qa": V.vhr_image_qa, "pope": V.vhr_pope}.get(split)
-        res = run(model, items, **vhr, **noise) if run else V.vhr_describe(model, [it.scene for it in items], **vhr, **noise)
-        return {"value": float(res[key]), "vhr": vhr, **({"texts": res["texts"]} if "texts" in res else {})}
-    if split == "describe":
-        texts = E.describe(model, [it.scene for it in items], interventions=specs, **noise)
-        return {"value": float(E.chair([it.scene for it in items], texts)[key]), "texts": texts}
-    run = {"image_qa": E.image_qa_accuracy, "text_qa": E.text_qa_accuracy, "pope": E.pope}[split]
-    return {"value": float(getattr(run(model, items, interventions=specs, **noise), key))}
-
-
 def _evaluate(unit, ctx, specs, ds, vhr=None) -> dict:
-    model = ctx.model
-    if unit.target in SHAPES_METRICS:
-        return _shapes(unit, model, ds, specs, vhr)
-    if unit.target == "needle_accuracy":
-        from ..analyzers.retrieval import needle_accuracy
-
-        return {"value": needle_accuracy(model, ds.items, specs)}
-    if unit.target == "attack_success_rate":
-        params = dict(unit.params)
-        if "judge" in params:
-            from ..safety.judge import RefusalPhraseJudge
-
-            params["judge"] = RefusalPhraseJudge(**params["judge"])
-        res = _asr()(model, ds.items, interventions=specs, **params)
-        return {"value": res.rate, "per_prompt": [float(h) for h in res.harmful], "responses": res.responses}
-    per = _metric_change(model, ctx.info, ds, specs, unit.target, unit.batch_size,
-                         ctx.memo.setdefault((unit.name, "clean"), {}))
-    return {"value": float(per.mean()), "per_prompt": per.tolist()}
+    entry = evaluator(unit)
+    req = EvalRequest(model=ctx.model, info=ctx.info, data=ds, interventions=specs, name=unit.target,
+                      batch_size=unit.batch_size, cache=ctx.memo.setdefault((unit.name, "clean"), {}), vhr=vhr)
+    result = entry.run(req, **resolve_params(unit.params, entry.params, f"{unit.path}.params"))
+    if not isinstance(result, dict) or "value" not in result:
+        raise TypeError(f"evaluator {unit.target!r} returned {type(result).__name__}, not a dict with a 'value'")
+    return result
 
 
 def plan_evaluate(unit, ctx):
-    from .executors import Item
-
     folder = ctx.store.unit_dir(unit.name)
     items = []
     for cond in unit.conditions:
@@ -214,8 +143,6 @@ def plan_evaluate(unit, ctx):
 
 def load_table(unit, ctx):
     """The tidy table of an evaluate unit: one row per (condition, K, seed), in spec order."""
-    import pandas as pd
-
     folder = ctx.store.unit_dir(unit.name)
     rows = []
     for cond in unit.conditions:
@@ -231,8 +158,6 @@ def load_table(unit, ctx):
 
 def figure(unit, df, model_name: str = "", n_prompts: int | None = None):
     """Metric vs K: a line per condition (mean over seeds, min-max bars), single markers for fixed sets."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     for cond in unit.conditions:
         sub = df[df["condition"] == cond.name]
@@ -244,12 +169,10 @@ def figure(unit, df, model_name: str = "", n_prompts: int | None = None):
                         mode="lines+markers" if len(mean) > 1 else "markers", marker=dict(size=9),
                         error_y=dict(type="data", symmetric=False, array=(hi - mean).values,
                                      arrayminus=(mean - lo).values, visible=seeds > 1))
-    from ..viz.figures import title_block
-
     what = unit.intervention["kind"] if unit.intervention else "the conditions' interventions"
     extra = f"{what}; data {unit.data.name}" + (f" ({n_prompts} prompts)" if n_prompts else "")
-    ylabel = unit.target if unit.target in ("needle_accuracy", "attack_success_rate") else \
-        f"change of {unit.target} (mean over prompts)"
+    entry = evaluator(unit)
+    ylabel = f"{entry.label or unit.target} ({entry.better} is better)"
     fig.update_layout(title=title_block(f"{unit.name}: {unit.target} vs heads intervened", model_name, extra),
                       template="plotly_white", xaxis_title="K heads intervened", yaxis_title=ylabel,
                       width=900, height=500)
@@ -262,7 +185,7 @@ def finish_evaluate(unit, ctx) -> dict:
     ctx.store.write_json(f"results/{unit.name}.json", {"unit": unit.name, "metric": unit.target,
                                                         "rows": df.astype(object).where(df.notna(), None)
                                                         .to_dict(orient="records")})
-    summary = {"type": "evaluate", "target": unit.target,
+    summary = {"type": "evaluate", "target": unit.target, "better": evaluator(unit).better,
                "table": df.groupby(["condition", "k"], sort=False)["value"]
                .agg(["mean", "min", "max", "count"]).reset_index().to_dict(orient="records")}
     n = len(ctx.dataset(unit).token_lists)

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import plotly.io as pio
 
-from ..results import HeadScores
+from ..analyzers import get_analyzer
+from ..interventions import scan
+from ..results import HeadScores, rank_heads
+from ..viz.figures import title_block
+from .conditions import RANK_BETTER
+from .metric_change import METRIC_BETTER
 
-# Which way is "important" for ranking a scan's heads when a condition says rank: auto.
-# logit_diff is the change of (correct - wrong): a head that helped makes it negative when removed.
-SCAN_RANK = {"kl_last": "largest", "loss": "largest", "logit_diff": "smallest"}
+# Which heads of a scan come first when a condition says rank: auto (`better` of rank_heads): those
+# whose ablation moves the metric furthest the wrong way (a head that helped makes logit_diff drop).
+SCAN_BETTER = {metric: "higher" if better == "lower" else "lower" for metric, better in METRIC_BETTER.items()}
 
 
 @dataclass
@@ -59,20 +65,20 @@ class Context:
 
     def ranked(self, unit_name: str, rank: str) -> tuple[list, int]:
         """Heads of a unit best first, and how many of them lead as the analyzer's own selection."""
-        from .conditions import ranking
-
-        by_score = ranking(self.scores(unit_name), self.auto_rank(unit_name) if rank in ("auto", "selected") else rank)
+        better = self.auto_better(unit_name) if rank in ("auto", "selected") else RANK_BETTER[rank]
+        by_score = rank_heads(self.scores(unit_name), better)
         if rank != "selected":
             return by_score, 0
         info = json.loads((self.store.unit_dir(unit_name) / "info.json").read_text(encoding="utf-8"))
         chosen = [tuple(h) for h in info["heads"]]
         return chosen + [h for h in by_score if h not in set(chosen)], len(chosen)
 
-    def auto_rank(self, unit_name: str) -> str:
+    def auto_better(self, unit_name: str) -> str:
+        """rank: auto: the scan metric's direction, or the analyzer's scores' own (higher_is_more)."""
         unit = self.spec.unit(unit_name)
         if unit.type == "scan":
-            return SCAN_RANK[unit.metric]
-        return "largest" if self.scores(unit_name).higher_is_more else "smallest"
+            return SCAN_BETTER[unit.metric]
+        return "higher" if self.scores(unit_name).higher_is_more else "lower"
 
 
 # ---- analyze --------------------------------------------------------------------------------------------
@@ -81,8 +87,6 @@ def plan_analyze(unit, ctx: Context) -> list[Item]:
     folder = ctx.store.unit_dir(unit.name)
 
     def run():
-        from ..analyzers import get_analyzer
-
         ds = ctx.dataset(unit)
         analyzer = get_analyzer(unit.target, **unit.params).fit(ctx.model, None if ds is None else ds.analyzer_input)
         heads = [list(map(int, h)) for h in getattr(analyzer, "heads_", [])]
@@ -115,8 +119,6 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
         marker = _chunk_file(unit, ctx, chunk)
 
         def run(chunk=chunk, marker=marker):
-            from ..interventions import scan
-
             ds = ctx.dataset(unit)
             params = dict(unit.params)
             positions = params.pop("positions", "all")
@@ -147,12 +149,10 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
 
 # ---- combining ----------------------------------------------------------------------------------------
 
-def _top_rows(scores: HeadScores, rank: str, n: int = 10) -> list[dict]:
-    from .conditions import ranking
-
+def _top_rows(scores: HeadScores, better: str, n: int = 10) -> list[dict]:
     mean = scores.mean_over_prompts().values
     return [{"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}
-            for l, h in ranking(scores, rank)[:n]]
+            for l, h in rank_heads(scores, better)[:n]]
 
 
 def finish_heads(unit, ctx: Context) -> dict:
@@ -160,20 +160,16 @@ def finish_heads(unit, ctx: Context) -> dict:
     scores = ctx.scores(unit.name)
     scores.save(ctx.store.path("results", f"{unit.name}.parquet"))
     scores.save(ctx.store.path("results", f"{unit.name}.json"))
-    rank = ctx.auto_rank(unit.name)
-    summary = {"type": unit.type, "target": unit.target, "rank": rank, "top": _top_rows(scores, rank),
+    better = ctx.auto_better(unit.name)
+    summary = {"type": unit.type, "target": unit.target, "better": better, "top": _top_rows(scores, better),
                "shape": list(scores.values.shape)}
     if unit.type == "analyze":
-        import plotly.io as pio
-
         folder = ctx.store.unit_dir(unit.name)
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
         summary["selected_heads"] = [f"L{l}H{h}" for l, h in info["heads"]]
         fig = pio.from_json((folder / "figure.plotly.json").read_text(encoding="utf-8"))
     else:
         summary["metric"] = unit.metric
-        from ..viz.figures import title_block
-
         extra = (f"{unit.target} on one head at a time; mean over {scores.values.shape[0]} prompts; "
                  f"{scores.n_kv_heads} KV groups (lines)")
         fig = scores.plot(title=title_block(f"{unit.name}: {unit.metric} change", scores.model, extra))

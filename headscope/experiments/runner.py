@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import HeadscopeError, ModelNotFoundError
+from ..models import load_model, model_info
 from . import evaluate as _evaluate
 from . import executors
 from .data import materialize
@@ -33,12 +34,10 @@ DELAY_ENV = "HEADSCOPE_UNIT_DELAY_S"
 def load_spec_model(spec: Spec):
     """The spec's model: a `load_model` name/path, or a `testing:` model built in code."""
     if spec.model in TESTING_MODELS:
-        import headscope.testing as testing
+        import headscope.testing as testing  # test helpers import pytest-only code: only when asked for
 
         out = getattr(testing, TESTING_MODELS[spec.model])(**spec.model_params)
         return out[0] if isinstance(out, tuple) else out  # planted_model returns (model, truth)
-    from ..models import load_model
-
     try:
         return load_model(spec.model)
     except ModelNotFoundError as e:
@@ -47,11 +46,10 @@ def load_spec_model(spec: Spec):
 
 def prepare(spec: Spec, model=None):
     """Steps 3 of the module docstring: (model, info, datasets by path), no forward pass yet."""
-    from ..models import model_info
-
     model = load_spec_model(spec) if model is None else model
     info = model_info(model)
     check_model(spec, info)
+    _evaluate.check_needs(spec, model, info)
     specs = {**{d.path: d for d in spec.data.values()}, **{u.data.path: u.data for u in spec.units if u.data}}
     datasets = {path: materialize(d, model, info) for path, d in specs.items()}
     return model, info, datasets

@@ -2,10 +2,11 @@
 
 Validation runs in two steps, both before any forward pass:
 1. `load_spec(path)` / `parse_spec(text)`: structure, types, unknown keys, analyzer names and
-   parameters, intervention kinds and parameters, metric names, references between units and data,
-   data files and named prompt sets.
+   parameters, intervention kinds and parameters, evaluator and generator names, parameters and
+   needs (from their registries), references between units and data, data files.
 2. `check_model(spec, info)` right after the model is loaded: head and layer ranges, K against
-   the number of heads. (Generators and tokenization: `data.materialize`.)
+   the number of heads. (Needs only the model answers, such as a chat template:
+   `evaluate.check_needs`; generators and tokenization: `data.materialize`.)
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 
 import yaml
 
+from ..analyzers import REGISTRY as ANALYZERS  # the analyzers' own registry (a layer below)
 from ..errors import InputError
-from ._fields import Section, as_int_list, as_list, as_mapping, as_name, as_str, fail, int_at_least
+from ..interventions import METRICS
+from ._fields import Section, as_int_list, as_list, as_mapping, as_name, as_str, check_call_params, fail, int_at_least
 from .conditions import Condition, check_intervention, parse_conditions
-from .data import DataSpec, check_call_params, parse_data
+from .data import DataSpec, parse_data
+from .evaluate import check_conditions, check_evaluator
 
 FORMATS = ("html", "png", "svg", "pdf", "jpeg", "webp")
 TESTING_MODELS = {"testing:tiny": "tiny_model", "testing:planted": "planted_model"}
@@ -117,7 +121,7 @@ def _model(value, path) -> tuple[str, dict]:
     if name.startswith("testing:"):
         if name not in TESTING_MODELS:
             raise fail(path, f"unknown test model {name!r}; known: {', '.join(TESTING_MODELS)}")
-        import headscope.testing as testing
+        import headscope.testing as testing  # test helpers import pytest-only code: only when asked for
 
         check_call_params(params, getattr(testing, TESTING_MODELS[name]), path)
     elif params:
@@ -164,18 +168,14 @@ def _unit(raw: Any, i: int, data: dict, earlier: list[Unit], base_dir: Path) -> 
 
 
 def _analyze(unit: Unit, sec: Section) -> None:
-    from ..analyzers import REGISTRY, get_analyzer
-
     try:
-        get_analyzer(unit.target)  # registers every analyzer; unknown names list the known ones
+        cls = ANALYZERS[unit.target]  # unknown names list the known ones
     except InputError as e:
         raise fail(sec.at("analyze"), str(e)) from None
-    check_call_params(unit.params, REGISTRY[unit.target].__init__, sec.at("params"))
+    check_call_params(unit.params, cls.__init__, sec.at("params"))
 
 
 def _scan(unit: Unit, sec: Section) -> None:
-    from ..interventions import METRICS
-
     check_intervention({"kind": unit.target, **unit.params}, sec.at("params"), kind_path=sec.at("scan"))
     if unit.params.get("positions") == "decode":
         raise fail(sec.at("params.positions"), "'decode' needs a decode start, which a scan of whole prompts does "
@@ -192,9 +192,7 @@ def _scan(unit: Unit, sec: Section) -> None:
 
 
 def _evaluate(unit: Unit, sec: Section, earlier: list[Unit]) -> None:
-    from .evaluate import check_metric, check_vhr_conditions
-
-    check_metric(unit, sec)
+    check_evaluator(unit, sec)
     tpl = sec.get("intervention", as_mapping, None)
     if tpl is not None:
         if "heads" in tpl:
@@ -203,15 +201,7 @@ def _evaluate(unit: Unit, sec: Section, earlier: list[Unit]) -> None:
     unit.intervention = tpl
     unit.batch_size = sec.get("batch_size", int_at_least(1), 8)
     unit.conditions = parse_conditions(sec.get("conditions"), sec.at("conditions"), earlier, tpl is not None)
-    check_vhr_conditions(unit)
-    if unit.target in ("kl_last", "logit_diff", "loss"):  # whole-prompt forwards: no decode start exists
-        found = [(sec.at("intervention.positions"), tpl)] + [
-            (f"{c.path}.interventions[{j}].positions", iv)
-            for c in unit.conditions for j, iv in enumerate(c.interventions or [])]
-        for path, iv in found:
-            if iv and iv.get("positions") == "decode":
-                raise fail(path, f"'decode' is for generation metrics (needle_accuracy, attack_success_rate); "
-                                 f"{unit.target} runs whole prompts: use 'all' or a [start, end) span")
+    check_conditions(unit, sec.at("intervention.positions"))
 
 
 def check_model(spec: Spec, info) -> None:

@@ -45,7 +45,7 @@ def write_summary(store, spec, info, finished: dict, run: dict) -> None:
         if unit.type == "evaluate":
             lines += _md_table(s["table"], ["condition", "k", "mean", "min", "max", "count"])
         else:
-            lines.append(f"Top heads (ranked {s['rank']}, mean over prompts):")
+            lines.append(f"Top heads ({s['better']} scores first, mean over prompts):")
             lines.append("")
             lines += _md_table(s["top"], ["label", "score"])
             if s.get("selected_heads") is not None:

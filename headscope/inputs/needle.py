@@ -41,6 +41,7 @@ from ..errors import InputError
 from ..models.info import model_info, tokenizer_adds_bos
 from ..paths import data_dir
 from .probes import repeated_random_tokens
+from ..experiment_registry import GENERATORS, Generator, params_of
 
 FORMS = ("completion", "question", "paper", "chat", "paper-chat")
 _CHAT_FORMS = ("chat", "paper-chat")
@@ -248,3 +249,30 @@ def make_repeat_samples(vocab_size: int, n: int, seq_len: int = 40, prefix_len: 
             " ".join(map(str, answer)), len(prompt), 100.0 * prefix_len / seq_len, "repeat", f"repeat-{seq_len}",
             source="repeats", stop=False))
     return out
+
+
+# ---- `headscope run` data generators: a spec's `generator: needle | repeat_samples` -------------------
+
+
+def _needle_generator(model, info, **params) -> list[NeedleSample]:
+    return make_needle_prompts(model, **params)  # the model, so its BOS default applies, not the bridge tokenizer's
+
+
+def _repeat_generator(model, info, **params) -> list[NeedleSample]:
+    params.setdefault("first_token", info.bos_token_id)  # the model's BOS opens every probe, as in capture
+    return make_repeat_samples(int(model.cfg.d_vocab), **params)
+
+
+def _prompt_ids(samples) -> list:
+    return [s.prompt_ids for s in samples]
+
+
+GENERATORS.register("needle", Generator(
+    _needle_generator, yields="needle", token_ids=_prompt_ids,
+    # needles / haystack are Python-only arguments (lists of dicts / texts), not spec fields
+    params=params_of(make_needle_prompts, skip={"tokenizer_or_model", "needles", "haystack"}),
+    doc="needle-in-a-haystack prompts (make_needle_prompts)"))
+GENERATORS.register("repeat_samples", Generator(
+    _repeat_generator, yields="needle", token_ids=_prompt_ids,
+    params=params_of(make_repeat_samples, skip={"vocab_size"}),
+    doc="copy prompts from repeated random segments (make_repeat_samples); first_token defaults to the model's BOS"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..experiment_registry import GENERATORS, Generator, params_of
 
 
 def repeated_random_tokens(vocab_size: int, seq_len: int = 50, n_repeats: int = 2, n_prompts: int = 1,
@@ -37,3 +38,16 @@ def repeated_random_tokens(vocab_size: int, seq_len: int = 50, n_repeats: int = 
     if first_token is not None:
         out = torch.cat([torch.full((n_prompts, 1), first_token, dtype=torch.long), out], dim=1)
     return out
+
+
+# ---- `headscope run` data generator: a spec's `generator: repeated_tokens` -----------------------------
+
+
+def _repeated_tokens_generator(model, info, **params) -> list[list[int]]:
+    params.setdefault("first_token", info.bos_token_id)  # the model's BOS opens every probe, as in capture
+    return repeated_random_tokens(int(model.cfg.d_vocab), **params).tolist()
+
+
+GENERATORS.register("repeated_tokens", Generator(
+    _repeated_tokens_generator, yields="tokens", params=params_of(repeated_random_tokens, skip={"vocab_size"}),
+    doc="random segments repeated n_repeats times (repeated_random_tokens); first_token defaults to the model's BOS"))

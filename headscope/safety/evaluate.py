@@ -32,6 +32,8 @@ from ..interventions.prepare import prepare_references
 from ..interventions.specs import Intervention
 from ..models.info import model_info
 from .judge import check_judge
+from ..experiment_registry import EVALUATORS, PROMPT_FORMATS, Evaluator, params_of
+from .judge import RefusalPhraseJudge
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -148,3 +150,21 @@ def attack_success_rate(model, prompts: Sequence[str], *, interventions=(), judg
                                    use_cache=use_cache)
     verdicts = [bool(judge(p, r)) for p, r in zip(prompts, responses)]
     return AttackResult(prompts, responses, verdicts, sum(verdicts) / len(verdicts))
+
+
+# ---- `headscope run`: `evaluate: attack_success_rate`, and the `chat: true` prompt format ---------------
+
+
+def _asr_evaluator(req, **params) -> dict:
+    res = attack_success_rate(req.model, req.data.items, interventions=req.interventions, **params)
+    return {"value": res.rate, "per_prompt": [float(h) for h in res.harmful], "responses": res.responses}
+
+
+PROMPT_FORMATS.register("chat", chat_prompt_ids)  # a dataset's chat: true, formatted as generation formats it
+EVALUATORS.register("attack_success_rate", Evaluator(
+    _asr_evaluator, data=("text",), better="lower", needs={"generation", "chat"},
+    # a spec's `judge:` holds the refusal-phrase judge's parameters ({phrases, min_length})
+    params=params_of(attack_success_rate, skip={"model", "prompts", "interventions"},
+                     fields={"judge": params_of(RefusalPhraseJudge.__init__)},
+                     checks={"judge": lambda d: None if d is None else RefusalPhraseJudge(**d)}),
+    doc="fraction of greedy chat responses the refusal-phrase judge calls harmful (lower: the model refuses more)"))

@@ -12,6 +12,7 @@ from functools import cache
 
 from ..errors import HeadscopeError, InputError
 from ..paths import data_dir
+from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 
 PROMPT_SETS = ("harmful-train", "harmless-train", "harmful-heldout", "harmless-heldout")
 _TRAIN_FILES = {"harmful": "train_harmful.json", "harmless": "train_harmless.json"}
@@ -51,3 +52,16 @@ def prompt_set(name: str) -> list[str]:
     if split == "train":
         return [p for p, _ in training_pairs(kind)]
     return list(_load("heldout.json")[kind])
+
+
+# ---- `headscope run` data generator: a spec's `generator: prompt_set` ----------------------------------
+
+
+def _prompt_set_generator(model, info, name: str) -> list[str]:
+    return prompt_set(name)
+
+
+GENERATORS.register("prompt_set", Generator(
+    _prompt_set_generator, yields="text",
+    params=params_of(prompt_set, checks={"name": one_of(PROMPT_SETS, "prompt set")}),
+    doc="a named safety prompt set (prompt_set); needs no model"))

@@ -7,6 +7,7 @@ from ..errors import InputError
 from ..models.catalog import default_image_prompts as _default_image_prompts
 from . import shapes as W
 from .shapes_eval import EVAL_SEED, default_eval_sets
+from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 
 SPLITS = ("image_qa", "text_qa", "pope", "describe")
 
@@ -29,3 +30,20 @@ DETECT_SEED = 7_000  # the detection set of analyses/vision_heads.py: disjoint f
 
 # Each testbed provides its own built-in image prompts (headscope/testbeds/); this is the lookup.
 default_image_prompts = _default_image_prompts
+
+
+# ---- `headscope run` data generator: a spec's `generator: shapes` --------------------------------------
+
+
+def _shapes_generator(model, info, **params) -> list:
+    return shapes_set(**params)
+
+
+def _item_prompts(items) -> list:
+    return [W.item_prompt(it) for it in items]  # ImagePrompts (image items) or id lists: what analyzers take
+
+
+GENERATORS.register("shapes", Generator(
+    _shapes_generator, yields="shapes", model_inputs=_item_prompts,
+    params=params_of(shapes_set, checks={"split": one_of(SPLITS, "split")}),
+    doc="held-out shapes-world QA items with their images (shapes_set)"))

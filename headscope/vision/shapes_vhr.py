@@ -18,6 +18,8 @@ from ..generation import greedy_generate
 from . import shapes as W
 from .shapes_eval import chair, pope_metrics
 from .vhr import vhr_generate, vhr_select
+from ..experiment_registry import EVALUATORS, Evaluator, Param
+from . import shapes_eval as E
 
 
 def _t0(model, item, layers, alpha, noise):
@@ -64,3 +66,50 @@ def vhr_describe(model, scenes, *, layers=None, alpha: float | None = 2.0, max_n
             toks = vhr_generate(model, prompt, max_new_tokens, stop, layers=layers, alpha=alpha).tokens
         texts.append(" ".join(vocab[t] for t in toks))
     return {**chair(scenes, texts), "texts": texts}
+
+
+# ---- `headscope run`: the shapes-world metrics as evaluators (`evaluate: pope_f1` ...) -----------------
+# Registered here, not in shapes_eval, because one evaluator runs both ways: with the condition's
+# fixed interventions (shapes_eval) or under a `vhr:` condition (this module).
+
+# metric -> (split its items must come from, key of the result, better)
+_SHAPES_METRICS = {"image_qa_accuracy": ("image_qa", "accuracy", "higher"),
+                   "text_qa_accuracy": ("text_qa", "accuracy", "higher"),
+                   "pope_accuracy": ("pope", "accuracy", "higher"), "pope_f1": ("pope", "f1", "higher"),
+                   "chair_i": ("describe", "chair_i", "lower"), "chair_s": ("describe", "chair_s", "lower")}
+
+
+def _noise(value) -> float:
+    if value < 0:
+        raise ValueError(f"must be a number >= 0 (pixel noise std), got {value!r}")
+    return float(value)
+
+
+def _shapes_evaluator(split: str, key: str, better: str) -> Evaluator:
+    def run(req, noise: float = 0.0) -> dict:
+        items = req.data.items
+        kw = {"noise": noise} if split != "text_qa" else {}
+        if req.vhr is not None:
+            vhr_run = {"image_qa": vhr_image_qa, "pope": vhr_pope}.get(split)
+            res = vhr_run(req.model, items, **req.vhr, **kw) if vhr_run else \
+                vhr_describe(req.model, [it.scene for it in items], **req.vhr, **kw)
+            return {"value": float(res[key]), "vhr": req.vhr, **({"texts": res["texts"]} if "texts" in res else {})}
+        if split == "describe":
+            texts = E.describe(req.model, [it.scene for it in items], interventions=req.interventions, **kw)
+            return {"value": float(E.chair([it.scene for it in items], texts)[key]), "texts": texts}
+        plain = {"image_qa": E.image_qa_accuracy, "text_qa": E.text_qa_accuracy, "pope": E.pope}[split]
+        return {"value": float(getattr(plain(req.model, items, interventions=req.interventions, **kw), key))}
+
+    def check_data(data) -> str | None:
+        if data.params.get("split", "image_qa") != split:  # shapes_set's default split
+            return f"needs split: {split} in dataset {data.name!r}"
+        return None
+
+    # text QA has no image: no pixel noise, and VHR (with vs without the image) does not apply
+    params = () if split == "text_qa" else (Param("noise", 0.0, _noise, doc="pixel noise std of the images"),)
+    return Evaluator(run, data=("shapes",), better=better, params=params, vhr=split != "text_qa",
+                     check_data=check_data, doc=f"shapes-vlm {key} on {split} items")
+
+
+for _name, (_split, _key, _better) in _SHAPES_METRICS.items():
+    EVALUATORS.register(_name, _shapes_evaluator(_split, _key, _better))
