@@ -10,9 +10,9 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-# Packages whose modules never register anything and must not be imported eagerly: the CLI (start-up
-# time) and the test helpers (they import pytest-only code).
-SKIP = ("headscope.cli", "headscope.testing", "headscope.plugins", "headscope.__main__")
+# Modules that register nothing and must not be imported eagerly: the CLI (start-up time) and the
+# pytest plugin (it is pytest's to load).
+SKIP = ("headscope.cli", "headscope.plugins", "headscope.__main__", "headscope.testing.installed")
 
 for _mod in pkgutil.walk_packages([str(Path(__file__).parent)], prefix="headscope."):
     if not _mod.name.startswith(SKIP):

@@ -21,7 +21,7 @@ from ..models import load_model, model_info
 from . import evaluate as _evaluate
 from . import executors
 from .data import materialize
-from .spec import TESTING_MODELS, Spec, check_model, load_spec
+from .spec import Spec, check_model, load_spec
 from .store import Store
 from .summary import write_summary
 
@@ -32,14 +32,9 @@ DELAY_ENV = "HEADSCOPE_UNIT_DELAY_S"
 
 
 def load_spec_model(spec: Spec):
-    """The spec's model: a `load_model` name/path, or a `testing:` model built in code."""
-    if spec.model in TESTING_MODELS:
-        import headscope.testing as testing  # test helpers import pytest-only code: only when asked for
-
-        out = getattr(testing, TESTING_MODELS[spec.model])(**spec.model_params)
-        return out[0] if isinstance(out, tuple) else out  # planted_model returns (model, truth)
+    """The spec's model: a `load_model` name/path, or a testbed with its parameters (`testing:tiny`)."""
     try:
-        return load_model(spec.model)
+        return load_model(spec.model, **spec.model_params)
     except ModelNotFoundError as e:
         raise ModelNotFoundError(f"model: {e}") from None
 

@@ -22,13 +22,13 @@ import yaml
 from ..analyzers import REGISTRY as ANALYZERS  # the analyzers' own registry (a layer below)
 from ..errors import InputError
 from ..interventions import METRICS
+from ..models.catalog import TESTBEDS
 from ._fields import Section, as_int_list, as_list, as_mapping, as_name, as_str, check_call_params, fail, int_at_least
 from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
 
 FORMATS = ("html", "png", "svg", "pdf", "jpeg", "webp")
-TESTING_MODELS = {"testing:tiny": "tiny_model", "testing:planted": "planted_model"}
 UNIT_TYPES = ("analyze", "scan", "evaluate")
 COMMON = {"name", "data"}
 
@@ -118,15 +118,15 @@ def _model(value, path) -> tuple[str, dict]:
         name = sec.get("name", as_str)
         params = {k: v for k, v in sec.raw.items() if k != "name"}
         sec.finish(extra_allowed=params)
-    if name.startswith("testing:"):
-        if name not in TESTING_MODELS:
-            raise fail(path, f"unknown test model {name!r}; known: {', '.join(TESTING_MODELS)}")
-        import headscope.testing as testing  # test helpers import pytest-only code: only when asked for
-
-        check_call_params(params, getattr(testing, TESTING_MODELS[name]), path)
-    elif params:
-        raise fail(path, f"parameters {sorted(params)} are only for the testing: models; give the model "
-                         "as a plain name or folder")
+    testbed = TESTBEDS.get(name.lower()) if isinstance(name, str) else None
+    if name.startswith("testing:") and testbed is None:
+        raise fail(path, f"unknown test model {name!r}; known: "
+                         f"{', '.join(t for t in TESTBEDS if t.startswith('testing:'))}")
+    if params and (testbed is None or testbed.accepts is None):
+        raise fail(path, f"parameters {sorted(params)} are only for testbeds that take them (the testing: "
+                         "models); give the model as a plain name or folder")
+    if params:
+        check_call_params(params, testbed.accepts, path)
     return as_str(name, path), params
 
 

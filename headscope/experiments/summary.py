@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 
 from ..fileio import jsonable
+from ..viz.export import export_figures
 
 
 def _fmt(x) -> str:
@@ -18,8 +19,6 @@ def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
 
 
 def write_summary(store, spec, info, finished: dict, run: dict) -> None:
-    from ..viz.export import export_figures
-
     formats = spec.figures
     files = {}
     if formats:

@@ -6,7 +6,7 @@ bundled SmolLM2, `headscope/testbeds/*.py` for the testbeds), so adding a testbe
     register_testbed(Testbed("my-testbed", load=load_my_testbed, summary="what it plants",
                              image_prompts=None))
 
-`load(cache_dir, device, dtype)` returns a booted TransformerBridge (build it with
+`load(cache_dir, device, dtype, **params)` returns a booted TransformerBridge (build it with
 `headscope.models.loading.boot`); `load_model` records the testbed's name in the model's `ModelInfo`
 (`model_info(model).testbed`), which is how methods recognise a testbed. `image_prompts(model, n)`,
 when given, returns `n` (None: its default number of) built-in prompts with an image (what image analyzers use when called without data).
@@ -14,6 +14,7 @@ when given, returns `n` (None: its default number of) built-in prompts with an i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,9 @@ class Testbed:
     load: Callable[[Any, Any, Any], Any]  # (cache_dir, device, dtype) -> TransformerBridge
     summary: str = ""
     image_prompts: Callable[[Any, int | None], list] | None = None  # (model, n or None = its default)
+    # A function whose keyword parameters `load` also takes (the in-code test models: n_layers, seed...);
+    # None = the testbed takes no parameters. Specs and load_model check parameters against it.
+    accepts: Callable | None = None
 
 
 TESTBEDS: Registry[Testbed] = Registry("bundled model or testbed", fix="see docs/contributing.md to add a testbed")
@@ -39,6 +43,21 @@ def register_testbed(testbed: Testbed) -> Testbed:
     if testbed.name != testbed.name.lower():
         raise TypeError(f"testbed names are lower case (load_model lower-cases its argument): {testbed.name!r}")
     return TESTBEDS.register(testbed.name, testbed)
+
+
+def testbed_params(name: str, params: dict) -> dict:
+    """`params` checked against what testbed `name` accepts (InputError naming the valid ones)."""
+    testbed = TESTBEDS[name]
+    if not params:
+        return {}
+    if testbed.accepts is None:
+        raise InputError(f"{name} takes no parameters, got {sorted(params)}. Fix: load it by name alone.")
+    sig = inspect.signature(testbed.accepts)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = set(params) - set(sig.parameters)
+        if unknown:
+            raise InputError(f"{name} has no parameter(s) {sorted(unknown)}; valid: {sorted(sig.parameters)}")
+    return dict(params)
 
 
 def default_image_prompts(model, n: int | None = None) -> list:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from ..errors import ModelNotFoundError
 from . import bundled
-from .catalog import TESTBEDS, Testbed, register_testbed
+from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs
 from .info import record_facts, tokenizer_adds_bos
 
@@ -98,7 +98,8 @@ def _hub_id_is_cached(repo_id: str) -> bool:
     return isinstance(hit, str)
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None, device=None, dtype=None, allow_download: bool = False):
+def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None, device=None, dtype=None,
+               allow_download: bool = False, **params):
     """Load a model as a TransformerLens 4.x TransformerBridge.
 
     Args:
@@ -110,6 +111,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
         device, dtype: passed to the bridge (default CPU, float32).
         allow_download: let an uncached hub id go to the network. Off by default: headscope
             is used offline and an uncached id fails at once with a clear message.
+        **params: parameters of a testbed that takes them (the in-code test models
+            "testing:tiny" / "testing:planted": n_layers, seed, ...).
 
     Example:
         >>> import headscope
@@ -119,9 +122,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
     """
     key = ALIASES.get(name_or_path, name_or_path)
     if isinstance(key, str) and key.lower() in TESTBEDS:
-        bridge = TESTBEDS[key.lower()].load(cache_dir, device, dtype)
-        record_facts(bridge, testbed=key.lower())
+        name = key.lower()
+        bridge = TESTBEDS[name].load(cache_dir, device, dtype, **testbed_params(name, params))
+        record_facts(bridge, testbed=name)
         return bridge
+    if params:
+        raise ModelNotFoundError(f"parameters {sorted(params)} are only for testbeds that take them "
+                                 f"(e.g. 'testing:tiny'), not for {name_or_path!r}. Fix: drop them.")
 
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():

@@ -22,7 +22,6 @@ encoder uses ``bert_tokenizer()``, which wraps text in ``[CLS] .. [SEP]``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,8 +31,6 @@ from headscope.errors import InputError
 from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
 from headscope.models.loading import boot
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 VOCAB = 64
 D_MODEL = 64

@@ -10,16 +10,13 @@ Example::
 
 from __future__ import annotations
 
-import os
 from typing import Union
 
 import torch
-from headscope.models.compat import no_runtime_installs
-from headscope.inputs.probes import repeated_random_tokens as _probe
 
-# Never let transformers / TransformerLens reach for the Hub: every tiny model is built in code.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from headscope.inputs.probes import repeated_random_tokens as _probe
+from headscope.models.compat import no_runtime_installs
+from headscope.models.loading import hf_offline
 
 PAD_ID, BOS_ID = 0, 1
 TINY_NAME = "headscope/tiny"
@@ -79,9 +76,9 @@ def _boot(hf_model, vocab_size: int):
     """Wrap an in-memory HF model in a TransformerBridge (no download: the tokenizer is local)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-
     tok = tiny_tokenizer(vocab_size)
-    with no_runtime_installs():
+    # Offline for this boot only (every tiny model is built in code; TL must not ask the hub).
+    with hf_offline(), no_runtime_installs():
         return TransformerBridge.boot_transformers(TINY_NAME, hf_model=hf_model, tokenizer=tok)
 
 
