@@ -40,7 +40,7 @@ def _parse_param(text: str):
     return key.strip(), yaml.safe_load(value)
 
 
-def _scan(args) -> int:
+def _analyze(args) -> int:
     from pathlib import Path
 
     from .analyzers import get_analyzer
@@ -49,7 +49,7 @@ def _scan(args) -> int:
 
     analyzer = get_analyzer(args.name, **dict(_parse_param(p) for p in args.param))
     analyzer.fit(load_model(args.model))
-    out = Path(args.out or f"headscope-scan-{args.name}")
+    out = Path(args.out or f"headscope-analyze-{args.name}")
     scores_path = analyzer.scores_.save(out / f"{args.name}.json")
     files = export_figure(analyzer.plot(), out, args.name, formats=("html",) if args.no_static else ("html", "png", "svg"))
     print(analyzer.scores_.top(args.top).to_string(index=False))
@@ -58,14 +58,48 @@ def _scan(args) -> int:
     return 0
 
 
-def _scan_or_list(args) -> int:
+def _analyze_or_list(args) -> int:
     if args.list or not args.name:
         from .analyzers import REGISTRY
 
         for name in sorted(REGISTRY):
-            print(f"{name:<20} {REGISTRY[name].description}")
+            print(f"{name:<20} {REGISTRY[name].description}\n{'':<20} data: {REGISTRY[name].input_kind}")
         return 0
-    return _scan(args)
+    return _analyze(args)
+
+
+def _scan(args) -> int:
+    """The exact all-heads ablation scan: the metric's change with each head intervened on alone."""
+    from pathlib import Path
+
+    from .analyzers import REGISTRY
+    from .interventions import KINDS, METRICS
+
+    if args.list or not args.kind:
+        for name in sorted(KINDS):
+            print(f"{name:<20} {(KINDS[name].__doc__ or '').strip().splitlines()[0]}")
+        print(f"metrics: {', '.join(sorted(METRICS))}   (analyzers: headscope analyze --list)")
+        return 0
+    if args.kind in REGISTRY and args.kind not in KINDS:  # `headscope scan NAME` before it meant analyze
+        print(f"headscope: warning: `headscope scan {args.kind}` is deprecated and will be removed in the next "
+              f"release; use `headscope analyze {args.kind}`", file=sys.stderr)
+        args.name = args.kind
+        return _analyze(args)
+    from .inputs.prompts import load_prompts
+    from .interventions import scan
+    from .models import load_model
+    from .viz.export import export_figure
+
+    prompts = load_prompts(args.prompts)  # None: the built-in set
+    scores = scan(load_model(args.model), prompts, args.kind, args.metric, layers=args.layers,
+                  batch_size=args.batch_size, **dict(_parse_param(p) for p in args.param))
+    out = Path(args.out or f"headscope-scan-{args.kind}-{args.metric}")
+    stem = f"scan-{args.kind}-{args.metric}"
+    scores_path = scores.save(out / f"{stem}.json")
+    files = export_figure(scores.plot(), out, stem, formats=("html",) if args.no_static else ("html", "png", "svg"))
+    print(scores.top(args.top).to_string(index=False))
+    print(f"scores: {scores_path}   figures: {', '.join(str(p) for p in files.values())}")
+    return 0
 
 
 def _run(args) -> int:
@@ -94,15 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-static", action="store_true", help="skip PNG/SVG export (HTML only)")
     rep.set_defaults(func=_report)
 
-    scan = sub.add_parser("scan", help="run one analyzer (see `headscope scan --list`) and save its scores and figure")
-    scan.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")
-    scan.add_argument("--list", action="store_true", help="list the analyzers and exit")
+    ana = sub.add_parser("analyze", help="run one analyzer (see `headscope analyze --list`) and save its scores and figure")
+    ana.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")
+    ana.add_argument("--list", action="store_true", help="list the analyzers and exit")
+    ana.add_argument("--model", default=None)
+    ana.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="analyzer parameter (repeatable)")
+    ana.add_argument("--out", default=None, help="output folder (default: headscope-analyze-NAME)")
+    ana.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
+    ana.add_argument("--no-static", action="store_true", help="HTML figure only")
+    ana.set_defaults(func=_analyze_or_list)
+
+    scan = sub.add_parser("scan", help="exact all-heads scan: the metric's change with each head intervened on "
+                                       "alone (see `headscope scan --list`)")
+    scan.add_argument("kind", nargs="?", help="intervention kind, e.g. zero, mean, uniform_attention")
+    scan.add_argument("--metric", default="kl_last", help="kl_last (default), loss or logit_diff")
+    scan.add_argument("--list", action="store_true", help="list the kinds and metrics and exit")
     scan.add_argument("--model", default=None)
-    scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="analyzer parameter (repeatable)")
-    scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-NAME)")
+    scan.add_argument("--prompts", default=None, help="JSON list of prompts or a text file (default: built-in set)")
+    scan.add_argument("--layers", type=int, nargs="+", default=None, help="visit only these layers' heads")
+    scan.add_argument("--batch-size", type=int, default=8)
+    scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="kind parameter (repeatable)")
+    scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-KIND-METRIC)")
     scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
     scan.add_argument("--no-static", action="store_true", help="HTML figure only")
-    scan.set_defaults(func=_scan_or_list)
+    scan.set_defaults(func=_scan)
 
     run = sub.add_parser("run", help="run (or resume) an experiment spec, see docs/experiments.md")
     run.add_argument("spec", help="experiment spec (YAML)")

@@ -35,8 +35,13 @@ def test_cli_reports_user_errors_in_one_line(capsys):
     assert err.startswith("headscope: error: Unknown model 'no/such/model'") and "Traceback" not in err
 
 
-def test_scan_rejects_unknown_analyzer_and_parameter(capsys):
-    assert main(["scan", "no-such-analyzer"]) == 2
+def test_analyze_rejects_unknown_analyzer_and_parameter(capsys):
+    assert main(["analyze", "no-such-analyzer"]) == 2
     assert "unknown analyzer 'no-such-analyzer'; available:" in capsys.readouterr().err
-    assert main(["scan", "head-importance", "--param", "topk=3"]) == 2
+    assert main(["analyze", "head-importance", "--param", "topk=3"]) == 2
     assert "has no parameter(s) ['topk']" in capsys.readouterr().err
+
+
+def test_scan_rejects_unknown_kind(capsys):
+    assert main(["scan", "no-such-kind", "--model", "testing:tiny"]) == 2
+    assert "unknown intervention kind 'no-such-kind'; available:" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def test_planted_copy_circuit_is_ranked_first():
     imp = HeadImportance().fit(model, repeated_random_tokens(model, 20, batch=3, seed=1))
     assert set(imp.heads_[:2]) == {truth.previous_token, truth.induction}
     others = [h for h in truth.background() + [truth.sink, truth.local_window]]
-    assert max(imp.scores_.values[l, h] for l, h in others) < 1e-6  # heads that write nothing get no gradient
+    assert max(imp.scores_.values[0, l, h] for l, h in others) < 1e-6  # heads that write nothing get no gradient
 
 
 @pytest.mark.parametrize("builder", ["tiny", "planted"])
@@ -51,7 +51,7 @@ def test_raw_importance_matches_independent_autograd(builder):
     ref = reference_importance(plain_hf_copy(model), examples, cfg.n_layers, cfg.n_heads, cfg.d_head)
     np.testing.assert_allclose(imp.raw_importance_, ref, rtol=1e-4, atol=1e-7)
     # per-layer normalisation: each layer's vector has unit l2 norm
-    normed = HeadImportance().fit(model, examples).scores_.values
+    normed = HeadImportance().fit(model, examples).scores_.values[0]  # one dataset-level row
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, rtol=1e-6)
 
 

@@ -235,7 +235,7 @@ def test_smol_teacher_forced_equals_hf_loop_and_generate_mode(smol, smol_hf):
 @pytest.mark.real_model
 def test_smol_end_to_end(smol):
     fit = RetrievalHeads(n_samples=3, context_lengths=(150,)).fit(smol)
-    assert fit.scores_.values.shape == (30, 9) and len(fit.per_sample_) == 3
+    assert fit.scores_.values.shape == (1, 30, 9) and len(fit.per_sample_) == 3
     assert fit.accuracy_ >= 2 / 3
     assert all(fit.scores_.score(l, h) > 0.1 for l, h in fit.heads_)
     fig = fit.plot()

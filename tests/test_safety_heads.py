@@ -60,8 +60,8 @@ def test_ships_and_sahara_find_the_planted_circuit():
     assert np.abs(mean[others]).max() < 1e-6 and mean[~others].min() > 0.1  # W_O = 0 heads change nothing
     sahara = Sahara(search_steps=1).fit(model, tokens)
     assert sahara.heads_[0] in (truth.previous_token, truth.induction)
-    assert np.abs(sahara.scores_.values[others]).max() < 1e-3  # identical hidden states: angle 0
-    assert sahara.scores_.values[~others].min() > 0.05  # small: u1 is dominated by the mean direction
+    assert np.abs(sahara.scores_.values[0][others]).max() < 1e-3  # identical hidden states: angle 0
+    assert sahara.scores_.values[0][~others].min() > 0.05  # small: u1 is dominated by the mean direction
     # (a second step has nothing left to find: with either circuit head ablated the other is inert)
 
 
@@ -84,7 +84,7 @@ def test_sahara_angles_and_greedy_step_equal_the_reference():
     u0 = leading_left_vector(ref_final_hidden(hf, ids))
     first = np.array([[subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [(l, h)])))
                        for h in range(4)] for l in range(2)])
-    np.testing.assert_allclose(sahara.scores_.values, first, atol=0.05)  # degrees
+    np.testing.assert_allclose(sahara.scores_.values[0], first, atol=0.05)  # degrees (one dataset-level row)
     assert sahara.heads_[0] == tuple(int(x) for x in np.unravel_index(first.argmax(), first.shape))
     g1 = sahara.heads_[0]
     second = {(l, h): subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [g1, (l, h)])))

@@ -89,7 +89,7 @@ def test_vision_spec_errors_name_the_field(edit, field, words):
 
 
 def test_scan_head_divergence_finds_the_image_itself(tmp_path):
-    assert main(["scan", "head-divergence", "--model", "shapes-vlm", "--out", str(tmp_path), "--no-static"]) == 0
+    assert main(["analyze", "head-divergence", "--model", "shapes-vlm", "--out", str(tmp_path), "--no-static"]) == 0
     saved = json.loads((tmp_path / "head-divergence.json").read_text())
     assert saved["provenance"]["model"] == "shapes-vlm"
     assert len(saved["prompts"]) == 64 and saved["shape"][0] == 64  # the 64 built-in image questions

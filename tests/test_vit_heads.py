@@ -164,7 +164,7 @@ def test_pruning_importance_matches_hf_weight_edit(random_pair):
     ref = np.array([[_hf_answer_loss(plain, items, [(l, h)]) - clean for h in range(2)] for l in range(2)])
     np.testing.assert_allclose(vit.importance_.values[0], ref, atol=1e-5)
     assert vit.scores_ is vit.importance_
-    order = [(l, h) for l, h in vit.heads_]
+    order = [(l, h) for l, h in vit.ranking_]
     assert [ref[l, h] for l, h in order] == sorted(ref.ravel(), reverse=True)
 
 

@@ -17,7 +17,6 @@ import torch
 
 from ..capture.reducers import QueryMeanReducer, Reducer
 from ..errors import InputError
-from ..results import HeadScores
 
 __all__ = ["GroupMeanPattern", "ResponseDistance", "fai", "select_tokens", "waad"]
 
@@ -53,14 +52,13 @@ class GroupMeanPattern(Reducer):
     """Per prompt and group, the mean attention pattern over the group's heads: [T, T] float64.
 
     `groups` maps a group name to a boolean [n_layers, n_heads] mask (the same heads for every
-    prompt). Read the maps with `mean_patterns()` after capture. `result()` returns a HeadScores
-    map of membership (value = index of the head's group in `groups`, NaN for heads in none) so
-    the engine's contract holds and the grouping can be plotted.
+    prompt). The result, `capture(...)[name]`, is {group: [per prompt: mean pattern]}.
     """
 
     name = "group_mean_pattern"
     needs = ("pattern",)
-    description = "Index of the head group each head was averaged into (NaN: in no group)."
+    result_type = dict  # {group: [per prompt: [T_p, T_p] mean pattern]}
+    description = "Mean attention pattern of each head group, per prompt."
 
     def __init__(self, groups: dict[str, np.ndarray]):
         if not groups:
@@ -102,7 +100,7 @@ class GroupMeanPattern(Reducer):
                 self._sums[g][p] = block.copy() if acc is None else acc + block
                 self._counts[g][p] += n_heads
 
-    def mean_patterns(self) -> dict[str, list[np.ndarray]]:
+    def result(self, info, prompts=None) -> dict:
         """{group: [per prompt: mean pattern [T_p, T_p] over the group's heads]}."""
         out = {}
         for g, mask in self.groups.items():
@@ -111,14 +109,6 @@ class GroupMeanPattern(Reducer):
                 raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
             out[g] = [s / expected for s in self._sums[g]]
         return out
-
-    def result(self, info, prompts=None):
-        values = np.full((info.n_layers, info.n_heads), np.nan)
-        for i, mask in enumerate(self.groups.values()):
-            values[mask] = i
-        return HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
-                          analyzer=f"capture.{type(self).__name__}", params=self.params(),
-                          higher_is_more=True, description=self.description)
 
 
 # Per-token statistics of one prompt's group-mean pattern (numpy, vectorised over positions).

@@ -51,13 +51,23 @@ class TokenImportance(QueryMeanReducer):
         return pattern[..., self.position], covered  # [batch, head, q]
 
 
+@dataclass
+class HiddenSinkResult:
+    """`counts`: hidden sinks per (prompt, layer, head); `table`: one row per hidden sink (prompt, layer,
+    head, position, score)."""
+
+    counts: HeadScores
+    table: dict
+
+
 class HiddenSinks(Reducer):
     """ACT hidden sinks: s_j = sum_{i>=j} A[i, j] / (N - j); S = {j : s_j > threshold}, minus its first element.
 
-    `result()` is the per-head count |S \\ {min S}|; `table()` lists every hidden sink with its s_j.
+    The result holds the per-head count |S \\ {min S}| and a table of every hidden sink with its s_j.
     `min_queries` (default 1 = ACT) can exclude the last keys, whose s_j averages only N - j queries.
     """
 
+    result_type = HiddenSinkResult
     name = "hidden_sink_count"
     needs = ("pattern",)
     description = "Number of ACT hidden sinks (s_j > threshold, first element of S dropped) per head."
@@ -90,13 +100,12 @@ class HiddenSinks(Reducer):
                            ("head", h.numpy()), ("position", j.numpy()), ("score", s[b, h, j].numpy())):
             self._rows[name].append(vals)
 
-    def table(self) -> dict[str, np.ndarray]:
-        return {c: _cat(v, float if c == "score" else np.int64) for c, v in self._rows.items()}
-
-    def result(self, info, prompts=None):
-        return HeadScores(self._counts, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
-                          analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
-                          higher_is_more=True, description=self.description)
+    def result(self, info, prompts=None) -> HiddenSinkResult:
+        table = {c: _cat(v, float if c == "score" else np.int64) for c, v in self._rows.items()}
+        counts = HeadScores(self._counts, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+                            analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
+                            higher_is_more=True, description=self.description)
+        return HiddenSinkResult(counts, table)
 
 
 @dataclass
@@ -116,6 +125,7 @@ class MassiveActivations(Reducer):
     value for an even count), as in Sun et al.'s `main_llm.py --exp2`.
     """
 
+    result_type = MassiveResult
     name = "massive_activations"
     needs = ("resid_post",)
     description = "Massive activations (Sun et al.): |x| > 100 and >= 1000 x the layer's median |x|."
@@ -174,6 +184,7 @@ class PhiTopK(Reducer):
     top_k > d_model / tau^2 the test phi > tau is decided exactly from the kept values.
     """
 
+    result_type = PhiResult
     name = "phi"
     needs = ("resid_pre",)
     description = "VAR sink-token criterion phi = max over sink dims of |x_d| / RMS(x), entering each layer."

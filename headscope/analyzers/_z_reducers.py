@@ -7,6 +7,8 @@ x d_head floats, never a pattern (SmolLM2: 69 KB per position per prompt).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -15,14 +17,21 @@ from ..errors import InputError
 from ..results import HeadScores
 
 
+@dataclass
+class ZResult:
+    """`z[i]`: float32 [layer, n_positions_i, head, d_head] of prompt i (NaN for layers not captured);
+    `sq_norm`: the mean squared norm ||z||^2 over the positions per (prompt, layer, head), VHR's "TA"
+    when run on the prompts without the segment."""
+
+    z: list
+    sq_norm: HeadScores
+
+
 class ZAtPositions(Reducer):
-    """Collect hook_z [batch, pos, head, d_head] at `positions[i]` (absolute indices into prompt i).
+    """Collect hook_z [batch, pos, head, d_head] at `positions[i]` (absolute indices into prompt i);
+    the result is a ZResult."""
 
-    After capture, `.z[i]` is a float32 tensor [layer, n_positions_i, head, d_head] (NaN for layers not
-    captured). `result()` gives the mean squared norm ||z||^2 over the positions, per (prompt, layer,
-    head): VHR's "TA" when run on the prompts without the segment.
-    """
-
+    result_type = ZResult
     needs = ("z",)
     higher_is_more = True
     description = "Mean squared norm ||z||^2 of each head's output (hook_z) over the chosen positions."
@@ -51,9 +60,9 @@ class ZAtPositions(Reducer):
                 raise InputError(f"prompt {idx}: position {int(pos.max())} is beyond its {n_real} tokens")
             self.z[idx][layer] = z[row, pos].float().cpu()  # [n_pos, head, d_head]
 
-    def result(self, info, prompts=None) -> HeadScores:
+    def result(self, info, prompts=None) -> ZResult:
         # [prompt, layer, head]: mean over positions of sum over d_head of z^2
         values = np.stack([(z.double() ** 2).sum(-1).mean(1).numpy() for z in self.z])
-        return HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+        return ZResult(self.z, HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
                           analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
-                          higher_is_more=self.higher_is_more, description=self.description)
+                          higher_is_more=self.higher_is_more, description=self.description))

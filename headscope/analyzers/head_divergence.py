@@ -31,7 +31,8 @@ from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
 from ._z_reducers import ZAtPositions
-from .base import Analyzer, register, select_heads
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import Anything, Boolean, Interval, IntList, Options
 
 DISTANCES = ("euclidean", "sq_l2", "cosine")
 SELECTS = ("top_k", "threshold", "top_fraction")
@@ -76,6 +77,15 @@ class HeadDivergence(Analyzer):
     """Per-head output divergence between prompts with and without a context segment (VHD)."""
 
     name = "head-divergence"
+    input_kind = ("(prefix, segment, suffix) triples of text or token ids, or ImagePrompts (the segment is the "
+                  "image); None: built-in passages (image prompts on a VLM testbed)")
+    parameter_constraints = {
+        "positions": [Options("last", "after_segment"), Interval(int, None, None), IntList()],
+        "distance": [Options(*DISTANCES)], "variant": [Options(*VARIANTS)], "filler": [None, Anything()],
+        "outlier_rule": [Boolean()], "top_k_per_layer": [Interval(int, 1, None)],
+        "select": [Anything()],  # 'above_median' or (rule, value): _select_spec() checks it
+        "batch_size": [Interval(int, 1, None)],
+    }
     description = ("Distance between each head's output z with and without a context segment "
                    "(VHD, He et al. 2025), at query positions after the segment.")
 
@@ -102,36 +112,36 @@ class HeadDivergence(Analyzer):
         raise InputError(f"select={self.select!r}: use 'above_median' (VHR's per-layer H_l), or "
                          f"('top_k', 10) / ('threshold', 0.5) / ('top_fraction', 0.1)")
 
-    def _check(self, n_heads: int):
-        if self.distance not in DISTANCES:
-            raise InputError(f"distance={self.distance!r}: use one of {DISTANCES}")
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant={self.variant!r}: use 'removed' (segment deleted) or 'replaced' "
-                             f"(same-length filler)")
-        k = self.top_k_per_layer
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_heads:
-            raise InputError(f"top_k_per_layer={k!r}: must be an integer in 1..{n_heads} (heads per layer)")
+    def _check_params(self, info) -> None:
+        if self.top_k_per_layer > info.n_heads:
+            raise InputError(f"top_k_per_layer={self.top_k_per_layer!r}: must be an integer in 1..{info.n_heads} "
+                             "(heads per layer)")
         if self.filler is not None and self.variant != "replaced":
             raise InputError("filler is only used with variant='replaced'; set variant='replaced' or drop filler")
-        return self._select_spec()
+        self._select_spec()
 
-    def fit(self, model, data=None) -> HeadDivergence:
-        """data: list of (prefix, segment, suffix), each part text or token ids (see
-        `headscope.inputs.segments.segment_prompts`), or `ImagePrompt`s (the segment is the image block:
-        VHD); None = the built-in passage + question items (for shapes-vlm and smollm2-visual-sinks:
-        their built-in image prompts)."""
+    def prepare_data(self, model, data=None) -> list:
+        """SegmentPrompts; None = the built-in passages (a VLM testbed: its built-in image prompts)."""
+        return segment_prompts(model, self._default_data(model) if data is None else data)
+
+    @classmethod
+    def example_data(cls, model):
+        return [(ids[:5], ids[5:9], ids[9:]) for ids in example_prompts(model, seq_len=8)]
+
+    def _fit(self, model, items) -> None:
+        """items: SegmentPrompts (see `headscope.inputs.segments.segment_prompts`): from (prefix, segment,
+        suffix) triples of text or token ids, or `ImagePrompt`s (the segment is the image block: VHD)."""
         info = model_info(model)
-        how, arg = self._check(info.n_heads)
-        items = segment_prompts(model, self._default_data(model) if data is None else data)
+        how, arg = self._select_spec()
         pair = build_variants(model, items, variant=self.variant, positions=self.positions, filler=self.filler)
         with_seg = ZAtPositions(pair.present_positions, name="z_sq_norm_with_segment")
         without = ZAtPositions(pair.other_positions, name="z_sq_norm_without_segment")
-        capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)
-        capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)
+        present = capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)[with_seg.name]
+        absent = capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)[without.name]
 
-        per_pos = [z_distance(a, b, self.distance).numpy() for a, b in zip(with_seg.z, without.z)]  # [layer, pos, head]
+        per_pos = [z_distance(a, b, self.distance).numpy() for a, b in zip(present.z, absent.z)]  # [layer, pos, head]
         raw = np.stack([d.mean(1) for d in per_pos])  # [prompt, layer, head]
-        ta = without.result(info).values  # [prompt, layer, head] ||z without||^2
+        ta = absent.sq_norm.values  # [prompt, layer, head] ||z without||^2
         flagged = outlier_mask(raw, ta)
         vhd = raw
         if self.outlier_rule:  # VHR: heads whose output surges without the segment are not "reading" it
@@ -155,7 +165,6 @@ class HeadDivergence(Analyzer):
         self.token_vhd_ = token_vhd(vhd, self.top_k_per_layer)  # [prompt]
         self.token_vhd_positions_ = self._position_tvhd(model, items, pair, per_pos, prompts, params)
         self.heads_ = self._heads(how, arg)
-        return self
 
     @staticmethod
     def _default_data(model):

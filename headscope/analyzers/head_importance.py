@@ -10,7 +10,8 @@ from ..inputs.tokens import to_token_lists
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
 from ..results import HeadScores
-from .base import Analyzer, register, select_heads
+from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
+from .params import Boolean, Interval
 
 
 @register
@@ -33,6 +34,10 @@ class HeadImportance(Analyzer):
 
     name = "head-importance"
     description = "Gradient head importance |dL/d xi_h| (Michel et al. 2019), per-layer normalised."
+    input_kind = "prompts: strings or token id lists (None: the built-in prompt set)"
+    parameter_constraints = {"normalize_layers": [Boolean()], "exponent": [Interval(float, 0, None, "neither")],
+                             "min_max": [Boolean()], "top_k": [Interval(int, 1, None)], "prepend_bos": [None, Boolean()]}
+    example_params = {"top_k": 5}
 
     def __init__(self, normalize_layers: bool = True, exponent: float = 2.0, min_max: bool = False,
                  top_k: int = 10, prepend_bos: bool | None = None):
@@ -42,12 +47,19 @@ class HeadImportance(Analyzer):
         self.top_k = top_k
         self.prepend_bos = prepend_bos
 
-    def fit(self, model, data=None) -> "HeadImportance":
-        if data is None:
-            data = load_prompts()
-        info = model_info(model)
+    def _check_params(self, info) -> None:
         info.require_causal("head-importance", "differentiates the next-token loss")
-        examples = to_token_lists(model, data, info, self.prepend_bos)
+
+    def prepare_data(self, model, data=None) -> list[list[int]]:
+        """Token id lists (strings encoded with the model's specials); None = the built-in prompt set."""
+        return to_token_lists(model, prompts_or_default(data, load_prompts), model_info(model), self.prepend_bos)
+
+    @classmethod
+    def example_data(cls, model):
+        return example_prompts(model)
+
+    def _fit(self, model, examples) -> None:
+        info = model_info(model)
         total = torch.zeros(info.n_layers, info.n_heads, dtype=torch.float64)
         n_tokens = 0
         for ids in tqdm(examples, desc=self.name, disable=len(examples) < 4):
@@ -68,8 +80,10 @@ class HeadImportance(Analyzer):
             values = values / (norms[:, None] + 1e-20)
         if self.min_max:
             values = (values - values.min()) / (values.max() - values.min() + 1e-20)
-        self.scores_ = HeadScores(values.numpy(), name="head_importance", n_kv_heads=info.n_kv_heads, model=info.name,
-                                  analyzer=self.name, params=self.get_params(), description=self.description)
+        # One importance for the whole dataset (a sum over its tokens, as the paper defines it): the
+        # prompt axis of scores_ has one entry.
+        self.scores_ = HeadScores(values.numpy()[None], name="head_importance", n_kv_heads=info.n_kv_heads,
+                                  model=info.name, analyzer=self.name, params=self.get_params(),
+                                  prompts=[f"all {len(examples)} prompts"], description=self.description)
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)
         self.n_tokens_ = n_tokens
-        return self

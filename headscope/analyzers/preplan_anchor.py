@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,10 @@ from ..errors import InputError
 from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
+from ..viz.method_figures import group_heatmap, preplan_token_figure
 from ._group_pattern import GroupMeanPattern, ResponseDistance, fai, select_tokens, waad
-from .base import Analyzer, register, select_heads
-from ..viz.figures import FONT, show_token
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import Anything, HeadList, Interval, IntList, Options
 
 TEMPLATES = ("auto", "chat", "plain", "raw")
 PEAK_RULES = ("top_quantile", "local_max")
@@ -63,6 +65,15 @@ def _normalise_pairs(data) -> list[tuple]:
             raise InputError(f"data[{i}] has an empty response: R (the response positions) would be empty")
         pairs.append((prompt, response))
     return pairs
+
+
+@dataclass
+class EncodedPairs:
+    """What the analyzer runs on: token ids of prompt + response, where each response starts, labels."""
+
+    ids: list[list[int]]
+    starts: list[int]
+    labels: list[str]
 
 
 def encode_pairs(model, pairs, template: str = "auto") -> tuple[list[list[int]], list[int]]:
@@ -116,6 +127,14 @@ class PreplanAnchor(Analyzer):
     """
 
     name = "preplan-anchor"
+    input_kind = "(prompt, response) pairs: strings or token id lists (None: the built-in GSM8K-style set)"
+    parameter_constraints = {
+        "local_fraction": [Interval(float, 0, 1, "right")], "global_fraction": [Interval(float, 0, 1, "right")],
+        "quantile": [Interval(float, 0, 1, "right")], "layers": [None, Options("middle"), IntList()],
+        "window": [Interval(int, 1, None)], "horizon": [Anything()],  # a (H_lo, H_hi) pair: _horizon() checks it
+        "peak_rule": [Options(*PEAK_RULES)], "template": [Options(*TEMPLATES)],
+        "local_heads": [None, HeadList()], "global_heads": [None, HeadList()], "batch_size": [Interval(int, 1, None)],
+    }
     description = "Preplan-and-Anchor (arXiv:2510.13554): local/global heads, WAAD, FAI, preplan and anchor tokens."
 
     def __init__(self, local_fraction: float = 0.3, global_fraction: float = 0.3, layers=None, window: int = 10,
@@ -133,17 +152,14 @@ class PreplanAnchor(Analyzer):
         self.global_heads = global_heads
         self.batch_size = batch_size
 
-    def _checked(self, info) -> tuple[list[int], tuple[int, float]]:
-        for name in ("local_fraction", "global_fraction", "quantile"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise InputError(f"{name}={v!r} must be a fraction in (0, 1]")
+    def _check_params(self, info) -> None:
+        info.require_causal("preplan-anchor", "measures backward attention distance over a response")
         if self.local_fraction + self.global_fraction > 1:
             raise InputError("local_fraction + global_fraction > 1: the two head groups would overlap")
-        if not isinstance(self.window, int) or self.window < 1:
-            raise InputError(f"window={self.window!r} must be a positive integer (the paper uses W = 10)")
-        if self.peak_rule not in PEAK_RULES:
-            raise InputError(f"peak_rule={self.peak_rule!r} is not one of {PEAK_RULES}")
+        self._horizon()
+        self._layers(info)
+
+    def _horizon(self) -> tuple[int, float]:
         try:
             lo, hi = self.horizon
             lo, hi = int(lo), (math.inf if hi is None else float(hi))
@@ -152,11 +168,10 @@ class PreplanAnchor(Analyzer):
                              "response, (10, 50) = the paper's RL horizon") from None
         if lo < 0 or hi < lo:
             raise InputError(f"horizon={self.horizon!r} needs 0 <= H_lo <= H_hi")
-        if isinstance(self.layers, str):
-            if self.layers != "middle":
-                raise InputError(f"layers={self.layers!r}: use None (all), 'middle' or a list of layer indices")
-            return middle_layers(info.n_layers), (lo, hi)
-        return info.check_layers(self.layers), (lo, hi)
+        return lo, hi
+
+    def _layers(self, info) -> list[int]:
+        return middle_layers(info.n_layers) if self.layers == "middle" else info.check_layers(self.layers)
 
     def _group(self, distances: HeadScores, explicit, fraction: float, lowest: bool, info) -> list[tuple[int, int]]:
         if explicit is not None:
@@ -168,13 +183,22 @@ class PreplanAnchor(Analyzer):
             return heads
         return select_heads(distances, top_fraction=fraction, largest=not lowest)
 
-    def fit(self, model, data=None) -> PreplanAnchor:
-        info = model_info(model)
-        info.require_causal("preplan-anchor", "measures backward attention distance over a response")
-        layers, horizon = self._checked(info)
+    def prepare_data(self, model, data=None) -> EncodedPairs:
+        """(prompt, response) pairs encoded with `template`; None = the built-in GSM8K-style pairs."""
+        if isinstance(data, EncodedPairs):
+            return data
         pairs = _normalise_pairs(data)
         ids, starts = encode_pairs(model, pairs, self.template)
-        prompts = [p if isinstance(p, str) else f"pair {i}" for i, (p, _) in enumerate(pairs)]
+        return EncodedPairs(ids, starts, [p if isinstance(p, str) else f"pair {i}" for i, (p, _) in enumerate(pairs)])
+
+    @classmethod
+    def example_data(cls, model):
+        return [(ids[:9], ids[9:]) for ids in example_prompts(model, seq_len=8)]
+
+    def _fit(self, model, data: EncodedPairs) -> None:
+        info = model_info(model)
+        layers, horizon = self._layers(info), self._horizon()
+        ids, starts, prompts = data.ids, data.starts, data.labels
         # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
         dist = ResponseDistance(starts)
         raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
@@ -191,11 +215,10 @@ class PreplanAnchor(Analyzer):
             masks[g][tuple(np.array(heads).T)] = True
         reducer = GroupMeanPattern(masks)
         group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
-        capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)
-        self.mean_patterns_ = reducer.mean_patterns()
+        self.mean_patterns_ = capture(model, ids, [reducer], layers=group_layers,
+                                      batch_size=self.batch_size)[reducer.name]
         self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
         self._per_token(model, info, prompts, horizon)
-        return self
 
     def _per_token(self, model, info, prompts, horizon) -> None:
         tok = getattr(model, "tokenizer", None)
@@ -234,64 +257,14 @@ class PreplanAnchor(Analyzer):
         self._check_fitted()
         if not 0 <= int(prompt_index) < len(self.token_ids_):
             raise InputError(f"prompt_index {prompt_index} out of range: fitted on {len(self.token_ids_)} pairs")
-        return token_figure(self, int(prompt_index), **kw)
-
-
-# Figures (plotly), kept here so the analyzer's look is defined next to its attributes.
-
-def group_heatmap(scores: HeadScores, local, global_, **kw):
-    """`scores.plot()` with the local heads circled and the global heads crossed."""
-    import plotly.graph_objects as go
-
-    fig = scores.plot(**kw)
-    for heads, label, symbol, color in ((local, "H_loc (lowest distance)", "circle-open", "white"),
-                                        (global_, "H_glob (highest distance)", "x-thin-open", "black")):
-        fig.add_trace(go.Scatter(x=[h for _, h in heads], y=[l for l, _ in heads], mode="markers", name=label,
-                                 marker=dict(symbol=symbol, size=9, color=color, line=dict(width=2, color=color)),
-                                 hovertemplate="L%{y}H%{x}<extra>" + label + "</extra>"))
-    fig.update_layout(showlegend=True, legend=dict(orientation="h", x=0, y=-0.08, yanchor="top", bgcolor="#ddd"),
-                      height=(fig.layout.height or 500) + 40, margin=dict(b=90))
-    return fig
-
-
-def token_figure(an: PreplanAnchor, p: int, *, width: int | None = None, height: int | None = None):
-    """Two stacked panels over one response: WAAD with preplan markers, FAI bars with anchors highlighted."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-
-    toks = an.waad_.tokens[p]
-    n, x = len(toks), list(range(len(toks)))
-    shown = [show_token(t) for t in toks]
-    w, d, f = (s.values[p, :n] for s in (an.waad_, an.waad_delta_, an.fai_))
-    pre = set(an.preplan_tokens_.loc[an.preplan_tokens_["prompt"] == p, "response_index"])
-    anc = set(an.anchor_tokens_.loc[an.anchor_tokens_["prompt"] == p, "response_index"])
-    custom = np.stack([shown, np.char.mod("%.3f", d), np.char.mod("%.4f", f)], axis=-1)
-    hover = "%{x}: <b>%{customdata[0]}</b><br>WAAD %{y:.3f}<br>Δ %{customdata[1]}<br>FAI %{customdata[2]}<extra></extra>"
-    q = f"top {an.quantile:.0%}" + (", local maxima" if an.peak_rule == "local_max" else "")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=("WAAD of the local heads; ▲ = preplan token (" + q + " of Δ_t = |WAAD_t − WAAD_t+1|)",
-                                        "FAI of the global heads; orange = anchor token (" + q + " of FAI)"))
-    fig.add_trace(go.Scatter(x=x, y=w, mode="lines+markers", name="WAAD", line=dict(color="#4c72b0", width=1.5),
-                             marker=dict(size=4), customdata=custom, hovertemplate=hover), row=1, col=1)
-    idx = sorted(pre)
-    fig.add_trace(go.Scatter(x=idx, y=w[idx], mode="markers", name="preplan token (t of Δ_t)",
-                             marker=dict(symbol="triangle-up", size=9, color="#c44e52"), hoverinfo="skip"), row=1, col=1)
-    colors = ["#dd8452" if i in anc else "#c9c9c9" for i in x]
-    fig.add_trace(go.Bar(x=x, y=f, name="FAI (orange = anchor)", marker_color=colors, customdata=custom,
-                         hovertemplate=hover.replace("WAAD %{y:.3f}", "FAI %{y:.4f}")), row=2, col=1)
-    prompt = (an.scores_.prompts or [""])[p]
-    sub = (f"pair {p}: {prompt[:80]}{'…' if len(prompt) > 80 else ''} | W={an.window}, horizon={an.horizon}, "
-           f"|H_loc|={len(an.local_heads_)}, |H_glob|={len(an.global_heads_)}")
-    ticks = dict(tickmode="array", tickvals=x, ticktext=shown, tickangle=-70, tickfont=dict(size=9))
-    fig.update_xaxes(**ticks, row=2, col=1)
-    fig.update_xaxes(showticklabels=False, row=1, col=1)
-    fig.update_yaxes(title_text="WAAD", row=1, col=1)
-    fig.update_yaxes(title_text="FAI", row=2, col=1)
-    fig.update_layout(title=dict(text=f"Preplan-and-Anchor — {an.scores_.model}", x=0.02, xanchor="left",
-                                 subtitle=dict(text=sub, font=dict(size=11, color="#555"))),
-                      template="plotly_white", font=FONT, bargap=0.15, width=width or max(700, min(2400, 13 * n + 160)),
-                      height=height or 560, margin=dict(l=60, r=20, t=110, b=110), showlegend=False)
-    for ann in fig.layout.annotations:  # subplot titles: left-aligned like the main title
-        ann.update(x=0, xanchor="left", font=dict(size=12))
-    return fig
+        p = int(prompt_index)
+        toks = self.waad_.tokens[p]
+        n = len(toks)
+        prompt = (self.scores_.prompts or [""])[p]
+        subtitle = (f"pair {p}: {prompt[:80]}{'…' if len(prompt) > 80 else ''} | W={self.window}, "
+                    f"horizon={self.horizon}, |H_loc|={len(self.local_heads_)}, |H_glob|={len(self.global_heads_)}")
+        marked = lambda table: set(table.loc[table["prompt"] == p, "response_index"])
+        return preplan_token_figure(toks, *(s.values[p, :n] for s in (self.waad_, self.waad_delta_, self.fai_)),
+                                    marked(self.preplan_tokens_), marked(self.anchor_tokens_),
+                                    quantile=self.quantile, peak_rule=self.peak_rule, subtitle=subtitle,
+                                    title=f"Preplan-and-Anchor — {self.scores_.model}", **kw)

@@ -35,11 +35,12 @@ from ..inputs.needle import (
     make_needle_prompts,
     make_repeat_samples,
 )
+from ..experiment_registry import EVALUATORS, Evaluator
+from ..interventions import apply
 from ..models.info import model_info
 from ..results import HeadScores
 from .base import Analyzer, register, select_heads
-from ..interventions import apply
-from ..experiment_registry import EVALUATORS, Evaluator
+from .params import Anything, Interval, IntList, Options
 
 DEFAULT_CONTEXT_LENGTHS = (120, 200)  # where the bundled model retrieves >= 80% (docs/retrieval-accuracy.md)
 
@@ -151,11 +152,21 @@ class RetrievalHeads(Analyzer):
     fit(model, data): data = a list of NeedleSample (`make_needle_prompts` / `make_repeat_samples`),
     "repeats" (n_samples repeated random segments), or None (needle prompts at `context_lengths`,
     `prompt_form`, where the bundled model retrieves >= 80%). Attributes after fit: `scores_`
-    [layer, head] mean over retrieved samples, `heads_` (score > threshold), `accuracy_`,
+    [1, layer, head]: the mean over retrieved samples, `heads_` (score > threshold), `accuracy_`,
     `sample_scores_` [sample, layer, head] (all samples), `per_sample_` (DataFrame).
     """
 
     name = "retrieval-heads"
+    input_kind = "NeedleSamples (make_needle_prompts / make_repeat_samples), 'repeats', or None: needle prompts"
+    parameter_constraints = {
+        "threshold": [Interval(float, 0, None)], "mode": [Options("teacher_forced", "generate")],
+        "n_samples": [Interval(int, 1, None)], "context_lengths": [IntList(low=1)], "depths": [None, Anything()],
+        "prompt_form": [Options(*FORMS)], "success_rouge": [Interval(float, None, 1)],  # < 0: every sample counts
+        "seed": [Interval(int, 0, None)],
+        "max_new_tokens": [Interval(int, 1, None)], "span": [Options("answer", "needle")],
+        "count": [Options("steps", "distinct")],
+    }
+    example_params = {"n_samples": 2}
     description = "Copy-paste retrieval score (Wu et al. 2024) on needle-in-a-haystack prompts."
 
     def __init__(self, threshold: float = 0.1, mode: str = "teacher_forced", n_samples: int = 10,
@@ -167,17 +178,9 @@ class RetrievalHeads(Analyzer):
         self.success_rouge, self.seed, self.max_new_tokens = success_rouge, seed, max_new_tokens
         self.span, self.count = span, count
 
-    def _check(self):
-        for attr, allowed in (("mode", ("teacher_forced", "generate")), ("span", ("answer", "needle")),
-                              ("count", ("steps", "distinct")), ("prompt_form", FORMS)):
-            if getattr(self, attr) not in allowed:
-                raise InputError(f"{attr}={getattr(self, attr)!r} is not one of {allowed}")
-        for attr in ("max_new_tokens", "n_samples"):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{attr} must be a positive integer, got {value!r}")
-
-    def _samples(self, model, data) -> list[NeedleSample]:
+    def prepare_data(self, model, data=None) -> list[NeedleSample]:
+        """NeedleSamples: as given, "repeats" (n_samples repeated random segments), or None (needle
+        prompts at `context_lengths` in `prompt_form`)."""
         if data is None:
             return make_needle_prompts(model, self.n_samples, self.context_lengths, self.depths,
                                        self.seed, self.prompt_form)
@@ -191,10 +194,12 @@ class RetrievalHeads(Analyzer):
                              "'repeats', or None for the default needle prompts")
         return list(data)
 
-    def fit(self, model, data=None) -> RetrievalHeads:
-        self._check()
+    @classmethod
+    def example_data(cls, model):
+        return make_repeat_samples(int(model.cfg.d_vocab), 2, seed=0, first_token=model_info(model).bos_token_id)
+
+    def _fit(self, model, samples: list[NeedleSample]) -> None:
         info = model_info(model)
-        samples = self._samples(model, data)
         needs_stop = any(s.stop for s in samples)
         stops = model_info(model).stop_token_ids if needs_stop else frozenset()
         outputs, values = [], []
@@ -224,7 +229,6 @@ class RetrievalHeads(Analyzer):
                 recall.append(rouge1_recall(s.answer_text, texts[-1]))
         success = np.array(recall) > self.success_rouge
         self._store(info, samples, values, texts, np.array(recall), success, outputs)
-        return self
 
     def _store(self, info, samples, values, texts, recall, success, outputs):
         params = self.get_params()
@@ -237,7 +241,9 @@ class RetrievalHeads(Analyzer):
             warnings.warn("the model retrieved no sample (accuracy 0): scores_ is all NaN; try shorter "
                           "contexts or the 'completion' form (see docs/retrieval-accuracy.md)", stacklevel=3)
             mean = np.full(values.shape[1:], np.nan)
-        self.scores_ = HeadScores(mean, name="retrieval_score", **common)
+        # The paper's score is a mean over the retrieved samples only: one row on the prompt axis.
+        self.scores_ = HeadScores(mean[None], name="retrieval_score", **common,
+                                  prompts=[f"mean over {int(success.sum())} retrieved of {len(samples)} samples"])
         self.heads_ = select_heads(self.scores_, threshold=self.threshold)
         self.accuracy_ = float(success.mean())
         flat = values.reshape(len(samples), -1)

@@ -23,9 +23,10 @@ from ..errors import InputError
 from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
+from ..viz.method_figures import massive_curve, phi_heatmap, phi_lines
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
-from .base import Analyzer, register, select_heads
-from ..viz.figures import FONT, axis_ticks, show_token, title_block
+from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
+from .params import Interval, IntList
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -62,6 +63,14 @@ class AttentionSinks(Analyzer):
     """
 
     name = "attention-sinks"
+    input_kind = "prompts: strings, token id lists or ImagePrompts (None: the built-in prompt set)"
+    parameter_constraints = {
+        **{p: [Interval(float, 0, None)] for p in ("epsilon", "hidden_sink_threshold", "massive_min_abs",
+                                                    "massive_min_ratio", "tau")},
+        **{p: [Interval(int, 1, None)] for p in ("max_tokens", "phi_top_k", "batch_size", "hidden_sink_min_queries")},
+        "sink_position": [Interval(int, 0, None)],
+        "sink_dims": [None, IntList(low=0)],
+    }
     description = ("Attention sinks: Gu et al. sink heads and sink rate, ACT hidden sinks, Sun et al. "
                    "massive activations and VAR's phi sink tokens, from one capture pass.")
 
@@ -81,28 +90,24 @@ class AttentionSinks(Analyzer):
         self.phi_top_k = phi_top_k
         self.batch_size = batch_size
 
-    def _validate(self, d_model: int) -> None:
-        for name in ("epsilon", "hidden_sink_threshold", "massive_min_abs", "massive_min_ratio", "tau"):
-            v = getattr(self, name)
-            _check(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0,
-                   f"{name}={v!r} must be a finite number >= 0")
-        for name in ("max_tokens", "phi_top_k", "batch_size", "hidden_sink_min_queries"):
-            v = getattr(self, name)
-            _check(_is_int(v) and v >= 1, f"{name}={v!r} must be an integer >= 1")
-        _check(_is_int(self.sink_position) and 0 <= self.sink_position < self.max_tokens,
+    def _check_params(self, info) -> None:
+        _check(self.sink_position < self.max_tokens,
                f"sink_position={self.sink_position!r} must be an integer in [0, max_tokens={self.max_tokens})")
-        if self.sink_dims is not None:
-            dims = list(self.sink_dims) if not isinstance(self.sink_dims, (str, bytes)) else None
-            _check(bool(dims) and all(_is_int(d) and 0 <= d < d_model for d in dims),
-                   f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in 0..{d_model - 1} "
-                   "(or None to find them from the first token's massive activations)")
+        _check(self.sink_dims is None or all(d < info.d_model for d in self.sink_dims),
+               f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in 0..{info.d_model - 1} "
+               "(or None to find them from the first token's massive activations)")
 
-    def fit(self, model, data=None) -> AttentionSinks:
-        """Run one capture pass over `data` (default: the built-in prompts) and set the learned attributes."""
+    def prepare_data(self, model, data=None):
+        """Prompts as `capture` takes them; None = the built-in prompt set."""
+        return prompts_or_default(data, load_prompts)
+
+    @classmethod
+    def example_data(cls, model):
+        return example_prompts(model)
+
+    def _fit(self, model, data) -> None:
+        """One capture pass over the prepared prompts; sets the learned attributes."""
         info = model_info(model)
-        self._validate(info.d_model)
-        if data is None:
-            data = load_prompts()
         top_k = max(int(self.phi_top_k), int(info.d_model // self.tau**2) + 1 if self.tau > 0 else info.d_model)
         importance = TokenImportance(self.sink_position, self.max_tokens)
         hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
@@ -118,29 +123,28 @@ class AttentionSinks(Analyzer):
             warnings.simplefilter("ignore", RuntimeWarning)
             above = np.where(np.isnan(self.scores_.values), np.nan, self.scores_.values > self.epsilon)
             self.sink_rate_ = float(100 * np.nanmean(np.nanmean(above, axis=(1, 2))))
-        self.hidden_sinks_ = self._table(hidden.table(), ["prompt", "layer", "head", "position", "score"])
-        self.hidden_sink_counts_ = res["hidden_sink_count"]
-        self._massive = res["massive_activations"]
-        m = self._massive.entries
+        self.hidden_sinks_ = self._table(res[hidden.name].table, ["prompt", "layer", "head", "position", "score"])
+        self.hidden_sink_counts_ = res[hidden.name].counts
+        massive = res["massive_activations"]
+        m = massive.entries
         with np.errstate(divide="ignore"):  # a layer whose median |x| is 0 (one-hot toy models): ratio inf
             ratio = np.abs(m["value"]) / m["median"]
         self.massive_activations_ = self._table(
             {**m, "ratio": ratio},
             ["prompt", "layer", "position", "dim", "value", "median", "ratio"])
         self.massive_dims_ = sorted({int(d) for d in m["dim"]})
-        self.layer_magnitudes_ = self._magnitudes()
+        self.layer_magnitudes_ = _magnitudes(massive)
         if self.sink_dims is not None:
             self.sink_dims_ = sorted({int(d) for d in self.sink_dims})
         else:
             self.sink_dims_ = first_token_dims(m)
             if not self.sink_dims_:
                 warnings.warn("no massive activation at the first token: phi is undefined (all NaN); pass "
-                              "sink_dims=[...] explicitly or lower massive_min_ratio", stacklevel=2)
+                              "sink_dims=[...] explicitly or lower massive_min_ratio", stacklevel=3)
         self.phi_ = phi_from_top_k(res["phi"], self.sink_dims_)
         p, layer, pos = np.nonzero(np.nan_to_num(self.phi_, nan=-np.inf) > self.tau)
         self.sink_tokens_ = self._table({"prompt": p, "layer": layer, "position": pos, "phi": self.phi_[p, layer, pos]},
                                         ["prompt", "layer", "position", "phi"])
-        return self
 
     def _table(self, cols: dict, order: list[str]) -> pd.DataFrame:
         """DataFrame with a `token` column after `position`, sorted by prompt/layer/(head)/position."""
@@ -151,14 +155,6 @@ class AttentionSinks(Analyzer):
             df.insert(df.columns.get_loc("head") + 1, "label", [f"L{a}H{b}" for a, b in zip(df["layer"], df["head"])])
         keys = [c for c in ("prompt", "layer", "head", "position", "dim") if c in df]
         return df.sort_values(keys, kind="stable").reset_index(drop=True)
-
-    def _magnitudes(self) -> pd.DataFrame:
-        r = self._massive
-        P, L = r.median.shape
-        pi, li = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), indexing="ij"))
-        return pd.DataFrame({"prompt": pi, "layer": li, "top1": r.top3[..., 0].ravel(), "top2": r.top3[..., 1].ravel(),
-                             "top3": r.top3[..., 2].ravel(), "median": r.median.ravel(),
-                             "top1_position": r.top1_where[..., 0].ravel(), "top1_dim": r.top1_where[..., 1].ravel()})
 
     def phi_scores(self, layer: int) -> TokenScores:
         """phi of every token entering `layer` (hook_resid_pre) as TokenScores [prompt, token]."""
@@ -188,67 +184,17 @@ class AttentionSinks(Analyzer):
         return massive_curve(self.layer_magnitudes_, self.massive_dims_, self.massive_min_ratio, self.scores_.model)
 
 
+def _magnitudes(r) -> pd.DataFrame:
+    """Sun et al.'s per-layer magnitudes (top-1/2/3 and median |x|) from a MassiveResult."""
+    P, L = r.median.shape
+    pi, li = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), indexing="ij"))
+    return pd.DataFrame({"prompt": pi, "layer": li, "top1": r.top3[..., 0].ravel(), "top2": r.top3[..., 1].ravel(),
+                         "top3": r.top3[..., 2].ravel(), "median": r.median.ravel(),
+                         "top1_position": r.top1_where[..., 0].ravel(), "top1_dim": r.top1_where[..., 1].ravel()})
+
+
 def _token_strings(model, token_ids: list[list[int]]) -> list[list[str]]:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return [[str(t) for t in ids] for ids in token_ids]
     return [[tok.decode([t]) for t in ids] for ids in token_ids]
-
-
-# --- figures (plotly imported lazily, like headscope.viz) ---------------------------------------------
-
-def phi_lines(scores: TokenScores, tau: float):
-    """TokenScores line/bar plot of phi with the tau threshold drawn in."""
-    fig = scores.plot()
-    fig.add_hline(y=tau, line=dict(color="firebrick", dash="dash"), annotation_text=f"tau = {tau:g}")
-    return fig
-
-
-def phi_heatmap(z: np.ndarray, tokens: list[str], tau: float, dims: list[int], model: str):
-    """Layer x position heatmap of phi for one prompt; cells above tau are marked with a cross."""
-    import plotly.graph_objects as go
-
-
-    L, T = z.shape
-    shown = [show_token(t) for t in tokens]
-    custom = np.broadcast_to(np.asarray(shown, dtype=object), (L, T))
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(T)), y=list(range(L)), customdata=custom, colorscale="Viridis",
-                               hovertemplate="L%{y} pos %{x} <b>%{customdata}</b><br>phi %{z:.3g}<extra></extra>",
-                               colorbar=dict(title=dict(text="phi", side="right"), thickness=14)))
-    li, ti = np.nonzero(np.nan_to_num(z, nan=-np.inf) > tau)
-    fig.add_trace(go.Scatter(x=ti, y=li, mode="markers", name=f"phi > {tau:g}", hoverinfo="skip",
-                             marker=dict(symbol="x-thin", size=7, line=dict(width=2, color="white"))))
-    xaxis = dict(title="token position", showgrid=False)
-    if T <= 60:
-        xaxis.update(tickmode="array", tickvals=list(range(T)), ticktext=shown, tickangle=-60)
-    extra = f"sink dims {dims}; x = phi > tau = {tau:g}"
-    if np.isnan(z).any():  # auto sink dims: tokens whose top-k holds no sink dim (phi provably <= tau)
-        extra += "; blank = not among the token's top-k (pass sink_dims for exact values)"
-    fig.update_layout(title=title_block("phi entering each layer", model, extra),
-                      template="plotly_white", font=FONT, width=min(1400, max(520, 16 * T + 200)),
-                      height=min(1400, max(340, 18 * L + 200)), xaxis=xaxis, showlegend=False,
-                      yaxis=dict(title="layer", autorange="reversed", showgrid=False, **axis_ticks(L, "L")))
-    return fig
-
-
-def massive_curve(df: pd.DataFrame, dims: list[int], min_ratio: float, model: str):
-    """Top-1/2/3 and median |x| per layer (mean over prompts), log scale, as in Sun et al.'s Fig. 2."""
-    import plotly.graph_objects as go
-
-
-    g = df.groupby("layer")
-    mean = g[["top1", "top2", "top3", "median"]].mean()
-    where = g.apply(lambda d: f"pos {d['top1_position'].mode()[0]} dim {d['top1_dim'].mode()[0]}",
-                    include_groups=False)
-    fig = go.Figure()
-    for col, dash in (("top1", "solid"), ("top2", "solid"), ("top3", "solid"), ("median", "dot")):
-        fig.add_trace(go.Scatter(x=mean.index, y=mean[col], name=col, mode="lines+markers", line=dict(dash=dash),
-                                 customdata=where.reindex(mean.index),
-                                 hovertemplate="L%{x}: %{y:.4g}" + (" (%{customdata})" if col == "top1" else "")
-                                 + f"<extra>{col}</extra>"))
-    fig.add_trace(go.Scatter(x=mean.index, y=min_ratio * mean["median"], name=f"{min_ratio:g} x median",
-                             mode="lines", line=dict(dash="dash", color="grey")))
-    fig.update_layout(title=title_block("massive activations (layer outputs)", model, f"massive dims {dims}"),
-                      template="plotly_white", font=FONT, width=720, height=420,
-                      xaxis=dict(title="layer"), yaxis=dict(title="|x|", type="log"))
-    return fig

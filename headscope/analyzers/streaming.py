@@ -9,11 +9,12 @@ import torch
 from ..capture import capture
 from ..capture.reducers import DuplicateTokenScore, InductionScore
 from ..errors import InputError
+from ..inputs.needle import make_needle_prompts
 from ..inputs.probes import repeated_random_tokens
 from ..interventions import StreamingWindow, apply
 from ..models.info import model_info
-from .base import Analyzer, register
-from ..inputs.needle import make_needle_prompts
+from .base import Analyzer, example_prompts, prompts_or_default, register
+from .params import Boolean, Interval, IntList
 from .retrieval import needle_accuracy
 
 
@@ -48,6 +49,15 @@ class StreamingHeads(Analyzer):
     """
 
     name = "streaming-heads"
+    input_kind = "prompts: token id lists or strings (None: repeated random-token probes)"
+    parameter_constraints = {
+        "seg_len": [Interval(int, 1, None)], "n_repeats": [Interval(int, 2, None)], "n_prompts": [Interval(int, 1, None)],
+        "token_range": [None, IntList(min_len=2, low=0)], "induction_ratio": [Interval(float, 0, 1)],
+        "echo_ratio": [Interval(float, 0, 1)], "sink": [Interval(int, 0, None)], "recent": [Interval(int, 1, None)],
+        "check": [Boolean()], "n_random": [Interval(int, 0, None)], "seed": [Interval(int, 0, None)],
+        "batch_size": [Interval(int, 1, None)],
+    }
+    example_params = {"seg_len": 12, "n_repeats": 2, "n_prompts": 1, "recent": 4, "n_random": 1}
     description = "RazorAttention induction score per head (retrieval vs streaming heads; KV-group max)."
 
     def __init__(self, seg_len: int = 256, n_repeats: int = 4, n_prompts: int = 2, token_range=None,
@@ -71,10 +81,19 @@ class StreamingHeads(Analyzer):
         return repeated_random_tokens(model.cfg.d_vocab, seg_len, n_repeats, self.n_prompts, seed,
                                       token_range=self.token_range, first_token=info.bos_token_id)
 
-    def fit(self, model, data=None) -> "StreamingHeads":
-        info = model_info(model)
+    def _check_params(self, info) -> None:
         info.require_causal("streaming-heads", "ranks heads by induction (prefix matching)")
-        probes = self._probes(model, self.seg_len, self.n_repeats, self.seed) if data is None else data
+
+    def prepare_data(self, model, data=None):
+        """Prompts (token ids or strings); None = repeated random-token probes (seg_len x n_repeats)."""
+        return prompts_or_default(data, lambda: self._probes(model, self.seg_len, self.n_repeats, self.seed))
+
+    @classmethod
+    def example_data(cls, model):
+        return example_prompts(model, seq_len=12)
+
+    def _fit(self, model, probes) -> None:
+        info = model_info(model)
         res = capture(model, probes, [DuplicateTokenScore(), InductionScore()], batch_size=self.batch_size)
         self.scores_ = self._own(res["induction_score"])
         self.echo_scores_ = self._own(res["duplicate_token_score"])
@@ -93,7 +112,6 @@ class StreamingHeads(Analyzer):
         self.streaming_heads_ = [(int(l), h) for l in range(info.n_layers) for h in range(info.n_heads)
                                  if (int(l), h) not in set(self.heads_)]
         self.streaming_check_ = self.check_streaming(model) if self.check else None
-        return self
 
     def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None,
                         task: str = "copy", needle_samples=None) -> pd.DataFrame:

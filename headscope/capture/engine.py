@@ -159,6 +159,14 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
                   **batch_forward_kwargs(images, batch.index))
         stash.clear()
 
-    scores = {r.name: r.result(info, prompts) for r in reducers}
+    scores = {r.name: _checked_result(r, info, prompts) for r in reducers}
     patterns = [torch.stack(p) for p in kept] if kept is not None else None
     return CaptureResult(scores, token_lists, prompts, layers, patterns)
+
+
+def _checked_result(reducer: Reducer, info, prompts):
+    out = reducer.result(info, prompts)
+    if not isinstance(out, reducer.result_type):
+        raise TypeError(f"{type(reducer).__name__}.result() returned a {type(out).__name__}, not its declared "
+                        f"result_type {reducer.result_type.__name__} (a bug in the reducer)")
+    return out

@@ -19,12 +19,18 @@ from .context import BatchContext
 
 
 class Reducer:
-    """Base contract. Subclasses set `name`, `needs`, `description` and implement update/result."""
+    """Base contract. Subclasses set `name`, `needs`, `description` and implement update/result.
+
+    `result()` returns an instance of `result_type`: a HeadScores [prompt, layer, head] for per-head
+    statistics; a reducer whose output is something else (token tables, vectors) declares its own result
+    class. The engine checks it, and an analyzer reads a reducer only through `capture(...)[name]`.
+    """
 
     name = "reducer"
     needs: tuple[str, ...] = ("pattern",)
     description = ""
     higher_is_more = True
+    result_type: type = HeadScores
 
     def params(self) -> dict:
         return {}
@@ -35,7 +41,8 @@ class Reducer:
     def update(self, layer: int, acts: dict[str, torch.Tensor], ctx: BatchContext) -> None:
         raise NotImplementedError
 
-    def result(self, info: ModelInfo, prompts: list[str] | None = None) -> HeadScores:
+    def result(self, info: ModelInfo, prompts: list[str] | None = None):
+        """The folded statistic, an instance of `result_type`."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

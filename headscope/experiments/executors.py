@@ -88,8 +88,11 @@ def plan_analyze(unit, ctx: Context) -> list[Item]:
 
     def run():
         ds = ctx.dataset(unit)
-        analyzer = get_analyzer(unit.target, **unit.params).fit(ctx.model, None if ds is None else ds.analyzer_input)
-        heads = [list(map(int, h)) for h in getattr(analyzer, "heads_", [])]
+        analyzer = get_analyzer(unit.target, **unit.params)
+        analyzer.validate_params(ctx.model)
+        # The analyzer's one normaliser turns the dataset into what it runs on (or its built-in data).
+        analyzer.fit(ctx.model, analyzer.prepare_data(ctx.model, None if ds is None else ds.analyzer_input))
+        heads = [list(map(int, h)) for h in analyzer.heads_]
         ctx.store.write_json(folder / "info.json", {"analyzer": unit.target, "params": analyzer.get_params(),
                                                     "heads": heads})
         ctx.store.write_text(folder / "figure.plotly.json", analyzer.plot().to_json())

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyzers.base import Analyzer, example_prompts, register
+from ..analyzers.params import Interval
+from ..errors import InputError
+from ..inputs.tokens import iter_batches, to_token_lists
 from ..interventions import UniformAttention
 from ..interventions.scan import _CleanRun, variant_outputs
-from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_info
 from ..results import HeadScores
-from ..analyzers.base import Analyzer, register
-from .ships import as_prompt_ids
-from ..errors import InputError
+from .ships import INPUT_KIND, REQUEST_CONSTRAINTS, Requests, as_prompt_ids
 
 
 def leading_left_vector(M: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,7 @@ class Sahara(Analyzer):
     (Undifferentiated Attention, ε = 1e-5) gives the largest angle.
 
     Each step is one exact batched scan over the candidates with G kept ablated. `scores_` is the
-    first step's single-head Generalized Ships [layer, head] (degrees); `heads_` the group in the
+    first step's single-head Generalized Ships [1, layer, head] (degrees; one dataset-level row); `heads_` the group in the
     order found; `steps_` a table of (step, head, angle); `step_scores_` each step's HeadScores.
 
     Example:
@@ -49,6 +50,9 @@ class Sahara(Analyzer):
     """
 
     name = "sahara"
+    input_kind = INPUT_KIND + ", at least 2"
+    parameter_constraints = {**REQUEST_CONSTRAINTS, "search_steps": [Interval(int, 1, None)]}
+    example_params = {"search_steps": 1}
     description = "Dataset-level safety heads: subspace angle of last-token hidden states, greedy group search."
 
     def __init__(self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None,
@@ -76,18 +80,27 @@ class Sahara(Analyzer):
             angles[layer, head] = subspace_angle(u_base, leading_left_vector(M))
         return angles
 
-    def fit(self, model, data=None) -> "Sahara":
-        """data: harmful requests (strings, formatted with prompt_format) or token ids; None = the
-        held-out harmful prompts written for headscope. Needs at least 2 prompts."""
-        info = model_info(model)
-        raw, prompts = as_prompt_ids(model, data, self.prompt_format)
-        ids = to_token_lists(model, raw, info)
+    def _check_params(self, info) -> None:
+        for l, h in self.heads or ():
+            info.check_head(l, h)
+
+    def prepare_data(self, model, data=None) -> Requests:
+        """Requests as token id lists; at least 2 (Sahara compares subspaces of the dataset's states)."""
+        req = as_prompt_ids(model, data, self.prompt_format)
+        ids = to_token_lists(model, req.ids, model_info(model))
         if len(ids) < 2:
             raise InputError("Sahara compares subspaces of a dataset's hidden states: give at least 2 prompts")
+        return Requests(ids, req.labels)
+
+    @classmethod
+    def example_data(cls, model):
+        return example_prompts(model, seq_len=6, n_prompts=3)
+
+    def _fit(self, model, data: Requests) -> None:
+        info = model_info(model)
+        ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
             (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
-        for l, h in pool:
-            info.check_head(l, h)
         u_base = leading_left_vector(_final_hidden(model, ids, self.batch_size))
         group, rows, self.step_scores_ = [], [], []
         for step in range(min(self.search_steps, len(pool))):
@@ -96,15 +109,16 @@ class Sahara(Analyzer):
             group.append(best)
             rows.append({"step": step + 1, "head": f"L{best[0]}H{best[1]}", "layer": best[0], "head_index": best[1],
                          "angle_deg": float(angles[best])})
-            self.step_scores_.append(HeadScores(angles, name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads,
+            # One angle per head for the whole dataset: the prompt axis has one entry.
+            self.step_scores_.append(HeadScores(angles[None], name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads,
                                                 model=info.name, analyzer=self.name, params=self.get_params(),
+                                                prompts=[f"all {len(ids)} prompts"],
                                                 description=f"subspace angle (deg) with {group[:-1] or 'no heads'} "
                                                             "already ablated"))
         self.scores_ = self._own(self.step_scores_[0], name="generalized_ships",
                                  description="Generalized Ships: subspace angle (degrees), one head ablated")
         self.heads_ = group
         self.steps_ = pd.DataFrame(rows)
-        return self
 
 
 def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:

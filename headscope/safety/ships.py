@@ -3,20 +3,44 @@ per request, how much one head's ablation moves the next-token distribution."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..analyzers.base import Analyzer, example_prompts, register, select_heads
+from ..analyzers.params import HeadList, Interval, Options, Text
 from ..interventions.scan import scan
-from ..analyzers.base import Analyzer, register, select_heads
-from ._inputs import default_harmful_prompts, safety_prompt_ids
+from ._inputs import TEMPLATES, default_harmful_prompts, safety_prompt_ids
 
 
-def as_prompt_ids(model, data, prompt_format: str):
-    """Strings are formatted with prompt_format; token tensors / id lists are used as given."""
+@dataclass
+class Requests:
+    """What the safety-head analyzers run on: token ids per request and their labels (the request
+    text, or None when ids were given)."""
+
+    ids: list
+    labels: list[str] | None
+
+
+def as_prompt_ids(model, data, prompt_format: str) -> Requests:
+    """Strings are formatted with prompt_format; token tensors / id lists are used as given;
+    None = the held-out harmful prompts written for headscope."""
+    if isinstance(data, Requests):
+        return data
     if data is None:
         data = default_harmful_prompts()
     if isinstance(data, str) or (isinstance(data, (list, tuple)) and data and all(isinstance(p, str) for p in data)):
-        return safety_prompt_ids(model, data, prompt_format), (list(data) if not isinstance(data, str) else [data])
-    return data, None
+        return Requests(safety_prompt_ids(model, data, prompt_format), list(data) if not isinstance(data, str) else [data])
+    return Requests(data, None)
+
+
+# The two analyzers take the same parameters the same way.
+REQUEST_CONSTRAINTS = {
+    "epsilon": [Interval(float, 0, None, "neither")], "prompt_format": [Options("chat", *TEMPLATES), Text("{query}")],
+    "heads": [None, HeadList()], "batch_size": [Interval(int, 1, None)],
+}
+INPUT_KIND = ("requests: strings (formatted with prompt_format) or token id lists "
+              "(None: the held-out harmful prompts)")
 
 
 @register
@@ -37,6 +61,8 @@ class Ships(Analyzer):
     """
 
     name = "ships"
+    input_kind = INPUT_KIND
+    parameter_constraints = {**REQUEST_CONSTRAINTS, "top_k": [Interval(int, 1, None)]}
     description = "Safety heads per request: KL of the last-position next-token distribution, one head ablated."
 
     def __init__(self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None,
@@ -47,20 +73,22 @@ class Ships(Analyzer):
         self.heads = heads
         self.batch_size = batch_size
 
-    def fit(self, model, data=None) -> "Ships":
-        """data: harmful requests (strings, formatted with prompt_format) or token ids; None = the
-        held-out harmful prompts written for headscope."""
-        ids, prompts = as_prompt_ids(model, data, self.prompt_format)
-        scores = scan(model, ids, "uniform_attention", "kl_last", heads=self.heads, batch_size=self.batch_size,
+    def prepare_data(self, model, data=None) -> Requests:
+        return as_prompt_ids(model, data, self.prompt_format)
+
+    @classmethod
+    def example_data(cls, model):
+        return example_prompts(model, seq_len=6)
+
+    def _fit(self, model, data: Requests) -> None:
+        scores = scan(model, data.ids, "uniform_attention", "kl_last", visit=self.heads, batch_size=self.batch_size,
                       epsilon=self.epsilon)
-        scores.prompts = prompts
+        scores.prompts = data.labels
         self.scores_ = self._own(scores, name="ships", description="KL(base || head ablated), last position")
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)
         flat = np.where(np.isnan(scores.values), -np.inf, scores.values).reshape(len(scores.values), -1)
         n_heads = scores.values.shape[-1]
         self.top_head_per_prompt_ = [(int(i) // n_heads, int(i) % n_heads) for i in flat.argmax(-1)]
-        return self
 
     def plot(self, **kw):
-        self._check_fitted()
         return self.scores_.mean_over_prompts().plot(**kw)

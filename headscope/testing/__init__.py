@@ -11,8 +11,9 @@
 >>> tokens = repeated_random_tokens(model, seq_len=20)   # [1, 41]
 """
 
+from headscope.testing.analyzer_check import check_analyzer
 from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.planted import KINDS, PlantedHeads, planted_model
 from headscope.testing.tiny import repeated_random_tokens, tiny_model, tiny_tokenizer
 
-__all__ = ["KINDS", "PlantedHeads", "plain_hf_copy", "planted_model", "repeated_random_tokens", "tiny_model", "tiny_tokenizer"]
+__all__ = ["KINDS", "PlantedHeads", "check_analyzer", "plain_hf_copy", "planted_model", "repeated_random_tokens", "tiny_model", "tiny_tokenizer"]

@@ -15,9 +15,14 @@ layer (the image-centric rule), so nothing of size T x T is kept.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
+from ..analyzers.base import Analyzer, example_prompts, register, select_heads
+from ..analyzers.params import Boolean, Interval, IntList, Options
 from ..capture import capture
 from ..errors import InputError
 from ..inputs.spans import image_span
@@ -26,13 +31,20 @@ from ..interventions.specs import VARRedistribution
 from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..results import HeadScores
-from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
-from ..analyzers.base import Analyzer, register, select_heads
-from ..analyzers.sinks import phi_heatmap
-from ..viz.figures import FONT, title_block
+from ..viz.method_figures import phi_heatmap, phi_histogram
 
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
+
+
+@dataclass
+class ImageCentricResult:
+    """phi [prompt, layer, pos]; per-head row statistics {key: [prompt, layer, head]}; the sink positions
+    found per (prompt, layer)."""
+
+    phi: np.ndarray
+    stats: dict
+    sinks: list
 
 
 class ImageCentricRows(PhiTopK):
@@ -42,6 +54,7 @@ class ImageCentricRows(PhiTopK):
 
     name = "image_centric"
     needs = ("resid_pre", "pattern")
+    result_type = ImageCentricResult
     description = "Fraction of query rows after the image that are image-centric (Kang et al. 2025)."
 
     def __init__(self, spans, sink_dims, tau, max_sink_share, min_image_attention):
@@ -79,8 +92,17 @@ class ImageCentricRows(PhiTopK):
                 self._stats[key][p, layer] = v.mean(-1).numpy()
             self._stats["n_rows"][p, layer] = rows.shape[1]
 
-    def result(self, info, prompts=None):
-        return {"phi": super().result(info, prompts).phi, "stats": self._stats, "sinks": self._sinks}
+    def result(self, info, prompts=None) -> ImageCentricResult:
+        return ImageCentricResult(super().result(info, prompts).phi, self._stats, self._sinks)
+
+
+@dataclass
+class VisualInputs:
+    """What VisualSink runs on: model inputs (ImagePrompts keep pixel values), token ids, image spans."""
+
+    inputs: list
+    tokens: list[list[int]]
+    spans: list[tuple[int, int]]
 
 
 VISUAL_SINKS_TESTBED = "smollm2-visual-sinks"  # the testbed with built-in prompts (headscope/testbeds/visual_sinks.py)
@@ -90,6 +112,7 @@ def _is_id_prompt(obj) -> bool:
     """A prompt object carrying token ids in `.ids` but no pixel values (the visual-sink testbed's
     VisualPrompt); ImagePrompts keep their pixel values and are passed on whole."""
     return hasattr(obj, "ids") and not hasattr(obj, "pixel_values")
+
 
 @register
 class VisualSink(Analyzer):
@@ -125,6 +148,18 @@ class VisualSink(Analyzer):
     """
 
     name = "visual-sink"
+    input_kind = ("token id lists or VisualPrompts with image tokens, or ImagePrompts (None: the visual-sink "
+                  "testbed's built-in prompts)")
+    requires = frozenset({"image_tokens"})
+    parameter_constraints = {
+        "tau": [Interval(float, 0, None)], "rho": [Interval(float, 0, 1)], "rho_convention": [Options("paper", "code")],
+        "require_visual_sink": [Boolean()], "min_image_attention": [Interval(float, 0, 1)],
+        "keep_fraction": [Interval(float, 0, 1)], "min_head_fraction": [Interval(float, 0, 1)],
+        "sink_dims": [None, IntList(low=0)], "massive_min_abs": [Interval(float, 0, None)],
+        "massive_min_ratio": [Interval(float, 0, None)], "n_default_prompts": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+    }
+    example_params = {"n_default_prompts": 2, "sink_dims": [0, 1], "require_visual_sink": False}
     description = ("Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
                    "heads and VAR redistribution specs (Kang et al. 2025).")
 
@@ -146,31 +181,16 @@ class VisualSink(Analyzer):
         self.n_default_prompts = n_default_prompts
         self.batch_size = batch_size
 
-    def _validate(self, d_model: int) -> None:
-        def number(name, lo, hi):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not lo <= v <= hi:
-                raise InputError(f"{name}={v!r} must be a number in [{lo}, {hi}]")
-        number("tau", 0, np.inf)
-        for name in ("rho", "min_image_attention", "keep_fraction", "min_head_fraction"):
-            number(name, 0, 1)
-        if self.rho_convention not in ("paper", "code"):
-            raise InputError(f"rho_convention={self.rho_convention!r} must be 'paper' (non-sink share >= rho) "
-                             "or 'code' (sink share <= rho, the official HeadFork test)")
-        if not isinstance(self.require_visual_sink, bool):
-            raise InputError(f"require_visual_sink={self.require_visual_sink!r} must be True or False")
-        for name in ("n_default_prompts", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise InputError(f"{name}={v!r} must be an integer >= 1")
-        if self.sink_dims is not None:
-            dims = [] if isinstance(self.sink_dims, (str, bytes)) else list(self.sink_dims)
-            if not dims or not all(isinstance(d, (int, np.integer)) and 0 <= d < d_model for d in dims):
-                raise InputError(f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
-                                 f"0..{d_model - 1} (or None to find them from the first token's massive activations)")
+    def _check_params(self, info) -> None:
+        if self.sink_dims is not None and not all(d < info.d_model for d in self.sink_dims):
+            raise InputError(f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
+                             f"0..{info.d_model - 1} (or None to find them from the first token's massive activations)")
 
-    def _inputs(self, model, data) -> tuple[list, list[list[int]]]:
-        """(what the model runs on: ImagePrompts keep their pixel values, token id lists)."""
+    def prepare_data(self, model, data=None) -> VisualInputs:
+        """What the model runs on (ImagePrompts keep their pixel values), token id lists and image spans;
+        None = the visual-sink testbed's built-in prompts."""
+        if isinstance(data, VisualInputs):
+            return data
         if data is None:
             if model_info(model).testbed != VISUAL_SINKS_TESTBED:
                 raise InputError("visual-sink needs prompts that contain an image and has built-in ones only for the "
@@ -181,16 +201,20 @@ class VisualSink(Analyzer):
             data = [data]
         if isinstance(data, (list, tuple)):
             data = [list(d.ids) if _is_id_prompt(d) else d for d in data]
-        return data, to_token_lists(model, data, model_info(model))
+        tokens = to_token_lists(model, data, model_info(model))
+        return VisualInputs(data, tokens, [image_span(model, ids) for ids in tokens])
 
-    def fit(self, model, data=None) -> VisualSink:
-        """Find the sink dims (unless given), then phi, sink tokens and image-centric rows in one pass.
-        data: token id lists or VisualPrompts with image tokens, or ImagePrompts (LLaVA-family models);
-        None = the visual-sink testbed's built-in prompts."""
+    @classmethod
+    def example_data(cls, model):
+        """Two prompts with an image block of the model's image token (a test model records one)."""
+        image = sorted(model_info(model).image_token_ids)[:1] * 4
+        return [ids[:6] + image + ids[6:] for ids in example_prompts(model, seq_len=5)]
+
+    def _fit(self, model, data: VisualInputs) -> None:
+        """Find the sink dims (unless given), then phi, sink tokens and image-centric rows in one pass."""
         info = model_info(model)
-        self._validate(info.d_model)
-        inputs, tokens = self._inputs(model, data)
-        self.image_spans_ = [image_span(model, ids) for ids in tokens]
+        inputs, tokens = data.inputs, data.tokens
+        self.image_spans_ = data.spans
         # The sink share a row may give at most: one number for both conventions.
         self.max_sink_share_ = 1.0 - self.rho if self.rho_convention == "paper" else float(self.rho)
         self.sink_dims_ = sorted({int(d) for d in self.sink_dims}) if self.sink_dims is not None else \
@@ -201,11 +225,11 @@ class VisualSink(Analyzer):
         self.token_ids_ = tokens
         tok = getattr(model, "tokenizer", None)
         self.tokens_ = [[tok.decode([t]) if tok is not None else str(t) for t in ids] for ids in tokens]
-        self.phi_ = res["phi"]
-        self._sink_sets = {(p, layer): {int(x) for x in pos} for p, layer, pos in res["sinks"]}
-        self.sink_tokens_ = self._sink_table(res["sinks"])
+        self.phi_ = res.phi
+        self.sink_sets_ = {(p, layer): {int(x) for x in pos} for p, layer, pos in res.sinks}
+        self.sink_tokens_ = self._sink_table(res.sinks)
         self.visual_sinks_ = self.sink_tokens_[self.sink_tokens_["in_image"]].reset_index(drop=True)
-        stats = res["stats"]
+        stats = res.stats
 
         def scores(key, name, description):
             return HeadScores(stats[key], name=name, n_kv_heads=info.n_kv_heads, model=info.name, analyzer=self.name,
@@ -223,7 +247,6 @@ class VisualSink(Analyzer):
         self.text_sink_attention_ = scores("text_sink", "text_sink_attention",
                                            "mean attention of text queries after the image to sinks outside it")
         self.heads_ = select_heads(self.scores_, threshold=self.min_head_fraction)
-        return self
 
     def _find_sink_dims(self, model, tokens) -> list[int]:
         m = capture(model, tokens, [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
@@ -249,7 +272,7 @@ class VisualSink(Analyzer):
     def sinks_at(self, prompt: int, layer: int) -> list[int]:
         """Sink positions (visual and text) entering `layer` in prompt `prompt` (empty for layers 0-1)."""
         self._check_fitted()
-        return sorted(self._sink_sets.get((int(prompt), int(layer)), ()))
+        return sorted(self.sink_sets_.get((int(prompt), int(layer)), ()))
 
     def var_interventions(self, prompt: int = 0, keep_fraction: float | None = None) -> list[VARRedistribution]:
         """VAR for one fitted prompt: per layer 2..L-2 with a visual sink (any sink if `require_visual_sink`
@@ -324,18 +347,6 @@ class VisualSink(Analyzer):
 
     def plot_phi_histogram(self, layers=None):
         """Histogram of phi (layers 2..L-1 by default) for image and text tokens, with the tau line."""
-        import plotly.graph_objects as go
-
-
         df = self.phi_table()
         layers = range(FIRST_SINK_LAYER, self.n_layers_) if layers is None else layers
-        df = df[df["layer"].isin(list(layers))]
-        fig = go.Figure()
-        for label, part in (("image tokens", df[df["in_image"]]), ("text tokens", df[~df["in_image"]])):
-            fig.add_trace(go.Histogram(x=part["phi"], name=label, nbinsx=120, opacity=0.7))
-        fig.add_vline(x=self.tau, line={"color": "firebrick", "dash": "dash"}, annotation_text=f"tau = {self.tau:g}")
-        fig.update_layout(barmode="overlay", template="plotly_white", font=FONT, width=760, height=420,
-                          title=title_block("phi histogram (calibrate tau in the gap)", self.scores_.model,
-                                            f"sink dims {self.sink_dims_}"),
-                          xaxis={"title": "phi = max |x_d| / RMS(x)"}, yaxis={"title": "tokens x layers", "type": "log"})
-        return fig
+        return phi_histogram(df[df["layer"].isin(list(layers))], self.tau, self.sink_dims_, self.scores_.model)

@@ -30,10 +30,12 @@ import pandas as pd
 import torch
 
 from ..analyzers.base import Analyzer, register, select_heads
+from ..analyzers.params import Boolean, Interval, IsCallable, Options
 from ..errors import InputError
 from ..inputs.spans import image_token_ids
 from ..models.info import model_info
 from ..results import HeadScores
+from ..viz.method_figures import pruning_curve_figure, vit_distance_figure
 from . import shapes
 from .shapes_eval import default_eval_sets
 
@@ -296,35 +298,63 @@ class ViTHeads(Analyzer):
     description = ("Vision-tower heads of a VLM: mean attention distance in pixels (ViT) and the metric drop "
                    "when each head alone is pruned, plus the cumulative pruning curve (Li et al. VIS 2023).")
 
+    input_kind = ("AnswerItems (ids with the image tokens, pixel values, answer positions), dicts or shapes "
+                  "QAItems (None: shapes-vlm's held-out image questions)")
+    requires = frozenset({"vision_tower"})
+    parameter_constraints = {
+        "metric": [Options(*sorted(METRICS)), IsCallable()], "greater_is_better": [None, Boolean()],
+        "prune_curve": [Boolean()], "batch_size": [Interval(int, 1, None)], "n_items": [Interval(int, 1, None)],
+        "top_k": [Interval(int, 1, None)],
+    }
+
     def __init__(self, metric="loss", greater_is_better: bool | None = None, prune_curve: bool = True,
-                 batch_size: int = 16, n_items: int = 48):
+                 batch_size: int = 16, n_items: int = 48, top_k: int = 10):
+        self.top_k = top_k
         self.metric = metric
         self.greater_is_better = greater_is_better
         self.prune_curve = prune_curve
         self.batch_size = batch_size
         self.n_items = n_items
 
+    def _check_params(self, info) -> None:
+        if callable(self.metric) and self.greater_is_better is None:
+            raise InputError("a callable metric needs greater_is_better=True (accuracy-like) or False (loss-like)")
+
     def _direction(self) -> float:
-        """+1 if lower metric is better (a loss), -1 if higher is; validates `metric`."""
+        """+1 if lower metric is better (a loss), -1 if higher is."""
         if callable(self.metric):
-            if self.greater_is_better is None:
-                raise InputError("a callable metric needs greater_is_better=True (accuracy-like) or False (loss-like)")
             return -1.0 if self.greater_is_better else 1.0
-        if self.metric not in METRICS:
-            raise InputError(f"metric={self.metric!r}: use one of {sorted(METRICS)} or a callable fn(model, items)")
         return -1.0 if METRICS[self.metric] else 1.0
+
+    def prepare_data(self, model, data=None) -> list[AnswerItem]:
+        """AnswerItems with at least one image; None = shapes-vlm's built-in image questions."""
+        items = default_items(model, int(self.n_items)) if data is None else as_answer_items(data)
+        if not any(it.pixel_values.shape[0] for it in items):
+            raise InputError("no item has an image: the vision tower never runs; pass items with pixel_values")
+        return items
+
+    @classmethod
+    def example_data(cls, model):
+        """Two random questions about a random image, a 3-token answer each."""
+        tower, image = vision_tower(model), min(model_info(model).image_token_ids)
+        g = torch.Generator().manual_seed(0)
+        low, high = (2, image) if image > 4 else (image + 1, int(model.cfg.d_vocab))
+        bos = [model_info(model).bos_token_id] if model_info(model).bos_token_id is not None else []
+        block = [image] * (tower.image_size // tower.patch_size) ** 2
+        items = []
+        for _ in range(2):
+            text = [torch.randint(low, high, (n,), generator=g).tolist() for n in (2, 4)]
+            ids = bos + text[0] + block + text[1]
+            pixels = torch.rand(1, 3, tower.image_size, tower.image_size, generator=g)
+            items.append(AnswerItem(ids, pixels, tuple(range(len(ids) - 3, len(ids)))))
+        return items
 
     def _metric(self, model, items, gates: torch.Tensor, extra_hooks=()) -> np.ndarray:
         return metric_under_gates(model, items, gates, self.metric, self.batch_size, extra_hooks)
 
-    def fit(self, model, data=None) -> ViTHeads:
+    def _fit(self, model, items: list[AnswerItem]) -> None:
         sign = self._direction()
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"batch_size={self.batch_size!r} must be a positive integer")
         tower = vision_tower(model)
-        items = default_items(model, int(self.n_items)) if data is None else as_answer_items(data)
-        if not any(it.pixel_values.shape[0] for it in items):
-            raise InputError("no item has an image: the vision tower never runs; pass items with pixel_values")
         name = model_info(model).name
         meta = {"model": name, "analyzer": self.name, "params": self.get_params(), "n_kv_heads": None}
 
@@ -341,12 +371,11 @@ class ViTHeads(Analyzer):
         self.importance_ = HeadScores(drop.reshape(1, tower.n_layers, tower.n_heads), name="pruning_importance",
                                       **meta, description=f"{self._metric_name()} drop when the head alone is pruned")
         self.scores_ = self.importance_
-        self.heads_ = select_heads(self.importance_, top_fraction=1.0)
+        self.heads_ = select_heads(self.importance_, top_k=self.top_k)
         self.tower_ = tower
         self.n_items_ = len(items)
         if self.prune_curve:
             self.pruning_curve_ = self._curve(model, items, tower, sign)
-        return self
 
     def _metric_name(self) -> str:
         return getattr(self.metric, "__name__", "metric") if callable(self.metric) else f"answer {self.metric}"
@@ -387,43 +416,18 @@ class ViTHeads(Analyzer):
 
     def plot(self, **kw):
         """Attention distance vs layer, one point per head (mean over images, bar = std), coloured by importance."""
-        import plotly.graph_objects as go
-
-        self._check_fitted()
-        d = self.attention_distance_.values  # [images, layer, head]
-        imp = self.importance_.values[0]
-        L, H = imp.shape
-        layer = np.repeat(np.arange(L), H) + np.tile(np.linspace(-0.2, 0.2, H) if H > 1 else [0.0], L)
-        fig = go.Figure(go.Scatter(
-            x=layer, y=d.mean(0).ravel(), mode="markers",
-            error_y={"type": "data", "array": d.std(0).ravel(), "thickness": 1, "width": 0, "color": "lightgray"},
-            marker={"size": 9, "color": imp.ravel(), "colorscale": "Viridis", "showscale": True,
-                    "colorbar": {"title": f"importance<br>({self._metric_name()} drop)"}},
-            text=[f"L{l}H{h}" for l in range(L) for h in range(H)],
-            hovertemplate="%{text}<br>distance %{y:.2f} px<br>importance %{marker.color:.4g}<extra></extra>"))
         t = self.tower_
-        fig.add_hline(y=float(t.distances().mean()), line_dash="dot", line_color="gray",
-                      annotation_text="uniform attention", annotation_position="top left")
-        fig.update_layout(title=kw.get("title", f"Vision-tower heads of {self.importance_.model or 'model'}: "
-                                                f"attention distance ({t.grid}x{t.grid} patches of {t.patch_size} px)"),
-                          xaxis={"title": "layer", "tickmode": "array", "tickvals": list(range(L))},
-                          yaxis={"title": "mean attention distance (px)", "rangemode": "tozero"},
-                          template="plotly_white", width=kw.get("width", 760), height=kw.get("height", 460))
-        return fig
+        title = kw.pop("title", f"Vision-tower heads of {self.importance_.model or 'model'}: attention distance "
+                                f"({t.grid}x{t.grid} patches of {t.patch_size} px)")
+        return vit_distance_figure(self.attention_distance_.values, self.importance_.values[0],
+                                   float(t.distances().mean()), metric=self._metric_name(), title=title, **kw)
 
     def plot_pruning(self, **kw):
         """The metric after pruning the k least important heads, k = 0..all."""
-        import plotly.graph_objects as go
-
         self._check_fitted()
-        if not hasattr(self, "pruning_curve_"):
+        if "pruning_curve_" not in vars(self):
             raise InputError("no pruning curve: fit with prune_curve=True")
-        df = self.pruning_curve_
-        fig = go.Figure(go.Scatter(x=df["n_pruned"], y=df["metric"], mode="lines+markers", text=df["last_pruned"],
-                                   hovertemplate="%{x} heads pruned (last %{text})<br>metric %{y:.4g}<extra></extra>"))
-        fig.add_hline(y=self.metric_clean_, line_dash="dot", line_color="gray", annotation_text="no pruning")
-        fig.update_layout(title=kw.get("title", f"Cumulative pruning of vision heads (least important first), "
-                                                f"{self.importance_.model or 'model'}"),
-                          xaxis_title="heads pruned", yaxis_title=self._metric_name(), template="plotly_white",
-                          width=kw.get("width", 760), height=kw.get("height", 420))
-        return fig
+        title = kw.pop("title", f"Cumulative pruning of vision heads (least important first), "
+                                f"{self.importance_.model or 'model'}")
+        return pruning_curve_figure(self.pruning_curve_, self.metric_clean_, metric=self._metric_name(), title=title,
+                                    **kw)
