@@ -291,18 +291,25 @@ def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int,
 
 
 def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
-                 top_fraction: float | None = None, largest: bool | None = None) -> list[tuple[int, int]]:
+                 top_fraction: float | None = None, better: str | None = None,
+                 largest: bool | None = None) -> list[tuple[int, int]]:
     """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
     NaN never selected).
 
-    "Best" is the largest score unless `largest=False` (default: the scores' `higher_is_more`).
-    A top fraction keeps at least one head.
+    `better` ("higher" or "lower"; default: the scores' own `higher_is_more`) says which end is best;
+    `largest=True/False` is its older spelling, still accepted. A top fraction keeps at least one head.
     """
     if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
         raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
-    heads = rank_heads(scores, None if largest is None else ("higher" if largest else "lower"))
+    if better is not None and largest is not None:
+        raise InputError("pass better='higher'/'lower' (largest= is its older spelling), not both")
+    if better is None and largest is not None:
+        better = "higher" if largest else "lower"
+    if better not in (None, "higher", "lower"):
+        raise InputError(f"better={better!r}: use 'higher' or 'lower'")
+    heads = rank_heads(scores, better)
     if threshold is not None:
-        higher = scores.higher_is_more if largest is None else largest
+        higher = scores.higher_is_more if better is None else better == "higher"
         mean = scores._mean()
         return [h for h in heads if (mean[h] > threshold if higher else mean[h] < threshold)]
     if top_k is not None:

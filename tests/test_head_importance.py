@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headscope.analyzers.head_importance import HeadImportance
-from headscope.testing import plain_hf_copy, planted_model, repeated_random_tokens, tiny_model
+from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
 
 
 def reference_importance(hf, examples, n_layers, n_heads, d_head):
@@ -36,7 +36,7 @@ def reference_importance(hf, examples, n_layers, n_heads, d_head):
 
 def test_planted_copy_circuit_is_ranked_first():
     model, truth = planted_model()
-    imp = HeadImportance().fit(model, repeated_random_tokens(model, 20, batch=3, seed=1))
+    imp = HeadImportance().fit(model, induction_tokens(model, 20, batch=3, seed=1))
     assert set(imp.heads_[:2]) == {truth.previous_token, truth.induction}
     others = [h for h in truth.background() + [truth.sink, truth.local_window]]
     assert max(imp.scores_.values[0, l, h] for l, h in others) < 1e-6  # heads that write nothing get no gradient

@@ -5,7 +5,7 @@ import torch
 
 from headscope.errors import InputError
 from headscope.interventions import Intervention, ScaleOutput, StreamingWindow, UniformAttention, ZeroAblation, apply
-from headscope.testing import planted_model, repeated_random_tokens, tiny_model
+from headscope.testing import planted_model, induction_tokens, tiny_model
 
 TOKENS = torch.tensor([[1, 5, 9, 12, 5, 9, 12, 7, 3, 30, 31, 5]])
 
@@ -69,7 +69,7 @@ def test_streaming_window_masks_outside_sink_and_recent():
 
 def test_masking_the_planted_copy_head_breaks_copying():
     model, truth = planted_model()
-    tokens = repeated_random_tokens(model, seq_len=20, batch=2, seed=0)
+    tokens = induction_tokens(model, seq_len=20, batch=2, seed=0)
     targets = tokens[:, 22:]  # query i in the second repeat (i >= 21) predicts token i + 1
     with torch.no_grad():
         clean = model(tokens)[:, 21:-1].argmax(-1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from headscope.capture import capture, default_reducers
-from headscope.testing import plain_hf_copy, planted_model, repeated_random_tokens, tiny_model
+from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
 from reference import reference_stats
 
 # kind -> (statistic, whether the planted head should have the highest (True) or lowest value)
@@ -35,7 +35,7 @@ def _top_head(scores, largest):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_planted_heads_are_top_of_their_type(config):
     model, truth = planted_model(**CONFIGS[config])
-    tokens = repeated_random_tokens(model, seq_len=30, n_repeats=2, batch=4, seed=1)
+    tokens = induction_tokens(model, seq_len=30, n_repeats=2, batch=4, seed=1)
     res = capture(model, tokens, default_reducers(), batch_size=2)
     for kind, where in truth.heads().items():
         stat, largest = MATCHING[kind]
@@ -44,7 +44,7 @@ def test_planted_heads_are_top_of_their_type(config):
 
 def test_planted_scores_are_exact():
     model, truth = planted_model()
-    tokens = repeated_random_tokens(model, seq_len=30, n_repeats=2, batch=2, seed=2)
+    tokens = induction_tokens(model, seq_len=30, n_repeats=2, batch=2, seed=2)
     res = capture(model, tokens)
     score = lambda stat, kind: res[stat].values[:, truth.heads()[kind][0], truth.heads()[kind][1]]
     np.testing.assert_allclose(score("first_token_mass", "sink"), 1.0, atol=1e-5)
@@ -61,7 +61,7 @@ def test_planted_scores_are_exact():
 def test_reducers_equal_loops_over_hf_attentions(builder):
     model = planted_model()[0] if builder == "planted" else tiny_model(n_layers=3, seed=4)
     hf = plain_hf_copy(model)  # independent of the bridge's reimplemented attention
-    probes = repeated_random_tokens(model, seq_len=15, batch=2, seed=5)
+    probes = induction_tokens(model, seq_len=15, batch=2, seed=5)
     inputs = [probes[0].tolist(), probes[1].tolist()[:19], [1, 7, 7, 8, 7, 9]]  # ragged → padded batch
     res = capture(model, inputs, batch_size=3)
     for p, toks in enumerate(inputs):

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from headscope.testing import KINDS, PlantedHeads, planted_model, repeated_random_tokens, tiny_model, tiny_tokenizer
+from headscope.testing import KINDS, PlantedHeads, induction_tokens, planted_model, tiny_model, tiny_tokenizer
 
 EXACT = 1e-5  # planted patterns must hold to this (actual leakage is ~1e-13)
 SEQ = 30
@@ -37,7 +37,7 @@ def planted():
 @pytest.fixture(scope="module")
 def repeated(planted):
     model, _ = planted
-    tokens = repeated_random_tokens(model, seq_len=SEQ, n_repeats=2, batch=4, seed=1)
+    tokens = induction_tokens(model, seq_len=SEQ, n_repeats=2, batch=4, seed=1)
     return (tokens, *run_patterns(model, tokens))
 
 
@@ -69,7 +69,7 @@ def test_default_layout(planted):
 
 
 def test_planted_model_is_seeded():
-    tokens = repeated_random_tokens(48, seq_len=8, batch=2)
+    tokens = induction_tokens(48, seq_len=8, batch=2)
     (la, pa), (lb, pb) = (run_patterns(planted_model(seed=4)[0], tokens) for _ in range(2))
     lc, pc = run_patterns(planted_model(seed=5)[0], tokens)
     assert torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(pa, pb))
@@ -151,7 +151,7 @@ def test_rows_sum_to_one_and_are_causal(repeated):
 
 def test_gqa_heads_share_keys(planted):
     model, truth = planted
-    tokens = repeated_random_tokens(model, seq_len=10, seed=2)
+    tokens = induction_tokens(model, seq_len=10, seed=2)
     _, cache = model.run_with_cache(tokens)
     for layer in range(truth.n_layers):
         k = cache[f"blocks.{layer}.attn.hook_k"]
@@ -211,7 +211,7 @@ def test_expected_pattern_matches_model(planted, repeated):
 def test_other_layouts_are_exact(kw):
     model, truth = planted_model(**kw)
     seq = min(model.cfg.d_vocab - 2, (model.cfg.n_ctx - 1) // 3)
-    tokens = repeated_random_tokens(model, seq_len=seq, n_repeats=3, batch=2, seed=3)
+    tokens = induction_tokens(model, seq_len=seq, n_repeats=3, batch=2, seed=3)
     logits, patterns = run_patterns(model, tokens)
     for kind, where in truth.heads().items():
         assert (head(patterns, where) - truth.expected_pattern(kind, tokens)).abs().max() < 1e-4, kind
@@ -240,7 +240,7 @@ def test_checks_catch_a_broken_head():
     q = model.original_model.model.layers[layer].self_attn.q_proj.weight
     with torch.no_grad():
         q[h * model.cfg.d_head:(h + 1) * model.cfg.d_head] *= 0.3  # shrink the head's logits: still mostly on i-1, no longer exact
-    tokens = repeated_random_tokens(model, seq_len=SEQ, seed=1)
+    tokens = induction_tokens(model, seq_len=SEQ, seed=1)
     _, patterns = run_patterns(model, tokens)
     prev = head(patterns, truth.previous_token).diagonal(offset=-1, dim1=1, dim2=2)
     assert prev.min() < 1 - EXACT and prev.mean() > 0.5
@@ -253,7 +253,7 @@ def test_tiny_model_is_seeded_and_random():
     a = tiny_model(seed=0)
     assert torch.equal(torch.rand(3), before), "building must not consume the global RNG"
     b, c = tiny_model(seed=0), tiny_model(seed=1)
-    tokens = repeated_random_tokens(a, seq_len=12, batch=2)
+    tokens = induction_tokens(a, seq_len=12, batch=2)
     la, pa = run_patterns(a, tokens)
     lb, _ = run_patterns(b, tokens)
     lc, _ = run_patterns(c, tokens)
@@ -265,13 +265,21 @@ def test_tiny_model_is_seeded_and_random():
 
 
 def test_repeated_random_tokens():
-    t = repeated_random_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=7)
+    t = induction_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=7)
     assert t.shape == (5, 1 + 46 * 3) and t.dtype == torch.long
     assert (t[:, 0] == 1).all()
     seg = t[:, 1:47]
     assert (seg >= 2).all() and all(len(set(row.tolist())) == 46 for row in seg)
     assert torch.equal(t[:, 47:93], seg) and torch.equal(t[:, 93:], seg)
-    assert torch.equal(t, repeated_random_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=7))
-    assert not torch.equal(t, repeated_random_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=8))
+    assert torch.equal(t, induction_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=7))
+    assert not torch.equal(t, induction_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=8))
     with pytest.raises(ValueError):
-        repeated_random_tokens(48, seq_len=47)
+        induction_tokens(48, seq_len=47)
+
+
+def test_old_name_of_induction_tokens_warns_and_gives_the_same_batch():
+    from headscope.testing import repeated_random_tokens
+
+    with pytest.warns(DeprecationWarning, match="induction_tokens"):
+        old = repeated_random_tokens(48, seq_len=5, batch=2, seed=3)
+    assert torch.equal(old, induction_tokens(48, seq_len=5, batch=2, seed=3))

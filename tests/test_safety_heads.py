@@ -11,7 +11,7 @@ from headscope.analyzers import get_analyzer
 from headscope.safety.sahara import Sahara, leading_left_vector, subspace_angle
 from headscope.safety.ships import Ships
 from headscope.errors import InputError
-from headscope.testing import planted_model, plain_hf_copy, repeated_random_tokens, tiny_model
+from headscope.testing import planted_model, plain_hf_copy, induction_tokens, tiny_model
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def ref_final_hidden(hf, ids, heads=(), eps=1e-5):
 
 def test_ships_and_sahara_find_the_planted_circuit():
     model, truth = planted_model()
-    tokens = repeated_random_tokens(model, seq_len=12, batch=4, seed=2)
+    tokens = induction_tokens(model, seq_len=12, batch=4, seed=2)
     ships = Ships(top_k=2).fit(model, tokens)
     assert sorted(ships.heads_) == sorted([truth.previous_token, truth.induction])
     mean = ships.scores_.mean_over_prompts().values

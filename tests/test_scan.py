@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from headscope.errors import InputError
 from headscope.interventions import KINDS, apply, scan
-from headscope.testing import planted_model, repeated_random_tokens, tiny_model
+from headscope.testing import planted_model, induction_tokens, tiny_model
 
 
 def _kl_last(base, variant, lengths):
@@ -81,7 +81,7 @@ def test_scan_subset_loss_and_logit_diff_metrics():
 
 def test_scan_finds_the_planted_copy_head():
     model, truth = planted_model()
-    tokens = repeated_random_tokens(model, seq_len=12, batch=2, seed=1)
+    tokens = induction_tokens(model, seq_len=12, batch=2, seed=1)
     s = scan(model, tokens, "uniform_attention", "loss")
     mean = s.mean_over_prompts()
     # the planted circuit is exactly the previous-token head feeding the induction head: uniform

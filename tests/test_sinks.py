@@ -10,7 +10,7 @@ import torch
 from headscope.analyzers import get_analyzer
 from headscope.analyzers.sinks import AttentionSinks
 from headscope.errors import InputError
-from headscope.testing import plain_hf_copy, planted_model, repeated_random_tokens, tiny_model
+from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
 
 BOS = 1
 MASSIVE_DIM = 605  # zero padding of planted_model(vocab_size=200): residual dims 603..607 are unused
@@ -128,7 +128,7 @@ def check_against_reference(model, hf, prompts, sinks, atol=1e-5, rtol=1e-4):
 
 def test_planted_sink_head_ranks_first_with_exact_importance():
     model, truth = planted_model()
-    tokens = repeated_random_tokens(model, seq_len=20, batch=2, seed=3)  # [2, 41], BOS first
+    tokens = induction_tokens(model, seq_len=20, batch=2, seed=3)  # [2, 41], BOS first
     sinks = AttentionSinks().fit(model, tokens)
     assert sinks.heads_[0] == truth.sink
     alpha = sinks.scores_.values
@@ -140,7 +140,7 @@ def test_planted_sink_head_ranks_first_with_exact_importance():
 
 def test_planted_massive_token_and_hidden_sink_are_found_exactly():
     model, truth = massive_planted_model()
-    plain = repeated_random_tokens(model, seq_len=15, batch=1, seed=1)[0].tolist()  # [BOS, s, s]
+    plain = induction_tokens(model, seq_len=15, batch=1, seed=1)[0].tolist()  # [BOS, s, s]
     second = list(plain)
     second[12] = BOS  # a second BOS: the sink head splits its mass 1/2 : 1/2 from query 12 on
     sinks = AttentionSinks().fit(model, [plain, second])
@@ -174,7 +174,7 @@ def test_every_statistic_equals_loops_over_hf(case):
         model, _ = massive_planted_model()
         params = {}
     hf = plain_hf_copy(model)
-    probes = repeated_random_tokens(model, seq_len=10, batch=2, seed=5)
+    probes = induction_tokens(model, seq_len=10, batch=2, seed=5)
     prompts = [probes[0].tolist(), probes[1].tolist()[:15], [1, 7, 7, 8, 1, 9]]  # ragged -> padded batch
     for sink_dims in (None, [3, 5]) if case == "tiny_random" else (None,):
         sinks = AttentionSinks(sink_dims=sink_dims, batch_size=3, **params).fit(model, prompts)

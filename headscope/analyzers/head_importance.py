@@ -25,9 +25,9 @@ class HeadImportance(Analyzer):
     (`normalize_layers`, on by default as in the paper's code); `min_max` rescales globally to [0, 1].
 
     Example:
-        >>> from headscope.testing import planted_model, repeated_random_tokens
+        >>> from headscope.testing import planted_model, induction_tokens
         >>> model, truth = planted_model()
-        >>> imp = HeadImportance().fit(model, repeated_random_tokens(model, 20, batch=2))
+        >>> imp = HeadImportance().fit(model, induction_tokens(model, 20, batch=2))
         >>> sorted(imp.heads_[:2]) == sorted([truth.previous_token, truth.induction])
         True
     """

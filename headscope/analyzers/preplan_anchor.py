@@ -173,7 +173,7 @@ class PreplanAnchor(Analyzer):
     def _layers(self, info) -> list[int]:
         return middle_layers(info.n_layers) if self.layers == "middle" else info.check_layers(self.layers)
 
-    def _group(self, distances: HeadScores, explicit, fraction: float, lowest: bool, info) -> list[tuple[int, int]]:
+    def _group(self, distances: HeadScores, explicit, fraction: float, better: str, info) -> list[tuple[int, int]]:
         if explicit is not None:
             heads = [(int(l), int(h)) for l, h in explicit]
             for l, h in heads:
@@ -181,7 +181,7 @@ class PreplanAnchor(Analyzer):
             if not heads:
                 raise InputError("an explicit head group is empty: pass at least one (layer, head) or None")
             return heads
-        return select_heads(distances, top_fraction=fraction, largest=not lowest)
+        return select_heads(distances, top_fraction=fraction, better=better)
 
     def prepare_data(self, model, data=None) -> EncodedPairs:
         """(prompt, response) pairs encoded with `template`; None = the built-in GSM8K-style pairs."""
@@ -205,8 +205,8 @@ class PreplanAnchor(Analyzer):
         self.scores_ = HeadScores(raw.values, name="mean_backward_distance", n_kv_heads=info.n_kv_heads,
                                   model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts,
                                   higher_is_more=False, description=dist.description)
-        self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, True, info)
-        self.global_heads_ = self._group(self.scores_, self.global_heads, self.global_fraction, False, info)
+        self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, "lower", info)
+        self.global_heads_ = self._group(self.scores_, self.global_heads, self.global_fraction, "higher", info)
         self.heads_ = list(self.local_heads_)
         # Pass 2: mean pattern of each group, per prompt, over the layers holding group heads only.
         masks = {}

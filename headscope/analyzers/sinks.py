@@ -1,9 +1,9 @@
 """Attention sinks: sink heads, sink rate, hidden sinks, massive activations and VAR's phi, in one pass.
 
     >>> from headscope.analyzers.sinks import AttentionSinks
-    >>> from headscope.testing import planted_model, repeated_random_tokens
+    >>> from headscope.testing import planted_model, induction_tokens
     >>> model, truth = planted_model()
-    >>> sinks = AttentionSinks().fit(model, repeated_random_tokens(model, seq_len=20, batch=2))
+    >>> sinks = AttentionSinks().fit(model, induction_tokens(model, seq_len=20, batch=2))
     >>> sinks.heads_[0] == truth.sink
     True
 

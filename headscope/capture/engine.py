@@ -39,6 +39,22 @@ SITES = {
     "resid_post": "blocks.{l}.hook_resid_post",
 }
 ORDER = list(SITES)
+# The vision tower of a LLaVA-class bridge: rows are images, positions are [CLS +] patches.
+VISION_SITES = {
+    "pattern": "vision_encoder.encoder_layers.{l}.attn.hook_pattern",  # [images, head, q, k]
+    "z": "vision_encoder.encoder_layers.{l}.attn.hook_z",  # [images, pos, head, d_head]
+}
+TOWERS = {"language": SITES, "vision": VISION_SITES}
+
+
+def site_name(site: str, layer: int, tower: str = "language") -> str:
+    """The hook name of `site` at `layer` of a tower ("language": the decoder blocks; "vision": a VLM's
+    vision encoder), the one table every hook in headscope is named from."""
+    if tower not in TOWERS:
+        raise InputError(f"tower={tower!r}: use one of {', '.join(TOWERS)}")
+    if site not in TOWERS[tower]:
+        raise InputError(f"unknown site {site!r} on the {tower} tower; sites: {', '.join(TOWERS[tower])}")
+    return TOWERS[tower][site].format(l=int(layer))
 
 
 @dataclass

@@ -8,10 +8,10 @@ from .apply import apply, forward_with, run
 from .kind import EditContext
 from .metrics import METRICS
 from .prepare import prepare_references
-from .scan import scan, variant_outputs
+from .scan import clean_readout, scan, variant_outputs
 from .specs import (KINDS, ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
                     UniformAttention, VARRedistribution, ZeroAblation)
 
 __all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
            "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "apply",
-           "forward_with", "prepare_references", "run", "scan", "variant_outputs"]
+           "clean_readout", "forward_with", "prepare_references", "run", "scan", "variant_outputs"]

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..capture.engine import SITES
+from ..capture.engine import SITES, site_name
 from ..errors import InputError
 from ..models.compat import pattern_edits_take_effect
 from ..models.info import ModelInfo
@@ -105,15 +105,28 @@ def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
     return hooks
 
 
-def head_gate_hooks(gates: torch.Tensor, layers) -> list[tuple[str, object]]:
-    """Hooks multiplying every head's output by gates[layer, head] (Michel et al.'s head mask ξ).
+def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -> list[tuple[str, object]]:
+    """Hooks multiplying every head's output (hook_z) by a gate (Michel et al.'s head mask ξ).
 
-    `gates` is a [n_layers, n_heads] tensor, usually ones with requires_grad, so ∂loss/∂gates is
-    each head's importance. Not a serialisable spec: it exists for gradient attribution.
+    `gates` is [n_layers, n_heads] (every batch row), usually ones with requires_grad so that
+    ∂loss/∂gates is each head's importance; or [variants, n_layers, n_heads], one gate set per block of
+    rows: the batch holds the variants' rows in variant-major blocks of equal size (the pruning scans of
+    vit-heads stack variants this way). `layers` None = every layer whose gates differ from 1 (all of
+    them when the gates need a gradient). `tower` "vision" gates a VLM's vision-encoder heads.
+    Not a serialisable spec: it exists for gradient attribution and pruning curves.
     """
+    stacked = gates if gates.ndim == 3 else gates[None]
+    n_variants = stacked.shape[0]
+    if layers is None:
+        layers = (range(stacked.shape[1]) if gates.requires_grad
+                  else torch.nonzero((stacked != 1).any(-1).any(0)).flatten().tolist())
+
     def make(layer):
-        def hook(z, hook):  # [batch, pos, head, d_head]
-            return z * gates[layer][None, None, :, None]
+        def hook(z, hook):  # [variants * rows, pos, head, d_head]
+            if z.shape[0] % n_variants:
+                raise InputError(f"a batch of {z.shape[0]} rows is not {n_variants} equal variant blocks")
+            g = stacked[:, layer].repeat_interleave(z.shape[0] // n_variants, dim=0)  # [rows, head]
+            return z * g[:, None, :, None].to(z.dtype)
         return hook
 
-    return [(SITES["z"].format(l=layer), make(layer)) for layer in layers]
+    return [(site_name("z", layer, tower), make(layer)) for layer in layers]

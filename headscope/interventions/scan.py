@@ -109,6 +109,24 @@ class _CleanRun:
         return full[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else full
 
 
+def clean_readout(model, inputs, readout: str = "logits", *, batch_size: int = 8,
+                  prepend_bos: bool | None = None) -> torch.Tensor:
+    """The model's own output at each prompt's last real token, as the scan reads it for the clean run:
+    "logits" [n_prompts, d_vocab] or "final_hidden" (the final norm's output) [n_prompts, d_model],
+    float32 on the CPU. What a method compares its own variants with (Sahara's base subspace)."""
+    if readout not in ("logits", "final_hidden"):
+        raise InputError(f"readout={readout!r}: use 'logits' or 'final_hidden'")
+    info = model_info(model)
+    ids = to_token_lists(model, inputs, info, prepend_bos)
+    out = None
+    for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):
+        clean = _CleanRun(model, batch, first_layer=len(model.blocks))  # no block inputs needed
+        rows = clean.readout(batch, True, readout)[:, 0].float().cpu()
+        out = torch.zeros(len(ids), rows.shape[-1]) if out is None else out
+        out[batch.index] = rows
+    return out
+
+
 def _forward_keeping_final(model, tokens, attention_mask):
     """The model's own forward on the model's device: (logits, the final norm's output)."""
     got = {}

@@ -11,9 +11,9 @@ import torch
 from ..analyzers.base import Analyzer, example_prompts, register
 from ..analyzers.params import Interval
 from ..errors import InputError
-from ..inputs.tokens import iter_batches, to_token_lists
+from ..inputs.tokens import to_token_lists
 from ..interventions import UniformAttention
-from ..interventions.scan import _CleanRun, variant_outputs
+from ..interventions.scan import clean_readout, variant_outputs
 from ..models.info import model_info
 from ..results import HeadScores
 from .ships import INPUT_KIND, REQUEST_CONSTRAINTS, Requests, as_prompt_ids
@@ -42,9 +42,9 @@ class Sahara(Analyzer):
     order found; `steps_` a table of (step, head, angle); `step_scores_` each step's HeadScores.
 
     Example:
-        >>> from headscope.testing import planted_model, repeated_random_tokens
+        >>> from headscope.testing import planted_model, induction_tokens
         >>> model, truth = planted_model()
-        >>> sahara = Sahara(search_steps=1).fit(model, repeated_random_tokens(model, 12, batch=4))
+        >>> sahara = Sahara(search_steps=1).fit(model, induction_tokens(model, 12, batch=4))
         >>> sahara.heads_[0] in (truth.previous_token, truth.induction)
         True
     """
@@ -101,7 +101,7 @@ class Sahara(Analyzer):
         ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
             (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
-        u_base = leading_left_vector(_final_hidden(model, ids, self.batch_size))
+        u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
         group, rows, self.step_scores_ = [], [], []
         for step in range(min(self.search_steps, len(pool))):
             angles = self._angles(model, ids, u_base, group, [h for h in pool if h not in group])
@@ -119,13 +119,3 @@ class Sahara(Analyzer):
                                  description="Generalized Ships: subspace angle (degrees), one head ablated")
         self.heads_ = group
         self.steps_ = pd.DataFrame(rows)
-
-
-def _final_hidden(model, ids, batch_size: int) -> torch.Tensor:
-    """[n_prompts, d_model]: the final-norm hidden state at each prompt's last token (the scan's clean run)."""
-    info = model_info(model)
-    out = torch.zeros(len(ids), info.d_model)
-    for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):
-        clean = _CleanRun(model, batch, first_layer=len(model.blocks))  # no block inputs needed
-        out[batch.index] = clean.readout(batch, True, "final_hidden")[:, 0].float()
-    return out

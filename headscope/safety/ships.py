@@ -53,9 +53,9 @@ class Ships(Analyzer):
     the query-level top head of each request (the paper ablates each query's own top heads).
 
     Example:
-        >>> from headscope.testing import planted_model, repeated_random_tokens
+        >>> from headscope.testing import planted_model, induction_tokens
         >>> model, truth = planted_model()
-        >>> ships = Ships(top_k=2).fit(model, repeated_random_tokens(model, 12, batch=2))
+        >>> ships = Ships(top_k=2).fit(model, induction_tokens(model, 12, batch=2))
         >>> sorted(ships.heads_) == sorted([truth.previous_token, truth.induction])
         True
     """

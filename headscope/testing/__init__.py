@@ -4,16 +4,17 @@
 - ``planted_model``: hand-set sink / previous-token / induction / local-window heads, returned with
   their exact ground truth (``PlantedHeads``, incl. ``expected_pattern``).
 - ``plain_hf_copy``: an un-bridged HF copy of a bridge's model, for independent reference checks.
-- ``repeated_random_tokens``: ``[BOS, s, s, ...]`` batches for induction / copying tests.
+- ``induction_tokens``: ``[BOS, s, s, ...]`` batches for induction / copying tests.
 
->>> from headscope.testing import planted_model, repeated_random_tokens
+>>> from headscope.testing import planted_model, induction_tokens
 >>> model, truth = planted_model()
->>> tokens = repeated_random_tokens(model, seq_len=20)   # [1, 41]
+>>> tokens = induction_tokens(model, seq_len=20)   # [1, 41]
 """
 
 from headscope.testing.analyzer_check import check_analyzer
 from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.planted import KINDS, PlantedHeads, planted_model
-from headscope.testing.tiny import repeated_random_tokens, tiny_model, tiny_tokenizer
+from headscope.testing.tiny import induction_tokens, repeated_random_tokens, tiny_model, tiny_tokenizer
 
-__all__ = ["KINDS", "PlantedHeads", "check_analyzer", "plain_hf_copy", "planted_model", "repeated_random_tokens", "tiny_model", "tiny_tokenizer"]
+__all__ = ["KINDS", "PlantedHeads", "check_analyzer", "induction_tokens", "plain_hf_copy", "planted_model",
+           "repeated_random_tokens", "tiny_model", "tiny_tokenizer"]

@@ -2,11 +2,11 @@
 
 Example::
 
-    >>> from headscope.testing import planted_model, repeated_random_tokens
+    >>> from headscope.testing import planted_model, induction_tokens
     >>> model, truth = planted_model()
     >>> truth.heads()
     {'sink': (0, 2), 'previous_token': (0, 1), 'induction': (1, 3), 'local_window': (0, 3)}
-    >>> tokens = repeated_random_tokens(model, seq_len=20, batch=2)          # [2, 41]
+    >>> tokens = induction_tokens(model, seq_len=20, batch=2)          # [2, 41]
     >>> _, cache = model.run_with_cache(tokens)
     >>> got = cache["blocks.0.attn.hook_pattern"][:, 1]                      # previous-token head
     >>> bool((got - truth.expected_pattern("previous_token", tokens)).abs().max() < 1e-5)

@@ -2,14 +2,15 @@
 
 Example::
 
-    >>> from headscope.testing import tiny_model, repeated_random_tokens
+    >>> from headscope.testing import tiny_model, induction_tokens
     >>> model = tiny_model(seed=0)                        # TransformerBridge, 2 layers, 4 heads, GQA 2
-    >>> tokens = repeated_random_tokens(model, seq_len=10, batch=3)   # [3, 21], BOS first
+    >>> tokens = induction_tokens(model, seq_len=10, batch=3)   # [3, 21], BOS first
     >>> logits = model(tokens)                            # [3, 21, 48]
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 import torch
@@ -109,7 +110,7 @@ def tiny_model(
     return _boot(_new_hf_model(cfg, seed), vocab_size)
 
 
-def repeated_random_tokens(
+def induction_tokens(
     bridge_or_vocab: Union[int, "torch.nn.Module"],
     seq_len: int,
     n_repeats: int = 2,
@@ -122,7 +123,7 @@ def repeated_random_tokens(
     are read from the model (or a tiny vocab size: BOS 1, content tokens 2 .. V-1), and segments are
     drawn without replacement, so every induction target is unambiguous. Deterministic given ``seed``.
 
-    >>> repeated_random_tokens(48, seq_len=3, seed=0).shape
+    >>> induction_tokens(48, seq_len=3, seed=0).shape
     torch.Size([1, 7])
     """
     if isinstance(bridge_or_vocab, int):
@@ -135,3 +136,11 @@ def repeated_random_tokens(
     # Tiny vocabularies: every id above BOS is a content token; large ones use the probe's default range.
     token_range = (max(PAD_ID, BOS_ID) + 1, vocab) if vocab <= 2000 else None
     return _probe(vocab, seq_len, n_repeats, batch, seed, token_range=token_range, first_token=bos)
+
+
+def repeated_random_tokens(*args, **kwargs) -> torch.Tensor:
+    """Deprecated name of `induction_tokens` (it clashed with `headscope.inputs.repeated_random_tokens`,
+    which takes a vocabulary size and other parameters); removed in the next release."""
+    warnings.warn("headscope.testing.repeated_random_tokens is deprecated: use headscope.testing.induction_tokens "
+                  "(headscope.inputs.repeated_random_tokens is the probe generator)", DeprecationWarning, stacklevel=2)
+    return induction_tokens(*args, **kwargs)

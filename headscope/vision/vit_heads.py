@@ -31,16 +31,18 @@ import torch
 
 from ..analyzers.base import Analyzer, register, select_heads
 from ..analyzers.params import Boolean, Interval, IsCallable, Options
+from ..capture.engine import VISION_SITES, site_name
 from ..errors import InputError
 from ..inputs.spans import image_token_ids
+from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
 from ..results import HeadScores
 from ..viz.method_figures import pruning_curve_figure, vit_distance_figure
 from . import shapes
 from .shapes_eval import default_eval_sets
 
-Z_HOOK = "vision_encoder.encoder_layers.{l}.attn.hook_z"  # [images, pos, head, d_head]
-PATTERN_HOOK = "vision_encoder.encoder_layers.{l}.attn.hook_pattern"  # [images, head, q, k]
+Z_HOOK = VISION_SITES["z"]  # [images, pos, head, d_head]
+PATTERN_HOOK = VISION_SITES["pattern"]  # [images, head, q, k]
 METRICS = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_better
 
 
@@ -153,25 +155,10 @@ def vision_tower(model) -> VisionTower:
 
 
 def vision_gate_hooks(gates: torch.Tensor) -> list[tuple[str, Callable]]:
-    """Hooks multiplying each vision head's output (hook_z) by a gate, per stacked variant.
-
-    `gates` is [variants, n_layers, n_heads]. The vision batch must hold the variants' images in
-    variant-major blocks of equal size (variant 0's images, then variant 1's, ...); with one variant the
-    gate applies to every image. Only layers where some gate differs from 1 are hooked (unless gates
-    need a gradient).
-    """
-    n_variants = gates.shape[0]
-
-    def make(layer):
-        def hook(z, hook):  # [variants * images, pos, head, d_head]
-            if z.shape[0] % n_variants:
-                raise InputError(f"vision batch of {z.shape[0]} images is not {n_variants} equal variant blocks")
-            g = gates[:, layer].repeat_interleave(z.shape[0] // n_variants, dim=0)  # [variants * images, head]
-            return z * g[:, None, :, None].to(z.dtype)
-        return hook
-
-    layers = range(gates.shape[1]) if gates.requires_grad else torch.nonzero((gates != 1).any(-1).any(0)).flatten().tolist()
-    return [(Z_HOOK.format(l=layer), make(layer)) for layer in layers]
+    """Hooks multiplying each vision head's output by a gate per stacked variant ([variants, L, H]; the
+    vision batch holds the variants' images in variant-major blocks): the engine's head gates on the
+    vision tower."""
+    return head_gate_hooks(gates, tower="vision")
 
 
 def single_head_gates(tower: VisionTower) -> torch.Tensor:
@@ -389,7 +376,7 @@ class ViTHeads(Analyzer):
                 per_layer[layer].append(attention_distance(pattern.detach(), tower))
             return hook
 
-        hooks = [(PATTERN_HOOK.format(l=layer), grab(layer)) for layer in range(tower.n_layers)]
+        hooks = [(site_name("pattern", layer, "vision"), grab(layer)) for layer in range(tower.n_layers)]
         one = torch.ones(1, tower.n_layers, tower.n_heads)
         if callable(self.metric):  # the patterns come from a built-in pass; the metric from the callable
             _stats(model, items, one, self.batch_size, hooks)
@@ -404,7 +391,7 @@ class ViTHeads(Analyzer):
         return dist.numpy(), cls.numpy()  # [images, layer, head]
 
     def _curve(self, model, items, tower, sign) -> pd.DataFrame:
-        order = select_heads(self.importance_, top_fraction=1.0, largest=False)  # least important first
+        order = select_heads(self.importance_, top_fraction=1.0, better="lower")  # least important first
         values = self._metric(model, items, cumulative_gates(tower, order))
         n = len(order)
         return pd.DataFrame({

@@ -22,7 +22,7 @@ CELLS = [
              "ind.save(path)\nheadscope.HeadScores.load(path) == ind"),
     ("md", "## Planted heads: a model whose answer is known\n`headscope.testing.planted_model()` builds a tiny "
            "Llama with a sink, previous-token, local-window and induction head at known positions."),
-    ("code", "from headscope.testing import planted_model, repeated_random_tokens as tiny_probes\n"
+    ("code", "from headscope.testing import induction_tokens as tiny_probes, planted_model\n"
              "tiny, truth = planted_model()\nprint(truth)\n"
              "tiny_res = capture(tiny, tiny_probes(tiny, seq_len=20, batch=2))\n"
              "tiny_res['induction_score'].top(3)"),
