@@ -10,10 +10,21 @@ on the layers they touch.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 from ..capture.engine import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
+
+
+@dataclass
+class HeadOutputs:
+    """hook_z of some layers: `sums[layer]` [head, d_head] over every real token, `count` of those
+    tokens, and (when kept) `full[layer][prompt]` [pos, head, d_head]."""
+
+    sums: dict
+    count: int
+    full: dict
 
 
 class _HeadOutputs(Reducer):
@@ -21,6 +32,7 @@ class _HeadOutputs(Reducer):
 
     name = "head_outputs"
     needs = ("z",)
+    result_type = HeadOutputs
 
     def __init__(self, layers, keep_full: bool):
         self.layers, self.keep_full = set(layers), keep_full
@@ -40,19 +52,15 @@ class _HeadOutputs(Reducer):
             for row, idx in enumerate(ctx.index):
                 self.full[layer][idx] = z[row, : int(valid[row].sum())].clone()
 
-    def result(self, info, prompts=None):
-        return self
+    def result(self, info, prompts=None) -> HeadOutputs:
+        return HeadOutputs(self.sums, self.count, self.full)
 
 
-_HeadOutputs.result_type = _HeadOutputs  # its result is the collector itself (sums, count, full), not HeadScores
-
-
-def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> _HeadOutputs:
-    """hook_z of `layers` on `prompts`: `.sums[layer]` [head, d_head] over every real token and
-    `.count` of them; with keep_full, `.full[layer][prompt]` [pos, head, d_head] of each prompt too."""
+def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> HeadOutputs:
+    """hook_z of `layers` on `prompts` (see HeadOutputs): the capture engine, observe-only."""
     collector = _HeadOutputs(layers, keep_full=keep_full)
-    capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size, progress=False)
-    return collector
+    return capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size,
+                   progress=False)[collector.name]
 
 
 class Prepared:
