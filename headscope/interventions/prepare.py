@@ -44,6 +44,9 @@ class _HeadOutputs(Reducer):
         return self
 
 
+_HeadOutputs.result_type = _HeadOutputs  # its result is the collector itself (sums, count, full), not HeadScores
+
+
 def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> _HeadOutputs:
     """hook_z of `layers` on `prompts`: `.sums[layer]` [head, d_head] over every real token and
     `.count` of them; with keep_full, `.full[layer][prompt]` [pos, head, d_head] of each prompt too."""
