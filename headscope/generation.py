@@ -1,33 +1,56 @@
-"""Greedy decoding with hooks attached to the decode steps: the loop that retrieval-head scoring,
-head-masking studies and any other decode-time measurement or intervention share.
+"""Greedy decoding under interventions: the one generation driver (retrieval, safety, VHR, VAR and the
+shapes-world descriptions generate through it), and the one place that says what an intervention's
+`positions` mean while generating.
 
-The schedule is the one of Wu et al.'s retrieval-head code (docs/methods.md, "Retrieval heads"): the prompt without its
-last token is *prefilled* (one forward, no decode hooks), then every decode step feeds one token
+The schedule is the one of Wu et al.'s retrieval-head code (docs/methods.md, "Retrieval heads"): the
+prompt without its last token is *prefilled* (one forward), then every decode step feeds one token
 (first the last prompt token, then each generated one) through the model with the bridge's HF KV
 cache, takes the argmax of the last logits, and stops at a stop token or after `max_new_tokens`.
-Hooks passed as `hooks=` run on the decode forwards only, so an intervention there hits exactly the
-queries the paper masks (the prefill KV cache comes from the unmodified model). To modify the
-prefill as well, wrap the call in `with model.hooks(fwd_hooks=...)` instead.
 
-`use_cache=False` recomputes the whole sequence at every step instead (slow, quadratic); it exists to
-check the cached path and gives the same tokens (tested). In a hook, position `i` of the sequence
-axis is absolute position `step.offset + i`; the current query is always the last position.
+`interventions=[spec, ...]` (`headscope.interventions` kinds) are applied by the driver, forward by
+forward. A spec's positions are absolute positions in prompt + generated tokens, whichever forward
+computes the query:
+- "all": every query: the prefill and every decode step;
+- "decode": the decode queries only: the last prompt token and every generated token (what the
+  retrieval paper masks); the prefill runs clean, so the prompt's cached keys and values are the
+  unmodified model's;
+- a [start, end) span: the queries at those positions, in the prefill or in a decode step.
+A kind whose edit reads the whole query axis (its class sets `whole_query`, e.g. ACTCalibration's
+column means) cannot be reproduced by a KV-cached step, which computes one query: with such a spec
+the driver recomputes the full sequence at every step (quadratic, exact). Kinds with reference
+activations (mean, resample) get them computed once per call; `plan_interventions()` computes them
+once for many calls (a loop over prompts).
+
+Raw hooks stay available for observers and custom edits: `hooks=` run on the decode forwards only
+(a list, or a callable of the `DecodeStep`); to hook the prefill as well, wrap the call in
+`with model.hooks(fwd_hooks=...)`. In a hook, position `i` of the sequence axis is absolute position
+`step.offset + i`; the current query is always the last position.
+
+`use_cache=False` recomputes the whole sequence at every step (slow, quadratic); it exists to check
+the cached path and gives the same tokens (tested).
 
 Example:
     >>> from headscope.testing import planted_model
+    >>> from headscope.interventions import ZeroAblation
     >>> model, truth = planted_model()
     >>> greedy_generate(model, [1, 5, 6, 7, 5], max_new_tokens=2)   # the induction head copies 6, 7
     [6, 7]
+    >>> greedy_generate(model, [1, 5, 6, 7, 5], 2, interventions=[ZeroAblation(heads=[truth.induction])])
+    [0, 0]
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .errors import InputError
+from .interventions.hooks import build_hooks, check_editable, check_specs, query_slice
+from .interventions.kind import Intervention
+from .interventions.prepare import Prepared, prepare_references
 from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
 from .models.info import model_device, model_info, stop_token_ids  # noqa: F401  (stop_token_ids: public here too)
 from .inputs.images import ImagePrompt, check_image_tokens
@@ -53,14 +76,56 @@ class DecodeStep:
 
     @property
     def decode_start(self) -> int:
-        """Index, on this forward's sequence axis, of the first decode query (0 with the KV cache):
-        pass it as `decode_start` to `headscope.interventions` hooks for decode-only edits."""
-        return max(0, self.prompt_len - 1 - self.offset)
+        """Index, on this forward's sequence axis, of the first decode query (0 with the KV cache),
+        for raw hooks that edit decode queries only (`interventions=` specs need no such index)."""
+        return query_slice("decode", self.prompt_len - 1, self.offset).start
 
 
 Hook = tuple[str, Callable]
 HooksArg = Sequence[Hook] | Callable[[DecodeStep], Sequence[Hook]] | None
 StepCallback = Callable[[DecodeStep, int, dict], bool | None]
+
+
+@dataclass(frozen=True, eq=False)
+class InterventionPlan:
+    """Intervention specs checked against one model, with the reference activations their kinds
+    need (mean, resample) computed once: pass it as `interventions=` to many `greedy_generate` calls."""
+
+    specs: tuple[Intervention, ...]
+    prepared: Prepared
+    _model: weakref.ref
+
+    @property
+    def whole_query(self) -> bool:
+        """Whether a spec's kind reads the whole query axis (generation then recomputes every step)."""
+        return any(s.whole_query for s in self.specs)
+
+    def hooks(self, info, prompt_len: int, offset: int, n_queries: int) -> list[Hook]:
+        """The specs' hooks for one forward whose `n_queries` queries start at absolute position
+        `offset` of a sequence whose first decode query is the last prompt token."""
+        if not self.specs:
+            return []
+        return build_hooks(self.specs, info, prompt_len - 1, self.prepared, offset=offset, n_queries=n_queries)
+
+
+def plan_interventions(model, interventions=()) -> InterventionPlan:
+    """Check `interventions` (specs, or one spec) against `model` and prepare their reference
+    activations once. `greedy_generate(interventions=[...])` does this itself; call it to share the
+    work over many prompts:
+
+        >>> plan = plan_interventions(model, [MeanAblation(heads=[(3, 1)], reference=texts)])
+        >>> outs = [greedy_generate(model, ids, 20, interventions=plan) for ids in prompts]
+    """
+    if isinstance(interventions, InterventionPlan):
+        if interventions._model() is not model:
+            raise InputError("this InterventionPlan was made for another model: plan_interventions(model, specs) again")
+        return interventions
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    specs = tuple(check_specs(interventions or (), model_info(model)))  # validates heads before any compute
+    check_editable(model, specs)
+    prepared = prepare_references(model, specs) if any(s.needs_reference for s in specs) else Prepared()
+    return InterventionPlan(specs, prepared, weakref.ref(model))
 
 
 def _check_prompt(model, prompt_ids, max_new_tokens: int) -> list[int]:
@@ -110,9 +175,10 @@ def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
     return [(SITES[s].format(l=layer), make(layer, s)) for s in sites for layer in range(n_layers)]
 
 
-def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, hooks: HooksArg = None,
-                    observe: Sequence[str] | None = None, on_step: StepCallback | None = None,
-                    use_cache: bool = True, pixel_values: torch.Tensor | None = None) -> list[int]:
+def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, interventions=(),
+                    hooks: HooksArg = None, observe: Sequence[str] | None = None,
+                    on_step: StepCallback | None = None, use_cache: bool | None = None,
+                    pixel_values: torch.Tensor | None = None) -> list[int]:
     """Greedy (argmax) continuation of one prompt; returns the new token ids.
 
     Args:
@@ -121,21 +187,36 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
         max_new_tokens: decode steps at most.
         stop_ids: ids that end generation; the stop token is *included* in the output (its step
             ran, as in the paper's code). None = never stop early; `stop_token_ids(tok)` = newline/EOS.
-        hooks: TransformerLens forward hooks for the decode forwards only: a list of (name, fn), or
-            a callable `DecodeStep -> list` called before each step (for position-aware edits).
+        interventions: `headscope.interventions` specs (or a `plan_interventions` plan) applied with
+            the position rules of the module doc: "all" = prefill and every step, "decode" = the last
+            prompt token and every generated token, a span = those absolute positions; a
+            `whole_query` kind makes every step recompute the full sequence.
+        hooks: raw TransformerLens forward hooks for the decode forwards only: a list of (name, fn),
+            or a callable `DecodeStep -> list` called before each step (for position-aware edits).
+            They run after the interventions' hooks.
         observe: capture sites (e.g. ("pattern",)) to hand to `on_step` for the current query.
         on_step: `fn(step: DecodeStep, token: int, acts)` after each decode forward; `acts[site]`
             stacks the current query's activations over layers: pattern/attn_scores [layer, head,
             key], q/z [layer, head, d_head], k/v [layer, kv_head, d_head], resid [layer, d_model].
-            Observers run after `hooks`, so they see intervened values. Returning True stops
-            generation after this token (e.g. once an answer is complete).
-        use_cache: KV-cached decoding (default) or full recomputation at every step (reference).
+            Observers run after `interventions` and `hooks`, so they see intervened values. Returning
+            True stops generation after this token (e.g. once an answer is complete).
+        use_cache: KV-cached decoding or full recomputation at every step (the reference); None
+            (default) = the cache unless an intervention's kind reads the whole query axis. True
+            with such a kind is an error (a cached step could not reproduce it).
         pixel_values: the prompt's images for a vision-language model ([n_images, C, H, W]); they go
             into the forward that sees the image tokens (the prefill, or every step without cache).
     """
     ids = _check_prompt(model, prompt_ids, max_new_tokens)
+    plan = plan_interventions(model, interventions)
+    if use_cache is None:
+        use_cache = not plan.whole_query
+    elif use_cache and plan.whole_query:
+        kinds = sorted({s.kind for s in plan.specs if s.whole_query})
+        raise InputError(f"intervention kind(s) {kinds} read the whole query axis, which a KV-cached decode step "
+                         "(one query) cannot reproduce. Fix: use_cache=None or False (full recomputation each step)")
     stops = frozenset(int(s) for s in (stop_ids or ()))
-    n_layers = model_info(model).n_layers
+    info = model_info(model)
+    n_layers = info.n_layers
     stash: dict[str, dict[int, torch.Tensor]] = {s: {} for s in (observe or ())}
     observers = _observers(observe, n_layers, stash) if observe else []
     device = model_device(model)
@@ -146,16 +227,18 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
     with torch.no_grad():
         if use_cache and P > 1:
             try:
-                _, cache = cached_forward(model, torch.tensor([ids[:-1]], device=device), **images)
+                with model.hooks(fwd_hooks=plan.hooks(info, P, 0, P - 1)):
+                    _, cache = cached_forward(model, torch.tensor([ids[:-1]], device=device), **images)
             except KVCacheMismatch:
                 mark_cache_broken(model)
                 use_cache = False
         for step_i in range(max_new_tokens):
             seq = ids + out
             step = DecodeStep(step_i, P, P - 1 + step_i if use_cache else 0)
-            user = hooks(step) if callable(hooks) else (hooks or [])
             x = torch.tensor([seq[step.offset:]], device=device)
-            with model.hooks(fwd_hooks=list(user) + observers):
+            edits = plan.hooks(info, P, step.offset, x.shape[1])
+            user = hooks(step) if callable(hooks) else (hooks or [])
+            with model.hooks(fwd_hooks=edits + list(user) + observers):
                 if use_cache:
                     logits, cache = cached_forward(model, x, cache)
                 else:
@@ -166,3 +249,31 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, ho
             if (on_step is not None and on_step(step, token, acts)) or token in stops:
                 break
     return out
+
+
+def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None) -> bool:
+    """Whether greedy decoding of `prompt_ids` under `interventions` reproduces `answer_ids` exactly
+    (a needle answer, a copied segment).
+
+    Measured teacher-forced when that is exact: one forward over prompt + answer with the specs on
+    the queries `greedy_generate` would edit ("decode" = the last prompt token onwards), correct iff
+    the argmax at every answer position is the answer token, i.e. iff greedy decoding reproduces it.
+    A whole-query kind's edit of a row depends on the rows after it, so then the answer is generated
+    (full recomputation, stopped at the first wrong token) instead.
+    """
+    answer = [int(t) for t in (answer_ids.tolist() if isinstance(answer_ids, torch.Tensor) else answer_ids)]
+    if not answer:
+        raise InputError("answer_ids is empty: give at least one token id")
+    plan = plan_interventions(model, interventions)
+    if plan.whole_query:
+        got = greedy_generate(model, prompt_ids, len(answer), interventions=plan, pixel_values=pixel_values,
+                              on_step=lambda step, token, acts: token != answer[step.step])
+        return got == answer
+    ids = _check_prompt(model, prompt_ids, len(answer))
+    device = model_device(model)
+    images = _image_kwargs(model, ids, pixel_values, device)
+    P, n = len(ids), len(ids) + len(answer)
+    with torch.no_grad(), model.hooks(fwd_hooks=plan.hooks(model_info(model), P, 0, n)):
+        logits = model(torch.tensor([ids + answer], device=device), **images)
+    pred = logits[0, P - 1:n - 1].argmax(-1).cpu()
+    return bool(torch.equal(pred, torch.tensor(answer)))

@@ -15,10 +15,13 @@ import torch
 from headscope.analyzers.retrieval import (
     RetrievalHeads,
     count_copy_events,
+    generate_copy_scores,
+    needle_accuracy,
     rouge1_recall,
 )
 from headscope.errors import InputError
-from headscope.generation import greedy_generate, stop_token_ids
+from headscope.generation import greedy_generate, greedy_reproduces, stop_token_ids
+from headscope.interventions import UniformAttention
 from headscope.inputs.needle import (
     NeedleSample,
     load_haystack,
@@ -106,6 +109,35 @@ def test_decode_hooks_hit_only_decode_queries(planted):
         out = greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, hooks=uniform_induction, use_cache=cache)
         assert out[0] != 6  # copying is gone once the induction head is masked
     assert greedy_generate(model, [1, 5, 6, 7, 8, 5], 3) == [6, 7, 8]
+
+
+def test_decode_masking_by_spec_equals_the_raw_hook_and_the_scores_follow(planted):
+    """UniformAttention(positions="decode") through greedy_generate(interventions=) is the raw decode-hook
+    mask above; needle accuracy and the copy score under it agree with what generation does."""
+    model, truth = planted
+    layer, head = truth.induction
+
+    def uniform_induction(step):
+        def hook(q, hook):
+            q[:, step.decode_start:, head] = 0
+            return q
+        return [(f"blocks.{layer}.attn.hook_q", hook)]
+
+    mask = UniformAttention(heads=[truth.induction], positions="decode")
+    for cache in (True, False):
+        assert greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, interventions=[mask], use_cache=cache) == \
+            greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, hooks=uniform_induction, use_cache=cache)
+    samples = make_repeat_samples(int(model.cfg.d_vocab), 3, seed=0, first_token=1)
+    assert needle_accuracy(model, samples) == 1.0 and needle_accuracy(model, samples, [mask]) == 0.0
+    for s in samples:
+        n = len(s.answer_ids)
+        out = greedy_generate(model, list(s.prompt_ids), n, interventions=[mask])
+        assert greedy_reproduces(model, list(s.prompt_ids), list(s.answer_ids), interventions=[mask]) == \
+            (out == list(s.answer_ids))
+        clean_out, clean = generate_copy_scores(model, s, n)
+        masked_out, masked = generate_copy_scores(model, s, n, interventions=[mask])
+        assert masked_out == out and clean_out == list(s.answer_ids)
+        assert clean[truth.induction] == pytest.approx(1.0) and masked[truth.induction] < 0.5
 
 
 def test_generation_rejects_bad_input(planted):

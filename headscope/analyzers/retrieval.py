@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..capture import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
-from ..generation import greedy_generate
+from ..generation import greedy_generate, greedy_reproduces, plan_interventions
 from ..inputs.needle import (
     FORMS,
     NeedleSample,
@@ -36,7 +36,6 @@ from ..inputs.needle import (
     make_repeat_samples,
 )
 from ..experiment_registry import EVALUATORS, Evaluator
-from ..interventions import apply
 from ..models.info import model_info
 from ..results import HeadScores
 from .base import Analyzer, register, select_heads
@@ -111,10 +110,12 @@ class CopyPasteReducer(Reducer):
 
 
 def generate_copy_scores(model, sample: NeedleSample, max_new_tokens: int, stop_ids=(), span: str = "answer",
-                         count: str = "steps") -> tuple[list[int], np.ndarray]:
-    """The paper's loop for one sample: (greedy output ids, per-head score [layer, head])."""
+                         count: str = "steps", interventions=()) -> tuple[list[int], np.ndarray]:
+    """The paper's loop for one sample: (greedy output ids, per-head score [layer, head]), optionally
+    under `interventions` (applied by `greedy_generate`; the patterns read are the intervened ones)."""
     steps = []
-    out = greedy_generate(model, list(sample.prompt_ids), max_new_tokens, stop_ids, observe=("pattern",),
+    out = greedy_generate(model, list(sample.prompt_ids), max_new_tokens, stop_ids, interventions=interventions,
+                          observe=("pattern",),
                           on_step=lambda step, token, acts: steps.append(acts["pattern"].argmax(-1)))  # [layer, head]
     argmax = torch.stack(steps, -1)  # [layer, head, Q]
     L, H, _ = argmax.shape
@@ -129,20 +130,17 @@ def _span(sample: NeedleSample, span: str) -> tuple[int, int]:
 
 
 def needle_accuracy(model, samples, interventions=()) -> float:
-    """Fraction of samples whose answer greedy decoding reproduces exactly, with interventions applied.
+    """Fraction of samples whose answer greedy decoding reproduces exactly, with interventions applied
+    by the generation driver (`headscope.generation.greedy_reproduces`; positions="decode" hits the
+    last prompt token and the answer queries, as the paper's masking does).
 
     Measured teacher-forced (one forward over prompt + answer; correct iff every answer token is
-    the argmax given the gold prefix, which is exactly when greedy decoding reproduces it).
-    Interventions with positions="decode" hit the last prompt token and the answer queries.
+    the argmax given the gold prefix, which is exactly when greedy decoding reproduces it), except
+    under a kind that reads the whole query axis, where the answer is generated.
     """
-    correct = 0
-    for s in samples:
-        prompt, answer = list(s.prompt_ids), list(s.answer_ids)
-        with torch.no_grad(), apply(model, interventions, decode_start=len(prompt) - 1):
-            logits = model(torch.tensor([prompt + answer]))
-        pred = logits[0, len(prompt) - 1 : len(prompt) + len(answer) - 1].argmax(-1)
-        correct += bool(torch.equal(pred, torch.tensor(answer)))
-    return correct / len(samples)
+    plan = plan_interventions(model, interventions)  # checked, references prepared once for every sample
+    hits = [greedy_reproduces(model, list(s.prompt_ids), list(s.answer_ids), interventions=plan) for s in samples]
+    return sum(hits) / len(samples)
 
 
 @register

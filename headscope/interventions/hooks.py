@@ -24,14 +24,29 @@ from .prepare import Prepared
 Selector = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def query_slice(positions, decode_start: int | None) -> slice:
+def query_slice(positions, decode_start: int | None = None, offset: int = 0) -> slice:
+    """The rows of one forward's query axis that a spec with `positions` edits.
+
+    Positions are absolute positions in the sequence: `offset` is the absolute position of the
+    forward's first query (0 for a whole sequence; a KV-cached decode step feeds one query, at
+    offset = its position) and `decode_start` the absolute position of the first decode query (the
+    last prompt token). "all" is every row; "decode" the queries at >= decode_start; a [start, end)
+    span the queries inside it. The slice may be empty (`rows_on(...)` says so).
+    """
     if positions == "all":
         return slice(None)
     if positions == "decode":
         if decode_start is None:
             raise InputError("an intervention with positions='decode' needs decode_start (the first decode query position)")
-        return slice(decode_start, None)
-    return slice(positions[0], positions[1])
+        start, end = decode_start, None
+    else:
+        start, end = positions
+    return slice(max(0, start - offset), None if end is None else max(0, end - offset))
+
+
+def rows_on(rows: slice, n_queries: int) -> bool:
+    """Whether `rows` (a `query_slice`) selects any of a forward's `n_queries` query rows."""
+    return len(range(*rows.indices(n_queries))) > 0
 
 
 def every_row(heads: torch.Tensor) -> Selector:
@@ -51,14 +66,16 @@ def _reference(spec: Intervention, layer: int, prepared: Prepared | None):
     return prepared.for_layer(spec, layer)
 
 
-def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None):
-    """The hook realising `spec` at `layer` on the (row, head) pairs `select` names."""
+def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None,
+               offset: int = 0):
+    """The hook realising `spec` at `layer` on the (row, head) pairs `select` names; `offset` is the
+    absolute position of the forward's first query (see `query_slice`)."""
     reference = _reference(spec, layer, prepared)
     attention_site = spec.edits_attention
 
     def hook(tensor, hook):
         row_idx, head_idx, local_row = select(tensor.shape[0])
-        ctx = EditContext(layer, head_idx, local_row, reference)
+        ctx = EditContext(layer, head_idx, local_row, reference, offset)
         out = tensor.clone()
         if attention_site:  # [batch, head, q, k] -> sel [n, q, k]
             out[row_idx, head_idx] = spec.edit(tensor[row_idx, head_idx], rows, ctx)
@@ -93,15 +110,23 @@ def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
 
 
 def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
-                prepared: Prepared | None = None) -> list[tuple[str, object]]:
+                prepared: Prepared | None = None, *, offset: int = 0,
+                n_queries: int | None = None) -> list[tuple[str, object]]:
     """(hook name, fn) pairs for the specs; validates every head against the model first.
-    Specs with a reference field (mean, resample) need `prepared` (see `prepare.prepare_references`)."""
+    Specs with a reference field (mean, resample) need `prepared` (see `prepare.prepare_references`).
+
+    `decode_start` and `offset` place the forward's query rows in the sequence (see `query_slice`);
+    given `n_queries`, the forward's query length, a spec whose positions miss every row gets no hook.
+    """
     hooks = []
     for spec in check_specs(interventions, info):
-        rows = query_slice(spec.positions, decode_start)
+        rows = query_slice(spec.positions, decode_start, offset)
+        if n_queries is not None and not rows_on(rows, n_queries):
+            continue
         for layer in sorted({l for l, _ in spec.heads}):
             heads = torch.tensor([h for l, h in spec.heads if l == layer])
-            hooks.append((SITES[spec.site].format(l=layer), layer_hook(spec, layer, every_row(heads), rows, prepared)))
+            hooks.append((SITES[spec.site].format(l=layer),
+                          layer_hook(spec, layer, every_row(heads), rows, prepared, offset)))
     return hooks
 
 

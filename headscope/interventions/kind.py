@@ -38,12 +38,15 @@ ATTENTION_SITES = ("attn_scores", "pattern")
 @dataclass(frozen=True)
 class EditContext:
     """What an edit may need besides the slices: the layer, the head and the prompt of each selected
-    slice, and what `prepare_reference()` computed for this spec at this layer (None if nothing)."""
+    slice, what `prepare_reference()` computed for this spec at this layer (None if nothing), and
+    `offset`, the absolute position of the slice's first query row (0 for a whole sequence; a
+    KV-cached decode step's one query sits at its position in the sequence)."""
 
     layer: int
     heads: torch.Tensor  # [n] head index of each selected slice
     prompts: torch.Tensor  # [n] the prompt its batch row holds (scan stacks copies of the batch)
     reference: Any = None
+    offset: int = 0
 
 
 def norm_heads(heads) -> tuple[tuple[int, int], ...]:

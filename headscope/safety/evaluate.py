@@ -7,30 +7,23 @@ Face"). Responses are decoded greedily until the end-of-turn token (<|im_end|>) 
 `max_new_tokens`; newlines do not stop them (a "Sure, here is how:\\n1. ..." answer must not be cut
 to a short first line, which the judge's length rule would then call harmless).
 
-Interventions (`headscope.interventions` specs) apply to the whole forward computation:
-- positions "all": hooks attached around the whole generation, so the prompt's prefill forward and
-  every decode forward are intervened (what Ships/Sahara's ablation does);
-- positions "decode": only the decode queries (last prompt token onwards), the prefill is clean;
-- a [start, end) span: absolute positions; generation then recomputes the full sequence every step
-  (`use_cache=False`, slower) because with a KV cache each decode forward sees only one position.
-Kinds whose edit reads the whole query axis (their class sets `whole_query`, e.g. ACTCalibration's
-column means) also switch the cache off, so every step sees the statistic of the full sequence;
-`use_cache=` overrides the choice.
+Interventions (`headscope.interventions` specs) are applied by the generation driver
+(`headscope.generation.greedy_generate(interventions=...)`, which owns the position rules):
+positions "all" intervene on the prompt's prefill forward and every decode forward (what
+Ships/Sahara's ablation does), "decode" only the decode queries (last prompt token onwards, the
+prefill is clean), a [start, end) span those absolute positions; a kind whose edit reads the whole
+query axis (its class sets `whole_query`, e.g. ACTCalibration) makes every step recompute the full
+sequence. Mean/resample references are computed once for all prompts. `use_cache=` overrides the
+driver's choice (False: recompute every step).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..generation import greedy_generate
-from ..interventions import apply
-from ..interventions.hooks import build_hooks, check_specs
-from ..interventions.prepare import prepare_references
-from ..interventions.specs import Intervention
-from ..models.info import model_info
+from ..generation import greedy_generate, plan_interventions
 from .judge import check_judge
 from ..experiment_registry import EVALUATORS, PROMPT_FORMATS, Evaluator, params_of
 from .judge import RefusalPhraseJudge
@@ -55,23 +48,11 @@ def chat_ids(model, text: str) -> list[int]:
     return chat_prompt_ids(model.tokenizer, text)
 
 
-def _split_interventions(interventions) -> tuple[list, list, list]:
-    specs = list(interventions or ())
-    for spec in specs:
-        if not isinstance(spec, Intervention):
-            raise InputError(f"{spec!r} is not an Intervention spec (build one from headscope.interventions, "
-                             "or use Intervention.from_dict)")
-    whole = [s for s in specs if s.positions == "all"]
-    decode = [s for s in specs if s.positions == "decode"]
-    spans = [s for s in specs if isinstance(s.positions, tuple)]
-    return whole, decode, spans
-
-
 def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_new_tokens: int = 64,
                        use_cache: bool | None = None) -> list[str]:
     """Greedy chat responses to `prompts` (one at a time), with `interventions` applied.
 
-    `use_cache`: None chooses (KV cache unless a spec needs full recomputation, see the module doc).
+    `use_cache`: None lets the driver choose (KV cache unless a kind reads the whole query axis).
 
     Example:
         >>> model = headscope.load_model("smollm2-135m-safety")
@@ -83,23 +64,14 @@ def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_n
     prompts = list(prompts)
     if not prompts:
         raise InputError("prompts is empty: give at least one prompt")
-    whole, decode, spans = _split_interventions(interventions)
-    info = model_info(model)
-    check_specs(whole + decode + spans, info)  # bad heads fail before any generation
+    plan = plan_interventions(model, interventions)  # bad specs fail before any generation; references once
     tok = model.tokenizer
     stops = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
-    if use_cache is None:
-        # a kind whose edit reads every query row (`whole_query`) is exact only if each step recomputes
-        use_cache = not spans and not any(s.whole_query for s in whole + decode)
-    outside = whole + spans  # with use_cache=False, span indices are absolute positions
-    prepared = prepare_references(model, decode) if decode else None  # mean/resample references, computed once
-    step_hooks = (lambda step: build_hooks(decode, info, step.decode_start, prepared)) if decode else None
     responses = []
-    with apply(model, outside) if outside else contextlib.nullcontext():
-        for text in prompts:
-            ids = chat_ids(model, text)
-            out = greedy_generate(model, ids, max_new_tokens, stops, hooks=step_hooks, use_cache=use_cache)
-            responses.append(tok.decode(out, skip_special_tokens=True).strip())
+    for text in prompts:
+        out = greedy_generate(model, chat_ids(model, text), max_new_tokens, stops, interventions=plan,
+                              use_cache=use_cache)
+        responses.append(tok.decode(out, skip_special_tokens=True).strip())
     return responses
 
 

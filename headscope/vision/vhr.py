@@ -8,7 +8,8 @@ at the last prompt token, zeroes VHR's outliers (VHD and TA = ||z_without||^2 bo
 the layer), keeps the heads above the layer's median and multiplies their z by alpha in both rows
 (`reinforce_reference=True`; the paper does not say, see the docs) before the next layer runs, so
 each layer is chosen with the earlier layers already reinforced (Algorithm 1). Generation then runs
-with `ScaleOutput(heads, alpha)` on every position, prompt included, so the KV cache agrees with t=0.
+with `greedy_generate(interventions=[ScaleOutput(heads, alpha)])` on every position, prompt included, so
+the KV cache agrees with t=0.
 
     >>> sel = vhr_select(model, prompt)                 # prompt: an ImagePrompt
     >>> out = vhr_generate(model, prompt, max_new_tokens=20)
@@ -28,7 +29,7 @@ from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, check_image_tokens
 from ..inputs.tokens import iter_batches
-from ..interventions import ScaleOutput, apply
+from ..interventions import ScaleOutput
 from ..models.info import model_info
 from ..results import HeadScores
 from ..inputs.spans import image_positions, image_token_ids
@@ -142,8 +143,8 @@ def vhr_generate(model, prompt: ImagePrompt, max_new_tokens: int = 64, stop_ids=
     """Greedy generation with VHR: heads chosen at t=0, their outputs x alpha at every position and step."""
     sel = vhr_select(model, prompt, layers=layers, alpha=alpha, outlier_rule=outlier_rule,
                      reinforce_reference=reinforce_reference)
-    specs = [ScaleOutput(heads=sel.heads, alpha=alpha)] if sel.heads else []
-    with apply(model, specs):
-        tokens = greedy_generate(model, list(prompt.ids), max_new_tokens, stop_ids, pixel_values=prompt.pixel_values)
+    specs = [ScaleOutput(heads=sel.heads, alpha=alpha)] if sel.heads else []  # positions "all": prefill too
+    tokens = greedy_generate(model, list(prompt.ids), max_new_tokens, stop_ids, interventions=specs,
+                             pixel_values=prompt.pixel_values)
     text = model.tokenizer.decode(tokens) if getattr(model, "tokenizer", None) is not None else ""
     return VHRGeneration(tokens, text, sel)

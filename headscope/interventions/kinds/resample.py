@@ -18,7 +18,7 @@ from ..prepare import head_outputs
 class ResampleAblation(Intervention):
     """Replace the head's output (hook_z) by its output on another prompt, position by position:
     batch row i takes source prompt (i + shift) mod n_sources. Sources must be at least as long as
-    the inputs. `source=None` means "the inputs being run" inside `scan()` (shift 1: each prompt
+    the inputs (in generation: as the prompt plus the generated tokens). `source=None` means "the inputs being run" inside `scan()` (shift 1: each prompt
     gets the next prompt's activations)."""
 
     source: tuple | None = None
@@ -42,13 +42,13 @@ class ResampleAblation(Intervention):
 
     def edit(self, sel, rows, ctx):
         z, lengths = ctx.reference
-        n_pos = sel.shape[1]
+        end = ctx.offset + sel.shape[1]  # absolute positions offset .. end-1 (a KV-cached step: one)
         src = (ctx.prompts + self.shift) % len(lengths)
-        short = lengths[src] < n_pos
+        short = lengths[src] < end
         if bool(short.any()):
             raise InputError(f"resample ablation: source prompt {int(src[short][0])} has {int(lengths[src[short][0]])} "
-                             f"tokens but the inputs have {n_pos}; give sources at least as long as the inputs")
-        resampled = z[src, :n_pos, ctx.heads]  # [n, n_pos, d_head]
+                             f"tokens but the inputs have {end}; give sources at least as long as the inputs")
+        resampled = z[src, ctx.offset:end, ctx.heads]  # [n, n_pos, d_head]
         return on_rows(sel, rows, lambda x: resampled[:, rows].to(x.dtype))
 
     def with_default_reference(self, prompts):
