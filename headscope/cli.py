@@ -23,8 +23,10 @@ def _info(args) -> int:
 
     info = model_info(load_model(args.model))
     for key, value in info.__dict__.items():
-        if key != "extra":
-            print(f"{key:>13}: {value}")
+        if key == "stop_token_ids":  # hundreds of ids on a byte-level vocabulary: the count says enough
+            print(f"{key:>15}: {len(value)} ids (newline tokens and EOS)")
+        elif key != "extra":
+            print(f"{key:>15}: {sorted(value) if isinstance(value, frozenset) else value}")
     return 0
 
 
