@@ -22,6 +22,7 @@ class BatchContext:
         self.tokens = batch.tokens  # [batch, pos]
         self.valid = batch.valid  # [batch, pos]
         self.index = batch.index  # prompt index of each row
+        self.image_index = None  # [images]: global number of each image of the batch (vision-tower reducers)
 
     @cached_property
     def positions(self) -> torch.Tensor:

@@ -137,12 +137,22 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     layers = info.check_layers(layers)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
     images = images_of(inputs)  # ImagePrompt rows pass their pixel values with their batch
+    vision = [r for r in reducers if r.tower == "vision"]
+    reducers = [r for r in reducers if r.tower != "vision"]
+    if vision and images is None:
+        raise InputError("a vision-tower reducer needs ImagePrompts (prompts with pixel values)")
+    if vision and not reducers:  # only the vision tower is read: one decoder block is enough
+        layers = [0]
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else (
         [inputs] if isinstance(inputs, str) else None)
-    needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
+    needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns or not reducers else set()),
+                   key=ORDER.index)
     last_site = needs[-1]
     for r in reducers:
         r.start(info, len(token_lists))
+    image_offsets = _image_offsets(images) if vision else None
+    for r in vision:
+        r.start(info, int(image_offsets[-1]))
     kept: list[list[torch.Tensor]] | None = [[] for _ in token_lists] if keep_patterns else None
 
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
@@ -170,12 +180,14 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
             return hook
 
         hooks = [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
+        if vision:
+            hooks += _vision_hooks(model, vision, ctx, image_offsets)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop,
                   **batch_forward_kwargs(images, batch.index))
         stash.clear()
 
-    scores = {r.name: _checked_result(r, info, prompts) for r in reducers}
+    scores = {r.name: _checked_result(r, info, prompts) for r in reducers + vision}
     patterns = [torch.stack(p) for p in kept] if kept is not None else None
     return CaptureResult(scores, token_lists, prompts, layers, patterns)
 
@@ -186,3 +198,31 @@ def _checked_result(reducer: Reducer, info, prompts):
         raise TypeError(f"{type(reducer).__name__}.result() returned a {type(out).__name__}, not its declared "
                         f"result_type {reducer.result_type.__name__} (a bug in the reducer)")
     return out
+
+
+def _image_offsets(images) -> torch.Tensor:
+    """[n_prompts + 1] cumulative image counts: prompt p's images are numbered offsets[p]..offsets[p+1]-1."""
+    counts = torch.tensor([0 if px is None else int(px.shape[0]) for px in images])
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+def _vision_hooks(model, reducers, ctx: BatchContext, offsets: torch.Tensor) -> list:
+    """Observe-only hooks on the vision encoder for vision-tower reducers. The model encodes the batch's
+    images in row order, so the context numbers them with `image_index` (global, in prompt order)."""
+    ctx.image_index = torch.cat([torch.arange(int(offsets[p]), int(offsets[p + 1])) for p in ctx.index])
+    n_layers = int(model.original_model.config.vision_config.num_hidden_layers)
+    needs = sorted({n for r in reducers for n in r.needs})
+    unknown = set(needs) - set(VISION_SITES)
+    if unknown:
+        raise InputError(f"vision-tower reducers read {sorted(unknown)}; the vision tower has {sorted(VISION_SITES)}")
+
+    def make(layer: int, site: str):
+        def hook(tensor, hook):
+            acts = {site: for_reducers(tensor)}
+            for r in reducers:
+                if site in r.needs:
+                    r.update(layer, acts, ctx)
+            return None  # observe only
+        return hook
+
+    return [(site_name(s, layer, "vision"), make(layer, s)) for layer in range(n_layers) for s in needs]

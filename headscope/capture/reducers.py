@@ -31,6 +31,9 @@ class Reducer:
     description = ""
     higher_is_more = True
     result_type: type = HeadScores
+    # "vision": the reducer reads a VLM's vision encoder (sites of capture.engine.VISION_SITES); its
+    # update gets [images, ...] activations and a context whose `image_index` numbers each image.
+    tower: str = "language"
 
     def params(self) -> dict:
         return {}

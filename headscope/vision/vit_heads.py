@@ -31,8 +31,10 @@ import torch
 
 from ..analyzers.base import Analyzer, register, select_heads
 from ..analyzers.params import Boolean, Interval, IsCallable, Options
-from ..capture.engine import VISION_SITES, site_name
+from ..capture.engine import VISION_SITES, capture
+from ..capture.reducers import Reducer
 from ..errors import InputError
+from ..inputs.images import ImagePrompt
 from ..inputs.spans import image_token_ids
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
@@ -265,6 +267,42 @@ def attention_distance(pattern: torch.Tensor, tower: VisionTower) -> tuple[torch
     return d, cls
 
 
+@dataclass
+class VisionDistances:
+    """Per image, layer and head: mean attention distance (pixels) and patch-query mass on CLS."""
+
+    distance: np.ndarray  # [images, layer, head]
+    cls: np.ndarray
+
+
+class VisionAttentionDistance(Reducer):
+    """A vision-tower reducer: `attention_distance` of every image's pattern at every vision layer."""
+
+    name = "vision_attention_distance"
+    needs = ("pattern",)
+    tower = "vision"
+    result_type = VisionDistances
+    description = "Mean attention distance (pixels) of each vision head's patch queries."
+
+    def __init__(self, geometry: VisionTower):
+        self.geometry = geometry
+
+    def start(self, info, n_images: int) -> None:
+        shape = (n_images, self.geometry.n_layers, self.geometry.n_heads)
+        self._distance, self._cls = np.full(shape, np.nan), np.full(shape, np.nan)
+
+    def update(self, layer, acts, ctx) -> None:
+        distance, cls = attention_distance(acts["pattern"], self.geometry)  # [images, head]
+        self._distance[ctx.image_index, layer] = distance.numpy()
+        self._cls[ctx.image_index, layer] = cls.numpy()
+
+    def result(self, info, prompts=None) -> VisionDistances:
+        if np.isnan(self._distance).any():
+            raise InputError("no vision attention pattern was captured: load the model with "
+                             "attn_implementation='eager' (SDPA/flash attention return no weights)")
+        return VisionDistances(self._distance, self._cls)
+
+
 # ----------------------------------------------------------------------------- the analyzer
 
 @register
@@ -368,27 +406,13 @@ class ViTHeads(Analyzer):
         return getattr(self.metric, "__name__", "metric") if callable(self.metric) else f"answer {self.metric}"
 
     def _clean_pass(self, model, items, tower):
-        """One unpruned pass over the items: the clean metric and every image's attention distances."""
-        per_layer: dict[int, list] = {layer: [] for layer in range(tower.n_layers)}
-
-        def grab(layer):
-            def hook(pattern, hook):  # [images, head, q, k]
-                per_layer[layer].append(attention_distance(pattern.detach(), tower))
-            return hook
-
-        hooks = [(site_name("pattern", layer, "vision"), grab(layer)) for layer in range(tower.n_layers)]
+        """The clean metric, and every image's attention distances from the capture engine's vision tower."""
         one = torch.ones(1, tower.n_layers, tower.n_heads)
-        if callable(self.metric):  # the patterns come from a built-in pass; the metric from the callable
-            _stats(model, items, one, self.batch_size, hooks)
-            self.metric_clean_ = float(self._metric(model, items, one)[0])
-        else:
-            self.metric_clean_ = float(self._metric(model, items, one, hooks)[0])
-        if any(not chunks for chunks in per_layer.values()):
-            raise InputError("no vision attention pattern was captured: load the model with "
-                             "attn_implementation='eager' (SDPA/flash attention return no weights)")
-        dist = torch.stack([torch.cat([d for d, _ in per_layer[l]]) for l in range(tower.n_layers)], 1)
-        cls = torch.stack([torch.cat([c for _, c in per_layer[l]]) for l in range(tower.n_layers)], 1)
-        return dist.numpy(), cls.numpy()  # [images, layer, head]
+        self.metric_clean_ = float(self._metric(model, items, one)[0])
+        reducer = VisionAttentionDistance(tower)
+        prompts = [ImagePrompt(tuple(int(t) for t in it.ids), it.pixel_values) for it in items]
+        got = capture(model, prompts, [reducer], batch_size=self.batch_size, progress=False)[reducer.name]
+        return got.distance, got.cls  # [images, layer, head]
 
     def _curve(self, model, items, tower, sign) -> pd.DataFrame:
         order = select_heads(self.importance_, top_fraction=1.0, better="lower")  # least important first
