@@ -26,6 +26,8 @@ from .info import model_info
 
 @dataclass(frozen=True)
 class Testbed:
+    __test__ = False  # not a pytest test class, although its name starts with "Test"
+
     name: str
     load: Callable[[Any, Any, Any], Any]  # (cache_dir, device, dtype) -> TransformerBridge
     summary: str = ""
