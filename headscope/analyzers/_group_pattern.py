@@ -41,10 +41,10 @@ class ResponseDistance(QueryMeanReducer):
 
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
-        pos = ctx.positions.to(pattern.dtype)
-        distance = pos - pattern @ pos  # [batch, head, q]: sum_s A[t,s] (t - s), rows sum to 1
+        # sum_s A[t,s] (t - s) = t - sum_s A[t,s] s: rows sum to 1
+        distance = ctx.query_positions.to(pattern.dtype) - pattern @ ctx.key_positions.to(pattern.dtype)
         starts = torch.tensor([self.response_starts[i] for i in ctx.index])  # [batch]
-        covered = ctx.valid & (ctx.positions[None, :] >= starts[:, None])  # [batch, q]
+        covered = ctx.valid_queries & (ctx.query_positions[None, :] >= starts[:, None])  # [batch, q]
         return distance, covered
 
 

@@ -43,11 +43,11 @@ class TokenImportance(QueryMeanReducer):
 
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
-        b, h, t, _ = pattern.shape
-        if self.position >= t:  # every prompt of this batch is too short: nothing covered -> NaN
-            return pattern.new_zeros(b, h, t), torch.zeros(b, t, dtype=torch.bool)
-        pos = ctx.positions
-        covered = ctx.valid & ((pos >= self.position) & (pos < self.max_tokens))[None, :]  # [batch, q]
+        b, h, q, k = pattern.shape
+        if self.position >= k:  # every prompt of this batch is too short: nothing covered -> NaN
+            return pattern.new_zeros(b, h, q), torch.zeros(b, q, dtype=torch.bool)
+        pos = ctx.query_positions
+        covered = ctx.valid_queries & ((pos >= self.position) & (pos < self.max_tokens))[None, :]  # [batch, q]
         return pattern[..., self.position], covered  # [batch, head, q]
 
 

@@ -29,6 +29,24 @@ class BatchContext:
         """[pos] 0..T-1."""
         return torch.arange(self.tokens.shape[1])
 
+    # The query side and the key side by name, so a statistic reads the same on the whole pattern and on
+    # a block of its rows (`rows()`): on the whole pattern both are every position.
+    @property
+    def query_positions(self) -> torch.Tensor:
+        return self.positions
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        return self.positions
+
+    @property
+    def valid_queries(self) -> torch.Tensor:
+        return self.valid
+
+    def rows(self, start: int, stop: int) -> "RowBlock":
+        """The context of query rows start..stop-1 (a block of the pattern's rows, all keys)."""
+        return RowBlock(self, start, stop)
+
     @cached_property
     def queries_after_first(self) -> torch.Tensor:
         """[batch, q] real queries except position 0, whose causal row is trivially [1]."""
@@ -52,4 +70,50 @@ class BatchContext:
     @cached_property
     def queries_with_earlier_copy(self) -> torch.Tensor:
         """[batch, q] queries whose token occurred before (where duplicate/induction apply)."""
+        return self.earlier_same_token.any(dim=-1)
+
+
+class RowBlock:
+    """The context of a block of query rows [start, stop) against all keys: what a reducer sees when
+    the pattern arrives a block of rows at a time (long contexts). Query-side masks are [batch, rows],
+    query-key masks [batch, rows, key]; nothing of size key x key is built."""
+
+    def __init__(self, ctx: BatchContext, start: int, stop: int):
+        self.ctx, self.start, self.stop = ctx, int(start), int(stop)
+        self.batch, self.info, self.index, self.tokens = ctx.batch, ctx.info, ctx.index, ctx.tokens
+        self.valid = ctx.valid  # keys
+        self.image_index = ctx.image_index
+
+    @cached_property
+    def query_positions(self) -> torch.Tensor:
+        return torch.arange(self.start, self.stop)
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        return self.ctx.positions
+
+    @cached_property
+    def valid_queries(self) -> torch.Tensor:
+        return self.ctx.valid[:, self.start:self.stop]
+
+    @cached_property
+    def queries_after_first(self) -> torch.Tensor:
+        return self.valid_queries & (self.query_positions >= 1)[None, :]
+
+    @cached_property
+    def earlier_same_token(self) -> torch.Tensor:
+        q_tokens = self.tokens[:, self.start:self.stop]
+        same = q_tokens[:, :, None] == self.tokens[:, None, :]  # [batch, rows, key]
+        strictly_before = self.key_positions[None, :] < self.query_positions[:, None]
+        both_real = self.valid_queries[:, :, None] & self.valid[:, None, :]
+        return same & strictly_before[None] & both_real
+
+    @cached_property
+    def after_earlier_same_token(self) -> torch.Tensor:
+        shifted = torch.zeros_like(self.earlier_same_token)
+        shifted[:, :, 1:] = self.earlier_same_token[:, :, :-1]
+        return shifted
+
+    @cached_property
+    def queries_with_earlier_copy(self) -> torch.Tensor:
         return self.earlier_same_token.any(dim=-1)

@@ -71,6 +71,12 @@ class QueryMeanReducer(Reducer):
         raise NotImplementedError
 
     def update(self, layer, acts, ctx):
+        self.update_rows(layer, acts, ctx)
+
+    def update_rows(self, layer, acts, ctx):
+        """Fold a block of the pattern's query rows (`ctx` = `BatchContext.rows(start, stop)`, acts'
+        pattern [batch, head, rows, key]); the whole pattern is the block of every row. Each statistic is
+        a per-query value, so blocks add up to exactly the whole."""
         if self.causal_only and not ctx.info.causal:
             return  # not applicable on a bidirectional encoder: the result stays NaN
         stat, covered = self.per_query(acts, ctx)
@@ -114,9 +120,8 @@ class MeanAttentionDistance(QueryMeanReducer):
 
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
-        pos = ctx.positions.to(pattern.dtype)
-        expected_key = pattern @ pos  # [batch, head, q]
-        return pos - expected_key, ctx.queries_after_first
+        expected_key = pattern @ ctx.key_positions.to(pattern.dtype)  # [batch, head, q]
+        return ctx.query_positions.to(pattern.dtype) - expected_key, ctx.queries_after_first
 
 
 class PreviousTokenScore(QueryMeanReducer):
@@ -124,9 +129,9 @@ class PreviousTokenScore(QueryMeanReducer):
     description = "Mean attention from query i to key i-1, queries 1..T-1."
 
     def per_query(self, acts, ctx):
-        pattern = acts["pattern"]
-        prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # [batch, head, q-1] for q = 1..T-1
-        stat = torch.nn.functional.pad(prev, (1, 0))  # align to query index; q=0 is not covered
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        previous = (ctx.query_positions - 1).clamp(min=0)  # key i-1 of each query (q=0 is not covered)
+        stat = pattern.gather(-1, previous.expand(*pattern.shape[:2], -1)[..., None])[..., 0]
         return stat, ctx.queries_after_first
 
 
