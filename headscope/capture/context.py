@@ -48,29 +48,29 @@ class BatchContext:
         return RowBlock(self, start, stop)
 
     @cached_property
+    def _all_rows(self) -> "RowBlock":
+        return RowBlock(self, 0, self.tokens.shape[1])
+
+    # The masks of the whole pattern are those of the block of every row: one definition serves both.
+    @property
     def queries_after_first(self) -> torch.Tensor:
         """[batch, q] real queries except position 0, whose causal row is trivially [1]."""
-        return self.valid & (self.positions >= 1)[None, :]
+        return self._all_rows.queries_after_first
 
-    @cached_property
+    @property
     def earlier_same_token(self) -> torch.Tensor:
         """[batch, q, k] True where key k < q holds the same token id as query q (both real)."""
-        same = self.tokens[:, :, None] == self.tokens[:, None, :]
-        strictly_before = torch.ones(self.tokens.shape[1], self.tokens.shape[1], dtype=torch.bool).tril(-1)
-        both_real = self.valid[:, :, None] & self.valid[:, None, :]
-        return same & strictly_before[None] & both_real
+        return self._all_rows.earlier_same_token
 
-    @cached_property
+    @property
     def after_earlier_same_token(self) -> torch.Tensor:
         """[batch, q, k] True where k-1 is an earlier copy of token q (the induction target)."""
-        shifted = torch.zeros_like(self.earlier_same_token)
-        shifted[:, :, 1:] = self.earlier_same_token[:, :, :-1]
-        return shifted
+        return self._all_rows.after_earlier_same_token
 
-    @cached_property
+    @property
     def queries_with_earlier_copy(self) -> torch.Tensor:
         """[batch, q] queries whose token occurred before (where duplicate/induction apply)."""
-        return self.earlier_same_token.any(dim=-1)
+        return self._all_rows.queries_with_earlier_copy
 
 
 class RowBlock:

@@ -145,9 +145,8 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
         layers = [0]
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else (
         [inputs] if isinstance(inputs, str) else None)
-    needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns or not reducers else set()),
-                   key=ORDER.index)
-    last_site = needs[-1]
+    needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
+    last_site = needs[-1] if needs else None  # no decoder reducer: only the vision tower is hooked
     for r in reducers:
         r.start(info, len(token_lists))
     image_offsets = _image_offsets(images) if vision else None
