@@ -374,8 +374,8 @@ class ViTHeads(Analyzer):
             items.append(AnswerItem(ids, pixels, tuple(range(len(ids) - 3, len(ids)))))
         return items
 
-    def _metric(self, model, items, gates: torch.Tensor, extra_hooks=()) -> np.ndarray:
-        return metric_under_gates(model, items, gates, self.metric, self.batch_size, extra_hooks)
+    def _metric(self, model, items, gates: torch.Tensor) -> np.ndarray:
+        return metric_under_gates(model, items, gates, self.metric, self.batch_size)
 
     def _fit(self, model, items: list[AnswerItem]) -> None:
         sign = self._direction()
