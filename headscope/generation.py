@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .capture.blocked import blocked_attention, resolve_attention
+from .interventions.apply import eager_only
 from .interventions.hooks import build_hooks, check_editable, check_specs, query_slice
 from .interventions.kind import Intervention
 from .interventions.prepare import Prepared, prepare_references
@@ -178,7 +180,7 @@ def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
 def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, interventions=(),
                     hooks: HooksArg = None, observe: Sequence[str] | None = None,
                     on_step: StepCallback | None = None, use_cache: bool | None = None,
-                    pixel_values: torch.Tensor | None = None) -> list[int]:
+                    pixel_values: torch.Tensor | None = None, attention: str = "auto") -> list[int]:
     """Greedy (argmax) continuation of one prompt; returns the new token ids.
 
     Args:
@@ -205,6 +207,9 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
             with such a kind is an error (a cached step could not reproduce it).
         pixel_values: the prompt's images for a vision-language model ([n_images, C, H, W]); they go
             into the forward that sees the image tokens (the prefill, or every step without cache).
+        attention: how the KV-cached prefill computes attention: "auto" (default) blocked attention when
+            its pattern would exceed the capture budget (long prompts, docs/long-context.md), "eager",
+            or "blocked". Decode steps (one query) are always eager.
     """
     ids = _check_prompt(model, prompt_ids, max_new_tokens)
     plan = plan_interventions(model, interventions)
@@ -227,7 +232,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
     with torch.no_grad():
         if use_cache and P > 1:
             try:
-                with model.hooks(fwd_hooks=plan.hooks(info, P, 0, P - 1)):
+                with _attention(model, plan, attention, plan.hooks(info, P, 0, P - 1), P - 1, not images):
                     _, cache = cached_forward(model, torch.tensor([ids[:-1]], device=device), **images)
             except KVCacheMismatch:
                 mark_cache_broken(model)
@@ -251,7 +256,16 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
     return out
 
 
-def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None) -> bool:
+def _attention(model, plan: InterventionPlan, attention: str, hooks, n_tokens: int, text_only: bool = True):
+    """The context one forward of `n_tokens` runs in: the plan's hooks on eager or blocked attention."""
+    why = lambda: eager_only(plan.specs) + ([] if text_only else ["the forward carries images"])
+    if resolve_attention(model, attention, 1, n_tokens, why_not=why):
+        return blocked_attention(model, hooks)
+    return model.hooks(fwd_hooks=hooks)
+
+
+def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None,
+                      attention: str = "auto") -> bool:
     """Whether greedy decoding of `prompt_ids` under `interventions` reproduces `answer_ids` exactly
     (a needle answer, a copied segment).
 
@@ -259,7 +273,8 @@ def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_
     the queries `greedy_generate` would edit ("decode" = the last prompt token onwards), correct iff
     the argmax at every answer position is the answer token, i.e. iff greedy decoding reproduces it.
     A whole-query kind's edit of a row depends on the rows after it, so then the answer is generated
-    (full recomputation, stopped at the first wrong token) instead.
+    (full recomputation, stopped at the first wrong token) instead. `attention` as in `greedy_generate`
+    (the teacher-forced forward runs blocked past the budget).
     """
     answer = [int(t) for t in (answer_ids.tolist() if isinstance(answer_ids, torch.Tensor) else answer_ids)]
     if not answer:
@@ -273,7 +288,7 @@ def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_
     device = model_device(model)
     images = _image_kwargs(model, ids, pixel_values, device)
     P, n = len(ids), len(ids) + len(answer)
-    with torch.no_grad(), model.hooks(fwd_hooks=plan.hooks(model_info(model), P, 0, n)):
+    with torch.no_grad(), _attention(model, plan, attention, plan.hooks(model_info(model), P, 0, n), n, not images):
         logits = model(torch.tensor([ids + answer], device=device), **images)
     pred = logits[0, P - 1:n - 1].argmax(-1).cpu()
     return bool(torch.equal(pred, torch.tensor(answer)))

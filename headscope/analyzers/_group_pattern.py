@@ -4,10 +4,13 @@
   queries only (Preplan-and-Anchor's d^(l,h), Eq. 7); prompt queries are not covered.
 - `GroupMeanPattern`: per prompt, the mean [T, T] pattern over the heads of each named group
   (Ā^loc, Ā^glob). Only one T x T float64 sum per prompt and group is kept, never L x H x T x T,
-  so a group spread over 30 layers costs the memory of one attention map.
+  so a group spread over 30 layers costs the memory of one attention map. Eager path only.
+- `GroupTokenStats`: WAAD of the local group and FAI of the global group straight from blocks of rows,
+  never a [T, T] map: what the analyzer uses, at any context length.
 
-Both are plain capture reducers: the analyzer runs `capture()` with them (no hook loops here).
-`waad`, `fai` and `select_tokens` turn one prompt's group-mean pattern into per-token values.
+All are plain capture reducers: the analyzer runs `capture()` with them (no hook loops here).
+`waad`, `fai` and `select_tokens` turn one prompt's group-mean pattern into per-token values (the
+reference `GroupTokenStats` is tested against).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from ..capture.reducers import QueryMeanReducer, Reducer
 from ..errors import InputError
 
-__all__ = ["GroupMeanPattern", "ResponseDistance", "fai", "select_tokens", "waad"]
+__all__ = ["GroupMeanPattern", "GroupTokenStats", "ResponseDistance", "fai", "select_tokens", "waad"]
 
 
 class ResponseDistance(QueryMeanReducer):
@@ -109,6 +112,89 @@ class GroupMeanPattern(Reducer):
                 raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
             out[g] = [s / expected for s in self._sums[g]]
         return out
+
+
+class GroupTokenStats(Reducer):
+    """Per prompt, WAAD of the "local" group's mean pattern and FAI of the "global" group's, folded a
+    block of query rows at a time (no [T, T] map is kept, so it runs at long context too).
+
+    WAAD_t = sum_{s<=t} Ā^loc[t,s] min(t-s, W) is a sum over row t; FAI_s = mean over t in T(s) of
+    Ā^glob[t,s] (T(s) = {t >= start : lo <= t-s <= hi}) a sum down column s: both are linear in the
+    pattern, so the group mean is the sum over the group's heads divided by their number. The result,
+    `capture(...)[name]`, is {"waad": [per prompt [T_p]], "fai": [per prompt [T_p]]} (FAI NaN where
+    T(s) is empty), equal to `waad(mean_local)` and `fai(mean_global, start, horizon)`.
+    """
+
+    name = "group_token_stats"
+    needs = ("pattern",)
+    result_type = dict
+    fed_by_blocks = True
+    description = "WAAD of the local heads' mean pattern and FAI of the global heads', per token."
+
+    def __init__(self, groups: dict[str, np.ndarray], starts, window: int, horizon: tuple[int, float]):
+        if set(groups) != {"local", "global"}:
+            raise InputError(f"GroupTokenStats needs the groups 'local' and 'global', got {sorted(groups)}")
+        self.groups = {k: np.asarray(v, dtype=bool) for k, v in groups.items()}
+        for name, mask in self.groups.items():
+            if mask.ndim != 2 or not mask.any():
+                raise InputError(f"head group {name!r} must be a non-empty [n_layers, n_heads] boolean mask")
+        self.starts, self.window, self.horizon = [int(s) for s in starts], int(window), horizon
+
+    def params(self) -> dict:
+        return {"window": self.window, "horizon": list(self.horizon)}
+
+    def start(self, info, n_prompts):
+        if len(self.starts) != n_prompts:
+            raise InputError(f"GroupTokenStats has starts for {len(self.starts)} prompts, capture got {n_prompts}")
+        self._waad: list[np.ndarray | None] = [None] * n_prompts
+        self._fai: list[np.ndarray | None] = [None] * n_prompts
+        self._seen = {g: np.zeros(n_prompts) for g in self.groups}
+
+    def update(self, layer, acts, ctx):
+        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
+
+    def update_rows(self, layer, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, rows, k]
+        t = ctx.query_positions[:, None].double()  # [rows, 1]
+        gap = t - ctx.key_positions[None, :].double()  # [rows, k]: t - s
+        lengths = ctx.valid.sum(-1).tolist()
+        for g, mask in self.groups.items():
+            heads = torch.from_numpy(mask[layer])
+            if not heads.any():
+                continue
+            summed = pattern[:, heads].double().sum(1)  # [batch, rows, k]
+            for row, p in enumerate(ctx.index):
+                n = lengths[row]
+                rows = slice(0, max(0, min(n, ctx.stop) - ctx.start))  # this block's real queries
+                if ctx.start == 0:
+                    self._seen[g][p] += float(heads.sum())
+                if g == "local":
+                    weight = gap.clamp(min=0, max=self.window)[rows, :n]
+                    part = (summed[row, rows, :n] * weight).sum(-1).numpy()  # WAAD rows
+                    acc = self._waad[p] if self._waad[p] is not None else np.zeros(n)
+                    acc[ctx.start:ctx.start + len(part)] += part
+                    self._waad[p] = acc
+                else:
+                    tt, gg = t[rows], gap[rows, :n]
+                    future = (tt >= self.starts[p]) & (gg >= self.horizon[0]) & (gg <= self.horizon[1])
+                    acc = self._fai[p] if self._fai[p] is not None else np.zeros(n)
+                    acc += (summed[row, rows, :n] * future).sum(0).numpy()  # column sums over this block
+                    self._fai[p] = acc
+
+    def result(self, info, prompts=None) -> dict:
+        expected = {g: float(m.sum()) for g, m in self.groups.items()}
+        for g in self.groups:
+            if any(c != expected[g] for c in self._seen[g]):
+                raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
+        waads = [w / expected["local"] for w in self._waad]
+        fais = []
+        for p, num in enumerate(self._fai):
+            n = len(num)
+            t, s = np.arange(n)[:, None], np.arange(n)[None, :]
+            count = ((t >= self.starts[p]) & (t - s >= self.horizon[0]) & (t - s <= self.horizon[1])).sum(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fais.append(np.where(count > 0, num / expected["global"] / np.maximum(count, 1), np.nan))
+        return {"waad": waads, "fai": fais}
 
 
 # Per-token statistics of one prompt's group-mean pattern (numpy, vectorised over positions).

@@ -82,12 +82,22 @@ class HiddenSinks(Reducer):
         self._counts = np.zeros((n_prompts, info.n_layers, info.n_heads))
         self._rows: dict[str, list[np.ndarray]] = {c: [] for c in ("prompt", "layer", "head", "position", "score")}
 
+    fed_by_blocks = True
+
     def update(self, layer, acts, ctx):
-        pattern = acts["pattern"]  # [batch, head, q, k]
-        valid = ctx.valid  # [batch, pos]
+        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
+        self.end_layer(layer, ctx)
+
+    def update_rows(self, layer, acts, ctx):
         # mass each key receives from the real queries, summed in float64 (thresholds like 0.1 = 1/10 are
-        # hit exactly by clean heads); one prompt at a time so the float64 copy stays one row's size
-        col = torch.stack([pattern[r, :, : int(n)].double().sum(-2) for r, n in enumerate(valid.sum(-1))])
+        # hit exactly by clean heads): a block of rows at a time, so the float64 copy stays a block's size
+        pattern = acts["pattern"]  # [batch, head, rows, k]
+        col = torch.einsum("bhqk,bq->bhk", pattern.double(), ctx.valid_queries.double())
+        self._col = col if ctx.start == 0 else self._col + col
+
+    def end_layer(self, layer, ctx):
+        col, self._col = self._col, None
+        valid = ctx.valid  # [batch, pos]
         n_queries = valid.sum(-1, keepdim=True) - ctx.positions[None, :]  # [batch, k]: N - j
         s = col / n_queries.clamp(min=1)[:, None, :]  # [batch, head, k]
         ok = valid & (n_queries >= self.min_queries)  # [batch, k]

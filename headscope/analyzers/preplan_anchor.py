@@ -3,7 +3,8 @@
 Two capture passes, never an L x H x T x T tensor:
   1. `ResponseDistance`: d^(l,h) = mean over response queries t of sum_{s<=t} A[t,s](t-s).
      H_loc = the `local_fraction` of heads with the lowest d, H_glob = the `global_fraction` highest.
-  2. `GroupMeanPattern`: per prompt, Ā^loc and Ā^glob = mean [T, T] pattern over each group.
+  2. `GroupTokenStats`: per prompt, WAAD of Ā^loc and FAI of Ā^glob (the mean pattern over each group),
+     folded a block of query rows at a time, so no [T, T] map is kept at any context length.
 Then, per response token (R = response positions):
   WAAD_t = sum_{s<=t} Ā^loc[t,s] min(t-s, W)
   FAI_s  = mean over t in T(s) of Ā^glob[t,s],  T(s) = {t in R : s+H_lo <= t <= s+H_hi}
@@ -25,7 +26,7 @@ from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
 from ..viz.method_figures import group_heatmap, preplan_token_figure
-from ._group_pattern import GroupMeanPattern, ResponseDistance, fai, select_tokens, waad
+from ._group_pattern import GroupTokenStats, ResponseDistance, select_tokens
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, HeadList, Interval, IntList, Options
 
@@ -123,7 +124,7 @@ class PreplanAnchor(Analyzer):
     Attributes after fit: scores_ (HeadScores [prompt, layer, head], mean backward distance over
     the response, lower = local), heads_ = local_heads_, global_heads_, waad_, waad_delta_, fai_
     (TokenScores [prompt, response token]), preplan_tokens_, anchor_tokens_ (DataFrames),
-    mean_patterns_ ({"local"|"global": per prompt [T, T]}), token_ids_, response_starts_, layers_.
+    token_ids_, response_starts_, layers_.
     """
 
     name = "preplan-anchor"
@@ -208,15 +209,14 @@ class PreplanAnchor(Analyzer):
         self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, "lower", info)
         self.global_heads_ = self._group(self.scores_, self.global_heads, self.global_fraction, "higher", info)
         self.heads_ = list(self.local_heads_)
-        # Pass 2: mean pattern of each group, per prompt, over the layers holding group heads only.
+        # Pass 2: WAAD and FAI of each group's mean pattern, per prompt, over the layers holding group heads.
         masks = {}
         for g, heads in (("local", self.local_heads_), ("global", self.global_heads_)):
             masks[g] = np.zeros((info.n_layers, info.n_heads), dtype=bool)
             masks[g][tuple(np.array(heads).T)] = True
-        reducer = GroupMeanPattern(masks)
+        reducer = GroupTokenStats(masks, starts, self.window, horizon)
         group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
-        self.mean_patterns_ = capture(model, ids, [reducer], layers=group_layers,
-                                      batch_size=self.batch_size)[reducer.name]
+        self._token_stats = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[reducer.name]
         self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
         self._per_token(model, info, prompts, horizon)
 
@@ -226,8 +226,8 @@ class PreplanAnchor(Analyzer):
         rows = {k: np.full((len(prompts), width), np.nan) for k in ("waad", "delta", "fai")}
         strings, records = [], {"preplan": [], "anchor": []}
         for p, (ids, start) in enumerate(zip(self.token_ids_, self.response_starts_)):
-            w = waad(self.mean_patterns_["local"][p], self.window)[start:]
-            f = fai(self.mean_patterns_["global"][p], start, horizon)[start:]
+            w = self._token_stats["waad"][p][start:]
+            f = self._token_stats["fai"][p][start:]
             d = np.append(np.abs(w[:-1] - w[1:]), np.nan)  # Δ_t needs t+1 inside the response
             n = len(w)
             rows["waad"][p, :n], rows["delta"][p, :n], rows["fai"][p, :n] = w, d, f

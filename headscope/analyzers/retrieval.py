@@ -94,13 +94,33 @@ class CopyPasteReducer(Reducer):
             raise InputError(f"CopyPasteReducer has spans for {len(self.prompt_lens)} prompts, got {n_prompts}")
         self._events = np.zeros((n_prompts, info.n_layers, info.n_heads))
 
+    fed_by_blocks = True
+
     def update(self, layer, acts, ctx):
-        pattern = acts["pattern"]  # [batch, head, q, k]
+        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
+        self.end_layer(layer, ctx)
+
+    def update_rows(self, layer, acts, ctx):
+        """The most-attended key of each answer query (rows P-1 .. n-2) inside this block."""
+        pattern = acts["pattern"]  # [batch, head, rows, k]
+        if ctx.start == 0:
+            self._argmax = {}
         lengths = ctx.valid.sum(-1)
         for row, idx in enumerate(ctx.index):
             P, n = self.prompt_lens[idx], int(lengths[row])
-            argmax = pattern[row, :, P - 1:n - 1, :n].argmax(-1)  # [head, Q]
+            lo, hi = max(P - 1, ctx.start), min(n - 1, ctx.stop)
+            if lo >= hi:
+                continue
+            if row not in self._argmax:
+                self._argmax[row] = torch.zeros(pattern.shape[1], n - P, dtype=torch.long)
+            self._argmax[row][:, lo - (P - 1):hi - (P - 1)] = pattern[row, :, lo - ctx.start:hi - ctx.start, :n].argmax(-1)
+
+    def end_layer(self, layer, ctx):
+        for row, idx in enumerate(ctx.index):
+            n = int(ctx.valid[row].sum())
+            argmax = self._argmax.get(row, torch.zeros(self._events.shape[2], 0, dtype=torch.long))  # [head, Q]
             self._events[idx, layer] = count_copy_events(argmax, ctx.tokens[row, :n], self.spans[idx], self.count).numpy()
+        self._argmax = {}
 
     def result(self, info, prompts=None):
         span_len = np.array([b - a for a, b in self.spans], dtype=float)

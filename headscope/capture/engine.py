@@ -8,6 +8,7 @@ per-head accumulators. Full patterns are kept only with `keep_patterns=True`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from ..inputs.images import batch_forward_kwargs, images_of
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
+from .blocked import (ATTENTION_MODES, DEFAULT_BLOCK_SIZE, DEFAULT_PATTERN_BUDGET_MB, blocked_attention, pattern_mb,
+                      resolve_attention)
 from .context import BatchContext
 from .reducers import Reducer, default_reducers
 
@@ -107,8 +110,13 @@ def for_reducers(tensor: torch.Tensor) -> torch.Tensor:
     return t.cpu()
 
 
+# Sites a pattern reader fed by blocks may read besides the pattern: those that fire before attention.
+_BEFORE_ATTENTION = ("resid_pre",)
+
+
 def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, keep_patterns: bool = False,
-            prepend_bos: bool | None = None, progress: bool | None = None) -> CaptureResult:
+            prepend_bos: bool | None = None, progress: bool | None = None, attention: str = "auto",
+            block_size: int = DEFAULT_BLOCK_SIZE, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB) -> CaptureResult:
     """Run `model` over `inputs` and reduce each layer's activations to per-head statistics.
 
     Args:
@@ -122,6 +130,12 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
         keep_patterns: also return every prompt's full [layer, head, q, k] pattern (memory!).
         prepend_bos: override the model's default (False for the bundled SmolLM2).
         progress: show a progress bar over batches (default: when there is more than one batch).
+        attention: "eager" (the bridge's attention: every layer's [batch, head, T, T] pattern in memory),
+            "blocked" (the fused kernel, statistics recomputed `block_size` query rows at a time: memory
+            O(T), for long contexts; see `headscope.capture.blocked`), or "auto" (default): eager while a
+            batch's pattern fits `max_pattern_mb`, blocked past it.
+        block_size: query rows per block on the blocked path.
+        max_pattern_mb: the budget "auto" compares one layer's float32 pattern of a batch with.
 
     Returns:
         CaptureResult mapping reducer name → HeadScores of shape [prompt, layer, head].
@@ -132,6 +146,8 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
         >>> res["induction_score"].values.shape
         (1, 2, 4)
     """
+    if attention not in ATTENTION_MODES:
+        raise InputError(f"attention={attention!r}: use one of {', '.join(ATTENTION_MODES)}")
     info = model_info(model)
     reducers = _check_reducers(reducers)
     layers = info.check_layers(layers)
@@ -145,14 +161,14 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
         layers = [0]
     prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else (
         [inputs] if isinstance(inputs, str) else None)
-    needs = sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
-    last_site = needs[-1] if needs else None  # no decoder reducer: only the vision tower is hooked
     for r in reducers:
         r.start(info, len(token_lists))
     image_offsets = _image_offsets(images) if vision else None
     for r in vision:
         r.start(info, int(image_offsets[-1]))
     kept: list[list[torch.Tensor]] | None = [[] for _ in token_lists] if keep_patterns else None
+    kept_mb = sum(len(layers) * pattern_mb(1, info.n_heads, len(t)) for t in token_lists) if keep_patterns else 0
+    why_not = functools.partial(_why_not_blocked, reducers, keep_patterns, kept_mb, images is not None)
 
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
     batches = list(iter_batches(token_lists, batch_size, pad_id))
@@ -161,34 +177,124 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     stop = layers[-1] + 1 if layers[-1] + 1 < info.n_layers else None
     for batch in tqdm(batches, desc="capture", unit="batch", disable=not show):
         ctx = BatchContext(batch, info)
-        stash: dict[str, torch.Tensor] = {}
-
-        def make_hook(layer: int, site: str):
-            def hook(tensor, hook):
-                stash[site] = for_reducers(tensor)
-                if site == last_site:
-                    acts = dict(stash)
-                    stash.clear()
-                    for r in reducers:
-                        r.update(layer, {n: acts[n] for n in r.needs}, ctx)
-                    if kept is not None:
-                        for row, idx in enumerate(batch.index):
-                            n = int(batch.lengths[row])
-                            kept[idx].append(acts["pattern"][row, :, :n, :n].float().cpu().clone())
-                return None  # observe only: never modify the forward pass
-            return hook
-
-        hooks = [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
+        blocked = resolve_attention(model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not)
+        if blocked:
+            hooks = _blocked_hooks(layers, reducers, ctx)
+        else:
+            hooks = _eager_hooks(layers, reducers, ctx, batch, kept)
         if vision:
             hooks += _vision_hooks(model, vision, ctx, image_offsets)
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop,
-                  **batch_forward_kwargs(images, batch.index))
-        stash.clear()
+        tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
+        with torch.no_grad():
+            if blocked:
+                with blocked_attention(model, hooks, block_size=block_size) as session:
+                    model(tokens, attention_mask=mask, stop_at_layer=stop, **batch_forward_kwargs(images, batch.index))
+                    _check_calls(session, layers)
+            else:
+                with model.hooks(fwd_hooks=hooks):
+                    model(tokens, attention_mask=mask, stop_at_layer=stop, **batch_forward_kwargs(images, batch.index))
 
     scores = {r.name: _checked_result(r, info, prompts) for r in reducers + vision}
     patterns = [torch.stack(p) for p in kept] if kept is not None else None
     return CaptureResult(scores, token_lists, prompts, layers, patterns)
+
+
+def _needs(reducers, keep_patterns: bool = False) -> list[str]:
+    return sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
+
+
+def _eager_hooks(layers, reducers, ctx: BatchContext, batch, kept) -> list:
+    """Hooks that stash a layer's activations and hand them to every reducer when its last site fires."""
+    needs = _needs(reducers, kept is not None)
+    last_site = needs[-1] if needs else None  # no decoder reducer: only the vision tower is hooked
+    stash: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer: int, site: str):
+        def hook(tensor, hook):
+            stash[site] = for_reducers(tensor)
+            if site == last_site:
+                acts = dict(stash)
+                stash.clear()
+                for r in reducers:
+                    r.update(layer, {n: acts[n] for n in r.needs}, ctx)
+                if kept is not None:
+                    for row, idx in enumerate(batch.index):
+                        n = int(batch.lengths[row])
+                        kept[idx].append(acts["pattern"][row, :, :n, :n].float().cpu().clone())
+            return None  # observe only: never modify the forward pass
+        return hook
+
+    return [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
+
+
+def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
+    """Hooks for blocked attention: pattern readers get each block of rows (with the earlier sites they
+    read) and `end_layer` after the layer's last block; the other reducers are served as in eager."""
+    readers = [r for r in reducers if "pattern" in r.needs]
+    others = [r for r in reducers if "pattern" not in r.needs]
+    other_needs = _needs(others)
+    last_other = other_needs[-1] if other_needs else None
+    stashed = sorted(set(other_needs) | {n for r in readers for n in r.needs if n != "pattern"}, key=ORDER.index)
+    stash: dict[tuple[int, str], torch.Tensor] = {}
+    n_tokens = ctx.tokens.shape[1]
+
+    def make_stash(layer: int, site: str):
+        def hook(tensor, hook):
+            for done in [k for k in stash if k[0] < layer]:  # an earlier layer's activations are all used
+                del stash[done]
+            stash[layer, site] = for_reducers(tensor)
+            if site == last_other:
+                for r in others:
+                    r.update(layer, {n: stash[layer, n] for n in r.needs}, ctx)
+            return None
+        return hook
+
+    def make_rows(layer: int):
+        def hook(pattern, hook):
+            block = for_reducers(pattern)
+            if block.shape[-1] < n_tokens:  # a causal block leaves out the keys after its last query
+                block = torch.nn.functional.pad(block, (0, n_tokens - block.shape[-1]))
+            rows = ctx.rows(hook.start, hook.stop)
+            for r in readers:
+                r.update_rows(layer, {n: block if n == "pattern" else stash[layer, n] for n in r.needs}, rows)
+            return None
+        hook.block_aware = True
+        return hook
+
+    def make_end(layer: int):
+        def hook(z, hook):
+            for r in readers:
+                r.end_layer(layer, ctx)
+            return None
+        return hook
+
+    hooks = []
+    for layer in layers:
+        hooks += [(SITES[s].format(l=layer), make_stash(layer, s)) for s in stashed]
+        if readers:
+            hooks += [(SITES["pattern"].format(l=layer), make_rows(layer)), (SITES["z"].format(l=layer), make_end(layer))]
+    return hooks
+
+
+def _check_calls(session, layers) -> None:
+    missing = [l for l in layers if session.calls.get(l, 0) < 1]
+    if missing:  # the probe passed, so this would be an upstream change mid-run: never return partial stats
+        raise RuntimeError(f"blocked attention was not called on layers {missing}; rerun with attention='eager'")
+
+
+def _why_not_blocked(reducers, keep_patterns: bool, kept_mb: float, with_images: bool) -> list[str]:
+    why = [f"keep_patterns=True keeps every full pattern ({kept_mb:,.0f} MB for these inputs)"] if keep_patterns else []
+    if with_images:  # the support probe is text-only: an image forward's masks are not checked
+        why.append("the inputs carry images")
+    for r in reducers:
+        inside = sorted(set(r.needs) & {"q", "k", "v", "rot_q", "rot_k", "attn_scores"})
+        if inside:
+            why.append(f"reducer {r.name!r} reads {inside}, which blocked attention does not offer")
+        elif "pattern" in r.needs and not r.fed_by_blocks:
+            why.append(f"reducer {r.name!r} ({type(r).__name__}) needs the whole pattern")
+        elif "pattern" in r.needs and set(r.needs) - {"pattern", *_BEFORE_ATTENTION}:
+            why.append(f"reducer {r.name!r} reads the pattern together with activations after attention")
+    return why
 
 
 def _checked_result(reducer: Reducer, info, prompts):

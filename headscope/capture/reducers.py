@@ -34,6 +34,11 @@ class Reducer:
     # "vision": the reducer reads a VLM's vision encoder (sites of capture.engine.VISION_SITES); its
     # update gets [images, ...] activations and a context whose `image_index` numbers each image.
     tower: str = "language"
+    # Long contexts (blocked attention, capture(attention="blocked")) hand a pattern reader its rows a
+    # block of queries at a time: a reducer that can fold blocks sets `fed_by_blocks` and implements
+    # `update_rows` (and `end_layer` when a layer's statistic is finished after its last block, e.g. a
+    # column sum). Other pattern readers need the whole pattern and run only in the eager path.
+    fed_by_blocks: bool = False
 
     def params(self) -> dict:
         return {}
@@ -43,6 +48,14 @@ class Reducer:
 
     def update(self, layer: int, acts: dict[str, torch.Tensor], ctx: BatchContext) -> None:
         raise NotImplementedError
+
+    def update_rows(self, layer: int, acts: dict[str, torch.Tensor], ctx) -> None:
+        """Fold query rows [ctx.start, ctx.stop) of the pattern (`ctx` a `RowBlock`; acts' pattern
+        [batch, head, rows, key], other acts whole). Only for `fed_by_blocks` reducers."""
+        raise NotImplementedError(f"{type(self).__name__} is not fed by blocks of rows")
+
+    def end_layer(self, layer: int, ctx: BatchContext) -> None:
+        """Called after the last block of a layer's rows (blocked path only; `update` does both)."""
 
     def result(self, info: ModelInfo, prompts: list[str] | None = None):
         """The folded statistic, an instance of `result_type`."""
@@ -61,6 +74,7 @@ class QueryMeanReducer(Reducer):
     """
 
     causal_only = False
+    fed_by_blocks = True
 
     def start(self, info: ModelInfo, n_prompts: int) -> None:
         self._sums = np.zeros((n_prompts, info.n_layers, info.n_heads))

@@ -75,14 +75,27 @@ def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, pr
 
     def hook(tensor, hook):
         row_idx, head_idx, local_row = select(tensor.shape[0])
-        ctx = EditContext(layer, head_idx, local_row, reference, offset)
+        # Blocked attention hands an attention site a block of query rows starting at `hook.start`.
+        start = getattr(hook, "start", 0) if attention_site else 0
+        block_rows = rows if not start else shifted(rows, start)
+        ctx = EditContext(layer, head_idx, local_row, reference, offset + start)
         out = tensor.clone()
         if attention_site:  # [batch, head, q, k] -> sel [n, q, k]
-            out[row_idx, head_idx] = spec.edit(tensor[row_idx, head_idx], rows, ctx)
+            out[row_idx, head_idx] = spec.edit(tensor[row_idx, head_idx], block_rows, ctx)
         else:  # [batch, pos, head, d] -> sel [n, pos, d]
-            out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], rows, ctx)
+            out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], block_rows, ctx)
         return out
+    # Row-local edits of attention scores (each query row edited on its own) are exact on blocks of rows;
+    # a pattern-site kind (a redistribution: ACT, VAR) stays on the eager path.
+    hook.block_aware = spec.site == "attn_scores" and not spec.whole_query
     return hook
+
+
+def shifted(rows: slice, start: int) -> slice:
+    """`rows` (a slice of a forward's query axis) seen from a block of rows beginning at row `start`."""
+    lo = 0 if rows.start is None else max(0, rows.start - start)
+    hi = None if rows.stop is None else max(0, rows.stop - start)
+    return slice(lo, hi)
 
 
 def check_editable(model, specs) -> None:

@@ -122,7 +122,7 @@ def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
 
 
 @contextlib.contextmanager
-def _hooks_paused(model):
+def hooks_paused(model):
     """Detach the TransformerLens hooks of the model for a moment (restored exactly afterwards), so a
     check compares the model itself, not the user's edits. Only HookPoints: transformers keeps
     hooks of its own on other modules (e.g. to collect hidden states)."""
@@ -158,7 +158,7 @@ def kv_cache_verified(model, ids: list[int], images: dict | None = None) -> bool
         return True  # nothing to compare yet; the per-step length check still runs
     x = torch.tensor([ids], device=model_device(model))
     ok = True
-    with torch.no_grad(), _hooks_paused(model):
+    with torch.no_grad(), hooks_paused(model):
         full = model(x, **(images or {}))[0, -1].float()
         try:
             _, cache = cached_forward(model, x[:, :-1], **(images or {}))

@@ -23,6 +23,7 @@ import torch
 from headscope.analyzers import get_analyzer
 from headscope.analyzers.retrieval import RetrievalHeads
 from headscope.capture import capture
+from headscope.capture.blocked import blocked_support
 from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.inputs.needle import NeedleSample
@@ -148,6 +149,42 @@ def check_reducers(name: str) -> str | None:
             np.testing.assert_allclose(res[stat].values[p], np.array(table), rtol=1e-4, atol=1e-5,
                                        err_msg=f"{name} {stat}")
     return "mean backward distance and induction are NaN (causal-only)" if encoder else None
+
+
+@_check("blocked")
+def check_blocked(name: str) -> str | None:
+    """Blocked attention (long contexts, blocks of 5 query rows): the default reducers equal the eager
+    capture (1e-5) on the padded batch, and uniform attention and zero ablation give the eager logits
+    (1e-5 relative); on a family whose HF attention does not call transformers' AttentionInterface,
+    `attention="blocked"` is refused with an error naming the fix."""
+    import numpy as np
+
+    model, ps = bridged(name), prompts(name)
+    ok, reason = blocked_support(model)
+    if not ok:
+        try:
+            capture(model, ps, attention="blocked")
+        except InputError as e:
+            assert "AttentionInterface" in str(e) and "attention='eager'" in str(e), str(e)
+            return "eager only: its HF attention does not call transformers' AttentionInterface"
+        raise AssertionError(f"{name}: blocked attention unsupported ({reason}) yet accepted")
+    eager = capture(model, ps, batch_size=2, attention="eager")
+    blocked = capture(model, ps, batch_size=2, attention="blocked", block_size=5)
+    for stat in eager:
+        np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
+                                   err_msg=f"{name} {stat}")
+    n = max(len(p) for p in ps)
+    tokens = torch.tensor([p + [p[-1]] * (n - len(p)) for p in ps])
+    mask = (torch.arange(n)[None] < torch.tensor([[len(p)] for p in ps])).long()
+    real = mask.bool()
+    specs = [[ZeroAblation(heads=[(1, 1)])]]
+    if pattern_edits_take_effect(model):
+        specs.append([UniformAttention(heads=[(0, 1), (1, 2)], positions=(3, None))])
+    for spec in specs:
+        a = forward_with(model, tokens, spec, attention="eager", attention_mask=mask)
+        b = forward_with(model, tokens, spec, attention="blocked", attention_mask=mask)
+        assert float((a - b)[real].abs().max()) <= 1e-5 * float(a[real].abs().max()), f"{name} {spec[0].kind}"
+    return None
 
 
 @_check("head_outputs")

@@ -67,30 +67,51 @@ class ImageCentricRows(PhiTopK):
         self._stats = {k: np.full((n_prompts, info.n_layers, info.n_heads), np.nan) for k in _PER_HEAD}
         self._sinks: list[tuple[int, int, np.ndarray]] = []  # (prompt, layer, sink positions)
 
+    fed_by_blocks = True
+
     def update(self, layer, acts, ctx):
-        super().update(layer, acts, ctx)  # stores this layer's phi (exact: sink dims are given)
+        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
+        self.end_layer(layer, ctx)
+
+    def update_rows(self, layer, acts, ctx):
+        """Sums over this block's text query rows after the image (means taken in `end_layer`)."""
+        if ctx.start == 0:
+            super().update(layer, {"resid_pre": acts["resid_pre"]}, ctx)  # this layer's phi (exact: dims given)
+            phi = self._chunks[-1][2]  # [batch, pos], NaN on pads
+            self._sink = phi.nan_to_num(-1.0) > self.tau
+            self._sums = {}
+            if layer >= FIRST_SINK_LAYER:
+                for r, p in enumerate(ctx.index):
+                    self._sinks.append((p, layer, self._sink[r, :int(ctx.valid[r].sum())].nonzero()[:, 0].numpy()))
         if layer < FIRST_SINK_LAYER:
             return
-        phi = self._chunks[-1][2]  # [batch, pos], NaN on pads
-        sink = phi.nan_to_num(-1.0) > self.tau
-        pattern = acts["pattern"].float()  # [batch, head, q, k]
+        pattern = acts["pattern"].float()  # [batch, head, rows, k]
         for r, p in enumerate(ctx.index):
             n, (s, e) = int(ctx.valid[r].sum()), self.spans[p]
-            self._sinks.append((p, layer, sink[r, :n].nonzero()[:, 0].numpy()))
-            rows = pattern[r, :, e:n, :n]  # [head, q, k]: the text queries after the image
-            if rows.shape[1] == 0:
+            lo, hi = max(e, ctx.start), min(n, ctx.stop)
+            if lo >= hi:
                 continue
-            vis_sink = sink[r, :n].clone()
+            rows = pattern[r, :, lo - ctx.start:hi - ctx.start, :n]  # [head, q, k]: text queries after the image
+            vis_sink = self._sink[r, :n].clone()
             vis_sink[:s], vis_sink[e:] = False, False
-            text_sink = sink[r, :n] & ~vis_sink
+            text_sink = self._sink[r, :n] & ~vis_sink
             image = rows[..., s:e].sum(-1)  # [head, q]
             on_sinks = rows[..., vis_sink].sum(-1)
             attending = image >= self.min_image
             centric = attending & (on_sinks <= self.max_sink_share * image)
+            sums = self._sums.setdefault(r, {k: 0.0 for k in _PER_HEAD})
             for key, v in (("fraction", centric.float()), ("attending", attending.float()), ("image", image),
                            ("visual_sink", on_sinks), ("text_sink", rows[..., text_sink].sum(-1))):
-                self._stats[key][p, layer] = v.mean(-1).numpy()
-            self._stats["n_rows"][p, layer] = rows.shape[1]
+                sums[key] = sums[key] + v.double().sum(-1).numpy()
+            sums["n_rows"] += hi - lo
+
+    def end_layer(self, layer, ctx):
+        for r, sums in self._sums.items():
+            p = ctx.index[r]
+            for key in _PER_HEAD[:-1]:
+                self._stats[key][p, layer] = sums[key] / sums["n_rows"]
+            self._stats["n_rows"][p, layer] = sums["n_rows"]
+        self._sums = {}
 
     def result(self, info, prompts=None) -> ImageCentricResult:
         return ImageCentricResult(super().result(info, prompts).phi, self._stats, self._sinks)

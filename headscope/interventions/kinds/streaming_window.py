@@ -11,10 +11,12 @@ from ...errors import InputError
 from ..kind import Intervention
 
 
-def streaming_hidden(n_q: int, n_k: int, sink: int, recent: int, rows: slice) -> torch.Tensor:
+def streaming_hidden(n_q: int, n_k: int, sink: int, recent: int, rows: slice, offset: int | None = None) -> torch.Tensor:
     """[q, k] bool: keys a streaming head may NOT see (key k visible iff k < sink or q - k < recent).
-    Query positions are absolute (the KV cache puts the n_q queries at the end of n_k keys)."""
-    q = torch.arange(n_k - n_q, n_k)[:, None]
+    Query positions are absolute: row i is position `offset` + i (default n_k - n_q: a KV-cached step
+    puts its queries at the end of the keys; a block of rows of blocked attention starts at its offset)."""
+    offset = n_k - n_q if offset is None else offset
+    q = torch.arange(offset, offset + n_q)[:, None]
     k = torch.arange(n_k)[None, :]
     hidden = ~((k < sink) | (q - k < recent))
     touched = torch.zeros(n_q, dtype=torch.bool)
@@ -40,5 +42,5 @@ class StreamingWindow(Intervention):
             raise InputError(f"streaming window needs sink >= 0 and recent >= 1, got sink={self.sink}, recent={self.recent}")
 
     def edit(self, sel, rows, ctx):
-        hidden = streaming_hidden(sel.shape[-2], sel.shape[-1], self.sink, self.recent, rows)
+        hidden = streaming_hidden(sel.shape[-2], sel.shape[-1], self.sink, self.recent, rows, ctx.offset)
         return sel.masked_fill(hidden, torch.finfo(sel.dtype).min)

@@ -1,0 +1,445 @@
+"""Blocked attention: long contexts without any [head, T, T] tensor.
+
+TransformerLens's bridge computes attention eagerly: every layer materialises its [batch, head, T, T]
+scores and pattern, so memory and time grow with T². Inside `blocked_attention(model, hooks)` each
+attention layer of the bridge instead runs through its own Hugging Face attention module (the one
+the bridge wraps: same parameter tensors, same q/k/v projections, RoPE and q/k norms), which hands
+the post-RoPE queries and keys, the layer's mask, scaling and soft-cap to `attention_forward` here
+(registered with transformers' `AttentionInterface` under `BLOCKED_IMPLEMENTATION`):
+
+- a layer nobody observes or edits runs PyTorch's fused `scaled_dot_product_attention` (no T x T
+  tensor on CPU or GPU);
+- a layer with hooks is computed a block of query rows at a time: scores -> the layer's mask for
+  those rows (causal, sliding window, padding: HF's own mask function, evaluated lazily by
+  `RowMask`) -> soft-cap -> hooks on "attn_scores" -> softmax -> hooks on "pattern" -> output rows.
+  Extra memory is O(batch x head x block x T), and the numbers are the eager path's.
+
+Hooks use TransformerLens's signature `fn(tensor, hook)`; at "attn_scores" and "pattern" the tensor
+is a block [batch, head, rows, keys] and `hook` a `BlockHook` saying where the rows sit, so such a
+hook must say it understands blocks (`fn.block_aware = True`). At "z" a hook gets the layer's
+whole [batch, pos, head, d_head] head outputs, as `hook_z`. Other attention-internal sites ("q", "k",
+"v", "rot_q", "rot_k") are not offered here: use the eager path.
+
+Families whose HF attention does not go through `AttentionInterface` (GPT-Neo, Falcon, BLOOM, MPT in
+transformers 5.24) cannot run blocked: `blocked_support(model)` probes each model once, comparing
+the blocked forward (both the fused and the block path) with the bridge's eager forward on a short
+padded batch, and callers fall back to eager or say why not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..models.compat import hooks_paused
+from ..models.info import model_device, model_info
+
+BLOCKED_IMPLEMENTATION = "headscope_blocked"
+DEFAULT_BLOCK_SIZE = 256
+ATTENTION_MODES = ("auto", "eager", "blocked")
+DEFAULT_PATTERN_BUDGET_MB = 512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
+# Attention-internal sites the blocked kernel serves itself (the bridge's own hooks there do not fire).
+KERNEL_SITES = ("attn_scores", "pattern", "z")
+INTERNAL_SITES = ("q", "k", "v", "rot_q", "rot_k") + KERNEL_SITES
+_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_(\w+)$")
+
+
+@dataclass(frozen=True)
+class BlockHook:
+    """What a hook on the blocked kernel is told (in place of TransformerLens's HookPoint): its site's
+    hook name and layer, and which query rows [start, stop) of the forward the block holds. The
+    block's keys are absolute positions 0..n_keys-1 (on a causal layer keys past the block's last
+    query are left out: they are masked anyway)."""
+
+    name: str
+    layer: int
+    start: int = 0
+    stop: int | None = None
+    n_keys: int | None = None
+
+
+class RowMask:
+    """A layer's attention mask, built a block of query rows at a time by HF's own mask function.
+
+    Registered with transformers' `AttentionMaskInterface`: the model builds one per mask type
+    (full, sliding window) and passes it to every layer; nothing of size T x T is ever made.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.pop("dtype", None)
+        kwargs.pop("config", None)
+        self._kw = kwargs
+        self.q_offset = int(kwargs.get("q_offset") or 0)
+
+    @property
+    def plain(self) -> bool:
+        """No padding and no window in reach: SDPA's `is_causal` (or no mask) gives the same result."""
+        from transformers.masking_utils import _ignore_causal_mask_sdpa, prepare_padding_mask
+
+        kw = self._kw
+        padding = prepare_padding_mask(kw.get("attention_mask"), kw["kv_length"], kw.get("kv_offset", 0))
+        return _ignore_causal_mask_sdpa(padding, kw["q_length"], kw["kv_length"], self.q_offset,
+                                        kw.get("kv_offset", 0), kw.get("local_size"))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """[batch, 1, stop - start, kv_length] bool, True where query row i may see key k."""
+        from transformers.masking_utils import sdpa_mask
+
+        kw = dict(self._kw, q_length=stop - start, q_offset=self.q_offset + start,
+                  allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+        return sdpa_mask(**kw)
+
+
+def _row_mask(**kwargs) -> RowMask:
+    return RowMask(**kwargs)
+
+
+class _Session:
+    """The hooks of every `blocked_attention` context open on one model, by layer and site."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.hooks: dict[tuple[int, str], list] = {}
+        self.calls: dict[int, int] = {}
+
+    def add(self, layer: int, site: str, fn) -> None:
+        self.hooks.setdefault((layer, site), []).append(fn)
+
+    def remove(self, layer: int, site: str, fn) -> None:
+        fns = self.hooks.get((layer, site), [])
+        if fn in fns:
+            fns.remove(fn)
+
+
+_SESSIONS: dict[int, tuple[_Session, int]] = {}  # id(model) -> (session, how many contexts share it)
+_LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (session, layer)
+
+
+def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                      **kwargs):
+    """The `AttentionInterface` function: query [b, h, T, d], key/value [b, kv_h, Tk, d] (post-RoPE,
+    before GQA expansion) -> ([b, T, h, d] output, None)."""
+    entry = _LAYER_OF.get(id(module))
+    if entry is None:
+        raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
+                           "blocked_attention(); its config still names it (a bug in headscope)")
+    if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
+        raise InputError("blocked attention does not implement learned attention sinks (GPT-OSS); use attention='eager'")
+    session, layer = entry
+    session.calls[layer] = session.calls.get(layer, 0) + 1
+    b, h, T, d = query.shape
+    groups = h // key.shape[1]
+    scaling = d ** -0.5 if scaling is None else scaling
+    causal = bool(getattr(module, "is_causal", True))
+    name = f"blocks.{layer}.attn.hook_{{}}"
+    score_fns = session.hooks.get((layer, "attn_scores"), [])
+    pattern_fns = session.hooks.get((layer, "pattern"), [])
+    if score_fns or pattern_fns or softcap is not None:
+        out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, session.block_size,
+                       score_fns, pattern_fns, name, layer)
+    else:
+        out = _fused(query, key, value, attention_mask, scaling, causal, groups, session.block_size)
+    z = out.transpose(1, 2).contiguous()  # [b, T, h, d], what hook_z sees
+    for fn in session.hooks.get((layer, "z"), []):
+        edited = fn(z, BlockHook(name.format("z"), layer, 0, T, key.shape[2]))
+        z = z if edited is None else edited
+    return z, None
+
+
+def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device) -> torch.Tensor | None:
+    """[b or 1, 1, rows, n_keys] bool visibility of query rows [start, stop), or None when all visible."""
+    if isinstance(mask, RowMask):
+        return mask.rows(start, stop)[..., :n_keys].to(device)
+    if mask is not None:  # a 4-D mask someone prepared: bool (True = visible) or additive float
+        rows = mask[:, :, start:stop, :n_keys]
+        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+    if not causal:
+        return None
+    q = torch.arange(start, stop, device=device)[:, None] + q_offset
+    return (torch.arange(n_keys, device=device)[None, :] <= q)[None, None]
+
+
+def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, score_fns, pattern_fns, name, layer):
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    b, h, T, d = query.shape
+    n_kv = key.shape[2]
+    q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    out = query.new_empty(b, h, T, value.shape[-1])
+    neg = torch.finfo(query.dtype).min
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        # a causal query sees no key after itself: leave those keys out of the block
+        n_keys = min(n_kv, q_offset + stop) if causal else n_kv
+        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
+        if visible is not None:
+            scores = scores.masked_fill(~visible, neg)
+        hook = BlockHook(name.format("attn_scores"), layer, start, stop, n_keys)
+        for fn in score_fns:
+            edited = fn(scores, hook)
+            scores = scores if edited is None else edited
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        hook = BlockHook(name.format("pattern"), layer, start, stop, n_keys)
+        for fn in pattern_fns:
+            edited = fn(pattern, hook)
+            pattern = pattern if edited is None else edited
+        out[:, :, start:stop] = torch.matmul(pattern, value[:, :, :n_keys])
+    return out
+
+
+def _fused(query, key, value, mask, scaling, causal, groups, block):
+    """PyTorch's fused kernel: at once when the mask is plain causal (or absent), else a block of query
+    rows at a time with that block's boolean mask (still nothing of size T x T)."""
+    b, h, T, d = query.shape
+    n_kv = key.shape[2]
+    gqa = groups > 1
+    if mask is None or (isinstance(mask, RowMask) and mask.plain):
+        is_causal = causal and T > 1 and (mask is None or T == n_kv)
+        if not causal or T == n_kv or T == 1:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling, enable_gqa=gqa)
+    q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
+    out = query.new_empty(b, h, T, value.shape[-1])
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        n_keys = min(n_kv, q_offset + stop) if causal else n_kv
+        visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
+        out[:, :, start:stop] = F.scaled_dot_product_attention(
+            query[:, :, start:stop], key[:, :, :n_keys], value[:, :, :n_keys], attn_mask=visible, scale=scaling,
+            enable_gqa=gqa)
+    return out
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(BLOCKED_IMPLEMENTATION, attention_forward)
+    AttentionMaskInterface.register(BLOCKED_IMPLEMENTATION, _row_mask)
+
+
+def _attention_components(model) -> list:
+    blocks = getattr(model, "blocks", None)
+    if not blocks:
+        raise InputError(f"{type(model).__name__} has no TransformerLens blocks: blocked attention needs a "
+                         "TransformerBridge (headscope.load_model)")
+    return [blk.attn for blk in blocks]
+
+
+def _configs(model, components) -> list:
+    """Every config object whose `_attn_implementation` the language model's mask and attention read."""
+    found, seen = [], set()
+    root = model.original_model.config
+    candidates = [root, getattr(root, "text_config", None)]
+    candidates += [getattr(getattr(c, "original_component", None), "config", None) for c in components]
+    for cfg in candidates:
+        if cfg is not None and id(cfg) not in seen:
+            seen.add(id(cfg))
+            found.append(cfg)
+    return found
+
+
+def _hf_forward(hf_module):
+    def forward(*args, **kwargs):
+        return hf_module(*args, **kwargs)
+    return forward
+
+
+@contextlib.contextmanager
+def _switched(model, session: _Session):
+    """Route every attention layer of `model` through its HF module and `attention_forward`."""
+    components = _attention_components(model)
+    hf_modules = [c._modules.get("_original_component") for c in components]
+    if any(m is None for m in hf_modules):
+        raise InputError(f"the bridge of {type(model.original_model).__name__} keeps no HF attention module to "
+                         "run blocked; use attention='eager'")
+    _register()
+    configs = _configs(model, components)
+    before = [cfg._attn_implementation for cfg in configs]
+    try:
+        for layer, (c, m) in enumerate(zip(components, hf_modules)):
+            # object.__setattr__: the bridge's own __setattr__ would pass `forward` on to the HF module
+            object.__setattr__(c, "forward", _hf_forward(m))
+            for sub in m.modules():  # the module HF passes may be a child (BERT's BertSelfAttention)
+                _LAYER_OF[id(sub)] = (session, layer)
+        for cfg in configs:
+            cfg._attn_implementation = BLOCKED_IMPLEMENTATION
+        yield
+    finally:
+        for cfg, impl in zip(configs, before):
+            cfg._attn_implementation = impl
+        for c, m in zip(components, hf_modules):
+            c.__dict__.pop("forward", None)
+            for sub in m.modules():
+                _LAYER_OF.pop(id(sub), None)
+
+
+def split_hooks(hooks) -> tuple[list, list]:
+    """(bridge hooks, kernel hooks): kernel hooks are (layer, site, fn) on "attn_scores", "pattern" or "z";
+    raises InputError for hooks the blocked kernel cannot honour."""
+    bridge, kernel = [], []
+    for name, fn in hooks:
+        m = _HOOK_NAME.match(name) if isinstance(name, str) else None
+        if m is None or m.group(2) not in INTERNAL_SITES:
+            bridge.append((name, fn))
+            continue
+        layer, site = int(m.group(1)), m.group(2)
+        if site not in KERNEL_SITES:
+            raise InputError(f"hook {name!r}: the blocked attention kernel offers {list(KERNEL_SITES)} inside "
+                             "attention, not the pre-softmax q/k/v sites; use attention='eager'")
+        if site != "z" and not getattr(fn, "block_aware", False):
+            raise InputError(f"hook {name!r} would get blocks of query rows under blocked attention but does not "
+                             "declare block_aware = True (see headscope.capture.blocked); use attention='eager'")
+        kernel.append((layer, site, fn))
+    return bridge, kernel
+
+
+@contextlib.contextmanager
+def blocked_attention(model, hooks=(), *, block_size: int = DEFAULT_BLOCK_SIZE):
+    """Context manager: `model`'s attention runs blocked (see the module doc) with `hooks` attached.
+
+    `hooks` are TransformerLens (name, fn) pairs: those at the attention-internal sites go to the
+    kernel, the others (residual stream, MLP, ...) to the bridge. Contexts nest (a capture inside an
+    `apply`): the hooks of all of them run, in the order they were opened. Everything is restored on
+    exit, also on error.
+    """
+    if int(block_size) < 1:
+        raise InputError(f"block_size must be >= 1, got {block_size}")
+    bridge_hooks, kernel_hooks = split_hooks(hooks)
+    key = id(model)
+    with contextlib.ExitStack() as stack:
+        if key in _SESSIONS:
+            session, depth = _SESSIONS[key]
+            _SESSIONS[key] = (session, depth + 1)
+        else:
+            session = _Session(int(block_size))
+            stack.enter_context(_switched(model, session))
+            _SESSIONS[key] = (session, 1)
+        try:
+            for layer, site, fn in kernel_hooks:
+                session.add(layer, site, fn)
+            stack.enter_context(model.hooks(fwd_hooks=bridge_hooks))
+            yield session
+        finally:
+            for layer, site, fn in kernel_hooks:
+                session.remove(layer, site, fn)
+            session_, depth = _SESSIONS[key]
+            if depth > 1:
+                _SESSIONS[key] = (session_, depth - 1)
+            else:
+                del _SESSIONS[key]
+
+
+# ---- eager or blocked? ----------------------------------------------------------------------------
+
+def pattern_mb(rows: int, n_heads: int, n_tokens: int) -> float:
+    """MB of one layer's float32 attention pattern [rows, head, T, T] (what eager attention materialises)."""
+    return rows * n_heads * n_tokens * n_tokens * 4 / 2**20
+
+
+def resolve_attention(model, attention: str, rows: int, n_tokens: int, *,
+                      max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB, why_not=lambda: []) -> bool:
+    """Whether a forward of `rows` x `n_tokens` runs blocked: `attention` "eager" never, "blocked" always,
+    "auto" when one layer's pattern would exceed `max_pattern_mb`. `why_not()` lists what the caller
+    needs that blocked attention cannot give (a reducer of whole patterns, a redistribution); with
+    the model's own `blocked_support` it makes "blocked" (or "auto" past the budget) a clear error."""
+    if attention not in ATTENTION_MODES:
+        raise InputError(f"attention={attention!r}: use one of {', '.join(ATTENTION_MODES)}")
+    if attention == "eager":
+        return False
+    need = pattern_mb(rows, model_info(model).n_heads, n_tokens)
+    if attention == "auto" and need <= max_pattern_mb:
+        return False
+    why = list(why_not())
+    if not why:
+        ok, reason = blocked_support(model)
+        if not ok:
+            why.append(f"{model_info(model).name}'s attention cannot run blocked: {reason}")
+    if not why:
+        return True
+    if attention == "blocked":
+        raise InputError(f"attention='blocked' is not possible: {'; '.join(why)}. Fix: attention='eager'")
+    n_heads = model_info(model).n_heads
+    raise InputError(
+        f"a forward of {rows} x {n_tokens} tokens needs {need:,.0f} MB per layer for its attention pattern "
+        f"([{rows}, {n_heads}, {n_tokens}, {n_tokens}] float32), over the {max_pattern_mb:,.0f} MB budget "
+        f"(max_pattern_mb), and blocked attention is not possible: {'; '.join(why)}. Fix: attention='eager' "
+        "to run it eagerly anyway, a larger max_pattern_mb, or smaller batches")
+
+
+# ---- is it exact on this model? -------------------------------------------------------------------
+
+_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # relative to the logits' scale; halves: 2e-2
+
+
+def _observe_rows(tensor, hook):
+    return None
+
+
+_observe_rows.block_aware = True
+
+
+def _probe_batch(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows of 24 ordinary token ids (no image or special tokens), the second right-padded."""
+    info = model_info(model)
+    vocab = int(model.cfg.d_vocab)
+    banned = set(info.image_token_ids) | {t for t in (info.bos_token_id, info.pad_token_id) if t is not None}
+    pool = torch.tensor([t for t in range(min(vocab, 2048)) if t not in banned][3:])
+    g = torch.Generator().manual_seed(0)
+    tokens = pool[torch.randint(len(pool), (2, 24), generator=g)]
+    mask = torch.ones_like(tokens)
+    mask[1, 17:] = 0
+    return tokens, mask
+
+
+def blocked_support(model) -> tuple[bool, str]:
+    """(ok, why not): whether blocked attention reproduces the bridge's eager forward on this model.
+
+    Checked once per model on a short padded batch, with the block path on every layer (blocks of 5
+    rows) and with the fused path, against the eager logits at every real position. A family whose
+    HF attention does not call `AttentionInterface`, or any mismatch, gives (False, reason).
+    """
+    if model in _SUPPORT:
+        return _SUPPORT[model]
+    tokens, mask = _probe_batch(model)
+    device = model_device(model)
+    tokens, mask = tokens.to(device), mask.to(device)
+    n_layers = model_info(model).n_layers
+    verdict = (True, "")
+    with torch.no_grad(), hooks_paused(model):
+        eager = model(tokens, attention_mask=mask).float()
+        real = mask.bool().cpu()
+        scale = max(1.0, float(eager[real].abs().max()))
+        tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2) * scale
+        for path, hooks in (("block", [(f"blocks.{l}.attn.hook_pattern", _observe_rows) for l in range(n_layers)]),
+                            ("fused", [])):
+            calls: dict[int, int] = {}
+            try:
+                with blocked_attention(model, hooks, block_size=5) as session:
+                    calls = session.calls
+                    got = model(tokens, attention_mask=mask).float()
+            except Exception as exc:  # the family's attention cannot run through the interface
+                hf = type(_attention_components(model)[0]._modules.get("_original_component")).__name__
+                verdict = (False, f"its HF attention ({hf}) does not go through transformers' AttentionInterface"
+                           if not calls else f"the {path} path fails: {type(exc).__name__}: {str(exc)[:200]}")
+                break
+            missing = [l for l in range(n_layers) if calls.get(l, 0) != 1]
+            if missing:
+                verdict = (False, f"the HF attention of layers {missing} does not call transformers' AttentionInterface")
+                break
+            diff = float((got - eager)[real].abs().max())
+            if not diff <= tol:
+                verdict = (False, f"the {path} path differs from the eager forward by {diff:.3g} (tolerance {tol:.3g})")
+                break
+    _SUPPORT[model] = verdict
+    return verdict
