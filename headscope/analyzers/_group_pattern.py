@@ -154,9 +154,9 @@ class GroupTokenStats(Reducer):
         self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
 
     def update_rows(self, layer, acts, ctx):
-        pattern = acts["pattern"]  # [batch, head, rows, k]
+        pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         t = ctx.query_positions[:, None].double()  # [rows, 1]
-        gap = t - ctx.key_positions[None, :].double()  # [rows, k]: t - s
+        gap = t - torch.arange(pattern.shape[-1], dtype=torch.float64)[None, :]  # [rows, k]: t - s
         lengths = ctx.valid.sum(-1).tolist()
         for g, mask in self.groups.items():
             heads = torch.from_numpy(mask[layer])

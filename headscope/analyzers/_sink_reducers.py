@@ -91,7 +91,7 @@ class HiddenSinks(Reducer):
     def update_rows(self, layer, acts, ctx):
         # mass each key receives from the real queries, summed in float64 (thresholds like 0.1 = 1/10 are
         # hit exactly by clean heads): a block of rows at a time, so the float64 copy stays a block's size
-        pattern = acts["pattern"]  # [batch, head, rows, k]
+        pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         col = torch.einsum("bhqk,bq->bhk", pattern.double(), ctx.valid_queries.double())
         self._col = col if ctx.start == 0 else self._col + col
 

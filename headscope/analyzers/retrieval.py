@@ -102,7 +102,7 @@ class CopyPasteReducer(Reducer):
 
     def update_rows(self, layer, acts, ctx):
         """The most-attended key of each answer query (rows P-1 .. n-2) inside this block."""
-        pattern = acts["pattern"]  # [batch, head, rows, k]
+        pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         if ctx.start == 0:
             self._argmax = {}
         lengths = ctx.valid.sum(-1)

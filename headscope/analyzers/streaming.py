@@ -11,7 +11,7 @@ from ..capture.reducers import DuplicateTokenScore, InductionScore
 from ..errors import InputError
 from ..inputs.needle import make_needle_prompts
 from ..inputs.probes import repeated_random_tokens
-from ..interventions import StreamingWindow, apply
+from ..interventions import StreamingWindow, forward_with
 from ..models.info import model_info
 from .base import Analyzer, example_prompts, prompts_or_default, register
 from .params import Boolean, Interval, IntList
@@ -20,8 +20,7 @@ from .retrieval import needle_accuracy
 
 def copy_accuracy(model, tokens: torch.Tensor, seg_len: int, interventions=()) -> float:
     """Top-1 accuracy of predicting the second copy of a repeated segment (tokens [batch, 1 + k*seg_len])."""
-    with torch.no_grad(), apply(model, interventions):
-        logits = model(tokens)
+    logits = forward_with(model, tokens, interventions)  # blocked attention past the capture budget (long probes)
     # query i in copy 2 (positions seg_len+1 .. 2*seg_len-1 after the first token) predicts token i+1
     pred = logits[:, seg_len + 1 : 2 * seg_len].argmax(-1)
     return float((pred == tokens[:, seg_len + 2 : 2 * seg_len + 1]).float().mean())

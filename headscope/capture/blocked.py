@@ -41,7 +41,11 @@ from ..models.compat import hooks_paused
 from ..models.info import model_device, model_info
 
 BLOCKED_IMPLEMENTATION = "headscope_blocked"
-DEFAULT_BLOCK_SIZE = 256
+# block_size=None: rows per block such that one block's float32 scores [batch, head, rows, keys] stay
+# near BLOCK_BYTES, so a block is computed while it sits in the CPU's cache and memory does not grow with T.
+BLOCK_BYTES = 8 * 2**20
+MIN_ROWS, MAX_ROWS = 16, 256
+DEFAULT_BLOCK_SIZE = None
 ATTENTION_MODES = ("auto", "eager", "blocked")
 DEFAULT_PATTERN_BUDGET_MB = 512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
 # Attention-internal sites the blocked kernel serves itself (the bridge's own hooks there do not fire).
@@ -103,10 +107,15 @@ def _row_mask(**kwargs) -> RowMask:
 class _Session:
     """The hooks of every `blocked_attention` context open on one model, by layer and site."""
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int | None):
         self.block_size = block_size
         self.hooks: dict[tuple[int, str], list] = {}
         self.calls: dict[int, int] = {}
+
+    def rows_per_block(self, batch: int, heads: int, n_keys: int) -> int:
+        if self.block_size is not None:
+            return self.block_size
+        return max(MIN_ROWS, min(MAX_ROWS, BLOCK_BYTES // (4 * batch * heads * max(n_keys, 1))))
 
     def add(self, layer: int, site: str, fn) -> None:
         self.hooks.setdefault((layer, site), []).append(fn)
@@ -140,11 +149,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     name = f"blocks.{layer}.attn.hook_{{}}"
     score_fns = session.hooks.get((layer, "attn_scores"), [])
     pattern_fns = session.hooks.get((layer, "pattern"), [])
+    block = session.rows_per_block(b, h, key.shape[2])
     if score_fns or pattern_fns or softcap is not None:
-        out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, session.block_size,
+        out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, block,
                        score_fns, pattern_fns, name, layer)
     else:
-        out = _fused(query, key, value, attention_mask, scaling, causal, groups, session.block_size)
+        out = _fused(query, key, value, attention_mask, scaling, causal, groups, block)
     z = out.transpose(1, 2).contiguous()  # [b, T, h, d], what hook_z sees
     for fn in session.hooks.get((layer, "z"), []):
         edited = fn(z, BlockHook(name.format("z"), layer, 0, T, key.shape[2]))
@@ -178,12 +188,12 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         stop = min(T, start + block)
         # a causal query sees no key after itself: leave those keys out of the block
         n_keys = min(n_kv, q_offset + stop) if causal else n_kv
-        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2)) * scaling
+        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2)).mul_(scaling)
         if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
+            scores = scores.div_(softcap).tanh_().mul_(softcap)
         visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
         if visible is not None:
-            scores = scores.masked_fill(~visible, neg)
+            scores.masked_fill_(~visible, neg)
         hook = BlockHook(name.format("attn_scores"), layer, start, stop, n_keys)
         for fn in score_fns:
             edited = fn(scores, hook)
@@ -304,7 +314,7 @@ def split_hooks(hooks) -> tuple[list, list]:
 
 
 @contextlib.contextmanager
-def blocked_attention(model, hooks=(), *, block_size: int = DEFAULT_BLOCK_SIZE):
+def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK_SIZE):
     """Context manager: `model`'s attention runs blocked (see the module doc) with `hooks` attached.
 
     `hooks` are TransformerLens (name, fn) pairs: those at the attention-internal sites go to the
@@ -312,8 +322,8 @@ def blocked_attention(model, hooks=(), *, block_size: int = DEFAULT_BLOCK_SIZE):
     `apply`): the hooks of all of them run, in the order they were opened. Everything is restored on
     exit, also on error.
     """
-    if int(block_size) < 1:
-        raise InputError(f"block_size must be >= 1, got {block_size}")
+    if block_size is not None and int(block_size) < 1:
+        raise InputError(f"block_size must be >= 1 (or None: about 8 MB of scores per block), got {block_size}")
     bridge_hooks, kernel_hooks = split_hooks(hooks)
     key = id(model)
     with contextlib.ExitStack() as stack:
@@ -321,7 +331,7 @@ def blocked_attention(model, hooks=(), *, block_size: int = DEFAULT_BLOCK_SIZE):
             session, depth = _SESSIONS[key]
             _SESSIONS[key] = (session, depth + 1)
         else:
-            session = _Session(int(block_size))
+            session = _Session(None if block_size is None else int(block_size))
             stack.enter_context(_switched(model, session))
             _SESSIONS[key] = (session, 1)
         try:

@@ -43,9 +43,14 @@ class BatchContext:
     def valid_queries(self) -> torch.Tensor:
         return self.valid
 
-    def rows(self, start: int, stop: int) -> "RowBlock":
-        """The context of query rows start..stop-1 (a block of the pattern's rows, all keys)."""
-        return RowBlock(self, start, stop)
+    def rows(self, start: int, stop: int, n_keys: int | None = None) -> "RowBlock":
+        """The context of query rows start..stop-1 (a block of the pattern's rows) against keys
+        0..n_keys-1 (default all; blocked attention leaves out the keys after a causal block's last query)."""
+        return RowBlock(self, start, stop, n_keys)
+
+    def whole_keys(self, pattern: torch.Tensor) -> torch.Tensor:
+        """`pattern` [..., key] with every key position (the whole pattern already has them)."""
+        return pattern
 
     @cached_property
     def _all_rows(self) -> "RowBlock":
@@ -74,15 +79,20 @@ class BatchContext:
 
 
 class RowBlock:
-    """The context of a block of query rows [start, stop) against all keys: what a reducer sees when
-    the pattern arrives a block of rows at a time (long contexts). Query-side masks are [batch, rows],
-    query-key masks [batch, rows, key]; nothing of size key x key is built."""
+    """The context of a block of query rows [start, stop) against keys [0, n_keys): what a reducer sees
+    when the pattern arrives a block of rows at a time (long contexts). Query-side masks are
+    [batch, rows], query-key masks [batch, rows, n_keys]; nothing of size key x key is built. A reducer
+    that indexes keys by absolute position pads the block with `whole_keys(pattern)`."""
 
-    def __init__(self, ctx: BatchContext, start: int, stop: int):
+    def __init__(self, ctx: BatchContext, start: int, stop: int, n_keys: int | None = None):
         self.ctx, self.start, self.stop = ctx, int(start), int(stop)
         self.batch, self.info, self.index, self.tokens = ctx.batch, ctx.info, ctx.index, ctx.tokens
-        self.valid = ctx.valid  # keys
+        self.valid = ctx.valid  # [batch, pos] every position (prompt lengths), as on the whole context
         self.image_index = ctx.image_index
+        T = ctx.tokens.shape[1]
+        # The block's keys: positions 0..n_keys-1. A causal block may stop at its last query (later keys
+        # are masked for every row of it), which saves reducers the work on all-zero columns.
+        self.n_keys = T if n_keys is None else int(n_keys)
 
     @cached_property
     def query_positions(self) -> torch.Tensor:
@@ -90,7 +100,13 @@ class RowBlock:
 
     @property
     def key_positions(self) -> torch.Tensor:
-        return self.ctx.positions
+        return self.ctx.positions[:self.n_keys]
+
+    def whole_keys(self, pattern: torch.Tensor) -> torch.Tensor:
+        """`pattern` [..., n_keys] padded with zeros to every key position (for statistics indexed by
+        absolute key position, e.g. a column sum)."""
+        missing = self.ctx.tokens.shape[1] - pattern.shape[-1]
+        return torch.nn.functional.pad(pattern, (0, missing)) if missing > 0 else pattern
 
     @cached_property
     def valid_queries(self) -> torch.Tensor:
@@ -103,9 +119,9 @@ class RowBlock:
     @cached_property
     def earlier_same_token(self) -> torch.Tensor:
         q_tokens = self.tokens[:, self.start:self.stop]
-        same = q_tokens[:, :, None] == self.tokens[:, None, :]  # [batch, rows, key]
+        same = q_tokens[:, :, None] == self.tokens[:, None, :self.n_keys]  # [batch, rows, key]
         strictly_before = self.key_positions[None, :] < self.query_positions[:, None]
-        both_real = self.valid_queries[:, :, None] & self.valid[:, None, :]
+        both_real = self.valid_queries[:, :, None] & self.valid[:, None, :self.n_keys]
         return same & strictly_before[None] & both_real
 
     @cached_property

@@ -116,7 +116,7 @@ _BEFORE_ATTENTION = ("resid_pre",)
 
 def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, keep_patterns: bool = False,
             prepend_bos: bool | None = None, progress: bool | None = None, attention: str = "auto",
-            block_size: int = DEFAULT_BLOCK_SIZE, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB) -> CaptureResult:
+            block_size: int | None = DEFAULT_BLOCK_SIZE, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB) -> CaptureResult:
     """Run `model` over `inputs` and reduce each layer's activations to per-head statistics.
 
     Args:
@@ -134,7 +134,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
             "blocked" (the fused kernel, statistics recomputed `block_size` query rows at a time: memory
             O(T), for long contexts; see `headscope.capture.blocked`), or "auto" (default): eager while a
             batch's pattern fits `max_pattern_mb`, blocked past it.
-        block_size: query rows per block on the blocked path.
+        block_size: query rows per block on the blocked path (None: about 8 MB of scores per block).
         max_pattern_mb: the budget "auto" compares one layer's float32 pattern of a batch with.
 
     Returns:
@@ -174,7 +174,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     batches = list(iter_batches(token_lists, batch_size, pad_id))
     device = model_device(model)  # inputs follow the model; reducers work on CPU float32 copies
     show = progress if progress is not None else len(batches) > 1
-    stop = layers[-1] + 1 if layers[-1] + 1 < info.n_layers else None
+    stop = layers[-1] + 1  # the forward ends after the last captured block: no final norm or unembedding (logits: T x vocab)
     for batch in tqdm(batches, desc="capture", unit="batch", disable=not show):
         ctx = BatchContext(batch, info)
         blocked = resolve_attention(model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not)
@@ -236,7 +236,6 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
     last_other = other_needs[-1] if other_needs else None
     stashed = sorted(set(other_needs) | {n for r in readers for n in r.needs if n != "pattern"}, key=ORDER.index)
     stash: dict[tuple[int, str], torch.Tensor] = {}
-    n_tokens = ctx.tokens.shape[1]
 
     def make_stash(layer: int, site: str):
         def hook(tensor, hook):
@@ -249,14 +248,26 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
             return None
         return hook
 
+    scores: dict[int, torch.Tensor] = {}
+
+    def make_scores(layer: int):
+        def hook(block, hook):  # the block's masked scores, for readers that use them when given
+            if block.dtype in (torch.float32, torch.float64):  # a half-precision pattern is read as is
+                scores[layer] = for_reducers(block)
+            return None
+        hook.block_aware = True
+        return hook
+
     def make_rows(layer: int):
         def hook(pattern, hook):
-            block = for_reducers(pattern)
-            if block.shape[-1] < n_tokens:  # a causal block leaves out the keys after its last query
-                block = torch.nn.functional.pad(block, (0, n_tokens - block.shape[-1]))
-            rows = ctx.rows(hook.start, hook.stop)
+            block = for_reducers(pattern)  # [batch, head, rows, n_keys]: a causal block ends at its last query
+            rows = ctx.rows(hook.start, hook.stop, block.shape[-1])
+            given = scores.pop(layer, None)
             for r in readers:
-                r.update_rows(layer, {n: block if n == "pattern" else stash[layer, n] for n in r.needs}, rows)
+                acts = {n: block if n == "pattern" else stash[layer, n] for n in r.needs}
+                if given is not None and "attn_scores" in r.optional_needs:
+                    acts["attn_scores"] = given
+                r.update_rows(layer, acts, rows)
             return None
         hook.block_aware = True
         return hook
@@ -271,6 +282,8 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
     hooks = []
     for layer in layers:
         hooks += [(SITES[s].format(l=layer), make_stash(layer, s)) for s in stashed]
+        if any("attn_scores" in r.optional_needs for r in readers):
+            hooks.append((SITES["attn_scores"].format(l=layer), make_scores(layer)))
         if readers:
             hooks += [(SITES["pattern"].format(l=layer), make_rows(layer)), (SITES["z"].format(l=layer), make_end(layer))]
     return hooks

@@ -39,6 +39,9 @@ class Reducer:
     # `update_rows` (and `end_layer` when a layer's statistic is finished after its last block, e.g. a
     # column sum). Other pattern readers need the whole pattern and run only in the eager path.
     fed_by_blocks: bool = False
+    # Sites a reducer uses when the engine has them at no extra cost, never requires: blocked attention
+    # hands a float32 block's masked pre-softmax "attn_scores" along with its pattern.
+    optional_needs: tuple[str, ...] = ()
 
     def params(self) -> dict:
         return {}
@@ -121,10 +124,19 @@ class AttentionEntropy(QueryMeanReducer):
     name = "attention_entropy"
     description = "Mean Shannon entropy (nats) of each attention row, queries 1..T-1."
     higher_is_more = True
+    optional_needs = ("attn_scores",)
 
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]
-        return -torch.special.xlogy(pattern, pattern).sum(-1), ctx.queries_after_first
+        scores = acts.get("attn_scores")
+        if scores is None:
+            return -torch.special.xlogy(pattern, pattern).sum(-1), ctx.queries_after_first
+        # With the scores s (masked keys at the dtype's minimum, where A = 0): log A = s - lse, so
+        # H = lse - sum A s = -log max A + sum A (max s - s). Two non-negative terms (no cancellation) and
+        # no logarithm per key: the cost of a dot product instead of xlogy's log over every key.
+        top = scores.amax(-1, keepdim=True)
+        spread = torch.einsum("...k,...k->...", pattern, top - scores)
+        return spread - torch.log(pattern.amax(-1)), ctx.queries_after_first
 
 
 class MeanAttentionDistance(QueryMeanReducer):

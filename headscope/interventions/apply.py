@@ -16,7 +16,7 @@ from .prepare import prepare_references
 
 @contextlib.contextmanager
 def apply(model, interventions, *, decode_start: int | None = None, attention: str = "eager",
-          block_size: int = DEFAULT_BLOCK_SIZE):
+          block_size: int | None = DEFAULT_BLOCK_SIZE):
     """Context manager: attach the interventions' hooks, always remove them on exit (also on error).
 
     Kinds with reference activations (mean and resample ablation) first run their reference prompts

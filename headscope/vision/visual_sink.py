@@ -85,7 +85,7 @@ class ImageCentricRows(PhiTopK):
                     self._sinks.append((p, layer, self._sink[r, :int(ctx.valid[r].sum())].nonzero()[:, 0].numpy()))
         if layer < FIRST_SINK_LAYER:
             return
-        pattern = acts["pattern"].float()  # [batch, head, rows, k]
+        pattern = ctx.whole_keys(acts["pattern"]).float()  # [batch, head, rows, k]
         for r, p in enumerate(ctx.index):
             n, (s, e) = int(ctx.valid[r].sum()), self.spans[p]
             lo, hi = max(e, ctx.start), min(n, ctx.stop)
