@@ -16,7 +16,7 @@ runs on blocked attention; nothing of size T x T is built (docs/long-context.md)
 
 Writes docs/long_context_retrieval.json and docs/figures/long_context_retrieval.{html,png,svg}.
 Usage: python analyses/long_context_retrieval.py [--lengths 1024 2048 4096 8192] [--n-samples 6] [--k 10]
-       (--replot: only the figure, from the saved JSON)
+       (--replot: the figure and the markdown tables, from the saved JSON)
 """
 
 from __future__ import annotations
@@ -92,6 +92,25 @@ def compare(rows: list[dict], top_n: int = 10) -> list[dict]:
     return out
 
 
+def markdown(record: dict) -> str:
+    """The tables of docs/long-context-retrieval.md, from the saved record."""
+    k = record["k"]
+    lines = ["| prompt tokens | detection accuracy (ROUGE-1 > 0.5) | heads > 0.1 | held-out accuracy | "
+             f"top-{k} masked | {k} random masked (per seed) | top 5 heads | minutes |",
+             "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for r in record["rows"]:
+        lines.append(f"| {r['length']:,} | {r['detect_accuracy']:.2f} | {r['n_heads_above_threshold']} | "
+                     f"{r['clean_accuracy']:.2f} | {r['top_k_accuracy']:.2f} | "
+                     f"{', '.join(f'{a:.2f}' for a in r['random_k_accuracy'])} | {', '.join(r['top_heads'][:5])} | "
+                     f"{r['seconds'] / 60:.1f} |")
+    lines += ["", f"| lengths | Spearman of the score maps | top-{record['top_n']} heads shared |", "| --- | ---: | ---: |"]
+    shared = f"top{record['top_n']}_shared"
+    for c in record["comparison"]:
+        lines.append(f"| {c['lengths'][0]:,} vs {c['lengths'][1]:,} | {c['spearman']:.2f} | "
+                     f"{c[shared]} / {record['top_n']} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(record: dict, out: Path) -> None:
     rows = record["rows"]
     x = [r["length"] for r in rows]
@@ -138,7 +157,10 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     if args.replot:
-        return plot(json.loads((out / "long_context_retrieval.json").read_text()), out)
+        record = json.loads((out / "long_context_retrieval.json").read_text())
+        plot(record, out)
+        print(markdown(record))
+        return
     start = time.time()
     model = headscope.load_model()
     rows = []
@@ -150,8 +172,7 @@ def main() -> None:
         record["seconds"] = round(time.time() - start, 1)
         atomic_write(out / "long_context_retrieval.json", lambda t: t.write_text(json.dumps(record, indent=1)))
     plot(record, out)
-    for c in record["comparison"]:
-        print(c)
+    print(markdown(record))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ context 32k) at T up to 32k (memory: where T² shows). Peak = growth of peak RSS
 model (Linux /proc/self/clear_refs); time = one run (`--repeats` for more, best taken).
 
 Usage: python benchmarks/long_context.py [--lengths 1024 2048 4096 8192] [--tiny-lengths 4096 8192 16384 32768]
-                                         [--max-gb 16] [--out docs]   (--replot: figure from <out>/long_context.json)
+                                         [--max-gb 16] [--out docs]
+       (--replot: the figure and the markdown tables from <out>/long_context.json)
 """
 
 from __future__ import annotations
@@ -128,6 +129,34 @@ def goals(rows) -> list[dict]:
     return out
 
 
+def markdown(record: dict) -> str:
+    """The tables of docs/benchmarks.md: time and peak per mode and T, then the goals."""
+    rows = record["rows"]
+    lines = []
+    for which, modes in (("smollm2", MODES), ("tiny", TINY_MODES)):
+        lengths = sorted({r["tokens"] for r in rows if r["model"] == which})
+        if not lengths:
+            continue
+        lines += ["", f"**{'SmolLM2-135M-Instruct' if which == 'smollm2' else 'tiny random-init Llama (2 layers, 4 heads, 32k context)'}** — time s / peak MB", "",
+                  "| T | " + " | ".join(modes) + " |", "| ---: |" + " ---: |" * len(modes)]
+        for n in lengths:
+            cells = []
+            for mode in modes:
+                r = next((r for r in rows if (r["model"], r["mode"], r["tokens"]) == (which, mode, n)), None)
+                if r is None:
+                    cells.append("—")
+                elif r["status"] == "ok":
+                    cells.append(f"{r['seconds']:.1f} / {r['peak_mb']:,.0f}")
+                else:
+                    limit = f" ({record['max_gb']:g} GB cap)" if r["status"] == "out of memory" else ""
+                    cells.append(f"{r['status']}{limit}")
+            lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    lines += ["", "| goal | model | T | measured | met |", "| --- | --- | ---: | ---: | --- |"]
+    for g in record["goals"]:
+        lines.append(f"| {g['goal']} | {g['model']} | {g['tokens']:,} | {g['ratio']} | {'yes' if g['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(rows):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -177,8 +206,9 @@ def main(argv=None) -> None:
     from headscope.viz.export import export_figure
 
     if args.replot:
-        rows = json.loads((Path(args.out) / "long_context.json").read_text())["rows"]
-        export_figure(figure(rows), Path(args.out) / "figures", "long_context")
+        record = json.loads((Path(args.out) / "long_context.json").read_text())
+        export_figure(figure(record["rows"]), Path(args.out) / "figures", "long_context")
+        print(markdown(record))
         return
     import torch
 
@@ -195,6 +225,7 @@ def main(argv=None) -> None:
                 "torch": torch.__version__, "max_gb": args.max_gb, "rows": rows, "goals": met}
         atomic_write(out / "long_context.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         export_figure(figure(rows), out / "figures", "long_context")
+        print(markdown(meta))
         print(f"wrote {out / 'long_context.json'} and {out / 'figures'}/long_context.*")
 
 

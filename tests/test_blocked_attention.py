@@ -259,3 +259,25 @@ def test_hooks_must_understand_blocks():
     with pytest.raises(InputError, match="block_size"):
         with blk.blocked_attention(model, block_size=0):
             pass
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gemma3"])
+def test_residual_and_head_output_reducers_alongside_blocks(name):
+    """Reducers of hook_z (served by the kernel) and of the residual stream (the bridge's hooks) give the
+    eager numbers next to pattern readers fed by blocks."""
+    from headscope.analyzers._sink_reducers import MassiveActivations, PhiTopK
+    from headscope.analyzers._z_reducers import ZAtPositions
+
+    model = tiny_arch_model(name)
+    prompts = _prompts(name)
+    make = lambda: [ZAtPositions([[0, 5, 20]] * 3), MassiveActivations(min_abs=0.5, min_ratio=2.0),
+                    PhiTopK(top_k=4), HiddenSinks(0.05)] + default_reducers()
+    eager = capture(model, prompts, make(), attention="eager")
+    blocked = capture(model, prompts, make(), attention="blocked", block_size=6)
+    for a, b in zip(eager["z_sq_norm"].z, blocked["z_sq_norm"].z):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    e, b = eager["massive_activations"], blocked["massive_activations"]
+    np.testing.assert_allclose(e.median, b.median, rtol=1e-6)
+    assert len(e.entries["value"]) > 0 and np.array_equal(e.entries["position"], b.entries["position"])
+    np.testing.assert_allclose(eager["phi"].top_values, blocked["phi"].top_values, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(eager["hidden_sink_count"].counts.values, blocked["hidden_sink_count"].counts.values)

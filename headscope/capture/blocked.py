@@ -29,6 +29,7 @@ padded batch, and callers fall back to eager or say why not.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import weakref
 from dataclasses import dataclass
@@ -181,19 +182,31 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
     b, h, T, d = query.shape
     n_kv = key.shape[2]
     q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
+    # A plain causal mask (no padding, no window) hides only keys after the query: inside a causal block
+    # that is the triangle over the block's own keys, so the mask is applied to that corner alone.
+    plain_causal = causal and (mask is None or (isinstance(mask, RowMask) and mask.plain))
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if math.frexp(scaling)[0] == 0.5:  # a power of two: scaling q first gives the same bits, one pass less
+        query, scaling = query * scaling, None
     out = query.new_empty(b, h, T, value.shape[-1])
     neg = torch.finfo(query.dtype).min
     for start in range(0, T, block):
         stop = min(T, start + block)
         # a causal query sees no key after itself: leave those keys out of the block
         n_keys = min(n_kv, q_offset + stop) if causal else n_kv
-        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2)).mul_(scaling)
+        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2))
+        if scaling is not None:
+            scores.mul_(scaling)
         if softcap is not None:
             scores = scores.div_(softcap).tanh_().mul_(softcap)
-        visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
-        if visible is not None:
-            scores.masked_fill_(~visible, neg)
+        if plain_causal:
+            corner = scores[..., n_keys - (stop - start):]  # keys q_offset+start .. q_offset+stop-1
+            corner.masked_fill_(torch.ones(stop - start, stop - start, dtype=torch.bool, device=query.device)
+                                .triu_(1), neg)
+        else:
+            visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
+            if visible is not None:
+                scores.masked_fill_(~visible, neg)
         hook = BlockHook(name.format("attn_scores"), layer, start, stop, n_keys)
         for fn in score_fns:
             edited = fn(scores, hook)

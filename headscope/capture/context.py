@@ -77,6 +77,11 @@ class BatchContext:
         """[batch, q] queries whose token occurred before (where duplicate/induction apply)."""
         return self._all_rows.queries_with_earlier_copy
 
+    @property
+    def earlier_copies(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch row, query, key) of every True entry of `earlier_same_token`."""
+        return self._all_rows.earlier_copies
+
 
 class RowBlock:
     """The context of a block of query rows [start, stop) against keys [0, n_keys): what a reducer sees
@@ -131,5 +136,14 @@ class RowBlock:
         return shifted
 
     @cached_property
+    def earlier_copies(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch row, query row, key) of every True entry of `earlier_same_token`: few next to rows x keys,
+        so a statistic over them gathers instead of weighting the whole block with a mostly-zero mask."""
+        return self.earlier_same_token.nonzero(as_tuple=True)
+
+    @cached_property
     def queries_with_earlier_copy(self) -> torch.Tensor:
-        return self.earlier_same_token.any(dim=-1)
+        b, q, _ = self.earlier_copies
+        out = torch.zeros(self.valid_queries.shape, dtype=torch.bool)
+        out[b, q] = True
+        return out

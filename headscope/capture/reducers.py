@@ -161,13 +161,24 @@ class PreviousTokenScore(QueryMeanReducer):
         return stat, ctx.queries_after_first
 
 
+def _sum_at_copies(pattern: torch.Tensor, ctx, shift: int) -> torch.Tensor:
+    """[batch, head, q]: sum over the earlier copies k of query q's token of A[q, k + shift] (shift 0: the
+    copies, `earlier_same_token`; 1: the tokens right after them, `after_earlier_same_token`)."""
+    b, q, k = ctx.earlier_copies
+    k = k + shift
+    keep = k < pattern.shape[-1]
+    b, q, k = b[keep], q[keep], k[keep]
+    out = pattern.new_zeros(pattern.shape[0], pattern.shape[2], pattern.shape[1])  # [batch, q, head]
+    out.index_put_((b, q), pattern[b, :, q, k], accumulate=True)
+    return out.transpose(1, 2)
+
+
 class DuplicateTokenScore(QueryMeanReducer):
     name = "duplicate_token_score"
     description = "Attention on earlier copies of the query's own token (RazorAttention echo), over queries that have one."
 
     def per_query(self, acts, ctx):
-        mask = ctx.earlier_same_token.to(acts["pattern"].dtype)  # [batch, q, k]
-        return torch.einsum("bhqk,bqk->bhq", acts["pattern"], mask), ctx.queries_with_earlier_copy
+        return _sum_at_copies(acts["pattern"], ctx, shift=0), ctx.queries_with_earlier_copy
 
 
 class InductionScore(QueryMeanReducer):
@@ -176,8 +187,7 @@ class InductionScore(QueryMeanReducer):
     causal_only = True
 
     def per_query(self, acts, ctx):
-        mask = ctx.after_earlier_same_token.to(acts["pattern"].dtype)
-        return torch.einsum("bhqk,bqk->bhq", acts["pattern"], mask), ctx.queries_with_earlier_copy
+        return _sum_at_copies(acts["pattern"], ctx, shift=1), ctx.queries_with_earlier_copy
 
 
 DEFAULT_REDUCERS = (
