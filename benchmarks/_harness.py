@@ -12,6 +12,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 
 OOM_MARKERS = ("MemoryError", "not enough memory", "DefaultCPUAllocator: can't allocate", "out of memory")
 
@@ -45,3 +46,25 @@ def run_mode(mode: str, argv: list[str], *, max_gb: float | None = None, timeout
     if any(marker in proc.stderr for marker in OOM_MARKERS):
         return {"mode": mode, "status": "out of memory", "detail": f"{tail[:160]} ({limit})"}
     return {"mode": mode, "status": "failed", "detail": f"exit {proc.returncode}: {tail[:200]}"}
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def time_and_peak(run, repeats: int) -> tuple[float, float]:
+    """(best seconds, smallest peak MB) of `run()` over `repeats` calls, in this process (call it in the
+    mode's child, after loading and a warm-up). Peak = growth of the peak RSS during the call: the mark
+    is reset to the current RSS first (Linux /proc/self/clear_refs)."""
+    times, peaks = [], []
+    for _ in range(repeats):
+        base = _rss_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+        peaks.append(_rss_kb("VmHWM") - base)
+        del out
+    return min(times), min(peaks) / 1024

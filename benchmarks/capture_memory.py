@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode, time_and_peak  # noqa: E402  (the benchmarks folder is not a package)
 
 MODES = {
     "plain_forward": "model(tokens)  # TransformerLens bridge, no hooks",
@@ -27,11 +26,6 @@ MODES = {
     "run_with_cache_patterns": "model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))",
     "run_with_cache_all": "model.run_with_cache(tokens)  # the usual TL way",
 }
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def child(mode: str, n_tokens: int, repeats: int) -> dict:
@@ -50,17 +44,8 @@ def child(mode: str, n_tokens: int, repeats: int) -> dict:
     }[mode]
     with torch.no_grad():
         run()  # warm-up (allocator, lazy init)
-        times, peaks = [], []
-        for _ in range(repeats):
-            base = _rss_kb("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            start = time.perf_counter()
-            out = run()
-            times.append(time.perf_counter() - start)
-            peaks.append(_rss_kb("VmHWM") - base)
-            del out
-    return {"mode": mode, "seconds": min(times), "peak_mb": min(peaks) / 1024}
+        seconds, peak_mb = time_and_peak(run, repeats)
+    return {"mode": mode, "seconds": seconds, "peak_mb": peak_mb}
 
 
 def main() -> None:

@@ -22,20 +22,14 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode, time_and_peak  # noqa: E402  (the benchmarks folder is not a package)
 
 MODES = ("eager_forward", "fused_forward", "capture_eager", "capture_blocked", "run_with_cache")
 TINY_MODES = ("eager_forward", "fused_forward", "capture_eager", "capture_blocked")
 TINY_CTX = 32768
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def _load(which: str):
@@ -70,17 +64,8 @@ def child(which: str, mode: str, n_tokens: int, repeats: int) -> dict:
     tokens = torch.randint(lo, hi, (1, n_tokens), generator=g)
     with torch.no_grad():
         run(tokens[:, :64])  # warm-up (allocator, lazy init, the blocked path's one-off support probe)
-        times, peaks = [], []
-        for _ in range(repeats):
-            base = _rss_kb("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            start = time.perf_counter()
-            out = run(tokens)
-            times.append(time.perf_counter() - start)
-            peaks.append(_rss_kb("VmHWM") - base)
-            del out
-    return {"model": which, "mode": mode, "tokens": n_tokens, "seconds": min(times), "peak_mb": min(peaks) / 1024}
+        seconds, peak_mb = time_and_peak(lambda: run(tokens), repeats)
+    return {"model": which, "mode": mode, "tokens": n_tokens, "seconds": seconds, "peak_mb": peak_mb}
 
 
 def measure(which: str, modes, lengths, max_gb, timeout_s, repeats) -> list[dict]:
