@@ -133,7 +133,8 @@ def plot(record: dict, out: Path) -> None:
         z.append([r["scores"][l][hh] if r["scores"][l][hh] >= 0 else None for r in rows])
     fig.add_heatmap(z=z, x=[f"{v}" for v in x], y=heads, colorscale="Viridis", colorbar=dict(title="score", x=1.02),
                     row=1, col=2)
-    fig.update_xaxes(type="log", title_text="prompt tokens", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="prompt tokens (requested)", tickvals=x, ticktext=[f"{v:,}" for v in x],
+                     row=1, col=1)
     fig.update_xaxes(title_text="prompt tokens", row=1, col=2)
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=2)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from ..errors import InputError
 from ..inputs.images import batch_forward_kwargs, images_of
@@ -174,7 +175,9 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     batches = list(iter_batches(token_lists, batch_size, pad_id))
     device = model_device(model)  # inputs follow the model; reducers work on CPU float32 copies
     show = progress if progress is not None else len(batches) > 1
-    stop = layers[-1] + 1  # the forward ends after the last captured block: no final norm or unembedding (logits: T x vocab)
+    # The forward ends after the last captured block: no final norm and no [T, vocabulary] logits (TL's own
+    # stop_at_layer stops only before a block, so the last block's output hook stops it).
+    stop = (SITES["resid_post"].format(l=layers[-1]), _stop_forward)
     for batch in tqdm(batches, desc="capture", unit="batch", disable=not show):
         ctx = BatchContext(batch, info)
         blocked = resolve_attention(model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not)
@@ -184,19 +187,24 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
             hooks = _eager_hooks(layers, reducers, ctx, batch, kept)
         if vision:
             hooks += _vision_hooks(model, vision, ctx, image_offsets)
+        hooks.append(stop)  # last: the layer's own hooks run first
         tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
         with torch.no_grad():
             if blocked:
                 with blocked_attention(model, hooks, block_size=block_size) as session:
-                    model(tokens, attention_mask=mask, stop_at_layer=stop, **batch_forward_kwargs(images, batch.index))
+                    model(tokens, attention_mask=mask, **batch_forward_kwargs(images, batch.index))
                     _check_calls(session, layers)
             else:
                 with model.hooks(fwd_hooks=hooks):
-                    model(tokens, attention_mask=mask, stop_at_layer=stop, **batch_forward_kwargs(images, batch.index))
+                    model(tokens, attention_mask=mask, **batch_forward_kwargs(images, batch.index))
 
     scores = {r.name: _checked_result(r, info, prompts) for r in reducers + vision}
     patterns = [torch.stack(p) for p in kept] if kept is not None else None
     return CaptureResult(scores, token_lists, prompts, layers, patterns)
+
+
+def _stop_forward(tensor, hook):
+    raise StopAtLayerException(tensor)  # the bridge's forward catches it and returns
 
 
 def _needs(reducers, keep_patterns: bool = False) -> list[str]:
