@@ -21,8 +21,8 @@ from ..inputs.images import batch_forward_kwargs, images_of
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
-from .blocked import (ATTENTION_MODES, DEFAULT_BLOCK_SIZE, DEFAULT_PATTERN_BUDGET_MB, blocked_attention, pattern_mb,
-                      resolve_attention)
+from .blocked import (ATTENTION_MODES, DEFAULT_BLOCK_SIZE, DEFAULT_PATTERN_BUDGET_MB, INTERNAL_SITES, blocked_attention,
+                      pattern_mb, resolve_attention)
 from .context import BatchContext
 from .reducers import Reducer, default_reducers
 
@@ -308,7 +308,7 @@ def _why_not_blocked(reducers, keep_patterns: bool, kept_mb: float, with_images:
     if with_images:  # the support probe is text-only: an image forward's masks are not checked
         why.append("the inputs carry images")
     for r in reducers:
-        inside = sorted(set(r.needs) & {"q", "k", "v", "rot_q", "rot_k", "attn_scores"})
+        inside = sorted(set(r.needs) & (set(INTERNAL_SITES) - {"pattern", "z"}))  # what the kernel does not hand out
         if inside:
             why.append(f"reducer {r.name!r} reads {inside}, which blocked attention does not offer")
         elif "pattern" in r.needs and not r.fed_by_blocks:

@@ -52,7 +52,7 @@ def apply(model, interventions, *, decode_start: int | None = None, attention: s
 
 def eager_only(specs) -> list[str]:
     """Why these specs cannot run on blocked attention (empty when they can)."""
-    kinds = sorted({s.kind for s in specs if s.edits_attention and (s.site != "attn_scores" or s.whole_query)})
+    kinds = sorted({s.kind for s in specs if not s.row_local})
     return [f"intervention kind(s) {kinds} redistribute the attention pattern, which needs the whole pattern"] if kinds else []
 
 

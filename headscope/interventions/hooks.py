@@ -85,9 +85,7 @@ def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, pr
         else:  # [batch, pos, head, d] -> sel [n, pos, d]
             out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], block_rows, ctx)
         return out
-    # Row-local edits of attention scores (each query row edited on its own) are exact on blocks of rows;
-    # a pattern-site kind (a redistribution: ACT, VAR) stays on the eager path.
-    hook.block_aware = spec.site == "attn_scores" and not spec.whole_query
+    hook.block_aware = spec.row_local  # exact on blocks of rows; a redistribution (ACT, VAR) stays eager
     return hook
 
 

@@ -140,6 +140,13 @@ class Intervention:
         return self.site in ATTENTION_SITES
 
     @property
+    def row_local(self) -> bool:
+        """Whether the edit treats each query row on its own, so blocked attention (rows a block at a
+        time) gives what eager attention gives: head-output edits and row-wise score edits; not a
+        redistribution of the pattern (ACT, VAR)."""
+        return not self.edits_attention or (self.site == "attn_scores" and not self.whole_query)
+
+    @property
     def layers(self) -> list[int]:
         return sorted({l for l, _ in self.heads})
 
