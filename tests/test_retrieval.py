@@ -250,6 +250,16 @@ def test_needle_prompts_locate_the_needle_exactly(smol, form):
 
 
 @pytest.mark.real_model
+def test_needle_prompts_fill_the_bundled_context_or_refuse(smol):
+    """The bundled haystack fills SmolLM2's whole context (8192); a corpus too short for the asked length
+    is an error, never a silently shorter prompt."""
+    for s in make_needle_prompts(smol, 3, [8192], seed=0):
+        assert 8192 - 40 <= s.context_length <= 8193
+    with pytest.raises(InputError, match="haystack has only"):
+        make_needle_prompts(smol, 1, [4000], haystack=load_haystack()[:2])
+
+
+@pytest.mark.real_model
 def test_smol_teacher_forced_equals_hf_loop_and_generate_mode(smol, smol_hf):
     samples = make_needle_prompts(smol, 2, [150], seed=0, form="completion")
     stops = stop_token_ids(smol.tokenizer)

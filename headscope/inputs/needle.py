@@ -140,7 +140,8 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
     """`n` seeded needle prompts per context length (in tokens, the whole prompt). Depths cycle through
     `depths` (default the paper's linspace(0, 100, 10)) from a random offset, needles cycle in a
     seeded order, haystack start points are random. Prompts are filled with whole sentences up to
-    `context_length` tokens (a needle at depth 0 can add one token).
+    `context_length` tokens (a needle at depth 0 can add one token); a haystack too short to fill a
+    prompt is an error, never a silently shorter prompt (the bundled texts hold ~9.8k SmolLM2 tokens).
 
     Pass the model (a bridge) or a plain tokenizer. `prepend_bos`: None = the model's BOS default, or
     what a plain tokenizer does by default (non-chat forms only); True / False force it.
@@ -203,6 +204,10 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
                     break
                 chosen.append(i)
                 used += size
+            else:  # every sentence fitted: the corpus is shorter than the prompt asked for
+                raise InputError(f"context_length={length} needs ~{budget} haystack tokens but the haystack has "
+                                 f"only {used}: pass more text with haystack=[...] (or add *.txt files to the "
+                                 f"haystack folder), or ask for a shorter context")
             if not chosen:
                 raise InputError(f"context_length={length} leaves no room for a haystack sentence in the "
                                  f"{form!r} form: use at least ~{length - budget + 40} tokens")
