@@ -15,7 +15,7 @@ Every forward past the capture budget (512 MB of float32 pattern per layer: abou
 runs on blocked attention; nothing of size T x T is built (docs/long-context.md).
 
 Writes docs/long_context_retrieval.json and docs/figures/long_context_retrieval.{html,png,svg}.
-Usage: python analyses/long_context_retrieval.py [--lengths 1024 2048 4096 8192] [--n-samples 6] [--k 10]
+Usage: python analyses/long_context_retrieval.py [--lengths 1024 2048 4096 8180] [--n-samples 6] [--k 10]
        (--replot: the figure and the markdown tables, from the saved JSON)
 """
 
@@ -148,7 +148,8 @@ def plot(record: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8180],
+                   help="prompt tokens; 8180 keeps prompt + 10 answer tokens inside SmolLM2's 8192 positions")
     p.add_argument("--n-samples", type=int, default=6)
     p.add_argument("--k", type=int, default=10, help="heads masked in the masking check")
     p.add_argument("--seeds", type=int, default=2, help="random head sets per length")
