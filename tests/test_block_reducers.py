@@ -88,3 +88,20 @@ def test_row_block_masks_are_the_rows_of_the_whole_masks():
             assert torch.equal(getattr(rows, name), getattr(ctx, name)[:, start:stop]), name
         for name in ("queries_after_first", "queries_with_earlier_copy", "valid_queries"):
             assert torch.equal(getattr(rows, name), getattr(ctx, name)[:, start:stop]), name
+
+
+def test_earlier_copies_from_token_groups_equal_the_dense_comparison():
+    """`earlier_copies` (read from the sorted token groups, no [rows, keys] tensor) lists exactly the True
+    entries of the dense `earlier_same_token`, in the same order, on random padded batches and blocks."""
+    info = model_info(planted_model()[0])
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(1, 50, (3,), generator=g).tolist()
+        prompts = [torch.randint(2, 8, (n,), generator=g).tolist() for n in lengths]  # few ids: many copies
+        ctx = BatchContext(next(iter_batches(prompts, 3, 0)), info)
+        T = ctx.tokens.shape[1]
+        for start in range(0, T, 6):
+            rows = ctx.rows(start, min(T, start + 6), min(T, start + 6))
+            dense = rows.earlier_same_token.nonzero(as_tuple=True)
+            assert all(torch.equal(a, b) for a, b in zip(rows.earlier_copies, dense)), (seed, start)
+        assert len(ctx.earlier_copies[0]) == int(ctx.earlier_same_token.sum())

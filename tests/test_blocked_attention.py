@@ -3,8 +3,10 @@ tokens as the eager path on every family whose HF attention goes through transfo
 AttentionInterface, padded batches included; a clear error where it cannot run; nothing left switched."""
 
 import math
+import weakref
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -18,15 +20,15 @@ from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.interventions import (ACTCalibration, MeanAblation, StreamingWindow, UniformAttention, ZeroAblation,
                                      apply, forward_with)
+from headscope.models.compat import pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import planted_model, tiny_model
 from headscope.testing.architectures import ARCHITECTURES, random_prompt, supported, tiny_arch_model
 from headscope.vision.visual_sink import ImageCentricRows
 
-# Families whose HF attention (transformers 5.24) computes attention itself instead of calling the
-# AttentionInterface: blocked attention refuses them (they stay eager).
-NOT_BLOCKED = {"gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt"}
-BLOCKED = [n for n in ARCHITECTURES if n not in NOT_BLOCKED]
+# Every family runs blocked: through transformers' AttentionInterface, or (GPT-Neo, Falcon, BLOOM, MPT,
+# whose HF attention computes attention inline) through headscope's adapters in blocked_families.
+BLOCKED = list(ARCHITECTURES)
 
 
 def _prompts(name, lengths=(41, 30, 36)):
@@ -146,11 +148,15 @@ def test_row_mask_equals_hf_full_mask():
     assert plain.plain
 
 
-def test_support_probe_names_the_reason():
+def test_support_probe_passes_every_family_and_names_the_reason_otherwise(monkeypatch):
     ok = {name: blk.blocked_support(tiny_arch_model(name)) for name in supported()}
-    assert {n for n, (good, _) in ok.items() if not good} == NOT_BLOCKED & set(ok)
-    for name in NOT_BLOCKED & set(ok):
-        assert "AttentionInterface" in ok[name][1]
+    assert {n: why for n, (good, why) in ok.items() if not good} == {}
+    # A family with neither the interface nor an adapter (here: GPT-Neo with its adapter taken away).
+    model = tiny_arch_model("gpt-neo")
+    monkeypatch.delitem(blk._ADAPTERS, "GPTNeoSelfAttention")
+    monkeypatch.setattr(blk, "_SUPPORT", weakref.WeakKeyDictionary())  # probe afresh, forget afterwards
+    good, why = blk.blocked_support(model)
+    assert not good and "GPTNeoSelfAttention" in why and "AttentionInterface" in why
 
 
 def test_auto_uses_blocked_past_the_budget(monkeypatch):
@@ -185,9 +191,11 @@ def test_past_the_budget_errors_say_why_and_how_much():
         capture(model, prompts, attention="sdpa")
 
 
-def test_unsupported_family_is_a_clear_error_past_the_budget():
+def test_unsupported_family_is_a_clear_error_past_the_budget(monkeypatch):
     model = tiny_arch_model("gpt-neo")
     prompts = _prompts("gpt-neo")
+    monkeypatch.delitem(blk._ADAPTERS, "GPTNeoSelfAttention")  # as a family without an adapter
+    monkeypatch.setattr(blk, "_SUPPORT", weakref.WeakKeyDictionary())
     with pytest.raises(InputError, match="GPTNeoSelfAttention.*AttentionInterface.*attention='eager'"):
         capture(model, prompts, max_pattern_mb=1e-4)
     capture(model, prompts)  # within the budget: eager, as before
@@ -201,7 +209,8 @@ INTERVENTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3"])
+@pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3",
+                                  "falcon", "falcon-alibi", "bloom", "mpt"])
 def test_interventions_on_blocked_attention_equal_eager(name):
     model = tiny_arch_model(name)
     tokens = torch.tensor([p[:36] + [1] * (36 - len(p[:36])) for p in _prompts(name)])
@@ -224,11 +233,13 @@ def test_redistributions_stay_eager():
             pass
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox"])
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt"])
 def test_greedy_generation_with_a_blocked_prefill(name):
     model = tiny_arch_model(name)
     ids = _prompts(name)[0][:30]
-    specs = [UniformAttention(heads=[(1, 1)], positions="decode")]
+    # GPT-Neo's bridge discards pattern edits even on the eager path: a head-output edit there.
+    specs = ([UniformAttention(heads=[(1, 1)], positions="decode")] if pattern_edits_take_effect(model)
+             else [ZeroAblation(heads=[(1, 1)])])
     for interventions in ([], specs):
         eager = greedy_generate(model, ids, 6, interventions=interventions, attention="eager")
         assert greedy_generate(model, ids, 6, interventions=interventions, attention="blocked") == eager

@@ -12,13 +12,9 @@ from headscope.testing.conformance import CHECKS, markdown, run_check, run_matri
 
 # Families whose TransformerLens bridge reports attention patterns only after HF computed them.
 POST_HOC_PATTERNS = {"bert", "gpt-neo"}
-# Families whose HF attention computes attention itself rather than calling transformers' AttentionInterface
-# (transformers 5.24): blocked attention refuses them.
-EAGER_ONLY = {"gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt"}
 EXPECTED_REFUSALS = (
     {(a, c) for a in POST_HOC_PATTERNS for c in ("uniform_attention", "streaming_window", "act_var_rows", "analyzers")}
     | {("bert", "generation"), ("bert", "retrieval"), ("bert", "reducers")}
-    | {(a, "blocked") for a in EAGER_ONLY}
 )
 
 

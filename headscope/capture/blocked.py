@@ -20,15 +20,18 @@ hook must say it understands blocks (`fn.block_aware = True`). At "z" a hook get
 whole [batch, pos, head, d_head] head outputs, as `hook_z`. Other attention-internal sites ("q", "k",
 "v", "rot_q", "rot_k") are not offered here: use the eager path.
 
-Families whose HF attention does not go through `AttentionInterface` (GPT-Neo, Falcon, BLOOM, MPT in
-transformers 5.24) cannot run blocked: `blocked_support(model)` probes each model once, comparing
-the blocked forward (both the fused and the block path) with the bridge's eager forward on a short
-padded batch, and callers fall back to eager or say why not.
+Families whose HF attention computes attention inline (GPT-Neo, Falcon, BLOOM, MPT in transformers
+5.24) run through headscope's copy of their forward (`blocked_families`, registered with
+`register_adapter`), which calls `attention_forward` with the family's additive bias or local
+window. `blocked_support(model)` probes each model once, comparing the blocked forward (both the
+fused and the block path) with the bridge's eager forward on a short padded batch; a family with
+neither route, or any mismatch, is refused and callers fall back to eager or say why not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import weakref
@@ -76,6 +79,8 @@ class RowMask:
     (full, sliding window) and passes it to every layer; nothing of size T x T is ever made.
     """
 
+    ndim = None  # not a tensor: model code that folds a bias into a 4-D mask (Falcon's ALiBi) leaves it be
+
     def __init__(self, **kwargs):
         kwargs.pop("dtype", None)
         kwargs.pop("config", None)
@@ -91,6 +96,9 @@ class RowMask:
         padding = prepare_padding_mask(kw.get("attention_mask"), kw["kv_length"], kw.get("kv_offset", 0))
         return _ignore_causal_mask_sdpa(padding, kw["q_length"], kw["kv_length"], self.q_offset,
                                         kw.get("kv_offset", 0), kw.get("local_size"))
+
+    def to(self, *args, **kwargs) -> "RowMask":  # MPT casts its mask to bool; the rows are bool already
+        return self
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """[batch, 1, stop - start, kv_length] bool, True where query row i may see key k."""
@@ -132,9 +140,14 @@ _LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (s
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-                      **kwargs):
+                      *, score_bias=None, window: int | None = None, **kwargs):
     """The `AttentionInterface` function: query [b, h, T, d], key/value [b, kv_h, Tk, d] (post-RoPE,
-    before GQA expansion) -> ([b, T, h, d] output, None)."""
+    before GQA expansion) -> ([b, T, h, d] output, None).
+
+    Two extras for the families headscope adapts itself (`blocked_families`): `score_bias(start, stop,
+    n_keys)` gives an additive bias for a block of rows, broadcastable to [b, h, rows, n_keys] (ALiBi),
+    added after the scaling; `window` hides keys `window` or more positions before the query (GPT-Neo's
+    local layers, whose HF mask is plain causal)."""
     entry = _LAYER_OF.get(id(module))
     if entry is None:
         raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
@@ -151,11 +164,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     score_fns = session.hooks.get((layer, "attn_scores"), [])
     pattern_fns = session.hooks.get((layer, "pattern"), [])
     block = session.rows_per_block(b, h, key.shape[2])
+    extra = _Extra(score_bias, window)
     if score_fns or pattern_fns or softcap is not None:
         out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, block,
-                       score_fns, pattern_fns, name, layer)
+                       score_fns, pattern_fns, name, layer, extra)
     else:
-        out = _fused(query, key, value, attention_mask, scaling, causal, groups, block)
+        out = _fused(query, key, value, attention_mask, scaling, causal, groups, block, extra)
     z = out.transpose(1, 2).contiguous()  # [b, T, h, d], what hook_z sees
     for fn in session.hooks.get((layer, "z"), []):
         edited = fn(z, BlockHook(name.format("z"), layer, 0, T, key.shape[2]))
@@ -163,20 +177,40 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     return z, None
 
 
-def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device) -> torch.Tensor | None:
+@dataclass(frozen=True)
+class _Extra:
+    """What an adapted family adds to its layer's mask: an additive score bias, a local window."""
+
+    bias: object = None  # callable (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
+    window: int | None = None
+
+    @property
+    def none(self) -> bool:
+        return self.bias is None and self.window is None
+
+
+def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device,
+             window: int | None = None) -> torch.Tensor | None:
     """[b or 1, 1, rows, n_keys] bool visibility of query rows [start, stop), or None when all visible."""
     if isinstance(mask, RowMask):
-        return mask.rows(start, stop)[..., :n_keys].to(device)
-    if mask is not None:  # a 4-D mask someone prepared: bool (True = visible) or additive float
+        seen = mask.rows(start, stop)[..., :n_keys].to(device)
+    elif mask is not None:  # a 4-D mask someone prepared: bool (True = visible) or additive float
         rows = mask[:, :, start:stop, :n_keys]
-        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
-    if not causal:
-        return None
-    q = torch.arange(start, stop, device=device)[:, None] + q_offset
-    return (torch.arange(n_keys, device=device)[None, :] <= q)[None, None]
+        seen = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+    elif causal:
+        q = torch.arange(start, stop, device=device)[:, None] + q_offset
+        seen = (torch.arange(n_keys, device=device)[None, :] <= q)[None, None]
+    else:
+        seen = None
+    if window is not None:
+        q = torch.arange(start, stop, device=device)[:, None] + q_offset
+        near = (q - torch.arange(n_keys, device=device)[None, :] < window)[None, None]
+        seen = near if seen is None else seen & near
+    return seen
 
 
-def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, score_fns, pattern_fns, name, layer):
+def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, score_fns, pattern_fns, name, layer,
+             extra: _Extra = _Extra()):
     from transformers.models.llama.modeling_llama import repeat_kv
 
     b, h, T, d = query.shape
@@ -184,7 +218,7 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
     q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
     # A plain causal mask (no padding, no window) hides only keys after the query: inside a causal block
     # that is the triangle over the block's own keys, so the mask is applied to that corner alone.
-    plain_causal = causal and (mask is None or (isinstance(mask, RowMask) and mask.plain))
+    plain_causal = causal and extra.window is None and (mask is None or (isinstance(mask, RowMask) and mask.plain))
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if math.frexp(scaling)[0] == 0.5:  # a power of two: scaling q first gives the same bits, one pass less
         query, scaling = query * scaling, None
@@ -199,12 +233,13 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
             scores.mul_(scaling)
         if softcap is not None:
             scores = scores.div_(softcap).tanh_().mul_(softcap)
+        if extra.bias is not None:
+            scores.add_(extra.bias(start, stop, n_keys))
         if plain_causal:
             corner = scores[..., n_keys - (stop - start):]  # keys q_offset+start .. q_offset+stop-1
-            corner.masked_fill_(torch.ones(stop - start, stop - start, dtype=torch.bool, device=query.device)
-                                .triu_(1), neg)
+            corner.masked_fill_(_above_diagonal(stop - start, query.device), neg)
         else:
-            visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
+            visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device, extra.window)
             if visible is not None:
                 scores.masked_fill_(~visible, neg)
         hook = BlockHook(name.format("attn_scores"), layer, start, stop, n_keys)
@@ -220,13 +255,20 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
     return out
 
 
-def _fused(query, key, value, mask, scaling, causal, groups, block):
+@functools.lru_cache(maxsize=8)
+def _above_diagonal(rows: int, device) -> torch.Tensor:
+    """[rows, rows] True above the diagonal: a causal block's own keys that come after the query."""
+    return torch.ones(rows, rows, dtype=torch.bool, device=device).triu_(1)
+
+
+def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extra = _Extra()):
     """PyTorch's fused kernel: at once when the mask is plain causal (or absent), else a block of query
-    rows at a time with that block's boolean mask (still nothing of size T x T)."""
+    rows at a time with that block's boolean mask, or additive one with a score bias (still nothing
+    of size T x T)."""
     b, h, T, d = query.shape
     n_kv = key.shape[2]
     gqa = groups > 1
-    if mask is None or (isinstance(mask, RowMask) and mask.plain):
+    if extra.none and (mask is None or (isinstance(mask, RowMask) and mask.plain)):
         is_causal = causal and T > 1 and (mask is None or T == n_kv)
         if not causal or T == n_kv or T == 1:
             return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling, enable_gqa=gqa)
@@ -235,7 +277,10 @@ def _fused(query, key, value, mask, scaling, causal, groups, block):
     for start in range(0, T, block):
         stop = min(T, start + block)
         n_keys = min(n_kv, q_offset + stop) if causal else n_kv
-        visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device)
+        visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device, extra.window)
+        if extra.bias is not None:  # additive mask; a hidden key gets the dtype's min, as the eager path
+            bias = extra.bias(start, stop, n_keys).to(query.dtype).expand(b, h, stop - start, n_keys)
+            visible = bias if visible is None else bias.masked_fill(~visible, torch.finfo(query.dtype).min)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
             query[:, :, start:stop], key[:, :, :n_keys], value[:, :, :n_keys], attn_mask=visible, scale=scaling,
             enable_gqa=gqa)
@@ -271,8 +316,26 @@ def _configs(model, components) -> list:
     return found
 
 
+# HF attention classes that compute attention inline instead of calling `AttentionInterface`, each
+# with a headscope forward that does the same arithmetic around `attention_forward` (blocked_families).
+_ADAPTERS: dict[str, object] = {}
+
+
+def register_adapter(*class_names: str):
+    """Decorator: `fn(hf_module, *args, **kwargs)` runs HF attention classes `class_names` blocked."""
+    def register(fn):
+        for name in class_names:
+            _ADAPTERS[name] = fn
+        return fn
+    return register
+
+
 def _hf_forward(hf_module):
+    adapter = _ADAPTERS.get(type(hf_module).__name__)
+
     def forward(*args, **kwargs):
+        if adapter is not None:
+            return adapter(hf_module, *args, **kwargs)
         return hf_module(*args, **kwargs)
     return forward
 

@@ -53,6 +53,24 @@ class BatchContext:
         return pattern
 
     @cached_property
+    def copy_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order, rank, group_start), each [batch, pos]: `order` lists the positions grouped by token id
+        (ascending within a group; pads each alone), `rank[q]` how many real positions before q hold q's
+        token, `group_start[q]` where q's group begins in `order`. O(T log T) once per batch; every block
+        reads its queries' earlier copies from it without a [rows, keys] comparison."""
+        T = self.tokens.shape[1]
+        pos = torch.arange(T)
+        key = torch.where(self.valid, self.tokens.long(), -1 - pos)  # a pad matches nothing
+        order = torch.sort(key, dim=-1, stable=True).indices  # stable: positions ascend within a group
+        grouped = key.gather(-1, order)
+        first = torch.ones_like(grouped, dtype=torch.bool)
+        first[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+        start_sorted = torch.cummax(torch.where(first, pos, 0), dim=-1).values
+        rank = torch.empty_like(order).scatter_(-1, order, pos - start_sorted)
+        group_start = torch.empty_like(order).scatter_(-1, order, start_sorted)
+        return order, rank, group_start
+
+    @cached_property
     def _all_rows(self) -> "RowBlock":
         return RowBlock(self, 0, self.tokens.shape[1])
 
@@ -137,9 +155,17 @@ class RowBlock:
 
     @cached_property
     def earlier_copies(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(batch row, query row, key) of every True entry of `earlier_same_token`: few next to rows x keys,
-        so a statistic over them gathers instead of weighting the whole block with a mostly-zero mask."""
-        return self.earlier_same_token.nonzero(as_tuple=True)
+        """(batch row, query row, key) of every True entry of `earlier_same_token`, in its row-major order:
+        few next to rows x keys, so a statistic over them gathers instead of weighting the whole block with
+        a mostly-zero mask. Read from `ctx.copy_groups` (no [rows, keys] tensor is built)."""
+        order, rank, group_start = self.ctx.copy_groups
+        rows = self.stop - self.start
+        counts = rank[:, self.start:self.stop].reshape(-1)  # earlier copies of each (batch row, query)
+        owner = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+        nth = torch.arange(owner.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        b, q = owner // rows, owner % rows
+        k = order[b, group_start[:, self.start:self.stop].reshape(-1)[owner] + nth]
+        return b, q, k
 
     @cached_property
     def queries_with_earlier_copy(self) -> torch.Tensor:
