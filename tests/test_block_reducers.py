@@ -52,6 +52,8 @@ def _blocked(model, prompts, block: int, batch_size: int):
             rows = ctx.rows(start, min(T, start + block))
             for r in reducers:
                 r.update_rows(layer, {"pattern": pattern[:, :, rows.start:rows.stop]}, rows)
+        for r in reducers:  # the contract: end_layer after a layer's last block
+            r.end_layer(layer, ctx)
     return {r.name: r.result(info).values for r in reducers}
 
 

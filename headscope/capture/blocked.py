@@ -45,10 +45,12 @@ from ..models.compat import hooks_paused
 from ..models.info import model_device, model_info
 
 BLOCKED_IMPLEMENTATION = "headscope_blocked"
-# block_size=None: rows per block such that one block's float32 scores [batch, head, rows, keys] stay
-# near BLOCK_BYTES, so a block is computed while it sits in the CPU's cache and memory does not grow with T.
-BLOCK_BYTES = 8 * 2**20
-MIN_ROWS, MAX_ROWS = 16, 256
+# block_size=None: rows per block such that one block's float32 scores [batch, head, rows, T] take a
+# quarter of the bytes of the layer's own MLP activation [batch, T, d_mlp] float32, i.e. rows = d_mlp / (4
+# heads), whatever T and the batch: the blocks' temporaries stay a small share of what the forward holds
+# anyway (memory flat in T, small models included) and a block is computed while it sits in the cache.
+MIN_ROWS, MAX_ROWS = 4, 256
+FALLBACK_ROWS = 32  # a model whose config names no MLP width
 DEFAULT_BLOCK_SIZE = None
 ATTENTION_MODES = ("auto", "eager", "blocked")
 DEFAULT_PATTERN_BUDGET_MB = 512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
@@ -116,15 +118,14 @@ def _row_mask(**kwargs) -> RowMask:
 class _Session:
     """The hooks of every `blocked_attention` context open on one model, by layer and site."""
 
-    def __init__(self, block_size: int | None):
+    def __init__(self, block_size: int | None, default_rows: int = FALLBACK_ROWS):
         self.block_size = block_size
+        self.default_rows = default_rows
         self.hooks: dict[tuple[int, str], list] = {}
         self.calls: dict[int, int] = {}
 
-    def rows_per_block(self, batch: int, heads: int, n_keys: int) -> int:
-        if self.block_size is not None:
-            return self.block_size
-        return max(MIN_ROWS, min(MAX_ROWS, BLOCK_BYTES // (4 * batch * heads * max(n_keys, 1))))
+    def rows_per_block(self) -> int:
+        return self.default_rows if self.block_size is None else self.block_size
 
     def add(self, layer: int, site: str, fn) -> None:
         self.hooks.setdefault((layer, site), []).append(fn)
@@ -163,7 +164,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     name = f"blocks.{layer}.attn.hook_{{}}"
     score_fns = session.hooks.get((layer, "attn_scores"), [])
     pattern_fns = session.hooks.get((layer, "pattern"), [])
-    block = session.rows_per_block(b, h, key.shape[2])
+    block = session.rows_per_block()
     extra = _Extra(score_bias, window)
     if score_fns or pattern_fns or softcap is not None:
         out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, block,
@@ -211,15 +212,12 @@ def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bo
 
 def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, score_fns, pattern_fns, name, layer,
              extra: _Extra = _Extra()):
-    from transformers.models.llama.modeling_llama import repeat_kv
-
     b, h, T, d = query.shape
-    n_kv = key.shape[2]
+    kv_heads, n_kv = key.shape[1], key.shape[2]
     q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
     # A plain causal mask (no padding, no window) hides only keys after the query: inside a causal block
     # that is the triangle over the block's own keys, so the mask is applied to that corner alone.
     plain_causal = causal and extra.window is None and (mask is None or (isinstance(mask, RowMask) and mask.plain))
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if math.frexp(scaling)[0] == 0.5:  # a power of two: scaling q first gives the same bits, one pass less
         query, scaling = query * scaling, None
     out = query.new_empty(b, h, T, value.shape[-1])
@@ -228,7 +226,11 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         stop = min(T, start + block)
         # a causal query sees no key after itself: leave those keys out of the block
         n_keys = min(n_kv, q_offset + stop) if causal else n_kv
-        scores = torch.matmul(query[:, :, start:stop], key[:, :, :n_keys].transpose(-1, -2))
+        rows = stop - start
+        # GQA without repeating k/v: the `groups` query heads of one kv head (heads kv*groups + j, as
+        # repeat_kv orders them) stacked into one [groups * rows, d] operand, a taller matmul per kv head.
+        q_rows = query[:, :, start:stop].reshape(b, kv_heads, groups * rows, d)
+        scores = torch.matmul(q_rows, key[:, :, :n_keys].transpose(-1, -2)).view(b, h, rows, n_keys)
         if scaling is not None:
             scores.mul_(scaling)
         if softcap is not None:
@@ -251,7 +253,8 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         for fn in pattern_fns:
             edited = fn(pattern, hook)
             pattern = pattern if edited is None else edited
-        out[:, :, start:stop] = torch.matmul(pattern, value[:, :, :n_keys])
+        grouped = pattern.reshape(b, kv_heads, groups * rows, n_keys)
+        out[:, :, start:stop] = torch.matmul(grouped, value[:, :, :n_keys]).view(b, h, rows, -1)
     return out
 
 
@@ -389,6 +392,16 @@ def split_hooks(hooks) -> tuple[list, list]:
     return bridge, kernel
 
 
+def default_rows(model) -> int:
+    """Query rows per block when `block_size=None`: d_mlp / (4 heads), between MIN_ROWS and MAX_ROWS (see
+    the constants above; SmolLM2: 42, a 7B Llama: 86)."""
+    cfg = model.cfg
+    d_mlp = getattr(cfg, "d_mlp", None)
+    if not d_mlp:
+        return FALLBACK_ROWS
+    return max(MIN_ROWS, min(MAX_ROWS, int(d_mlp) // (4 * int(cfg.n_heads))))
+
+
 @contextlib.contextmanager
 def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK_SIZE):
     """Context manager: `model`'s attention runs blocked (see the module doc) with `hooks` attached.
@@ -399,7 +412,7 @@ def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK
     exit, also on error.
     """
     if block_size is not None and int(block_size) < 1:
-        raise InputError(f"block_size must be >= 1 (or None: about 8 MB of scores per block), got {block_size}")
+        raise InputError(f"block_size must be >= 1 (or None: d_mlp / (4 heads) rows), got {block_size}")
     bridge_hooks, kernel_hooks = split_hooks(hooks)
     key = id(model)
     with contextlib.ExitStack() as stack:
@@ -407,7 +420,7 @@ def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK
             session, depth = _SESSIONS[key]
             _SESSIONS[key] = (session, depth + 1)
         else:
-            session = _Session(None if block_size is None else int(block_size))
+            session = _Session(None if block_size is None else int(block_size), default_rows(model))
             stack.enter_context(_switched(model, session))
             _SESSIONS[key] = (session, 1)
         try:

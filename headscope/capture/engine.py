@@ -135,7 +135,7 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
             "blocked" (the fused kernel, statistics recomputed `block_size` query rows at a time: memory
             O(T), for long contexts; see `headscope.capture.blocked`), or "auto" (default): eager while a
             batch's pattern fits `max_pattern_mb`, blocked past it.
-        block_size: query rows per block on the blocked path (None: about 8 MB of scores per block).
+        block_size: query rows per block on the blocked path (None: d_mlp / (4 heads), see docs/long-context.md).
         max_pattern_mb: the budget "auto" compares one layer's float32 pattern of a batch with.
 
     Returns:

@@ -82,6 +82,7 @@ class QueryMeanReducer(Reducer):
     def start(self, info: ModelInfo, n_prompts: int) -> None:
         self._sums = np.zeros((n_prompts, info.n_layers, info.n_heads))
         self._counts = np.zeros((n_prompts, info.n_layers))
+        self._layer_sum = self._layer_count = None  # this layer's blocks so far, folded by end_layer
 
     def per_query(self, acts: dict[str, torch.Tensor], ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (stat [batch, head, query], covered [batch, query] bool)."""
@@ -89,6 +90,7 @@ class QueryMeanReducer(Reducer):
 
     def update(self, layer, acts, ctx):
         self.update_rows(layer, acts, ctx)
+        self.end_layer(layer, ctx)
 
     def update_rows(self, layer, acts, ctx):
         """Fold a block of the pattern's query rows (`ctx` = `BatchContext.rows(start, stop)`, acts'
@@ -98,8 +100,18 @@ class QueryMeanReducer(Reducer):
             return  # not applicable on a bidirectional encoder: the result stays NaN
         stat, covered = self.per_query(acts, ctx)
         summed = (stat.double() * covered[:, None, :]).sum(-1)  # [batch, head]
-        self._sums[ctx.index, layer] += summed.numpy()
-        self._counts[ctx.index, layer] += covered.sum(-1).numpy()
+        count = covered.sum(-1)
+        if self._layer_sum is None:
+            self._layer_sum, self._layer_count = summed, count
+        else:  # in torch until the layer ends: hundreds of blocks per layer at long context
+            self._layer_sum += summed
+            self._layer_count += count
+
+    def end_layer(self, layer, ctx):
+        if self._layer_sum is not None:
+            self._sums[ctx.index, layer] += self._layer_sum.numpy()
+            self._counts[ctx.index, layer] += self._layer_count.numpy()
+        self._layer_sum = self._layer_count = None
 
     def result(self, info, prompts=None):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -134,9 +146,11 @@ class AttentionEntropy(QueryMeanReducer):
         # With the scores s (masked keys at the dtype's minimum, where A = 0): log A = s - lse, so
         # H = lse - sum A s = -log max A + sum A (max s - s). Two non-negative terms (no cancellation) and
         # no logarithm per key: the cost of a dot product instead of xlogy's log over every key.
-        top = scores.amax(-1, keepdim=True)
+        # The largest weight sits at the largest score: one max pass gives both.
+        peak, where = pattern.max(-1, keepdim=True)
+        top = scores.gather(-1, where)
         spread = torch.einsum("...k,...k->...", pattern, top - scores)
-        return spread - torch.log(pattern.amax(-1)), ctx.queries_after_first
+        return spread - torch.log(peak[..., 0]), ctx.queries_after_first
 
 
 class MeanAttentionDistance(QueryMeanReducer):
