@@ -12,7 +12,9 @@ context 32k) at T up to 32k (memory: where T² shows). Peak = growth of peak RSS
 model (Linux /proc/self/clear_refs); time = one run (`--repeats` for more, best taken).
 
 Usage: python benchmarks/long_context.py [--lengths 1024 2048 4096 8192] [--tiny-lengths 4096 8192 16384 32768]
-                                         [--max-gb 16] [--out docs]
+                                         [--max-gb 16] [--repeats 1] [--modes ...] [--name long_context] [--out docs]
+       e.g. the time goal alone, best of 3: --lengths 8192 --tiny-lengths --modes fused_forward capture_blocked
+                                             --repeats 3 --name long_context_time
        (--replot: the figure and the markdown tables from <out>/long_context.json)
 """
 
@@ -176,6 +178,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--tiny-lengths", type=int, nargs="*", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), help="SmolLM2 modes to run (default: all)")
+    parser.add_argument("--name", default="long_context", help="record name: <out>/<name>.json, figures/<name>.*")
     parser.add_argument("--max-gb", type=float, default=16.0,
                         help="cap each mode's address space (GB); a mode past it is reported out of memory")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per mode before it is reported timed out")
@@ -191,13 +195,17 @@ def main(argv=None) -> None:
     from headscope.viz.export import export_figure
 
     if args.replot:
-        record = json.loads((Path(args.out) / "long_context.json").read_text())
-        export_figure(figure(record["rows"]), Path(args.out) / "figures", "long_context")
+        record = json.loads((Path(args.out) / f"{args.name}.json").read_text())
+        export_figure(figure(record["rows"]), Path(args.out) / "figures", args.name)
         print(markdown(record))
         return
     import torch
 
-    rows = measure("smollm2", MODES, args.lengths, args.max_gb, args.timeout, args.repeats)
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; modes: {', '.join(MODES)}")
+    rows = measure("smollm2", [m for m in MODES if m in args.modes], args.lengths, args.max_gb, args.timeout,
+                   args.repeats)
     rows += measure("tiny", TINY_MODES, args.tiny_lengths, args.max_gb, args.timeout, args.repeats)
     met = goals(rows)
     for g in met:
@@ -207,11 +215,11 @@ def main(argv=None) -> None:
 
         out = Path(args.out)
         meta = {"device": "cpu", "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__, "max_gb": args.max_gb, "rows": rows, "goals": met}
-        atomic_write(out / "long_context.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-        export_figure(figure(rows), out / "figures", "long_context")
+                "torch": torch.__version__, "max_gb": args.max_gb, "repeats": args.repeats, "rows": rows, "goals": met}
+        atomic_write(out / f"{args.name}.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+        export_figure(figure(rows), out / "figures", args.name)
         print(markdown(meta))
-        print(f"wrote {out / 'long_context.json'} and {out / 'figures'}/long_context.*")
+        print(f"wrote {out / (args.name + '.json')} and {out / 'figures'}/{args.name}.*")
 
 
 if __name__ == "__main__":

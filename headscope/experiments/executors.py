@@ -19,6 +19,7 @@ import plotly.io as pio
 
 from ..analyzers import get_analyzer
 from ..interventions import scan
+from ..interventions.screen import DEFAULT_TOP_K, screen_order
 from ..results import HeadScores, rank_heads
 from ..viz.figures import title_block
 from .conditions import RANK_BETTER
@@ -116,7 +117,46 @@ def _chunk_file(unit, ctx, chunk) -> Path:
     return ctx.store.unit_dir(unit.name) / f"layers_{chunk[0]:03d}-{chunk[-1]:03d}.parquet"
 
 
+def _estimate_file(unit, ctx) -> Path:
+    return ctx.store.unit_dir(unit.name) / "estimate.parquet"
+
+
+def _verified_file(unit, ctx) -> Path:
+    return ctx.store.unit_dir(unit.name) / "verified.parquet"
+
+
+def _scan_call(unit, ctx, **kw):
+    ds = ctx.dataset(unit)
+    params = dict(unit.params)
+    positions = params.pop("positions", "all")
+    kwargs = {"answers": ds.answers} if unit.metric == "logit_diff" else None
+    return scan(ctx.model, ds.token_lists, unit.target, unit.metric, batch_size=unit.batch_size, metric_kwargs=kwargs,
+                positions=positions, progress=False, **kw, **params)
+
+
+def _plan_attribution(unit, ctx: Context) -> list[Item]:
+    """Attribution patching: one item estimating every head of `layers` (one forward + backward per
+    batch: not worth splitting), then for the '+exact' methods one item scanning the top_k heads of that
+    estimate exactly (read from the estimate's file, so a resumed run verifies the same heads)."""
+    estimator = unit.method.removesuffix("+exact")
+    estimate_file = _estimate_file(unit, ctx)
+
+    def estimate():
+        _scan_call(unit, ctx, method=estimator, layers=unit.layers, graddrop=unit.graddrop).save(estimate_file)
+    items = [Item(unit, f"{estimator} estimate", estimate_file, estimate)]
+    if unit.method.endswith("+exact"):
+        verified_file = _verified_file(unit, ctx)
+
+        def verify():
+            chosen = screen_order(HeadScores.load(estimate_file))[:unit.top_k or DEFAULT_TOP_K]
+            _scan_call(unit, ctx, visit=chosen).save(verified_file)
+        items.append(Item(unit, f"exact scan of the top {unit.top_k or DEFAULT_TOP_K}", verified_file, verify))
+    return items
+
+
 def plan_scan(unit, ctx: Context) -> list[Item]:
+    if unit.method != "exact":
+        return _plan_attribution(unit, ctx)
     items = []
     for chunk in _chunks(unit, ctx.info):
         marker = _chunk_file(unit, ctx, chunk)
@@ -135,16 +175,30 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
 
 
 def scan_scores(unit, ctx: Context) -> HeadScores:
-    """The per-chunk files stitched into one HeadScores [prompt, layer, head] (NaN = not scanned)."""
+    """The per-chunk files stitched into one HeadScores [prompt, layer, head] (NaN = not scanned); for
+    attribution patching the estimate, with the exact values of the verified heads over it."""
     ds = ctx.dataset(unit)
+    params = {"kind": unit.target, "metric": unit.metric, **unit.params, "data": unit.data.name,
+              "layers": unit.layers or "all"}
+    if unit.method != "exact":
+        first = HeadScores.load(_estimate_file(unit, ctx))
+        values = first.values.copy()
+        params.update(method=unit.method, **({"graddrop": True} if unit.graddrop else {}))
+        if unit.method.endswith("+exact"):
+            exact = HeadScores.load(_verified_file(unit, ctx)).values
+            verified = np.isfinite(exact).all(axis=0)  # [layer, head]: the heads the exact scan ran on
+            values[:, verified] = exact[:, verified]
+            params.update(top_k=unit.top_k or DEFAULT_TOP_K,
+                          verified=[[int(l), int(h)] for l, h in zip(*np.nonzero(verified))])
+        return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
+                          analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
+                          description=first.description)
     values, first = None, None
     for chunk in _chunks(unit, ctx.info):
         part = HeadScores.load(_chunk_file(unit, ctx, chunk))
         if values is None:
             values, first = np.full(part.values.shape, np.nan), part
         values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
-    params = {"kind": unit.target, "metric": unit.metric, **unit.params, "data": unit.data.name,
-              "layers": unit.layers or "all"}
     return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                       analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
                       description=first.description)

@@ -22,8 +22,9 @@ import yaml
 from ..analyzers import REGISTRY as ANALYZERS  # the analyzers' own registry (a layer below)
 from ..errors import InputError
 from ..interventions import METRICS
+from ..interventions.scan import METHODS as SCAN_METHODS
 from ..models.catalog import TESTBEDS
-from ._fields import Section, as_int_list, as_list, as_mapping, as_name, as_str, check_call_params, fail, int_at_least
+from ._fields import Section, as_bool, as_int_list, as_list, as_mapping, as_name, as_str, check_call_params, fail, int_at_least
 from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
@@ -46,6 +47,9 @@ class Unit:
     layers: list[int] | None = None
     layers_per_unit: int = 1
     batch_size: int = 8
+    method: str = "exact"  # scan: "exact", "atp", "atp*", "atp+exact", "atp*+exact"
+    top_k: int | None = None  # scan "+exact" methods: heads verified exactly
+    graddrop: bool = False  # scan "atp" methods: AtP*'s GradDrop
     intervention: dict | None = None  # evaluate: template, heads filled by each condition
     conditions: list[Condition] = field(default_factory=list)
 
@@ -154,13 +158,18 @@ def _unit(raw: Any, i: int, data: dict, earlier: list[Unit], base_dir: Path) -> 
     name = sec.get("name", as_name)
     if any(u.name == name for u in earlier):
         raise fail(sec.at("name"), f"{name!r} is already used by another unit: unit names must be unique")
-    unit = Unit(index=i, name=name, type=utype, path=path, target=sec.get(utype, as_str),
-                params=sec.get("params", as_mapping, {}))
+    scan_options = None
+    if utype == "scan" and isinstance(sec.raw.get("scan"), dict):  # scan: {kind: zero, method: atp*+exact, ...}
+        scan_options = Section(sec.get("scan"), sec.at("scan"))
+        target = scan_options.get("kind", as_str)
+    else:
+        target = sec.get(utype, as_str)
+    unit = Unit(index=i, name=name, type=utype, path=path, target=target, params=sec.get("params", as_mapping, {}))
     unit.data = _unit_data(sec, data, base_dir, required=utype != "analyze")
     if utype == "analyze":
         _analyze(unit, sec)
     elif utype == "scan":
-        _scan(unit, sec)
+        _scan(unit, sec, scan_options)
     else:
         _evaluate(unit, sec, earlier)
     sec.finish()
@@ -175,8 +184,21 @@ def _analyze(unit: Unit, sec: Section) -> None:
     check_call_params(unit.params, cls.__init__, sec.at("params"))
 
 
-def _scan(unit: Unit, sec: Section) -> None:
-    check_intervention({"kind": unit.target, **unit.params}, sec.at("params"), kind_path=sec.at("scan"))
+def _scan(unit: Unit, sec: Section, options: Section | None) -> None:
+    kind_path = sec.at("scan.kind") if options is not None else sec.at("scan")
+    check_intervention({"kind": unit.target, **unit.params}, sec.at("params"), kind_path=kind_path)
+    if options is not None:
+        unit.method = options.get("method", as_str, "exact")
+        if unit.method not in SCAN_METHODS:
+            raise fail(options.at("method"), f"unknown scan method {unit.method!r}; known: {', '.join(SCAN_METHODS)}")
+        unit.top_k = options.get("top_k", int_at_least(1), None)
+        if unit.top_k is not None and not unit.method.endswith("+exact"):
+            raise fail(options.at("top_k"), "top_k is the number of heads verified exactly: only for the "
+                                            "'+exact' methods")
+        unit.graddrop = options.get("graddrop", as_bool, False)
+        if unit.graddrop and unit.method == "exact":
+            raise fail(options.at("graddrop"), "graddrop is an attribution-patching option: use method atp or atp*")
+        options.finish()
     if unit.params.get("positions") == "decode":
         raise fail(sec.at("params.positions"), "'decode' needs a decode start, which a scan of whole prompts does "
                                                "not have: use 'all' or a [start, end) span")

@@ -5,13 +5,15 @@ it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
 """
 
 from .apply import apply, forward_with, run
+from .atp import attribution_scan
 from .kind import EditContext
 from .metrics import METRICS
 from .prepare import prepare_references
 from .scan import clean_readout, scan, variant_outputs
+from .screen import ScreenedScan
 from .specs import (KINDS, ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
                     UniformAttention, VARRedistribution, ZeroAblation)
 
 __all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
-           "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "apply",
-           "clean_readout", "forward_with", "prepare_references", "run", "scan", "variant_outputs"]
+           "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "ScreenedScan",
+           "apply", "attribution_scan", "clean_readout", "forward_with", "prepare_references", "run", "scan", "variant_outputs"]

@@ -25,36 +25,13 @@ from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .apply import apply
+from .atp import DEFAULT_KL_TOKENS, attribution_scan
 from .hooks import check_editable, check_specs, layer_hook, query_slice
-from .kind import KINDS, Intervention
+from .kind import Intervention
+from .targets import template as _template, visited_heads as _visited_heads
 from .metrics import resolve_metric
 from .prepare import prepare_references
-
-
-def _template(kind, positions, kind_params) -> Intervention:
-    """The one-head template a scan visits heads with: from a kind name, a kind class or a spec."""
-    if isinstance(kind, Intervention):
-        if kind_params:
-            raise InputError("pass kind parameters either in the Intervention or as keywords, not both")
-        return kind
-    cls = kind if isinstance(kind, type) and issubclass(kind, Intervention) else KINDS[kind]
-    names = cls.param_names()
-    unknown = set(kind_params) - set(names)
-    if unknown:
-        raise InputError(f"intervention {cls.kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}")
-    return cls.scan_template(positions=positions, **kind_params)
-
-
-def _visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:
-    """The heads a scan visits one at a time: `visit` if given, else every head of `layers`."""
-    if visit is not None:
-        out = sorted({(int(l), int(h)) for l, h in visit})
-        for l, h in out:
-            info.check_head(l, h)
-        if not out:
-            raise InputError(f"{name} is empty: name at least one (layer, head), or pass {name}=None for all")
-        return out
-    return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
+from .screen import DEFAULT_TOP_K, ScreenedScan, screen_order
 
 
 def _expand(value, batch: int, copies: int, n_heads: int = 1):
@@ -279,10 +256,15 @@ def variant_outputs(model, token_lists, spec: Intervention, *, visit=None, batch
         bar.close()
 
 
+METHODS = ("exact", "atp", "atp*", "atp+exact", "atp*+exact")
+
+
 def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=None, layers=None,
          base_interventions=(), batch_size: int = 8, max_rows: int = 64, metric_kwargs: dict | None = None,
          positions="all", decode_start: int | None = None, prepend_bos: bool | None = None,
-         progress: bool | None = None, replay: str = "auto", heads=None, **kind_params) -> HeadScores:
+         progress: bool | None = None, replay: str = "auto", heads=None, method: str = "exact",
+         top_k: int = DEFAULT_TOP_K, graddrop: bool = False, kl_tokens: int = DEFAULT_KL_TOKENS,
+         **kind_params):
     """The metric's change when each single head is intervened on, for every head and prompt.
 
     Two sets of heads, kept apart: the heads *visited one at a time* (`visit` / `layers`: each gets
@@ -306,9 +288,17 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
         replay: "auto" (default) restarts each layer's variants from the stored clean residual once a
             run-time check shows that this replay reproduces the model's own logits (1e-5 relative),
             else warns and runs full forwards; "off" always runs full forwards.
+        method: "exact" (default: every head's variant run); "atp" / "atp*": attribution patching, the
+            first-order estimate for all heads from one forward and one backward per batch ("atp*"
+            with AtP*'s QK fix for score kinds; see `headscope.interventions.atp`); "atp+exact" /
+            "atp*+exact": the estimate for all heads, then the exact scan of the `top_k` heads with
+            the largest |prompt-mean estimate|, returned as a `ScreenedScan`.
+        graddrop, kl_tokens: attribution patching options (AtP*'s GradDrop; the kl_last Fisher form's
+            number of tokens), see `attribution_scan`.
 
     Returns:
-        HeadScores [prompt, layer, head]; heads not visited are NaN.
+        HeadScores [prompt, layer, head]; heads not visited are NaN. A `ScreenedScan` (both tables
+        and which heads were verified) for the "+exact" methods.
 
     Example:
         >>> from headscope.testing import planted_model
@@ -319,6 +309,29 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     """
     if heads is not None and visit is not None:
         raise InputError("pass the heads to visit as visit= (heads= is its old name), not both")
+    if method not in METHODS:
+        raise InputError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if method != "exact":
+        if base_interventions:
+            raise InputError("attribution patching estimates single heads on the clean model; base_interventions "
+                             "need method='exact'")
+        estimator = method.removesuffix("+exact")
+        estimate = attribution_scan(model, inputs, kind, metric, estimator=estimator, visit=visit if heads is None
+                                    else heads, layers=layers, batch_size=batch_size, metric_kwargs=metric_kwargs,
+                                    positions=positions, decode_start=decode_start, prepend_bos=prepend_bos,
+                                    graddrop=graddrop, kl_tokens=kl_tokens, progress=progress, **kind_params)
+        if not method.endswith("+exact"):
+            return estimate
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer (heads verified exactly), got {top_k!r}")
+        chosen = screen_order(estimate)[:top_k]
+        exact = scan(model, inputs, kind, metric, visit=chosen, batch_size=batch_size, max_rows=max_rows,
+                     metric_kwargs=metric_kwargs, positions=positions, decode_start=decode_start,
+                     prepend_bos=prepend_bos, progress=progress, replay=replay, **kind_params)
+        verified = np.zeros(estimate.values.shape[1:], dtype=bool)
+        for l, h in chosen:
+            verified[l, h] = True
+        return ScreenedScan(estimate, exact, verified, top_k)
     info = model_info(model)
     template = _template(kind, positions, kind_params)
     base_interventions = check_specs(base_interventions, info)

@@ -384,6 +384,55 @@ def check_scan(name: str) -> str | None:
     return None
 
 
+@_check("atp")
+def check_atp(name: str) -> str | None:
+    """Attribution patching is the first-order term of the exact effect: for every head scaled by
+    1 + t and (where pattern edits are live) uniform attention with epsilon = 1 + t, the derivative in
+    t at 0 of the "atp" and "atp*" estimates equals that of the exact scan to 2e-4 relative; each
+    derivative by central differences with two rounds of Richardson extrapolation (steps 8e-2, 4e-2,
+    2e-2; error O(step^6)). The tolerance is the finite difference's own accuracy: many families round
+    to float32 inside their forward (RMSNorm, LayerNorm, softmax), so a smaller step measures that
+    rounding and a larger one the higher-order terms (on GPT-2, whose forward stays float64, the suite
+    checks 1e-6: tests/test_attribution_patching.py). Float64 model, padded batch, a
+    metric nonlinear in the logits (a fixed mix of the last position's log-probabilities). Mixtral's
+    grouped expert matmul has no float64 kernel: float32 there, to 1e-3."""
+    import numpy as np
+
+    try:
+        model, h, tol = A.tiny_arch_model(name, dtype=torch.float64), 8e-2, 2e-4
+        with torch.no_grad():
+            model(torch.tensor([prompts(name)[1]]))
+    except RuntimeError:  # no float64 kernel on this family
+        model, h, tol = bridged(name), 2e-2, 1e-3
+    ps = prompts(name)
+    mix = torch.randn(model.cfg.d_vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def metric(base, variant, batch):  # a scan metric is a change: f(variant) - f(base)
+        def f(logits):
+            last = logits[torch.arange(len(logits)), batch.lengths.to(logits.device) - 1]
+            return torch.log_softmax(last, -1) @ mix.to(last.dtype)
+        return f(variant) - f(base)
+
+    def derivative(kind, param, method):  # d/dt at t = 0 of the scan's values with param = 1 + t
+        def central(step):
+            up, down = (scan(model, ps, kind, metric, method=method, **{param: 1 + s}).values for s in (step, -step))
+            return (up - down) / (2 * step)
+        d1, d2, d3 = central(h), central(h / 2), central(h / 4)
+        r1, r2 = (4 * d2 - d1) / 3, (4 * d3 - d2) / 3
+        return (16 * r2 - r1) / 15  # error O(h^6): a large step, so float32 rounding inside stays small
+
+    cases = [("scale", "alpha")]
+    if _pattern_kinds_refused(name) is None:
+        cases.append(("uniform_attention", "epsilon"))
+    for kind, param in cases:
+        exact = derivative(kind, param, "exact")
+        scale = max(float(np.abs(exact).max()), 1e-3)
+        for est in ("atp", "atp*"):
+            err = float(np.abs(derivative(kind, param, est) - exact).max())
+            assert err <= tol * scale, f"{name} {kind} {est}: |AtP - finite difference| = {err:.3g} (scale {scale:.3g})"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # generation
 

@@ -1,0 +1,33 @@
+"""What a scan visits: the one-head template of a kind, and the heads visited one at a time (shared by the
+exact scan and attribution patching)."""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .kind import KINDS, Intervention
+
+
+def template(kind, positions, kind_params) -> Intervention:
+    """The one-head template a scan visits heads with: from a kind name, a kind class or a spec."""
+    if isinstance(kind, Intervention):
+        if kind_params:
+            raise InputError("pass kind parameters either in the Intervention or as keywords, not both")
+        return kind
+    cls = kind if isinstance(kind, type) and issubclass(kind, Intervention) else KINDS[kind]
+    names = cls.param_names()
+    unknown = set(kind_params) - set(names)
+    if unknown:
+        raise InputError(f"intervention {cls.kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}")
+    return cls.scan_template(positions=positions, **kind_params)
+
+
+def visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:
+    """The heads a scan visits one at a time: `visit` if given, else every head of `layers`."""
+    if visit is not None:
+        out = sorted({(int(l), int(h)) for l, h in visit})
+        for l, h in out:
+            info.check_head(l, h)
+        if not out:
+            raise InputError(f"{name} is empty: name at least one (layer, head), or pass {name}=None for all")
+        return out
+    return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
