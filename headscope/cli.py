@@ -93,12 +93,17 @@ def _scan(args) -> int:
     from .viz.export import export_figure
 
     prompts = load_prompts(args.prompts)  # None: the built-in set
+    extra = {"top_k": args.top_k} if args.top_k is not None else {}
     scores = scan(load_model(args.model), prompts, args.kind, args.metric, layers=args.layers,
-                  batch_size=args.batch_size, **dict(_parse_param(p) for p in args.param))
-    out = Path(args.out or f"headscope-scan-{args.kind}-{args.metric}")
-    stem = f"scan-{args.kind}-{args.metric}"
+                  batch_size=args.batch_size, method=args.method, **extra, **dict(_parse_param(p) for p in args.param))
+    method = "" if args.method == "exact" else "-" + args.method.replace("*", "star").replace("+", "-")
+    out = Path(args.out or f"headscope-scan-{args.kind}-{args.metric}{method}")
+    stem = f"scan-{args.kind}-{args.metric}{method}"
     scores_path = scores.save(out / f"{stem}.json")
     files = export_figure(scores.plot(), out, stem, formats=("html",) if args.no_static else ("html", "png", "svg"))
+    if hasattr(scores, "combined"):  # screened: the verified heads' exact values over the estimate
+        print(scores.agreement())
+        scores = scores.combined
     print(scores.top(args.top).to_string(index=False))
     print(f"scores: {scores_path}   figures: {', '.join(str(p) for p in files.values())}")
     return 0
@@ -149,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--prompts", default=None, help="JSON list of prompts or a text file (default: built-in set)")
     scan.add_argument("--layers", type=int, nargs="+", default=None, help="visit only these layers' heads")
     scan.add_argument("--batch-size", type=int, default=8)
+    scan.add_argument("--method", default="exact", choices=["exact", "atp", "atp*", "atp+exact", "atp*+exact"],
+                      help="exact (default), atp / atp* (attribution patching: one forward + one backward), or "
+                           "atp+exact / atp*+exact (estimate every head, verify the top k exactly)")
+    scan.add_argument("--top-k", type=int, default=None, help="heads verified exactly by the +exact methods (20)")
     scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="kind parameter (repeatable)")
     scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-KIND-METRIC)")
     scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")

@@ -45,3 +45,14 @@ def test_analyze_rejects_unknown_analyzer_and_parameter(capsys):
 def test_scan_rejects_unknown_kind(capsys):
     assert main(["scan", "no-such-kind", "--model", "testing:tiny"]) == 2
     assert "unknown intervention kind 'no-such-kind'; available:" in capsys.readouterr().err
+
+
+def test_scan_with_attribution_patching_writes_both_tables(tmp_path, capsys):
+    prompts = tmp_path / "p.json"
+    prompts.write_text('["t5 t6 t7 t8 t5 t6 t7", "t9 t10 t11 t12 t9 t10 t11"]')
+    out = tmp_path / "out"
+    assert main(["scan", "zero", "--metric", "loss", "--model", "testing:planted", "--prompts", str(prompts),
+                 "--method", "atp*+exact", "--top-k", "3", "--out", str(out), "--no-static"]) == 0
+    doc = json.loads((out / "scan-zero-loss-atpstar-exact.json").read_text())
+    assert doc["format"] == "headscope.ScreenedScan" and sum(map(sum, doc["verified"])) == 3
+    assert "spearman" in capsys.readouterr().out
