@@ -24,10 +24,14 @@ import torch
 from .blocked import attention_forward, register_adapter
 
 
+def _keys_bias(per_key: torch.Tensor):
+    """score_bias for a bias that depends on the key only ([..., 1, keys]): every block's first n_keys."""
+    return lambda start, stop, n_keys: per_key[..., :n_keys]
+
+
 def _alibi_rows(alibi: torch.Tensor, batch: int, heads: int, scale: float):
     """score_bias for an ALiBi tensor HF hands the layer ([batch * heads, 1, keys] or [batch, heads, 1, keys])."""
-    per_key = alibi.reshape(batch, heads, 1, -1) * scale
-    return lambda start, stop, n_keys: per_key[..., :n_keys]
+    return _keys_bias(alibi.reshape(batch, heads, 1, -1) * scale)
 
 
 @register_adapter("GPTNeoAttention")
@@ -120,7 +124,6 @@ def mpt(module, hidden_states, position_bias, cache=None, attention_mask=None, p
     bias = None
     if position_bias is not None:
         # MPT's bias [head, 1, max_seq_len] is relative to the last key: the layer uses its last n_kv columns.
-        per_key = position_bias[None, :, :, max(0, position_bias.size(2) - key.shape[2]):]
-        bias = lambda start, stop, n_keys: per_key[..., :n_keys]  # noqa: E731
+        bias = _keys_bias(position_bias[None, :, :, max(0, position_bias.size(2) - key.shape[2]):])
     z, _ = attention_forward(module, query, key, value, attention_mask, scaling=module.softmax_scale, score_bias=bias)
     return module.out_proj(z.reshape(b, T, h * d)), None

@@ -19,7 +19,7 @@ import plotly.io as pio
 
 from ..analyzers import get_analyzer
 from ..interventions import scan
-from ..interventions.screen import DEFAULT_TOP_K, screen_order
+from ..interventions.screen import DEFAULT_TOP_K, ScreenedScan, screen_order
 from ..results import HeadScores, rank_heads
 from ..viz.figures import title_block
 from .conditions import RANK_BETTER
@@ -162,14 +162,7 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
         marker = _chunk_file(unit, ctx, chunk)
 
         def run(chunk=chunk, marker=marker):
-            ds = ctx.dataset(unit)
-            params = dict(unit.params)
-            positions = params.pop("positions", "all")
-            kwargs = {"answers": ds.answers} if unit.metric == "logit_diff" else None
-            scores = scan(ctx.model, ds.token_lists, unit.target, unit.metric, layers=chunk,
-                          batch_size=unit.batch_size, metric_kwargs=kwargs, positions=positions,
-                          progress=False, **params)
-            scores.save(marker)
+            _scan_call(unit, ctx, layers=chunk).save(marker)
         items.append(Item(unit, f"layers {chunk[0]}-{chunk[-1]}", marker, run))
     return items
 
@@ -182,14 +175,14 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
               "layers": unit.layers or "all"}
     if unit.method != "exact":
         first = HeadScores.load(_estimate_file(unit, ctx))
-        values = first.values.copy()
+        values = first.values
         params.update(method=unit.method, **({"graddrop": True} if unit.graddrop else {}))
         if unit.method.endswith("+exact"):
-            exact = HeadScores.load(_verified_file(unit, ctx)).values
-            verified = np.isfinite(exact).all(axis=0)  # [layer, head]: the heads the exact scan ran on
-            values[:, verified] = exact[:, verified]
-            params.update(top_k=unit.top_k or DEFAULT_TOP_K,
-                          verified=[[int(l), int(h)] for l, h in zip(*np.nonzero(verified))])
+            exact = HeadScores.load(_verified_file(unit, ctx))
+            verified = np.isfinite(exact.values).all(axis=0)  # [layer, head]: the heads the exact scan ran on
+            screened = ScreenedScan(first, exact, verified, unit.top_k or DEFAULT_TOP_K)
+            values = screened.values
+            params.update(top_k=screened.top_k, verified=screened.verified_heads)
         return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                           analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
                           description=first.description)

@@ -141,7 +141,7 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
     `depths` (default the paper's linspace(0, 100, 10)) from a random offset, needles cycle in a
     seeded order, haystack start points are random. Prompts are filled with whole sentences up to
     `context_length` tokens (a needle at depth 0 can add one token); a haystack too short to fill a
-    prompt is an error, never a silently shorter prompt (the bundled texts hold ~9.8k SmolLM2 tokens).
+    prompt is an error, never a silently shorter prompt (the bundled texts hold ~9.7k SmolLM2 tokens).
 
     Pass the model (a bridge) or a plain tokenizer. `prepend_bos`: None = the model's BOS default, or
     what a plain tokenizer does by default (non-chat forms only); True / False force it.

@@ -50,7 +50,7 @@ from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import ATTENTION_SITES
 from .metrics import KLLast, resolve_metric
 from .prepare import prepare_references
-from .targets import template as _template, visited_heads as _visited_heads
+from .targets import metric_name, prompt_labels, template as _template, visited_heads as _visited_heads
 
 ESTIMATORS = ("atp", "atp*")
 DEFAULT_KL_TOKENS = 16
@@ -250,8 +250,8 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
             bar.update()
     finally:
         bar.close()
-    prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else None
-    name = getattr(score, "name", getattr(metric, "__name__", "metric"))
+    prompts = prompt_labels(inputs)
+    name = metric_name(score, metric)
     params = {"kind": template.kind, "metric": name, "method": estimator, **({"graddrop": True} if graddrop else {}),
               **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {})}
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"

@@ -28,7 +28,7 @@ from .apply import apply
 from .atp import DEFAULT_KL_TOKENS, attribution_scan
 from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import Intervention
-from .targets import template as _template, visited_heads as _visited_heads
+from .targets import metric_name, prompt_labels, template as _template, visited_heads as _visited_heads
 from .metrics import resolve_metric
 from .prepare import prepare_references
 from .screen import DEFAULT_TOP_K, ScreenedScan, screen_order
@@ -347,8 +347,8 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
         for batch, base, layer, variants in variants_iter:
             for head, variant in variants.items():
                 values[batch.index, layer, head] = score(base, variant, batch).cpu().numpy()
-    prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else None
-    name = getattr(score, "name", getattr(metric, "__name__", "metric"))
+    prompts = prompt_labels(inputs)
+    name = metric_name(score, metric)
     params = {"kind": template.kind, "metric": name, **_params(template)}
     if base_interventions:
         params["base_interventions"] = [s.to_dict() for s in base_interventions]

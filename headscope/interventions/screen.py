@@ -50,11 +50,16 @@ class ScreenedScan:
         return np.where(self.verified[None], self.exact.values, self.estimate.values)
 
     @property
+    def verified_heads(self) -> list[list[int]]:
+        """[[layer, head], ...] of the verified heads (as provenance records them)."""
+        return [[int(l), int(h)] for l, h in zip(*np.nonzero(self.verified))]
+
+    @property
     def combined(self) -> HeadScores:
         """`values` as HeadScores (provenance says which heads were verified)."""
         e = self.estimate
         params = {**e.params, "method": f"{e.params.get('method', 'atp')}+exact", "top_k": self.top_k,
-                  "verified": [[int(l), int(h)] for l, h in zip(*np.nonzero(self.verified))]}
+                  "verified": self.verified_heads}
         return HeadScores(self.values, name=e.name, n_kv_heads=e.n_kv_heads, model=e.model, analyzer="scan.screen",
                           params=params, prompts=e.prompts, higher_is_more=e.higher_is_more,
                           description=f"{e.description}; exact on the {self.top_k} heads ranked first")

@@ -1,5 +1,5 @@
-"""What a scan visits: the one-head template of a kind, and the heads visited one at a time (shared by the
-exact scan and attribution patching)."""
+"""What a scan visits and records, shared by the exact scan and attribution patching: the one-head template
+of a kind, the heads visited one at a time, the prompt labels and the metric's name."""
 
 from __future__ import annotations
 
@@ -31,3 +31,13 @@ def visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, i
             raise InputError(f"{name} is empty: name at least one (layer, head), or pass {name}=None for all")
         return out
     return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
+
+
+def prompt_labels(inputs) -> list[str] | None:
+    """The prompts a result is labelled with: the inputs when they are strings, else None."""
+    return list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else None
+
+
+def metric_name(score, metric) -> str:
+    """A resolved metric's name (a callable's __name__)."""
+    return getattr(score, "name", getattr(metric, "__name__", "metric"))
