@@ -113,7 +113,13 @@ def _run(args) -> int:
     from .experiments import run_experiment
 
     try:
-        out = run_experiment(args.spec, args.out, fresh=args.fresh)
+        ray_options = {"address": args.address, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker}
+        if args.executor == "local" and any(v for v in ray_options.values()):
+            given = ", ".join("--" + k.replace("_", "-") for k, v in ray_options.items() if v)
+            print(f"headscope: {given} are options of --executor ray", file=sys.stderr)
+            return 2
+        extra = ray_options if args.executor == "ray" else {}
+        out = run_experiment(args.spec, args.out, fresh=args.fresh, executor=args.executor, **extra)
     except KeyboardInterrupt:  # finished units are on disk; say how to continue instead of a traceback
         print("headscope: interrupted; finished units are saved; run the same command again to resume",
               file=sys.stderr)
@@ -157,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--method", default="exact", choices=["exact", "atp", "atp*", "atp+exact", "atp*+exact"],
                       help="exact (default), atp / atp* (attribution patching: one forward + one backward), or "
                            "atp+exact / atp*+exact (estimate every head, verify the top k exactly)")
-    scan.add_argument("--top-k", type=int, default=None, help="heads verified exactly by the +exact methods (20)")
+    scan.add_argument("--top-k", type=int, default=None, help="heads verified exactly by the +exact methods (default: a tenth of the heads, at least 20)")
     scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="kind parameter (repeatable)")
     scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-KIND-METRIC)")
     scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
@@ -168,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="experiment spec (YAML)")
     run.add_argument("--out", default=None, help="results folder (default: headscope-run-NAME); re-running resumes")
     run.add_argument("--fresh", action="store_true", help="discard the folder's earlier results and start again")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: this process, units in order; ray: a pool of Ray actors (docs/scale-out.md)")
+    run.add_argument("--address", default=None, help="ray: cluster to join (auto, host:port, ray://host:port); "
+                                                     "default: a Ray instance on this machine")
+    run.add_argument("--workers", type=int, default=None, help="ray: number of actors (default: one per GPU group or CPU)")
+    run.add_argument("--gpus-per-worker", type=float, default=0,
+                     help="ray: GPUs per actor (0: CPU; >1: the model split over them)")
     run.set_defaults(func=_run)
 
     inf = sub.add_parser("info", help="print a model's layers, heads, KV groups and context")

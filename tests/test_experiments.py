@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from headscope.cli import main
 from headscope.errors import InputError
 from headscope.experiments import check_model, load_spec, parse_spec, run_experiment
 from headscope.experiments import runner as runner_mod
+from headscope.experiments import units as units_mod
 from headscope.interventions import scan
 from headscope.models import ModelInfo
 from headscope.results import HeadScores
@@ -102,7 +104,7 @@ def no_forward(monkeypatch):
 def test_malformed_spec_fails_before_loading_with_field_path(tmp_path, monkeypatch, edit, field, words):
     old, new = edit
     assert old in SPEC
-    monkeypatch.setattr(runner_mod, "load_spec_model", lambda spec: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(units_mod, "load_spec_model", lambda spec: pytest.fail("model loaded before validation"))
     with pytest.raises(InputError) as err:
         run_experiment(write(tmp_path, SPEC.replace(old, new, 1)), tmp_path / "out")
     msg = str(err.value)
@@ -379,3 +381,14 @@ def test_evaluate_scan_metrics_equal_scan_and_a_plain_loop(tmp_path):
             if cond == "one":
                 np.testing.assert_allclose(rec["per_prompt"], single.values[:, 1, 3], atol=2e-6)
         assert any(abs(v) > 1e-3 for v in json.loads((out / "units" / metric / "pair.json").read_text())["per_prompt"])
+
+
+def test_model_dtype_in_the_spec():
+    text = SPEC.replace("model: testing:planted", "model: {name: testing:tiny, dtype: float64}")
+    spec = parse_spec(text)
+    assert spec.model_dtype == "float64"
+    model = units_mod.load_spec_model(spec)
+    assert next(model.parameters()).dtype == torch.float64
+    assert model(torch.tensor([[1, 2, 3]])).dtype == torch.float64  # and it runs so
+    with pytest.raises(InputError, match=r"model\.dtype: dtype 'bf16' is not one of float32, bfloat16"):
+        parse_spec(SPEC.replace("model: testing:planted", "model: {name: testing:tiny, dtype: bf16}"))

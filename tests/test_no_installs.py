@@ -71,9 +71,21 @@ def test_snapshot_changes_name_every_difference():
     assert {"torch", "transformers", "headscope"} <= set(snapshot())  # reads the real environment
 
 
+def test_a_vendored_copy_put_on_sys_path_is_not_an_install(tmp_path, monkeypatch):
+    # Ray puts ray/thirdparty_files (colorama, psutil) on sys.path when imported: nothing was installed.
+    (tmp_path / "vendored-1.0.dist-info").mkdir()
+    (tmp_path / "vendored-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: vendored\nVersion: 1.0\n")
+    before = snapshot()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert changes(before, snapshot()) == []
+
+
 INNER_CONFTEST = """
 import sys
+import headscope.testing.installed as installed
 sys.path.insert(0, {site!r})
+_own = installed.install_dirs
+installed.install_dirs = lambda: _own() + [{site!r}]  # the fake site is where this session "installs"
 """
 
 INNER_TEST = """

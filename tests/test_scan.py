@@ -103,6 +103,12 @@ def test_scan_rejects_bad_kinds_params_and_metrics_before_compute():
         scan(model, RAGGED, "zero", "logit_diff")
     with pytest.raises(InputError, match="out of range"):
         scan(model, RAGGED, "zero", heads=[(5, 0)])
+    # A span past every prompt (the longest has 11 tokens) would report 0 for every head: refused, for
+    # the exact scan and for attribution patching; a span reaching into the longest prompt runs.
+    for method in ("exact", "atp"):
+        with pytest.raises(InputError, match=r"positions \[11, 20\] start past the end of every prompt"):
+            scan(model, RAGGED, "zero", positions=[11, 20], method=method)
+    assert np.isfinite(scan(model, RAGGED, "zero", positions=[10, 20], layers=[0]).values[:, 0]).all()
 
 
 @pytest.mark.real_model

@@ -8,7 +8,8 @@ validates all of it before any forward pass, then writes a resumable results fol
     >>> run_experiment(spec, "runs/ablation")                    # doctest: +SKIP
 """
 
-from .runner import prepare, run_experiment
+from .runner import run_experiment
+from .units import prepare
 from .spec import Spec, Unit, check_model, load_spec, parse_spec
 
 __all__ = ["Spec", "Unit", "check_model", "load_spec", "parse_spec", "prepare", "run_experiment"]

@@ -137,7 +137,8 @@ def plan_evaluate(unit, ctx):
                 if cond.mode == "interventions":
                     record["heads"] = sorted({tuple(h) for s in specs for h in s.heads})
                 ctx.store.write_json(folder / f"{stem}.json", record)
-            items.append(Item(unit, stem, folder / f"{stem}.json", run))
+            items.append(Item(unit, stem, folder / f"{stem}.json", run,
+                              needs=((cond.source, None),) if cond.source else ()))
     return items
 
 

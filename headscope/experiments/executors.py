@@ -19,7 +19,7 @@ import plotly.io as pio
 
 from ..analyzers import get_analyzer
 from ..interventions import scan
-from ..interventions.screen import DEFAULT_TOP_K, ScreenedScan, screen_order
+from ..interventions.screen import ScreenedScan, default_top_k, screen_order
 from ..results import HeadScores, rank_heads
 from ..viz.figures import title_block
 from .conditions import RANK_BETTER
@@ -36,6 +36,10 @@ class Item:
     key: str
     marker: Path
     run: Callable[[], None]
+    # What run() reads from other items' files: (unit name, item key), key None = every item of that unit.
+    # The local executor's order satisfies it already; a parallel executor waits for them and ships the
+    # folders of those units to the worker.
+    needs: tuple = ()
 
     @property
     def done(self) -> bool:
@@ -134,6 +138,11 @@ def _scan_call(unit, ctx, **kw):
                 positions=positions, progress=False, **kw, **params)
 
 
+def _visited(unit, ctx) -> list:
+    layers = unit.layers if unit.layers else range(ctx.info.n_layers)
+    return [(l, h) for l in layers for h in range(ctx.info.n_heads)]
+
+
 def _plan_attribution(unit, ctx: Context) -> list[Item]:
     """Attribution patching: one item estimating every head of `layers` (one forward + backward per
     batch: not worth splitting), then for the '+exact' methods one item scanning the top_k heads of that
@@ -148,9 +157,11 @@ def _plan_attribution(unit, ctx: Context) -> list[Item]:
         verified_file = _verified_file(unit, ctx)
 
         def verify():
-            chosen = screen_order(HeadScores.load(estimate_file))[:unit.top_k or DEFAULT_TOP_K]
-            _scan_call(unit, ctx, visit=chosen).save(verified_file)
-        items.append(Item(unit, f"exact scan of the top {unit.top_k or DEFAULT_TOP_K}", verified_file, verify))
+            order = screen_order(HeadScores.load(estimate_file))
+            _scan_call(unit, ctx, visit=order[:unit.top_k or default_top_k(len(order))]).save(verified_file)
+        top = unit.top_k or f"{default_top_k(len(_visited(unit, ctx)))}"
+        items.append(Item(unit, f"exact scan of the top {top}", verified_file, verify,
+                          needs=((unit.name, items[0].key),)))
     return items
 
 
@@ -180,7 +191,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         if unit.method.endswith("+exact"):
             exact = HeadScores.load(_verified_file(unit, ctx))
             verified = np.isfinite(exact.values).all(axis=0)  # [layer, head]: the heads the exact scan ran on
-            screened = ScreenedScan(first, exact, verified, unit.top_k or DEFAULT_TOP_K)
+            screened = ScreenedScan(first, exact, verified, int(verified.sum()))
             values = screened.values
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
         return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,

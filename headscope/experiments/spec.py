@@ -66,6 +66,7 @@ class Spec:
     text: str = ""
     base_dir: Path = Path(".")
     hash: str = ""
+    model_dtype: str | None = None  # "float32" / "bfloat16" / "float16" / "float64"; None = load_model's default
 
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
@@ -86,7 +87,7 @@ def parse_spec(text: str, *, base_dir=".", default_name: str = "experiment") -> 
         raise InputError(f"the spec is not valid YAML: {e}") from None
     top = Section(raw, "")
     base_dir = Path(base_dir)
-    model, model_params = _model(top.get("model", default="smollm2"), "model")
+    model, model_params, model_dtype = _model(top.get("model", default="smollm2"), "model")
     data = {n: parse_data(d, n, f"data.{n}", base_dir)
             for n, d in top.get("data", as_mapping, {}).items()}
     units_raw = top.get("units", as_list)
@@ -98,7 +99,7 @@ def parse_spec(text: str, *, base_dir=".", default_name: str = "experiment") -> 
     figures = tuple(top.get("figures", _formats, ["html", "png", "svg"]))
     spec = Spec(name=top.get("name", as_name, default_name), model=model, model_params=model_params, data=data,
                 units=units, figures=figures, description=top.get("description", as_str, ""), text=text,
-                base_dir=base_dir)
+                base_dir=base_dir, model_dtype=model_dtype)
     top.finish()
     files = sorted({d.file_sha256 for d in [*data.values(), *(u.data for u in units if u.data)] if d.file_sha256})
     canonical = json.dumps({"spec": raw, "files": files}, sort_keys=True, default=str)
@@ -114,13 +115,20 @@ def _formats(value, path):
     return list(dict.fromkeys(items))
 
 
-def _model(value, path) -> tuple[str, dict]:
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _model(value, path) -> tuple[str, dict, str | None]:
+    dtype = None
     if isinstance(value, str):
         name, params = value, {}
     else:
         sec = Section(value, path)
         name = sec.get("name", as_str)
-        params = {k: v for k, v in sec.raw.items() if k != "name"}
+        dtype = sec.get("dtype", as_str, None)
+        if dtype is not None and dtype not in DTYPES:
+            raise fail(sec.at("dtype"), f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        params = {k: v for k, v in sec.raw.items() if k not in ("name", "dtype")}
         sec.finish(extra_allowed=params)
     testbed = TESTBEDS.get(name.lower()) if isinstance(name, str) else None
     if name.startswith("testing:") and testbed is None:
@@ -131,7 +139,7 @@ def _model(value, path) -> tuple[str, dict]:
                          "models); give the model as a plain name or folder")
     if params:
         check_call_params(params, testbed.accepts, path)
-    return as_str(name, path), params
+    return as_str(name, path), params, dtype
 
 
 def _unit_data(sec: Section, data: dict, base_dir: Path, required: bool) -> DataSpec | None:

@@ -7,6 +7,7 @@
       results/<unit>.{parquet,json}   combined per-unit results (rebuilt from units/ at the end)
       figures/<unit>.{html,png,svg}
       summary.md, summary.json
+      executor.json      Ray runs only: which worker ran which unit of work, and how long it took
 
 Every file is written with `atomic_write` (temp file + rename), so a killed run leaves either
 the whole file or none; a unit's marker file is written last, after its side files. A folder
@@ -26,12 +27,57 @@ from .._version import __version__
 from ..errors import InputError
 from ..fileio import atomic_write, jsonable
 
-OWNED = ("spec.yaml", "state.json", "units", "results", "figures", "summary.md", "summary.json")
+OWNED = ("spec.yaml", "state.json", "units", "results", "figures", "summary.md", "summary.json", "executor.json")
 
 
-class Store:
+class Folder:
+    """Paths and atomic writes under one root: the results folder, or a Ray worker's scratch copy of it."""
+
+    def __init__(self, root):
+        # Absolute: executors pass paths under unit_dir() back to the write methods, and a relative
+        # root joined with a relative path under itself would nest the folder in itself.
+        self.root = Path(root).absolute()
+
+    def unit_dir(self, unit_name: str) -> Path:
+        return self.root / "units" / unit_name
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def write_bytes(self, rel, data: bytes) -> Path:
+        return atomic_write(self.root / rel, lambda p: p.write_bytes(data))
+
+    def write_text(self, rel, text: str) -> Path:
+        return atomic_write(self.root / rel, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def write_json(self, rel, doc) -> Path:
+        text = json.dumps(jsonable(doc), indent=1, allow_nan=True, ensure_ascii=False)
+        return self.write_text(rel, text + "\n")
+
+    def write_table(self, rel, df) -> Path:
+        """A pandas table as Parquet (atomically)."""
+        return atomic_write(self.root / rel, lambda p: df.to_parquet(p, index=False))
+
+    def read_json(self, rel):
+        return json.loads((self.root / rel).read_text(encoding="utf-8"))
+
+    def files(self, *subdirs: str) -> dict[str, bytes]:
+        """{path relative to the root: contents} of every finished file under `subdirs` (temp files of a
+        write in progress left out)."""
+        out = {}
+        for sub in subdirs:
+            top = self.root / sub
+            found = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
+            for p in found:
+                if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")):
+                    out[p.relative_to(self.root).as_posix()] = p.read_bytes()
+        return out
+
+
+class Store(Folder):
     def __init__(self, out, spec, *, fresh: bool = False):
-        self.root, self.spec = Path(out), spec
+        super().__init__(out)
+        self.spec = spec
         self._lock = None
         self.root.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
@@ -96,26 +142,3 @@ class Store:
         for sub in ("units", "results", "figures"):
             for tmp in (self.root / sub).rglob(".*.tmp") if (self.root / sub).is_dir() else ():
                 tmp.unlink(missing_ok=True)
-
-    # ---- paths and writes ---------------------------------------------------------------------------
-    def unit_dir(self, unit_name: str) -> Path:
-        return self.root / "units" / unit_name
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def write_text(self, rel, text: str) -> Path:
-        return atomic_write(self.root / rel, lambda p: p.write_text(text, encoding="utf-8"))
-
-    def write_json(self, rel, doc) -> Path:
-        text = json.dumps(jsonable(doc), indent=1, allow_nan=True, ensure_ascii=False)
-        return self.write_text(rel, text + "\n")
-
-    def write_table(self, rel, df) -> Path:
-        """A pandas table as Parquet (atomically)."""
-        return atomic_write(self.root / rel, lambda p: df.to_parquet(p, index=False))
-
-    def read_json(self, rel):
-        return json.loads((self.root / rel).read_text(encoding="utf-8"))
-
-

@@ -50,7 +50,8 @@ from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import ATTENTION_SITES
 from .metrics import KLLast, resolve_metric
 from .prepare import prepare_references
-from .targets import metric_name, prompt_labels, template as _template, visited_heads as _visited_heads
+from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
+    visited_heads as _visited_heads
 
 ESTIMATORS = ("atp", "atp*")
 DEFAULT_KL_TOKENS = 16
@@ -205,6 +206,7 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     template = _template(kind, positions, kind_params)
     _check_kind(template, estimator)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
+    _check_reach(template, token_lists, decode_start)
     score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
     visited = _visited_heads(info, visit, layers)
     scan_layers = sorted({l for l, _ in visited})

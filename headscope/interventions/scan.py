@@ -28,10 +28,11 @@ from .apply import apply
 from .atp import DEFAULT_KL_TOKENS, attribution_scan
 from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import Intervention
-from .targets import metric_name, prompt_labels, template as _template, visited_heads as _visited_heads
+from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
+    visited_heads as _visited_heads
 from .metrics import resolve_metric
 from .prepare import prepare_references
-from .screen import DEFAULT_TOP_K, ScreenedScan, screen_order
+from .screen import ScreenedScan, default_top_k, screen_order
 
 
 def _expand(value, batch: int, copies: int, n_heads: int = 1):
@@ -263,7 +264,7 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
          base_interventions=(), batch_size: int = 8, max_rows: int = 64, metric_kwargs: dict | None = None,
          positions="all", decode_start: int | None = None, prepend_bos: bool | None = None,
          progress: bool | None = None, replay: str = "auto", heads=None, method: str = "exact",
-         top_k: int = DEFAULT_TOP_K, graddrop: bool = False, kl_tokens: int = DEFAULT_KL_TOKENS,
+         top_k: int | None = None, graddrop: bool = False, kl_tokens: int = DEFAULT_KL_TOKENS,
          **kind_params):
     """The metric's change when each single head is intervened on, for every head and prompt.
 
@@ -292,7 +293,8 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
             first-order estimate for all heads from one forward and one backward per batch ("atp*"
             with AtP*'s QK fix for score kinds; see `headscope.interventions.atp`); "atp+exact" /
             "atp*+exact": the estimate for all heads, then the exact scan of the `top_k` heads with
-            the largest |prompt-mean estimate|, returned as a `ScreenedScan`.
+            the largest |prompt-mean estimate| (default: a tenth of the heads screened, at least 20),
+            returned as a `ScreenedScan`.
         graddrop, kl_tokens: attribution patching options (AtP*'s GradDrop; the kl_last Fisher form's
             number of tokens), see `attribution_scan`.
 
@@ -322,6 +324,8 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
                                     graddrop=graddrop, kl_tokens=kl_tokens, progress=progress, **kind_params)
         if not method.endswith("+exact"):
             return estimate
+        if top_k is None:
+            top_k = default_top_k(len(screen_order(estimate)))
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer (heads verified exactly), got {top_k!r}")
         chosen = screen_order(estimate)[:top_k]
@@ -336,6 +340,7 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     template = _template(kind, positions, kind_params)
     base_interventions = check_specs(base_interventions, info)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
+    _check_reach(template, token_lists, decode_start)
     score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
     visited = _visited_heads(info, visit if heads is None else heads, layers, "visit" if heads is None else "heads")
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)

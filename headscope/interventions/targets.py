@@ -21,6 +21,19 @@ def template(kind, positions, kind_params) -> Intervention:
     return cls.scan_template(positions=positions, **kind_params)
 
 
+def check_reach(template: Intervention, token_lists, decode_start: int | None = None) -> None:
+    """Positions that start past every prompt's end would edit no query: the scan would report exactly
+    0 for every head, a result that looks like "no head matters". Refused instead."""
+    positions = template.positions
+    start = positions[0] if isinstance(positions, tuple) else decode_start if positions == "decode" else None
+    longest = max((len(t) for t in token_lists), default=0)
+    if start is not None and start >= longest:
+        what = f"positions {list(positions)}" if isinstance(positions, tuple) else f"decode_start={start}"
+        raise InputError(f"{what} start past the end of every prompt (the longest has {longest} tokens): the scan "
+                         "would edit no query and report 0 for every head. Fix: a [start, end) span inside the "
+                         "prompts (absolute token positions, BOS included)")
+
+
 def visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:
     """The heads a scan visits one at a time: `visit` if given, else every head of `layers`."""
     if visit is not None:

@@ -41,7 +41,7 @@ def hf_offline():
 
 
 def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
-         offline: bool = True):
+         offline: bool = True, n_devices: int | None = None):
     """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
     (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`. `offline=False`
     lets the hub be reached (an explicit `allow_download`); installing packages is refused either way."""
@@ -49,12 +49,14 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     from transformer_lens.model_bridge import TransformerBridge
 
     extra = {} if hf_model is None else {"hf_model": hf_model, "tokenizer": tokenizer}
+    if n_devices and n_devices > 1:  # the bridge splits the layers over cuda:0..n-1 (exclusive with device)
+        extra.update(n_devices=n_devices, device=None)
     network = hf_offline if offline else contextlib.nullcontext  # one fresh context per use
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
     with network(), no_runtime_installs():
-        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype or torch.float32, **extra)
+        bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
@@ -99,7 +101,7 @@ def _hub_id_is_cached(repo_id: str) -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None, device=None, dtype=None,
-               allow_download: bool = False, **params):
+               allow_download: bool = False, n_devices: int | None = None, **params):
     """Load a model as a TransformerLens 4.x TransformerBridge.
 
     Args:
@@ -109,6 +111,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
         cache_dir: where the bundled model's fp32 cache lives (default: HEADSCOPE_CACHE or
             ~/.cache/headscope).
         device, dtype: passed to the bridge (default CPU, float32).
+        n_devices: split a Hugging Face model's layers over this many GPUs (one copy of a model too big
+            for one GPU; TransformerBridge's n_devices). Not for the bundled model or testbeds.
         allow_download: let an uncached hub id go to the network. Off by default: headscope
             is used offline and an uncached id fails at once with a clear message.
         **params: parameters of a testbed that takes them (the in-code test models
@@ -123,6 +127,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
     key = ALIASES.get(name_or_path, name_or_path)
     if isinstance(key, str) and key.lower() in TESTBEDS:
         name = key.lower()
+        if n_devices and n_devices > 1:
+            raise ModelNotFoundError(f"n_devices={n_devices}: {name} loads on one device (it is small). "
+                                     "Fix: load it with device='cuda' and no n_devices.")
         bridge = TESTBEDS[name].load(cache_dir, device, dtype, **testbed_params(name, params))
         record_facts(bridge, testbed=name)
         return bridge
@@ -137,7 +144,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
                 f"{path} is a folder but not a Hugging Face model folder (no config.json). "
                 "Fix: point at the folder written by save_pretrained()."
             )
-        return boot(str(path), str(name_or_path), device, dtype, prepend_bos=None)
+        return boot(str(path), str(name_or_path), device, dtype, prepend_bos=None, n_devices=n_devices)
 
     text = str(name_or_path)
     # Hub ids are 'org/name' or, for the oldest models, a bare name ('gpt2', 'bert-base-uncased').
@@ -150,9 +157,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
-        return boot(text, text, device, dtype, prepend_bos=None)  # offline: every file is in the cache
+        return boot(text, text, device, dtype, prepend_bos=None, n_devices=n_devices)  # offline: every file is in the cache
     if allow_download:
-        return boot(text, text, device, dtype, prepend_bos=None, offline=False)
+        return boot(text, text, device, dtype, prepend_bos=None, offline=False, n_devices=n_devices)
     from huggingface_hub.constants import HF_HUB_CACHE
 
     raise ModelNotFoundError(

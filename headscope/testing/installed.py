@@ -9,13 +9,25 @@ torchvision, and with it a CUDA torch, in the middle of a test session).
 
 from __future__ import annotations
 
+import site
+import sysconfig
 from importlib import metadata
 
 
+def install_dirs() -> list[str]:
+    """Where pip installs: the environment's site-packages (and the user site when it is active).
+    Not sys.path: a package may put its own vendored copies on it at import time (Ray adds
+    ray/thirdparty_files, holding colorama and psutil), which installs nothing."""
+    dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    if site.ENABLE_USER_SITE:
+        dirs.add(site.getusersitepackages())
+    return sorted(dirs)
+
+
 def snapshot() -> dict[str, str]:
-    """{normalised distribution name: version} for every distribution on sys.path."""
+    """{normalised distribution name: version} for every distribution installed in `install_dirs()`."""
     out = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=install_dirs()):
         name = dist.metadata["Name"]
         if name:
             out[name.lower().replace("_", "-")] = dist.version

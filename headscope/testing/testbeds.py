@@ -8,13 +8,22 @@ from headscope.testing.planted import planted_model
 from headscope.testing.tiny import tiny_model
 
 
+def _placed(model, device, dtype):
+    """The built model moved to `device` / cast to `dtype` when asked (a Ray worker loads on its GPU)."""
+    if device is not None or dtype is not None:
+        model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        if device is not None:
+            model.cfg.device = str(device)
+    return model
+
+
 def _tiny(cache_dir=None, device=None, dtype=None, **params):
-    return tiny_model(**params)
+    return _placed(tiny_model(**params), device, dtype)
 
 
 def _planted(cache_dir=None, device=None, dtype=None, **params):
     model, _truth = planted_model(**params)  # the ground truth comes from planted_model() itself
-    return model
+    return _placed(model, device, dtype)
 
 
 register_testbed(Testbed("testing:tiny", load=_tiny, accepts=tiny_model,
