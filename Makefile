@@ -1,5 +1,5 @@
 # The two commands of the README. Both are safe to re-run; both use the one locked environment.
-.PHONY: report test setup lock
+.PHONY: report test docs setup lock
 
 # While headscope and its tests run, pip (and uv) can reach no index: nothing may be installed then.
 OFFLINE = PIP_NO_INDEX=1 UV_OFFLINE=1
@@ -11,6 +11,10 @@ report:            ## set everything up, then write the report on the bundled mo
 test:              ## set up, then run the whole test suite
 	scripts/setup.sh
 	$(OFFLINE) .venv/bin/python -m pytest -q -p no:cacheprovider
+
+docs:              ## set up, then build the docs site into site/ (offline, strict: a warning fails)
+	scripts/setup.sh
+	$(OFFLINE) HF_HUB_OFFLINE=1 PLOTLY_RENDERER=png .venv/bin/mkdocs build --strict
 
 setup:             ## only the set-up (.venv = requirements/lock.txt + headscope)
 	scripts/setup.sh

@@ -9,12 +9,25 @@ from .errors import HeadscopeError
 
 
 def _report(args) -> int:
-    from .reporting import run_report
+    from .atlas import build_atlas, plan, rebuild
 
-    path = run_report(args.model, args.out, prompts_file=args.prompts, batch_size=args.batch_size,
-                      static=not args.no_static, seed=args.seed)
-    print(f"report written: {path}")
-    print(f"figures: {path.parent / 'figures'}   per-head scores: {path.parent / 'scores'}")
+    if args.list:
+        from .models import load_model
+
+        model = load_model(args.model)
+        for step in plan(model):
+            reason = step.skip_reason(model)
+            print(f"{step.key:>16}: {'runs' if reason is None else 'skipped: ' + reason}")
+        return 0
+    if args.from_dir:
+        path = rebuild(args.from_dir, args.out, static=not args.no_static)
+    else:
+        path = build_atlas(args.model, args.out or "headscope-report", preset="full" if args.full else "quick",
+                           prompts_file=args.prompts, viewer_prompt=args.viewer_prompt,
+                           viewer_max_tokens=args.viewer_tokens, only=args.only, fresh=args.fresh,
+                           static=not args.no_static)
+    print(f"atlas written: {path}")
+    print(f"figures: {path.parent / 'figures'}   scores (head table, every step): {path.parent / 'scores'}")
     return 0
 
 
@@ -132,12 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headscope", description="Find, measure and edit attention heads.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    rep = sub.add_parser("report", help="per-head statistics of a model as an HTML report with PNG/SVG figures")
-    rep.add_argument("--model", default=None, help="bundled name, local HF folder or cached hub id (default: SmolLM2-135M-Instruct)")
-    rep.add_argument("--out", default="headscope-report", help="output folder (default: %(default)s)")
+    rep = sub.add_parser("report", help="the head atlas of a model: every analyzer that applies, a role per head, "
+                                        "one offline HTML page (+ PNG/SVG figures, scores/)")
+    rep.add_argument("--model", default=None, help="bundled name, testbed, local HF folder or cached hub id "
+                                                   "(default: SmolLM2-135M-Instruct)")
+    rep.add_argument("--out", default=None, help="output folder (default: headscope-report; with --from: that folder)")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small inputs, minutes on a laptop CPU (the default)")
+    size.add_argument("--full", action="store_true", help="each analyzer's own defaults (longer)")
+    rep.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                     help="rebuild the page from a saved atlas (DIR or DIR/scores) without the model")
+    rep.add_argument("--only", nargs="+", default=None, metavar="STEP",
+                     help="run only these analyzers (and the classic statistics); see --list")
+    rep.add_argument("--list", action="store_true", help="list the atlas's steps and whether each applies to --model")
     rep.add_argument("--prompts", default=None, help="JSON list of prompts or text file with blank-line-separated prompts")
-    rep.add_argument("--batch-size", type=int, default=4)
-    rep.add_argument("--seed", type=int, default=0, help="seed of the repeated random-token probes")
+    rep.add_argument("--viewer-prompt", default=None, help="prompt of the attention viewer (default: the first text prompt)")
+    rep.add_argument("--viewer-tokens", type=int, default=48,
+                     help="viewer size: longer prompts are windowed to this many tokens (default: %(default)s)")
+    rep.add_argument("--fresh", action="store_true", help="recompute every step (default: reuse the finished steps "
+                                                         "of an interrupted run in the same folder)")
     rep.add_argument("--no-static", action="store_true", help="skip PNG/SVG export (HTML only)")
     rep.set_defaults(func=_report)
 

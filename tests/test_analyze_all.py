@@ -41,7 +41,9 @@ def test_analyze_from_cli(name, tmp_path):
     for p in QUICK.get(name, []):  # the CLI parameters reached the analyzer and its provenance
         key, value = p.split("=", 1)
         assert saved["provenance"]["params"][key] == yaml.safe_load(value)
-    assert (tmp_path / f"{name}.html").stat().st_size > 10_000  # the figure, with plotly inlined
+    html = (tmp_path / f"{name}.html").read_text()
+    assert "Plotly.newPlot" in html and 'src="plotly.min.js"' in html  # the figure, plotly.js beside it
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
 def test_old_scan_name_still_analyzes_with_a_warning(tmp_path, capsys):

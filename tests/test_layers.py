@@ -27,7 +27,7 @@ LAYERS = [
     {"analyzers"},
     {"safety", "vision"},  # applications of the analyzers and the engine
     {"testbeds"},  # models built for a method; load_model finds them through the catalog
-    {"experiments", "reporting"},
+    {"experiments", "atlas"},
     {"cli", "plugins", "testing", "__init__", "__main__"},  # entry points and test helpers
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -38,7 +38,16 @@ def test_export_html_only_needs_no_browser(tmp_path):
     out = export_figure(_scores().plot(), tmp_path, "heat", formats=("html",))
     assert set(out) == {"html"}
     html = out["html"].read_text()
-    assert html.count(PLOTLY_BANNER) == 1 and _no_external_scripts(html)  # works offline
+    # Offline: plotly.js is one shared local file beside the figures, loaded by a relative path.
+    assert 'src="plotly.min.js"' in html and PLOTLY_BANNER not in html and _no_external_scripts(html)
+    assert (tmp_path / "plotly.min.js").read_text().count(PLOTLY_BANNER) == 1
+    export_figure(_scores().plot(), tmp_path, "heat2", formats=("html",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.html", "heat2.html", "plotly.min.js"]
+
+
+def test_export_inline_html_works_alone(tmp_path):
+    out = export_figure(_scores().plot(), tmp_path, "heat", formats=("html",), plotly_js="inline")
+    assert out["html"].read_text().count(PLOTLY_BANNER) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.html"]
 
 
@@ -49,7 +58,7 @@ def test_bad_browser_path_warns_once_and_still_writes_html(tmp_path, monkeypatch
     assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
     assert "apt-get install chromium" in str(rec[0].message)
     assert set(out) == {"html"} and out["html"].is_file()
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["heat.html"]  # no stray temp/png
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["heat.html", "plotly.min.js"]  # no temp/png
 
 
 def test_unknown_format_is_rejected(tmp_path):
@@ -70,7 +79,7 @@ def test_real_chromium_writes_png_and_svg_in_one_batch(tmp_path, real_browser):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp files cleaned up
 
 
-def test_report_is_one_self_contained_file(tmp_path):
+def test_report_loads_plotly_once_from_its_folder(tmp_path):
     s = _scores()
     sections = [ReportSection.from_scores(s, k=5),
                 ReportSection("Top heads", "Bar chart <of> the best heads.", top_heads_bar(s), None)]
@@ -78,7 +87,8 @@ def test_report_is_one_self_contained_file(tmp_path):
                                                             "params": {"seq_len": 16}, "seed": 3})
     assert path == tmp_path / "report.html"
     html = path.read_text()
-    assert html.count(PLOTLY_BANNER) == 1  # inlined once, not per figure
+    assert PLOTLY_BANNER not in html and "<script src='plotly.min.js'>" in html  # one shared local copy
+    assert (tmp_path / "plotly.min.js").read_text().count(PLOTLY_BANNER) == 1
     assert _no_external_scripts(html)
     assert html.count("Plotly.newPlot") == 2
     assert "My &lt;report&gt;" in html and "Bar chart &lt;of&gt; the best heads." in html

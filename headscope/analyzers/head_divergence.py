@@ -31,6 +31,7 @@ from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
 from ._z_reducers import ZAtPositions
+from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, Boolean, Interval, IntList, Options
 
@@ -88,6 +89,16 @@ class HeadDivergence(Analyzer):
     }
     description = ("Distance between each head's output z with and without a context segment "
                    "(VHD, He et al. 2025), at query positions after the segment.")
+    atlas = AtlasEntry(
+        what=("How much each head's output at the last position changes when a context segment is removed "
+              "(VHD, He et al.): built-in passages on a text model, the image on a VLM (where high-VHD heads "
+              "are the vision-aware ones)."),
+        docs="head-divergence.md",
+        columns=lambda a: {"divergence": a.scores_},
+        roles=lambda a: (Role("vision-aware", "divergence", selected=lambda f: f.heads_,
+                              rule="VHD above its layer's median on image prompts (He et al.'s H_l)"),)
+        if any(s.pixel_values is not None for s in a.segments_) else (),
+    )
 
     def __init__(self, positions="last", distance: str = "euclidean", variant: str = "removed", filler=None,
                  outlier_rule: bool = False, top_k_per_layer: int = 4, select="above_median",

@@ -10,6 +10,7 @@ from ..inputs.tokens import to_token_lists
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
 from ..results import HeadScores
+from .atlas_entry import AtlasEntry
 from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
 from .params import Boolean, Interval
 
@@ -34,6 +35,12 @@ class HeadImportance(Analyzer):
 
     name = "head-importance"
     description = "Gradient head importance |dL/d xi_h| (Michel et al. 2019), per-layer normalised."
+    atlas = AtlasEntry(
+        what=("How much the loss on the built-in text depends on each head: |dL/d gate| of a gate on its output "
+              "(Michel et al. 2019), normalised per layer. A score, not a role: every head gets one."),
+        docs="head-importance.md",
+        columns=lambda a: {"importance": a.scores_},
+    )
     input_kind = "prompts: strings or token id lists (None: the built-in prompt set)"
     parameter_constraints = {"normalize_layers": [Boolean()], "exponent": [Interval(float, 0, None, "neither")],
                              "min_max": [Boolean()], "top_k": [Interval(int, 1, None)], "prepend_bos": [None, Boolean()]}

@@ -27,6 +27,7 @@ from ..paths import data_dir
 from ..results import HeadScores, TokenScores
 from ..viz.method_figures import group_heatmap, preplan_token_figure
 from ._group_pattern import GroupTokenStats, ResponseDistance, select_tokens
+from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, HeadList, Interval, IntList, Options
 
@@ -137,6 +138,15 @@ class PreplanAnchor(Analyzer):
         "local_heads": [None, HeadList()], "global_heads": [None, HeadList()], "batch_size": [Interval(int, 1, None)],
     }
     description = "Preplan-and-Anchor (arXiv:2510.13554): local/global heads, WAAD, FAI, preplan and anchor tokens."
+    atlas = AtlasEntry(
+        what=("Mean backward distance of each head's attention over a model's own response (GSM8K-style "
+              "question/answer pairs): the paper's local heads (shortest 30%) and global heads (longest 30%)."),
+        docs="preplan-anchor.md",
+        columns=lambda a: {"backward_distance": a.scores_},
+        roles=(Role("global", "backward_distance", selected=lambda a: a.global_heads_, specific=False,
+                    rule="longest 30% mean backward distance over the response (the paper's global heads; generic)"),),
+        figures=lambda a: [a.plot()],
+    )
 
     def __init__(self, local_fraction: float = 0.3, global_fraction: float = 0.3, layers=None, window: int = 10,
                  horizon=(1, None), quantile: float = 0.4, peak_rule: str = "top_quantile",

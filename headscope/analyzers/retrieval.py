@@ -38,6 +38,7 @@ from ..inputs.needle import (
 from ..experiment_registry import EVALUATORS, Evaluator
 from ..models.info import model_info
 from ..results import HeadScores
+from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, register, select_heads
 from .params import Anything, Interval, IntList, Options
 
@@ -186,6 +187,19 @@ class RetrievalHeads(Analyzer):
     }
     example_params = {"n_samples": 2}
     description = "Copy-paste retrieval score (Wu et al. 2024) on needle-in-a-haystack prompts."
+    atlas = AtlasEntry(
+        what=("Whether a head copies the needle: at each answer step, is its most-attended key the token being "
+              "written (Wu et al.'s copy-paste score, needle-in-a-haystack prompts, mean over retrieved samples)."),
+        docs="retrieval-heads.md",
+        # Needle contexts fit the model (a tiny test model's context is 128 tokens).
+        quick=lambda info: {"n_samples": 4, "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS]},
+        full=lambda info: {"n_samples": 20, "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS]},
+        columns=lambda a: {"retrieval_score": a.scores_},
+        roles=(Role("retrieval", "retrieval_score", selected=lambda a: a.heads_,
+                    rule="copy-paste score > 0.1 (Wu et al.)"),),
+        notes=lambda a: [f"needle retrieved in {a.accuracy_:.0%} of {len(a.per_sample_)} samples (the score "
+                         "averages the retrieved ones)"],
+    )
 
     def __init__(self, threshold: float = 0.1, mode: str = "teacher_forced", n_samples: int = 10,
                  context_lengths=DEFAULT_CONTEXT_LENGTHS, depths=None, prompt_form: str = "completion",

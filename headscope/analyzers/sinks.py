@@ -24,6 +24,7 @@ from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
 from ..viz.method_figures import massive_curve, phi_heatmap, phi_lines
+from .atlas_entry import AtlasEntry, Role
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
 from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
 from .params import Interval, IntList
@@ -73,6 +74,18 @@ class AttentionSinks(Analyzer):
     }
     description = ("Attention sinks: Gu et al. sink heads and sink rate, ACT hidden sinks, Sun et al. "
                    "massive activations and VAR's phi sink tokens, from one capture pass.")
+    atlas = AtlasEntry(
+        what=("How much attention each head's queries put on the first token (Gu et al.'s alpha_1 over the first "
+              "64 tokens of text), with ACT's hidden sinks (other keys that soak up attention) and Sun et al.'s "
+              "massive activations, from the same pass."),
+        docs="attention-sinks.md",
+        columns=lambda a: {"sink_score": a.scores_, "hidden_sink_keys": a.hidden_sink_counts_},
+        roles=(Role("sink", "sink_score", threshold=0.3, specific=False,
+                    rule="alpha_1 >= 0.3 (Gu et al.'s epsilon; generic)"),),
+        figures=lambda a: [a.plot(), a.plot_massive()],
+        notes=lambda a: [f"sink rate: {a.sink_rate_:.1f}% of heads have alpha_1 > {a.epsilon}",
+                         f"massive-activation dims: {a.massive_dims_ or 'none'}"],
+    )
 
     def __init__(self, epsilon: float = 0.3, max_tokens: int = 64, sink_position: int = 0,
                  hidden_sink_threshold: float = 0.1, hidden_sink_min_queries: int = 1,

@@ -13,6 +13,7 @@ from ..inputs.needle import make_needle_prompts
 from ..inputs.probes import repeated_random_tokens
 from ..interventions import StreamingWindow, forward_with
 from ..models.info import model_info
+from .atlas_entry import AtlasEntry, probe_tokens
 from .base import Analyzer, example_prompts, prompts_or_default, register
 from .params import Boolean, Interval, IntList
 from .retrieval import needle_accuracy
@@ -58,6 +59,18 @@ class StreamingHeads(Analyzer):
     }
     example_params = {"seg_len": 12, "n_repeats": 2, "n_prompts": 1, "recent": 4, "n_random": 1}
     description = "RazorAttention induction score per head (retrieval vs streaming heads; KV-group max)."
+    atlas = AtlasEntry(
+        what=("RazorAttention's data-free test on a random segment repeated: attention on the token after an "
+              "earlier copy (induction) per KV head. High: the head needs the full context; low: a sink + recent "
+              "window (streaming) would do."),
+        docs="streaming-heads.md",
+        quick=lambda info: {"seg_len": min(64, probe_tokens(info), (info.n_ctx - 1) // 2), "n_repeats": 2,
+                            "n_prompts": 1, "check": False},
+        full={"check": True},
+        columns=lambda a: {"razor_induction": a.scores_},
+        notes=lambda a: [f"{len(a.heads_)} retrieval (full-context) heads by RazorAttention's rule; the rest are "
+                         "streaming candidates"],
+    )
 
     def __init__(self, seg_len: int = 256, n_repeats: int = 4, n_prompts: int = 2, token_range=None,
                  induction_ratio: float = 0.14, echo_ratio: float = 0.01, sink: int = 4, recent: int = 64,

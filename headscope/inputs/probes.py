@@ -8,6 +8,12 @@ from ..errors import InputError
 from ..experiment_registry import GENERATORS, Generator, params_of
 
 
+def default_token_range(vocab_size: int) -> tuple[int, int]:
+    """Where random probe tokens are drawn from: [1000, 11000) on large vocabularies (clear of special
+    and byte tokens; RazorAttention uses [10000, 12500)), else every id from 2."""
+    return (1000, min(vocab_size, 11000)) if vocab_size > 2000 else (2, vocab_size)
+
+
 def repeated_random_tokens(vocab_size: int, seq_len: int = 50, n_repeats: int = 2, n_prompts: int = 1,
                            seed: int = 0, token_range: tuple[int, int] | None = None,
                            first_token: int | None = None) -> torch.Tensor:
@@ -24,7 +30,7 @@ def repeated_random_tokens(vocab_size: int, seq_len: int = 50, n_repeats: int = 
         torch.Size([1, 11])
     """
     if token_range is None:
-        token_range = (1000, min(vocab_size, 11000)) if vocab_size > 2000 else (2, vocab_size)
+        token_range = default_token_range(vocab_size)
     low, high = token_range
     if not 0 <= low < high <= vocab_size:
         raise InputError(f"token_range {token_range} must lie inside the vocabulary 0..{vocab_size}")

@@ -33,6 +33,7 @@ class ModelInfo:
     d_head: int
     d_model: int
     n_ctx: int
+    d_vocab: int = 0  # 0 = unknown (a hand-built ModelInfo)
     bos_token_id: int | None = None
     pad_token_id: int | None = None
     prepend_bos: bool = False
@@ -158,6 +159,7 @@ def model_info(model) -> ModelInfo:
         d_head=int(cfg.d_head),
         d_model=int(cfg.d_model),
         n_ctx=int(cfg.n_ctx),
+        d_vocab=int(getattr(cfg, "d_vocab", 0) or 0),
         bos_token_id=getattr(tok, "bos_token_id", None),
         pad_token_id=getattr(tok, "pad_token_id", None),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),

@@ -46,3 +46,16 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
 def default_harmful_prompts() -> list[str]:
     """The held-out harmful requests written for headscope (data/safety)."""
     return prompt_set("harmful-heldout")
+
+
+def needs_chat_template(model) -> str | None:
+    """Why the atlas skips the safety analyzers on `model` (None: it has a chat template)."""
+    if getattr(getattr(model, "tokenizer", None), "chat_template", None):
+        return None
+    return ("needs a chat model (a tokenizer with a chat template): safety heads are read on harmful requests "
+            "in the model's chat format")
+
+
+def quick_harmful_prompts(model, preset: str) -> list[str] | None:
+    """The atlas's requests: 4 held-out harmful prompts for --quick, all of them (the default) for --full."""
+    return default_harmful_prompts()[:4] if preset == "quick" else None

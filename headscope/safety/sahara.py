@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyzers.atlas_entry import AtlasEntry, Role
 from ..analyzers.base import Analyzer, example_prompts, register
 from ..analyzers.params import Interval
 from ..errors import InputError
@@ -16,6 +17,7 @@ from ..interventions import UniformAttention
 from ..interventions.scan import clean_readout, variant_outputs
 from ..models.info import model_info
 from ..results import HeadScores
+from ._inputs import needs_chat_template, quick_harmful_prompts
 from .ships import INPUT_KIND, REQUEST_CONSTRAINTS, Requests, as_prompt_ids
 
 
@@ -54,6 +56,17 @@ class Sahara(Analyzer):
     parameter_constraints = {**REQUEST_CONSTRAINTS, "search_steps": [Interval(int, 1, None)]}
     example_params = {"search_steps": 1}
     description = "Dataset-level safety heads: subspace angle of last-token hidden states, greedy group search."
+    atlas = AtlasEntry(
+        what=("Dataset-level safety heads: the angle by which ablating a head turns the subspace of last-token "
+              "states of harmful requests (Generalized Ships), then a greedy search for the group that turns it "
+              "most (Sahara)."),
+        docs="sahara.md",
+        quick={"search_steps": 1}, full={},
+        data=quick_harmful_prompts, applies=needs_chat_template,
+        columns=lambda a: {"sahara_angle": a.scores_},
+        roles=(Role("safety", "sahara_angle", selected=lambda a: a.heads_,
+                    rule="Sahara's greedy group (search_steps heads)"),),
+    )
 
     def __init__(self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None,
                  batch_size: int = 8):

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..analyzers.atlas_entry import AtlasEntry, Role
 from ..analyzers.base import Analyzer, example_prompts, register, select_heads
 from ..analyzers.params import HeadList, Interval, Options, Text
 from ..interventions.scan import scan
-from ._inputs import TEMPLATES, default_harmful_prompts, safety_prompt_ids
+from ._inputs import TEMPLATES, default_harmful_prompts, needs_chat_template, quick_harmful_prompts, safety_prompt_ids
 
 
 @dataclass
@@ -64,6 +65,15 @@ class Ships(Analyzer):
     input_kind = INPUT_KIND
     parameter_constraints = {**REQUEST_CONSTRAINTS, "top_k": [Interval(int, 1, None)]}
     description = "Safety heads per request: KL of the last-position next-token distribution, one head ablated."
+    atlas = AtlasEntry(
+        what=("How much the next-token distribution after a harmful request (chat format) changes when one head "
+              "is ablated (Ships: KL, undifferentiated attention). The top heads carry the refusal."),
+        docs="ships.md",
+        data=quick_harmful_prompts, applies=needs_chat_template,
+        columns=lambda a: {"ships_kl": a.scores_},
+        roles=(Role("safety", "ships_kl", selected=lambda a: a.heads_,
+                    rule="the top 10 heads by mean Ships KL (Zhou et al.'s query-level selection)"),),
+    )
 
     def __init__(self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None,
                  batch_size: int = 8):

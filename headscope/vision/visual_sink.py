@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
+from ..analyzers.atlas_entry import AtlasEntry, Role
 from ..analyzers.base import Analyzer, example_prompts, register, select_heads
 from ..analyzers.params import Boolean, Interval, IntList, Options
 from ..capture import capture
@@ -183,6 +184,16 @@ class VisualSink(Analyzer):
     example_params = {"n_default_prompts": 2, "sink_dims": [0, 1], "require_visual_sink": False}
     description = ("Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
                    "heads and VAR redistribution specs (Kang et al. 2025).")
+    atlas = AtlasEntry(
+        what=("Image tokens that act as sinks (VAR's phi > 20 on the massive dims) and the heads whose text "
+              "queries after the image attend to the image rather than to those sinks (image-centric heads)."),
+        docs="visual-sink.md",
+        quick={"n_default_prompts": 4}, full={},
+        columns=lambda a: {"image_centric": a.scores_, "image_attention": a.image_attention_},
+        roles=(Role("vision-aware", "image_centric", selected=lambda a: a.heads_,
+                    rule="image-centric in at least half of the rows (Kang et al.'s image-centric heads)"),),
+        figures=lambda a: [a.plot(), a.plot_phi_histogram()],
+    )
 
     def __init__(self, tau: float = 20.0, rho: float = 0.5, rho_convention: str = "paper",
                  require_visual_sink: bool = True, min_image_attention: float = 0.2,

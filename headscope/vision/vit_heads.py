@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyzers.atlas_entry import AtlasEntry
 from ..analyzers.base import Analyzer, register, select_heads
 from ..analyzers.params import Boolean, Interval, IsCallable, Options
 from ..capture.engine import VISION_SITES, capture
@@ -322,6 +323,13 @@ class ViTHeads(Analyzer):
     name = "vit-heads"
     description = ("Vision-tower heads of a VLM: mean attention distance in pixels (ViT) and the metric drop "
                    "when each head alone is pruned, plus the cumulative pruning curve (Li et al. VIS 2023).")
+    atlas = AtlasEntry(
+        what=("The VLM's vision-tower heads (their own layer x head grid, not the language model's): mean "
+              "attention distance in pixels and how much the answer metric drops when each head is pruned."),
+        docs="vit-heads.md",
+        quick={"prune_curve": False}, full={},
+        grid="vision tower",
+    )
 
     input_kind = ("AnswerItems (ids with the image tokens, pixel values, answer positions), dicts or shapes "
                   "QAItems (None: shapes-vlm's held-out image questions)")

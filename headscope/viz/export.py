@@ -1,4 +1,4 @@
-"""Write figures to disk: self-contained HTML always, PNG/SVG through kaleido 1.x when a Chromium exists.
+"""Write figures to disk: offline HTML always (plotly.js shared per folder), PNG/SVG through kaleido 1.x when a Chromium exists.
 
 Static export is best-effort by design: a missing browser must never cost the user their HTML (or
 their analysis run), so it degrades to ONE warning saying what is missing and how to fix it.
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from headscope.fileio import atomic_write
 
@@ -55,9 +56,28 @@ def find_browser() -> str:
     raise BrowserNotFound(f"no Chrome/Chromium found for PNG/SVG export; {_FIX}")
 
 
-def _write_html(fig: go.Figure, path: Path) -> Path:
-    # include_plotlyjs=True inlines plotly.js (~4.8 MB) so the file works offline and forever.
-    text = fig.to_html(include_plotlyjs=True, full_html=True, config=HTML_CONFIG)
+PLOTLY_JS = "plotly.min.js"
+
+
+def write_plotly_js(folder: str | os.PathLike) -> Path:
+    """folder/plotly.min.js (the plotly.js of the installed plotly; ~4.8 MB), written once: HTML figures
+    in or under `folder` load it by a relative path, so they open offline without each carrying a copy."""
+    path = Path(folder) / PLOTLY_JS
+    text = get_plotlyjs()
+    if not (path.is_file() and path.stat().st_size == len(text.encode("utf-8"))):
+        atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    return path
+
+
+def _write_html(fig: go.Figure, path: Path, plotly_js: str | os.PathLike | None) -> Path:
+    # plotly.js is ~4.8 MB: one shared copy per folder (a relative <script src>, still offline) unless
+    # plotly_js="inline" asks for a file that works alone, moved anywhere.
+    if plotly_js == "inline":
+        include: str | bool = True
+    else:
+        shared = write_plotly_js(path.parent) if plotly_js is None else Path(plotly_js)
+        include = Path(os.path.relpath(shared.resolve(), path.parent.resolve())).as_posix()
+    text = fig.to_html(include_plotlyjs=include, full_html=True, config=HTML_CONFIG)
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -117,11 +137,13 @@ def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict
 
 def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.PathLike,
                    formats: Sequence[str] = ("html", "png", "svg"), *,
-                   scale: float = 2.0) -> dict[str, dict[str, Path]]:
+                   scale: float = 2.0, plotly_js: str | os.PathLike | None = None) -> dict[str, dict[str, Path]]:
     """Export many (figure, stem) pairs; static images share one Chromium start-up (seconds each otherwise).
 
     Returns {stem: {format: path}} with only the files actually written. `scale=2` gives PNGs sharp
-    enough for print; SVG is vector regardless.
+    enough for print; SVG is vector regardless. HTML files load plotly.js from `plotly_js` (a path,
+    written by `write_plotly_js`; default: out_dir/plotly.min.js, written once) or carry it inline
+    (`plotly_js="inline"`, ~4.8 MB each, for a file that must work on its own).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +156,7 @@ def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.P
     jobs, owners = [], []
     for fig, stem in figures:
         if "html" in formats:
-            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html")
+            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html", plotly_js)
         for fmt in formats:
             if fmt != "html":
                 jobs.append((fig, out_dir / f"{stem}.{fmt}", fmt))
@@ -147,6 +169,7 @@ def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.P
 
 
 def export_figure(fig: go.Figure, out_dir: str | os.PathLike, stem: str,
-                  formats: Sequence[str] = ("html", "png", "svg"), *, scale: float = 2.0) -> dict[str, Path]:
+                  formats: Sequence[str] = ("html", "png", "svg"), *, scale: float = 2.0,
+                  plotly_js: str | os.PathLike | None = None) -> dict[str, Path]:
     """Export one figure as out_dir/stem.{html,png,svg}; returns {format: path} for files written."""
-    return export_figures([(fig, stem)], out_dir, formats, scale=scale)[stem]
+    return export_figures([(fig, stem)], out_dir, formats, scale=scale, plotly_js=plotly_js)[stem]

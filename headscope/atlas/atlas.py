@@ -1,0 +1,138 @@
+"""The head atlas as a result object: step results + viewer data + provenance, with the head table
+(`to_dataframe`), the role map (`plot`), `save`/`load` of scores/ and `write` of the page."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..fileio import atomic_write
+from .data import Column, StepResult
+from .figures import role_map_figure
+from .roles import ResolvedRole, RoleMap, assign
+
+FORMAT = "headscope-atlas/1"
+
+
+def _plain(obj):
+    """json.dumps default: numpy scalars and arrays, tuples, paths."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def _finite(obj):
+    """NaN and infinities become null (JSON has none): a head with no data, a role no head passes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.floating):
+        return _finite(float(obj))
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, doc: dict) -> Path:
+    text = json.dumps(_finite(doc), default=_plain, ensure_ascii=False, allow_nan=False)
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def step_file(folder: Path, index: int, key: str) -> Path:
+    return folder / "scores" / "steps" / f"{index:02d}-{key}.json"
+
+
+@dataclass
+class Atlas:
+    """Every step's result on one model. `steps` in page order; `viewer` the attention viewer's data."""
+
+    model: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    preset: str
+    steps: list[StepResult]
+    viewer: dict | None = None
+    provenance: dict = field(default_factory=dict)
+
+    # --- the head table and the role map ----------------------------------------------------------
+    def columns(self) -> dict[str, Column]:
+        return {c.name: c for s in self.steps if s.status == "ok" for c in s.columns}
+
+    def roles(self) -> list[ResolvedRole]:
+        return [r for s in self.steps if s.status == "ok" for r in s.roles]
+
+    def role_map(self) -> RoleMap:
+        return assign(self.roles(), {n: c.values for n, c in self.columns().items()}, (self.n_layers, self.n_heads))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per head: label, layer, head, kv_group, role, every role it has, then every column."""
+        rm = self.role_map()
+        layer, head = (a.ravel() for a in np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij"))
+        group = self.n_heads // self.n_kv_heads
+        df = pd.DataFrame({"label": [f"L{a}H{b}" for a, b in zip(layer, head)], "layer": layer, "head": head,
+                           "kv_group": head // group, "role": rm.role.ravel(),
+                           "role_strength": rm.strength.ravel(),
+                           "all_roles": [", ".join(rm.has[a][b]) for a, b in zip(layer, head)]})
+        for name, col in self.columns().items():
+            df[name] = col.values.ravel()
+        df.attrs = {"model": self.model, "preset": self.preset, "format": FORMAT}
+        return df
+
+    def plot(self, **kw):
+        """The role map: layer x head grid coloured by each head's role (see headscope.atlas.roles)."""
+        return role_map_figure(self, **kw)
+
+    # --- disk -------------------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {"format": FORMAT, "model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "n_kv_heads": self.n_kv_heads, "preset": self.preset, "provenance": self.provenance,
+                "steps": [s.key for s in self.steps]}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write folder/scores/: atlas.json, steps/NN-key.json, viewer.json, heads.csv, heads.parquet."""
+        folder = Path(folder)
+        for i, s in enumerate(self.steps):
+            write_json(step_file(folder, i, s.key), s.to_json())
+        if self.viewer is not None:
+            write_json(folder / "scores" / "viewer.json", self.viewer)
+        df = self.to_dataframe()
+        atomic_write(folder / "scores" / "heads.csv", lambda p: df.to_csv(p, index=False))
+        atomic_write(folder / "scores" / "heads.parquet", lambda p: df.to_parquet(p, index=False))
+        return write_json(folder / "scores" / "atlas.json", self.header())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Atlas":
+        """Read an atlas saved by `save` (a report folder, or its scores/ folder)."""
+        folder = Path(folder)
+        scores = folder if (folder / "atlas.json").is_file() else folder / "scores"
+        head = scores / "atlas.json"
+        if not head.is_file():
+            raise InputError(f"{folder} holds no saved atlas (no scores/atlas.json). Fix: pass the folder a "
+                             "`headscope report` wrote (--out), or run the report without --from")
+        doc = json.loads(head.read_text(encoding="utf-8"))
+        if doc.get("format") != FORMAT:
+            raise InputError(f"{head}: format {doc.get('format')!r} is not {FORMAT!r}; rerun `headscope report`")
+        steps = []
+        for i, key in enumerate(doc["steps"]):
+            path = step_file(scores.parent, i, key)
+            if not path.is_file():
+                raise InputError(f"{path} is missing: the atlas in {folder} is incomplete; rerun `headscope report`")
+            steps.append(StepResult.from_json(json.loads(path.read_text(encoding="utf-8"))))
+        viewer_path = scores / "viewer.json"
+        viewer = json.loads(viewer_path.read_text(encoding="utf-8")) if viewer_path.is_file() else None
+        return cls(doc["model"], doc["n_layers"], doc["n_heads"], doc["n_kv_heads"], doc["preset"], steps, viewer,
+                   doc.get("provenance", {}))
+

@@ -1,0 +1,128 @@
+"""`headscope report`: run every step of the atlas on a model and write the page.
+
+Each finished step is saved at once (scores/steps/NN-key.json); a rerun into the same folder with the
+same model, preset and inputs reuses the finished steps (an interrupted report resumes), `fresh=True`
+recomputes them. `from_dir` rebuilds the page from a saved atlas without loading the model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from ..errors import InputError
+from ..inputs.prompts import load_prompts
+from ..models import load_model, model_info
+from .atlas import Atlas, step_file, write_json
+from .data import StepResult
+from .page import write_page
+from .steps import PRESETS, plan, run_step
+from .viewer import MAX_TOKENS, viewer_data
+
+_VERSIONS = ("torch", "transformers", "transformer-lens", "numpy", "plotly", "kaleido")
+
+
+def _versions() -> dict:
+    out = {"headscope": __version__, "python": platform.python_version()}
+    for name in _VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _run_key(info, preset, prompts_file, viewer_prompt, max_tokens) -> dict:
+    """What must match for a saved step to be reused."""
+    return {"model": info.name, "shape": [info.n_layers, info.n_heads], "preset": preset, "headscope": __version__,
+            "prompts_file": str(prompts_file) if prompts_file else None, "viewer_prompt": viewer_prompt,
+            "viewer_max_tokens": max_tokens}
+
+
+def _reusable(out_dir: Path, key: dict, steps) -> dict[str, StepResult]:
+    run = out_dir / "scores" / "run.json"
+    if not run.is_file():
+        return {}
+    try:
+        if json.loads(run.read_text(encoding="utf-8")) != key:
+            return {}
+        found = {}
+        for i, step in enumerate(steps):
+            path = step_file(out_dir, i, step.key)
+            if path.is_file():
+                found[step.key] = StepResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+        return found
+    except (ValueError, KeyError, TypeError):  # a damaged file is recomputed, not trusted
+        return {}
+
+
+def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset: str = "quick", prompts_file=None,
+                viewer_prompt=None, viewer_max_tokens: int = MAX_TOKENS, only=None, fresh: bool = False,
+                static: bool = True, progress: bool | None = None) -> Path:
+    """Run the atlas on `model` (a TransformerBridge, a name for `load_model`, None = bundled SmolLM2) and
+    write out_dir/report.html. Returns the page's path.
+
+    preset: "quick" (minutes on a laptop CPU for the bundled model) or "full" (each analyzer's
+    defaults). only: step keys to run (default all; see `headscope report --list`). viewer_prompt:
+    the prompt of the attention viewer (default: the first built-in text prompt).
+    """
+    if preset not in PRESETS:
+        raise InputError(f"preset={preset!r}: use one of {PRESETS}")
+    t0 = time.perf_counter()
+    model = model if hasattr(model, "cfg") else load_model(model)
+    info = model_info(model)
+    out_dir = Path(out_dir)
+    steps = plan(model)
+    if only:
+        unknown = sorted(set(only) - {s.key for s in steps})
+        if unknown:
+            raise InputError(f"unknown atlas step(s) {unknown}; steps: {[s.key for s in steps]}")
+        steps = [s for s in steps if s.key in set(only) or s.key == "classic"]
+    key = _run_key(info, preset, prompts_file, viewer_prompt, viewer_max_tokens)
+    done = {} if fresh else _reusable(out_dir, key, steps)
+    write_json(out_dir / "scores" / "run.json", key)
+    results = []
+    bar = tqdm(steps, desc="atlas", unit="step", disable=progress is False)
+    for i, step in enumerate(bar):
+        bar.set_description(f"atlas: {step.key}")
+        if step.key in done:
+            results.append(done[step.key])
+            bar.write(f"  {step.key}: reused from {step_file(out_dir, i, step.key)}")
+            continue
+        result = run_step(step, model, preset, prompts_file=prompts_file)
+        write_json(step_file(out_dir, i, step.key), result.to_json())
+        results.append(result)
+        how = f"{result.seconds:.1f} s" if result.status == "ok" else f"skipped: {result.reason}"
+        bar.write(f"  {step.key}: {how}")
+    prompt = viewer_prompt if viewer_prompt is not None else load_prompts(prompts_file)[0]
+    viewer = viewer_data(model, prompt, max_tokens=viewer_max_tokens)
+    seconds = round(time.perf_counter() - t0, 1)
+    provenance = {
+        "model": info.name, "grid": f"{info.n_layers} layers x {info.n_heads} heads ({info.n_kv_heads} KV heads)",
+        "dtype / device": f"{model.cfg.dtype} / {model.cfg.device}", "preset": preset,
+        "text prompts": str(prompts_file or "built-in data/prompts/report.json"),
+        "viewer prompt": prompt if isinstance(prompt, str) else f"{len(prompt)} token ids",
+        "seeds": "0 for every random input (repeated-token probes, needle prompts, RazorAttention probes)",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("headscope") else "build_atlas(...)",
+        "seconds": seconds, "versions": _versions(),
+    }
+    atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance)
+    atlas.save(out_dir)
+    return write_page(atlas, out_dir, static=static)
+
+
+def rebuild(from_dir: str | Path, out_dir: str | Path | None = None, *, static: bool = True) -> Path:
+    """Rewrite the page of a saved atlas (no model, no recomputation) into out_dir (default: from_dir)."""
+    atlas = Atlas.load(from_dir)
+    out = Path(out_dir) if out_dir is not None else Path(from_dir)
+    atlas.save(out)  # the head table's role columns follow the current role rule
+    return write_page(atlas, out, static=static)

@@ -1,0 +1,23 @@
+"""MkDocs hooks for headscope's site (mkdocs.yml `hooks:`).
+
+The notebooks live in notebooks/ (next to their sources in notebooks/src), outside docs/: this hook
+adds them to the site as notebooks/NN_name.ipynb pages, which mkdocs-jupyter renders (and executes).
+"""
+
+from pathlib import Path
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+from mkdocs_jupyter.plugin import NotebookFile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@event_priority(-100)  # after mkdocs-jupyter's own on_files, which only wraps files under docs/
+def on_files(files, config):
+    for nb in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        page = NotebookFile(File.generated(config, f"notebooks/{nb.name}", abs_src_path=str(nb)), **config)
+        # NotebookFile wraps the file without copying its source path (it assumes one under docs/).
+        page.__dict__["abs_src_path"] = str(nb)
+        files.append(page)
+    return files
