@@ -15,6 +15,7 @@ test:              ## set up, then run the whole test suite
 docs:              ## set up, then build the docs site into site/ (offline, strict: a warning fails)
 	scripts/setup.sh
 	$(OFFLINE) HF_HUB_OFFLINE=1 PLOTLY_RENDERER=png .venv/bin/mkdocs build --strict
+	$(OFFLINE) .venv/bin/python scripts/check_site.py site
 
 setup:             ## only the set-up (.venv = requirements/lock.txt + headscope)
 	scripts/setup.sh

@@ -2,8 +2,11 @@
 
 The notebooks live in notebooks/ (next to their sources in notebooks/src), outside docs/: this hook
 adds them to the site as notebooks/NN_name.ipynb pages, which mkdocs-jupyter renders (and executes).
+nbconvert's pages always load the Jupyter widgets renderer from unpkg.com; the notebooks have no
+widgets and the site must open offline, so that script is taken out of the rendered pages.
 """
 
+import re
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -21,3 +24,15 @@ def on_files(files, config):
         page.__dict__["abs_src_path"] = str(nb)
         files.append(page)
     return files
+
+
+_WIDGETS_LOADER = re.compile(r"<script>\s*\(function\(\) \{\s*function addWidgetsRenderer\(\).*?\}\(\)\);\s*</script>",
+                             re.S)
+
+
+def on_post_page(output, page, config):
+    if page.file.src_uri.startswith("notebooks/"):
+        output, n = _WIDGETS_LOADER.subn("", output)
+        if n != 1:  # nbconvert changed its template: fail the build rather than ship a CDN request
+            raise RuntimeError(f"{page.file.src_uri}: expected one Jupyter widgets loader, found {n}")
+    return output

@@ -151,6 +151,12 @@ def test_viewer_window_keeps_rows_summing_to_one_and_equals_the_pattern(planted)
     np.testing.assert_allclose(whole, ref, atol=1 / 255)
 
 
+def test_text_longer_than_the_context_is_cut_to_fit(planted):
+    model, _ = planted
+    doc = viewer_data(model, "word " * 400, max_tokens=16)
+    assert doc["n_tokens"] == model_info(model).n_ctx and doc["windowed"]
+
+
 def test_report_folder_is_lean(planted_atlas):
     _, out = planted_atlas
     js = list(out.rglob("plotly*.js"))

@@ -299,3 +299,10 @@ def test_needle_prompts_take_bos_from_the_tokenizer_and_paper_forms_are_byte_for
     tail = tok("Based on the content of the book, Question: " + needle["question"] + "\nAnswer:",
                add_special_tokens=False)["input_ids"]
     assert list(s.prompt_ids[-len(tail):]) == tail
+
+
+def test_an_encoder_is_refused_with_the_fix():
+    from headscope.testing.architectures import tiny_arch_model
+
+    with pytest.raises(InputError, match="bidirectional encoder. Fix: use a decoder"):
+        RetrievalHeads(n_samples=1).fit(tiny_arch_model("bert"), "repeats")

@@ -210,6 +210,9 @@ class RetrievalHeads(Analyzer):
         self.success_rouge, self.seed, self.max_new_tokens = success_rouge, seed, max_new_tokens
         self.span, self.count = span, count
 
+    def _check_params(self, info) -> None:
+        info.require_causal("retrieval-heads", "decodes the answer greedily, token by token")
+
     def prepare_data(self, model, data=None) -> list[NeedleSample]:
         """NeedleSamples: as given, "repeats" (n_samples repeated random segments), or None (needle
         prompts at `context_lengths` in `prompt_form`)."""

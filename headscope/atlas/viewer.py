@@ -19,7 +19,7 @@ import torch
 from ..capture import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
-from ..inputs.tokens import to_token_lists
+from ..inputs.tokens import encode, to_token_lists
 from ..models import model_info
 
 MAX_TOKENS = 48
@@ -102,7 +102,10 @@ class WindowedPattern(Reducer):
 def viewer_data(model, prompt, *, max_tokens: int = MAX_TOKENS, sink_keys: int = SINK_KEYS) -> dict:
     """Everything the page's viewer needs (JSON-safe): tokens, window, uint8 patterns in base64."""
     info = model_info(model)
-    ids = to_token_lists(model, [prompt], info)[0]
+    if isinstance(prompt, str):  # text longer than the model's context (a tiny testbed's) is cut to fit
+        ids = encode(model.tokenizer, prompt, info.prepend_bos, info.bos_token_id)[: info.n_ctx]
+    else:
+        ids = to_token_lists(model, [prompt], info)[0]
     window = Window.of(len(ids), max_tokens, sink_keys)
     reducer = WindowedPattern(window)
     res = capture(model, [ids], [reducer], batch_size=1, progress=False)[reducer.name]
