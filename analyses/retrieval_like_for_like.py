@@ -27,7 +27,7 @@ from headscope.paths import data_dir
 def measure(model, needles, max_new_tokens: int, n: int, lengths) -> dict:
     samples = make_needle_prompts(model, n, lengths, seed=0, form="completion", needles=needles)
     fit = RetrievalHeads(max_new_tokens=max_new_tokens).fit(model, samples)
-    scores = np.asarray(fit.scores_.values)
+    scores = np.asarray(fit.scores_.mean_over_prompts().values)  # [layer, head] (scores_ is [1, layer, head])
     answer_tokens = [len(s.answer_ids) for s in samples]
     return {"samples": len(samples), "retrieved": float(fit.accuracy_),
             "answer_tokens_mean": float(np.mean(answer_tokens)),
