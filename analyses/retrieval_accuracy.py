@@ -86,7 +86,7 @@ def figure(grid: pd.DataFrame, needle_fit, repeat_fit) -> go.Figure:
         fig.add_trace(go.Scatter(x=g.context_length, y=g.accuracy, mode="lines+markers", name=form), 1, 1)
     fig.add_hline(y=0.8, line_dash="dot", line_color="#888", row=1, col=1)
     for col, fit in ((2, needle_fit), (3, repeat_fit)):
-        fig.add_trace(go.Heatmap(z=fit.scores_.values, colorscale="Viridis", zmin=0, zmax=1,
+        fig.add_trace(go.Heatmap(z=fit.scores_.mean_over_prompts().values, colorscale="Viridis", zmin=0, zmax=1,
                                  showscale=col == 3, hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), 1, col)
         fig.update_yaxes(autorange="reversed", title_text="layer", row=1, col=col)
         fig.update_xaxes(title_text="head", row=1, col=col)

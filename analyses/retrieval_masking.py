@@ -93,11 +93,12 @@ def main() -> None:
         print(f"K={k:3d}  top-K retrieval heads: {top_acc[-1]:.2f}   random: {np.round(rand_acc[-1], 2).tolist()}", flush=True)
 
     out = Path(args.out)
-    n_above = int((detector.scores_.values > detector.threshold).sum())
+    mean = detector.scores_.mean_over_prompts().values  # [layer, head] (scores_ is [1, layer, head])
+    n_above = int((mean > detector.threshold).sum())
     record = {
         "model": "smollm2-135m-instruct", "detection": {k: v for k, v in params.items()}, "detect_accuracy": detector.accuracy_,
         "n_heads_above_threshold": n_above, "top_heads": [f"L{l}H{h}" for l, h in ranking[:10]],
-        "top_scores": [round(float(detector.scores_.values[l, h]), 3) for l, h in ranking[:10]],
+        "top_scores": [round(float(mean[l, h]), 3) for l, h in ranking[:10]],
         "ks": ks, "top_k_accuracy": top_acc, "random_accuracy": rand_acc, "n_eval_samples": len(samples),
         "n_detect_samples": args.n_detect * len(params["context_lengths"]), "random_seeds": args.seeds,
         "seconds": round(time.time() - start, 1),
