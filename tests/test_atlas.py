@@ -16,7 +16,7 @@ from headscope.errors import InputError
 from headscope.inputs.tokens import to_token_lists
 from headscope.models import model_info
 from headscope.testing import planted_model
-from headscope.testing.architectures import supported, tiny_arch_model
+from headscope.testing.architectures import random_prompt, supported, tiny_arch_model
 from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.reference_loops import reference_stats
 
@@ -184,3 +184,10 @@ def test_atlas_runs_on_other_families(name, tmp_path):
     assert np.isfinite(atlas.columns()["first_token_mass"].values).all()
     if not info.causal:  # BERT: the causal statistics are NaN and said so
         assert np.isnan(atlas.columns()["induction_score"].values).all()
+    # The viewer's patterns on this family equal plain HF's output_attentions (independent of the bridge).
+    tokens = random_prompt(name, 20).tolist()
+    tokens = tokens[0] if isinstance(tokens[0], list) else tokens
+    with torch.no_grad():
+        attn = plain_hf_copy(model)(torch.tensor([tokens]), output_attentions=True).attentions
+    ref = torch.stack([a[0] for a in attn]).float().numpy()
+    np.testing.assert_allclose(decode(viewer_data(model, tokens)), ref, atol=1 / 255 + 1e-6)

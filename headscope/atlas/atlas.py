@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, jsonable
 from .data import Column, StepResult
 from .figures import role_map_figure
 from .roles import ResolvedRole, RoleMap, assign
@@ -21,23 +21,11 @@ from .roles import ResolvedRole, RoleMap, assign
 FORMAT = "headscope-atlas/1"
 
 
-def _plain(obj):
-    """json.dumps default: numpy scalars and arrays, tuples, paths."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
-
-
 def _finite(obj):
-    """NaN and infinities become null (JSON has none): a head with no data, a role no head passes."""
+    """NaN and infinities become null (JSON has none): a head with no data, a role no head passes.
+    Runs on `jsonable` output, so numbers are plain floats by then."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.floating):
-        return _finite(float(obj))
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -46,7 +34,7 @@ def _finite(obj):
 
 
 def write_json(path: Path, doc: dict) -> Path:
-    text = json.dumps(_finite(doc), default=_plain, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(_finite(jsonable(doc)), ensure_ascii=False, allow_nan=False)
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -101,10 +89,11 @@ class Atlas:
                 "n_kv_heads": self.n_kv_heads, "preset": self.preset, "provenance": self.provenance,
                 "steps": [s.key for s in self.steps]}
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write folder/scores/: atlas.json, steps/NN-key.json, viewer.json, heads.csv, heads.parquet."""
+    def save(self, folder: str | os.PathLike, *, steps: bool = True) -> Path:
+        """Write folder/scores/: atlas.json, steps/NN-key.json, viewer.json, heads.csv, heads.parquet.
+        steps=False: the step files are already there (build_atlas writes each as it finishes)."""
         folder = Path(folder)
-        for i, s in enumerate(self.steps):
+        for i, s in enumerate(self.steps if steps else ()):
             write_json(step_file(folder, i, s.key), s.to_json())
         if self.viewer is not None:
             write_json(folder / "scores" / "viewer.json", self.viewer)

@@ -116,7 +116,7 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         "seconds": seconds, "versions": _versions(),
     }
     atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance)
-    atlas.save(out_dir)
+    atlas.save(out_dir, steps=False)  # each step was saved as it finished
     return write_page(atlas, out_dir, static=static)
 
 

@@ -11,7 +11,7 @@ from ..capture import capture
 from ..capture.reducers import DEFAULT_REDUCERS
 from ..inputs.probes import repeated_random_tokens
 from ..inputs.prompts import load_prompts
-from ..inputs.tokens import encode
+from ..inputs.tokens import encode_to_fit
 from ..models import model_info
 from .data import Column, StepResult
 from .roles import resolve
@@ -50,8 +50,7 @@ class ClassicEntry:
         p = dict(PARAMS[preset])
         info = model_info(model)
         # Text prompts longer than the model's context (a tiny testbed's 64 tokens) are cut to fit.
-        prompts = [encode(model.tokenizer, text, info.prepend_bos, info.bos_token_id)[: info.n_ctx]
-                   for text in load_prompts(prompts_file)[: p["n_text_prompts"]]]
+        prompts = [encode_to_fit(model, text, info) for text in load_prompts(prompts_file)[: p["n_text_prompts"]]]
         reducers = {cls.name: cls for cls in DEFAULT_REDUCERS}
         text = capture(model, prompts, [reducers[n]() for n in TEXT_STATS], batch_size=p["batch_size"],
                        progress=False)

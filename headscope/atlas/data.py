@@ -21,12 +21,11 @@ class Column:
 
     def to_json(self) -> dict:
         return {"name": self.name, "description": self.description, "higher_is_more": self.higher_is_more,
-                "step": self.step, "values": [[None if not np.isfinite(x) else float(x) for x in row]
-                                              for row in self.values]}
+                "step": self.step, "values": self.values.tolist()}  # write_json turns NaN into null
 
     @classmethod
     def from_json(cls, doc: dict) -> "Column":
-        values = np.array([[np.nan if x is None else x for x in row] for row in doc["values"]], dtype=float)
+        values = np.array(doc["values"], dtype=float)  # null -> NaN
         return cls(doc["name"], values, doc["description"], doc["higher_is_more"], doc["step"])
 
 

@@ -54,9 +54,8 @@ def _num(x) -> tuple[str, str]:
     return str(x), str(x)
 
 
-def _fig_div(fig_json: str, div_id: str) -> str:
-    return pio.to_html(pio.from_json(fig_json), include_plotlyjs=False, full_html=False, config=HTML_CONFIG,
-                       div_id=div_id)
+def _fig_div(fig, div_id: str) -> str:
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False, config=HTML_CONFIG, div_id=div_id)
 
 
 def _legend(atlas, rm) -> str:
@@ -116,7 +115,7 @@ def _viewer(atlas) -> str:
             f"<label>head <select id='viewer-head'>{heads}</select></label></div><div id='viewer-plot'></div>")
 
 
-def _step_section(i: int, step, files: dict, docs: dict) -> str:
+def _step_section(i: int, step, figures: dict, files: dict, docs: dict) -> str:
     sid = f"step-{step.key}"
     link = (f"<a href='{docs[step.docs]}'>docs: {_esc(step.docs)}</a>" if step.docs in docs
             else f"docs: {_esc(step.docs)} (in headscope's docs/ folder)")
@@ -125,9 +124,9 @@ def _step_section(i: int, step, files: dict, docs: dict) -> str:
         out.append(f"<p class='skipped'>Not run on this model: {_esc(step.reason)}</p></section>")
         return "".join(out)
     out += [f"<p class='muted'>{_esc(n)}</p>" for n in step.notes]
-    for j, fig in enumerate(step.figures):
+    for j in range(len(step.figures)):
         stem = f"{i:02d}-{step.key}-{j + 1}"
-        out.append(f"<div class='fig'>{_fig_div(fig, 'fig-' + stem)}</div>")
+        out.append(f"<div class='fig'>{_fig_div(figures[stem], 'fig-' + stem)}</div>")
         links = " · ".join(f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get(stem, {}).items())
         if links:
             out.append(f"<p class='files'>Figure files: {links}</p>")
@@ -163,11 +162,12 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
         data = "window.HEADSCOPE_VIEWER = " + json.dumps(atlas.viewer) + ";\n"
         atomic_write(out_dir / "attention.js", lambda p: p.write_text(data, encoding="utf-8"))
     ran = [s for s in atlas.steps if s.status == "ok"]
-    figures = [(pio.from_json(f), f"{i:02d}-{s.key}-{j + 1}") for i, s in enumerate(atlas.steps, 1) if s.status == "ok"
-               for j, f in enumerate(s.figures)]
+    figures = {f"{i:02d}-{s.key}-{j + 1}": pio.from_json(f) for i, s in enumerate(atlas.steps, 1)
+               if s.status == "ok" for j, f in enumerate(s.figures)}  # parsed once: exported and shown
     role_fig = atlas.plot()
-    files = export_figures([(role_fig, "00-role-map"), *figures], out_dir / "figures",
-                           ("png", "svg", "html") if static else ("html",), plotly_js=out_dir / "plotly.min.js")
+    files = export_figures([(role_fig, "00-role-map"), *((f, stem) for stem, f in figures.items())],
+                           out_dir / "figures", ("png", "svg", "html") if static else ("html",),
+                           plotly_js=out_dir / "plotly.min.js")
     docs = render_docs([s.docs for s in atlas.steps], out_dir)
     rm = atlas.role_map()
     n_role = int((rm.role != NO_ROLE).sum())
@@ -185,11 +185,11 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
     body = [
         f"<h1>Head atlas of {_esc(atlas.model)}</h1><p>{_esc(summary)}</p><nav><ol>{''.join(nav)}</ol></nav>",
         f"<section id='role-map-section'><h2>Role map</h2><p>{ROLE_RULE}</p>"
-        f"<div class='fig'>{pio.to_html(role_fig, include_plotlyjs=False, full_html=False, config=HTML_CONFIG, div_id='role-map')}</div>"
+        f"<div class='fig'>{_fig_div(role_fig, 'role-map')}</div>"
         + (f"<p class='files'>Figure files: {role_links}</p>" if role_links else "") + _legend(atlas, rm) + "</section>",
         f"<section id='head-table-section'><h2>Head table</h2>{_head_table(atlas)}</section>",
         f"<section id='viewer'><h2>Attention viewer</h2>{_viewer(atlas)}</section>",
-        *[_step_section(i, s, files, docs) for i, s in enumerate(atlas.steps, 1)],
+        *[_step_section(i, s, figures, files, docs) for i, s in enumerate(atlas.steps, 1)],
         f"<section id='provenance'><h2>Provenance</h2>{_provenance(atlas)}</section>",
     ]
     viewer_script = "<script src='attention.js'></script>" if atlas.viewer is not None else ""

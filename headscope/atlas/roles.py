@@ -118,6 +118,9 @@ def assign(roles: list[ResolvedRole], columns: dict[str, np.ndarray], shape: tup
     strength = np.full(shape, np.nan)
     has: list[list[list[str]]] = [[[] for _ in range(n_heads)] for _ in range(n_layers)]
     names = list(dict.fromkeys(r.name for r in roles))
+    specific = {}  # a role name's tier (its first declaration)
+    for r in roles:
+        specific.setdefault(r.name, r.specific)
     for tier in (True, False):  # specific roles first; generic only where no specific role applies
         # Ties (each role's best head has strength 1) go to the role listed first in ROLE_COLOURS.
         ranked = sorted((r for r in roles if r.specific == tier), key=lambda r: _PRIORITY.get(r.name, len(_PRIORITY)))
@@ -126,14 +129,8 @@ def assign(roles: list[ResolvedRole], columns: dict[str, np.ndarray], shape: tup
             for layer, head in zip(*np.nonzero(np.isfinite(s))):
                 has[layer][head].append(r.name)
                 free = role[layer, head] == NO_ROLE or (
-                    tier_of(role[layer, head], roles) == tier and s[layer, head] > strength[layer, head])
+                    specific[role[layer, head]] == tier and s[layer, head] > strength[layer, head])
                 if free:
                     role[layer, head], strength[layer, head] = r.name, s[layer, head]
     return RoleMap(role, strength, [[list(dict.fromkeys(x)) for x in row] for row in has], names)
 
-
-def tier_of(name: str, roles: list[ResolvedRole]) -> bool | None:
-    for r in roles:
-        if r.name == name:
-            return r.specific
-    return None

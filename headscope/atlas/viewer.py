@@ -19,7 +19,7 @@ import torch
 from ..capture import capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
-from ..inputs.tokens import encode, to_token_lists
+from ..inputs.tokens import encode_to_fit, to_token_lists
 from ..models import model_info
 
 MAX_TOKENS = 48
@@ -103,7 +103,7 @@ def viewer_data(model, prompt, *, max_tokens: int = MAX_TOKENS, sink_keys: int =
     """Everything the page's viewer needs (JSON-safe): tokens, window, uint8 patterns in base64."""
     info = model_info(model)
     if isinstance(prompt, str):  # text longer than the model's context (a tiny testbed's) is cut to fit
-        ids = encode(model.tokenizer, prompt, info.prepend_bos, info.bos_token_id)[: info.n_ctx]
+        ids = encode_to_fit(model, prompt, info)
     else:
         ids = to_token_lists(model, [prompt], info)[0]
     window = Window.of(len(ids), max_tokens, sink_keys)

@@ -72,6 +72,12 @@ def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = No
     return out
 
 
+def encode_to_fit(model, text: str, info: ModelInfo) -> list[int]:
+    """`text` encoded as the model reads it (`encode` with its BOS convention), cut to its context:
+    for a display or a summary that must run on any model, even a testbed with 64 positions."""
+    return encode(model.tokenizer, text, info.prepend_bos, info.bos_token_id)[: info.n_ctx]
+
+
 def encode(tokenizer, text: str, bos: bool, bos_id: int | None) -> list[int]:
     """`text` as the tokenizer encodes it by default (its own special tokens: BOS, [CLS] .. [SEP]),
     with BOS then forced present (`bos`) or absent, so the override means the same on every tokenizer."""

@@ -69,14 +69,11 @@ def write_plotly_js(folder: str | os.PathLike) -> Path:
     return path
 
 
-def _write_html(fig: go.Figure, path: Path, plotly_js: str | os.PathLike | None) -> Path:
+def _write_html(fig: go.Figure, path: Path, plotly_js: str | Path) -> Path:
     # plotly.js is ~4.8 MB: one shared copy per folder (a relative <script src>, still offline) unless
     # plotly_js="inline" asks for a file that works alone, moved anywhere.
-    if plotly_js == "inline":
-        include: str | bool = True
-    else:
-        shared = write_plotly_js(path.parent) if plotly_js is None else Path(plotly_js)
-        include = Path(os.path.relpath(shared.resolve(), path.parent.resolve())).as_posix()
+    include: str | bool = True if plotly_js == "inline" else \
+        Path(os.path.relpath(Path(plotly_js).resolve(), path.parent.resolve())).as_posix()
     text = fig.to_html(include_plotlyjs=include, full_html=True, config=HTML_CONFIG)
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
@@ -153,6 +150,8 @@ def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.P
     if len(set(stems)) != len(stems):
         raise ValueError(f"export_figures: duplicate stems would overwrite each other: {stems}")
     result: dict[str, dict[str, Path]] = {stem: {} for stem in stems}
+    if "html" in formats and plotly_js != "inline":  # the shared plotly.js, written (or checked) once
+        plotly_js = write_plotly_js(out_dir) if plotly_js is None else Path(plotly_js)
     jobs, owners = [], []
     for fig, stem in figures:
         if "html" in formats:
