@@ -27,7 +27,7 @@ from headscope.testing.architectures import ARCHITECTURES, random_prompt, suppor
 from headscope.vision.visual_sink import ImageCentricRows
 
 # Every family runs blocked: through transformers' AttentionInterface, or (GPT-Neo, Falcon, BLOOM, MPT,
-# whose HF attention computes attention inline) through headscope's adapters in blocked_families.
+# whose HF attention computes attention inline) through headscope's forwards in headscope.families.
 BLOCKED = list(ARCHITECTURES)
 
 
@@ -148,12 +148,18 @@ def test_row_mask_equals_hf_full_mask():
     assert plain.plain
 
 
+def _forget_adapter(monkeypatch, hf_class: str) -> None:
+    """As if no family module registered a blocked forward for `hf_class`."""
+    real = blk.blocked_forward_for
+    monkeypatch.setattr(blk, "blocked_forward_for", lambda name: None if name == hf_class else real(name))
+
+
 def test_support_probe_passes_every_family_and_names_the_reason_otherwise(monkeypatch):
     ok = {name: blk.blocked_support(tiny_arch_model(name)) for name in supported()}
     assert {n: why for n, (good, why) in ok.items() if not good} == {}
     # A family with neither the interface nor an adapter (here: GPT-Neo with its adapter taken away).
     model = tiny_arch_model("gpt-neo")
-    monkeypatch.delitem(blk._ADAPTERS, "GPTNeoSelfAttention")
+    _forget_adapter(monkeypatch, "GPTNeoSelfAttention")
     monkeypatch.setattr(blk, "_SUPPORT", weakref.WeakKeyDictionary())  # probe afresh, forget afterwards
     good, why = blk.blocked_support(model)
     assert not good and "GPTNeoSelfAttention" in why and "AttentionInterface" in why
@@ -194,7 +200,7 @@ def test_past_the_budget_errors_say_why_and_how_much():
 def test_unsupported_family_is_a_clear_error_past_the_budget(monkeypatch):
     model = tiny_arch_model("gpt-neo")
     prompts = _prompts("gpt-neo")
-    monkeypatch.delitem(blk._ADAPTERS, "GPTNeoSelfAttention")  # as a family without an adapter
+    _forget_adapter(monkeypatch, "GPTNeoSelfAttention")  # as a family without an adapter
     monkeypatch.setattr(blk, "_SUPPORT", weakref.WeakKeyDictionary())
     with pytest.raises(InputError, match="GPTNeoSelfAttention.*AttentionInterface.*attention='eager'"):
         capture(model, prompts, max_pattern_mb=1e-4)
@@ -288,7 +294,8 @@ def test_residual_and_head_output_reducers_alongside_blocks(name):
     for a, b in zip(eager["z_sq_norm"].z, blocked["z_sq_norm"].z):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     e, b = eager["massive_activations"], blocked["massive_activations"]
-    np.testing.assert_allclose(e.median, b.median, rtol=1e-6)
+    # float32 residuals after two layers of differently ordered attention sums: a few ulps apart
+    np.testing.assert_allclose(e.median, b.median, rtol=1e-5)
     assert len(e.entries["value"]) > 0 and np.array_equal(e.entries["position"], b.entries["position"])
-    np.testing.assert_allclose(eager["phi"].top_values, blocked["phi"].top_values, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(eager["phi"].top_values, blocked["phi"].top_values, rtol=1e-5, equal_nan=True)
     np.testing.assert_allclose(eager["hidden_sink_count"].counts.values, blocked["hidden_sink_count"].counts.values)

@@ -22,6 +22,7 @@ LAYERS = [
     {"models"},
     {"inputs"},
     {"capture"},
+    {"families"},  # one module per model family: blocked forwards (capture), readout quirks, refusals
     {"interventions"},
     {"generation"},
     {"analyzers"},

@@ -21,8 +21,8 @@ whole [batch, pos, head, d_head] head outputs, as `hook_z`. Other attention-inte
 "v", "rot_q", "rot_k") are not offered here: use the eager path.
 
 Families whose HF attention computes attention inline (GPT-Neo, Falcon, BLOOM, MPT in transformers
-5.24) run through headscope's copy of their forward (`blocked_families`, registered with
-`register_adapter`), which calls `attention_forward` with the family's additive bias or local
+5.24) run through headscope's copy of their forward (`Family.blocked_forwards`, in each family's module
+of `headscope.families`), which calls `attention_forward` with the family's additive bias or local
 window. `blocked_support(model)` probes each model once, comparing the blocked forward (both the
 fused and the block path) with the bridge's eager forward on a short padded batch; a family with
 neither route, or any mismatch, is refused and callers fall back to eager or say why not.
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.compat import hooks_paused
+from ..models.family import blocked_forward_for
 from ..models.info import model_device, model_info
 
 BLOCKED_IMPLEMENTATION = "headscope_blocked"
@@ -145,7 +146,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     """The `AttentionInterface` function: query [b, h, T, d], key/value [b, kv_h, Tk, d] (post-RoPE,
     before GQA expansion) -> ([b, T, h, d] output, None).
 
-    Two extras for the families headscope adapts itself (`blocked_families`): `score_bias(start, stop,
+    Two extras for the families headscope adapts itself (`headscope.families`): `score_bias(start, stop,
     n_keys)` gives an additive bias for a block of rows, broadcastable to [b, h, rows, n_keys] (ALiBi),
     added after the scaling; `window` hides keys `window` or more positions before the query (GPT-Neo's
     local layers, whose HF mask is plain causal)."""
@@ -319,22 +320,10 @@ def _configs(model, components) -> list:
     return found
 
 
-# HF attention classes that compute attention inline instead of calling `AttentionInterface`, each
-# with a headscope forward that does the same arithmetic around `attention_forward` (blocked_families).
-_ADAPTERS: dict[str, object] = {}
-
-
-def register_adapter(*class_names: str):
-    """Decorator: `fn(hf_module, *args, **kwargs)` runs HF attention classes `class_names` blocked."""
-    def register(fn):
-        for name in class_names:
-            _ADAPTERS[name] = fn
-        return fn
-    return register
-
-
 def _hf_forward(hf_module):
-    adapter = _ADAPTERS.get(type(hf_module).__name__)
+    # HF attention classes that compute attention inline instead of calling `AttentionInterface` run
+    # through the forward their family module registers (`headscope.families`).
+    adapter = blocked_forward_for(type(hf_module).__name__)
 
     def forward(*args, **kwargs):
         if adapter is not None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..capture.engine import SITES
 from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
+from ..models.family import family_of
 from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .apply import apply
@@ -119,20 +120,17 @@ def _forward_keeping_final(model, tokens, attention_mask):
 
 def _final_norm(model, x):
     """The model's own path from the last block's output to the unembedding's input: the final norm,
-    or a masked-LM head's transform (BERT: dense, activation, then the norm the bridge calls ln_final)."""
-    head = getattr(getattr(getattr(model.original_model, "cls", None), "predictions", None), "transform", None)
-    return head(x) if head is not None else model.ln_final(x)
+    or the family's own readout (BERT's masked-LM transform, `headscope.families.bert`)."""
+    fam = family_of(model)
+    return fam.readout(model, x) if fam is not None and fam.readout is not None else model.ln_final(x)
 
 
 def _logits(model, x):
-    """The unembedding as the model's own forward applies it, including a final soft-cap/scale."""
+    """The unembedding as the model's own forward applies it, with the family's final transform
+    (Gemma's soft-cap, `headscope.families.gemma`)."""
     logits = model.unembed(x)
-    config = getattr(model.original_model, "config", None)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    fam = family_of(model)
+    return fam.logits(model, logits) if fam is not None and fam.logits is not None else logits
 
 
 def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: str = "logits"):

@@ -1,0 +1,125 @@
+"""The contract of a model family: what headscope must know about it beyond what the bridge gives.
+
+Each family that needs anything special has one module in `headscope/families/` that registers a
+`Family` in `FAMILIES` (keyed by the family's name, matched to a model by its HF `config.model_type`).
+The engines never test a family's name: they ask `family_of(model)` for the one fact they need.
+
+* `readout(model, x)` — the model's own path from the last block's output to the unembedding's
+  input, when it is not `model.ln_final` (BERT's masked-LM transform).
+* `logits(model, logits)` — what the model's forward does to the unembedding's output (Gemma 2's
+  final soft-cap).
+* `blocked_forwards` — HF attention class name → a forward that computes attention through
+  `headscope.capture.blocked.attention_forward` (for HF classes that compute attention inline
+  instead of calling transformers' `AttentionInterface`).
+* `refuse(config)` — a reason the family (or this config of it) cannot be analysed, or None; boot
+  raises `InputError` with it, so a user never meets a raw exception or a wrong number.
+* `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
+  (hybrids); None = every layer is attention.
+
+Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
+the transformers version it was copied from and a hash of that source); `tests/test_families.py`
+fails, naming the headscope function to review, when the installed upstream source differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+from typing import Any, Callable, Mapping
+
+from ..registry import Registry
+
+FAMILIES: Registry["Family"] = Registry("model family", fix="see docs/contributing.md, 'A new architecture family'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What headscope knows about one model family (see the module docstring for each field)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    readout: Callable[[Any, Any], Any] | None = None
+    logits: Callable[[Any, Any], Any] | None = None
+    blocked_forwards: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+    refuse: Callable[[Any], str | None] | None = None
+    layer_kinds: Callable[[Any], list[str]] | None = None
+    notes: str = ""
+
+
+def register_family(family: Family) -> Family:
+    FAMILIES.register(family.name, family)
+    return family
+
+
+def _config(model_or_config):
+    original = getattr(model_or_config, "original_model", None)
+    cfg = getattr(original, "config", None) or getattr(model_or_config, "config", None) or model_or_config
+    return cfg
+
+
+def family_of(model_or_config) -> Family | None:
+    """The registered family of a bridge, an HF model or an HF config (by `model_type`), or None."""
+    cfg = _config(model_or_config)
+    types = {getattr(cfg, "model_type", None)}
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else None
+    types.add(getattr(text, "model_type", None))
+    types.discard(None)
+    for name in FAMILIES:
+        fam = FAMILIES[name]
+        if types & set(fam.model_types):
+            return fam
+    return None
+
+
+def blocked_forward_for(hf_class_name: str) -> Callable | None:
+    """The headscope forward registered for an HF attention class that computes attention inline."""
+    for name in FAMILIES:
+        fn = FAMILIES[name].blocked_forwards.get(hf_class_name)
+        if fn is not None:
+            return fn
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# mirrored upstream code
+
+
+@dataclasses.dataclass(frozen=True)
+class Mirror:
+    """A headscope function that copies upstream code: `upstream` is "module:Qualified.name"."""
+
+    headscope: str
+    upstream: str
+    version: str
+    sha256: str
+
+
+MIRRORS: list[Mirror] = []
+
+
+def upstream_source(upstream: str) -> str:
+    """The installed source of "package.module:Qual.name" (dedented)."""
+    module, _, qual = upstream.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return inspect.cleandoc(inspect.getsource(obj))
+
+
+def source_hash(upstream: str) -> str:
+    return hashlib.sha256(upstream_source(upstream).encode()).hexdigest()[:16]
+
+
+def mirrors(upstream: str, version: str, sha256: str):
+    """Decorator: the function mirrors `upstream` ("module:Qual.name") as of `version`, whose source
+    hashed to `sha256` (first 16 hex digits of `source_hash`)."""
+    def mark(fn):
+        MIRRORS.append(Mirror(f"{fn.__module__}.{fn.__qualname__}", upstream, version, sha256))
+        return fn
+    return mark
+
+
+__all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
+           "register_family", "source_hash", "upstream_source"]
