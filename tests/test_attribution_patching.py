@@ -71,6 +71,27 @@ def test_planted_circuit_ranks_first():
             assert set(screen_order(scan(model, prompts, kind, "loss", method=method))[:2]) == circuit, (method, kind)
 
 
+def test_atp_runs_with_gradients_globally_off():
+    """TransformerLens tutorials begin with torch.set_grad_enabled(False): AtP enables gradients itself
+    (built-in metrics and a custom differentiable one) and gives the same numbers, leaving the mode off."""
+    model, _ = planted_model()
+    prompts = [[1, 5, 6, 7, 5, 6, 7], [1, 8, 9, 10, 8, 9, 10]]
+    metric = _mix_metric(model.cfg.d_vocab)
+    expected = {m: scan(model, prompts, "zero", m, method="atp*").values for m in ("loss", "kl_last")}
+    expected["mix"] = scan(model, prompts, "zero", metric, method="atp").values
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        got = {m: scan(model, prompts, "zero", m, method="atp*").values for m in ("loss", "kl_last")}
+        got["mix"] = scan(model, prompts, "zero", metric, method="atp").values
+        assert not torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(previous)
+    for m in expected:
+        assert np.isfinite(got[m]).all() and np.abs(got[m]).max() > 0, m
+        np.testing.assert_allclose(got[m], expected[m], rtol=1e-6, atol=1e-9, err_msg=m)
+
+
 def test_kl_last_uses_the_fisher_form():
     """kl_last has a zero gradient at the clean point; its second-order estimate tracks a small step's
     exact KL (O(step) relative) and is non-negative."""

@@ -222,34 +222,37 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     device = model_device(model)
     bar = tqdm(total=len(batches), desc=f"atp {template.kind}", unit="batch",
                disable=not (progress if progress is not None else len(batches) > 4))
+    # Gradients whatever the caller's grad mode (TransformerLens tutorials start with
+    # torch.set_grad_enabled(False)): the forward, the metric and the sums all need the graph.
     try:
-        for batch in batches:
-            nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads)
-            hooks = nodes.hooks + (_graddrop_hooks(info.n_layers, keep) if graddrop else [])
-            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-                logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
-            outputs = _metric_outputs(score, logits, batch, kl_tokens)
-            eps = [nodes.eps[l] for l in scan_layers]
-            drops = list(range(info.n_layers)) if graddrop else [None]
-            total = {l: torch.zeros(len(batch.index), info.n_heads, dtype=torch.float64) for l in scan_layers}
-            for n_drop, drop in enumerate(drops):
-                if drop is not None:
-                    keep[:] = [0.0 if i == drop else 1.0 for i in range(info.n_layers)]
-                per_output = []
-                for j, (_, out) in enumerate(outputs):
-                    last = n_drop == len(drops) - 1 and j == len(outputs) - 1
-                    grads = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
-                    grads = {l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)}
-                    per_output.append(nodes.per_head(grads))
-                est = _combine(outputs, per_output, scan_layers)
+        with torch.enable_grad():
+            for batch in batches:
+                nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads)
+                hooks = nodes.hooks + (_graddrop_hooks(info.n_layers, keep) if graddrop else [])
+                with model.hooks(fwd_hooks=hooks):
+                    logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
+                outputs = _metric_outputs(score, logits, batch, kl_tokens)
+                eps = [nodes.eps[l] for l in scan_layers]
+                drops = list(range(info.n_layers)) if graddrop else [None]
+                total = {l: torch.zeros(len(batch.index), info.n_heads, dtype=torch.float64) for l in scan_layers}
+                for n_drop, drop in enumerate(drops):
+                    if drop is not None:
+                        keep[:] = [0.0 if i == drop else 1.0 for i in range(info.n_layers)]
+                    per_output = []
+                    for j, (_, out) in enumerate(outputs):
+                        last = n_drop == len(drops) - 1 and j == len(outputs) - 1
+                        grads = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
+                        grads = {l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)}
+                        per_output.append(nodes.per_head(grads))
+                    est = _combine(outputs, per_output, scan_layers)
+                    for l in scan_layers:
+                        total[l] += est[l].abs() if graddrop else est[l]
+                keep[:] = [1.0] * info.n_layers
                 for l in scan_layers:
-                    total[l] += est[l].abs() if graddrop else est[l]
-            keep[:] = [1.0] * info.n_layers
-            for l in scan_layers:
-                heads = [h for ll, h in visited if ll == l]
-                got = total[l] / (info.n_layers - 1) if graddrop else total[l]
-                values[np.ix_(batch.index, [l], heads)] = got[:, heads].cpu().numpy()[:, None, :]
-            bar.update()
+                    heads = [h for ll, h in visited if ll == l]
+                    got = total[l] / (info.n_layers - 1) if graddrop else total[l]
+                    values[np.ix_(batch.index, [l], heads)] = got[:, heads].cpu().numpy()[:, None, :]
+                bar.update()
     finally:
         bar.close()
     prompts = prompt_labels(inputs)
