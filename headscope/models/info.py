@@ -145,6 +145,13 @@ def model_info(model) -> ModelInfo:
     if cached is not None:
         return cached
     facts = _FACTS.get(model, {}) if cacheable else {}
+    if is_encoder_decoder(model):
+        raise InputError(
+            f"{type(model.original_model).__name__} is an encoder-decoder: its heads live in three stacks (encoder "
+            "self-attention, decoder self-attention, decoder cross-attention), and headscope's engines (capture, "
+            "interventions, scan, generation, analyzers) run on one stack of decoder or encoder layers. Fix: "
+            "capture its heads with headscope.capture.seq2seq.capture_seq2seq(model, sources, targets), or use a "
+            "decoder-only or encoder-only model for the other methods (docs/architectures.md, 'Encoder-decoders').")
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -172,6 +179,12 @@ def model_info(model) -> ModelInfo:
     if cacheable:
         _INFO[model] = info
     return info
+
+
+def is_encoder_decoder(model) -> bool:
+    """Whether `model` is a bridged encoder-decoder (T5, BART, ...): TransformerLens gives those
+    `encoder_blocks` and `decoder_blocks` instead of `blocks`."""
+    return hasattr(model, "encoder_blocks") and hasattr(model, "decoder_blocks") and not hasattr(model, "blocks")
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:
