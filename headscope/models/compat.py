@@ -212,6 +212,38 @@ def pattern_edits_take_effect(model) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Private upstream internals headscope relies on (every such touch goes through here)
+
+
+def attn_implementation(config) -> str | None:
+    """The attention implementation an HF config selects (transformers keeps it in a private field)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def set_attn_implementation(config, implementation: str) -> None:
+    """Select an HF attention implementation on a config ("eager", or one registered with
+    `AttentionInterface`). transformers reads the private `_attn_implementation` at every forward;
+    its public setter validates against installed kernels, which a registered name is not."""
+    config._attn_implementation = implementation
+
+
+def hf_module_of(component):
+    """The HF module a TransformerLens bridge component wraps (None if the bridge keeps none). Read from
+    `_modules` because the bridge's `__getattr__` forwards attribute lookups to that module."""
+    return component._modules.get("_original_component")
+
+
+def override_forward(component, forward) -> None:
+    """Make `component(...)` call `forward` (an instance attribute); `restore_forward` undoes it.
+    `object.__setattr__`: the bridge's own `__setattr__` would pass `forward` on to the wrapped HF module."""
+    object.__setattr__(component, "forward", forward)
+
+
+def restore_forward(component) -> None:
+    component.__dict__.pop("forward", None)
+
+
+# ---------------------------------------------------------------------------------------------
 # No installs at run time
 
 

@@ -27,6 +27,7 @@ from ..models.loading import boot
 from ..paths import data_dir
 from ..vision import shapes
 from ..vision.datasets import DETECT_SEED, shapes_set
+from ..models.compat import set_attn_implementation
 
 SHAPES_VLM_NAME = "shapes-vlm"
 WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "train_log.json"
@@ -62,8 +63,8 @@ def shapes_vlm_hf(folder: str | Path | None = None, device=None, dtype=None):
     try:
         config = LlavaConfig.from_json_file(str(folder / CONFIG))
         config.architectures = ["LlavaForConditionalGeneration"]  # TransformerLens picks its adapter from this
-        config._attn_implementation = "eager"
-        config.text_config._attn_implementation = config.vision_config._attn_implementation = "eager"
+        for cfg in (config, config.text_config, config.vision_config):
+            set_attn_implementation(cfg, "eager")
         model = LlavaForConditionalGeneration(config)
         state = load_file(str(folder / WEIGHTS))
         model.load_state_dict(state, strict=True)

@@ -9,6 +9,7 @@ so `output_attentions=True` works) and loads the same weights and RoPE buffers.
 from __future__ import annotations
 
 import torch
+from headscope.models.compat import set_attn_implementation
 
 _WRAPPER = "_original_component."
 
@@ -25,7 +26,7 @@ def plain_hf_copy(bridge) -> torch.nn.Module:
     """
     wrapped = bridge.original_model
     config = wrapped.config.__class__.from_dict(wrapped.config.to_dict())
-    config._attn_implementation = "eager"
+    set_attn_implementation(config, "eager")
     fresh = type(wrapped)(config).eval()
     wanted = set(fresh.state_dict())
     state = {}

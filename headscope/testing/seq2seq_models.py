@@ -13,6 +13,7 @@ import torch
 
 from headscope.models.loading import boot
 from headscope.testing.tiny import tiny_tokenizer
+from headscope.models.compat import set_attn_implementation
 
 VOCAB, D_MODEL, N_HEADS, D_HEAD = 64, 64, 4, 16
 
@@ -44,7 +45,7 @@ def tiny_seq2seq(name: str, seed: int = 0):
 
     cfg, arch = SEQ2SEQ[name]()
     cfg.architectures = [arch]
-    cfg._attn_implementation = "eager"
+    set_attn_implementation(cfg, "eager")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = getattr(transformers, arch)(cfg)

@@ -33,6 +33,7 @@ from headscope.testing.tiny import (
     tiny_tokenizer,
 )
 from headscope.models.loading import boot
+from headscope.models.compat import set_attn_implementation
 
 VOCAB = 48
 IMAGE_TOKEN = VOCAB - 1  # the last id of the tiny vocabulary stands for an image patch
@@ -63,7 +64,7 @@ def _config(n_layers: int, n_heads: int, n_kv_heads: int, d_model: int, image_si
                       vision_feature_layer=-1, vision_feature_select_strategy="default",
                       projector_hidden_act="gelu")
     cfg.architectures = ["LlavaForConditionalGeneration"]  # TransformerLens picks its adapter from this
-    cfg._attn_implementation = "eager"
+    set_attn_implementation(cfg, "eager")
     return cfg
 
 
