@@ -125,7 +125,7 @@ class HeadScores(_Result):
     def __init__(self, values, *, name: str, n_kv_heads: int | None = None, model: str = "",
                  analyzer: str = "", params: dict | None = None, prompts: list[str] | None = None,
                  higher_is_more: bool = True, description: str = "", version: str | None = None,
-                 created: str | None = None):
+                 created: str | None = None, better: str | None = None):
         self.values = _as_array(values, "HeadScores", (2, 3))
         self.dims = ("layer", "head") if self.values.ndim == 2 else ("prompt", "layer", "head")
         self.n_layers, self.n_heads = self.values.shape[-2:]
@@ -137,11 +137,19 @@ class HeadScores(_Result):
         if prompts is not None and self.values.ndim == 3 and len(prompts) != self.values.shape[0]:
             raise InputError(f"HeadScores: {len(prompts)} prompts given but values have "
                              f"{self.values.shape[0]} along 'prompt' (shape {self.values.shape})")
+        if better is None:
+            better = "higher" if higher_is_more else "lower"
+        if better not in BETTER:
+            raise InputError(f"HeadScores: better={better!r}: use one of {', '.join(BETTER)}")
         self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
                         description=description, version=version, created=created,
-                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": bool(higher_is_more)})
+                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": better != "lower", "better": better})
 
     higher_is_more = property(lambda self: self._prov["higher_is_more"])
+    # Which end ranks first ("higher", "lower", "magnitude"): a scan's metric declares it (a logit
+    # difference's most negative change is its most important head), an analyzer's scores say "higher"
+    # or "lower"; top(), rank_heads and every summary read it.
+    better = property(lambda self: self._prov["better"])
 
     @property
     def kv_group(self) -> np.ndarray:
@@ -163,7 +171,7 @@ class HeadScores(_Result):
         return HeadScores(self._mean(), name=p["name"], n_kv_heads=self.n_kv_heads, model=p["model"],
                           analyzer=p["analyzer"], params=p["params"], prompts=self.prompts,
                           higher_is_more=p["higher_is_more"], description=p["description"],
-                          version=p["headscope_version"], created=p["created"])
+                          version=p["headscope_version"], created=p["created"], better=p["better"])
 
     def score(self, layer: int, head: int) -> float:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
@@ -171,12 +179,17 @@ class HeadScores(_Result):
         return float(self._mean()[layer, head])
 
     def top(self, k: int = 10, largest: bool | None = None) -> pd.DataFrame:
-        """The k best heads (prompt-mean if 3-D); NaN heads always sort last."""
+        """The k most important heads (prompt-mean if 3-D), in the scores' own direction (`better`: a
+        logit-difference scan's most negative change first); NaN heads always sort last. `largest=True/False`
+        forces the largest / smallest first."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"top: k must be a positive integer, got {k!r}")
-        largest = self.higher_is_more if largest is None else largest
-        df = self._long(self._mean()[None], with_prompt=False)
-        df = df.sort_values("score", ascending=not largest, na_position="last", kind="stable").head(int(k))
+        better = self.better if largest is None else ("higher" if largest else "lower")
+        mean = self._mean()
+        key = {"higher": -mean, "lower": mean, "magnitude": -np.abs(mean)}[better]
+        df = self._long(mean[None], with_prompt=False)
+        df["_key"] = np.where(np.isnan(key), np.inf, key).ravel()
+        df = df.sort_values("_key", kind="stable").head(int(k))
         df.insert(0, "rank", np.arange(1, len(df) + 1))
         df = df[["rank", "label", "layer", "head", "kv_group", "score"]].reset_index(drop=True)
         df.attrs = self.provenance
@@ -241,7 +254,7 @@ class HeadScores(_Result):
             return cls(values, name=p["name"], n_kv_heads=p["n_kv_heads"], model=p["model"],
                        analyzer=p["analyzer"], params=p["params"], prompts=doc.get("prompts"),
                        higher_is_more=p["higher_is_more"], description=p["description"],
-                       version=p["headscope_version"], created=p["created"])
+                       version=p["headscope_version"], created=p["created"], better=p.get("better"))
         except (KeyError, TypeError, InputError) as e:
             raise ResultFileError(f"{path}: invalid HeadScores provenance/values: {e!r}") from None
 
@@ -272,7 +285,7 @@ def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int,
 
     Args:
         better: "higher", "lower" or "magnitude" (see BETTER); None = the scores' own direction
-            (`higher_is_more`).
+            (`HeadScores.better`).
 
     Example:
         >>> s = HeadScores(np.array([[0.2, np.nan], [0.9, -0.5]]), name="x")
@@ -280,7 +293,7 @@ def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int,
         ([(1, 0), (0, 0), (1, 1)], [(1, 0), (1, 1), (0, 0)])
     """
     if better is None:
-        better = "higher" if scores.higher_is_more else "lower"
+        better = scores.better
     if better not in BETTER:
         raise InputError(f"better={better!r}: use one of {', '.join(BETTER)}")
     mean = scores._mean()  # [layer, head]
@@ -309,9 +322,11 @@ def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: i
         raise InputError(f"better={better!r}: use 'higher' or 'lower'")
     heads = rank_heads(scores, better)
     if threshold is not None:
-        higher = scores.higher_is_more if better is None else better == "higher"
+        end = scores.better if better is None else better
         mean = scores._mean()
-        return [h for h in heads if (mean[h] > threshold if higher else mean[h] < threshold)]
+        beyond = {"higher": lambda v: v > threshold, "lower": lambda v: v < threshold,
+                  "magnitude": lambda v: abs(v) > threshold}[end]
+        return [h for h in heads if beyond(mean[h])]
     if top_k is not None:
         return heads[: int(top_k)]
     return heads[: max(1, int(round(top_fraction * len(heads))))]  # a fraction of the measured heads

@@ -23,11 +23,6 @@ from ..interventions.screen import ScreenedScan, default_top_k, screen_order
 from ..results import HeadScores, rank_heads
 from ..viz.figures import title_block
 from .conditions import RANK_BETTER
-from .metric_change import METRIC_BETTER
-
-# Which heads of a scan come first when a condition says rank: auto (`better` of rank_heads): those
-# whose ablation moves the metric furthest the wrong way (a head that helped makes logit_diff drop).
-SCAN_BETTER = {metric: "higher" if better == "lower" else "lower" for metric, better in METRIC_BETTER.items()}
 
 
 @dataclass
@@ -79,11 +74,8 @@ class Context:
         return chosen + [h for h in by_score if h not in set(chosen)], len(chosen)
 
     def auto_better(self, unit_name: str) -> str:
-        """rank: auto: the scan metric's direction, or the analyzer's scores' own (higher_is_more)."""
-        unit = self.spec.unit(unit_name)
-        if unit.type == "scan":
-            return SCAN_BETTER[unit.metric]
-        return "higher" if self.scores(unit_name).higher_is_more else "lower"
+        """rank: auto: the scores' own direction (a scan's: its metric's `important` end)."""
+        return self.scores(unit_name).better
 
 
 # ---- analyze --------------------------------------------------------------------------------------------
@@ -195,7 +187,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             values = screened.values
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
         return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
-                          analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
+                          analyzer="scan", params=params, prompts=ds.labels, better=first.better,
                           description=first.description)
     values, first = None, None
     for chunk in _chunks(unit, ctx.info):
@@ -204,7 +196,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             values, first = np.full(part.values.shape, np.nan), part
         values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
     return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
-                      analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
+                      analyzer="scan", params=params, prompts=ds.labels, better=first.better,
                       description=first.description)
 
 

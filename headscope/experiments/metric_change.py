@@ -15,11 +15,12 @@ import torch
 from ..experiment_registry import EVALUATORS, EvalRequest, Evaluator
 from ..inputs.tokens import iter_batches
 from ..interventions import apply
-from ..interventions.metrics import resolve_metric
+from ..interventions.metrics import METRICS, resolve_metric
 
-# The direction in which the model does better (`better`): KL from the clean model and the loss
-# change are best when small, the logit difference change when large (a drop = the heads helped).
-METRIC_BETTER = {"kl_last": "lower", "logit_diff": "higher", "loss": "lower"}
+# The direction in which the model does better (an evaluator's `better`) is the opposite end of the one
+# that marks an important head (`important`): KL and the loss change are best small, the logit
+# difference change large (a drop = the heads helped).
+METRIC_BETTER = {m: {"higher": "lower", "lower": "higher"}[cls.important] for m, cls in METRICS.items()}
 
 
 def metric_change(model, info, ds, specs, metric: str, batch_size: int, cache: dict) -> np.ndarray:

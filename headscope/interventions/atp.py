@@ -48,7 +48,7 @@ from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import ATTENTION_SITES
-from .metrics import KLLast, resolve_metric
+from .metrics import KLLast, important_end, resolve_metric
 from .prepare import prepare_references
 from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
     visited_heads as _visited_heads
@@ -261,7 +261,7 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
               **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {})}
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"
     return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
-                      analyzer=f"scan.{estimator}", params=params, prompts=prompts, higher_is_more=True,
+                      analyzer=f"scan.{estimator}", params=params, prompts=prompts, better=important_end(score),
                       description=f"{what} of {getattr(score, 'description', name)}, {template.kind} on one head "
                                   f"at a time ({estimator})")
 

@@ -1,7 +1,12 @@
 """Metrics comparing a variant run with the clean run, one number per prompt.
 
 A metric is called as `metric(base, variant, batch) -> [batch]` where base and variant are logits
-and `batch` is the TokenBatch (right-padded tokens, lengths). Built-in metrics declare
+and `batch` is the TokenBatch (right-padded tokens, lengths: `batch.tokens` [batch, pos],
+`batch.lengths` [batch], `batch.valid` [batch, pos] bool, `batch.index` the prompts' indices in the
+scanned list). Each metric declares `important`: which end of its change marks an important head
+("higher": the largest change first, "lower": the most negative first, "magnitude": the largest |change|
+first); every ranking of a scan (`HeadScores.top`, `rank_heads`, summaries, the atlas, the CLI) reads it.
+A plain callable may set `important` too; without it, scans rank by magnitude. Built-in metrics declare
 `last_only = True` when they read only each prompt's last real position: scan() then unembeds
 just that position (a [rows, vocab] slice instead of [rows, pos, vocab]), so base and variant
 arrive as [batch, 1, vocab]. A plain callable receives full [batch, pos, vocab] logits.
@@ -22,6 +27,7 @@ class KLLast:
     (Ships' per-head score; computed from log-softmax, so the paper's +1e-12 is not needed)."""
 
     name, last_only, description = "kl_last", True, "KL(base || intervened), last-position next-token distribution"
+    important = "higher"  # a head whose removal moves the distribution most
 
     def __call__(self, base, variant, batch):
         log_p, log_q = F.log_softmax(base[:, -1].double(), -1), F.log_softmax(variant[:, -1].double(), -1)
@@ -32,6 +38,7 @@ class LogitDiff:
     """Change of logit(correct) - logit(wrong) at the last position: negative = the head helped."""
 
     name, last_only, description = "logit_diff", True, "change in logit(correct) - logit(wrong) at the last position"
+    important = "lower"  # the most negative change: the head that helped the correct answer most
 
     def __init__(self, answer_ids: torch.Tensor):
         self.answer_ids = answer_ids  # [n_prompts, 2] (correct, wrong)
@@ -49,6 +56,7 @@ class LossChange:
     """Change of the mean next-token cross-entropy over each prompt's real tokens."""
 
     name, last_only, description = "loss", False, "change in mean next-token loss"
+    important = "higher"  # the largest loss increase
 
     def __call__(self, base, variant, batch):
         return _loss(variant, batch) - _loss(base, batch)
@@ -82,6 +90,17 @@ def _answer_ids(model, answers, n_prompts: int) -> torch.Tensor:
             ids.append(toks[0])
         out.append(ids)
     return torch.tensor(out)
+
+
+IMPORTANT = ("higher", "lower", "magnitude")
+
+
+def important_end(metric) -> str:
+    """Which end of `metric`'s change marks an important head (its `important`, else "magnitude")."""
+    end = getattr(metric, "important", "magnitude")
+    if end not in IMPORTANT:
+        raise InputError(f"metric attribute important={end!r}: use one of {', '.join(IMPORTANT)}")
+    return end
 
 
 def resolve_metric(metric, model, n_prompts: int, metric_kwargs: dict | None) -> Callable:

@@ -31,7 +31,7 @@ from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import Intervention
 from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
     visited_heads as _visited_heads
-from .metrics import resolve_metric
+from .metrics import important_end, resolve_metric
 from .prepare import prepare_references
 from .screen import ScreenedScan, default_top_k, screen_order
 
@@ -356,7 +356,7 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     if base_interventions:
         params["base_interventions"] = [s.to_dict() for s in base_interventions]
     return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
-                      analyzer="scan", params=params, prompts=prompts, higher_is_more=True,
+                      analyzer="scan", params=params, prompts=prompts, better=important_end(score),
                       description=f"{getattr(score, 'description', name)}, {template.kind} on one head at a time")
 
 

@@ -71,7 +71,7 @@ class ScreenedScan:
         params = {**e.params, "method": f"{e.params.get('method', 'atp')}+exact", "top_k": self.top_k,
                   "verified": self.verified_heads}
         return HeadScores(self.values, name=e.name, n_kv_heads=e.n_kv_heads, model=e.model, analyzer="scan.screen",
-                          params=params, prompts=e.prompts, higher_is_more=e.higher_is_more,
+                          params=params, prompts=e.prompts, better=e.better,
                           description=f"{e.description}; exact on the {self.top_k} heads ranked first")
 
     def to_dataframe(self) -> pd.DataFrame:
