@@ -21,6 +21,14 @@ def test_unknown_model_name_is_clear():
         headscope.load_model("no/such/model")  # not a folder, not a hub id
 
 
+def test_a_typo_of_a_bundled_name_suggests_it_and_lists_the_names():
+    with pytest.raises(ModelNotFoundError, match=r"Did you mean 'smollm2'\?.*Bundled models and testbeds:.*testing:tiny"):
+        headscope.load_model("smolm2")  # a bare name: looked up in the HF cache, then the typo is named
+    with pytest.raises(ModelNotFoundError) as err:
+        headscope.load_model("someone/surely-not-cached-model-xyz")
+    assert "Did you mean" not in str(err.value) and "smollm2" in str(err.value)  # the list, no false hint
+
+
 def test_bare_hub_id_is_a_hub_id():
     """'gpt2' and 'bert-base-uncased' are real hub ids: a bare name is looked up in the HF cache."""
     start = time.monotonic()
@@ -85,3 +93,17 @@ def test_no_hooks_left_after_failure_and_model_unchanged():
     assert torch.equal(model(tokens), before)
     capture(model, tokens)  # and a normal capture afterwards also leaves none
     assert hook_count(model) == 0
+
+
+def test_loading_shows_no_weights_bar_and_keeps_the_users_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    from headscope.models.loading import quiet_loading
+
+    assert hf_logging.is_progress_bar_enabled()
+    with quiet_loading():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    headscope.load_model()  # the bundled model (cached): no "Loading weights" bar on stderr
+    assert "Loading weights" not in capfd.readouterr().err

@@ -40,6 +40,21 @@ def hf_offline():
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """No transformers progress bar ("Loading weights") while headscope loads a model: a loaded model is
+    one line of the user's own output, not a bar per load. The user's setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
          offline: bool = True, n_devices: int | None = None):
     """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
@@ -55,7 +70,7 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
-    with network(), no_runtime_installs():
+    with network(), no_runtime_installs(), quiet_loading():
         bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
@@ -152,8 +167,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
                          and not text.startswith((".", "/", "~")) and not text.endswith("/"))
     if not looks_like_hub_id:
         raise ModelNotFoundError(
-            f"Unknown model {text!r}: not a bundled model or testbed ({', '.join(sorted(TESTBEDS))}), not an "
-            "existing folder, and not a hub id ('org/name' or a bare name such as 'gpt2'). "
+            f"Unknown model {text!r}: not a bundled model or testbed, not an existing folder, and not a hub id "
+            f"('org/name' or a bare name such as 'gpt2'). {_did_you_mean(text)}"
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
@@ -165,7 +180,23 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
     raise ModelNotFoundError(
         f"{text!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and headscope does not "
         "download models by default (this machine may be offline; hub retries would hang). "
-        "Fix: download it where there is network (huggingface-cli download "
+        f"{_did_you_mean(text)}Fix: download it where there is network (huggingface-cli download "
         f"{text}) and copy the cache or the saved folder here, pass a local folder, or call "
         "load_model(..., allow_download=True) if this machine can reach the hub."
     )
+
+
+def known_names() -> list[str]:
+    """The names load_model knows without a path or the hub: bundled models, testbeds and aliases."""
+    return sorted(set(TESTBEDS) | {a for a in ALIASES if isinstance(a, str)})
+
+
+def _did_you_mean(text: str) -> str:
+    """'Did you mean …?' for a name close to a bundled model or testbed (a typo is not a hub id), then the
+    list of names headscope knows."""
+    import difflib
+
+    names = known_names()
+    close = difflib.get_close_matches(text.lower(), names, n=3, cutoff=0.6)
+    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}Bundled models and testbeds: {', '.join(names)}. "
