@@ -12,9 +12,7 @@ def _report(args) -> int:
     from .atlas import build_atlas, plan, rebuild
 
     if args.list:
-        from .models import load_model
-
-        model = load_model(args.model)
+        model = _load(args)
         for step in plan(model):
             reason = step.skip_reason(model)
             print(f"{step.key:>16}: {'runs' if reason is None else 'skipped: ' + reason}")
@@ -22,7 +20,8 @@ def _report(args) -> int:
     if args.from_dir:
         path = rebuild(args.from_dir, args.out, static=not args.no_static)
     else:
-        path = build_atlas(args.model, args.out or "headscope-report", preset="full" if args.full else "quick",
+        model = _load(args) if (args.device or args.dtype) else args.model
+        path = build_atlas(model, args.out or "headscope-report", preset="full" if args.full else "quick",
                            prompts_file=args.prompts, viewer_prompt=args.viewer_prompt,
                            viewer_max_tokens=args.viewer_tokens, only=args.only, fresh=args.fresh,
                            static=not args.no_static)
@@ -32,15 +31,64 @@ def _report(args) -> int:
 
 
 def _info(args) -> int:
-    from .models import load_model, model_info
+    from .models import model_info
 
-    info = model_info(load_model(args.model))
+    info = model_info(_load(args))
     for key, value in info.__dict__.items():
         if key == "stop_token_ids":  # hundreds of ids on a byte-level vocabulary: the count says enough
             print(f"{key:>15}: {len(value)} ids (newline tokens and EOS)")
         elif key != "extra":
             print(f"{key:>15}: {sorted(value) if isinstance(value, frozenset) else value}")
     return 0
+
+
+def _load(args):
+    """The model of a verb, on its --device and --dtype."""
+    from .models import load_model
+
+    return load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+
+
+def _dtype(name):
+    import torch
+
+    return None if name is None else {"float32": torch.float32, "float16": torch.float16,
+                                      "bfloat16": torch.bfloat16, "float64": torch.float64}[name]
+
+
+def _answers(values: list[str], n_prompts: int) -> list[tuple[str, str]]:
+    """--answers: a file (JSON list of [correct, wrong] pairs, or one `correct|wrong` per line) or inline
+    `correct|wrong` pairs, one per prompt. Text is kept as typed (a leading space is part of a token)."""
+    import json
+    from pathlib import Path
+
+    from .errors import InputError
+
+    if len(values) == 1 and Path(values[0]).is_file():
+        path = Path(values[0])
+        text = path.read_text(encoding="utf-8")
+        try:
+            doc = json.loads(text) if path.suffix == ".json" else None
+        except ValueError as err:
+            raise InputError(f"--answers {path}: not valid JSON ({err}); expected [[correct, wrong], ...]") from None
+        rows = doc if doc is not None else [line.split("|") for line in text.splitlines() if line.strip()]
+    else:
+        rows = [v.split("|") for v in values]
+    pairs = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != 2:
+            raise InputError(f"--answers: pair {i} is {row!r}; give 'correct|wrong' (or [correct, wrong] in JSON)")
+        pairs.append((row[0], row[1]))
+    if len(pairs) != n_prompts:
+        raise InputError(f"--answers gives {len(pairs)} pairs for {n_prompts} prompts: give one correct|wrong pair "
+                         "per prompt (use --prompts to choose the prompts)")
+    return pairs
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (a --list description is never cut mid-sentence)."""
+    text = (doc or "").strip().split("\n\n")[0]
+    return " ".join(text.split())
 
 
 def _parse_param(text: str):
@@ -59,11 +107,12 @@ def _analyze(args) -> int:
     from pathlib import Path
 
     from .analyzers import get_analyzer
-    from .models import load_model
+    from .inputs.prompts import load_prompts
     from .viz.export import export_figure
 
     analyzer = get_analyzer(args.name, **dict(_parse_param(p) for p in args.param))
-    analyzer.fit(load_model(args.model))
+    data = load_prompts(args.prompts) if args.prompts else None  # None: the analyzer's own default data
+    analyzer.fit(_load(args), data)
     out = Path(args.out or f"headscope-analyze-{args.name}")
     scores_path = analyzer.scores_.save(out / f"{args.name}.json")
     files = export_figure(analyzer.plot(), out, args.name, formats=("html",) if args.no_static else ("html", "png", "svg"))
@@ -78,7 +127,7 @@ def _analyze_or_list(args) -> int:
         from .analyzers import REGISTRY
 
         for name in sorted(REGISTRY):
-            print(f"{name:<20} {REGISTRY[name].description}\n{'':<20} data: {REGISTRY[name].input_kind}")
+            print(f"{name:<20} {' '.join(REGISTRY[name].description.split())}\n{'':<20} data: {REGISTRY[name].input_kind}")
         return 0
     return _analyze(args)
 
@@ -92,31 +141,43 @@ def _scan(args) -> int:
 
     if args.list or not args.kind:
         for name in sorted(KINDS):
-            print(f"{name:<20} {(KINDS[name].__doc__ or '').strip().splitlines()[0]}")
-        print(f"metrics: {', '.join(sorted(METRICS))}   (analyzers: headscope analyze --list)")
+            print(f"{name:<20} {_first_paragraph(KINDS[name].__doc__)}")
+        print("metrics:")
+        for name in sorted(METRICS):
+            print(f"  {name:<18} {METRICS[name].description} (important: {METRICS[name].important} first)"
+                  + ("; needs --answers" if name == "logit_diff" else ""))
+        print("(analyzers: headscope analyze --list)")
         return 0
     if args.kind in REGISTRY and args.kind not in KINDS:  # `headscope scan NAME` before it meant analyze
         print(f"headscope: warning: `headscope scan {args.kind}` is deprecated and will be removed in the next "
               f"release; use `headscope analyze {args.kind}`", file=sys.stderr)
         args.name = args.kind
         return _analyze(args)
+    from .errors import InputError
     from .inputs.prompts import load_prompts
     from .interventions import scan
-    from .models import load_model
     from .viz.export import export_figure
 
     prompts = load_prompts(args.prompts)  # None: the built-in set
     extra = {"top_k": args.top_k} if args.top_k is not None else {}
-    scores = scan(load_model(args.model), prompts, args.kind, args.metric, layers=args.layers,
-                  batch_size=args.batch_size, method=args.method, **extra, **dict(_parse_param(p) for p in args.param))
+    if args.metric == "logit_diff":
+        if not args.answers:
+            raise InputError("--metric logit_diff needs the answer pairs: --answers FILE (JSON [[correct, wrong], ...] "
+                             "or one correct|wrong per line) or --answers 'correct|wrong' ..., one pair per prompt")
+        extra["metric_kwargs"] = {"answers": _answers(args.answers, len(prompts))}
+    elif args.answers:
+        raise InputError(f"--answers is for --metric logit_diff, not {args.metric}")
+    scores = scan(_load(args), prompts, args.kind, args.metric, layers=args.layers, batch_size=args.batch_size,
+                  method=args.method, progress=True, **extra, **dict(_parse_param(p) for p in args.param))
     method = "" if args.method == "exact" else "-" + args.method.replace("*", "star").replace("+", "-")
     out = Path(args.out or f"headscope-scan-{args.kind}-{args.metric}{method}")
     stem = f"scan-{args.kind}-{args.metric}{method}"
     scores_path = scores.save(out / f"{stem}.json")
     files = export_figure(scores.plot(), out, stem, formats=("html",) if args.no_static else ("html", "png", "svg"))
     if hasattr(scores, "combined"):  # screened: the verified heads' exact values over the estimate
-        print(scores.agreement())
-        scores = scores.combined
+        a = scores.agreement()
+        print(f"verified exactly: {a['n_verified']} heads; Spearman(estimate, exact) on them = {a['spearman']:.3f}, "
+              f"largest |estimate - exact| = {a['max_abs_error']:.4g}")
     print(scores.top(args.top).to_string(index=False))
     print(f"scores: {scores_path}   figures: {', '.join(str(p) for p in files.values())}")
     return 0
@@ -142,7 +203,10 @@ def _run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog="headscope", description="Find, measure and edit attention heads.")
+    parser.add_argument("--version", action="version", version=f"headscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("report", help="the head atlas of a model: every analyzer that applies, a role per head, "
@@ -165,24 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--fresh", action="store_true", help="recompute every step (default: reuse the finished steps "
                                                          "of an interrupted run in the same folder)")
     rep.add_argument("--no-static", action="store_true", help="skip PNG/SVG export (HTML only)")
+    _model_options(rep)
     rep.set_defaults(func=_report)
 
     ana = sub.add_parser("analyze", help="run one analyzer (see `headscope analyze --list`) and save its scores and figure")
     ana.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")
     ana.add_argument("--list", action="store_true", help="list the analyzers and exit")
-    ana.add_argument("--model", default=None)
+    ana.add_argument("--prompts", default=None, help="JSON list of prompts or text file with blank-line-separated "
+                                                     "prompts (default: the analyzer's own data)")
     ana.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="analyzer parameter (repeatable)")
     ana.add_argument("--out", default=None, help="output folder (default: headscope-analyze-NAME)")
     ana.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
     ana.add_argument("--no-static", action="store_true", help="HTML figure only")
+    _model_options(ana)
     ana.set_defaults(func=_analyze_or_list)
 
     scan = sub.add_parser("scan", help="exact all-heads scan: the metric's change with each head intervened on "
                                        "alone (see `headscope scan --list`)")
     scan.add_argument("kind", nargs="?", help="intervention kind, e.g. zero, mean, uniform_attention")
-    scan.add_argument("--metric", default="kl_last", help="kl_last (default), loss or logit_diff")
+    scan.add_argument("--metric", default="kl_last", help="kl_last (default), loss or logit_diff (needs --answers)")
+    scan.add_argument("--answers", nargs="+", default=None, metavar="PAIR",
+                      help="logit_diff's answers, one pair per prompt: a file (JSON [[correct, wrong], ...] or one "
+                           "correct|wrong per line) or inline 'correct|wrong' pairs")
     scan.add_argument("--list", action="store_true", help="list the kinds and metrics and exit")
-    scan.add_argument("--model", default=None)
     scan.add_argument("--prompts", default=None, help="JSON list of prompts or a text file (default: built-in set)")
     scan.add_argument("--layers", type=int, nargs="+", default=None, help="visit only these layers' heads")
     scan.add_argument("--batch-size", type=int, default=8)
@@ -194,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", default=None, help="output folder (default: headscope-scan-KIND-METRIC)")
     scan.add_argument("--top", type=int, default=10, help="rows of the top-heads table to print")
     scan.add_argument("--no-static", action="store_true", help="HTML figure only")
+    _model_options(scan)
     scan.set_defaults(func=_scan)
 
     run = sub.add_parser("run", help="run (or resume) an experiment spec, see docs/experiments.md")
@@ -210,9 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     inf = sub.add_parser("info", help="print a model's layers, heads, KV groups and context")
-    inf.add_argument("--model", default=None)
+    _model_options(inf)
     inf.set_defaults(func=_info)
     return parser
+
+
+def _model_options(parser) -> None:
+    if not any(a.dest == "model" for a in parser._actions):
+        parser.add_argument("--model", default=None, help="bundled name, testbed, local HF folder or cached hub id "
+                                                          "(default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "float64"),
+                        help="model weights' dtype (default: float32)")
 
 
 def main(argv=None) -> int:

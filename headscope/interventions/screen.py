@@ -84,6 +84,17 @@ class ScreenedScan:
         df.attrs = self.combined.provenance
         return df
 
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The k most important heads by the combined values (exact where verified), in the metric's
+        direction, with the estimate, the exact value and whether the head was verified."""
+        top = self.combined.top(k)
+        mean = {name: s.values.mean(axis=0) for name, s in (("estimate", self.estimate), ("exact", self.exact))}
+        ls, hs = top["layer"].to_numpy(), top["head"].to_numpy()
+        top.insert(top.columns.get_loc("score"), "estimate", mean["estimate"][ls, hs])
+        top.insert(top.columns.get_loc("score"), "exact", mean["exact"][ls, hs])
+        top.insert(top.columns.get_loc("score"), "verified", self.verified[ls, hs])
+        return top
+
     def agreement(self) -> dict:
         """On the verified heads (prompt means): Spearman correlation of estimate and exact, and the
         largest |estimate - exact|."""
