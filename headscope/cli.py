@@ -9,6 +9,21 @@ from .errors import HeadscopeError
 
 
 def _report(args) -> int:
+    try:
+        return _report_steps(args)
+    except KeyboardInterrupt:  # every finished step is on disk: one line saying so, and how to resume
+        import shlex
+        from pathlib import Path
+
+        out = Path(args.out or (args.from_dir if args.from_dir else "headscope-report"))
+        done = len(list((out / "scores" / "steps").glob("*.json")))
+        argv = [a for a in (args.argv or []) if a != "--fresh"]
+        print(f"headscope: interrupted; {done} finished step(s) are saved in {out / 'scores' / 'steps'}. Resume with: "
+              f"headscope {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr)
+        return 130
+
+
+def _report_steps(args) -> int:
     from .atlas import build_atlas, plan, rebuild
 
     if args.list:
@@ -18,13 +33,13 @@ def _report(args) -> int:
             print(f"{step.key:>16}: {'runs' if reason is None else 'skipped: ' + reason}")
         return 0
     if args.from_dir:
-        path = rebuild(args.from_dir, args.out, static=not args.no_static)
+        path = rebuild(args.from_dir, args.out, static=not args.no_static, force=args.force)
     else:
         model = _load(args) if (args.device or args.dtype) else args.model
         path = build_atlas(model, args.out or "headscope-report", preset="full" if args.full else "quick",
                            prompts_file=args.prompts, viewer_prompt=args.viewer_prompt,
                            viewer_max_tokens=args.viewer_tokens, only=args.only, fresh=args.fresh,
-                           static=not args.no_static)
+                           static=not args.no_static, force=args.force)
     print(f"atlas written: {path}")
     print(f"figures: {path.parent / 'figures'}   scores (head table, every step): {path.parent / 'scores'}")
     return 0
@@ -229,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--fresh", action="store_true", help="recompute every step (default: reuse the finished steps "
                                                          "of an interrupted run in the same folder)")
     rep.add_argument("--no-static", action="store_true", help="skip PNG/SVG export (HTML only)")
+    rep.add_argument("--force", action="store_true", help="write into a folder that holds files headscope did not "
+                                                         "write (only the report's own files are written)")
     _model_options(rep)
     rep.set_defaults(func=_report)
 
@@ -295,7 +312,9 @@ def _model_options(parser) -> None:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except HeadscopeError as err:  # user errors: one clear line, no traceback

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import InputError
+from ..fileio import atomic_write
 from ..inputs.prompts import load_prompts
 from ..models import load_model, model_info
 from .atlas import Atlas, step_file, write_json
@@ -28,6 +30,32 @@ from .steps import PRESETS, plan, run_step
 from .viewer import MAX_TOKENS, viewer_data
 
 _VERSIONS = ("torch", "transformers", "transformer-lens", "numpy", "plotly", "kaleido")
+# Written first into every report folder: a folder without it (and without an older report's
+# scores/run.json) holds someone else's files, and headscope refuses to write there unless forced.
+MARKER = ".headscope-report"
+
+
+def claim_folder(out_dir: Path, force: bool = False) -> None:
+    """Make sure the report can be written into `out_dir` before any work starts: the folder is writable,
+    and it is new, empty, or one headscope wrote (or `force`). Then mark it as headscope's."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".headscope-write-check-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"cannot write the report into {out_dir}: {err.strerror or err}. Fix: pass --out a folder "
+                         "you can write to") from None
+    ours = (out_dir / MARKER).is_file() or (out_dir / "scores" / "run.json").is_file()
+    others = sorted(p.name for p in out_dir.iterdir())
+    if others and not ours and not force:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise InputError(f"{out_dir} holds files headscope did not write ({shown}). Fix: choose a new or empty folder "
+                         "with --out, or pass --force (Python: force=True) to write the report's own files "
+                         "(report.html, plotly.min.js, attention.js, figures/, scores/, docs/) into it; nothing "
+                         "else there is touched")
+    atomic_write(out_dir / MARKER, lambda p: p.write_text(
+        "This folder holds a headscope report; headscope may overwrite its own files here.\n", encoding="utf-8"))
 
 
 def _versions() -> dict:
@@ -66,20 +94,31 @@ def _reusable(out_dir: Path, key: dict, steps) -> dict[str, StepResult]:
 
 def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset: str = "quick", prompts_file=None,
                 viewer_prompt=None, viewer_max_tokens: int = MAX_TOKENS, only=None, fresh: bool = False,
-                static: bool = True, progress: bool | None = None) -> Path:
+                static: bool = True, progress: bool | None = None, force: bool = False) -> Path:
     """Run the atlas on `model` (a TransformerBridge, a name for `load_model`, None = bundled SmolLM2) and
     write out_dir/report.html. Returns the page's path.
 
     preset: "quick" (minutes on a laptop CPU for the bundled model) or "full" (each analyzer's
     defaults). only: step keys to run (default all; see `headscope report --list`). viewer_prompt:
-    the prompt of the attention viewer (default: the first built-in text prompt).
+    the prompt of the attention viewer (default: the first built-in text prompt). force: write into a
+    folder that holds files headscope did not write (only the report's own files are written).
+
+    Every input is checked before the first step (the prompts file, the viewer prompt, the output
+    folder), so a bad one fails at once, not after minutes of work.
     """
     if preset not in PRESETS:
         raise InputError(f"preset={preset!r}: use one of {PRESETS}")
+    if not isinstance(viewer_max_tokens, int) or viewer_max_tokens < 2:
+        raise InputError(f"viewer_max_tokens={viewer_max_tokens!r}: give at least 2 tokens")
     t0 = time.perf_counter()
+    text_prompts = load_prompts(prompts_file)  # an empty or unreadable file fails here, before any step
+    prompt = viewer_prompt if viewer_prompt is not None else text_prompts[0]
+    if isinstance(prompt, str) and not prompt.strip():
+        raise InputError("the viewer prompt is empty: give --viewer-prompt some text, or leave it out")
+    out_dir = Path(out_dir)
+    claim_folder(out_dir, force)
     model = model if hasattr(model, "cfg") else load_model(model)
     info = model_info(model)
-    out_dir = Path(out_dir)
     steps = plan(model)
     if only:
         unknown = sorted(set(only) - {s.key for s in steps})
@@ -102,7 +141,8 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         results.append(result)
         how = f"{result.seconds:.1f} s" if result.status == "ok" else f"skipped: {result.reason}"
         bar.write(f"  {step.key}: {how}")
-    prompt = viewer_prompt if viewer_prompt is not None else load_prompts(prompts_file)[0]
+        if os.environ.get("HEADSCOPE_STEP_DELAY_S"):  # test-only: keep a run alive between steps (Ctrl-C test)
+            time.sleep(float(os.environ["HEADSCOPE_STEP_DELAY_S"]))
     viewer = viewer_data(model, prompt, max_tokens=viewer_max_tokens)
     seconds = round(time.perf_counter() - t0, 1)
     provenance = {
@@ -120,9 +160,11 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
     return write_page(atlas, out_dir, static=static)
 
 
-def rebuild(from_dir: str | Path, out_dir: str | Path | None = None, *, static: bool = True) -> Path:
+def rebuild(from_dir: str | Path, out_dir: str | Path | None = None, *, static: bool = True,
+            force: bool = False) -> Path:
     """Rewrite the page of a saved atlas (no model, no recomputation) into out_dir (default: from_dir)."""
     atlas = Atlas.load(from_dir)
     out = Path(out_dir) if out_dir is not None else Path(from_dir)
+    claim_folder(out, force)
     atlas.save(out)  # the head table's role columns follow the current role rule
     return write_page(atlas, out, static=static)
