@@ -191,3 +191,16 @@ def test_atlas_runs_on_other_families(name, tmp_path):
         attn = plain_hf_copy(model)(torch.tensor([tokens]), output_attentions=True).attentions
     ref = torch.stack([a[0] for a in attn]).float().numpy()
     np.testing.assert_allclose(decode(viewer_data(model, tokens)), ref, atol=1 / 255 + 1e-6)
+
+
+def test_role_map_hover_states_the_legends_rule(planted_atlas):
+    """The hover of a head with a role quotes the same rule the legend lists (a selection's weakest member
+    is not shown as if it were the rule), and --list says what the run does for the vision-tower step."""
+    atlas, _ = planted_atlas
+    fig = atlas.plot()
+    hover = "\n".join(str(t) for row in fig.data[0].text for t in row)
+    for r in atlas.roles():
+        if r.members:
+            assert f"{r.name}: {r.column}" in hover and f"({r.rule})" in hover, r.name
+    status = {s.key: s for s in atlas.steps}
+    assert "vision tower" in status["vit-heads"].reason

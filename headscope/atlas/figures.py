@@ -35,8 +35,8 @@ def role_map_figure(atlas, *, title: str | None = None, width: int | None = None
             for name in rm.has[layer][head]:
                 r = roles[name]
                 value = columns[r.column].values[layer, head]
-                op = ">=" if r.higher_is_more else "<="
-                lines.append(f"{name}: {r.column} {value:.3g} ({op} {r.cut:.3g})")
+                # the role's rule as the legend states it (a selection's weakest member is not the rule)
+                lines.append(f"{name}: {r.column} {value:.3g} ({r.rule})")
             text[layer, head] = "<br>".join(lines)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(H)), y=list(range(L)), text=text, hovertemplate="%{text}<extra></extra>",

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..analyzers import REGISTRY
 from ..errors import InputError
+from ..vision.vit_heads import vision_tower
 from ..models import model_info
 from ..results import HeadScores
 from .classic import CLASSIC
@@ -36,6 +37,11 @@ class Step:
         needs = getattr(self.analyzer, "requires", frozenset()) if self.analyzer else frozenset()
         if "image_tokens" in needs and not info.image_token_ids:
             return "needs prompts with image tokens: run the atlas on a VLM (e.g. --model smollm2-visual-sinks)"
+        if "vision_tower" in needs:  # --list must say what the run will do: ask the analyzer's own check
+            try:
+                vision_tower(model)
+            except InputError as err:
+                return str(err)
         return self.entry.applies(model) if self.entry.applies else None
 
 
