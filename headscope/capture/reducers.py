@@ -99,7 +99,10 @@ class QueryMeanReducer(Reducer):
         if self.causal_only and not ctx.info.causal:
             return  # not applicable on a bidirectional encoder: the result stays NaN
         stat, covered = self.per_query(acts, ctx)
-        summed = (stat.double() * covered[:, None, :]).sum(-1)  # [batch, head]
+        # where, not a product: a row no query covers may hold inf or NaN (a padded query of a sliding-window
+        # or chunked layer sees no key at all: every score is masked and the log-free entropy overflows),
+        # and 0 x NaN would still poison the prompt's sum.
+        summed = torch.where(covered[:, None, :], stat.double(), 0.0).sum(-1)  # [batch, head]
         count = covered.sum(-1)
         if self._layer_sum is None:
             self._layer_sum, self._layer_count = summed, count

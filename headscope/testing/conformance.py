@@ -80,12 +80,7 @@ def _one_prompt(name: str):
 
 def _visible(name: str, layer: int, T: int) -> torch.Tensor:
     """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
-    if A.ARCHITECTURES[name].is_encoder:
-        return torch.ones(T, T, dtype=torch.bool)
-    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    vis = k <= q
-    window = A.layer_windows(name)[layer]
-    return vis & (q - k < window) if window else vis
+    return A.visible_keys(name, layer, T, encoder=A.ARCHITECTURES[name].is_encoder)
 
 
 def _pattern_kinds_refused(name: str) -> str | None:
@@ -154,7 +149,8 @@ def check_reducers(name: str) -> str | None:
 @_check("blocked")
 def check_blocked(name: str) -> str | None:
     """Blocked attention (long contexts, blocks of 5 query rows): the default reducers equal the eager
-    capture (1e-5) on the padded batch, and uniform attention and zero ablation give the eager logits
+    capture (1e-5, NaN exactly where eager is NaN) on the padded batch and on one padded past every
+    window and chunk, and uniform attention and zero ablation give the eager logits
     (1e-5 relative); on a family whose HF attention does not call transformers' AttentionInterface,
     `attention="blocked"` is refused with an error naming the fix."""
     import numpy as np
@@ -168,11 +164,14 @@ def check_blocked(name: str) -> str | None:
             assert "AttentionInterface" in str(e) and "attention='eager'" in str(e), str(e)
             return "eager only: its HF attention does not call transformers' AttentionInterface"
         raise AssertionError(f"{name}: blocked attention unsupported ({reason}) yet accepted")
-    eager = capture(model, ps, batch_size=2, attention="eager")
-    blocked = capture(model, ps, batch_size=2, attention="blocked", block_size=5)
-    for stat in eager:
-        np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
-                                   err_msg=f"{name} {stat}")
+    # The conformance batch, and one whose shorter prompt is padded by more than two windows / chunks:
+    # there a padded query of a sliding-window or chunked layer sees no key at all.
+    for batch in (ps, [A.random_prompt(name, 40, seed=3).tolist(), ps[1]]):
+        eager = capture(model, batch, batch_size=2, attention="eager")
+        blocked = capture(model, batch, batch_size=2, attention="blocked", block_size=5)
+        for stat in eager:
+            np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
+                                       err_msg=f"{name} {stat} ({len(batch[0])} + {len(batch[1])} tokens)")
     n = max(len(p) for p in ps)
     tokens = torch.tensor([p + [p[-1]] * (n - len(p)) for p in ps])
     mask = (torch.arange(n)[None] < torch.tensor([[len(p)] for p in ps])).long()
