@@ -152,9 +152,30 @@ class AttentionEntropy(QueryMeanReducer):
         # every key. lse and sum A s nearly cancel on a peaked row: the dot product's float32 rounding
         # (~1e-7 of |max s| per row) is far below the 1e-5 the tests hold it to against xlogy, and
         # averages out over the queries of the mean.
-        top = scores.amax(-1)
-        lse = top - torch.log(pattern.amax(-1))
-        return lse - torch.einsum("...k,...k->...", pattern, scores), ctx.queries_after_first
+        # With learned sinks (GPT-OSS) the row sums to m = 1 - the sink's share and lse includes the sink's
+        # column: -sum A log A = lse m - sum A s, the same xlogy over the real keys as the eager path (a row
+        # whose every key underflowed to 0 next to its sink has entropy 0).
+        top, peak = scores.amax(-1), pattern.amax(-1)
+        lse = top - torch.log(peak)
+        mass = pattern.sum(-1) if ctx.info.learned_sinks else 1.0
+        entropy = lse * mass - torch.einsum("...k,...k->...", pattern, scores)
+        return torch.where(peak > 0, entropy, 0.0), ctx.queries_after_first
+
+
+class SinkLogitMass(QueryMeanReducer):
+    """The probability a learned sink logit takes (GPT-OSS), per head: mean over every real query (query 0
+    included: its only key competes with the sink) of 1 - the pattern row's sum, since the pattern over
+    the real keys is what the softmax over [keys, sink] leaves them (HF's `output_attentions`). Exact to the
+    pattern's rounding on both paths (float32 patterns: ~1e-7). NaN on a model without learned sinks
+    (`ModelInfo.learned_sinks`), where every row sums to 1."""
+
+    name = "sink_logit_mass"
+    description = "Mean probability the head's learned sink logit takes (1 - the row's mass on real keys); NaN without learned sinks."
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        covered = ctx.valid_queries if ctx.info.learned_sinks else torch.zeros_like(ctx.valid_queries)
+        return 1.0 - pattern.sum(-1, dtype=torch.float64), covered
 
 
 class MeanAttentionDistance(QueryMeanReducer):

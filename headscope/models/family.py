@@ -15,6 +15,9 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
   (hybrids); None = every layer is attention.
+* `learned_sinks` — each attention head has a learned sink logit that joins its softmax's denominator
+  (GPT-OSS): the pattern over real keys sums to 1 - the sink's share (`ModelInfo.learned_sinks`; the
+  `sink_logit_mass` statistic; docs/attention-sinks.md).
 
 Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
 the transformers version it was copied from and a hash of that source); `tests/test_families.py`
@@ -45,6 +48,7 @@ class Family:
     blocked_forwards: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
+    learned_sinks: bool = False
     notes: str = ""
 
 
