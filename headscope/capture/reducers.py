@@ -186,7 +186,10 @@ class MeanAttentionDistance(QueryMeanReducer):
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
         expected_key = pattern @ ctx.key_positions.to(pattern.dtype)  # [batch, head, q]
-        return ctx.query_positions.to(pattern.dtype) - expected_key, ctx.queries_after_first
+        # sum_j A[i,j] (i - j) = i sum_j A[i,j] - sum_j A[i,j] j; the row sums to 1 unless a learned sink
+        # takes a share (GPT-OSS), which then counts as no distance.
+        mass = pattern.sum(-1) if ctx.info.learned_sinks else 1.0
+        return ctx.query_positions.to(pattern.dtype) * mass - expected_key, ctx.queries_after_first
 
 
 class PreviousTokenScore(QueryMeanReducer):
