@@ -197,15 +197,15 @@ class _Extra:
         return self.bias is None and self.window is None and self.sinks is None
 
 
-def _softmax(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
-    """float32 softmax of a block's scores [b, h, rows, keys] over its keys and, with learned sinks [h], one
-    more column per head holding the sink logit, dropped afterwards (HF's eager GPT-OSS: cat, subtract the
-    row max, softmax, slice), so the row sums to 1 - the sink's probability. A row whose keys are all
-    masked gives the sink everything: zeros, as eager."""
+def attention_softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Softmax of attention scores [b, h, q, keys] over the keys (in `dtype`) and, with learned sinks [h]
+    (GPT-OSS), over one more column per head holding its sink logit, dropped afterwards (HF's eager
+    GPT-OSS attention: cat, subtract the row max, softmax, slice): the row then sums to 1 - the sink's
+    probability, and a row whose keys are all masked gives the sink everything (zeros, as eager)."""
     if sinks is None:
-        return torch.softmax(scores, dim=-1, dtype=torch.float32)
-    sink = sinks.to(device=scores.device, dtype=torch.float32).view(1, -1, 1, 1)
-    x = scores.float()
+        return torch.softmax(scores, dim=-1, dtype=dtype)
+    sink = sinks.to(device=scores.device, dtype=dtype).view(1, -1, 1, 1)
+    x = scores.to(dtype)
     top = torch.maximum(x.amax(-1, keepdim=True), sink)
     e = (x - top).exp_()
     return e.div_(e.sum(-1, keepdim=True) + (sink - top).exp())
@@ -269,7 +269,7 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         for fn in score_fns:
             edited = fn(scores, hook)
             scores = scores if edited is None else edited
-        pattern = _softmax(scores, extra.sinks).to(query.dtype)
+        pattern = attention_softmax(scores, extra.sinks).to(query.dtype)
         hook = BlockHook(name.format("pattern"), layer, start, stop, n_keys)
         for fn in pattern_fns:
             edited = fn(pattern, hook)

@@ -9,9 +9,16 @@ apart from token sinks (docs/attention-sinks.md, "Learned sinks").
 
 from __future__ import annotations
 
+from ..models.compat import hf_attention
 from ..models.family import Family, register_family
 
+
+def sink_logits(model, layer: int):
+    """[head] the learned sink logits of the bridge's `layer` (GptOssAttention.sinks)."""
+    return hf_attention(model, layer).sinks
+
+
 FAMILY = register_family(Family(
-    "gpt_oss", ("gpt_oss",), learned_sinks=True,
+    "gpt_oss", ("gpt_oss",), learned_sinks=sink_logits,
     notes="Learned per-head sink logits join each softmax (HF passes them as s_aux); patterns over real keys "
           "sum to 1 - sink_logit_mass."))

@@ -170,7 +170,7 @@ def model_info(model) -> ModelInfo:
         causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
         testbed=facts.get("testbed"),
         image_token_ids=image_token_ids(model),
-        learned_sinks=bool(getattr(family_of(model), "learned_sinks", False)),
+        learned_sinks=getattr(family_of(model), "learned_sinks", None) is not None,
         stop_token_ids=stop_token_ids(tok),
         extra=dict(facts.get("extra", {})),
     )
