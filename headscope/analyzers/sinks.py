@@ -93,7 +93,10 @@ class AttentionSinks(Analyzer):
                     rule="alpha_1 >= 0.3 (Gu et al.'s epsilon; generic)"),),
         figures=lambda a: [a.plot(), a.plot_massive()],
         notes=lambda a: [f"sink rate: {a.sink_rate_:.1f}% of heads have alpha_1 > {a.epsilon}",
-                         f"massive-activation dims: {a.massive_dims_ or 'none'}"],
+                         f"massive-activation dims: {a.massive_dims_ or 'none'}"]
+        + ([] if a.sink_logit_mass_ is None else
+           [f"learned sinks take {np.nanmean(a.sink_logit_mass_.values):.1%} of the attention (mean over heads); "
+            "alpha and the other token statistics are shares of the whole softmax, the sink's included"]),
     )
 
     def __init__(self, epsilon: float = 0.3, max_tokens: int = 64, sink_position: int = 0,
