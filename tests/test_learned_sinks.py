@@ -123,3 +123,18 @@ def test_an_uncovered_row_never_reaches_the_mean():
     model = tiny_arch_model("mistral")
     res = capture(model, [random_prompt("mistral", 10, 0).tolist()], [Poisoned()])
     np.testing.assert_array_equal(res["poisoned"].values, np.ones_like(res["poisoned"].values))
+
+
+def test_bf16_blocked_rounds_as_eager():
+    """On a bf16 model eager subtracts the row max (sink included) in bf16 before its float32 softmax; the
+    blocked kernel does the same, so the support probe passes and the statistics agree to float32 rounding."""
+    from headscope.capture.blocked import blocked_support
+
+    model = tiny_arch_model(NAME, dtype=torch.bfloat16)
+    assert blocked_support(model) == (True, "")
+    prompts = _prompts()
+    reducers = lambda: [SinkLogitMass(), AttentionEntropy()]
+    eager = capture(model, prompts, reducers(), attention="eager")
+    blocked = capture(model, prompts, reducers(), attention="blocked", block_size=6)
+    for name in eager:
+        np.testing.assert_allclose(blocked[name].values, eager[name].values, atol=1e-5, rtol=0)

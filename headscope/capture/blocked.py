@@ -204,11 +204,11 @@ def attention_softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None, d
     probability, and a row whose keys are all masked gives the sink everything (zeros, as eager)."""
     if sinks is None:
         return torch.softmax(scores, dim=-1, dtype=dtype)
-    sink = sinks.to(device=scores.device, dtype=dtype).view(1, -1, 1, 1)
-    x = scores.to(dtype)
-    top = torch.maximum(x.amax(-1, keepdim=True), sink)
-    e = (x - top).exp_()
-    return e.div_(e.sum(-1, keepdim=True) + (sink - top).exp())
+    # the row max is subtracted in the scores' own dtype, as eager does (bf16 rounding included)
+    sink = sinks.to(device=scores.device, dtype=scores.dtype).view(1, -1, 1, 1)
+    top = torch.maximum(scores.amax(-1, keepdim=True), sink)
+    e = (scores - top).to(dtype).exp_()
+    return e.div_(e.sum(-1, keepdim=True) + (sink - top).to(dtype).exp())
 
 
 def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device,
