@@ -64,15 +64,17 @@ def reference(name):
 
 
 def visible(name, layer, n=SEQ):
-    """[q, k] bool: the keys a query may see in ``layer`` (causal / sliding window / bidirectional)."""
-    if A.ARCHITECTURES[name].is_encoder:
-        return torch.ones(n, n, dtype=torch.bool)
-    q, k = torch.arange(n)[:, None], torch.arange(n)[None]
-    allowed = k <= q
-    window = A.layer_windows(name)[layer]
-    if window is not None:
-        allowed &= q - k < window
-    return allowed
+    """[q, k] bool: the keys a query may see in ``layer`` (causal / sliding window / chunk / bidirectional)."""
+    return A.visible_keys(name, layer, n, encoder=A.ARCHITECTURES[name].is_encoder)
+
+
+def row_sums(name, layer, scores):
+    """[..., head, q]: what a pattern row sums to given its masked scores [..., head, q, k]: 1, or with a
+    learned sink logit s (GPT-OSS), exp(lse) / (exp(s) + exp(lse)), lse = logsumexp of the scores."""
+    if "learned_sinks" not in A.ARCHITECTURES[name].features:
+        return torch.ones(scores.shape[:-1])
+    sinks = A.plain_hf(name).model.layers[layer].self_attn.sinks.detach().double()
+    return torch.sigmoid(torch.logsumexp(scores.double(), -1) - sinks[:, None]).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,10 +84,11 @@ def visible(name, layer, n=SEQ):
 def test_matrix_covers_the_brief():
     families = {a.family for a in A.ARCHITECTURES.values()}
     for family in ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text",
-                   "phi3", "bert", "bloom", "olmo", "olmo2"):
+                   "phi3", "bert", "bloom", "olmo", "olmo2", "olmo3", "exaone4", "llama4_text", "gpt_oss"):
         assert family in families
     assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA"}
-    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global"):
+    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "chunked",
+                    "learned_sinks"):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -177,7 +180,8 @@ def test_pattern_support_is_the_mask(name):
         allowed = visible(name, layer)
         assert torch.all(pattern[:, ~allowed] == 0), f"layer {layer} attends outside its mask"
         assert torch.all(pattern[:, allowed] > 0), f"layer {layer} has an unexpected exact zero"
-        torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:2]))
+        scores = r["cache"][f"blocks.{layer}.attn.hook_attn_scores"][0]
+        torch.testing.assert_close(pattern.sum(-1), row_sums(name, layer, scores))
         # The padded batch: no real query attends to a pad key.
         padded = r["batch_patterns"][layer][1]
         assert torch.all(padded[:, :SHORT, SHORT:] == 0)
@@ -209,6 +213,39 @@ def test_sliding_window_masks(name):
             assert torch.all(r["hf_patterns"][layer][0][:, beyond] == 0)
         else:  # a global layer of a local/global family does look past the window
             assert torch.all(pattern[:, beyond] > 0)
+
+
+@pytest.mark.parametrize("name", with_feature("chunked"))
+def test_chunked_attention_masks(name):
+    """A chunked layer (Llama 4) sees the causal keys of the query's own chunk only: a chunk's first query
+    sees itself alone, and no query sees an earlier chunk (bridge and HF); a full layer does."""
+    r = reference(name)
+    chunks = A.layer_chunks(name)
+    assert any(chunks) and not any(A.layer_windows(name))
+    q, k = torch.arange(SEQ)[:, None], torch.arange(SEQ)[None]
+    earlier_chunk = (k <= q) & (k // A.CHUNK < q // A.CHUNK)
+    for layer, hook in enumerate(layer_names(r["model"])):
+        pattern = r["cache"][hook][0]
+        if chunks[layer]:
+            assert torch.all(pattern[:, earlier_chunk] == 0)
+            assert torch.all(r["hf_patterns"][layer][0][:, earlier_chunk] == 0)
+            torch.testing.assert_close(pattern[:, A.CHUNK, A.CHUNK], torch.ones(A.N_HEADS))
+        else:
+            assert torch.all(pattern[:, earlier_chunk] > 0)
+
+
+@pytest.mark.parametrize("name", with_feature("learned_sinks"))
+def test_learned_sinks_take_their_share(name):
+    """HF's output_attentions over the real keys sums to 1 - exp(s) / (exp(s) + sum exp(scores)), each
+    head's learned sink s taking a visible share, larger for a larger logit; the bridge reports the same."""
+    r = reference(name)
+    for layer in range(r["model"].cfg.n_layers):
+        scores = r["cache"][f"blocks.{layer}.attn.hook_attn_scores"][0]
+        expected = row_sums(name, layer, scores)  # [head, q]
+        torch.testing.assert_close(r["hf_patterns"][layer][0].sum(-1), expected, atol=1e-5, rtol=0)
+        share = 1 - expected.mean(-1)
+        assert share.min() > 1e-3 and share.max() > 0.1, share
+        assert torch.equal(share.argsort(), torch.tensor(A.SINK_LOGITS).argsort()), share
 
 
 @pytest.mark.parametrize("name", with_feature("softcap"))
@@ -256,6 +293,7 @@ def test_alibi_bias_is_in_the_scores(name):
 POST_HOC = {
     "gpt-neo": "GPT-Neo attention runs as the generic AttentionBridge (HF computes attention)",
     "bert": "BERT attention runs as the generic AttentionBridge (HF computes attention)",
+    "llama4-text": "Llama 4 attention runs as the generic AttentionBridge keeping HF's native attention",
 }
 
 
@@ -270,8 +308,8 @@ def test_attn_scores_are_pre_softmax(name):
     r = reference(name)
     for layer in range(r["model"].cfg.n_layers):
         scores = r["cache"][f"blocks.{layer}.attn.hook_attn_scores"]
-        torch.testing.assert_close(scores.softmax(-1), r["cache"][f"blocks.{layer}.attn.hook_pattern"],
-                                   atol=1e-6, rtol=0)
+        pattern = scores.softmax(-1) * row_sums(name, layer, scores)[..., None]  # a learned sink's share taken
+        torch.testing.assert_close(pattern, r["cache"][f"blocks.{layer}.attn.hook_pattern"], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", post_hoc_xfail(NAMES))

@@ -15,7 +15,7 @@ from headscope.analyzers._sink_reducers import HiddenSinks, TokenImportance
 from headscope.analyzers.retrieval import CopyPasteReducer
 from headscope.capture import capture
 from headscope.capture import blocked as blk
-from headscope.capture.reducers import default_reducers
+from headscope.capture.reducers import SinkLogitMass, default_reducers
 from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.interventions import (ACTCalibration, MeanAblation, StreamingWindow, UniformAttention, ZeroAblation,
@@ -45,7 +45,7 @@ def _reducers(model, prompts):
     late = TokenImportance(3, 64)
     late.name = "sink_importance_k3"
     return default_reducers() + [
-        TokenImportance(0, 16), late, ResponseDistance([n // 2 for n in lens]), HiddenSinks(0.05),
+        SinkLogitMass(), TokenImportance(0, 16), late, ResponseDistance([n // 2 for n in lens]), HiddenSinks(0.05),
         CopyPasteReducer([n - 6 for n in lens], [(2, 12)] * len(prompts)),
         GroupTokenStats(groups, [n // 2 for n in lens], 3, (1, math.inf))]
 
@@ -216,7 +216,7 @@ INTERVENTIONS = [
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3",
-                                  "falcon", "falcon-alibi", "bloom", "mpt"])
+                                  "falcon", "falcon-alibi", "bloom", "mpt", "olmo3", "exaone4", "gpt-oss"])
 def test_interventions_on_blocked_attention_equal_eager(name):
     model = tiny_arch_model(name)
     tokens = torch.tensor([p[:36] + [1] * (36 - len(p[:36])) for p in _prompts(name)])
@@ -239,7 +239,8 @@ def test_redistributions_stay_eager():
             pass
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt"])
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt",
+                                  "llama4-text", "gpt-oss"])
 def test_greedy_generation_with_a_blocked_prefill(name):
     model = tiny_arch_model(name)
     ids = _prompts(name)[0][:30]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..capture import capture
-from ..capture.reducers import FirstTokenMass
+from ..capture.reducers import FirstTokenMass, SinkLogitMass
 from ..errors import InputError
 from ..inputs.prompts import load_prompts
 from ..models.info import model_info
@@ -56,7 +56,15 @@ class AttentionSinks(Analyzer):
             d_model // tau^2 + 1 so that the phi > tau decision is always exact).
         batch_size: prompts per forward pass.
 
+    Models with learned sinks (GPT-OSS: a per-head logit joins every softmax, the pattern over real keys
+    sums to 1 - its share): every statistic here reads the pattern as the model uses it and HF returns
+    it, so alpha_k, the first-token mass and ACT's s_j are shares of the whole softmax, the learned sink's
+    included, and are not renormalised over the real keys; `heads_` and `sink_rate_` stay about tokens.
+    The learned sink's own share is `sink_logit_mass_` (HeadScores [prompt, layer, head], the mean over
+    real queries; None on a model without learned sinks). See docs/attention-sinks.md, "Learned sinks".
+
     Learned: `scores_` (alpha_k, HeadScores [prompt, layer, head]), `heads_`, `first_token_mass_`,
+    `sink_logit_mass_`,
     `sink_rate_` (%), `hidden_sinks_` (DataFrame), `hidden_sink_counts_` (HeadScores),
     `massive_activations_` (DataFrame), `massive_dims_`, `layer_magnitudes_` (DataFrame),
     `sink_dims_`, `phi_` (ndarray [prompt, layer, pos], NaN on pads), `sink_tokens_` (DataFrame),
@@ -79,12 +87,16 @@ class AttentionSinks(Analyzer):
               "64 tokens of text), with ACT's hidden sinks (other keys that soak up attention) and Sun et al.'s "
               "massive activations, from the same pass."),
         docs="attention-sinks.md",
-        columns=lambda a: {"sink_score": a.scores_, "hidden_sink_keys": a.hidden_sink_counts_},
+        columns=lambda a: {"sink_score": a.scores_, "hidden_sink_keys": a.hidden_sink_counts_,
+                           **({} if a.sink_logit_mass_ is None else {"learned_sink_mass": a.sink_logit_mass_})},
         roles=(Role("sink", "sink_score", threshold=0.3, specific=False,
                     rule="alpha_1 >= 0.3 (Gu et al.'s epsilon; generic)"),),
         figures=lambda a: [a.plot(), a.plot_massive()],
         notes=lambda a: [f"sink rate: {a.sink_rate_:.1f}% of heads have alpha_1 > {a.epsilon}",
-                         f"massive-activation dims: {a.massive_dims_ or 'none'}"],
+                         f"massive-activation dims: {a.massive_dims_ or 'none'}"]
+        + ([] if a.sink_logit_mass_ is None else
+           [f"learned sinks take {np.nanmean(a.sink_logit_mass_.values):.1%} of the attention (mean over heads); "
+            "alpha and the other token statistics are shares of the whole softmax, the sink's included"]),
     )
 
     def __init__(self, epsilon: float = 0.3, max_tokens: int = 64, sink_position: int = 0,
@@ -125,11 +137,13 @@ class AttentionSinks(Analyzer):
         importance = TokenImportance(self.sink_position, self.max_tokens)
         hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
         phi = PhiTopK(self.sink_dims, top_k)
+        learned = [SinkLogitMass()] if info.learned_sinks else []  # GPT-OSS: the learned sink's own share
         res = capture(model, data, [FirstTokenMass(), importance, hidden,
-                                    MassiveActivations(self.massive_min_abs, self.massive_min_ratio), phi],
+                                    MassiveActivations(self.massive_min_abs, self.massive_min_ratio), phi, *learned],
                       batch_size=self.batch_size)
         self.tokens_ = _token_strings(model, res.token_ids)
         self.first_token_mass_ = res["first_token_mass"]
+        self.sink_logit_mass_ = res["sink_logit_mass"] if learned else None
         self.scores_ = self._own(res["sink_importance"], name=f"sink_importance_k{self.sink_position}")
         self.heads_ = select_heads(self.scores_, threshold=self.epsilon)
         with warnings.catch_warnings():  # prompts too short for sink_position are NaN and left out

@@ -3,10 +3,10 @@
 from .engine import SITES, CaptureResult, capture
 from .reducers import (
     AttentionEntropy, DuplicateTokenScore, FirstTokenMass, InductionScore, MeanAttentionDistance,
-    PreviousTokenScore, QueryMeanReducer, Reducer, default_reducers,
+    PreviousTokenScore, QueryMeanReducer, Reducer, SinkLogitMass, default_reducers,
 )
 
 __all__ = [
     "SITES", "AttentionEntropy", "CaptureResult", "DuplicateTokenScore", "FirstTokenMass", "InductionScore",
-    "MeanAttentionDistance", "PreviousTokenScore", "QueryMeanReducer", "Reducer", "capture", "default_reducers",
+    "MeanAttentionDistance", "PreviousTokenScore", "QueryMeanReducer", "Reducer", "SinkLogitMass", "capture", "default_reducers",
 ]

@@ -149,13 +149,16 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     Two extras for the families headscope adapts itself (`headscope.families`): `score_bias(start, stop,
     n_keys)` gives an additive bias for a block of rows, broadcastable to [b, h, rows, n_keys] (ALiBi),
     added after the scaling; `window` hides keys `window` or more positions before the query (GPT-Neo's
-    local layers, whose HF mask is plain causal)."""
+    local layers, whose HF mask is plain causal).
+
+    Learned attention sinks (GPT-OSS: HF passes the per-head logits as `s_aux`) join each row's softmax
+    as one more column that has no value and is dropped afterwards, exactly as HF's eager attention and
+    TransformerLens do: hooks at "attn_scores" see the scores without it, and the pattern over real keys
+    sums to 1 - the sink's probability."""
     entry = _LAYER_OF.get(id(module))
     if entry is None:
         raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
                            "blocked_attention(); its config still names it (a bug in headscope)")
-    if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
-        raise InputError("blocked attention does not implement learned attention sinks (GPT-OSS); use attention='eager'")
     session, layer = entry
     session.calls[layer] = session.calls.get(layer, 0) + 1
     b, h, T, d = query.shape
@@ -166,7 +169,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     score_fns = session.hooks.get((layer, "attn_scores"), [])
     pattern_fns = session.hooks.get((layer, "pattern"), [])
     block = session.rows_per_block()
-    extra = _Extra(score_bias, window)
+    # GPT-OSS passes its learned per-head sink logits as `s_aux`: one more softmax column with no value
+    extra = _Extra(score_bias, window, kwargs.get("s_aux"))
     if score_fns or pattern_fns or softcap is not None:
         out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, block,
                        score_fns, pattern_fns, name, layer, extra)
@@ -181,14 +185,30 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
 
 @dataclass(frozen=True)
 class _Extra:
-    """What an adapted family adds to its layer's mask: an additive score bias, a local window."""
+    """What a layer adds to its mask and softmax: an additive score bias and a local window (adapted
+    families), learned sink logits (GPT-OSS)."""
 
     bias: object = None  # callable (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
     window: int | None = None
+    sinks: torch.Tensor | None = None  # [h] learned sink logit per query head
 
     @property
     def none(self) -> bool:
-        return self.bias is None and self.window is None
+        return self.bias is None and self.window is None and self.sinks is None
+
+
+def attention_softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Softmax of attention scores [b, h, q, keys] over the keys (in `dtype`) and, with learned sinks [h]
+    (GPT-OSS), over one more column per head holding its sink logit, dropped afterwards (HF's eager
+    GPT-OSS attention: cat, subtract the row max, softmax, slice): the row then sums to 1 - the sink's
+    probability, and a row whose keys are all masked gives the sink everything (zeros, as eager)."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1, dtype=dtype)
+    # the row max is subtracted in the scores' own dtype, as eager does (bf16 rounding included)
+    sink = sinks.to(device=scores.device, dtype=scores.dtype).view(1, -1, 1, 1)
+    top = torch.maximum(scores.amax(-1, keepdim=True), sink)
+    e = (scores - top).to(dtype).exp_()
+    return e.div_(e.sum(-1, keepdim=True) + (sink - top).to(dtype).exp())
 
 
 def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device,
@@ -249,7 +269,7 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         for fn in score_fns:
             edited = fn(scores, hook)
             scores = scores if edited is None else edited
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        pattern = attention_softmax(scores, extra.sinks).to(query.dtype)
         hook = BlockHook(name.format("pattern"), layer, start, stop, n_keys)
         for fn in pattern_fns:
             edited = fn(pattern, hook)
@@ -267,8 +287,8 @@ def _above_diagonal(rows: int, device) -> torch.Tensor:
 
 def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extra = _Extra()):
     """PyTorch's fused kernel: at once when the mask is plain causal (or absent), else a block of query
-    rows at a time with that block's boolean mask, or additive one with a score bias (still nothing
-    of size T x T)."""
+    rows at a time with that block's boolean mask, or additive one with a score bias or learned sinks
+    (still nothing of size T x T)."""
     b, h, T, d = query.shape
     n_kv = key.shape[2]
     gqa = groups > 1
@@ -277,17 +297,28 @@ def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extr
         if not causal or T == n_kv or T == 1:
             return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling, enable_gqa=gqa)
     q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
+    # Learned sinks: a zero key (score 0) and zero value put first, with the sink logit as its additive mask,
+    # are the softmax's extra column; the block's keys stay one contiguous slice.
+    first = 1 if extra.sinks is not None else 0
+    if first:
+        key = torch.cat([key.new_zeros(b, key.shape[1], 1, d), key], dim=2)
+        value = torch.cat([value.new_zeros(b, value.shape[1], 1, value.shape[-1]), value], dim=2)
     out = query.new_empty(b, h, T, value.shape[-1])
     for start in range(0, T, block):
         stop = min(T, start + block)
         n_keys = min(n_kv, q_offset + stop) if causal else n_kv
         visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device, extra.window)
-        if extra.bias is not None:  # additive mask; a hidden key gets the dtype's min, as the eager path
-            bias = extra.bias(start, stop, n_keys).to(query.dtype).expand(b, h, stop - start, n_keys)
+        if extra.bias is not None or first:  # additive mask; a hidden key gets the dtype's min, as the eager path
+            shape = (b, h, stop - start, n_keys)
+            bias = (query.new_zeros(shape) if extra.bias is None
+                    else extra.bias(start, stop, n_keys).to(query.dtype).expand(shape))
             visible = bias if visible is None else bias.masked_fill(~visible, torch.finfo(query.dtype).min)
+            if first:
+                sink = extra.sinks.to(query.dtype).view(1, h, 1, 1).expand(b, h, stop - start, 1)
+                visible = torch.cat([sink, visible], dim=-1)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
-            query[:, :, start:stop], key[:, :, :n_keys], value[:, :, :n_keys], attn_mask=visible, scale=scaling,
-            enable_gqa=gqa)
+            query[:, :, start:stop], key[:, :, :first + n_keys], value[:, :, :first + n_keys], attn_mask=visible,
+            scale=scaling, enable_gqa=gqa)
     return out
 
 

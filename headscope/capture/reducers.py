@@ -99,7 +99,10 @@ class QueryMeanReducer(Reducer):
         if self.causal_only and not ctx.info.causal:
             return  # not applicable on a bidirectional encoder: the result stays NaN
         stat, covered = self.per_query(acts, ctx)
-        summed = (stat.double() * covered[:, None, :]).sum(-1)  # [batch, head]
+        # where, not a product: a row no query covers may hold inf or NaN (a padded query of a sliding-window
+        # or chunked layer sees no key at all: every score is masked and the log-free entropy overflows),
+        # and 0 x NaN would still poison the prompt's sum.
+        summed = torch.where(covered[:, None, :], stat.double(), 0.0).sum(-1)  # [batch, head]
         count = covered.sum(-1)
         if self._layer_sum is None:
             self._layer_sum, self._layer_count = summed, count
@@ -149,9 +152,30 @@ class AttentionEntropy(QueryMeanReducer):
         # every key. lse and sum A s nearly cancel on a peaked row: the dot product's float32 rounding
         # (~1e-7 of |max s| per row) is far below the 1e-5 the tests hold it to against xlogy, and
         # averages out over the queries of the mean.
-        top = scores.amax(-1)
-        lse = top - torch.log(pattern.amax(-1))
-        return lse - torch.einsum("...k,...k->...", pattern, scores), ctx.queries_after_first
+        # With learned sinks (GPT-OSS) the row sums to m = 1 - the sink's share and lse includes the sink's
+        # column: -sum A log A = lse m - sum A s, the same xlogy over the real keys as the eager path (a row
+        # whose every key underflowed to 0 next to its sink has entropy 0).
+        top, peak = scores.amax(-1), pattern.amax(-1)
+        lse = top - torch.log(peak)
+        mass = pattern.sum(-1) if ctx.info.learned_sinks else 1.0
+        entropy = lse * mass - torch.einsum("...k,...k->...", pattern, scores)
+        return torch.where(peak > 0, entropy, 0.0), ctx.queries_after_first
+
+
+class SinkLogitMass(QueryMeanReducer):
+    """The probability a learned sink logit takes (GPT-OSS), per head: mean over every real query (query 0
+    included: its only key competes with the sink) of 1 - the pattern row's sum, since the pattern over
+    the real keys is what the softmax over [keys, sink] leaves them (HF's `output_attentions`). Exact to the
+    pattern's rounding on both paths (float32 patterns: ~1e-7). NaN on a model without learned sinks
+    (`ModelInfo.learned_sinks`), where every row sums to 1."""
+
+    name = "sink_logit_mass"
+    description = "Mean probability the head's learned sink logit takes (1 - the row's mass on real keys); NaN without learned sinks."
+
+    def per_query(self, acts, ctx):
+        pattern = acts["pattern"]  # [batch, head, q, k]
+        covered = ctx.valid_queries if ctx.info.learned_sinks else torch.zeros_like(ctx.valid_queries)
+        return 1.0 - pattern.sum(-1, dtype=torch.float64), covered
 
 
 class MeanAttentionDistance(QueryMeanReducer):
@@ -162,7 +186,10 @@ class MeanAttentionDistance(QueryMeanReducer):
     def per_query(self, acts, ctx):
         pattern = acts["pattern"]  # [batch, head, q, k]
         expected_key = pattern @ ctx.key_positions.to(pattern.dtype)  # [batch, head, q]
-        return ctx.query_positions.to(pattern.dtype) - expected_key, ctx.queries_after_first
+        # sum_j A[i,j] (i - j) = i sum_j A[i,j] - sum_j A[i,j] j; the row sums to 1 unless a learned sink
+        # takes a share (GPT-OSS), which then counts as no distance.
+        mass = pattern.sum(-1) if ctx.info.learned_sinks else 1.0
+        return ctx.query_positions.to(pattern.dtype) * mass - expected_key, ctx.queries_after_first
 
 
 class PreviousTokenScore(QueryMeanReducer):

@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..capture.blocked import attention_softmax
 from ..capture.engine import SITES
 from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
+from ..models.family import sink_logits
 from ..models.info import model_device, model_info
 from ..results import HeadScores
 from .hooks import check_editable, check_specs, layer_hook, query_slice
@@ -86,7 +88,8 @@ class _Nodes:
     head (the kind's edit, nothing changed in the forward) and add a zero leaf ε to the node, so that
     ∂M/∂ε is the total derivative of the metric with respect to the node."""
 
-    def __init__(self, spec, estimator: str, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int):
+    def __init__(self, spec, estimator: str, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int,
+                 model):
         self.delta, self.eps = {}, {}
         self.node = _node_site(spec, estimator)
         self.hooks = []
@@ -96,7 +99,8 @@ class _Nodes:
             if self.node == spec.site:
                 self.hooks.append((SITES[spec.site].format(l=layer), self._at_node(layer, edit, spec.site)))
             else:  # QK fix: the kind edits the scores, the node is the pattern they give
-                self.hooks.append((SITES["attn_scores"].format(l=layer), self._new_pattern(layer, edit)))
+                self.hooks.append((SITES["attn_scores"].format(l=layer),
+                                   self._new_pattern(layer, edit, sink_logits(model, layer))))
                 self.hooks.append((SITES["pattern"].format(l=layer), self._at_pattern(layer)))
         self._new = {}
 
@@ -122,10 +126,11 @@ class _Nodes:
             return self._leaf(layer, x)
         return hook
 
-    def _new_pattern(self, layer, edit):
-        def hook(scores, hook):
+    def _new_pattern(self, layer, edit, sinks):
+        def hook(scores, hook):  # the model's own softmax, learned sinks (GPT-OSS) included
             with torch.no_grad():
-                self._new[layer] = torch.softmax(_wide(edit(scores.detach(), hook)), dim=-1)
+                edited = _wide(edit(scores.detach(), hook))
+                self._new[layer] = attention_softmax(edited, sinks, dtype=edited.dtype)
             return None
         return hook
 
@@ -227,7 +232,8 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     try:
         with torch.enable_grad():
             for batch in batches:
-                nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads)
+                nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads,
+                               model)
                 hooks = nodes.hooks + (_graddrop_hooks(info.n_layers, keep) if graddrop else [])
                 with model.hooks(fwd_hooks=hooks):
                     logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))

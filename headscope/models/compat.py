@@ -64,6 +64,12 @@ def _cache_kwarg_of(hf_class) -> str:
 _ATTENTION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def hf_attention(model, layer: int):
+    """The HF attention module the bridge's `blocks[layer].attn` wraps (its own parameters, e.g. GPT-OSS's
+    learned `sinks`)."""
+    return model.blocks[layer].attn._modules["_original_component"]
+
+
 def _attention_modules(model):
     """The bridge's attention components (found once per model: generation needs them every step)."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge

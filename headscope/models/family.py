@@ -15,6 +15,10 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
   (hybrids); None = every layer is attention.
+* `learned_sinks(model, layer)` — the [head] learned sink logits of a bridge's layer, for a family whose
+  heads each have one that joins the softmax's denominator (GPT-OSS): the pattern over real keys sums
+  to 1 - the sink's share (`ModelInfo.learned_sinks`, `sink_logits`; the `sink_logit_mass` statistic;
+  docs/attention-sinks.md).
 
 Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
 the transformers version it was copied from and a hash of that source); `tests/test_families.py`
@@ -45,6 +49,7 @@ class Family:
     blocked_forwards: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
+    learned_sinks: Callable[[Any, int], Any] | None = None
     notes: str = ""
 
 
@@ -71,6 +76,12 @@ def family_of(model_or_config) -> Family | None:
         if types & set(fam.model_types):
             return fam
     return None
+
+
+def sink_logits(model, layer: int):
+    """[head] learned sink logits of `layer` of a bridge whose family has them (GPT-OSS), else None."""
+    fam = family_of(model)
+    return None if fam is None or fam.learned_sinks is None else fam.learned_sinks(model, layer)
 
 
 def blocked_forward_for(hf_class_name: str) -> Callable | None:
@@ -122,4 +133,4 @@ def mirrors(upstream: str, version: str, sha256: str):
 
 
 __all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
-           "register_family", "source_hash", "upstream_source"]
+           "register_family", "sink_logits", "source_hash", "upstream_source"]

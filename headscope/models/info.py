@@ -6,6 +6,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from .family import family_of
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
@@ -40,6 +41,9 @@ class ModelInfo:
     causal: bool = True  # False for bidirectional encoders (BERT): causal-only statistics are NaN there
     testbed: str | None = None  # the headscope testbed this model is (load_model records it), else None
     image_token_ids: frozenset = frozenset()  # ids that stand for image patches (empty: a text model)
+    # Learned per-head sink logits join every softmax (GPT-OSS): a pattern row over the real keys sums to
+    # 1 - the sink's share (`sink_logit_mass`), not to 1.
+    learned_sinks: bool = False
     # Ids that end a greedy answer (see stop_token_ids); empty without a tokenizer.
     stop_token_ids: frozenset = field(default=frozenset(), compare=False, repr=False)
     extra: dict = field(default_factory=dict, compare=False)  # a testbed's own facts (e.g. visual codes)
@@ -173,6 +177,7 @@ def model_info(model) -> ModelInfo:
         causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
         testbed=facts.get("testbed"),
         image_token_ids=image_token_ids(model),
+        learned_sinks=getattr(family_of(model), "learned_sinks", None) is not None,
         stop_token_ids=stop_token_ids(tok),
         extra=dict(facts.get("extra", {})),
     )

@@ -40,6 +40,8 @@ N_LAYERS = 2
 N_CTX = 128
 D_MLP = 128
 SLIDING_WINDOW = 8  # keys a local-layer query sees, itself included: smaller than the test prompts
+CHUNK = 8  # keys per chunk of a chunked-attention layer (Llama 4): smaller than the test prompts
+SINK_LOGITS = (-1.0, 0.5, 2.0, 4.0)  # learned sink logit per head (GPT-OSS): from a small to a dominant share
 INIT_STD = 0.25
 QK_NORM_GAIN = 2.0
 # Gemma 2 soft-caps, small enough to bind on these weights (the released models use 50 / 30).
@@ -60,6 +62,9 @@ FEATURES = (
     "qk_norm",         # per-head (or per-layer) norm on q and k before RoPE
     "softcap",         # tanh soft-capping of attention scores and final logits
     "sliding_window",  # some layers see only the last SLIDING_WINDOW keys
+    "chunked",         # some layers see only the keys of the query's own chunk of CHUNK positions
+    "nope_layers",     # some layers have no rotary embedding
+    "learned_sinks",   # a learned per-head logit joins each softmax's denominator (GPT-OSS)
     "local_global",    # local (windowed) and global layers alternate
     "per_layer_rope",  # local and global layers use different RoPE bases
     "moe",             # mixture-of-experts MLP
@@ -205,6 +210,59 @@ def _bert():
     return _finish(cfg, "BertForMaskedLM")
 
 
+def _olmo3():
+    from transformers import Olmo3Config
+
+    cfg = Olmo3Config(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
+                      num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS, max_position_embeddings=N_CTX,
+                      sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention"], **_ids())
+    return _finish(cfg, "Olmo3ForCausalLM")
+
+
+def _exaone4():
+    from transformers import Exaone4Config
+
+    cfg = Exaone4Config(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
+                        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD,
+                        max_position_embeddings=N_CTX, sliding_window=SLIDING_WINDOW,
+                        layer_types=["sliding_attention", "full_attention"], **_ids())
+    return _finish(cfg, "Exaone4ForCausalLM")
+
+
+def _llama4_text():
+    from transformers import Llama4TextConfig
+
+    # Layer 0 has RoPE and chunked attention (CHUNK keys per chunk); layer 1 has no RoPE, full attention
+    # and temperature tuning (floor_scale small enough that the tiny prompts reach it). No MoE layer:
+    # the dense gated MLP (moe_layers=[]). No L2 q/k norm: it bounds the scores by the scaling (0.25),
+    # which leaves these tiny heads near uniform.
+    cfg = Llama4TextConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP,
+                           intermediate_size_mlp=D_MLP, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
+                           num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
+                           attention_chunk_size=CHUNK, no_rope_layers=[1, 0], moe_layers=[], floor_scale=4,
+                           use_qk_norm=False,
+                           attn_scale=0.1, tie_word_embeddings=False, **_ids())
+    return _finish(cfg, "Llama4ForCausalLM")
+
+
+# GPT-OSS clamps its experts' gate and up projections at +-7; on these weights (projections of std ~2)
+# some entries reach it, and finite differences across the clamp's kink miss attribution patching's
+# first-order estimate (conformance "atp"). 30 keeps the clamp in the forward, out of reach.
+SWIGLU_LIMIT = 30.0
+
+
+def _gpt_oss():
+    from transformers import GptOssConfig
+
+    cfg = GptOssConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
+                       num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD,
+                       max_position_embeddings=N_CTX, sliding_window=SLIDING_WINDOW,
+                       layer_types=["sliding_attention", "full_attention"], num_local_experts=4,
+                       num_experts_per_tok=2, rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+                       swiglu_limit=SWIGLU_LIMIT, **_ids())
+    return _finish(cfg, "GptOssForCausalLM")
+
+
 def _arch(name, family, attention, features, build, **kw):
     return name, Architecture(name, family, attention, tuple(features), build, **kw)
 
@@ -240,18 +298,23 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     _arch("mpt", "mpt", "MHA", ["alibi", "fused_qkv"], _mpt),
     # BERT sums word, position and token-type embeddings and mixes every position in layer 0, so
     # layer 1's keys are more alike than a decoder's: a larger std keeps its heads sharp.
+    _arch("olmo3", "olmo3", "MHA", ["qk_norm", "sliding_window", "local_global"], _olmo3),
+    _arch("exaone4", "exaone4", "GQA", ["qk_norm", "sliding_window", "local_global"], _exaone4),
+    _arch("llama4-text", "llama4_text", "GQA", ["chunked", "nope_layers"], _llama4_text),
+    _arch("gpt-oss", "gpt_oss", "GQA", ["qkv_bias", "sliding_window", "local_global", "moe", "learned_sinks"],
+          _gpt_oss),
     _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
 ])
 
 
 def layer_windows(name_or_config) -> list[int | None]:
     """Per layer, how many keys (the query's own included) a query may see: an int for a
-    sliding-window (local) layer, None for a global one.
+    sliding-window (local) layer, None for a global or chunked one (see `layer_chunks`).
 
     >>> layer_windows("mistral"), layer_windows("llama")
     ([8, 8], [None, None])
     """
-    cfg = _get(name_or_config).build_config() if isinstance(name_or_config, str) else name_or_config
+    cfg = _config(name_or_config)
     n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or cfg.n_layer
     if getattr(cfg, "model_type", None) == "gpt_neo":
         return [cfg.window_size if kind == "local" else None for kind in cfg.attention_layers]
@@ -262,6 +325,39 @@ def layer_windows(name_or_config) -> list[int | None]:
     if kinds is None:  # Mistral: every layer windowed
         return [window] * n_layers
     return [window if kind == "sliding_attention" else None for kind in kinds]
+
+
+def layer_chunks(name_or_config) -> list[int | None]:
+    """Per layer, the chunk size of a chunked-attention layer (Llama 4), else None. A chunk is not a
+    sliding window: query q sees the keys k <= q of its own chunk (k // chunk == q // chunk), so the
+    first query of a chunk sees only itself.
+
+    >>> layer_chunks("llama4-text"), layer_chunks("gemma2")
+    ([8, None], [None, None])
+    """
+    cfg = _config(name_or_config)
+    kinds = getattr(cfg, "layer_types", None) or []
+    chunk = getattr(cfg, "attention_chunk_size", None)
+    return [chunk if kind == "chunked_attention" else None for kind in kinds] or [None] * len(layer_windows(cfg))
+
+
+def visible_keys(name_or_config, layer: int, T: int, encoder: bool = False) -> torch.Tensor:
+    """[q, k] bool: the keys each query of an unpadded T-token prompt may see in `layer` (causal, then
+    the layer's sliding window or chunk; every key on an encoder)."""
+    if encoder:
+        return torch.ones(T, T, dtype=torch.bool)
+    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    vis = k <= q
+    window, chunk = layer_windows(name_or_config)[layer], layer_chunks(name_or_config)[layer]
+    if window:
+        vis = vis & (q - k < window)
+    if chunk:
+        vis = vis & (q // chunk == k // chunk)
+    return vis
+
+
+def _config(name_or_config):
+    return _get(name_or_config).build_config() if isinstance(name_or_config, str) else name_or_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +429,10 @@ def _sharpen(model, std: float) -> None:
     for p in model.parameters():  # tied embeddings appear once
         if p.ndim >= 2 and id(p) not in norm_params:
             p.normal_(0.0, std)
+    # Learned sinks (GPT-OSS) are 1-D, so left at HF's ~0.02 above: give each head a sink that matters.
+    for param_name, p in model.named_parameters():
+        if param_name.rsplit(".", 1)[-1] == "sinks":
+            p.copy_(torch.tensor(SINK_LOGITS, dtype=p.dtype)[:p.numel()])
     # Per-head q/k norms fix the score scale at ~1 whatever the projections: give them a gain.
     for mod_name, mod in model.named_modules():
         if mod_name.rsplit(".", 1)[-1] in ("q_norm", "k_norm", "q_layernorm", "k_layernorm"):

@@ -80,12 +80,24 @@ def _one_prompt(name: str):
 
 def _visible(name: str, layer: int, T: int) -> torch.Tensor:
     """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
-    if A.ARCHITECTURES[name].is_encoder:
-        return torch.ones(T, T, dtype=torch.bool)
-    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    vis = k <= q
-    window = A.layer_windows(name)[layer]
-    return vis & (q - k < window) if window else vis
+    return A.visible_keys(name, layer, T, encoder=A.ARCHITECTURES[name].is_encoder)
+
+
+def _sink_logits(name: str, layer: int) -> torch.Tensor | None:
+    """[head] learned sink logits of `layer` (GPT-OSS), read from the plain HF model; None without."""
+    if "learned_sinks" not in A.ARCHITECTURES[name].features:
+        return None
+    return plain(name).model.layers[layer].self_attn.sinks.detach()
+
+
+def _row_mass(name: str, layer: int, scores: torch.Tensor) -> torch.Tensor:
+    """[head, q]: what each pattern row sums to, given the masked scores [head, q, k] its softmax saw:
+    1, or with a learned sink s, 1 - its share exp(s) / (exp(s) + sum_k exp(score_k))."""
+    sinks = _sink_logits(name, layer)
+    if sinks is None:
+        return torch.ones(scores.shape[:-1])
+    lse = torch.logsumexp(scores.double(), dim=-1)
+    return torch.sigmoid(lse - sinks.double()[:, None]).float()
 
 
 def _pattern_kinds_refused(name: str) -> str | None:
@@ -154,7 +166,8 @@ def check_reducers(name: str) -> str | None:
 @_check("blocked")
 def check_blocked(name: str) -> str | None:
     """Blocked attention (long contexts, blocks of 5 query rows): the default reducers equal the eager
-    capture (1e-5) on the padded batch, and uniform attention and zero ablation give the eager logits
+    capture (1e-5, NaN exactly where eager is NaN) on the padded batch and on one padded past every
+    window and chunk, and uniform attention and zero ablation give the eager logits
     (1e-5 relative); on a family whose HF attention does not call transformers' AttentionInterface,
     `attention="blocked"` is refused with an error naming the fix."""
     import numpy as np
@@ -168,11 +181,14 @@ def check_blocked(name: str) -> str | None:
             assert "AttentionInterface" in str(e) and "attention='eager'" in str(e), str(e)
             return "eager only: its HF attention does not call transformers' AttentionInterface"
         raise AssertionError(f"{name}: blocked attention unsupported ({reason}) yet accepted")
-    eager = capture(model, ps, batch_size=2, attention="eager")
-    blocked = capture(model, ps, batch_size=2, attention="blocked", block_size=5)
-    for stat in eager:
-        np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
-                                   err_msg=f"{name} {stat}")
+    # The conformance batch, and one whose shorter prompt is padded by more than two windows / chunks:
+    # there a padded query of a sliding-window or chunked layer sees no key at all.
+    for batch in (ps, [A.random_prompt(name, 40, seed=3).tolist(), ps[1]]):
+        eager = capture(model, batch, batch_size=2, attention="eager")
+        blocked = capture(model, batch, batch_size=2, attention="blocked", block_size=5)
+        for stat in eager:
+            np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
+                                       err_msg=f"{name} {stat} ({len(batch[0])} + {len(batch[1])} tokens)")
     n = max(len(p) for p in ps)
     tokens = torch.tensor([p + [p[-1]] * (n - len(p)) for p in ps])
     mask = (torch.arange(n)[None] < torch.tensor([[len(p)] for p in ps])).long()
@@ -239,6 +255,9 @@ def _z_and_v(model, ids, specs):
         hooks.append((f"blocks.{l}.attn.hook_z", lambda t, hook, l=l: got.__setitem__(("z", l), t.detach().clone())))
         hooks.append((f"blocks.{l}.attn.hook_v", lambda t, hook, l=l: got.__setitem__(("v", l), t.detach().clone())))
         hooks.append((f"blocks.{l}.attn.hook_pattern", lambda t, hook, l=l: got.__setitem__(("p", l), t.detach().clone())))
+        # after apply()'s hooks: the scores as edited
+        hooks.append((f"blocks.{l}.attn.hook_attn_scores",
+                      lambda t, hook, l=l: got.__setitem__(("s", l), t.detach().clone())))
     with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=hooks):
         logits = model(ids)
     return got, logits
@@ -246,7 +265,8 @@ def _z_and_v(model, ids, specs):
 
 @_check("uniform_attention")
 def check_uniform_attention(name: str) -> str | None:
-    """epsilon = 0: each edited head outputs the mean of V over exactly the keys it may see;
+    """epsilon = 0: each edited head outputs the mean of V over exactly the keys it may see (scaled by
+    1 - the learned sink's share, the sink logit competing with n equal scores, on GPT-OSS);
     Ships' epsilon = 1e-5: within 1e-3 of it."""
     refused = _pattern_kinds_refused(name)
     if refused:
@@ -259,7 +279,8 @@ def check_uniform_attention(name: str) -> str | None:
         for l, h in heads:
             v = got[("v", l)][0, :, h // group]  # [pos, d]
             vis = _visible(name, l, T).float()
-            ref = (vis / vis.sum(-1, keepdim=True)) @ v
+            flat = torch.zeros(model.cfg.n_heads, T, T).masked_fill(vis == 0, float("-inf"))  # equal scores
+            ref = (vis / vis.sum(-1, keepdim=True)) @ v * _row_mass(name, l, flat)[h][:, None]
             z = got[("z", l)][0, :, h]
             scale = max(1.0, ref.abs().max().item())
             assert (z - ref).abs().max().item() <= tol * scale, f"{name} L{l}H{h} eps={eps}"
@@ -301,7 +322,8 @@ def check_scale_identity(name: str) -> None:
 
 @_check("streaming_window")
 def check_streaming_window(name: str) -> str | None:
-    """A streaming head attends only to its sink and recent keys, and its rows still sum to one."""
+    """A streaming head attends only to its sink and recent keys, and its rows still sum to one (to 1 - the
+    learned sink's share of the edited softmax on GPT-OSS)."""
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
@@ -312,13 +334,14 @@ def check_streaming_window(name: str) -> str | None:
         p = got[("p", l)][0, h]
         allowed = _visible(name, l, T) & ((k < 2) | (q - k < 4))
         assert p[~allowed].abs().max().item() == 0.0, f"{name} L{l}H{h}: attention outside the window"
-        torch.testing.assert_close(p.sum(-1), torch.ones(T), rtol=0, atol=1e-5)
+        torch.testing.assert_close(p.sum(-1), _row_mass(name, l, got[("s", l)][0])[h], rtol=0, atol=1e-5)
     return None
 
 
 @_check("act_var_rows")
 def check_act_var_rows(name: str) -> str | None:
-    """ACT and VAR move attention mass between keys; every row still sums to one."""
+    """ACT and VAR move attention mass between keys; every row still sums to one (to 1 - the learned
+    sink's share on GPT-OSS: the sink is not a key, its share stays)."""
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
@@ -327,7 +350,8 @@ def check_act_var_rows(name: str) -> str | None:
     for spec in (ACTCalibration(heads=heads), VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))):
         got, _ = _z_and_v(model, ids, [spec])
         for l in range(model.cfg.n_layers):
-            torch.testing.assert_close(got[("p", l)][0].sum(-1), torch.ones(model.cfg.n_heads, T), rtol=0, atol=1e-5)
+            torch.testing.assert_close(got[("p", l)][0].sum(-1), _row_mass(name, l, got[("s", l)][0]), rtol=0,
+                                       atol=1e-5)
     return None
 
 

@@ -33,7 +33,9 @@ def act_hidden_sinks(pattern: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def act_calibrate(pattern: torch.Tensor, rows: slice, beta: float, threshold: float) -> torch.Tensor:
     """ACT (Yu et al. 2024): hidden-sink columns keep beta of their mass, the rest moves
-    proportionally to all non-sink keys; A[0, 0] = 1 afterwards, as in the official code."""
+    proportionally to all non-sink keys; A[0, 0] = row 0's mass afterwards: 1 as in the official code, or
+    1 - the learned sink's share on a model with learned sinks (GPT-OSS), whose share ACT never moves (the
+    sink is not a key)."""
     n_q, n_k = pattern.shape[-2:]
     if n_q != n_k:
         raise InputError("ACT calibration needs the full prefill attention map (it does not apply to "
@@ -42,7 +44,7 @@ def act_calibrate(pattern: torch.Tensor, rows: slice, beta: float, threshold: fl
     selected = torch.zeros(pattern.shape[:2], dtype=torch.bool)
     selected[:, rows] = True
     out = move_mass(pattern, sinks, torch.ones_like(sinks), beta, selected)
-    out[:, 0, 0] = 1.0
+    out[:, 0, 0] = pattern[:, 0].sum(-1)  # row 0's whole mass: 1, or 1 - the learned sink's share
     return out
 
 
@@ -50,7 +52,8 @@ def act_calibrate(pattern: torch.Tensor, rows: slice, beta: float, threshold: fl
 class ACTCalibration(Intervention):
     """ACT attention calibration (Yu et al. 2024) at hook_pattern: keys whose mean received
     attention s_j exceeds `threshold` (the first such key, normally BOS, excepted) keep `beta` of
-    their mass; the rest moves proportionally to the other keys. Rows stay stochastic.
+    their mass; the rest moves proportionally to the other keys. Each row keeps its sum (1, or 1 - the
+    learned sink's share on GPT-OSS).
 
     The sink statistic is a column mean over every query row, so a KV-cached decode step (one
     query) cannot compute it: `whole_query` makes generation recompute the full sequence."""

@@ -35,6 +35,8 @@ class UniformAttention(Intervention):
     mean of V over them); Ships' epsilon = 1e-5 is "scale the query by epsilon", which on a model
     without q-norm or score bias is the same thing (scores are linear in q) and elsewhere is the
     faithful generalisation (scaling hook_q would be undone by a q-norm and leave ALiBi's bias).
+    A learned sink logit (GPT-OSS) is the head's parameter, not a key's score: it is left as it is and
+    keeps competing with the n equal scores, taking exp(s) / (exp(s) + n) of the row.
     """
 
     epsilon: float = 0.0
