@@ -139,6 +139,9 @@ class _Session:
 
 _SESSIONS: dict[int, tuple[_Session, int]] = {}  # id(model) -> (session, how many contexts share it)
 _LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (session, layer)
+# HF attention (sub)module -> its route (`headscope.capture.routed`): how a layer whose bridge would report
+# patterns after HF computes attention outside any blocked context, with the bridge's hooks live.
+LIVE_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
@@ -151,6 +154,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     added after the scaling; `window` hides keys `window` or more positions before the query (GPT-Neo's
     local layers, whose HF mask is plain causal)."""
     entry = _LAYER_OF.get(id(module))
+    if entry is None and module in LIVE_ROUTES:  # not blocked: headscope's eager route (capture.routed)
+        return LIVE_ROUTES[module](module, query, key, value, attention_mask, scaling, dropout, softcap,
+                                   _Extra(score_bias, window))
     if entry is None:
         raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
                            "blocked_attention(); its config still names it (a bug in headscope)")
