@@ -15,7 +15,7 @@ import torch
 from ..capture.engine import SITES, site_name
 from ..errors import InputError
 from ..models.compat import pattern_edit_route, pattern_route_failure
-from ..models.info import ModelInfo
+from ..models.info import ModelInfo, model_info
 from .kind import ATTENTION_SITES, KINDS, EditContext, Intervention
 from .prepare import Prepared
 
@@ -99,7 +99,9 @@ def shifted(rows: slice, start: int) -> slice:
 def check_editable(model, specs) -> None:
     """Refuse attention-pattern kinds on a model where neither the bridge nor headscope's own attention
     forward applies them (`compat.pattern_edit_route`: the edit would be discarded and the result
-    silently equal the clean model)."""
+    silently equal the clean model), and causal-only kinds (ACT) on an encoder."""
+    for kind in sorted({s.kind for s in specs if s.causal_only}):
+        model_info(model).require_causal(f"intervention kind {kind!r}", "computes hidden sinks as column means over the queries at or after each key")
     kinds = sorted({s.kind for s in specs if s.edits_attention})
     if kinds and pattern_edit_route(model) is None:
         arch = type(getattr(model, "original_model", model)).__name__

@@ -183,7 +183,10 @@ def _gptj():
 def _opt():
     from transformers import OPTConfig
 
+    # GELU instead of OPT's ReLU: the conformance matrix checks attribution patching against finite
+    # differences with large steps, which a ReLU kink breaks; the attention, the subject here, is OPT's.
     cfg = OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, ffn_dim=D_MLP,
+                    activation_function="gelu",
                     num_attention_heads=N_HEADS, max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL,
                     do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
                     layerdrop=0.0, **_ids())
