@@ -149,3 +149,16 @@ def test_a_family_without_a_route_refuses_attention_kinds(monkeypatch):
     with pytest.raises(InputError, match="no headscope attention forward is registered"):
         with apply(model, [StreamingWindow(heads=[(1, 1)])]):
             pass
+
+
+def test_gptj_scores_in_float32_in_a_half_model():
+    """HF's GPT-J computes attention scores in float32 whatever the model's dtype; so does its route."""
+    model = tiny_arch_model("gpt-j", dtype=torch.bfloat16)
+    assert pattern_edit_route(model) == "headscope"
+    ids = torch.tensor([random_prompt("gpt-j", 20, seed=1).tolist()])
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_attn_scores"))
+        ref = plain_hf("gpt-j").to(torch.bfloat16)(ids).logits
+    assert cache["blocks.0.attn.hook_attn_scores"].dtype == torch.float32
+    scale = float(ref.float().abs().max())
+    assert float((logits.float() - ref.float()).abs().max()) <= 2e-2 * scale

@@ -89,8 +89,9 @@ def _visible(name: str, layer: int, T: int) -> torch.Tensor:
 
 
 def _pattern_kinds_refused(name: str) -> str | None:
-    """On a family whose bridge only reports patterns after HF computed them, the attention-level
-    kinds must be refused with a clear error; returns the reason, or None if they are live."""
+    """On a family where neither the bridge nor headscope's own attention forward makes edits at the
+    attention hooks take effect (`pattern_edit_route` None), the attention-level kinds must be refused
+    with a clear error; returns the reason, or None if they are live."""
     if pattern_edits_take_effect(bridged(name)):
         return None
     try:
@@ -98,7 +99,7 @@ def _pattern_kinds_refused(name: str) -> str | None:
             pass
     except InputError as e:
         assert "discarded" in str(e) and "docs/architectures.md" in str(e)
-        return "attention-level kinds refused: the bridge reports patterns after HF computes them"
+        return "attention-level kinds refused: the bridge reports patterns after HF and headscope cannot route them"
     raise AssertionError(f"{name}: pattern edits do not take effect, yet uniform attention was accepted")
 
 
