@@ -23,14 +23,15 @@ Inside `blocked_attention(...)` the blocked session takes over as on every other
 
 from __future__ import annotations
 
+import types
 import weakref
 
 import torch
 import torch.nn.functional as F
 
 from . import blocked as _blocked_mod
-from ..models.compat import (attn_implementation, hf_attention_module, hooks_paused, record_pattern_route,
-                             reports_patterns_after, set_attn_implementation)
+from ..models.compat import (attn_implementation, component_reports_after, hf_attention_module, hooks_paused,
+                             record_pattern_route, set_attn_implementation)
 from ..models.info import model_device
 from .blocked import LIVE_ROUTES, _attention_components, _blocked, _configs, _probe_batch
 
@@ -65,15 +66,13 @@ class _LayerRoute:
         return out.transpose(1, 2).contiguous(), None
 
 
-def _inline_forward(hf_module):
-    """An instance `forward` for an HF class that computes attention inline: its family's forward
-    (looked up at each call, as the blocked path does), else HF's own."""
-    own = type(hf_module).forward
-
-    def forward(*args, **kwargs):
-        adapter = _blocked_mod.blocked_forward_for(type(hf_module).__name__)
-        return (own if adapter is None else adapter)(hf_module, *args, **kwargs)
-    return forward
+def _family_forward(self, *args, **kwargs):
+    """Bound as the instance `forward` of an HF attention module whose family registers a forward of its
+    own (`Family.blocked_forwards`: inline attention, GPT-J's float32 scores): that forward, looked up at
+    each call as the blocked path does, else HF's own. Bound (not a closure), so a deep copy of the
+    model calls its own module."""
+    adapter = _blocked_mod.blocked_forward_for(type(self).__name__)
+    return (type(self).forward if adapter is None else adapter)(self, *args, **kwargs)
 
 
 def _register() -> None:
@@ -85,20 +84,20 @@ def _register() -> None:
 
 
 class _Installed:
-    """The route on one model, and how to undo it."""
+    """The route on the given layers of one model ({layer: (bridge component, HF module)}), and how to undo it."""
 
-    def __init__(self, model, components, hf_modules):
+    def __init__(self, model, layers: dict):
         self.calls: dict[int, int] = {}
-        self.hf_modules = hf_modules
+        self.hf_modules = [m for _, m in layers.values()]
         self.patched = []
-        for layer, (c, m) in enumerate(zip(components, hf_modules)):
+        for layer, (c, m) in layers.items():
             route = _LayerRoute(c, layer, self.calls)
             for sub in m.modules():  # the module HF hands the interface may be a child (BertSelfAttention)
                 LIVE_ROUTES[sub] = route
             if _blocked_mod.blocked_forward_for(type(m).__name__) is not None:
-                m.forward = _inline_forward(m)
+                m.forward = types.MethodType(_family_forward, m)
                 self.patched.append(m)
-        self.configs = _configs(model, components)
+        self.configs = _configs(model, [c for c, _ in layers.values()])
         self.before = [attn_implementation(cfg) for cfg in self.configs]
         for cfg in self.configs:
             set_attn_implementation(cfg, LIVE_IMPLEMENTATION)
@@ -114,15 +113,15 @@ class _Installed:
 
 
 def route_attention(model) -> str:
-    """Route the attention of a bridge that reports patterns after HF through headscope's forward (see
-    the module doc), check it against the bridge's own forward and record the outcome
+    """Route the attention layers of a bridge that reports patterns after HF through headscope's forward
+    (see the module doc), check it against the bridge's own forward and record the outcome
     (`headscope.models.compat.pattern_edit_route`). Returns "" when routed, else why not (the model
-    is then left exactly as it was). A bridge that computes attention itself is left alone."""
-    if not reports_patterns_after(model):
-        return ""
+    is then left exactly as it was). Layers whose bridge computes attention itself are left alone."""
     components = _attention_components(model)
-    hf_modules = [hf_attention_module(c) for c in components]
-    if any(m is None for m in hf_modules):
+    layers = {l: (c, hf_attention_module(c)) for l, c in enumerate(components) if component_reports_after(c)}
+    if not layers:
+        return ""
+    if any(m is None for _, m in layers.values()):
         why = f"the bridge of {type(model.original_model).__name__} keeps no HF attention module to route"
         record_pattern_route(model, why)
         return why
@@ -130,24 +129,29 @@ def route_attention(model) -> str:
     tokens, mask = (t.to(model_device(model)) for t in _probe_batch(model))
     with torch.no_grad(), hooks_paused(model):
         before = model(tokens, attention_mask=mask).float()
-        installed = _Installed(model, components, hf_modules)
+        installed = _Installed(model, layers)
         try:
             after = model(tokens, attention_mask=mask).float()
         except Exception as exc:  # noqa: BLE001 (recorded; the model is restored)
             why = f"headscope's attention forward fails on it: {type(exc).__name__}: {str(exc)[:200]}"
         else:
-            why = _verdict(model, before, after, mask, installed.calls, len(components), type(hf_modules[0]).__name__)
+            why = _verdict(model, before, after, mask, installed.calls, layers)
     if why:
         installed.undo()
     record_pattern_route(model, why)
     return why
 
 
-def _verdict(model, before, after, mask, calls, n_layers, hf_class) -> str:
-    missing = [l for l in range(n_layers) if calls.get(l, 0) != 1]
-    if missing:
-        return (f"its HF attention ({hf_class}) computes attention inline, not through transformers' "
-                f"AttentionInterface, and no family module gives headscope a forward for it (layers {missing})")
+def _verdict(model, before, after, mask, calls, layers) -> str:
+    """Why the routed forward is not the bridge's own ("" when it is): a routed layer whose attention
+    never reached the kernel (or did more than once), or logits that differ beyond rounding."""
+    wrong = [l for l in layers if calls.get(l, 0) != 1]
+    if wrong:
+        hf_class = type(layers[wrong[0]][1]).__name__
+        if all(calls.get(l, 0) == 0 for l in wrong):
+            return (f"its HF attention ({hf_class}) computes attention inline, not through transformers' "
+                    f"AttentionInterface, and no family module gives headscope a forward for it (layers {wrong})")
+        return f"the kernel was called {[calls.get(l, 0) for l in wrong]} times for layers {wrong}, not once each"
     real = mask.bool()
     scale = max(1.0, float(before[real].abs().max()))
     tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2) * scale

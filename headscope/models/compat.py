@@ -204,10 +204,16 @@ def reports_patterns_after(model) -> bool:
     BERT, GPT-Neo, GPT-J, OPT): an edit there would be discarded unless headscope routes that
     attention through its own forward (`headscope.capture.routed`). Families whose bridge computes
     attention itself (a subclass overriding `forward`) fire both hooks live."""
+    blocks = getattr(model, "blocks", None) or []
+    return any(component_reports_after(block.attn) for block in blocks)
+
+
+def component_reports_after(component) -> bool:
+    """Whether this bridge attention component is TransformerLens's base `AttentionBridge` (HF computes
+    attention, the pattern hooks fire afterwards), not a subclass computing attention itself."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    blocks = getattr(model, "blocks", None) or []
-    return any(type(block.attn).forward is AttentionBridge.forward for block in blocks)
+    return type(component).forward is AttentionBridge.forward
 
 
 # bridge -> "" once headscope computes its attention (the hooks live), else why it does not.
