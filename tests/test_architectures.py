@@ -286,24 +286,11 @@ def test_alibi_bias_is_in_the_scores(name):
     assert torch.all(slopes > 0) and len(set(slopes.tolist())) == A.N_HEADS
 
 
-# TransformerLens 4.3 wraps these families' attention in the generic AttentionBridge, which lets the
-# HF module compute attention and then fires hook_pattern AND hook_attn_scores on the returned
-# (post-softmax) weights: hook_attn_scores is not pre-softmax, and edits at either hook are discarded
-# (with a UserWarning). Every other family here reimplements attention with live hooks.
-POST_HOC = {
-    "gpt-neo": "GPT-Neo attention runs as the generic AttentionBridge (HF computes attention)",
-    "bert": "BERT attention runs as the generic AttentionBridge (HF computes attention)",
-    "llama4-text": "Llama 4 attention runs as the generic AttentionBridge keeping HF's native attention",
-}
-
-
-def post_hoc_xfail(names):
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=POST_HOC[n] + ": hook_pattern / "
-                         "hook_attn_scores fire after the fact on post-softmax weights")) if n in POST_HOC else n
-            for n in names]
-
-
-@pytest.mark.parametrize("name", post_hoc_xfail(NAMES))
+# TransformerLens 4.3 wraps BERT, GPT-Neo, GPT-J and OPT in its generic AttentionBridge, which lets the HF
+# module compute attention and fires hook_attn_scores / hook_pattern afterwards on the returned weights;
+# headscope routes those layers through its own attention forward at boot (headscope.capture.routed),
+# so on every family here hook_attn_scores is pre-softmax and an edit at hook_pattern takes effect.
+@pytest.mark.parametrize("name", NAMES)
 def test_attn_scores_are_pre_softmax(name):
     r = reference(name)
     for layer in range(r["model"].cfg.n_layers):
@@ -312,7 +299,7 @@ def test_attn_scores_are_pre_softmax(name):
         torch.testing.assert_close(pattern, r["cache"][f"blocks.{layer}.attn.hook_pattern"], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", post_hoc_xfail(NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_pattern_edits_reach_the_output(name):
     r = reference(name)
 
@@ -323,7 +310,8 @@ def test_pattern_edits_reach_the_output(name):
         return pattern
 
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the post-hoc families warn that the edit is dropped
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("error", message=".*edit is discarded", category=UserWarning)  # TL discarding it
         edited = r["model"].run_with_hooks(r["single"], fwd_hooks=[("blocks.0.attn.hook_pattern", first_key_only)])
     assert (edited - r["logits"]).abs().max() > 1e-2
 

@@ -27,7 +27,9 @@ from headscope.testing.architectures import ARCHITECTURES, random_prompt, suppor
 from headscope.vision.visual_sink import ImageCentricRows
 
 # Every family runs blocked: through transformers' AttentionInterface, or (GPT-Neo, Falcon, BLOOM, MPT,
-# whose HF attention computes attention inline) through headscope's forwards in headscope.families.
+# whose HF attention computes attention inline) through headscope's forwards in headscope.families; on
+# the families headscope routes at boot (BERT, GPT-Neo, GPT-J, OPT: headscope.capture.routed) the blocked
+# session takes over from the route and hands it back.
 BLOCKED = list(ARCHITECTURES)
 
 
@@ -216,7 +218,8 @@ INTERVENTIONS = [
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3",
-                                  "falcon", "falcon-alibi", "bloom", "mpt", "olmo3", "exaone4", "gpt-oss"])
+                                  "falcon", "falcon-alibi", "bloom", "mpt", "gpt-neo", "gpt-j", "opt", "bert", "olmo3",
+                                  "exaone4", "gpt-oss"])
 def test_interventions_on_blocked_attention_equal_eager(name):
     model = tiny_arch_model(name)
     tokens = torch.tensor([p[:36] + [1] * (36 - len(p[:36])) for p in _prompts(name)])
@@ -239,14 +242,13 @@ def test_redistributions_stay_eager():
             pass
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt",
-                                  "llama4-text", "gpt-oss"])
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "gpt-j", "opt", "falcon", "falcon-alibi",
+                                  "bloom", "mpt", "llama4-text", "gpt-oss"])
 def test_greedy_generation_with_a_blocked_prefill(name):
     model = tiny_arch_model(name)
     ids = _prompts(name)[0][:30]
-    # GPT-Neo's bridge discards pattern edits even on the eager path: a head-output edit there.
-    specs = ([UniformAttention(heads=[(1, 1)], positions="decode")] if pattern_edits_take_effect(model)
-             else [ZeroAblation(heads=[(1, 1)])])
+    assert pattern_edits_take_effect(model)  # through the bridge, or headscope's route (GPT-Neo, GPT-J, OPT)
+    specs = [UniformAttention(heads=[(1, 1)], positions="decode")]
     for interventions in ([], specs):
         eager = greedy_generate(model, ids, 6, interventions=interventions, attention="eager")
         assert greedy_generate(model, ids, 6, interventions=interventions, attention="blocked") == eager

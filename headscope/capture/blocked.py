@@ -139,6 +139,9 @@ class _Session:
 
 _SESSIONS: dict[int, tuple[_Session, int]] = {}  # id(model) -> (session, how many contexts share it)
 _LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (session, layer)
+# HF attention (sub)module -> its route (`headscope.capture.routed`): how a layer whose bridge would report
+# patterns after HF computes attention outside any blocked context, with the bridge's hooks live.
+LIVE_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
@@ -156,6 +159,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     TransformerLens do: hooks at "attn_scores" see the scores without it, and the pattern over real keys
     sums to 1 - the sink's probability."""
     entry = _LAYER_OF.get(id(module))
+    if entry is None and module in LIVE_ROUTES:  # not blocked: headscope's eager route (capture.routed)
+        return LIVE_ROUTES[module](module, query, key, value, attention_mask, scaling, dropout, softcap,
+                                   _Extra(score_bias, window))
     if entry is None:
         raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
                            "blocked_attention(); its config still names it (a bug in headscope)")
@@ -202,6 +208,10 @@ def attention_softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None, d
     (GPT-OSS), over one more column per head holding its sink logit, dropped afterwards (HF's eager
     GPT-OSS attention: cat, subtract the row max, softmax, slice): the row then sums to 1 - the sink's
     probability, and a row whose keys are all masked gives the sink everything (zeros, as eager)."""
+    if scores.dtype == torch.float64:
+        # float64's masked value (its most negative) is -inf in float32, and a row whose keys are all
+        # masked (a pad query past a window or chunk) would turn into NaN and spread through V
+        dtype = torch.float64
     if sinks is None:
         return torch.softmax(scores, dim=-1, dtype=dtype)
     # the row max is subtracted in the scores' own dtype, as eager does (bf16 rounding included)

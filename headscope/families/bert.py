@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..capture.routed import route_attention
 from ..models.family import Family, register_family
 
 
@@ -11,5 +12,6 @@ def mlm_readout(model, x):
     return model.original_model.cls.predictions.transform(x)
 
 
-FAMILY = register_family(Family("bert", ("bert",), readout=mlm_readout,
-                                notes="Encoder; the bridge reports patterns after HF computes attention."))
+FAMILY = register_family(Family("bert", ("bert",), readout=mlm_readout, attention_route=route_attention,
+                                notes="Encoder; the bridge would report patterns after HF computes attention, so "
+                                      "headscope routes attention through its own forward."))

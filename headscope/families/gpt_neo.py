@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..capture.blocked import attention_forward
+from ..capture.routed import route_attention
 from ..models.family import Family, mirrors, register_family
 
 
@@ -32,4 +33,6 @@ def gpt_neo(module, hidden_states, attention_mask=None, layer_past=None, use_cac
 FAMILY = register_family(Family(
     "gpt_neo", ("gpt_neo",),
     blocked_forwards={"GPTNeoAttention": gpt_neo_wrapper, "GPTNeoSelfAttention": gpt_neo},
-    notes="HF computes attention inline (no AttentionInterface); the bridge reports patterns after HF."))
+    attention_route=route_attention,
+    notes="HF computes attention inline (no AttentionInterface) and the bridge would report patterns after HF: "
+          "headscope routes attention through its copy of the forward."))

@@ -14,8 +14,8 @@ import torch
 
 from ..capture.engine import SITES, site_name
 from ..errors import InputError
-from ..models.compat import pattern_edits_take_effect
-from ..models.info import ModelInfo
+from ..models.compat import pattern_edit_route, pattern_route_failure
+from ..models.info import ModelInfo, model_info
 from .kind import ATTENTION_SITES, KINDS, EditContext, Intervention
 from .prepare import Prepared
 
@@ -97,17 +97,21 @@ def shifted(rows: slice, start: int) -> slice:
 
 
 def check_editable(model, specs) -> None:
-    """Refuse attention-pattern kinds on a model whose bridge cannot apply them (the edit would be
-    discarded and the result silently equal the clean model)."""
+    """Refuse attention-pattern kinds on a model where neither the bridge nor headscope's own attention
+    forward applies them (`compat.pattern_edit_route`: the edit would be discarded and the result
+    silently equal the clean model), and causal-only kinds (ACT) on an encoder."""
+    for kind in sorted({s.kind for s in specs if s.causal_only}):
+        model_info(model).require_causal(f"intervention kind {kind!r}", "computes hidden sinks as column means over the queries at or after each key")
     kinds = sorted({s.kind for s in specs if s.edits_attention})
-    if kinds and not pattern_edits_take_effect(model):
+    if kinds and pattern_edit_route(model) is None:
         arch = type(getattr(model, "original_model", model)).__name__
         usable = sorted(name for name, cls in KINDS.items() if cls.site not in ATTENTION_SITES)
         raise InputError(
             f"intervention kind(s) {kinds} edit attention scores or patterns, but on {arch} the "
             "TransformerLens bridge lets Hugging Face compute attention and only reports the pattern "
-            f"afterwards, so such an edit would be discarded. Fix: use a head-output kind ({', '.join(usable)}) "
-            "on this model, or a family whose attention the bridge computes itself (see docs/architectures.md).")
+            f"afterwards, and headscope cannot compute it itself ({pattern_route_failure(model)}), so such an "
+            f"edit would be discarded. Fix: use a head-output kind ({', '.join(usable)}) on this model, or a "
+            "family whose attention the bridge or headscope computes (see docs/architectures.md).")
 
 
 def check_specs(interventions, info: ModelInfo) -> list[Intervention]:

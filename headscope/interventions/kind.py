@@ -9,6 +9,7 @@ A kind is one frozen dataclass that owns everything about itself:
 - `reference_field` and `prepare_reference()`: reference activations captured before the run (mean,
   resample), and `with_default_reference()`, how "the inputs being run" stand in for missing ones;
 - `whole_query`: its edit reads the whole query axis, so a KV-cached decode step cannot reproduce it;
+- `causal_only`: its edit assumes causal attention (ACT's sink statistic): refused on an encoder;
 - `scan_template()`: the one-head template `scan()` visits heads with.
 
 Defining the subclass registers it in `KINDS` (`__init_subclass__`): the hook builder, `prepare`,
@@ -104,12 +105,13 @@ class Intervention:
     site: ClassVar[str] = ""
     reference_field: ClassVar[str | None] = None  # the field holding reference prompts (mean, resample)
     whole_query: ClassVar[bool] = False  # True: the edit reads every query row (ACT's column means)
+    causal_only: ClassVar[bool] = False  # True: the edit assumes causal attention (refused on encoders)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "kind" not in cls.__dict__:  # an intermediate base class, or a subclass tweaking a kind
             return
-        for name in ("kind", "site", "reference_field", "whole_query"):  # without ClassVar: a dataclass field
+        for name in ("kind", "site", "reference_field", "whole_query", "causal_only"):  # without ClassVar: a dataclass field
             annotation = inspect.get_annotations(cls).get(name)
             if annotation is not None and "ClassVar" not in str(annotation):
                 raise TypeError(f"{cls.__qualname__}.{name} must be declared as a class fact, "

@@ -204,17 +204,70 @@ def mark_cache_broken(model) -> None:
 # What the bridge lets an edit reach
 
 
-def pattern_edits_take_effect(model) -> bool:
-    """Whether edits at `hook_attn_scores` / `hook_pattern` reach the model's output.
+def reports_patterns_after(model) -> bool:
+    """Whether TransformerLens's bridge lets Hugging Face compute some layer's attention and fires
+    `hook_attn_scores` / `hook_pattern` afterwards, on what HF returned (its base `AttentionBridge`:
+    BERT, GPT-Neo, GPT-J, OPT): an edit there would be discarded unless headscope routes that
+    attention through its own forward (`headscope.capture.routed`). Families whose bridge computes
+    attention itself (a subclass overriding `forward`) fire both hooks live."""
+    blocks = getattr(model, "blocks", None) or []
+    return any(component_reports_after(block.attn) for block in blocks)
 
-    TransformerLens's base `AttentionBridge` delegates attention to the wrapped HF module and fires
-    those two hooks afterwards on what HF returned (BERT, GPT-Neo): an edit there is discarded.
-    Families whose bridge computes attention itself (a subclass overriding `forward`) apply it.
-    """
+
+def component_reports_after(component) -> bool:
+    """Whether this bridge attention component is TransformerLens's base `AttentionBridge` (HF computes
+    attention, the pattern hooks fire afterwards), not a subclass computing attention itself."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    blocks = getattr(model, "blocks", None) or []
-    return all(type(block.attn).forward is not AttentionBridge.forward for block in blocks)
+    return type(component).forward is AttentionBridge.forward
+
+
+# bridge -> "" once headscope computes its attention (the hooks live), else why it does not.
+_PATTERN_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def record_pattern_route(model, why_not: str) -> None:
+    """Record the outcome of routing `model`'s attention through headscope's forward: "" = routed
+    (and checked against the bridge's own forward), else the reason it is not."""
+    _PATTERN_ROUTES[model] = why_not
+
+
+def pattern_edit_route(model) -> str | None:
+    """Where edits at `hook_attn_scores` / `hook_pattern` take effect: "bridge" (TransformerLens
+    computes attention itself and fires both hooks live), "headscope" (the bridge would report
+    patterns after the fact, so headscope computes that attention in its own forward,
+    `headscope.capture.routed`), or None (neither: such an edit would be discarded)."""
+    if not reports_patterns_after(model):
+        return "bridge"
+    return "headscope" if _PATTERN_ROUTES.get(model) == "" else None
+
+
+def pattern_route_failure(model) -> str:
+    """Why `pattern_edit_route(model)` is None, in words ("" when it is not)."""
+    if pattern_edit_route(model) is not None:
+        return ""
+    return _PATTERN_ROUTES.get(model) or "no headscope attention forward is registered for this family"
+
+
+def hf_attention_module(component):
+    """The Hugging Face attention module a bridge attention component wraps (None if it keeps none)."""
+    return component._modules.get("_original_component")
+
+
+def attn_implementation(config) -> str | None:
+    """The attention implementation an HF config names (`_attn_implementation`)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def set_attn_implementation(config, name: str | None) -> None:
+    """Make an HF config name attention implementation `name` (what its modules and masks look up)."""
+    config._attn_implementation = name
+
+
+def pattern_edits_take_effect(model) -> bool:
+    """Whether edits at `hook_attn_scores` / `hook_pattern` reach the model's output (through the
+    bridge or through headscope's forward: `pattern_edit_route`)."""
+    return pattern_edit_route(model) is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
 * `blocked_forwards` — HF attention class name → a forward that computes attention through
   `headscope.capture.blocked.attention_forward` (for HF classes that compute attention inline
   instead of calling transformers' `AttentionInterface`).
+* `attention_route(model)` — for a family whose TransformerLens bridge lets HF compute attention and
+  fires `hook_attn_scores` / `hook_pattern` afterwards (`compat.reports_patterns_after`): boot calls it
+  on the fresh bridge to route attention through headscope's own forward, so both hooks are live
+  (`headscope.capture.routed.route_attention`; it checks itself and records the outcome, which
+  `compat.pattern_edit_route` reports). Without it, attention-level edits are refused on the family.
 * `refuse(config)` — a reason the family (or this config of it) cannot be analysed, or None; boot
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
@@ -47,6 +52,7 @@ class Family:
     readout: Callable[[Any, Any], Any] | None = None
     logits: Callable[[Any, Any], Any] | None = None
     blocked_forwards: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+    attention_route: Callable[[Any], Any] | None = None
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
     learned_sinks: Callable[[Any, int], Any] | None = None

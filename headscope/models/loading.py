@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
-from .compat import no_runtime_installs
+from .compat import no_runtime_installs, reports_patterns_after
+from .family import family_of
 from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
     record_facts(bridge, name=name)
+    if reports_patterns_after(bridge):  # HF computes attention: the family may route it through headscope
+        family = family_of(bridge)
+        if family is not None and family.attention_route is not None:
+            family.attention_route(bridge)
     return bridge
 
 

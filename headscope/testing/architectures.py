@@ -175,6 +175,29 @@ def _gpt_neo():
     return _finish(cfg, "GPTNeoForCausalLM")
 
 
+def _gptj():
+    from transformers import GPTJConfig
+
+    # RoPE on the first half of each head's dimensions (GPT-J-6B: 64 of 256).
+    cfg = GPTJConfig(vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
+                     rotary_dim=D_HEAD // 2, n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     tie_word_embeddings=False, **_ids())
+    return _finish(cfg, "GPTJForCausalLM")
+
+
+def _opt():
+    from transformers import OPTConfig
+
+    # GELU instead of OPT's ReLU: the conformance matrix checks attribution patching against finite
+    # differences with large steps, which a ReLU kink breaks; the attention, the subject here, is OPT's.
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, ffn_dim=D_MLP,
+                    activation_function="gelu",
+                    num_attention_heads=N_HEADS, max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL,
+                    do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                    layerdrop=0.0, **_ids())
+    return _finish(cfg, "OPTForCausalLM")
+
+
 def _falcon(**extra):
     def build():
         from transformers import FalconConfig
@@ -291,6 +314,8 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     # GPT-Neo does not scale scores by 1/sqrt(d_head): half the std gives the same score scale.
     _arch("gpt-neo", "gpt_neo", "MHA", ["learned_pos", "sliding_window", "local_global"], _gpt_neo,
           init_std=INIT_STD / 2),
+    _arch("gpt-j", "gptj", "MHA", ["partial_rotary", "parallel_attn"], _gptj),
+    _arch("opt", "opt", "MHA", ["learned_pos"], _opt),
     _arch("falcon", "falcon", "MQA", ["fused_qkv", "parallel_attn"], _falcon()),
     _arch("falcon-alibi", "falcon", "MHA", ["alibi", "fused_qkv"],
           _falcon(alibi=True, multi_query=False, parallel_attn=False, bias=True)),

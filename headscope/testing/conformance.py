@@ -101,8 +101,9 @@ def _row_mass(name: str, layer: int, scores: torch.Tensor) -> torch.Tensor:
 
 
 def _pattern_kinds_refused(name: str) -> str | None:
-    """On a family whose bridge only reports patterns after HF computed them, the attention-level
-    kinds must be refused with a clear error; returns the reason, or None if they are live."""
+    """On a family where neither the bridge nor headscope's own attention forward makes edits at the
+    attention hooks take effect (`pattern_edit_route` None), the attention-level kinds must be refused
+    with a clear error; returns the reason, or None if they are live."""
     if pattern_edits_take_effect(bridged(name)):
         return None
     try:
@@ -110,7 +111,7 @@ def _pattern_kinds_refused(name: str) -> str | None:
             pass
     except InputError as e:
         assert "discarded" in str(e) and "docs/architectures.md" in str(e)
-        return "attention-level kinds refused: the bridge reports patterns after HF computes them"
+        return "attention-level kinds refused: the bridge reports patterns after HF and headscope cannot route them"
     raise AssertionError(f"{name}: pattern edits do not take effect, yet uniform attention was accepted")
 
 
@@ -235,6 +236,10 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
         return hf.gpt_neox.layers[layer].attention.dense
     if t == "gpt_neo":
         return hf.transformer.h[layer].attn.attention.out_proj
+    if t == "gptj":
+        return hf.transformer.h[layer].attn.out_proj
+    if t == "opt":
+        return hf.model.decoder.layers[layer].self_attn.out_proj
     if t in ("falcon", "bloom"):
         return hf.transformer.h[layer].self_attention.dense
     if t == "mpt":
@@ -341,18 +346,30 @@ def check_streaming_window(name: str) -> str | None:
 @_check("act_var_rows")
 def check_act_var_rows(name: str) -> str | None:
     """ACT and VAR move attention mass between keys; every row still sums to one (to 1 - the learned
-    sink's share on GPT-OSS: the sink is not a key, its share stays)."""
+    sink's share on GPT-OSS: the sink is not a key, its share stays). On an encoder ACT (whose sink
+    statistic and first row assume causal attention) is refused with an error saying so."""
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
     model, ids, T = _one_prompt(name)
     heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    for spec in (ACTCalibration(heads=heads), VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))):
+    specs, reason = [VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))], None
+    if A.ARCHITECTURES[name].is_encoder:
+        try:
+            forward_with(model, ids, [ACTCalibration(heads=heads)])
+        except InputError as e:
+            assert "causal attention" in str(e) and "'act'" in str(e), str(e)
+            reason = "ACT refused on an encoder (its sink statistic assumes causal attention)"
+        else:
+            raise AssertionError(f"{name}: ACT accepted on an encoder")
+    else:
+        specs.insert(0, ACTCalibration(heads=heads))
+    for spec in specs:
         got, _ = _z_and_v(model, ids, [spec])
         for l in range(model.cfg.n_layers):
             torch.testing.assert_close(got[("p", l)][0].sum(-1), _row_mass(name, l, got[("s", l)][0]), rtol=0,
                                        atol=1e-5)
-    return None
+    return reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +385,7 @@ def _kl_last(clean, variant, last):
 @_check("scan")
 def check_scan(name: str) -> str | None:
     """scan() equals one forward per head (1e-4) for every kind that applies (zero, scale, mean,
-    resample; uniform attention at 0 and 1e-5, streaming window, ACT, VAR), a no-op scan is 0, and
+    resample; uniform attention at 0 and 1e-5, streaming window, VAR, and ACT on causal models), a no-op scan is 0, and
     the replay's self-check passes (no fallback warning) on every family of the matrix."""
     import numpy as np
 
@@ -380,8 +397,10 @@ def check_scan(name: str) -> str | None:
              ("resample", {"shift": 1}, same_length)]
     if _pattern_kinds_refused(name) is None:
         kinds += [("uniform_attention", {}, ragged), ("uniform_attention", {"epsilon": 1e-5}, ragged),
-                  ("streaming_window", {"sink": 1, "recent": 3}, ragged), ("act", {}, ragged),
+                  ("streaming_window", {"sink": 1, "recent": 3}, ragged),
                   ("var", {"sinks": (0,), "targets": (1, 8)}, ragged)]
+        if not A.ARCHITECTURES[name].is_encoder:  # ACT is causal-only (check_act_var_rows verifies the refusal)
+            kinds.append(("act", {}, ragged))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a replay fallback would warn
         noop = scan(model, ragged, "scale", "kl_last", alpha=1.0)

@@ -56,13 +56,16 @@ class ACTCalibration(Intervention):
     learned sink's share on GPT-OSS).
 
     The sink statistic is a column mean over every query row, so a KV-cached decode step (one
-    query) cannot compute it: `whole_query` makes generation recompute the full sequence."""
+    query) cannot compute it: `whole_query` makes generation recompute the full sequence. It is
+    the mean over the queries at or after each key, and A[0, 0] = 1 is the first query seeing only
+    itself: causal attention, so ACT is refused on an encoder (`causal_only`)."""
 
     beta: float = 0.4
     threshold: float = 0.1
     kind: ClassVar[str] = "act"
     site: ClassVar[str] = "pattern"
     whole_query: ClassVar[bool] = True
+    causal_only: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
