@@ -37,7 +37,21 @@ def falcon(module, hidden_states, alibi, attention_mask, position_ids=None, laye
     return module.dense(z.reshape(b, T, h * d)), None
 
 
+def refuse(config) -> str | None:
+    """Falcon-40B/180B-style configs (`new_decoder_architecture=True`) cannot be bridged by TransformerLens 4.3."""
+    if not getattr(config, "new_decoder_architecture", False):
+        return None
+    return ("Falcon with new_decoder_architecture=True (Falcon-40B/180B, Falcon2 style) is not supported: its fused "
+            "query_key_value interleaves the heads per KV group ([q.. of group 0, k0, v0, q.. of group 1, k1, v1, "
+            "...]), while TransformerLens 4.3's Falcon adapter splits it as [all q | all k | all v] and, when "
+            "multi_query is set (as in the released configs), with one KV head instead of num_kv_heads. The bridge "
+            "would either fail to build or compute attention from the wrong weight rows. Fix: analyse a Falcon with "
+            "new_decoder_architecture=False (Falcon-7B style), or wait for a TransformerLens release whose Falcon "
+            "adapter splits the grouped layout")
+
+
 FAMILY = register_family(Family(
     "falcon", ("falcon",),
     blocked_forwards={"FalconAttention": falcon},
+    refuse=refuse,
     notes="HF computes attention inline; ALiBi configs fold the bias into the mask as well as the scores."))

@@ -15,6 +15,11 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
   (hybrids); None = every layer is attention.
+* `prepare(bridge)` — corrects, once per bridge (`prepare_bridge`: at boot and when `model_info` first
+  reads a bridge booted elsewhere), hook layouts the bridge gets wrong for this family, so every
+  engine sees hook_q/k/v/z as [batch, pos, head, d] (MLA: DeepSeek). Must be idempotent.
+* `d_head(config)` — the width of one head's output z (hook_z) where the bridge's `cfg.d_head` is not
+  it (MLA: `v_head_dim`); `ModelInfo.d_head` reads it.
 
 Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
 the transformers version it was copied from and a hash of that source); `tests/test_families.py`
@@ -27,6 +32,7 @@ import dataclasses
 import hashlib
 import importlib
 import inspect
+import weakref
 from typing import Any, Callable, Mapping
 
 from ..registry import Registry
@@ -45,6 +51,8 @@ class Family:
     blocked_forwards: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
+    prepare: Callable[[Any], None] | None = None
+    d_head: Callable[[Any], int] | None = None
     notes: str = ""
 
 
@@ -71,6 +79,25 @@ def family_of(model_or_config) -> Family | None:
         if types & set(fam.model_types):
             return fam
     return None
+
+
+_PREPARED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def prepare_bridge(bridge) -> None:
+    """Run the family's `prepare` on a TransformerBridge, once per bridge (no-op without one)."""
+    if bridge in _PREPARED or not hasattr(bridge, "original_model"):
+        return
+    fam = family_of(bridge)
+    if fam is not None and fam.prepare is not None:
+        fam.prepare(bridge)
+    _PREPARED.add(bridge)
+
+
+def refusal(config) -> str | None:
+    """The family's reason this HF config cannot be analysed (`Family.refuse`), or None."""
+    fam = family_of(config)
+    return fam.refuse(config) if fam is not None and fam.refuse is not None else None
 
 
 def blocked_forward_for(hf_class_name: str) -> Callable | None:
@@ -122,4 +149,4 @@ def mirrors(upstream: str, version: str, sha256: str):
 
 
 __all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
-           "register_family", "source_hash", "upstream_source"]
+           "prepare_bridge", "refusal", "register_family", "source_hash", "upstream_source"]

@@ -6,6 +6,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from .family import family_of, prepare_bridge
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
@@ -145,6 +146,7 @@ def model_info(model) -> ModelInfo:
     if cached is not None:
         return cached
     facts = _FACTS.get(model, {}) if cacheable else {}
+    prepare_bridge(model)  # a bridge booted outside headscope gets its family's hook layouts too
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -156,7 +158,7 @@ def model_info(model) -> ModelInfo:
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=n_kv,
-        d_head=int(cfg.d_head),
+        d_head=_d_head(model),
         d_model=int(cfg.d_model),
         n_ctx=int(cfg.n_ctx),
         d_vocab=int(getattr(cfg, "d_vocab", 0) or 0),
@@ -172,6 +174,14 @@ def model_info(model) -> ModelInfo:
     if cacheable:
         _INFO[model] = info
     return info
+
+
+def _d_head(model) -> int:
+    """The width of one head's output z (hook_z): the family's own where cfg.d_head is not it (MLA)."""
+    fam = family_of(model)
+    if fam is not None and fam.d_head is not None:
+        return int(fam.d_head(model.original_model.config))
+    return int(model.cfg.d_head)
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -6,10 +6,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from ..errors import ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs
+from .family import prepare_bridge, refusal
 from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,33 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
+    with network():
+        _refuse(source, hf_model)
     with network(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
+    prepare_bridge(bridge)
     record_facts(bridge, name=name)
     return bridge
+
+
+def _refuse(source: str, hf_model=None) -> None:
+    """Raise InputError when the model's family refuses its config (`Family.refuse`), before the bridge
+    is built (a refused config may crash TransformerLens with a raw error, or bridge silently wrong)."""
+    config = getattr(hf_model, "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception:  # no readable config here: the bridge's own load reports it
+            return
+    reason = refusal(config)
+    if reason:
+        raise InputError(f"{source}: {reason}")
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

@@ -30,6 +30,8 @@ from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
                                      VARRedistribution, ZeroAblation, apply, forward_with, scan)
 from headscope.models.compat import pattern_edits_take_effect
+from headscope.models.family import refusal
+from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.reference_loops import reference_stats
 
@@ -271,7 +273,7 @@ def check_zero(name: str) -> None:
     """Zero ablation equals HF with the head's slice of the output-projection input zeroed."""
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
-    d = model.cfg.d_head
+    d = model_info(model).d_head  # a head's width in the output projection's input (MLA: v_head_dim)
     for layer, head in ((0, 1), (model.cfg.n_layers - 1, 2)):
         got = forward_with(model, ids, [ZeroAblation(heads=[(layer, head)])])
 
@@ -530,13 +532,29 @@ def check_analyzers(name: str) -> str | None:
 _OUTCOMES: dict[tuple[str, str], tuple[bool, object]] = {}
 
 
+@functools.lru_cache(maxsize=None)
+def boot_refusal(name: str) -> str | None:
+    """When the family refuses this config (`Family.refuse`), verifies that booting it raises InputError
+    with that reason and returns it shortened for the table; None when the family takes the config."""
+    reason = refusal(A.ARCHITECTURES[name].build_config())
+    if reason is None:
+        return None
+    try:
+        A.tiny_arch_model(name)
+    except InputError as e:
+        assert reason in str(e), f"{name}: boot refused with another reason: {e}"
+        return f"refused at boot: {reason.split(':')[0]}"
+    raise AssertionError(f"{name}: the family refuses this config, yet it booted")
+
+
 def run_check(check: str, name: str) -> str | None:
     """`CHECKS[check](name)`, run once per process: the suite's test of each pair and the generated table
-    share one outcome (the checks are deterministic), so the matrix is not computed twice."""
+    share one outcome (the checks are deterministic), so the matrix is not computed twice. A config its
+    family refuses at boot (`boot_refusal`) gives that verified refusal for every check."""
     key = (check, name)
     if key not in _OUTCOMES:
         try:
-            _OUTCOMES[key] = (True, CHECKS[check](name))
+            _OUTCOMES[key] = (True, boot_refusal(name) or CHECKS[check](name))
         except Exception as err:  # noqa: BLE001  (re-raised below, to every caller)
             _OUTCOMES[key] = (False, err)
     ok, value = _OUTCOMES[key]
