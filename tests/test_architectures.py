@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from headscope.errors import InputError
+from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.hf_reference import plain_hf_copy
 
-NAMES = list(A.ARCHITECTURES)
+NAMES = A.bootable()  # Falcon's new decoder architecture is refused at boot: test_refused_configs_do_not_boot
 SEQ, SHORT = 20, 13
 LOGIT_TOL, PATTERN_TOL = 1e-4, 1e-5
 SHARP = 0.8  # mean entropy must be below this fraction of the uniform (log #visible keys) entropy
@@ -84,8 +85,8 @@ def test_matrix_covers_the_brief():
     for family in ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text",
                    "phi3", "bert", "bloom", "olmo", "olmo2"):
         assert family in families
-    assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA"}
-    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global"):
+    assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA", "MLA"}
+    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "mla"):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -95,6 +96,14 @@ def test_matrix_covers_the_brief():
 
 def test_every_family_boots():
     assert A.supported() == NAMES, A.boot_errors()
+
+
+def test_refused_configs_do_not_boot():
+    """A config its family refuses (Falcon's new decoder architecture) is an InputError naming the flag."""
+    refused = [n for n in A.ARCHITECTURES if n not in NAMES]
+    assert refused == ["falcon-new"]
+    with pytest.raises(InputError, match="new_decoder_architecture=True.*Fix:"):
+        A.tiny_arch_model("falcon-new")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,13 +125,22 @@ def test_tiny_hf_builds_fast_deterministic_and_leaves_rng_alone(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bridge_shape(name):
+    """[batch, pos, head, d] at hook_q/k/v/z on every family; MLA's heads are its query heads, each with
+    its own decompressed K (qk_nope + qk_rope wide) and V / z (v_head_dim wide)."""
     arch, model = A.ARCHITECTURES[name], reference(name)["model"]
-    cfg = model.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab) == (2, 4, 16, 64, 64)
-    n_kv = {"MHA": 4, "GQA": 2, "MQA": 1}[arch.attention]
-    assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv  # TL leaves n_key_value_heads None on MHA
-    _, cache = model.run_with_cache(reference(name)["single"], names_filter=lambda n: n.endswith("attn.hook_k"))
-    assert cache["blocks.0.attn.hook_k"].shape == (1, SEQ, n_kv, 16)
+    cfg, info = model.cfg, model_info(model)
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (2, 4, 64, 64)
+    n_kv = {"MHA": 4, "GQA": 2, "MQA": 1, "MLA": 4}[arch.attention]
+    assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv == info.n_kv_heads  # TL leaves None on MHA
+    d_qk = d_v = 16
+    if arch.attention == "MLA":
+        d_qk, d_v = A.MLA_DIMS["qk_nope_head_dim"] + A.MLA_DIMS["qk_rope_head_dim"], A.MLA_DIMS["v_head_dim"]
+    else:
+        assert cfg.d_head == 16
+    assert info.d_head == d_v
+    _, cache = model.run_with_cache(reference(name)["single"], names_filter=[f"blocks.0.attn.hook_{s}" for s in "qkvz"])
+    for site, shape in (("q", (4, d_qk)), ("k", (n_kv, d_qk)), ("v", (n_kv, d_v)), ("z", (4, d_v))):
+        assert cache[f"blocks.0.attn.hook_{site}"].shape == (1, SEQ, *shape), site
 
 
 @pytest.mark.parametrize("name", NAMES)

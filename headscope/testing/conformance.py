@@ -30,7 +30,6 @@ from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
                                      VARRedistribution, ZeroAblation, apply, forward_with, scan)
 from headscope.models.compat import pattern_edits_take_effect
-from headscope.models.family import refusal
 from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.reference_loops import reference_stats
@@ -536,7 +535,7 @@ _OUTCOMES: dict[tuple[str, str], tuple[bool, object]] = {}
 def boot_refusal(name: str) -> str | None:
     """When the family refuses this config (`Family.refuse`), verifies that booting it raises InputError
     with that reason and returns it shortened for the table; None when the family takes the config."""
-    reason = refusal(A.ARCHITECTURES[name].build_config())
+    reason = A.refused(name)
     if reason is None:
         return None
     try:
