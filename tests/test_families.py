@@ -29,3 +29,128 @@ def test_family_lookup_by_model_type():
     assert family_of(plain_hf("llama")) is None  # needs nothing special
     assert blocked_forward_for("GPTNeoSelfAttention") is not None
     assert blocked_forward_for("LlamaAttention") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-head latent attention (DeepSeek-V2 / V3): a head is a query head, hooks as [batch, pos, head, d]
+
+
+def _mla_run(name):
+    import torch
+
+    from headscope.testing.architectures import random_prompt, tiny_arch_model
+
+    model = tiny_arch_model(name)
+    ids = random_prompt(name, 14, seed=3)[None]
+    wanted = [f"blocks.0.attn.hook_{s}" for s in ("q", "k", "v", "z", "rot_k", "pattern")]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, names_filter=wanted)
+    return model, ids, logits, {w.split("hook_", 1)[1]: cache[w][0] for w in wanted}
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "deepseek-v2"])
+def test_mla_head_is_a_query_head_with_its_own_decompressed_k_and_v(name):
+    """hook_q/k [pos, head, qk_nope + qk_rope], hook_v/z [pos, head, v_head_dim]; head h's pattern is
+    softmax(scaling q_h k_h^T + causal mask) and its output pattern_h v_h (docs/architectures.md)."""
+    import torch
+
+    from headscope.models.info import model_info
+    from headscope.testing.architectures import MLA_DIMS, plain_hf
+
+    model, ids, _, a = _mla_run(name)
+    T, H = ids.shape[1], 4
+    d_qk, d_v = MLA_DIMS["qk_nope_head_dim"] + MLA_DIMS["qk_rope_head_dim"], MLA_DIMS["v_head_dim"]
+    assert (a["q"].shape, a["k"].shape, a["v"].shape, a["z"].shape) == ((T, H, d_qk),) * 2 + ((T, H, d_v),) * 2
+    assert a["k"].shape[1] == model_info(model).n_kv_heads and model_info(model).d_head == d_v
+    assert a["k"].shape == (T, H, d_qk) and a["rot_k"].shape == (T, 1, MLA_DIMS["qk_rope_head_dim"])
+    # the rope part of every head's key is the one shared rotary key
+    rope = MLA_DIMS["qk_rope_head_dim"]
+    torch.testing.assert_close(a["k"][..., -rope:], a["rot_k"].expand(T, H, rope), rtol=0, atol=0)
+    scaling = plain_hf(name).model.layers[0].self_attn.scaling
+    scores = torch.einsum("qhd,khd->hqk", a["q"], a["k"]) * scaling
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(a["pattern"], scores.softmax(-1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(a["z"], torch.einsum("hqk,khd->qhd", a["pattern"], a["v"]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "deepseek-v2"])
+def test_mla_hook_v_edit_changes_one_heads_value(name):
+    """Zeroing head 2's hook_v equals plain HF with head 2's value rows of kv_b_proj zeroed."""
+    import torch
+
+    from headscope.testing.architectures import MLA_DIMS, plain_hf
+
+    model, ids, _, _ = _mla_run(name)
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.0.attn.hook_v", lambda v, hook: v.index_fill(2, torch.tensor([2]), 0.0))]):
+        got = model(ids)
+    hf = plain_hf(name)
+    nope, dv = MLA_DIMS["qk_nope_head_dim"], MLA_DIMS["v_head_dim"]
+    with torch.no_grad():
+        hf.model.layers[0].self_attn.kv_b_proj.weight[2 * (nope + dv) + nope:3 * (nope + dv)] = 0.0
+        ref = hf(ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert (ref - plain_hf(name)(ids).logits).abs().max() > 1e-2  # the edit does something
+
+
+def test_mla_bridge_booted_outside_headscope_gets_the_layout_on_first_read():
+    """TransformerLens 4.3 splits MLA's hook_z into qk_rope_head_dim-wide pieces; `model_info` (every
+    engine's first read) gives a bridge headscope did not boot the family's layout."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headscope.models.compat import no_runtime_installs
+    from headscope.models.info import model_info
+    from headscope.models.loading import hf_offline
+    from headscope.testing.architectures import MLA_DIMS, random_prompt, tiny_hf
+
+    hf, tok = tiny_hf("deepseek-v3")
+    with hf_offline(), no_runtime_installs():
+        bridge = TransformerBridge.boot_transformers("tiny-deepseek", hf_model=hf, tokenizer=tok, device="cpu")
+    ids = random_prompt("deepseek-v3", 9)[None]
+
+    def z_shape():
+        _, cache = bridge.run_with_cache(ids, names_filter=["blocks.0.attn.hook_z"])
+        return tuple(cache["blocks.0.attn.hook_z"].shape)
+
+    assert z_shape() != (1, 9, 4, MLA_DIMS["v_head_dim"])  # TL 4.3's own split (if this fails: TL fixed it)
+    assert model_info(bridge).d_head == MLA_DIMS["v_head_dim"]
+    assert z_shape() == (1, 9, 4, MLA_DIMS["v_head_dim"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Falcon's new decoder architecture: refused at boot, because the bridge cannot be right
+
+
+def test_falcon_new_decoder_architecture_is_refused_at_boot_and_the_bridge_would_be_wrong(tmp_path):
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headscope import load_model
+    from headscope.errors import InputError
+    from headscope.models.compat import no_runtime_installs
+    from headscope.models.loading import hf_offline
+    from headscope.testing import architectures as A
+
+    with pytest.raises(InputError, match="new_decoder_architecture=True.*Fix:"):
+        A.tiny_arch_model("falcon-new")
+    A.tiny_hf("falcon-new")[0].config.save_pretrained(tmp_path)  # a model folder: refused from its config
+    with pytest.raises(InputError, match="new_decoder_architecture=True"):
+        load_model(tmp_path)
+    # Why: TransformerLens 4.3 booted directly fails on the released layout (multi_query set) and, with
+    # multi_query=False (ignored by HF here), builds but splits the grouped QKV rows wrongly.
+    ids = A.random_prompt("falcon-new", 12)[None]
+    for multi_query in (True, False):
+        hf, tok = A.tiny_hf("falcon-new")
+        hf.config.multi_query = multi_query
+        with torch.no_grad():
+            ref = A.plain_hf("falcon-new")(ids).logits
+        try:
+            with hf_offline(), no_runtime_installs():
+                bridge = TransformerBridge.boot_transformers("tiny-falcon-new", hf_model=hf, tokenizer=tok,
+                                                             device="cpu")
+        except RuntimeError as exc:
+            assert multi_query and "split" in str(exc)
+            continue
+        assert not multi_query
+        with torch.no_grad():
+            assert (bridge(ids) - ref).abs().max() > 0.1 * ref.abs().max()
