@@ -12,13 +12,9 @@ from headscope.testing.conformance import CHECKS, markdown, run_check, run_matri
 
 # Families whose TransformerLens bridge reports attention patterns only after HF computed them.
 POST_HOC_PATTERNS = {"bert", "gpt-neo"}
-# Configs their family refuses at boot with an InputError (Family.refuse): Falcon's new decoder
-# architecture, whose grouped fused QKV TransformerLens 4.3 splits wrongly (docs/architectures.md).
-REFUSED_AT_BOOT = {"falcon-new"}
 EXPECTED_REFUSALS = (
     {(a, c) for a in POST_HOC_PATTERNS for c in ("uniform_attention", "streaming_window", "act_var_rows", "analyzers")}
     | {("bert", "generation"), ("bert", "retrieval"), ("bert", "reducers")}
-    | {(a, c) for a in REFUSED_AT_BOOT for c in CHECKS}
 )
 
 

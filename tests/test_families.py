@@ -118,39 +118,90 @@ def test_mla_bridge_booted_outside_headscope_gets_the_layout_on_first_read():
 
 
 # ---------------------------------------------------------------------------------------------
-# Falcon's new decoder architecture: refused at boot, because the bridge cannot be right
+# Falcon's new decoder architecture: booted with multi_query=False, its grouped QKV rows re-split
 
 
-def test_falcon_new_decoder_architecture_is_refused_at_boot_and_the_bridge_would_be_wrong(tmp_path):
+def _bridge_and_plain(cfg_edits):
+    """(headscope-booted bridge, plain HF model) of tiny falcon-new with `cfg_edits` on its config."""
+    import torch
+    import transformers
+
+    from headscope.models.loading import boot
+    from headscope.testing import architectures as A
+
+    def build():
+        cfg = A.ARCHITECTURES["falcon-new"].build_config()
+        for key, value in cfg_edits.items():
+            setattr(cfg, key, value)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            hf = transformers.FalconForCausalLM(cfg)
+            A._sharpen(hf, A.INIT_STD)
+        return hf.eval()
+
+    bridged = boot("tiny-falcon-new", "tiny-falcon-new", "cpu", torch.float32, None, hf_model=build(),
+                   tokenizer=A.tiny_tokenizer(A.VOCAB))
+    return bridged, build()
+
+
+@pytest.mark.parametrize("cfg_edits", [{}, {"alibi": True, "bias": True}], ids=["rotary", "alibi-bias"])
+def test_falcon_new_decoder_bridge_equals_hf(cfg_edits):
+    """Logits and patterns equal plain HF's, also with ALiBi and biased QKV (the bias rows re-split too)."""
+    import torch
+
+    from headscope.testing.architectures import random_prompt
+
+    model, hf = _bridge_and_plain(cfg_edits)
+    assert hf.config.multi_query and hf.config.new_decoder_architecture  # the released configs' flags
+    ids = random_prompt("falcon-new", 16, seed=5)[None]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(2)]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, names_filter=names)
+        ref = hf(ids, output_attentions=True)
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-4)
+    for layer, name in enumerate(names):
+        torch.testing.assert_close(cache[name], ref.attentions[layer], rtol=0, atol=1e-5)
+
+
+def test_transformerlens_alone_cannot_bridge_falcon_new_decoder():
+    """Why the family boots it with overrides and re-splits: TL 4.3 fails on the released flags and, with
+    multi_query=False, builds a bridge whose attention reads the wrong rows (if this fails, TL fixed it)."""
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
-    from headscope import load_model
-    from headscope.errors import InputError
     from headscope.models.compat import no_runtime_installs
     from headscope.models.loading import hf_offline
     from headscope.testing import architectures as A
 
-    with pytest.raises(InputError, match="new_decoder_architecture=True.*Fix:"):
-        A.tiny_arch_model("falcon-new")
-    A.tiny_hf("falcon-new")[0].config.save_pretrained(tmp_path)  # a model folder: refused from its config
-    with pytest.raises(InputError, match="new_decoder_architecture=True"):
-        load_model(tmp_path)
-    # Why: TransformerLens 4.3 booted directly fails on the released layout (multi_query set) and, with
-    # multi_query=False (ignored by HF here), builds but splits the grouped QKV rows wrongly.
     ids = A.random_prompt("falcon-new", 12)[None]
+    with torch.no_grad():
+        ref = A.plain_hf("falcon-new")(ids).logits
     for multi_query in (True, False):
         hf, tok = A.tiny_hf("falcon-new")
         hf.config.multi_query = multi_query
-        with torch.no_grad():
-            ref = A.plain_hf("falcon-new")(ids).logits
         try:
             with hf_offline(), no_runtime_installs():
-                bridge = TransformerBridge.boot_transformers("tiny-falcon-new", hf_model=hf, tokenizer=tok,
-                                                             device="cpu")
+                bridge = TransformerBridge.boot_transformers("tiny-falcon-new", hf_model=hf, tokenizer=tok, device="cpu")
         except RuntimeError as exc:
             assert multi_query and "split" in str(exc)
             continue
         assert not multi_query
         with torch.no_grad():
             assert (bridge(ids) - ref).abs().max() > 0.1 * ref.abs().max()
+
+
+def test_a_refused_config_is_an_input_error_before_the_bridge_is_built(tmp_path, monkeypatch):
+    """Family.refuse is asked at boot, from an in-memory model's config or a folder's config.json."""
+    from headscope import load_model
+    from headscope.errors import InputError
+    from headscope.models import loading
+    from headscope.testing import architectures as A
+
+    seen = []
+    monkeypatch.setattr(loading, "refusal", lambda cfg: seen.append(cfg.model_type) or "no reason. Fix: none")
+    with pytest.raises(InputError, match="no reason. Fix: none"):
+        A._boot("llama", 0)
+    A.tiny_hf("gpt2")[0].config.save_pretrained(tmp_path)
+    with pytest.raises(InputError, match="no reason"):
+        load_model(tmp_path)
+    assert seen == ["llama", "gpt2"]

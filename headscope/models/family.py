@@ -18,6 +18,9 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
 * `prepare(bridge)` — corrects, once per bridge (`prepare_bridge`: at boot and when `model_info` first
   reads a bridge booted elsewhere), hook layouts the bridge gets wrong for this family, so every
   engine sees hook_q/k/v/z as [batch, pos, head, d] (MLA: DeepSeek). Must be idempotent.
+* `bridge_overrides(config)` — HF config fields to boot the bridge with instead of the model's own
+  (TransformerLens's `hf_config_overrides`: the HF model and its config are untouched), where the
+  bridge misreads a field HF ignores (Falcon's `multi_query` under the new decoder architecture).
 * `d_head(config)` — the width of one head's output z (hook_z) where the bridge's `cfg.d_head` is not
   it (MLA: `v_head_dim`); `ModelInfo.d_head` reads it.
 
@@ -52,6 +55,7 @@ class Family:
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
     prepare: Callable[[Any], None] | None = None
+    bridge_overrides: Callable[[Any], dict | None] | None = None
     d_head: Callable[[Any], int] | None = None
     notes: str = ""
 
@@ -98,6 +102,12 @@ def refusal(config) -> str | None:
     """The family's reason this HF config cannot be analysed (`Family.refuse`), or None."""
     fam = family_of(config)
     return fam.refuse(config) if fam is not None and fam.refuse is not None else None
+
+
+def bridge_overrides(config) -> dict:
+    """The HF config fields the family boots the bridge with (`Family.bridge_overrides`); {} for none."""
+    fam = family_of(config)
+    return dict((fam.bridge_overrides(config) or {}) if fam is not None and fam.bridge_overrides is not None else {})
 
 
 def blocked_forward_for(hf_class_name: str) -> Callable | None:
@@ -149,4 +159,4 @@ def mirrors(upstream: str, version: str, sha256: str):
 
 
 __all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
-           "prepare_bridge", "refusal", "register_family", "source_hash", "upstream_source"]
+           "bridge_overrides", "prepare_bridge", "refusal", "register_family", "source_hash", "upstream_source"]

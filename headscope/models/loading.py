@@ -10,7 +10,7 @@ from ..errors import InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs
-from .family import prepare_bridge, refusal
+from .family import bridge_overrides, prepare_bridge, refusal
 from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
     with network():
-        _refuse(source, hf_model)
+        overrides = _family_overrides(source, hf_model)
+    if overrides:
+        extra["hf_config_overrides"] = overrides
     with network(), no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
     bridge.eval()
@@ -69,9 +71,10 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     return bridge
 
 
-def _refuse(source: str, hf_model=None) -> None:
-    """Raise InputError when the model's family refuses its config (`Family.refuse`), before the bridge
-    is built (a refused config may crash TransformerLens with a raw error, or bridge silently wrong)."""
+def _family_overrides(source: str, hf_model=None) -> dict:
+    """Before the bridge is built: raise InputError when the model's family refuses its config
+    (`Family.refuse`: such a config may crash TransformerLens with a raw error, or bridge silently
+    wrong), else return the config fields the family boots the bridge with (`Family.bridge_overrides`)."""
     config = getattr(hf_model, "config", None)
     if config is None:
         from transformers import AutoConfig
@@ -79,10 +82,11 @@ def _refuse(source: str, hf_model=None) -> None:
         try:
             config = AutoConfig.from_pretrained(source)
         except Exception:  # no readable config here: the bridge's own load reports it
-            return
+            return {}
     reason = refusal(config)
     if reason:
         raise InputError(f"{source}: {reason}")
+    return bridge_overrides(config)
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

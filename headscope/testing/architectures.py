@@ -29,7 +29,6 @@ import torch
 
 from headscope.errors import InputError
 from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
-from headscope.models.family import refusal
 from headscope.models.loading import boot
 
 
@@ -270,20 +269,6 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     # layer 1's keys are more alike than a decoder's: a larger std keeps its heads sharp.
     _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
 ])
-
-
-def refused(name: str) -> str | None:
-    """Why headscope refuses the tiny model ``name`` at boot (its family's ``refuse``), or None when it boots.
-
-    >>> refused("falcon-new").split(":")[0]
-    'Falcon with new_decoder_architecture=True (Falcon-40B/180B, Falcon2 style) is not supported'
-    """
-    return refusal(_get(name).build_config())
-
-
-def bootable() -> list[str]:
-    """Names in ``ARCHITECTURES`` that headscope does not refuse at boot (no model is built)."""
-    return [name for name in ARCHITECTURES if refused(name) is None]
 
 
 def layer_windows(name_or_config) -> list[int | None]:
