@@ -217,7 +217,7 @@ INTERVENTIONS = [
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3",
-                                  "falcon", "falcon-alibi", "bloom", "mpt"])
+                                  "falcon", "falcon-alibi", "falcon-new", "bloom", "mpt", "deepseek-v3"])
 def test_interventions_on_blocked_attention_equal_eager(name):
     model = tiny_arch_model(name)
     tokens = torch.tensor([p[:36] + [1] * (36 - len(p[:36])) for p in _prompts(name)])
@@ -240,7 +240,9 @@ def test_redistributions_stay_eager():
             pass
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "bloom", "mpt"])
+# DeepSeek: HF's MLA caches the latent, the bridge decompressed K/V; the family's blocked forward keeps the latter.
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "falcon", "falcon-alibi", "falcon-new",
+                                  "bloom", "mpt", "deepseek-v3", "deepseek-v2"])
 def test_greedy_generation_with_a_blocked_prefill(name):
     model = tiny_arch_model(name)
     ids = _prompts(name)[0][:30]

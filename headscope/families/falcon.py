@@ -25,6 +25,11 @@ def falcon(module, hidden_states, alibi, attention_mask, position_ids=None, laye
     query = query.transpose(1, 2).reshape(b, h, T, d)
     key = key.transpose(1, 2).reshape(b, num_kv_heads, T, d)
     value = value.transpose(1, 2).reshape(b, num_kv_heads, T, d)
+    if module.new_decoder_architecture:
+        # HF broadcasts each KV group's k and v over the group's query heads; keep one per KV head, as the
+        # bridge caches them (a blocked prefill then continues with eager decode steps on one cache).
+        groups = h // module.num_kv_heads
+        key, value = key[:, ::groups], value[:, ::groups]
     if alibi is None:
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
