@@ -121,8 +121,8 @@ def test_mla_bridge_booted_outside_headscope_gets_the_layout_on_first_read():
 # Falcon's new decoder architecture: booted with multi_query=False, its grouped QKV rows re-split
 
 
-def _bridge_and_plain(cfg_edits):
-    """(headscope-booted bridge, plain HF model) of tiny falcon-new with `cfg_edits` on its config."""
+def _bridge_and_plain(name, cfg_edits):
+    """(headscope-booted bridge, plain HF model) of the tiny model `name` with `cfg_edits` on its config."""
     import torch
     import transformers
 
@@ -130,37 +130,63 @@ def _bridge_and_plain(cfg_edits):
     from headscope.testing import architectures as A
 
     def build():
-        cfg = A.ARCHITECTURES["falcon-new"].build_config()
+        cfg = A.ARCHITECTURES[name].build_config()
         for key, value in cfg_edits.items():
             setattr(cfg, key, value)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            hf = transformers.FalconForCausalLM(cfg)
+            hf = getattr(transformers, cfg.architectures[0])(cfg)
             A._sharpen(hf, A.INIT_STD)
         return hf.eval()
 
-    bridged = boot("tiny-falcon-new", "tiny-falcon-new", "cpu", torch.float32, None, hf_model=build(),
+    bridged = boot(f"tiny-{name}", f"tiny-{name}", "cpu", torch.float32, None, hf_model=build(),
                    tokenizer=A.tiny_tokenizer(A.VOCAB))
     return bridged, build()
+
+
+def _assert_equals_hf(model, hf, name):
+    """Logits and every layer's pattern of the bridge equal plain HF's (eager, output_attentions)."""
+    import torch
+
+    from headscope.testing.architectures import random_prompt
+
+    ids = random_prompt(name, 16, seed=5)[None]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, names_filter=names)
+        ref = hf(ids, output_attentions=True)
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-4)
+    for layer, hook in enumerate(names):
+        torch.testing.assert_close(cache[hook], ref.attentions[layer], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, cfg_edits", [("deepseek-v3", {"q_lora_rank": None}),
+                                             ("deepseek-v3", {"rope_interleave": False}),
+                                             ("deepseek-v2", {"q_lora_rank": None})],
+                         ids=["v3-direct-q", "v3-rope-halves", "v2-lite-direct-q"])
+def test_mla_variants_equal_hf_and_run_blocked(name, cfg_edits):
+    """DeepSeek-V2-Lite / GigaChat-style direct q_proj and V3 without interleaved RoPE: the bridge equals
+    plain HF, and blocked attention (the family's MLA forward) gives the eager statistics."""
+    import numpy as np
+
+    from headscope.capture import capture
+    from headscope.testing.architectures import random_prompt
+
+    model, hf = _bridge_and_plain(name, cfg_edits)
+    _assert_equals_hf(model, hf, name)
+    prompts = [random_prompt(name, n, seed=n).tolist() for n in (19, 12)]
+    eager = capture(model, prompts, attention="eager")
+    blocked = capture(model, prompts, attention="blocked", block_size=5)
+    for stat in eager:
+        np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("cfg_edits", [{}, {"alibi": True, "bias": True}], ids=["rotary", "alibi-bias"])
 def test_falcon_new_decoder_bridge_equals_hf(cfg_edits):
     """Logits and patterns equal plain HF's, also with ALiBi and biased QKV (the bias rows re-split too)."""
-    import torch
-
-    from headscope.testing.architectures import random_prompt
-
-    model, hf = _bridge_and_plain(cfg_edits)
+    model, hf = _bridge_and_plain("falcon-new", cfg_edits)
     assert hf.config.multi_query and hf.config.new_decoder_architecture  # the released configs' flags
-    ids = random_prompt("falcon-new", 16, seed=5)[None]
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(2)]
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(ids, names_filter=names)
-        ref = hf(ids, output_attentions=True)
-    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-4)
-    for layer, name in enumerate(names):
-        torch.testing.assert_close(cache[name], ref.attentions[layer], rtol=0, atol=1e-5)
+    _assert_equals_hf(model, hf, "falcon-new")
 
 
 def test_transformerlens_alone_cannot_bridge_falcon_new_decoder():
