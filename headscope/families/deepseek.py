@@ -33,6 +33,8 @@ from ..models.family import Family, mirrors, register_family
 class _HeadsSplit(BaseTensorConversion):
     """hook_z: [batch, pos, heads * d] as the bridge fires it <-> [batch, pos, heads, d] as hooks see it."""
 
+    splits_attention_heads = True  # TransformerLens's own marker of the [batch, pos, head, d] layout
+
     def __init__(self, n_heads: int, d_head: int):
         super().__init__()
         self.n_heads, self.d_head = n_heads, d_head

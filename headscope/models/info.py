@@ -31,7 +31,7 @@ class ModelInfo:
     n_layers: int
     n_heads: int
     n_kv_heads: int
-    d_head: int
+    d_head: int  # the width of one head's output z (hook_z); MLA: v_head_dim (the q/k width differs)
     d_model: int
     n_ctx: int
     d_vocab: int = 0  # 0 = unknown (a hand-built ModelInfo)
