@@ -2,7 +2,8 @@
 
 Every model is built from a Hugging Face config in code (offline, no weights on disk, ~0.05 s each
 after the first import): 2 layers (one local + one global where the family alternates), d_model 64,
-4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode.
+4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode. The MLA
+families (DeepSeek-V2/V3) use ``MLA_DIMS`` instead of d_head 16: q/k 12 + 8 RoPE wide, v 10 wide.
 
 Weights are redrawn N(0, std^2) (every matrix and embedding; std = ``Architecture.init_std``, 0.25
 unless the family needs otherwise) so attention is sharp and token/position dependent rather than
