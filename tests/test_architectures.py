@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from headscope.errors import InputError
+from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.hf_reference import plain_hf_copy
 
@@ -86,9 +87,9 @@ def test_matrix_covers_the_brief():
     for family in ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text",
                    "phi3", "bert", "bloom", "olmo", "olmo2", "olmo3", "exaone4", "llama4_text", "gpt_oss"):
         assert family in families
-    assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA"}
+    assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA", "MLA"}
     for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "chunked",
-                    "learned_sinks"):
+                    "learned_sinks", "mla"):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -119,13 +120,22 @@ def test_tiny_hf_builds_fast_deterministic_and_leaves_rng_alone(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bridge_shape(name):
+    """[batch, pos, head, d] at hook_q/k/v/z on every family; MLA's heads are its query heads, each with
+    its own decompressed K (qk_nope + qk_rope wide) and V / z (v_head_dim wide)."""
     arch, model = A.ARCHITECTURES[name], reference(name)["model"]
-    cfg = model.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab) == (2, 4, 16, 64, 64)
-    n_kv = {"MHA": 4, "GQA": 2, "MQA": 1}[arch.attention]
-    assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv  # TL leaves n_key_value_heads None on MHA
-    _, cache = model.run_with_cache(reference(name)["single"], names_filter=lambda n: n.endswith("attn.hook_k"))
-    assert cache["blocks.0.attn.hook_k"].shape == (1, SEQ, n_kv, 16)
+    cfg, info = model.cfg, model_info(model)
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (2, 4, 64, 64)
+    n_kv = {"MHA": 4, "GQA": 2, "MQA": 1, "MLA": 4}[arch.attention]
+    assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv == info.n_kv_heads  # TL leaves None on MHA
+    d_qk = d_v = 16
+    if arch.attention == "MLA":
+        d_qk, d_v = A.MLA_DIMS["qk_nope_head_dim"] + A.MLA_DIMS["qk_rope_head_dim"], A.MLA_DIMS["v_head_dim"]
+    else:
+        assert cfg.d_head == 16
+    assert info.d_head == d_v
+    _, cache = model.run_with_cache(reference(name)["single"], names_filter=[f"blocks.0.attn.hook_{s}" for s in "qkvz"])
+    for site, shape in (("q", (4, d_qk)), ("k", (n_kv, d_qk)), ("v", (n_kv, d_v)), ("z", (4, d_v))):
+        assert cache[f"blocks.0.attn.hook_{site}"].shape == (1, SEQ, *shape), site
 
 
 @pytest.mark.parametrize("name", NAMES)

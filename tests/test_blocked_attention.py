@@ -27,9 +27,9 @@ from headscope.testing.architectures import ARCHITECTURES, random_prompt, suppor
 from headscope.vision.visual_sink import ImageCentricRows
 
 # Every family runs blocked: through transformers' AttentionInterface, or (GPT-Neo, Falcon, BLOOM, MPT,
-# whose HF attention computes attention inline) through headscope's forwards in headscope.families; on
-# the families headscope routes at boot (BERT, GPT-Neo, GPT-J, OPT: headscope.capture.routed) the blocked
-# session takes over from the route and hands it back.
+# whose HF attention computes attention inline, or DeepSeek's MLA, which caches a latent) through headscope's
+# forwards in headscope.families; on the families headscope routes at boot (BERT, GPT-Neo, GPT-J, OPT,
+# Llama 4: headscope.capture.routed) the blocked session takes over from the route and hands it back.
 BLOCKED = list(ARCHITECTURES)
 
 
@@ -218,8 +218,8 @@ INTERVENTIONS = [
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-mqa", "mistral", "qwen3", "gemma2", "gemma3", "olmo2", "phi3",
-                                  "falcon", "falcon-alibi", "bloom", "mpt", "gpt-neo", "gpt-j", "opt", "bert", "olmo3",
-                                  "exaone4", "gpt-oss"])
+                                  "falcon", "falcon-alibi", "falcon-new", "bloom", "mpt", "deepseek-v3", "gpt-neo", "gpt-j",
+                                  "opt", "bert", "olmo3", "exaone4", "gpt-oss"])
 def test_interventions_on_blocked_attention_equal_eager(name):
     model = tiny_arch_model(name)
     tokens = torch.tensor([p[:36] + [1] * (36 - len(p[:36])) for p in _prompts(name)])
@@ -242,8 +242,9 @@ def test_redistributions_stay_eager():
             pass
 
 
+# DeepSeek: HF's MLA caches the latent, the bridge decompressed K/V; the family's blocked forward keeps the latter.
 @pytest.mark.parametrize("name", ["llama", "gemma2", "gpt-neox", "gpt-neo", "gpt-j", "opt", "falcon", "falcon-alibi",
-                                  "bloom", "mpt", "llama4-text", "gpt-oss"])
+                                  "falcon-new", "bloom", "mpt", "llama4-text", "gpt-oss", "deepseek-v3", "deepseek-v2"])
 def test_greedy_generation_with_a_blocked_prefill(name):
     model = tiny_arch_model(name)
     ids = _prompts(name)[0][:30]

@@ -24,6 +24,14 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
   heads each have one that joins the softmax's denominator (GPT-OSS): the pattern over real keys sums
   to 1 - the sink's share (`ModelInfo.learned_sinks`, `sink_logits`; the `sink_logit_mass` statistic;
   docs/attention-sinks.md).
+* `prepare(bridge)` — corrects, once per bridge (`prepare_bridge`: at boot and when `model_info` first
+  reads a bridge booted elsewhere), hook layouts the bridge gets wrong for this family, so every
+  engine sees hook_q/k/v/z as [batch, pos, head, d] (MLA: DeepSeek). Must be idempotent.
+* `bridge_overrides(config)` — HF config fields to boot the bridge with instead of the model's own
+  (TransformerLens's `hf_config_overrides`: the HF model and its config are untouched), where the
+  bridge misreads a field HF ignores (Falcon's `multi_query` under the new decoder architecture).
+* `d_head(config)` — the width of one head's output z (hook_z) where the bridge's `cfg.d_head` is not
+  it (MLA: `v_head_dim`); `ModelInfo.d_head` reads it.
 
 Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
 the transformers version it was copied from and a hash of that source); `tests/test_families.py`
@@ -36,6 +44,7 @@ import dataclasses
 import hashlib
 import importlib
 import inspect
+import weakref
 from typing import Any, Callable, Mapping
 
 from ..registry import Registry
@@ -56,6 +65,9 @@ class Family:
     refuse: Callable[[Any], str | None] | None = None
     layer_kinds: Callable[[Any], list[str]] | None = None
     learned_sinks: Callable[[Any, int], Any] | None = None
+    prepare: Callable[[Any], None] | None = None
+    bridge_overrides: Callable[[Any], dict | None] | None = None
+    d_head: Callable[[Any], int] | None = None
     notes: str = ""
 
 
@@ -88,6 +100,31 @@ def sink_logits(model, layer: int):
     """[head] learned sink logits of `layer` of a bridge whose family has them (GPT-OSS), else None."""
     fam = family_of(model)
     return None if fam is None or fam.learned_sinks is None else fam.learned_sinks(model, layer)
+
+
+_PREPARED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def prepare_bridge(bridge) -> None:
+    """Run the family's `prepare` on a TransformerBridge, once per bridge (no-op without one)."""
+    if bridge in _PREPARED or not hasattr(bridge, "original_model"):
+        return
+    fam = family_of(bridge)
+    if fam is not None and fam.prepare is not None:
+        fam.prepare(bridge)
+    _PREPARED.add(bridge)
+
+
+def refusal(config) -> str | None:
+    """The family's reason this HF config cannot be analysed (`Family.refuse`), or None."""
+    fam = family_of(config)
+    return fam.refuse(config) if fam is not None and fam.refuse is not None else None
+
+
+def bridge_overrides(config) -> dict:
+    """The HF config fields the family boots the bridge with (`Family.bridge_overrides`); {} for none."""
+    fam = family_of(config)
+    return dict((fam.bridge_overrides(config) or {}) if fam is not None and fam.bridge_overrides is not None else {})
 
 
 def blocked_forward_for(hf_class_name: str) -> Callable | None:
@@ -139,4 +176,5 @@ def mirrors(upstream: str, version: str, sha256: str):
 
 
 __all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
-           "register_family", "sink_logits", "source_hash", "upstream_source"]
+           "bridge_overrides", "prepare_bridge", "refusal", "register_family", "sink_logits", "source_hash",
+           "upstream_source"]

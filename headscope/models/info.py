@@ -6,7 +6,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from .family import family_of
+from .family import family_of, prepare_bridge
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
@@ -31,7 +31,7 @@ class ModelInfo:
     n_layers: int
     n_heads: int
     n_kv_heads: int
-    d_head: int
+    d_head: int  # the width of one head's output z (hook_z); MLA: v_head_dim (the q/k width differs)
     d_model: int
     n_ctx: int
     d_vocab: int = 0  # 0 = unknown (a hand-built ModelInfo)
@@ -149,6 +149,7 @@ def model_info(model) -> ModelInfo:
     if cached is not None:
         return cached
     facts = _FACTS.get(model, {}) if cacheable else {}
+    prepare_bridge(model)  # a bridge booted outside headscope gets its family's hook layouts too
     if is_encoder_decoder(model):
         raise InputError(
             f"{type(model.original_model).__name__} is an encoder-decoder: its heads live in three stacks (encoder "
@@ -167,7 +168,7 @@ def model_info(model) -> ModelInfo:
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=n_kv,
-        d_head=int(cfg.d_head),
+        d_head=_d_head(model),
         d_model=int(cfg.d_model),
         n_ctx=int(cfg.n_ctx),
         d_vocab=int(getattr(cfg, "d_vocab", 0) or 0),
@@ -190,6 +191,14 @@ def is_encoder_decoder(model) -> bool:
     """Whether `model` is a bridged encoder-decoder (T5, BART, ...): TransformerLens gives those
     `encoder_blocks` and `decoder_blocks` instead of `blocks`."""
     return hasattr(model, "encoder_blocks") and hasattr(model, "decoder_blocks") and not hasattr(model, "blocks")
+
+
+def _d_head(model) -> int:
+    """The width of one head's output z (hook_z): the family's own where cfg.d_head is not it (MLA)."""
+    fam = family_of(model)
+    if fam is not None and fam.d_head is not None:
+        return int(fam.d_head(model.original_model.config))
+    return int(model.cfg.d_head)
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -6,11 +6,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from ..errors import ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs, reports_patterns_after
-from .family import family_of
+from .family import bridge_overrides, family_of, prepare_bridge, refusal
 from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,41 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
+    with network():
+        overrides = _family_overrides(source, hf_model)
+    if overrides:
+        extra["hf_config_overrides"] = overrides
     with network(), no_runtime_installs(), quiet_loading():
         bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
+    prepare_bridge(bridge)
     record_facts(bridge, name=name)
     if reports_patterns_after(bridge):  # HF computes attention: the family may route it through headscope
         family = family_of(bridge)
         if family is not None and family.attention_route is not None:
             family.attention_route(bridge)
     return bridge
+
+
+def _family_overrides(source: str, hf_model=None) -> dict:
+    """Before the bridge is built: raise InputError when the model's family refuses its config
+    (`Family.refuse`: such a config may crash TransformerLens with a raw error, or bridge silently
+    wrong), else return the config fields the family boots the bridge with (`Family.bridge_overrides`)."""
+    config = getattr(hf_model, "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception:  # no readable config here: the bridge's own load reports it
+            return {}
+    reason = refusal(config)
+    if reason:
+        raise InputError(f"{source}: {reason}")
+    return bridge_overrides(config)
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

@@ -2,7 +2,8 @@
 
 Every model is built from a Hugging Face config in code (offline, no weights on disk, ~0.05 s each
 after the first import): 2 layers (one local + one global where the family alternates), d_model 64,
-4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode.
+4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode. The MLA
+families (DeepSeek-V2/V3) use ``MLA_DIMS`` instead of d_head 16: q/k 12 + 8 RoPE wide, v 10 wide.
 
 Weights are redrawn N(0, std^2) (every matrix and embedding; std = ``Architecture.init_std``, 0.25
 unless the family needs otherwise) so attention is sharp and token/position dependent rather than
@@ -70,6 +71,8 @@ FEATURES = (
     "moe",             # mixture-of-experts MLP
     "nonparametric_ln",
     "encoder",         # bidirectional attention, [CLS] .. [SEP] inputs, masked-LM head
+    "mla",             # multi-head latent attention: per-head K/V decompressed from one shared latent
+    "new_decoder",     # Falcon's new_decoder_architecture (grouped fused QKV, two layer norms)
 )
 
 
@@ -224,6 +227,25 @@ def _mpt():
     return _finish(cfg, "MptForCausalLM")
 
 
+# MLA widths: all different from each other and from D_HEAD, so a shape assumption shows.
+MLA_DIMS = dict(kv_lora_rank=24, q_lora_rank=32, qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10)
+
+
+def _deepseek(config_cls: str, arch: str, **extra):
+    """A tiny MLA + MoE DeepSeek: layer 0 dense, layer 1 MoE (4 routed experts, top-2, one shared)."""
+    def build():
+        import transformers
+
+        cfg = getattr(transformers, config_cls)(
+            vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, moe_intermediate_size=32,
+            num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS,
+            n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
+            max_position_embeddings=N_CTX, tie_word_embeddings=False, **MLA_DIMS, **_ids(), **extra)
+        return _finish(cfg, arch)
+
+    return build
+
+
 def _bert():
     from transformers import BertConfig
 
@@ -319,6 +341,12 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     _arch("falcon", "falcon", "MQA", ["fused_qkv", "parallel_attn"], _falcon()),
     _arch("falcon-alibi", "falcon", "MHA", ["alibi", "fused_qkv"],
           _falcon(alibi=True, multi_query=False, parallel_attn=False, bias=True)),
+    _arch("falcon-new", "falcon", "GQA", ["fused_qkv", "parallel_attn", "new_decoder"],
+          _falcon(new_decoder_architecture=True, num_kv_heads=2)),
+    _arch("deepseek-v3", "deepseek_v3", "MLA", ["mla", "moe"],
+          _deepseek("DeepseekV3Config", "DeepseekV3ForCausalLM", n_group=1, topk_group=1)),
+    _arch("deepseek-v2", "deepseek_v2", "MLA", ["mla", "moe"],
+          _deepseek("DeepseekV2Config", "DeepseekV2ForCausalLM", n_group=1, topk_group=1)),
     _arch("bloom", "bloom", "MHA", ["alibi", "fused_qkv"], _bloom),
     _arch("mpt", "mpt", "MHA", ["alibi", "fused_qkv"], _mpt),
     # BERT sums word, position and token-type embeddings and mixes every position in layer 0, so
@@ -512,6 +540,8 @@ def tiny_arch_model(name: str, seed: int = 0, dtype=torch.float32):
     arch = _get(name)
     try:
         return _boot(name, seed, dtype)
+    except InputError:  # headscope refuses the family (or this config of it) with its own reason
+        raise
     except Exception as exc:  # no adapter for the family, or its adapter fails on this config
         _BOOT_ERRORS[name] = _short(exc, 2000)
         raise InputError(

@@ -30,6 +30,7 @@ from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
                                      VARRedistribution, ZeroAblation, apply, forward_with, scan)
 from headscope.models.compat import pattern_edits_take_effect
+from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.reference_loops import reference_stats
 
@@ -297,7 +298,7 @@ def check_zero(name: str) -> None:
     """Zero ablation equals HF with the head's slice of the output-projection input zeroed."""
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
-    d = model.cfg.d_head
+    d = model_info(model).d_head  # a head's width in the output projection's input (MLA: v_head_dim)
     for layer, head in ((0, 1), (model.cfg.n_layers - 1, 2)):
         got = forward_with(model, ids, [ZeroAblation(heads=[(layer, head)])])
 
