@@ -196,7 +196,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
         return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                           analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
-                          description=first.description)
+                          description=first.description, layer_kinds=first.layer_kinds)
     values, first = None, None
     for chunk in _chunks(unit, ctx.info):
         part = HeadScores.load(_chunk_file(unit, ctx, chunk))
@@ -205,7 +205,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
     return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                       analyzer="scan", params=params, prompts=ds.labels, higher_is_more=first.higher_is_more,
-                      description=first.description)
+                      description=first.description, layer_kinds=first.layer_kinds)
 
 
 # ---- combining ----------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     params = {"kind": template.kind, "metric": name, "method": estimator, **({"graddrop": True} if graddrop else {}),
               **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {})}
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"
-    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
+    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
                       analyzer=f"scan.{estimator}", params=params, prompts=prompts, higher_is_more=True,
                       description=f"{what} of {getattr(score, 'description', name)}, {template.kind} on one head "
                                   f"at a time ({estimator})")

@@ -208,7 +208,8 @@ def pattern_edits_take_effect(model) -> bool:
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
     blocks = getattr(model, "blocks", None) or []
-    return all(type(block.attn).forward is not AttentionBridge.forward for block in blocks)
+    # A hybrid's layers without attention (linear attention, Mamba) have no `attn` to edit.
+    return all(type(block.attn).forward is not AttentionBridge.forward for block in blocks if hasattr(block, "attn"))
 
 
 # ---------------------------------------------------------------------------------------------

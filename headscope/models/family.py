@@ -14,7 +14,8 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
 * `refuse(config)` — a reason the family (or this config of it) cannot be analysed, or None; boot
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
-  (hybrids); None = every layer is attention.
+  (hybrids: "linear_attention", "mamba", ...); None = read generically (`layer_kinds` below). Every
+  engine learns which layers have heads from `headscope.models.info.ModelInfo.layer_kinds`.
 
 Every function that mirrors upstream code is marked with `mirrors(...)` (the upstream qualified name,
 the transformers version it was copied from and a hash of that source); `tests/test_families.py`
@@ -83,6 +84,37 @@ def blocked_forward_for(hf_class_name: str) -> Callable | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the kinds of a hybrid's layers
+
+ATTENTION = "attention"
+# Names HF configs give attention layers (all of them have heads headscope can read).
+_ATTENTION_NAMES = {"attention", "full_attention", "sliding_attention", "chunked_attention", "global", "local",
+                    "hybrid_attention"}
+# Per-layer kind lists HF configs carry, in the order they are trusted.
+_KIND_KEYS = ("layers_block_type", "layer_types")
+
+
+def layer_kinds(model_or_config) -> tuple[str, ...] | None:
+    """Per decoder layer, "attention" or the kind of mixer that layer has instead; None when every
+    layer is attention (every non-hybrid model). The family's own `layer_kinds` if it has one, else the
+    config's per-layer list (`layers_block_type`, `layer_types`, ...) with HF's attention names
+    ("full_attention", "sliding_attention", ...) read as "attention"."""
+    cfg = _config(model_or_config)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    fam = family_of(cfg)
+    kinds = fam.layer_kinds(cfg) if fam is not None and fam.layer_kinds is not None else None
+    if kinds is None:
+        for key in _KIND_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+                kinds = [ATTENTION if v in _ATTENTION_NAMES else v for v in value]
+                break
+    if kinds is None or all(k == ATTENTION for k in kinds):
+        return None
+    return tuple(str(k) for k in kinds)
+
+
+# ---------------------------------------------------------------------------------------------
 # mirrored upstream code
 
 
@@ -121,5 +153,5 @@ def mirrors(upstream: str, version: str, sha256: str):
     return mark
 
 
-__all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
+__all__ = ["ATTENTION", "FAMILIES", "Family", "layer_kinds", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
            "register_family", "source_hash", "upstream_source"]

@@ -43,6 +43,10 @@ class ModelInfo:
     # Ids that end a greedy answer (see stop_token_ids); empty without a tokenizer.
     stop_token_ids: frozenset = field(default=frozenset(), compare=False, repr=False)
     extra: dict = field(default_factory=dict, compare=False)  # a testbed's own facts (e.g. visual codes)
+    # Hybrids (Qwen3-Next, Jamba, Granite-MoE-hybrid...): per layer, "attention" or the mixer it has
+    # instead ("linear_attention", "mamba"...). None = every layer is attention. Heads exist only on
+    # attention layers: results keep the model's own layer indices, other layers' rows are NaN.
+    layer_kinds: tuple[str, ...] | None = None
 
     @property
     def group_size(self) -> int:
@@ -51,14 +55,35 @@ class ModelInfo:
 
     def kv_group(self, head: int) -> int:
         """KV head read by query head `head`."""
-        self.check_head(0, head)
+        self.check_head(self.attention_layers[0], head)
         return head // self.group_size
 
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers that have attention heads, by the model's own indices (all of them unless a hybrid)."""
+        if self.layer_kinds is None:
+            return tuple(range(self.n_layers))
+        return tuple(i for i, kind in enumerate(self.layer_kinds) if kind == "attention")
+
+    def has_heads(self, layer: int) -> bool:
+        return self.layer_kinds is None or self.layer_kinds[int(layer)] == "attention"
+
+    def kinds_note(self) -> str:
+        """One line saying which layers have no heads and why ("" on a model whose layers all attend)."""
+        return kinds_note(self.layer_kinds)
+
     def check_head(self, layer: int, head: int) -> None:
-        """Raise InputError naming the valid range when (layer, head) does not exist."""
+        """Raise InputError naming the valid range when (layer, head) does not exist (a layer without
+        attention, on a hybrid, has no heads)."""
         if not 0 <= int(layer) < self.n_layers:
             raise InputError(
                 f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        if not self.has_heads(layer):
+            raise InputError(
+                f"layer {layer} of {self.name} is a {self.layer_kinds[int(layer)]} layer: it has no attention "
+                f"heads. Layer kinds: {_kinds_text(self.layer_kinds)}. Fix: use an attention layer "
+                f"({', '.join(map(str, self.attention_layers))})"
             )
         if not 0 <= int(head) < self.n_heads:
             raise InputError(
@@ -72,9 +97,10 @@ class ModelInfo:
                              "encoder. Fix: use a decoder model for this method.")
 
     def check_layers(self, layers) -> list[int]:
-        """Normalise a layer selection (None = all; negatives count from the end)."""
+        """Normalise a layer selection of layers with heads (None = every attention layer; negatives
+        count from the end; a hybrid's other layers are refused by `check_head`)."""
         if layers is None:
-            return list(range(self.n_layers))
+            return list(self.attention_layers)
         out = []
         for layer in layers:
             layer = int(layer)
@@ -87,10 +113,31 @@ class ModelInfo:
         return sorted(set(out))
 
 
+def _kinds_text(kinds) -> str:
+    """ "0-2 mamba, 3 attention, ..." : runs of equal kinds, by layer index."""
+    runs, start = [], 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[start]:
+            runs.append(f"{start}{'' if i - 1 == start else f'-{i - 1}'} {kinds[start]}")
+            start = i
+    return ", ".join(runs)
+
+
+def kinds_note(layer_kinds) -> str:
+    """Why a hybrid's results have NaN rows: "" when every layer attends."""
+    if layer_kinds is None or all(k == "attention" for k in layer_kinds):
+        return ""
+    absent = [i for i, k in enumerate(layer_kinds) if k != "attention"]
+    return (f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {_kinds_text(layer_kinds)}): "
+            "their rows are NaN")
+
+
 def record_facts(model, **facts) -> None:
-    """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`, and
-    anything else under `extra` (loaders and testbeds call this; nothing is written onto the model)."""
-    known = {"name", "testbed", "image_token_ids"}
+    """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`,
+    `layer_kinds` (per layer "attention" or the mixer a hybrid has instead; boot records it from the
+    config), and anything else under `extra` (loaders and testbeds call this; nothing is written onto
+    the model)."""
+    known = {"name", "testbed", "image_token_ids", "layer_kinds"}
     entry = _FACTS.setdefault(model, {"extra": {}})
     for key, value in facts.items():
         if key in known:
@@ -168,10 +215,34 @@ def model_info(model) -> ModelInfo:
         image_token_ids=image_token_ids(model),
         stop_token_ids=stop_token_ids(tok),
         extra=dict(facts.get("extra", {})),
+        layer_kinds=facts["layer_kinds"] if "layer_kinds" in facts else bridge_layer_kinds(model),
     )
     if cacheable:
         _INFO[model] = info
     return info
+
+
+def bridge_layer_kinds(model) -> tuple[str, ...] | None:
+    """The kinds of a bridge's decoder layers: the config's (`headscope.models.family.layer_kinds`),
+    checked against the bridge, whose blocks have an `attn` exactly on the attention layers. A block
+    without `attn` that the config does not name gets the kind "no attention"."""
+    from .family import layer_kinds
+
+    kinds = layer_kinds(model)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return kinds
+    n = len(blocks)
+    kinds = list(kinds) if kinds is not None and len(kinds) == n else ["attention"] * n
+    for i, block in enumerate(blocks):
+        has_attn = "attn" in getattr(block, "_modules", {})
+        if kinds[i] == "attention" and not has_attn:
+            kinds[i] = "no attention"
+        elif kinds[i] != "attention" and has_attn:
+            raise InputError(f"the config says layer {i} of {type(model.original_model).__name__} is a {kinds[i]} "
+                             "layer, but the bridge maps an attention module there: a family module must say "
+                             "which layers attend (headscope/families/, `layer_kinds`)")
+    return None if all(k == "attention" for k in kinds) else tuple(kinds)
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

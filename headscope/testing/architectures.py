@@ -65,7 +65,12 @@ FEATURES = (
     "moe",             # mixture-of-experts MLP
     "nonparametric_ln",
     "encoder",         # bidirectional attention, [CLS] .. [SEP] inputs, masked-LM head
+    "hybrid",          # some layers have no attention (linear attention / Mamba): 4 layers, 2 with heads
+    "gated_attn",      # the attention output is gated per head (Qwen3-Next: sigmoid of half of q_proj)
+    "no_pos",          # no position encoding in attention (Jamba: the Mamba layers carry order)
 )
+# Hybrids alternate a layer without heads and an attention layer, so results have both kinds of rows.
+HYBRID_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,42 @@ def _bert():
     return _finish(cfg, "BertForMaskedLM")
 
 
+def _qwen3_next():
+    from transformers import Qwen3NextConfig
+
+    cfg = Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
+        layer_types=["linear_attention", "full_attention"] * (HYBRID_LAYERS // 2),
+        linear_key_head_dim=D_HEAD, linear_value_head_dim=D_HEAD, linear_num_key_heads=2, linear_num_value_heads=4,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        tie_word_embeddings=False, **_ids())
+    return _finish(cfg, "Qwen3NextForCausalLM")
+
+
+def _granite_moe_hybrid():
+    from transformers import GraniteMoeHybridConfig
+
+    cfg = GraniteMoeHybridConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
+        layer_types=["mamba", "attention"] * (HYBRID_LAYERS // 2), position_embedding_type="rope",
+        mamba_n_heads=8, mamba_d_state=16, mamba_chunk_size=16, num_local_experts=4, num_experts_per_tok=2,
+        shared_intermediate_size=D_MLP // 2, **_ids())
+    return _finish(cfg, "GraniteMoeHybridForCausalLM")
+
+
+def _jamba():
+    from transformers import JambaConfig
+
+    cfg = JambaConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=4,
+        num_experts_per_tok=2, mamba_d_state=8, **_ids())
+    return _finish(cfg, "JambaForCausalLM")
+
+
 def _arch(name, family, attention, features, build, **kw):
     return name, Architecture(name, family, attention, tuple(features), build, **kw)
 
@@ -241,6 +282,10 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     # BERT sums word, position and token-type embeddings and mixes every position in layer 0, so
     # layer 1's keys are more alike than a decoder's: a larger std keeps its heads sharp.
     _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
+    # Hybrids: layers 0 and 2 have no heads (Gated DeltaNet / Mamba-2 / Mamba), layers 1 and 3 attend.
+    _arch("qwen3-next", "qwen3_next", "GQA", ["hybrid", "gated_attn", "qk_norm", "partial_rotary", "moe"], _qwen3_next),
+    _arch("granite-moe-hybrid", "granitemoehybrid", "GQA", ["hybrid", "moe"], _granite_moe_hybrid),
+    _arch("jamba", "jamba", "GQA", ["hybrid", "no_pos", "moe"], _jamba),
 ])
 
 
@@ -253,6 +298,8 @@ def layer_windows(name_or_config) -> list[int | None]:
     """
     cfg = _get(name_or_config).build_config() if isinstance(name_or_config, str) else name_or_config
     n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or cfg.n_layer
+    if getattr(cfg, "model_type", None) in ("qwen3_next", "granitemoehybrid", "jamba"):  # layer_types = mixers
+        return [None] * n_layers
     if getattr(cfg, "model_type", None) == "gpt_neo":
         return [cfg.window_size if kind == "local" else None for kind in cfg.attention_layers]
     window = getattr(cfg, "sliding_window", None)
