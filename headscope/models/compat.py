@@ -95,6 +95,24 @@ def _attention_sees_cache(model):
             h.remove()
 
 
+def new_cache(model):
+    """An empty HF cache for `model`, of full layers (no eviction), also on sliding-window models: HF's
+    sliding layers evict old keys, which would shift the key axis of every decode pattern away from
+    absolute positions (the window is still applied, by the attention mask). Costs memory for windowed
+    layers only. A hybrid (layers without attention) gets the cache its config describes, whose
+    linear-attention / Mamba layers keep their conv and recurrent states, with every attention layer full."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    from .family import layer_kinds
+
+    if layer_kinds(model) is None:
+        return DynamicCache()
+    cache = DynamicCache(config=model.original_model.config)
+    cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
+    return cache
+
+
 def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
     """Run `tokens` ([1, pos]) through the bridge, extending the HF KV `cache` (None = start one).
 
@@ -104,12 +122,7 @@ def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
     """
     seen = 0 if cache is None else int(cache.get_seq_length())
     if cache is None:
-        # A cache of full layers, also on sliding-window models: HF's sliding layers evict old keys,
-        # which would shift the key axis of every decode pattern away from absolute positions (the
-        # window is still applied, by the attention mask). Costs memory for windowed layers only.
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = new_cache(model)
     kwargs[cache_kwarg(model)] = cache
     with _attention_sees_cache(model), warnings.catch_warnings():
         # 5.24 warns about `past_key_values` wherever a layer still forwards the old name.
