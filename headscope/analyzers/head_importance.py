@@ -74,7 +74,7 @@ class HeadImportance(Analyzer):
                 continue  # a single token predicts nothing
             gates = torch.ones(info.n_layers, info.n_heads, requires_grad=True)
             tokens = torch.tensor([ids])
-            with model.hooks(fwd_hooks=head_gate_hooks(gates, range(info.n_layers))):
+            with model.hooks(fwd_hooks=head_gate_hooks(gates, info.attention_layers)):
                 logits = model(tokens)
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)

@@ -182,7 +182,9 @@ class PreplanAnchor(Analyzer):
         return lo, hi
 
     def _layers(self, info) -> list[int]:
-        return middle_layers(info.n_layers) if self.layers == "middle" else info.check_layers(self.layers)
+        if self.layers == "middle":  # of the layers with heads (a hybrid's attention layers)
+            return [info.attention_layers[i] for i in middle_layers(len(info.attention_layers))]
+        return info.check_layers(self.layers)
 
     def _group(self, distances: HeadScores, explicit, fraction: float, better: str, info) -> list[tuple[int, int]]:
         if explicit is not None:

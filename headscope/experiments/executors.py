@@ -112,7 +112,7 @@ def analyze_scores(unit, ctx: Context) -> HeadScores:
 # ---- scan ---------------------------------------------------------------------------------------------
 
 def _chunks(unit, info) -> list[list[int]]:
-    layers = sorted(unit.layers) if unit.layers else list(range(info.n_layers))
+    layers = sorted(unit.layers) if unit.layers else list(info.attention_layers)
     n = unit.layers_per_unit
     return [layers[i:i + n] for i in range(0, len(layers), n)]
 
@@ -139,7 +139,7 @@ def _scan_call(unit, ctx, **kw):
 
 
 def _visited(unit, ctx) -> list:
-    layers = unit.layers if unit.layers else range(ctx.info.n_layers)
+    layers = unit.layers if unit.layers else ctx.info.attention_layers
     return [(l, h) for l in layers for h in range(ctx.info.n_heads)]
 
 

@@ -65,6 +65,10 @@ class ModelInfo:
             return tuple(range(self.n_layers))
         return tuple(i for i, kind in enumerate(self.layer_kinds) if kind == "attention")
 
+    def heads(self) -> list[tuple[int, int]]:
+        """Every (layer, head) the model has: the heads of its attention layers."""
+        return [(l, h) for l in self.attention_layers for h in range(self.n_heads)]
+
     def has_heads(self, layer: int) -> bool:
         return self.layer_kinds is None or self.layer_kinds[int(layer)] == "attention"
 

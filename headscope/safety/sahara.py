@@ -113,7 +113,7 @@ class Sahara(Analyzer):
         info = model_info(model)
         ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
-            (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+            *info.heads()]
         u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
         group, rows, self.step_scores_ = [], [], []
         for step in range(min(self.search_steps, len(pool))):
