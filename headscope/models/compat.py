@@ -82,12 +82,39 @@ def _alias_cache(module, args, kwargs):
     return None
 
 
+_RECURRENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _recurrent_modules(model):
+    """A hybrid's bridge components for linear attention / Mamba, which pick HF's cached path only when
+    they see `cache_params` (TL 4.3); transformers 5.24's decoder layers hand them `cache=`."""
+    from transformer_lens.model_bridge.generalized_components.gated_delta_net import GatedDeltaNetBridge
+    from transformer_lens.model_bridge.generalized_components.ssm2_mixer import SSM2MixerBridge
+    from transformer_lens.model_bridge.generalized_components.ssm_mixer import SSMMixerBridge
+
+    if model not in _RECURRENT:
+        kinds = (GatedDeltaNetBridge, SSMMixerBridge, SSM2MixerBridge)
+        _RECURRENT[model] = [m for m in model.modules() if isinstance(m, kinds)]
+    return _RECURRENT[model]
+
+
+def _alias_cache_params(module, args, kwargs):
+    # Without it, TL's GatedDeltaNetBridge runs its own prefill forward on a decode step, ignoring the
+    # recurrent state in the cache (Qwen3-Next's cached logits were wrong by O(1)).
+    if kwargs.get("cache_params") is None and kwargs.get("cache") is not None:
+        kwargs = dict(kwargs)
+        kwargs["cache_params"] = kwargs.pop("cache")
+        return args, kwargs
+    return None
+
+
 @contextlib.contextmanager
 def _attention_sees_cache(model):
     if cache_kwarg(model) != "cache":
         yield
         return
     handles = [m.register_forward_pre_hook(_alias_cache, with_kwargs=True) for m in _attention_modules(model)]
+    handles += [m.register_forward_pre_hook(_alias_cache_params, with_kwargs=True) for m in _recurrent_modules(model)]
     try:
         yield
     finally:
@@ -127,6 +154,7 @@ def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
     with _attention_sees_cache(model), warnings.catch_warnings():
         # 5.24 warns about `past_key_values` wherever a layer still forwards the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*cache_params.*deprecated.*", category=FutureWarning)
         logits, _ = model(tokens, return_type="logits_and_cache", use_cache=True, **kwargs)
     grown = int(cache.get_seq_length())
     if grown != seen + tokens.shape[1]:

@@ -29,7 +29,7 @@ from headscope.generation import greedy_generate
 from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
                                      VARRedistribution, ZeroAblation, apply, forward_with, scan)
-from headscope.models.compat import pattern_edits_take_effect
+from headscope.models.compat import kv_cache_verified, pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.reference_loops import reference_stats
@@ -499,11 +499,13 @@ def check_atp(name: str) -> str | None:
 
 @_check("generation")
 def check_generation(name: str) -> str | None:
-    """KV-cached greedy generation equals full recomputation, a plain HF argmax loop, and HF
-    `generate` (which stops at EOS: compared up to there)."""
+    """KV-cached greedy generation (the cache verified, no fallback) equals full recomputation, a plain HF
+    argmax loop, and HF `generate` (which stops at EOS: compared up to there)."""
     if A.ARCHITECTURES[name].is_encoder:
         return "encoder: no generation"
     model, hf = bridged(name), plain(name)
+    # The cached path itself, not its fallback to recomputation (a hybrid's cache holds recurrent states).
+    assert kv_cache_verified(model, prompts(name)[0]), f"{name}: KV-cached decoding != a full forward"
     for ids in prompts(name):
         got = greedy_generate(model, ids, 6)
         assert got == greedy_generate(model, ids, 6, use_cache=False), f"{name}: cached != recompute"
