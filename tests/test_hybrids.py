@@ -139,3 +139,15 @@ def test_atlas_of_a_hybrid_draws_layers_without_heads_as_such(tmp_path):
     assert "Layers 0, 2 have no attention heads" in html and "4 layers (2 with attention)" in html
     assert "<option value='1'>L1</option><option value='3'>L3</option>" in html  # the viewer's layers
     assert atlas.viewer["attention_layers"] == [1, 3]
+
+
+@pytest.mark.parametrize("name", HYBRIDS)
+def test_graddrop_runs_on_hybrids_and_is_plain_atp_magnitude_on_the_top_layer(name):
+    """GradDrop scales the gradient of each layer's branches (a hybrid's linear-attention / Mamba mixer
+    included). For a head of the last layer, dropping any lower layer leaves its gradient unchanged and
+    dropping its own layer zeroes it, so the estimate is exactly |AtP| (mean of L - 1 equal terms)."""
+    model, ps = bridged(name), prompts(name)
+    atp = scan(model, ps, "zero", "kl_last", method="atp").values
+    drop = scan(model, ps, "zero", "kl_last", method="atp", graddrop=True).values
+    assert np.isnan(drop[:, [0, 2]]).all() and np.isfinite(drop[:, [1, 3]]).all()
+    np.testing.assert_allclose(drop[:, 3], np.abs(atp[:, 3]), rtol=1e-5, atol=1e-7)
