@@ -1,7 +1,8 @@
 """An architecture matrix of tiny random-init models, one per family the installed TransformerLens bridges.
 
 Every model is built from a Hugging Face config in code (offline, no weights on disk, ~0.05 s each
-after the first import): 2 layers (one local + one global where the family alternates), d_model 64,
+after the first import): 2 layers (one local + one global where the family alternates; hybrids 4, of
+which layers 1 and 3 attend), d_model 64,
 4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode.
 
 Weights are redrawn N(0, std^2) (every matrix and embedding; std = ``Architecture.init_std``, 0.25
