@@ -122,6 +122,9 @@ def _attention_sees_cache(model):
             h.remove()
 
 
+_ATTENTION_CACHE_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+
+
 def new_cache(model):
     """An empty HF cache for `model`, of full layers (no eviction), also on sliding-window models: HF's
     sliding layers evict old keys, which would shift the key axis of every decode pattern away from
@@ -131,11 +134,12 @@ def new_cache(model):
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    from .family import layer_kinds
-
-    if layer_kinds(model) is None:
+    config = model.original_model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None) or ()
+    if all(t in _ATTENTION_CACHE_TYPES for t in types):  # attention only: lazily made full layers
         return DynamicCache()
-    cache = DynamicCache(config=model.original_model.config)
+    cache = DynamicCache(config=config)  # Falcon-H1's "hybrid" layers hold KV and Mamba states
     cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
     return cache
 

@@ -87,9 +87,10 @@ def blocked_forward_for(hf_class_name: str) -> Callable | None:
 # the kinds of a hybrid's layers
 
 ATTENTION = "attention"
-# Names HF configs give attention layers (all of them have heads headscope can read).
+# Names HF configs give layers with attention heads ("hybrid": Falcon-H1's attention and Mamba side by
+# side, Zamba2's shared transformer block before a Mamba layer).
 _ATTENTION_NAMES = {"attention", "full_attention", "sliding_attention", "chunked_attention", "global", "local",
-                    "hybrid_attention"}
+                    "hybrid_attention", "hybrid"}
 # Per-layer kind lists HF configs carry, in the order they are trusted.
 _KIND_KEYS = ("layers_block_type", "layer_types")
 

@@ -83,6 +83,12 @@ class ModelInfo:
             raise InputError(
                 f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
             )
+        if not self.attention_layers:
+            raise InputError(
+                f"{self.name} has no layer whose attention the TransformerLens bridge maps as `attn` (layer "
+                f"kinds: {_kinds_text(self.layer_kinds)}), so it has no heads headscope can read. Fix: a model "
+                "whose bridge maps its attention (docs/architectures.md lists the families checked)"
+            )
         if not self.has_heads(layer):
             raise InputError(
                 f"layer {layer} of {self.name} is a {self.layer_kinds[int(layer)]} layer: it has no attention "
@@ -104,6 +110,8 @@ class ModelInfo:
         """Normalise a layer selection of layers with heads (None = every attention layer; negatives
         count from the end; a hybrid's other layers are refused by `check_head`)."""
         if layers is None:
+            if not self.attention_layers:
+                self.check_head(0, 0)  # the InputError saying the bridge maps no attention
             return list(self.attention_layers)
         out = []
         for layer in layers:
@@ -229,7 +237,8 @@ def model_info(model) -> ModelInfo:
 def bridge_layer_kinds(model) -> tuple[str, ...] | None:
     """The kinds of a bridge's decoder layers: the config's (`headscope.models.family.layer_kinds`),
     checked against the bridge, whose blocks have an `attn` exactly on the attention layers. A block
-    without `attn` that the config does not name gets the kind "no attention"."""
+    without `attn` where the config names attention gets the kind "unbridged attention" (the bridge maps
+    that layer's attention under another name: headscope cannot read its heads)."""
     from .family import layer_kinds
 
     kinds = layer_kinds(model)
@@ -241,7 +250,7 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
     for i, block in enumerate(blocks):
         has_attn = "attn" in getattr(block, "_modules", {})
         if kinds[i] == "attention" and not has_attn:
-            kinds[i] = "no attention"
+            kinds[i] = "unbridged attention"
         elif kinds[i] != "attention" and has_attn:
             raise InputError(f"the config says layer {i} of {type(model.original_model).__name__} is a {kinds[i]} "
                              "layer, but the bridge maps an attention module there: a family module must say "
