@@ -55,7 +55,7 @@ class ModelInfo:
 
     def kv_group(self, head: int) -> int:
         """KV head read by query head `head`."""
-        self.check_head(self.attention_layers[0], head)
+        self.check_head(self.attention_layers[0] if self.attention_layers else 0, head)
         return head // self.group_size
 
     @property
