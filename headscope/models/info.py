@@ -227,11 +227,15 @@ def model_info(model) -> ModelInfo:
         image_token_ids=image_token_ids(model),
         stop_token_ids=stop_token_ids(tok),
         extra=dict(facts.get("extra", {})),
-        layer_kinds=facts["layer_kinds"] if "layer_kinds" in facts else bridge_layer_kinds(model),
+        layer_kinds=_recorded_kinds(facts["layer_kinds"]) if "layer_kinds" in facts else bridge_layer_kinds(model),
     )
     if cacheable:
         _INFO[model] = info
     return info
+
+
+def _recorded_kinds(kinds) -> tuple[str, ...] | None:
+    return None if kinds is None or all(k == "attention" for k in kinds) else tuple(str(k) for k in kinds)
 
 
 def bridge_layer_kinds(model) -> tuple[str, ...] | None:
