@@ -28,6 +28,28 @@ _FORMAT_VERSION = 1
 _PARQUET_KEY = b"headscope"
 
 
+# ---- hybrids: which layers have heads (headscope.models.info.ModelInfo.layer_kinds) ----------------
+
+def kinds_text(kinds) -> str:
+    """ "0-2 mamba, 3 attention, ..." : runs of equal kinds, by layer index."""
+    runs, start = [], 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[start]:
+            runs.append(f"{start}{'' if i - 1 == start else f'-{i - 1}'} {kinds[start]}")
+            start = i
+    return ", ".join(runs)
+
+
+def kinds_note(layer_kinds) -> str:
+    """Why a hybrid's results have NaN rows: "" when every layer attends."""
+    if layer_kinds is None or all(k == "attention" for k in layer_kinds):
+        return ""
+    absent = [i for i, k in enumerate(layer_kinds) if k != "attention"]
+    return (f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {kinds_text(layer_kinds)}): "
+            "their rows are NaN")
+
+
+
 class ResultFileError(HeadscopeError, ValueError):
     """A saved result file that is truncated, corrupted or not a headscope result."""
 
@@ -166,8 +188,6 @@ class HeadScores(_Result):
     @property
     def note(self) -> str:
         """Why some rows are NaN by construction ("" unless a hybrid: its non-attention layers)."""
-        from headscope.models.info import kinds_note
-
         return kinds_note(self.layer_kinds)
 
     @property

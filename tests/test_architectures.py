@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from headscope.errors import InputError
+from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing.hf_reference import plain_hf_copy
 
@@ -30,7 +31,8 @@ def with_feature(feature):
 
 
 def layer_names(model, hook="hook_pattern"):
-    return [f"blocks.{l}.attn.{hook}" for l in range(model.cfg.n_layers)]
+    """The hook of every attention layer, in order (HF's output_attentions lists the same layers)."""
+    return [f"blocks.{l}.attn.{hook}" for l in model_info(model).attention_layers]
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +87,7 @@ def test_matrix_covers_the_brief():
                    "phi3", "bert", "bloom", "olmo", "olmo2"):
         assert family in families
     assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA"}
-    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global"):
+    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "hybrid"):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -118,11 +120,13 @@ def test_tiny_hf_builds_fast_deterministic_and_leaves_rng_alone(name):
 def test_bridge_shape(name):
     arch, model = A.ARCHITECTURES[name], reference(name)["model"]
     cfg = model.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab) == (2, 4, 16, 64, 64)
+    n_layers = A.HYBRID_LAYERS if "hybrid" in arch.features else 2
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab) == (n_layers, 4, 16, 64, 64)
     n_kv = {"MHA": 4, "GQA": 2, "MQA": 1}[arch.attention]
     assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv  # TL leaves n_key_value_heads None on MHA
     _, cache = model.run_with_cache(reference(name)["single"], names_filter=lambda n: n.endswith("attn.hook_k"))
-    assert cache["blocks.0.attn.hook_k"].shape == (1, SEQ, n_kv, 16)
+    first = model_info(model).attention_layers[0]
+    assert cache[f"blocks.{first}.attn.hook_k"].shape == (1, SEQ, n_kv, 16)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -256,6 +260,7 @@ def test_alibi_bias_is_in_the_scores(name):
 POST_HOC = {
     "gpt-neo": "GPT-Neo attention runs as the generic AttentionBridge (HF computes attention)",
     "bert": "BERT attention runs as the generic AttentionBridge (HF computes attention)",
+    "jamba": "Jamba attention runs as the generic AttentionBridge (maintain_native_attention)",
 }
 
 
@@ -268,7 +273,7 @@ def post_hoc_xfail(names):
 @pytest.mark.parametrize("name", post_hoc_xfail(NAMES))
 def test_attn_scores_are_pre_softmax(name):
     r = reference(name)
-    for layer in range(r["model"].cfg.n_layers):
+    for layer in model_info(r["model"]).attention_layers:
         scores = r["cache"][f"blocks.{layer}.attn.hook_attn_scores"]
         torch.testing.assert_close(scores.softmax(-1), r["cache"][f"blocks.{layer}.attn.hook_pattern"],
                                    atol=1e-6, rtol=0)
@@ -278,7 +283,7 @@ def test_attn_scores_are_pre_softmax(name):
 def test_pattern_edits_reach_the_output(name):
     r = reference(name)
 
-    def first_key_only(pattern, hook):  # head 0 of layer 0 reads only key 0
+    def first_key_only(pattern, hook):  # head 0 of the first attention layer reads only key 0
         pattern = pattern.clone()
         pattern[:, 0] = 0.0
         pattern[:, 0, :, 0] = 1.0
@@ -286,7 +291,7 @@ def test_pattern_edits_reach_the_output(name):
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the post-hoc families warn that the edit is dropped
-        edited = r["model"].run_with_hooks(r["single"], fwd_hooks=[("blocks.0.attn.hook_pattern", first_key_only)])
+        edited = r["model"].run_with_hooks(r["single"], fwd_hooks=[(layer_names(r["model"])[0], first_key_only)])
     assert (edited - r["logits"]).abs().max() > 1e-2
 
 

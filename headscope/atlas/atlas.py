@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import atomic_write, jsonable
+from ..results import kinds_note
 from .data import Column, StepResult
 from .figures import role_map_figure
 from .roles import NO_HEADS, ResolvedRole, RoleMap, assign
@@ -67,8 +68,6 @@ class Atlas:
     @property
     def note(self) -> str:
         """Which layers have no heads ("" unless a hybrid)."""
-        from ..models.info import kinds_note
-
         return kinds_note(self.layer_kinds)
 
     # --- the head table and the role map ----------------------------------------------------------

@@ -6,6 +6,8 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..results import kinds_note, kinds_text as _kinds_text
+from .family import layer_kinds as config_layer_kinds
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
@@ -125,25 +127,6 @@ class ModelInfo:
         return sorted(set(out))
 
 
-def _kinds_text(kinds) -> str:
-    """ "0-2 mamba, 3 attention, ..." : runs of equal kinds, by layer index."""
-    runs, start = [], 0
-    for i in range(1, len(kinds) + 1):
-        if i == len(kinds) or kinds[i] != kinds[start]:
-            runs.append(f"{start}{'' if i - 1 == start else f'-{i - 1}'} {kinds[start]}")
-            start = i
-    return ", ".join(runs)
-
-
-def kinds_note(layer_kinds) -> str:
-    """Why a hybrid's results have NaN rows: "" when every layer attends."""
-    if layer_kinds is None or all(k == "attention" for k in layer_kinds):
-        return ""
-    absent = [i for i, k in enumerate(layer_kinds) if k != "attention"]
-    return (f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {_kinds_text(layer_kinds)}): "
-            "their rows are NaN")
-
-
 def record_facts(model, **facts) -> None:
     """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`,
     `layer_kinds` (per layer "attention" or the mixer a hybrid has instead; boot records it from the
@@ -243,9 +226,7 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
     checked against the bridge, whose blocks have an `attn` exactly on the attention layers. A block
     without `attn` where the config names attention gets the kind "unbridged attention" (the bridge maps
     that layer's attention under another name: headscope cannot read its heads)."""
-    from .family import layer_kinds
-
-    kinds = layer_kinds(model)
+    kinds = config_layer_kinds(model)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         return kinds
