@@ -233,7 +233,7 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
     n = len(blocks)
     kinds = list(kinds) if kinds is not None and len(kinds) == n else ["attention"] * n
     for i, block in enumerate(blocks):
-        has_attn = "attn" in getattr(block, "_modules", {})
+        has_attn = hasattr(block, "attn")
         if kinds[i] == "attention" and not has_attn:
             kinds[i] = "unbridged attention"
         elif kinds[i] != "attention" and has_attn:
