@@ -161,7 +161,26 @@ def _image_kwargs(model, ids: list[int], pixel_values, device) -> dict:
     return {"pixel_values": prompt.pixel_values.to(device)}
 
 
-def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
+_RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+
+
+def _observed_layers(site: str, info) -> tuple[int, ...]:
+    """Residual sites exist on every layer; the attention sites only on a hybrid's attention layers."""
+    return tuple(range(info.n_layers)) if site in _RESIDUAL_SITES else info.attention_layers
+
+
+def _stacked(stash: dict, n_layers: int) -> dict:
+    """Each site's activations over the model's own layer indices; NaN rows where a hybrid's layer has
+    none (a layer without attention has no pattern or head output)."""
+    acts = {}
+    for site, by_layer in stash.items():
+        like = next(iter(by_layer.values()))
+        nan = torch.full_like(like, float("nan")) if like.is_floating_point() else like
+        acts[site] = torch.stack([by_layer.get(layer, nan) for layer in range(n_layers)])
+    return acts
+
+
+def _observers(sites, info, stash: dict) -> list[Hook]:
     unknown = set(sites) - set(SITES)
     if unknown:
         raise InputError(f"observe: unknown site(s) {sorted(unknown)}; known: {list(SITES)}")
@@ -174,7 +193,7 @@ def _observers(sites, n_layers: int, stash: dict) -> list[Hook]:
             stash[site][layer] = tensor.detach().select(axis, -1)[0].clone()
         return hook
 
-    return [(SITES[s].format(l=layer), make(layer, s)) for s in sites for layer in range(n_layers)]
+    return [(SITES[s].format(l=layer), make(layer, s)) for s in sites for layer in _observed_layers(s, info)]
 
 
 def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, interventions=(),
@@ -199,7 +218,8 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
         observe: capture sites (e.g. ("pattern",)) to hand to `on_step` for the current query.
         on_step: `fn(step: DecodeStep, token: int, acts)` after each decode forward; `acts[site]`
             stacks the current query's activations over layers: pattern/attn_scores [layer, head,
-            key], q/z [layer, head, d_head], k/v [layer, kv_head, d_head], resid [layer, d_model].
+            key], q/z [layer, head, d_head], k/v [layer, kv_head, d_head], resid [layer, d_model]
+            (a hybrid's layers without attention: NaN rows at the attention sites).
             Observers run after `interventions` and `hooks`, so they see intervened values. Returning
             True stops generation after this token (e.g. once an answer is complete).
         use_cache: KV-cached decoding or full recomputation at every step (the reference); None
@@ -223,7 +243,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
     info = model_info(model)
     n_layers = info.n_layers
     stash: dict[str, dict[int, torch.Tensor]] = {s: {} for s in (observe or ())}
-    observers = _observers(observe, n_layers, stash) if observe else []
+    observers = _observers(observe, info, stash) if observe else []
     device = model_device(model)
     images = _image_kwargs(model, ids, pixel_values, device)
     # The KV cache is a shortcut: verified once per model against a full forward; without it, recompute.
@@ -250,7 +270,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
                     logits = model(x, **images)
             token = int(logits[0, -1].argmax())
             out.append(token)
-            acts = {s: torch.stack([stash[s][layer] for layer in range(n_layers)]) for s in stash}
+            acts = _stacked(stash, n_layers)
             if (on_step is not None and on_step(step, token, acts)) or token in stops:
                 break
     return out

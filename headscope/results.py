@@ -28,6 +28,28 @@ _FORMAT_VERSION = 1
 _PARQUET_KEY = b"headscope"
 
 
+# ---- hybrids: which layers have heads (headscope.models.info.ModelInfo.layer_kinds) ----------------
+
+def kinds_text(kinds) -> str:
+    """ "0-2 mamba, 3 attention, ..." : runs of equal kinds, by layer index."""
+    runs, start = [], 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[start]:
+            runs.append(f"{start}{'' if i - 1 == start else f'-{i - 1}'} {kinds[start]}")
+            start = i
+    return ", ".join(runs)
+
+
+def kinds_note(layer_kinds) -> str:
+    """Why a hybrid's results have NaN rows: "" when every layer attends."""
+    if layer_kinds is None or all(k == "attention" for k in layer_kinds):
+        return ""
+    absent = [i for i, k in enumerate(layer_kinds) if k != "attention"]
+    return (f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {kinds_text(layer_kinds)}): "
+            "their rows are NaN")
+
+
+
 class ResultFileError(HeadscopeError, ValueError):
     """A saved result file that is truncated, corrupted or not a headscope result."""
 
@@ -110,9 +132,10 @@ class _Result:
     def _header_html(self, extra: str = "") -> str:
         p = self._prov
         params = ", ".join(f"{k}={json.dumps(v)[:40]}" for k, v in list(p["params"].items())[:8])
+        note = getattr(self, "note", "")
         rows = [("model", p["model"] or "—"), ("analyzer", p["analyzer"] or "—"),
                 ("shape", f"{self.values.shape} {self.dims}"), *([("kv heads", extra)] if extra else []),
-                ("params", params or "—")]
+                ("params", params or "—"), *([("note", note)] if note else [])]
         cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
                         f"{html.escape(str(v))}</td></tr>" for k, v in rows)
         return (f"<div><b>{type(self).__name__}: {html.escape(p['name'])}</b>"
@@ -125,7 +148,7 @@ class HeadScores(_Result):
     def __init__(self, values, *, name: str, n_kv_heads: int | None = None, model: str = "",
                  analyzer: str = "", params: dict | None = None, prompts: list[str] | None = None,
                  higher_is_more: bool = True, description: str = "", version: str | None = None,
-                 created: str | None = None, better: str | None = None):
+                 created: str | None = None, better: str | None = None, layer_kinds=None):
         self.values = _as_array(values, "HeadScores", (2, 3))
         self.dims = ("layer", "head") if self.values.ndim == 2 else ("prompt", "layer", "head")
         self.n_layers, self.n_heads = self.values.shape[-2:]
@@ -141,15 +164,39 @@ class HeadScores(_Result):
             better = "higher" if higher_is_more else "lower"
         if better not in BETTER:
             raise InputError(f"HeadScores: better={better!r}: use one of {', '.join(BETTER)}")
+        kinds = None if layer_kinds is None or all(k == "attention" for k in layer_kinds) else tuple(map(str, layer_kinds))
+        if kinds is not None:
+            if len(kinds) != self.n_layers:
+                raise InputError(f"HeadScores: {len(kinds)} layer kinds for {self.n_layers} layers")
+            # A hybrid's layers without attention have no heads: their rows are NaN whatever was computed.
+            self.values = self.values.copy()
+            self.values[..., [k != "attention" for k in kinds], :] = np.nan
         self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
                         description=description, version=version, created=created,
-                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": better != "lower", "better": better})
+                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": better != "lower", "better": better,
+                               **({"layer_kinds": list(kinds)} if kinds else {})})
 
     higher_is_more = property(lambda self: self._prov["higher_is_more"])
     # Which end ranks first ("higher", "lower", "magnitude"): a scan's metric declares it (a logit
     # difference's most negative change is its most important head), an analyzer's scores say "higher"
     # or "lower"; top(), rank_heads and every summary read it.
     better = property(lambda self: self._prov["better"])
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...] | None:
+        """Per layer "attention" or the mixer a hybrid has instead (None: every layer attends)."""
+        kinds = self._prov.get("layer_kinds")
+        return None if kinds is None else tuple(kinds)
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        kinds = self.layer_kinds
+        return tuple(range(self.n_layers)) if kinds is None else tuple(i for i, k in enumerate(kinds) if k == "attention")
+
+    @property
+    def note(self) -> str:
+        """Why some rows are NaN by construction ("" unless a hybrid: its non-attention layers)."""
+        return kinds_note(self.layer_kinds)
 
     @property
     def kv_group(self) -> np.ndarray:
@@ -171,11 +218,15 @@ class HeadScores(_Result):
         return HeadScores(self._mean(), name=p["name"], n_kv_heads=self.n_kv_heads, model=p["model"],
                           analyzer=p["analyzer"], params=p["params"], prompts=self.prompts,
                           higher_is_more=p["higher_is_more"], description=p["description"],
-                          version=p["headscope_version"], created=p["created"], better=p["better"])
+                          version=p["headscope_version"], created=p["created"], better=p["better"],
+                          layer_kinds=self.layer_kinds)
 
     def score(self, layer: int, head: int) -> float:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise InputError(f"L{layer}H{head} out of range: model has {self.n_layers} layers x {self.n_heads} heads")
+        if layer not in self.attention_layers:
+            raise InputError(f"L{layer}H{head}: layer {layer} is a {self.layer_kinds[layer]} layer, it has no attention "
+                             f"heads ({self.note}). Fix: an attention layer ({', '.join(map(str, self.attention_layers))})")
         return float(self._mean()[layer, head])
 
     def top(self, k: int = 10, largest: bool | None = None) -> pd.DataFrame:
@@ -189,6 +240,7 @@ class HeadScores(_Result):
         key = {"higher": -mean, "lower": mean, "magnitude": -np.abs(mean)}[better]
         df = self._long(mean[None], with_prompt=False)
         df["_key"] = np.where(np.isnan(key), np.inf, key).ravel()
+        df = df[df["layer"].isin(self.attention_layers)]  # a hybrid's other layers have no heads to rank
         df = df.sort_values("_key", kind="stable").head(int(k))
         df.insert(0, "rank", np.arange(1, len(df) + 1))
         df = df[["rank", "label", "layer", "head", "kv_group", "score"]].reset_index(drop=True)
@@ -254,13 +306,15 @@ class HeadScores(_Result):
             return cls(values, name=p["name"], n_kv_heads=p["n_kv_heads"], model=p["model"],
                        analyzer=p["analyzer"], params=p["params"], prompts=doc.get("prompts"),
                        higher_is_more=p["higher_is_more"], description=p["description"],
-                       version=p["headscope_version"], created=p["created"], better=p.get("better"))
+                       version=p["headscope_version"], created=p["created"], better=p.get("better"),
+                       layer_kinds=p.get("layer_kinds"))
         except (KeyError, TypeError, InputError) as e:
             raise ResultFileError(f"{path}: invalid HeadScores provenance/values: {e!r}") from None
 
     def __repr__(self) -> str:
+        kinds = f", attention_layers={list(self.attention_layers)}" if self.layer_kinds else ""
         return (f"HeadScores(name={self.name!r}, model={self.model!r}, shape={self.values.shape}, "
-                f"dims={self.dims}, n_kv_heads={self.n_kv_heads})")
+                f"dims={self.dims}, n_kv_heads={self.n_kv_heads}{kinds})")
 
     def _repr_html_(self) -> str:
         kv = f"{self.n_kv_heads} ({self.n_heads // self.n_kv_heads} query heads each)"

@@ -31,7 +31,8 @@ def with_feature(feature):
 
 
 def layer_names(model, hook="hook_pattern"):
-    return [f"blocks.{l}.attn.{hook}" for l in range(model.cfg.n_layers)]
+    """The hook of every attention layer, in order (HF's output_attentions lists the same layers)."""
+    return [f"blocks.{l}.attn.{hook}" for l in model_info(model).attention_layers]
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +90,7 @@ def test_matrix_covers_the_brief():
         assert family in families
     assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA", "MLA"}
     for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "chunked",
-                    "learned_sinks", "mla"):
+                    "learned_sinks", "mla", "hybrid"):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -124,7 +125,8 @@ def test_bridge_shape(name):
     its own decompressed K (qk_nope + qk_rope wide) and V / z (v_head_dim wide)."""
     arch, model = A.ARCHITECTURES[name], reference(name)["model"]
     cfg, info = model.cfg, model_info(model)
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (2, 4, 64, 64)
+    n_layers = A.HYBRID_LAYERS if "hybrid" in arch.features else 2
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (n_layers, 4, 64, 64)
     n_kv = {"MHA": 4, "GQA": 2, "MQA": 1, "MLA": 4}[arch.attention]
     assert (cfg.n_key_value_heads or cfg.n_heads) == n_kv == info.n_kv_heads  # TL leaves None on MHA
     d_qk = d_v = 16
@@ -133,9 +135,11 @@ def test_bridge_shape(name):
     else:
         assert cfg.d_head == 16
     assert info.d_head == d_v
-    _, cache = model.run_with_cache(reference(name)["single"], names_filter=[f"blocks.0.attn.hook_{s}" for s in "qkvz"])
+    first = info.attention_layers[0]
+    _, cache = model.run_with_cache(reference(name)["single"],
+                                    names_filter=[f"blocks.{first}.attn.hook_{s}" for s in "qkvz"])
     for site, shape in (("q", (4, d_qk)), ("k", (n_kv, d_qk)), ("v", (n_kv, d_v)), ("z", (4, d_v))):
-        assert cache[f"blocks.0.attn.hook_{site}"].shape == (1, SEQ, *shape), site
+        assert cache[f"blocks.{first}.attn.hook_{site}"].shape == (1, SEQ, *shape), site
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -296,14 +300,14 @@ def test_alibi_bias_is_in_the_scores(name):
     assert torch.all(slopes > 0) and len(set(slopes.tolist())) == A.N_HEADS
 
 
-# TransformerLens 4.3 wraps BERT, GPT-Neo, GPT-J and OPT in its generic AttentionBridge, which lets the HF
+# TransformerLens 4.3 wraps BERT, GPT-Neo, GPT-J, OPT, Llama 4 and Jamba in its generic AttentionBridge, which lets the HF
 # module compute attention and fires hook_attn_scores / hook_pattern afterwards on the returned weights;
 # headscope routes those layers through its own attention forward at boot (headscope.capture.routed),
 # so on every family here hook_attn_scores is pre-softmax and an edit at hook_pattern takes effect.
 @pytest.mark.parametrize("name", NAMES)
 def test_attn_scores_are_pre_softmax(name):
     r = reference(name)
-    for layer in range(r["model"].cfg.n_layers):
+    for layer in model_info(r["model"]).attention_layers:
         scores = r["cache"][f"blocks.{layer}.attn.hook_attn_scores"]
         pattern = scores.softmax(-1) * row_sums(name, layer, scores)[..., None]  # a learned sink's share taken
         torch.testing.assert_close(pattern, r["cache"][f"blocks.{layer}.attn.hook_pattern"], atol=1e-6, rtol=0)
@@ -313,7 +317,7 @@ def test_attn_scores_are_pre_softmax(name):
 def test_pattern_edits_reach_the_output(name):
     r = reference(name)
 
-    def first_key_only(pattern, hook):  # head 0 of layer 0 reads only key 0
+    def first_key_only(pattern, hook):  # head 0 of the first attention layer reads only key 0
         pattern = pattern.clone()
         pattern[:, 0] = 0.0
         pattern[:, 0, :, 0] = 1.0
@@ -322,7 +326,7 @@ def test_pattern_edits_reach_the_output(name):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("error", message=".*edit is discarded", category=UserWarning)  # TL discarding it
-        edited = r["model"].run_with_hooks(r["single"], fwd_hooks=[("blocks.0.attn.hook_pattern", first_key_only)])
+        edited = r["model"].run_with_hooks(r["single"], fwd_hooks=[(layer_names(r["model"])[0], first_key_only)])
     assert (edited - r["logits"]).abs().max() > 1e-2
 
 

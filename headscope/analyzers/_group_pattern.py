@@ -24,6 +24,13 @@ from ..errors import InputError
 __all__ = ["GroupMeanPattern", "GroupTokenStats", "ResponseDistance", "fai", "select_tokens", "waad"]
 
 
+
+def _check_group_heads(groups: dict, info) -> None:
+    """Every head of every group exists (a hybrid's layers without attention have none): InputError."""
+    for mask in groups.values():
+        for layer, head in zip(*np.nonzero(mask)):
+            info.check_head(int(layer), int(head))
+
 class ResponseDistance(QueryMeanReducer):
     """Mean over response queries t of sum_{s<=t} A[t, s] (t - s); one value per (prompt, layer, head).
 
@@ -82,6 +89,7 @@ class GroupMeanPattern(Reducer):
         if mask.shape != (info.n_layers, info.n_heads):
             raise InputError(f"group masks are {mask.shape} but the model has {info.n_layers} layers x "
                              f"{info.n_heads} heads")
+        _check_group_heads(self.groups, info)
         self._sums: dict[str, list[np.ndarray | None]] = {g: [None] * n_prompts for g in self.groups}
         # Heads averaged per prompt: the same for all prompts, but counted as seen so that a layer
         # that was not captured cannot silently shrink the denominator.
@@ -146,6 +154,7 @@ class GroupTokenStats(Reducer):
     def start(self, info, n_prompts):
         if len(self.starts) != n_prompts:
             raise InputError(f"GroupTokenStats has starts for {len(self.starts)} prompts, capture got {n_prompts}")
+        _check_group_heads(self.groups, info)
         self._waad: list[np.ndarray | None] = [None] * n_prompts
         self._fai: list[np.ndarray | None] = [None] * n_prompts
         self._seen = {g: np.zeros(n_prompts) for g in self.groups}

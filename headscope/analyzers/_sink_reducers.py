@@ -112,7 +112,7 @@ class HiddenSinks(Reducer):
 
     def result(self, info, prompts=None) -> HiddenSinkResult:
         table = {c: _cat(v, float if c == "score" else np.int64) for c, v in self._rows.items()}
-        counts = HeadScores(self._counts, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+        counts = HeadScores(self._counts, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
                             analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
                             higher_is_more=True, description=self.description)
         return HiddenSinkResult(counts, table)

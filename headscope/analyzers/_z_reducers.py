@@ -63,6 +63,6 @@ class ZAtPositions(Reducer):
     def result(self, info, prompts=None) -> ZResult:
         # [prompt, layer, head]: mean over positions of sum over d_head of z^2
         values = np.stack([(z.double() ** 2).sum(-1).mean(1).numpy() for z in self.z])
-        return ZResult(self.z, HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+        return ZResult(self.z, HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
                           analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
                           higher_is_more=self.higher_is_more, description=self.description))

@@ -166,7 +166,8 @@ class Analyzer:
         """A reducer's HeadScores re-labelled as this analyzer's result (its name and all parameters)."""
         return HeadScores(scores.values, name=name or scores.name, n_kv_heads=scores.n_kv_heads, model=scores.model,
                           analyzer=self.name, params=self.get_params(), prompts=scores.prompts,
-                          higher_is_more=scores.higher_is_more, description=description or scores.description)
+                          higher_is_more=scores.higher_is_more, description=description or scores.description,
+                          layer_kinds=scores.layer_kinds)
 
     def plot(self, **kw):
         """The analyzer's main figure (default: the heatmap of `scores_`)."""

@@ -161,7 +161,7 @@ class HeadDivergence(Analyzer):
 
         prompts = [it.text if it.text is not None else model.tokenizer.decode(it.present) for it in items]
         params = self.get_params()
-        meta = {"n_kv_heads": info.n_kv_heads, "model": info.name, "analyzer": self.name, "params": params,
+        meta = {"n_kv_heads": info.n_kv_heads, "layer_kinds": info.layer_kinds, "model": info.name, "analyzer": self.name, "params": params,
                 "prompts": prompts}
         self.segments_, self.variants_, self.vhd_per_position_ = items, pair, per_pos
         self.scores_ = HeadScores(vhd, name="head_divergence", higher_is_more=True, description=(

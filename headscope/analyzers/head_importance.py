@@ -74,7 +74,7 @@ class HeadImportance(Analyzer):
                 continue  # a single token predicts nothing
             gates = torch.ones(info.n_layers, info.n_heads, requires_grad=True)
             tokens = torch.tensor([ids])
-            with model.hooks(fwd_hooks=head_gate_hooks(gates, range(info.n_layers))):
+            with model.hooks(fwd_hooks=head_gate_hooks(gates, info.attention_layers)):
                 logits = model(tokens)
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
@@ -89,7 +89,7 @@ class HeadImportance(Analyzer):
             values = (values - values.min()) / (values.max() - values.min() + 1e-20)
         # One importance for the whole dataset (a sum over its tokens, as the paper defines it): the
         # prompt axis of scores_ has one entry.
-        self.scores_ = HeadScores(values.numpy()[None], name="head_importance", n_kv_heads=info.n_kv_heads,
+        self.scores_ = HeadScores(values.numpy()[None], name="head_importance", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
                                   model=info.name, analyzer=self.name, params=self.get_params(),
                                   prompts=[f"all {len(examples)} prompts"], description=self.description)
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)

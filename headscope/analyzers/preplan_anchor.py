@@ -182,7 +182,9 @@ class PreplanAnchor(Analyzer):
         return lo, hi
 
     def _layers(self, info) -> list[int]:
-        return middle_layers(info.n_layers) if self.layers == "middle" else info.check_layers(self.layers)
+        if self.layers == "middle":  # of the layers with heads (a hybrid's attention layers)
+            return [info.attention_layers[i] for i in middle_layers(len(info.attention_layers))]
+        return info.check_layers(self.layers)
 
     def _group(self, distances: HeadScores, explicit, fraction: float, better: str, info) -> list[tuple[int, int]]:
         if explicit is not None:
@@ -213,7 +215,7 @@ class PreplanAnchor(Analyzer):
         # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
         dist = ResponseDistance(starts)
         raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
-        self.scores_ = HeadScores(raw.values, name="mean_backward_distance", n_kv_heads=info.n_kv_heads,
+        self.scores_ = HeadScores(raw.values, name="mean_backward_distance", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
                                   model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts,
                                   higher_is_more=False, description=dist.description)
         self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, "lower", info)

@@ -125,7 +125,7 @@ class CopyPasteReducer(Reducer):
 
     def result(self, info, prompts=None):
         span_len = np.array([b - a for a, b in self.spans], dtype=float)
-        return HeadScores(self._events / span_len[:, None, None], name=self.name, n_kv_heads=info.n_kv_heads,
+        return HeadScores(self._events / span_len[:, None, None], name=self.name, n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
                           model=info.name, analyzer="capture.CopyPasteReducer", params=self.params(),
                           prompts=prompts, description=self.description)
 
@@ -267,7 +267,7 @@ class RetrievalHeads(Analyzer):
 
     def _store(self, info, samples, values, texts, recall, success, outputs):
         params = self.get_params()
-        common = dict(n_kv_heads=info.n_kv_heads, model=info.name, analyzer=self.name, params=params,
+        common = dict(n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds, model=info.name, analyzer=self.name, params=params,
                       description=self.description)
         self.sample_scores_ = HeadScores(values, name="copy_paste_score", **common)
         if success.any():

@@ -112,17 +112,18 @@ class StreamingHeads(Analyzer):
         g = info.group_size
         echo = self.echo_scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
         ind = self.scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
-        n_kv = echo.size
-        top = lambda v, ratio: set(np.argsort(-np.nan_to_num(v.ravel(), nan=-1), kind="stable")[: int(round(n_kv * ratio))])
+        has = np.repeat([info.has_heads(l) for l in range(info.n_layers)], info.n_kv_heads)  # hybrids: attention layers
+        n_kv = int(has.sum())
+        top = lambda v, ratio: set([i for i in np.argsort(-np.nan_to_num(v.ravel(), nan=-1), kind="stable") if has[i]]
+                                   [: int(round(n_kv * ratio))])
         chosen = top(ind, self.induction_ratio) | top(echo, self.echo_ratio)
-        layer, kv = np.divmod(np.arange(n_kv), info.n_kv_heads)
+        layer, kv = np.divmod(np.arange(echo.size), info.n_kv_heads)
         self.kv_table_ = pd.DataFrame({"layer": layer, "kv_head": kv, "echo_max": echo.ravel(),
-                                       "induction_max": ind.ravel(), "retrieval": [i in chosen for i in range(n_kv)]})
+                                       "induction_max": ind.ravel(), "retrieval": [i in chosen for i in range(echo.size)]})
         by_score = self.kv_table_.sort_values("induction_max", ascending=False)
         retrieval_kv = [(int(r.layer), int(r.kv_head)) for r in by_score.itertuples() if r.retrieval]
         self.heads_ = [(l, k * g + j) for l, k in retrieval_kv for j in range(g)]
-        self.streaming_heads_ = [(int(l), h) for l in range(info.n_layers) for h in range(info.n_heads)
-                                 if (int(l), h) not in set(self.heads_)]
+        self.streaming_heads_ = [head for head in info.heads() if head not in set(self.heads_)]
         self.streaming_check_ = self.check_streaming(model) if self.check else None
 
     def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None,
@@ -143,7 +144,7 @@ class StreamingHeads(Analyzer):
         info = model_info(model)
         if head_sets is None:
             rng = np.random.default_rng(self.seed)
-            all_heads = [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+            all_heads = info.heads()
             head_sets = {"none": [], "streaming candidates": self.streaming_heads_, "retrieval heads": self.heads_}
             for i in range(self.n_random):
                 pick = rng.choice(len(all_heads), size=len(self.heads_), replace=False)

@@ -14,9 +14,10 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import atomic_write, jsonable
+from ..results import kinds_note
 from .data import Column, StepResult
 from .figures import role_map_figure
-from .roles import ResolvedRole, RoleMap, assign
+from .roles import NO_HEADS, ResolvedRole, RoleMap, assign
 
 FORMAT = "headscope-atlas/1"
 
@@ -54,6 +55,20 @@ class Atlas:
     steps: list[StepResult]
     viewer: dict | None = None
     provenance: dict = field(default_factory=dict)
+    # A hybrid's per-layer kinds ("attention" or the mixer it has instead); None = every layer attends.
+    # The head table lists the heads of attention layers only; the role map greys the other rows.
+    layer_kinds: tuple[str, ...] | None = None
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        if self.layer_kinds is None:
+            return tuple(range(self.n_layers))
+        return tuple(i for i, k in enumerate(self.layer_kinds) if k == "attention")
+
+    @property
+    def note(self) -> str:
+        """Which layers have no heads ("" unless a hybrid)."""
+        return kinds_note(self.layer_kinds)
 
     # --- the head table and the role map ----------------------------------------------------------
     def columns(self) -> dict[str, Column]:
@@ -63,7 +78,10 @@ class Atlas:
         return [r for s in self.steps if s.status == "ok" for r in s.roles]
 
     def role_map(self) -> RoleMap:
-        return assign(self.roles(), {n: c.values for n, c in self.columns().items()}, (self.n_layers, self.n_heads))
+        rm = assign(self.roles(), {n: c.values for n, c in self.columns().items()}, (self.n_layers, self.n_heads))
+        for layer in set(range(self.n_layers)) - set(self.attention_layers):
+            rm.role[layer, :] = NO_HEADS  # drawn grey and labelled with the layer's kind
+        return rm
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per head: label, layer, head, kv_group, role, every role it has, then every column."""
@@ -76,7 +94,8 @@ class Atlas:
                            "all_roles": [", ".join(rm.has[a][b]) for a, b in zip(layer, head)]})
         for name, col in self.columns().items():
             df[name] = col.values.ravel()
-        df.attrs = {"model": self.model, "preset": self.preset, "format": FORMAT}
+        df = df[df["layer"].isin(self.attention_layers)].reset_index(drop=True)  # a hybrid's heads only
+        df.attrs = {"model": self.model, "preset": self.preset, "format": FORMAT, "note": self.note}
         return df
 
     def plot(self, **kw):
@@ -87,7 +106,8 @@ class Atlas:
     def header(self) -> dict:
         return {"format": FORMAT, "model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "n_kv_heads": self.n_kv_heads, "preset": self.preset, "provenance": self.provenance,
-                "steps": [s.key for s in self.steps]}
+                "steps": [s.key for s in self.steps],
+                "layer_kinds": list(self.layer_kinds) if self.layer_kinds else None}
 
     def save(self, folder: str | os.PathLike, *, steps: bool = True) -> Path:
         """Write folder/scores/: atlas.json, steps/NN-key.json, viewer.json, heads.csv, heads.parquet.
@@ -122,6 +142,7 @@ class Atlas:
             steps.append(StepResult.from_json(json.loads(path.read_text(encoding="utf-8"))))
         viewer_path = scores / "viewer.json"
         viewer = json.loads(viewer_path.read_text(encoding="utf-8")) if viewer_path.is_file() else None
+        kinds = doc.get("layer_kinds")
         return cls(doc["model"], doc["n_layers"], doc["n_heads"], doc["n_kv_heads"], doc["preset"], steps, viewer,
-                   doc.get("provenance", {}))
+                   doc.get("provenance", {}), tuple(kinds) if kinds else None)
 

@@ -155,7 +155,10 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("headscope") else "build_atlas(...)",
         "seconds": seconds, "versions": _versions(),
     }
-    atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance)
+    if info.layer_kinds is not None:
+        provenance["layers without heads"] = info.kinds_note()
+    atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance,
+                  info.layer_kinds)
     atlas.save(out_dir, steps=False)  # each step was saved as it finished
     return write_page(atlas, out_dir, static=static)
 

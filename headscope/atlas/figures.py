@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..viz.figures import FONT, axis_ticks, title_block
-from .roles import NO_ROLE, role_colour
+from .roles import NO_HEADS, NO_ROLE, role_colour
 
 
 def _discrete_scale(colours: list[str]) -> list[list]:
@@ -23,14 +23,19 @@ def role_map_figure(atlas, *, title: str | None = None, width: int | None = None
     rm = atlas.role_map()
     roles = {r.name: r for r in atlas.roles()}  # one legend entry per role name (first declaration)
     present = [n for n in rm.names if (rm.role == n).any()]
-    order = [*present, NO_ROLE]
+    hybrid = (rm.role == NO_HEADS).any()
+    order = [*present, NO_ROLE, *([NO_HEADS] if hybrid else [])]
     colours = [role_colour(n, rm.names) for n in order]
     L, H = rm.role.shape
     z = np.vectorize(order.index)(rm.role).astype(float)
     columns = atlas.columns()
     text = np.empty((L, H), dtype=object)
+    kinds = atlas.layer_kinds
     for layer in range(L):
         for head in range(H):
+            if rm.role[layer, head] == NO_HEADS:
+                text[layer, head] = f"<b>L{layer}</b>: a {kinds[layer]} layer, no attention heads"
+                continue
             lines = [f"<b>L{layer}H{head}</b>: {rm.role[layer, head]}"]
             for name in rm.has[layer][head]:
                 r = roles[name]
@@ -43,7 +48,8 @@ def role_map_figure(atlas, *, title: str | None = None, width: int | None = None
         colorscale=_discrete_scale(colours), zmin=-0.5, zmax=len(order) - 0.5, showscale=False, xgap=1, ygap=1))
     for name, colour in zip(order, colours):  # legend entries (the heatmap itself has none)
         count = int((rm.role == name).sum())
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{name} ({count})",
+        label = f"{name} ({count})" if name != NO_HEADS else f"{NO_HEADS}: {len(rm.role) - len(atlas.attention_layers)} layers"
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
                                  marker=dict(size=12, symbol="square", color=colour,
                                              line=dict(width=1, color="#999"))))
     fig.update_layout(
@@ -52,5 +58,6 @@ def role_map_figure(atlas, *, title: str | None = None, width: int | None = None
         width=width or int(min(1400, max(620, 26 * H + 330))), height=height or int(min(1500, max(380, 20 * L + 170))),
         margin=dict(l=60, r=20, t=80, b=50), legend=dict(title="role (heads)", itemclick=False, itemdoubleclick=False),
         xaxis=dict(title="head", showgrid=False, zeroline=False, **axis_ticks(H, "H")),
-        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False, **axis_ticks(L, "L")))
+        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False,
+                   **axis_ticks(L, "L", atlas.layer_kinds)))
     return fig

@@ -15,7 +15,7 @@ from .._version import __version__
 from ..fileio import atomic_write
 from ..viz.export import HTML_CONFIG, export_figures, write_plotly_js
 from .docs_pages import render_docs
-from .roles import NO_ROLE, role_colour
+from .roles import NO_HEADS, NO_ROLE, role_colour
 
 ROLE_RULE = ("A head <b>has</b> a role when its score passes the role's cut (a fixed threshold from the paper, "
              "a headscope convention, or the analyzer's own selection; each rule is listed below). Its "
@@ -99,11 +99,16 @@ def _head_table(atlas) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _kinds_note(atlas) -> str:
+    """A hybrid's layers without attention: said once above the head table (they have no rows there)."""
+    return f"<p class='muted'>{_esc(atlas.note[:1].upper() + atlas.note[1:])} (grey on the role map).</p>" if atlas.note else ""
+
+
 def _viewer(atlas) -> str:
     v = atlas.viewer
     if v is None:
         return "<p class='muted'>No viewer data in this atlas.</p>"
-    layers = "".join(f"<option value='{i}'>L{i}</option>" for i in range(v["n_layers"]))
+    layers = "".join(f"<option value='{i}'>L{i}</option>" for i in v.get("attention_layers", range(v["n_layers"])))
     heads = "".join(f"<option value='{i}'>H{i}</option>" for i in range(v["n_heads"]))
     how = (f"The prompt has {v['n_tokens']} tokens, more than {v['max_tokens']}: the rows are its last "
            f"{len(v['queries'])} queries; the columns its first {v['sink_keys']} keys, a '…' column holding the "
@@ -170,8 +175,8 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
                            plotly_js=out_dir / "plotly.min.js")
     docs = render_docs([s.docs for s in atlas.steps], out_dir)
     rm = atlas.role_map()
-    n_role = int((rm.role != NO_ROLE).sum())
-    total = atlas.n_layers * atlas.n_heads
+    n_role = int(((rm.role != NO_ROLE) & (rm.role != NO_HEADS)).sum())
+    total = len(atlas.attention_layers) * atlas.n_heads
     nav = ["<li><a href='#role-map-section'>Role map</a></li>", "<li><a href='#head-table-section'>Head table</a></li>",
            "<li><a href='#viewer'>Attention viewer</a></li>"]
     nav += [f"<li><a href='#step-{s.key}'>{_esc(s.title)}</a>{'' if s.status == 'ok' else ' (not run)'}</li>"
@@ -179,7 +184,9 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
     nav.append("<li><a href='#provenance'>Provenance</a></li>")
     role_links = " · ".join(f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get("00-role-map", {}).items())
     js = resources.files("headscope.atlas").joinpath("static/atlas.js").read_text(encoding="utf-8")
-    summary = (f"{atlas.n_layers} layers x {atlas.n_heads} heads ({atlas.n_kv_heads} KV heads per layer); "
+    layers = (f"{atlas.n_layers} layers ({len(atlas.attention_layers)} with attention)" if atlas.layer_kinds
+              else f"{atlas.n_layers} layers")
+    summary = (f"{layers} x {atlas.n_heads} heads ({atlas.n_kv_heads} KV heads per layer); "
                f"{n_role} of {total} heads have a role; {len(ran)} of {len(atlas.steps)} steps ran "
                f"({atlas.preset} preset, {atlas.provenance.get('seconds', 0):.0f} s).")
     body = [
@@ -187,7 +194,7 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
         f"<section id='role-map-section'><h2>Role map</h2><p>{ROLE_RULE}</p>"
         f"<div class='fig'>{_fig_div(role_fig, 'role-map')}</div>"
         + (f"<p class='files'>Figure files: {role_links}</p>" if role_links else "") + _legend(atlas, rm) + "</section>",
-        f"<section id='head-table-section'><h2>Head table</h2>{_head_table(atlas)}</section>",
+        f"<section id='head-table-section'><h2>Head table</h2>{_kinds_note(atlas)}{_head_table(atlas)}</section>",
         f"<section id='viewer'><h2>Attention viewer</h2>{_viewer(atlas)}</section>",
         *[_step_section(i, s, figures, files, docs) for i, s in enumerate(atlas.steps, 1)],
         f"<section id='provenance'><h2>Provenance</h2>{_provenance(atlas)}</section>",

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NO_ROLE = "no clear role"
+NO_HEADS = "no heads"  # a hybrid's layer without attention (linear attention, Mamba): no head to have a role
 
 # Fixed colours so the same role looks the same in every atlas; roles from plugins get the spares.
 ROLE_COLOURS = {
     "induction": "#d62728", "previous-token": "#ff7f0e", "duplicate": "#bcbd22", "retrieval": "#9467bd",
     "safety": "#e377c2", "vision-aware": "#17becf", "sink": "#7f7f7f", "local": "#2ca02c",
-    "global": "#1f77b4", NO_ROLE: "#f2f2f2",
+    "global": "#1f77b4", NO_ROLE: "#f2f2f2", NO_HEADS: "#c4c4c4",
 }
 _PRIORITY = {name: i for i, name in enumerate(ROLE_COLOURS)}
 _SPARE = ["#8c564b", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]

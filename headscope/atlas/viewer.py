@@ -112,6 +112,7 @@ def viewer_data(model, prompt, *, max_tokens: int = MAX_TOKENS, sink_keys: int =
     quantised = np.clip(np.rint(np.nan_to_num(res.values) * 255), 0, 255).astype(np.uint8)
     tokens = [model.tokenizer.decode([t]) for t in ids]
     return {"n_layers": info.n_layers, "n_heads": info.n_heads, "n_tokens": len(ids),
+            "attention_layers": list(info.attention_layers),  # a hybrid's other layers have no pattern
             "queries": window.queries, "keys": window.keys, "tokens": tokens,
             "windowed": len(ids) > max_tokens, "max_tokens": max_tokens, "sink_keys": sink_keys,
             "shape": list(quantised.shape), "scale": 255, "data": base64.b64encode(quantised.tobytes()).decode()}

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.compat import hooks_paused
+from ..models.compat import (attn_implementation, hf_module_of, hooks_paused, override_forward, restore_forward,
+                             set_attn_implementation)
 from ..models.family import blocked_forward_for
 from ..models.info import model_device, model_info
 
@@ -345,7 +346,8 @@ def _attention_components(model) -> list:
     if not blocks:
         raise InputError(f"{type(model).__name__} has no TransformerLens blocks: blocked attention needs a "
                          "TransformerBridge (headscope.load_model)")
-    return [blk.attn for blk in blocks]
+    # (layer, attention component) by the model's own layer index: a hybrid's other layers have none.
+    return [(layer, blk.attn) for layer, blk in enumerate(blocks) if hasattr(blk, "attn")]
 
 
 def _configs(model, components) -> list:
@@ -353,7 +355,7 @@ def _configs(model, components) -> list:
     found, seen = [], set()
     root = model.original_model.config
     candidates = [root, getattr(root, "text_config", None)]
-    candidates += [getattr(getattr(c, "original_component", None), "config", None) for c in components]
+    candidates += [getattr(getattr(c, "original_component", None), "config", None) for _, c in components]
     for cfg in candidates:
         if cfg is not None and id(cfg) not in seen:
             seen.add(id(cfg))
@@ -377,27 +379,26 @@ def _hf_forward(hf_module):
 def _switched(model, session: _Session):
     """Route every attention layer of `model` through its HF module and `attention_forward`."""
     components = _attention_components(model)
-    hf_modules = [c._modules.get("_original_component") for c in components]
+    hf_modules = [hf_module_of(c) for _, c in components]
     if any(m is None for m in hf_modules):
         raise InputError(f"the bridge of {type(model.original_model).__name__} keeps no HF attention module to "
                          "run blocked; use attention='eager'")
     _register()
     configs = _configs(model, components)
-    before = [cfg._attn_implementation for cfg in configs]
+    before = [attn_implementation(cfg) for cfg in configs]
     try:
-        for layer, (c, m) in enumerate(zip(components, hf_modules)):
-            # object.__setattr__: the bridge's own __setattr__ would pass `forward` on to the HF module
-            object.__setattr__(c, "forward", _hf_forward(m))
+        for (layer, c), m in zip(components, hf_modules):
+            override_forward(c, _hf_forward(m))
             for sub in m.modules():  # the module HF passes may be a child (BERT's BertSelfAttention)
                 _LAYER_OF[id(sub)] = (session, layer)
         for cfg in configs:
-            cfg._attn_implementation = BLOCKED_IMPLEMENTATION
+            set_attn_implementation(cfg, BLOCKED_IMPLEMENTATION)
         yield
     finally:
         for cfg, impl in zip(configs, before):
-            cfg._attn_implementation = impl
-        for c, m in zip(components, hf_modules):
-            c.__dict__.pop("forward", None)
+            set_attn_implementation(cfg, impl)
+        for (_, c), m in zip(components, hf_modules):
+            restore_forward(c)
             for sub in m.modules():
                 _LAYER_OF.pop(id(sub), None)
 
@@ -543,14 +544,14 @@ def blocked_support(model) -> tuple[bool, str]:
     tokens, mask = _probe_batch(model)
     device = model_device(model)
     tokens, mask = tokens.to(device), mask.to(device)
-    n_layers = model_info(model).n_layers
+    layers = model_info(model).attention_layers
     verdict = (True, "")
     with torch.no_grad(), hooks_paused(model):
         eager = model(tokens, attention_mask=mask).float()
         real = mask.bool().cpu()
         scale = max(1.0, float(eager[real].abs().max()))
         tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2) * scale
-        for path, hooks in (("block", [(f"blocks.{l}.attn.hook_pattern", _observe_rows) for l in range(n_layers)]),
+        for path, hooks in (("block", [(f"blocks.{l}.attn.hook_pattern", _observe_rows) for l in layers]),
                             ("fused", [])):
             calls: dict[int, int] = {}
             try:
@@ -558,11 +559,11 @@ def blocked_support(model) -> tuple[bool, str]:
                     calls = session.calls
                     got = model(tokens, attention_mask=mask).float()
             except Exception as exc:  # the family's attention cannot run through the interface
-                hf = type(_attention_components(model)[0]._modules.get("_original_component")).__name__
+                hf = type(hf_module_of(_attention_components(model)[0][1])).__name__
                 verdict = (False, f"its HF attention ({hf}) does not go through transformers' AttentionInterface"
                            if not calls else f"the {path} path fails: {type(exc).__name__}: {str(exc)[:200]}")
                 break
-            missing = [l for l in range(n_layers) if calls.get(l, 0) != 1]
+            missing = [l for l in layers if calls.get(l, 0) != 1]
             if missing:
                 verdict = (False, f"the HF attention of layers {missing} does not call transformers' AttentionInterface")
                 break

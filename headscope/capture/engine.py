@@ -70,7 +70,7 @@ class CaptureResult(Mapping):
     token_ids: list[list[int]]
     prompts: list[str] | None
     layers: list[int]
-    patterns: list[torch.Tensor] | None = field(default=None, repr=False)  # per prompt [layer, head, q, k]
+    patterns: list[torch.Tensor] | None = field(default=None, repr=False)  # per prompt [len(layers), head, q, k]
 
     def __getitem__(self, name: str) -> HeadScores:
         try:
@@ -126,9 +126,11 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
             `headscope.inputs.images.ImagePrompt`s (their pixel values go with their batch),
             a LongTensor [batch, pos], or a list of token-id lists.
         reducers: Reducer instances (default: the six of `reducers.default_reducers()`).
-        layers: layers to capture (default all); the forward stops after the last one.
+        layers: layers to capture (default every layer with attention heads: all but a hybrid's linear-attention
+            / Mamba layers, whose rows of the results are NaN); the forward stops after the last one.
         batch_size: prompts per forward pass.
-        keep_patterns: also return every prompt's full [layer, head, q, k] pattern (memory!).
+        keep_patterns: also return every prompt's full [layer, head, q, k] pattern, layer i being
+            `result.layers[i]` (memory!).
         prepend_bos: override the model's default (False for the bundled SmolLM2).
         progress: show a progress bar over batches (default: when there is more than one batch).
         attention: "eager" (the bridge's attention: every layer's [batch, head, T, T] pattern in memory),

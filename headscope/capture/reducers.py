@@ -121,7 +121,7 @@ class QueryMeanReducer(Reducer):
             values = self._sums / self._counts[:, :, None]  # NaN where no query was covered
         values[self._counts == 0] = np.nan
         return HeadScores(
-            values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name,
+            values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
             analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
             higher_is_more=self.higher_is_more, description=self.description,
         )

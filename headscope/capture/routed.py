@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import blocked as _blocked_mod
-from ..models.compat import (attn_implementation, component_reports_after, hf_attention_module, hooks_paused,
+from ..models.compat import (attn_implementation, component_reports_after, hf_module_of, hooks_paused,
                              record_pattern_route, set_attn_implementation)
 from ..models.info import model_device
 from .blocked import LIVE_ROUTES, _attention_components, _blocked, _configs, _probe_batch
@@ -118,7 +118,7 @@ def route_attention(model) -> str:
     (`headscope.models.compat.pattern_edit_route`). Returns "" when routed, else why not (the model
     is then left exactly as it was). Layers whose bridge computes attention itself are left alone."""
     components = _attention_components(model)
-    layers = {l: (c, hf_attention_module(c)) for l, c in enumerate(components) if component_reports_after(c)}
+    layers = {l: (c, hf_module_of(c)) for l, c in components if component_reports_after(c)}
     if not layers:
         return ""
     if any(m is None for _, m in layers.values()):

@@ -120,7 +120,7 @@ def plan_evaluate(unit, ctx):
                 heads = []
                 if cond.mode in ("top_k", "random"):
                     ranked, n_selected = ctx.ranked(cond.source, cond.rank) if cond.source else (None, 0)
-                    all_heads = [(l, h) for l in range(ctx.info.n_layers) for h in range(ctx.info.n_heads)]
+                    all_heads = ctx.info.heads()
                     heads = choose_heads(cond, k, seed, ranked, all_heads, n_selected)
                 elif cond.mode == "heads":
                     heads = sorted(cond.heads)

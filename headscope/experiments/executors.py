@@ -104,7 +104,7 @@ def analyze_scores(unit, ctx: Context) -> HeadScores:
 # ---- scan ---------------------------------------------------------------------------------------------
 
 def _chunks(unit, info) -> list[list[int]]:
-    layers = sorted(unit.layers) if unit.layers else list(range(info.n_layers))
+    layers = sorted(unit.layers) if unit.layers else list(info.attention_layers)
     n = unit.layers_per_unit
     return [layers[i:i + n] for i in range(0, len(layers), n)]
 
@@ -131,7 +131,7 @@ def _scan_call(unit, ctx, **kw):
 
 
 def _visited(unit, ctx) -> list:
-    layers = unit.layers if unit.layers else range(ctx.info.n_layers)
+    layers = unit.layers if unit.layers else ctx.info.attention_layers
     return [(l, h) for l in layers for h in range(ctx.info.n_heads)]
 
 
@@ -188,7 +188,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
         return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                           analyzer="scan", params=params, prompts=ds.labels, better=first.better,
-                          description=first.description)
+                          description=first.description, layer_kinds=first.layer_kinds)
     values, first = None, None
     for chunk in _chunks(unit, ctx.info):
         part = HeadScores.load(_chunk_file(unit, ctx, chunk))
@@ -197,7 +197,7 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
     return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
                       analyzer="scan", params=params, prompts=ds.labels, better=first.better,
-                      description=first.description)
+                      description=first.description, layer_kinds=first.layer_kinds)
 
 
 # ---- combining ----------------------------------------------------------------------------------------

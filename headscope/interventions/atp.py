@@ -181,7 +181,22 @@ def _metric_outputs(metric, logits, batch, kl_tokens: int):
     return [(None, value)]
 
 
-def _graddrop_hooks(n_layers: int, keep: list):
+_NORMS = ("ln1", "ln2", "ln1_post", "ln2_post")
+
+
+def _branch_outputs(model, layer: int) -> list[str]:
+    """The hooks on what `layer` adds to the residual stream: its attention and MLP outputs, or on a
+    block without them (a hybrid's linear-attention / Mamba layer, Granite's MoE + shared MLP) the
+    output of each of the block's own sublayers."""
+    names = [SITES["attn_out"].format(l=layer), f"blocks.{layer}.hook_mlp_out"]
+    if all(n in model.hook_dict for n in names):
+        return names
+    block = model.blocks[layer]
+    return [f"blocks.{layer}.{child}.hook_out" for child in block._modules
+            if child not in _NORMS and f"blocks.{layer}.{child}.hook_out" in model.hook_dict]
+
+
+def _graddrop_hooks(model, n_layers: int, keep: list):
     """Tensor hooks on each layer's attention and MLP outputs scaling their gradient by keep[layer]."""
     def make(layer):
         def hook(x, hook):
@@ -189,10 +204,7 @@ def _graddrop_hooks(n_layers: int, keep: list):
                 x.register_hook(lambda g: g * keep[layer])
             return None
         return hook
-    names = []
-    for layer in range(n_layers):
-        names += [(SITES["attn_out"].format(l=layer), make(layer)), (f"blocks.{layer}.hook_mlp_out", make(layer))]
-    return names
+    return [(name, make(layer)) for layer in range(n_layers) for name in _branch_outputs(model, layer)]
 
 
 def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimator: str = "atp*", visit=None,
@@ -234,7 +246,7 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
             for batch in batches:
                 nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads,
                                model)
-                hooks = nodes.hooks + (_graddrop_hooks(info.n_layers, keep) if graddrop else [])
+                hooks = nodes.hooks + (_graddrop_hooks(model, info.n_layers, keep) if graddrop else [])
                 with model.hooks(fwd_hooks=hooks):
                     logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
                 outputs = _metric_outputs(score, logits, batch, kl_tokens)
@@ -266,7 +278,7 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     params = {"kind": template.kind, "metric": name, "method": estimator, **({"graddrop": True} if graddrop else {}),
               **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {})}
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"
-    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
+    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
                       analyzer=f"scan.{estimator}", params=params, prompts=prompts, better=important_end(score),
                       description=f"{what} of {getattr(score, 'description', name)}, {template.kind} on one head "
                                   f"at a time ({estimator})")

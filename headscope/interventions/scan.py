@@ -355,7 +355,7 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     params = {"kind": template.kind, "metric": name, **_params(template)}
     if base_interventions:
         params["base_interventions"] = [s.to_dict() for s in base_interventions]
-    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name,
+    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
                       analyzer="scan", params=params, prompts=prompts, better=important_end(score),
                       description=f"{getattr(score, 'description', name)}, {template.kind} on one head at a time")
 

@@ -72,7 +72,8 @@ class ScreenedScan:
                   "verified": self.verified_heads}
         return HeadScores(self.values, name=e.name, n_kv_heads=e.n_kv_heads, model=e.model, analyzer="scan.screen",
                           params=params, prompts=e.prompts, better=e.better,
-                          description=f"{e.description}; exact on the {self.top_k} heads ranked first")
+                          description=f"{e.description}; exact on the {self.top_k} heads ranked first",
+                          layer_kinds=e.layer_kinds)
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (prompt, layer, head): estimate, exact (NaN if not verified), verified, value."""

@@ -88,17 +88,66 @@ def _alias_cache(module, args, kwargs):
     return None
 
 
+_RECURRENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _recurrent_modules(model):
+    """A hybrid's bridge components for linear attention / Mamba, which pick HF's cached path only when
+    they see `cache_params` (TL 4.3); transformers 5.24's decoder layers hand them `cache=`."""
+    from transformer_lens.model_bridge.generalized_components.gated_delta_net import GatedDeltaNetBridge
+    from transformer_lens.model_bridge.generalized_components.ssm2_mixer import SSM2MixerBridge
+    from transformer_lens.model_bridge.generalized_components.ssm_mixer import SSMMixerBridge
+
+    if model not in _RECURRENT:
+        kinds = (GatedDeltaNetBridge, SSMMixerBridge, SSM2MixerBridge)
+        _RECURRENT[model] = [m for m in model.modules() if isinstance(m, kinds)]
+    return _RECURRENT[model]
+
+
+def _alias_cache_params(module, args, kwargs):
+    # Without it, TL's GatedDeltaNetBridge runs its own prefill forward on a decode step, ignoring the
+    # recurrent state in the cache (Qwen3-Next's cached logits were wrong by O(1)).
+    if kwargs.get("cache_params") is None and kwargs.get("cache") is not None:
+        kwargs = dict(kwargs)
+        kwargs["cache_params"] = kwargs.pop("cache")
+        return args, kwargs
+    return None
+
+
 @contextlib.contextmanager
 def _attention_sees_cache(model):
     if cache_kwarg(model) != "cache":
         yield
         return
     handles = [m.register_forward_pre_hook(_alias_cache, with_kwargs=True) for m in _attention_modules(model)]
+    handles += [m.register_forward_pre_hook(_alias_cache_params, with_kwargs=True) for m in _recurrent_modules(model)]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+_ATTENTION_CACHE_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+
+
+def new_cache(model):
+    """An empty HF cache for `model`, of full layers (no eviction), also on sliding-window models: HF's
+    sliding layers evict old keys, which would shift the key axis of every decode pattern away from
+    absolute positions (the window is still applied, by the attention mask). Costs memory for windowed
+    layers only. A hybrid (layers without attention) gets the cache its config describes, whose
+    linear-attention / Mamba layers keep their conv and recurrent states, with every attention layer full."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    config = model.original_model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None) or ()
+    if all(t in _ATTENTION_CACHE_TYPES for t in types):  # attention only: lazily made full layers
+        return DynamicCache()
+    cache = DynamicCache(config=config)  # Falcon-H1's "hybrid" layers hold KV and Mamba states
+    cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
+    return cache
 
 
 def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
@@ -110,16 +159,12 @@ def cached_forward(model, tokens: torch.Tensor, cache=None, **kwargs):
     """
     seen = 0 if cache is None else int(cache.get_seq_length())
     if cache is None:
-        # A cache of full layers, also on sliding-window models: HF's sliding layers evict old keys,
-        # which would shift the key axis of every decode pattern away from absolute positions (the
-        # window is still applied, by the attention mask). Costs memory for windowed layers only.
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = new_cache(model)
     kwargs[cache_kwarg(model)] = cache
     with _attention_sees_cache(model), warnings.catch_warnings():
         # 5.24 warns about `past_key_values` wherever a layer still forwards the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*cache_params.*deprecated.*", category=FutureWarning)
         logits, _ = model(tokens, return_type="logits_and_cache", use_cache=True, **kwargs)
     grown = int(cache.get_seq_length())
     if grown != seen + tokens.shape[1]:
@@ -211,7 +256,8 @@ def reports_patterns_after(model) -> bool:
     attention through its own forward (`headscope.capture.routed`). Families whose bridge computes
     attention itself (a subclass overriding `forward`) fire both hooks live."""
     blocks = getattr(model, "blocks", None) or []
-    return any(component_reports_after(block.attn) for block in blocks)
+    # A hybrid's layers without attention (linear attention, Mamba) have no `attn`.
+    return any(component_reports_after(block.attn) for block in blocks if hasattr(block, "attn"))
 
 
 def component_reports_after(component) -> bool:
@@ -247,21 +293,6 @@ def pattern_route_failure(model) -> str:
     if pattern_edit_route(model) is not None:
         return ""
     return _PATTERN_ROUTES.get(model) or "no headscope attention forward is registered for this family"
-
-
-def hf_attention_module(component):
-    """The Hugging Face attention module a bridge attention component wraps (None if it keeps none)."""
-    return component._modules.get("_original_component")
-
-
-def attn_implementation(config) -> str | None:
-    """The attention implementation an HF config names (`_attn_implementation`)."""
-    return getattr(config, "_attn_implementation", None)
-
-
-def set_attn_implementation(config, name: str | None) -> None:
-    """Make an HF config name attention implementation `name` (what its modules and masks look up)."""
-    config._attn_implementation = name
 
 
 def pattern_edits_take_effect(model) -> bool:

@@ -19,7 +19,8 @@ The engines never test a family's name: they ask `family_of(model)` for the one 
 * `refuse(config)` — a reason the family (or this config of it) cannot be analysed, or None; boot
   raises `InputError` with it, so a user never meets a raw exception or a wrong number.
 * `layer_kinds(config)` — per decoder layer, "attention" or the kind of mixer that layer has instead
-  (hybrids); None = every layer is attention.
+  (hybrids: "linear_attention", "mamba", ...); None = read generically (`layer_kinds` below). Every
+  engine learns which layers have heads from `headscope.models.info.ModelInfo.layer_kinds`.
 * `learned_sinks(model, layer)` — the [head] learned sink logits of a bridge's layer, for a family whose
   heads each have one that joins the softmax's denominator (GPT-OSS): the pattern over real keys sums
   to 1 - the sink's share (`ModelInfo.learned_sinks`, `sink_logits`; the `sink_logit_mass` statistic;
@@ -137,6 +138,38 @@ def blocked_forward_for(hf_class_name: str) -> Callable | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the kinds of a hybrid's layers
+
+ATTENTION = "attention"
+# Names HF configs give layers with attention heads ("hybrid": Falcon-H1's attention and Mamba side by
+# side, Zamba2's shared transformer block before a Mamba layer).
+_ATTENTION_NAMES = {"attention", "full_attention", "sliding_attention", "chunked_attention", "global", "local",
+                    "hybrid_attention", "hybrid"}
+# Per-layer kind lists HF configs carry, in the order they are trusted.
+_KIND_KEYS = ("layers_block_type", "layer_types")
+
+
+def layer_kinds(model_or_config) -> tuple[str, ...] | None:
+    """Per decoder layer, "attention" or the kind of mixer that layer has instead; None when every
+    layer is attention (every non-hybrid model). The family's own `layer_kinds` if it has one, else the
+    config's per-layer list (`layers_block_type`, `layer_types`, ...) with HF's attention names
+    ("full_attention", "sliding_attention", ...) read as "attention"."""
+    cfg = _config(model_or_config)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    fam = family_of(cfg)
+    kinds = fam.layer_kinds(cfg) if fam is not None and fam.layer_kinds is not None else None
+    if kinds is None:
+        for key in _KIND_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+                kinds = [ATTENTION if v in _ATTENTION_NAMES else v for v in value]
+                break
+    if kinds is None or all(k == ATTENTION for k in kinds):
+        return None
+    return tuple(str(k) for k in kinds)
+
+
+# ---------------------------------------------------------------------------------------------
 # mirrored upstream code
 
 
@@ -175,6 +208,6 @@ def mirrors(upstream: str, version: str, sha256: str):
     return mark
 
 
-__all__ = ["FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "family_of", "mirrors",
-           "bridge_overrides", "prepare_bridge", "refusal", "register_family", "sink_logits", "source_hash",
-           "upstream_source"]
+__all__ = ["ATTENTION", "FAMILIES", "Family", "MIRRORS", "Mirror", "blocked_forward_for", "bridge_overrides",
+           "family_of", "layer_kinds", "mirrors", "prepare_bridge", "refusal", "register_family", "sink_logits",
+           "source_hash", "upstream_source"]

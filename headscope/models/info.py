@@ -6,7 +6,9 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..results import kinds_note, kinds_text as _kinds_text
 from .family import family_of, prepare_bridge
+from .family import layer_kinds as config_layer_kinds
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
@@ -47,6 +49,10 @@ class ModelInfo:
     # Ids that end a greedy answer (see stop_token_ids); empty without a tokenizer.
     stop_token_ids: frozenset = field(default=frozenset(), compare=False, repr=False)
     extra: dict = field(default_factory=dict, compare=False)  # a testbed's own facts (e.g. visual codes)
+    # Hybrids (Qwen3-Next, Jamba, Granite-MoE-hybrid...): per layer, "attention" or the mixer it has
+    # instead ("linear_attention", "mamba"...). None = every layer is attention. Heads exist only on
+    # attention layers: results keep the model's own layer indices, other layers' rows are NaN.
+    layer_kinds: tuple[str, ...] | None = None
 
     @property
     def group_size(self) -> int:
@@ -55,14 +61,45 @@ class ModelInfo:
 
     def kv_group(self, head: int) -> int:
         """KV head read by query head `head`."""
-        self.check_head(0, head)
+        self.check_head(self.attention_layers[0] if self.attention_layers else 0, head)
         return head // self.group_size
 
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers that have attention heads, by the model's own indices (all of them unless a hybrid)."""
+        if self.layer_kinds is None:
+            return tuple(range(self.n_layers))
+        return tuple(i for i, kind in enumerate(self.layer_kinds) if kind == "attention")
+
+    def heads(self) -> list[tuple[int, int]]:
+        """Every (layer, head) the model has: the heads of its attention layers."""
+        return [(l, h) for l in self.attention_layers for h in range(self.n_heads)]
+
+    def has_heads(self, layer: int) -> bool:
+        return self.layer_kinds is None or self.layer_kinds[int(layer)] == "attention"
+
+    def kinds_note(self) -> str:
+        """One line saying which layers have no heads and why ("" on a model whose layers all attend)."""
+        return kinds_note(self.layer_kinds)
+
     def check_head(self, layer: int, head: int) -> None:
-        """Raise InputError naming the valid range when (layer, head) does not exist."""
+        """Raise InputError naming the valid range when (layer, head) does not exist (a layer without
+        attention, on a hybrid, has no heads)."""
         if not 0 <= int(layer) < self.n_layers:
             raise InputError(
                 f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        if not self.attention_layers:
+            raise InputError(
+                f"{self.name} has no layer whose attention the TransformerLens bridge maps as `attn` (layer "
+                f"kinds: {_kinds_text(self.layer_kinds)}), so it has no heads headscope can read. Fix: a model "
+                "whose bridge maps its attention (docs/architectures.md lists the families checked)"
+            )
+        if not self.has_heads(layer):
+            raise InputError(
+                f"layer {layer} of {self.name} is a {self.layer_kinds[int(layer)]} layer: it has no attention "
+                f"heads. Layer kinds: {_kinds_text(self.layer_kinds)}. Fix: use an attention layer "
+                f"({', '.join(map(str, self.attention_layers))})"
             )
         if not 0 <= int(head) < self.n_heads:
             raise InputError(
@@ -76,9 +113,12 @@ class ModelInfo:
                              "encoder. Fix: use a decoder model for this method.")
 
     def check_layers(self, layers) -> list[int]:
-        """Normalise a layer selection (None = all; negatives count from the end)."""
+        """Normalise a layer selection of layers with heads (None = every attention layer; negatives
+        count from the end; a hybrid's other layers are refused by `check_head`)."""
         if layers is None:
-            return list(range(self.n_layers))
+            if not self.attention_layers:
+                self.check_head(0, 0)  # the InputError saying the bridge maps no attention
+            return list(self.attention_layers)
         out = []
         for layer in layers:
             layer = int(layer)
@@ -92,9 +132,11 @@ class ModelInfo:
 
 
 def record_facts(model, **facts) -> None:
-    """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`, and
-    anything else under `extra` (loaders and testbeds call this; nothing is written onto the model)."""
-    known = {"name", "testbed", "image_token_ids"}
+    """Record facts about a loaded model for its ModelInfo: `name`, `testbed`, `image_token_ids`,
+    `layer_kinds` (per layer "attention" or the mixer a hybrid has instead; boot records it from the
+    config), and anything else under `extra` (loaders and testbeds call this; nothing is written onto
+    the model)."""
+    known = {"name", "testbed", "image_token_ids", "layer_kinds"}
     entry = _FACTS.setdefault(model, {"extra": {}})
     for key, value in facts.items():
         if key in known:
@@ -181,6 +223,7 @@ def model_info(model) -> ModelInfo:
         learned_sinks=getattr(family_of(model), "learned_sinks", None) is not None,
         stop_token_ids=stop_token_ids(tok),
         extra=dict(facts.get("extra", {})),
+        layer_kinds=_recorded_kinds(facts["layer_kinds"]) if "layer_kinds" in facts else bridge_layer_kinds(model),
     )
     if cacheable:
         _INFO[model] = info
@@ -199,6 +242,32 @@ def _d_head(model) -> int:
     if fam is not None and fam.d_head is not None:
         return int(fam.d_head(model.original_model.config))
     return int(model.cfg.d_head)
+
+
+def _recorded_kinds(kinds) -> tuple[str, ...] | None:
+    return None if kinds is None or all(k == "attention" for k in kinds) else tuple(str(k) for k in kinds)
+
+
+def bridge_layer_kinds(model) -> tuple[str, ...] | None:
+    """The kinds of a bridge's decoder layers: the config's (`headscope.models.family.layer_kinds`),
+    checked against the bridge, whose blocks have an `attn` exactly on the attention layers. A block
+    without `attn` where the config names attention gets the kind "unbridged attention" (the bridge maps
+    that layer's attention under another name: headscope cannot read its heads)."""
+    kinds = config_layer_kinds(model)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return kinds
+    n = len(blocks)
+    kinds = list(kinds) if kinds is not None and len(kinds) == n else ["attention"] * n
+    for i, block in enumerate(blocks):
+        has_attn = hasattr(block, "attn")
+        if kinds[i] == "attention" and not has_attn:
+            kinds[i] = "unbridged attention"
+        elif kinds[i] != "attention" and has_attn:
+            raise InputError(f"the config says layer {i} of {type(model.original_model).__name__} is a {kinds[i]} "
+                             "layer, but the bridge maps an attention module there: a family module must say "
+                             "which layers attend (headscope/families/, `layer_kinds`)")
+    return None if all(k == "attention" for k in kinds) else tuple(kinds)
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

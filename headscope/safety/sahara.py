@@ -113,7 +113,7 @@ class Sahara(Analyzer):
         info = model_info(model)
         ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
-            (l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+            *info.heads()]
         u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
         group, rows, self.step_scores_ = [], [], []
         for step in range(min(self.search_steps, len(pool))):
@@ -123,7 +123,7 @@ class Sahara(Analyzer):
             rows.append({"step": step + 1, "head": f"L{best[0]}H{best[1]}", "layer": best[0], "head_index": best[1],
                          "angle_deg": float(angles[best])})
             # One angle per head for the whole dataset: the prompt axis has one entry.
-            self.step_scores_.append(HeadScores(angles[None], name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads,
+            self.step_scores_.append(HeadScores(angles[None], name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
                                                 model=info.name, analyzer=self.name, params=self.get_params(),
                                                 prompts=[f"all {len(ids)} prompts"],
                                                 description=f"subspace angle (deg) with {group[:-1] or 'no heads'} "

@@ -1,7 +1,8 @@
 """An architecture matrix of tiny random-init models, one per family the installed TransformerLens bridges.
 
 Every model is built from a Hugging Face config in code (offline, no weights on disk, ~0.05 s each
-after the first import): 2 layers (one local + one global where the family alternates), d_model 64,
+after the first import): 2 layers (one local + one global where the family alternates; hybrids 4, of
+which layers 1 and 3 attend), d_model 64,
 4 query heads of d_head 16, vocab 64, 128 positions, eager attention, float32, eval mode. The MLA
 families (DeepSeek-V2/V3) use ``MLA_DIMS`` instead of d_head 16: q/k 12 + 8 RoPE wide, v 10 wide.
 
@@ -73,7 +74,15 @@ FEATURES = (
     "encoder",         # bidirectional attention, [CLS] .. [SEP] inputs, masked-LM head
     "mla",             # multi-head latent attention: per-head K/V decompressed from one shared latent
     "new_decoder",     # Falcon's new_decoder_architecture (grouped fused QKV, two layer norms)
+    "hybrid",          # some layers have no attention (linear attention / Mamba): 4 layers, 2 with heads
+    "gated_attn",      # the attention output is gated per head (Qwen3-Next: sigmoid of half of q_proj)
+    "no_pos",          # no position encoding in attention (Jamba: the Mamba layers carry order)
 )
+# Hybrids alternate a layer without heads and an attention layer, so results have both kinds of rows.
+# Their MoE route every token to both of their 2 experts: a top-k switch of experts would make the
+# metric only piecewise smooth, and the attribution-patching check takes finite differences with large
+# steps (top-k routing is covered by Mixtral).
+HYBRID_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -308,6 +317,49 @@ def _gpt_oss():
     return _finish(cfg, "GptOssForCausalLM")
 
 
+def _eager_experts(cfg):
+    # HF's default grouped expert matmul has no float64 kernel; the per-expert loop does, so the
+    # attribution-patching check runs these in float64 like the dense families.
+    cfg._experts_implementation = "eager"
+    return cfg
+
+
+def _qwen3_next():
+    from transformers import Qwen3NextConfig
+
+    cfg = Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
+        layer_types=["linear_attention", "full_attention"] * (HYBRID_LAYERS // 2),
+        linear_key_head_dim=D_HEAD, linear_value_head_dim=D_HEAD, linear_num_key_heads=2, linear_num_value_heads=4,
+        num_experts=2, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        tie_word_embeddings=False, **_ids())
+    return _eager_experts(_finish(cfg, "Qwen3NextForCausalLM"))
+
+
+def _granite_moe_hybrid():
+    from transformers import GraniteMoeHybridConfig
+
+    cfg = GraniteMoeHybridConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
+        layer_types=["mamba", "attention"] * (HYBRID_LAYERS // 2), position_embedding_type="rope",
+        mamba_n_heads=8, mamba_d_state=16, mamba_chunk_size=16, num_local_experts=2, num_experts_per_tok=2,
+        shared_intermediate_size=D_MLP // 2, **_ids())
+    return _eager_experts(_finish(cfg, "GraniteMoeHybridForCausalLM"))
+
+
+def _jamba():
+    from transformers import JambaConfig
+
+    cfg = JambaConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+        num_experts_per_tok=2, mamba_d_state=8, **_ids())
+    return _eager_experts(_finish(cfg, "JambaForCausalLM"))
+
+
 def _arch(name, family, attention, features, build, **kw):
     return name, Architecture(name, family, attention, tuple(features), build, **kw)
 
@@ -357,6 +409,10 @@ ARCHITECTURES: dict[str, Architecture] = dict([
     _arch("gpt-oss", "gpt_oss", "GQA", ["qkv_bias", "sliding_window", "local_global", "moe", "learned_sinks"],
           _gpt_oss),
     _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
+    # Hybrids: layers 0 and 2 have no heads (Gated DeltaNet / Mamba-2 / Mamba), layers 1 and 3 attend.
+    _arch("qwen3-next", "qwen3_next", "GQA", ["hybrid", "gated_attn", "qk_norm", "partial_rotary", "moe"], _qwen3_next),
+    _arch("granite-moe-hybrid", "granitemoehybrid", "GQA", ["hybrid", "moe"], _granite_moe_hybrid),
+    _arch("jamba", "jamba", "GQA", ["hybrid", "no_pos", "moe"], _jamba),
 ])
 
 
@@ -369,6 +425,8 @@ def layer_windows(name_or_config) -> list[int | None]:
     """
     cfg = _config(name_or_config)
     n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or cfg.n_layer
+    if getattr(cfg, "model_type", None) in ("qwen3_next", "granitemoehybrid", "jamba"):  # layer_types = mixers
+        return [None] * n_layers
     if getattr(cfg, "model_type", None) == "gpt_neo":
         return [cfg.window_size if kind == "local" else None for kind in cfg.attention_layers]
     window = getattr(cfg, "sliding_window", None)

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 FONT = dict(family="Arial, Helvetica, sans-serif", size=13)
 
 
-def axis_ticks(n: int, prefix: str, max_ticks: int = 40) -> dict:
+def axis_ticks(n: int, prefix: str, kinds=None, max_ticks: int = 40) -> dict:
+    """Tick labels L0, L1, ...; with a hybrid's layer `kinds`, a layer without attention reads "L0 mamba"."""
     # Every index while it fits; beyond ~40 labels collide, so thin them evenly.
     step = max(1, math.ceil(n / max_ticks))
     vals = list(range(0, n, step))
-    return dict(tickmode="array", tickvals=vals, ticktext=[f"{prefix}{i}" for i in vals])
+    text = [f"{prefix}{i}" + ("" if kinds is None or kinds[i] == "attention" else f" {kinds[i]}") for i in vals]
+    return dict(tickmode="array", tickvals=vals, ticktext=text)
 
 
 _NAN_COLOR = "#9e9e9e"  # mid grey: not in Viridis or RdBu, so a NaN head never reads as "score 0"
@@ -57,6 +59,9 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
     custom[..., 0] = scores.labels
     custom[..., 1] = np.broadcast_to(scores.kv_group, (L, H))
     text = np.where(np.isnan(z), "NaN (no valid data)", np.char.mod("%.4g", np.nan_to_num(z)))
+    kinds = scores.layer_kinds
+    for layer in set(range(L)) - set(scores.attention_layers):  # a hybrid's layer without heads says so
+        text[layer, :] = f"none: a {kinds[layer]} layer has no attention heads"
     heat = go.Heatmap(
         z=z, x=list(range(H)), y=list(range(L)), customdata=custom, text=text,
         colorscale=colorscale, zmin=zmin, zmax=zmax, zmid=zmid, xgap=0, ygap=0,
@@ -75,6 +80,8 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
         extra += ("; " if extra else "") + f"{scores.n_kv_heads} KV groups (lines)"
     if np.isnan(z).any():
         extra += ("; " if extra else "") + "grey = NaN"
+    if kinds is not None:
+        extra += ("; " if extra else "") + "grey rows: layers without attention"
     fig.update_layout(
         title=title if title is not None else title_block(scores.name, scores.model, extra),
         template=template, font=FONT, plot_bgcolor=_NAN_COLOR,
@@ -82,7 +89,7 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
         height=height or int(min(1400, max(340, 20 * L + 170))),
         margin=dict(l=60, r=20, t=80, b=50),
         xaxis=dict(title="head", side="bottom", showgrid=False, zeroline=False, **axis_ticks(H, "H")),
-        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False, **axis_ticks(L, "L")),
+        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False, **axis_ticks(L, "L", kinds)),
     )
     return fig
 

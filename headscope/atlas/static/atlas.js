@@ -77,7 +77,9 @@ function drawViewer() {
 }
 
 function showHead(layer, head) {
-  document.getElementById("viewer-layer").value = String(layer);
+  const layers = document.getElementById("viewer-layer");
+  if (![...layers.options].some((o) => o.value === String(layer))) return; // a hybrid's layer without heads
+  layers.value = String(layer);
   document.getElementById("viewer-head").value = String(head);
   drawViewer();
 }
