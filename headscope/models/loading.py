@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from ..errors import ModelNotFoundError
+from ..errors import HeadscopeError, InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs
@@ -55,14 +55,52 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
-    with network(), no_runtime_installs():
-        bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
+    config = hf_model.config if hf_model is not None else _config_or_none(source, network)
+    if config is not None:
+        refuse_family(config, name)
+    try:
+        with network(), no_runtime_installs():
+            bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra},
+                                                         dtype=dtype or torch.float32)
+    except (HeadscopeError, MemoryError, torch.OutOfMemoryError):  # already clear, or not the family's fault
+        raise
+    except Exception as exc:  # the adapter fails on this family or config: say which, keep the cause
+        model_type = getattr(config, "model_type", None)
+        hf_class = type(hf_model).__name__ if hf_model is not None else (getattr(config, "architectures", None)
+                                                                         or ["?"])[0]
+        raise InputError(
+            f"TransformerLens cannot bridge {name!r} (model_type {model_type!r}, HF class {hf_class}): "
+            f"{type(exc).__name__}: {exc}. Fix: docs/architectures.md lists the families headscope is checked "
+            "on; this one needs TransformerLens support or a headscope family module.") from exc
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
     record_facts(bridge, name=name)
     return bridge
+
+
+def _config_or_none(source: str, network):
+    """The HF config of a folder / cached id, or None when it cannot be read (the boot then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        with network():
+            return AutoConfig.from_pretrained(source)
+    except Exception:  # no config to read here: the bridge's own error is the clearer one
+        return None
+
+
+def refuse_family(config, name: str) -> None:
+    """Raise InputError when the model's family (`headscope.models.family.family_of`) refuses this
+    config, naming the family and its reason."""
+    from .family import family_of
+
+    fam = family_of(config)
+    reason = fam.refuse(config) if fam is not None and fam.refuse is not None else None
+    if reason:
+        raise InputError(f"headscope does not analyse {name!r}: the {fam.name} family "
+                         f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}")
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

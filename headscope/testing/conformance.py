@@ -59,7 +59,7 @@ def prompts(name: str) -> list[list[int]]:
     """Two prompts of different lengths (a right-padded batch), with repeats for induction/duplicates."""
     a = A.random_prompt(name, 22, seed=1).tolist()
     b = A.random_prompt(name, 15, seed=2).tolist()
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         a = a[:1] + a[1:8] + a[1:8] + a[15:]  # keep [CLS] .. [SEP] framing
     else:
         a = a[:1] + a[1:11] + a[1:11] + a[21:]
@@ -80,7 +80,7 @@ def _one_prompt(name: str):
 
 def _visible(name: str, layer: int, T: int) -> torch.Tensor:
     """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         return torch.ones(T, T, dtype=torch.bool)
     q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
     vis = k <= q
@@ -135,7 +135,7 @@ def check_reducers(name: str) -> str | None:
 
     ps = prompts(name)
     res = capture(bridged(name), ps, batch_size=2)
-    encoder = A.ARCHITECTURES[name].is_encoder
+    encoder = A.get_arch(name).is_encoder
     for p, ids in enumerate(ps):
         pattern = _hf_attentions(name, ids).double()
         ref = reference_stats(pattern.tolist(), ids)
@@ -210,22 +210,39 @@ def check_head_outputs(name: str) -> None:
         torch.testing.assert_close(z, ref[layer].reshape(z.shape), rtol=1e-5, atol=1e-5)
 
 
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "SelfAttention", "self")
+_OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "o", "o_proj_layer", "proj")
+
+
+def _decoder_layers(hf) -> torch.nn.ModuleList:
+    """The ModuleList of the model's (decoder) blocks: the first with one entry per layer whose entries
+    hold an attention module."""
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or getattr(cfg, "n_layer")
+    for mod in hf.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and _attention(mod[0]) is not None:
+            return mod
+    raise AssertionError(f"{type(hf).__name__}: no list of {n} blocks with an attention module")
+
+
+def _attention(block) -> torch.nn.Module | None:
+    for name in _ATTENTION_NAMES:
+        if isinstance(getattr(block, name, None), torch.nn.Module):
+            return getattr(block, name)
+    return None
+
+
 def out_proj(hf, layer: int) -> torch.nn.Module:
-    """The attention output projection of `layer` in a plain HF model of the matrix."""
-    t = hf.config.model_type
-    if t in ("gpt2",):
-        return hf.transformer.h[layer].attn.c_proj
-    if t == "gpt_neox":
-        return hf.gpt_neox.layers[layer].attention.dense
-    if t == "gpt_neo":
-        return hf.transformer.h[layer].attn.attention.out_proj
-    if t in ("falcon", "bloom"):
-        return hf.transformer.h[layer].self_attention.dense
-    if t == "mpt":
-        return hf.transformer.blocks[layer].attn.out_proj
-    if t == "bert":
-        return hf.bert.encoder.layer[layer].attention.output.dense
-    return hf.model.layers[layer].self_attn.o_proj
+    """The attention output projection of `layer` in a plain HF model, found by the names HF uses: the
+    block's attention module (self_attn, attn, attention, ...) and, inside it, the linear layer named
+    o_proj, out_proj, c_proj, dense, ... nearest the attention module (BERT's is attention.output.dense)."""
+    attn = _attention(_decoder_layers(hf)[layer])
+    found = [(name.count("."), _OUT_PROJ_NAMES.index(name.rsplit(".", 1)[-1]), mod)
+             for name, mod in attn.named_modules()
+             if name and name.rsplit(".", 1)[-1] in _OUT_PROJ_NAMES and hasattr(mod, "weight")]
+    if not found:
+        raise AssertionError(f"{type(attn).__name__}: no output projection among {_OUT_PROJ_NAMES}")
+    return min(found, key=lambda t: t[:2])[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +458,7 @@ def check_atp(name: str) -> str | None:
 def check_generation(name: str) -> str | None:
     """KV-cached greedy generation equals full recomputation, a plain HF argmax loop, and HF
     `generate` (which stops at EOS: compared up to there)."""
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model, hf = bridged(name), plain(name)
     for ids in prompts(name):
@@ -466,7 +483,7 @@ def check_retrieval(name: str) -> str | None:
     import numpy as np
 
 
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model = bridged(name)
     samples = []
