@@ -109,7 +109,10 @@ def clean_readout(model, inputs, readout: str = "logits", *, batch_size: int = 8
 def _forward_keeping_final(model, tokens, attention_mask):
     """The model's own forward on the model's device: (logits, the final norm's output)."""
     got = {}
-    handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
+    if hasattr(model, "ln_final"):
+        handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
+    else:  # post-LN models (GPT-1) have no final norm: the unembedding's input is the final hidden state
+        handle = model.unembed.register_forward_pre_hook(lambda module, args: got.update(h=args[0]))
     try:
         device = model_device(model)
         logits = model(tokens.to(device), attention_mask=attention_mask.to(device))
@@ -122,7 +125,9 @@ def _final_norm(model, x):
     """The model's own path from the last block's output to the unembedding's input: the final norm,
     or the family's own readout (BERT's masked-LM transform, `headscope.families.bert`)."""
     fam = family_of(model)
-    return fam.readout(model, x) if fam is not None and fam.readout is not None else model.ln_final(x)
+    if fam is not None and fam.readout is not None:
+        return fam.readout(model, x)
+    return model.ln_final(x) if hasattr(model, "ln_final") else x  # GPT-1: no final norm
 
 
 def _logits(model, x):

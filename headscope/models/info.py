@@ -163,7 +163,7 @@ def model_info(model) -> ModelInfo:
         bos_token_id=getattr(tok, "bos_token_id", None),
         pad_token_id=getattr(tok, "pad_token_id", None),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),
-        causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        causal=_causal(model, cfg),
         testbed=facts.get("testbed"),
         image_token_ids=image_token_ids(model),
         stop_token_ids=stop_token_ids(tok),
@@ -172,6 +172,15 @@ def model_info(model) -> ModelInfo:
     if cacheable:
         _INFO[model] = info
     return info
+
+
+def _causal(model, cfg) -> bool:
+    """Whether attention is causal. TransformerLens marks every BERT-like adapter bidirectional, but an
+    HF encoder config with `is_decoder=True` (BertLMHeadModel's use) masks causally."""
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    if getattr(hf_cfg, "is_decoder", False) and not getattr(hf_cfg, "is_encoder_decoder", False):
+        return True
+    return getattr(cfg, "attention_dir", "causal") != "bidirectional"
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -237,9 +237,9 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
     block's attention module (self_attn, attn, attention, ...) and, inside it, the linear layer named
     o_proj, out_proj, c_proj, dense, ... nearest the attention module (BERT's is attention.output.dense)."""
     attn = _attention(_decoder_layers(hf)[layer])
-    found = [(name.count("."), _OUT_PROJ_NAMES.index(name.rsplit(".", 1)[-1]), mod)
-             for name, mod in attn.named_modules()
-             if name and name.rsplit(".", 1)[-1] in _OUT_PROJ_NAMES and hasattr(mod, "weight")]
+    leaf = {name: name.rsplit(".", 1)[-1].lower() for name, _ in attn.named_modules() if name}  # ModernBERT: Wo
+    found = [(name.count("."), _OUT_PROJ_NAMES.index(leaf[name]), mod) for name, mod in attn.named_modules()
+             if leaf.get(name) in _OUT_PROJ_NAMES and hasattr(mod, "weight")]
     if not found:
         raise AssertionError(f"{type(attn).__name__}: no output projection among {_OUT_PROJ_NAMES}")
     return min(found, key=lambda t: t[:2])[2]

@@ -50,6 +50,7 @@ _SIZES = {
     ("qk_rope_head_dim", "qk_nope_head_dim"): 8,
     ("v_head_dim", "index_head_dim"): A.D_HEAD,
     ("index_n_heads",): 2,
+    ("rotary_dim",): A.D_HEAD // 2,  # GPT-J / CodeGen: partial rotary within the 16-wide head
     # Gemma 3n / 4 per-layer input embeddings
     ("vocab_size_per_layer_input",): A.VOCAB,
     ("hidden_size_per_layer_input",): A.D_HEAD,
@@ -65,13 +66,25 @@ OVERRIDES: dict[str, dict] = {
     "GPTNeoForCausalLM": {"attention_types": [[["local", "global"], 1]], "window_size": A.SLIDING_WINDOW},
     # Mamba 2 needs hidden_size * expand == num_heads * head_dim.
     "Mamba2ForCausalLM": {"num_heads": 8, "head_dim": A.D_HEAD, "n_groups": 1},
+    # ReLU^2 / xIELU MLPs have kinks in their derivatives: the atp check's finite-difference reference
+    # (Richardson extrapolation) needs a smooth forward, so these tiny models use SiLU.
+    **{name: {"hidden_act": "silu"} for name in ("ApertusForCausalLM", "ArceeForCausalLM", "Jais2ForCausalLM",
+                                                 "BitNetForCausalLM", "NemotronForCausalLM")},
+    "OPTForCausalLM": {"activation_function": "gelu"},  # ReLU: the same kink
+    # Top-k routing is a discrete choice that a finite step can flip (the atp check's reference): these
+    # tiny MoEs route every token to all 4 experts, so the forward is smooth and the router still weighs.
+    **{name: {key: 4 for key in ("num_experts_per_tok",)}
+       for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM")},
     # Hybrids whose default config names no layer kinds (or a long fixed pattern): one of each.
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Zamba2ForCausalLM": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 8,
                           "mamba_d_state": 16, "adapter_rank": 8},
 }
 # Per-family init std where the matrix default (A.INIT_STD) gives near-uniform or saturated attention.
-INIT_STDS: dict[str, float] = {}
+INIT_STDS: dict[str, float] = {
+    # GPT-Neo does not scale scores by 1/sqrt(d_head): half the std gives the same score scale (as the matrix).
+    "GPTNeoForCausalLM": A.INIT_STD / 2,
+}
 
 
 @dataclass(frozen=True)
