@@ -107,12 +107,12 @@ def clean_readout(model, inputs, readout: str = "logits", *, batch_size: int = 8
 
 
 def _forward_keeping_final(model, tokens, attention_mask):
-    """The model's own forward on the model's device: (logits, the final norm's output)."""
+    """The model's own forward on the model's device: (logits, the unembedding's input)."""
     got = {}
-    if hasattr(model, "ln_final"):
-        handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
-    else:  # post-LN models (GPT-1) have no final norm: the unembedding's input is the final hidden state
-        handle = model.unembed.register_forward_pre_hook(lambda module, args: got.update(h=args[0]))
+
+    def keep(module, args, kwargs):  # the unembedding's input: the final norm's output, or the family's readout
+        got.update(h=args[0] if args else next(iter(kwargs.values())))
+    handle = model.unembed.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         device = model_device(model)
         logits = model(tokens.to(device), attention_mask=attention_mask.to(device))

@@ -71,6 +71,9 @@ OVERRIDES: dict[str, dict] = {
     **{name: {"hidden_act": "silu"} for name in ("ApertusForCausalLM", "ArceeForCausalLM", "Jais2ForCausalLM",
                                                  "BitNetForCausalLM", "NemotronForCausalLM")},
     "OPTForCausalLM": {"activation_function": "gelu"},  # ReLU: the same kink
+    # Granite scales scores by attention_multiplier (default 1: unscaled, saturated at this init); the
+    # released models use ~1/head_dim, so the tiny ones take the usual 1/sqrt(head_dim).
+    **{name: {"attention_multiplier": A.D_HEAD ** -0.5} for name in ("GraniteForCausalLM", "GraniteMoeForCausalLM")},
     # Top-k routing is a discrete choice that a finite step can flip (the atp check's reference): these
     # tiny MoEs route every token to all 4 experts, so the forward is smooth and the router still weighs.
     **{name: {key: 4 for key in ("num_experts_per_tok",)}
