@@ -51,6 +51,12 @@ _SIZES = {
     ("v_head_dim", "index_head_dim"): A.D_HEAD,
     ("index_n_heads",): 2,
     ("rotary_dim",): A.D_HEAD // 2,  # GPT-J / CodeGen: partial rotary within the 16-wide head
+    # state-space layers of the hybrids (Mamba 2 mixers): 8 heads of 16 = 2 x 64, a small state and chunk
+    ("mamba_n_heads", "mamba_num_heads", "n_mamba_heads"): 8,
+    ("mamba_d_head", "mamba_head_dim"): A.D_HEAD,
+    ("mamba_d_ssm",): 2 * A.D_MODEL,
+    ("mamba_d_state", "ssm_state_size"): 16,
+    ("mamba_chunk_size", "chunk_size"): 16,
     # Gemma 3n / 4 per-layer input embeddings
     ("vocab_size_per_layer_input",): A.VOCAB,
     ("hidden_size_per_layer_input",): A.D_HEAD,
@@ -248,7 +254,7 @@ def outcome(cls_name: str, checks=None) -> str:
     return "pass"
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def _first_line(exc: BaseException, limit: int = 400) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     return text if len(text) <= limit else text[:limit] + " …"
 
@@ -263,6 +269,16 @@ def run_sweep(names=None) -> dict[str, str]:
     return out
 
 
+def _cell(text: str) -> str:
+    """An outcome as the table shows it: a refusal by its reason alone (the family's, or the adapter's
+    error boot wrapped), shortened."""
+    if text.startswith("refused: "):
+        reason = text.split(" is refused: ", 1)[1] if " is refused: " in text else text.split("InputError: ", 1)[-1]
+        text = "refused: " + reason.replace("headscope/tiny-", "")
+    text = text.rstrip(" …")
+    return (text if len(text) <= 140 else text[:140].rsplit(" ", 1)[0] + " …").replace("|", "/")
+
+
 def _kind(text: str) -> str:
     return text.split(":", 1)[0]
 
@@ -273,7 +289,7 @@ def markdown(results: dict[str, str]) -> str:
     lines = ["| HF class | model_type | outcome |", "|---|---|---|"]
     for cls_name, text in results.items():
         lines.append(f"| `{cls_name}` | {('`' + types[cls_name] + '`') if types[cls_name] else '—'} | "
-                     f"{text.replace('|', '/')} |")
+                     f"{_cell(text)} |")
     counts: dict[str, int] = {}
     for text in results.values():
         counts[_kind(text)] = counts.get(_kind(text), 0) + 1
