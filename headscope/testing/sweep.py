@@ -85,6 +85,7 @@ OVERRIDES: dict[str, dict] = {
     **{name: {key: 4 for key in ("num_experts_per_tok",)}
        for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM")},
     # Hybrids whose default config names no layer kinds (or a long fixed pattern): one of each.
+    "Lfm2ForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Zamba2ForCausalLM": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 8,
                           "mamba_d_state": 16, "adapter_rank": 8},
@@ -93,6 +94,9 @@ OVERRIDES: dict[str, dict] = {
 INIT_STDS: dict[str, float] = {
     # GPT-Neo does not scale scores by 1/sqrt(d_head): half the std gives the same score scale (as the matrix).
     "GPTNeoForCausalLM": A.INIT_STD / 2,
+    # Its grouped expert matmul has no float64 kernel, so the atp check runs in float32 (to 1e-3, as
+    # Mixtral); at std 0.25 the float32 finite differences miss that by ~1.5x, at 0.2 they meet it.
+    "GraniteMoeForCausalLM": 0.2,
 }
 
 
