@@ -397,8 +397,11 @@ def tiny_arch_model(name: str, seed: int = 0, dtype=torch.float32):
     arch = _get(name)
     try:
         return _boot(name, seed, dtype)
-    except InputError:  # boot's own refusal: it names the family and the reason
-        raise
+    except InputError as exc:  # boot's refusal names the family and the reason; the matrix adds its names
+        if name not in ARCHITECTURES:
+            raise
+        _BOOT_ERRORS[name] = _short(exc, 2000)
+        raise InputError(f"{exc} Supported: {', '.join(supported())}.") from exc
     except Exception as exc:  # no adapter for the family, or its adapter fails on this config
         _BOOT_ERRORS[name] = _short(exc, 2000)
         raise InputError(
