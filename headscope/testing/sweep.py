@@ -29,12 +29,13 @@ DIFFUSION = ("BD3LM", "DreamModel", "GiddForDiffusionLM", "LLaDAModelLM", "LLaDA
 _MODALITIES = ("vision", "audio", "vq", "speech", "image", "video", "perceiver", "projector")
 _INPUTS = {"input_values": "audio", "input_features": "audio", "pixel_values": "vision"}
 
+_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
+           "num_decoder_layers")
 # Generic tiny shape: each value goes to whichever of these names the family's config has.
 _SIZES = {
     ("vocab_size",): A.VOCAB,
     ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"): A.D_MODEL,
-    ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
-     "num_decoder_layers"): A.N_LAYERS,
+    _LAYERS: A.N_LAYERS,
     ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
      "decoder_attention_heads"): A.N_HEADS,
     ("head_dim", "d_kv", "kv_channels", "attention_head_dim"): A.D_HEAD,
@@ -82,8 +83,7 @@ OVERRIDES: dict[str, dict] = {
     **{name: {"attention_multiplier": A.D_HEAD ** -0.5} for name in ("GraniteForCausalLM", "GraniteMoeForCausalLM")},
     # Top-k routing is a discrete choice that a finite step can flip (the atp check's reference): these
     # tiny MoEs route every token to all 4 experts, so the forward is smooth and the router still weighs.
-    **{name: {key: 4 for key in ("num_experts_per_tok",)}
-       for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM")},
+    **{name: {"num_experts_per_tok": 4} for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM")},
     # Hybrids whose default config names no layer kinds (or a long fixed pattern): one of each.
     "Lfm2ForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
@@ -178,7 +178,7 @@ def _tiny_kwargs(cc) -> dict:
     kinds = list(dict.fromkeys(getattr(defaults, "layer_types", None) or []))
     if len(kinds) > 1:  # one layer of each kind the family mixes
         kwargs["layer_types"] = kinds
-        kwargs.update({n: len(kinds) for n in _SIZES_KEYS["layers"] if _has(defaults, n)})
+        kwargs.update({n: len(kinds) for n in _LAYERS if _has(defaults, n)})
     for key, sub in (getattr(cc, "sub_configs", {}) or {}).items():  # encoder / decoder / text configs
         if isinstance(sub, type) and sub.__name__ != "AutoConfig":
             kwargs[key] = sub(**_accepted(sub, _tiny_kwargs(sub)))
@@ -214,9 +214,6 @@ def tiny_config(cls_name: str):
 
 
 MAX_PARAMS = 5_000_000  # the curated matrix's models have ~0.1M; above this a shape was missed
-_SIZES_KEYS = {"layers": next(k for k in _SIZES if "num_hidden_layers" in k)}
-
-
 def _attention_kind(cfg) -> str:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = getattr(text, "num_attention_heads", None) or A.N_HEADS
