@@ -231,3 +231,34 @@ def test_a_refused_config_is_an_input_error_before_the_bridge_is_built(tmp_path,
     with pytest.raises(InputError, match="no reason"):
         load_model(tmp_path)
     assert seen == ["llama", "gpt2"]
+
+
+def test_boot_refuses_a_saved_model_of_a_refused_family(tmp_path):
+    """A Mamba folder on disk meets the family's refusal (an InputError naming family, model_type and
+    reason) before TransformerLens boots anything."""
+    import transformers
+
+    from headscope import load_model
+    from headscope.errors import InputError
+
+    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, state_size=4)
+    transformers.MambaForCausalLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(InputError, match=r"recurrent family \(model_type 'mamba'\).*no attention heads"):
+        load_model(tmp_path)
+
+
+def test_boot_wraps_an_adapter_error_naming_model_type_and_class():
+    """An exception TransformerLens's adapter raises while booting reaches the user as an InputError
+    naming the model_type, the HF class and the original error, which it chains."""
+    import transformers
+
+    from headscope.errors import InputError
+    from headscope.models.loading import boot
+    from headscope.testing.tiny import tiny_tokenizer
+
+    cfg = transformers.BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=2)
+    cfg.architectures = ["BloomModel"]  # TL lists BloomModel, whose adapter expects an LM head
+    with pytest.raises(InputError, match=r"model_type 'bloom', HF class BloomModel\): AttributeError") as err:
+        boot("tiny-bloom-base", "tiny-bloom-base", "cpu", None, None, hf_model=transformers.BloomModel(cfg),
+             tokenizer=tiny_tokenizer(64))
+    assert isinstance(err.value.__cause__, AttributeError)

@@ -107,9 +107,12 @@ def clean_readout(model, inputs, readout: str = "logits", *, batch_size: int = 8
 
 
 def _forward_keeping_final(model, tokens, attention_mask):
-    """The model's own forward on the model's device: (logits, the final norm's output)."""
+    """The model's own forward on the model's device: (logits, the unembedding's input)."""
     got = {}
-    handle = model.ln_final.register_forward_hook(lambda module, args, out: got.update(h=out))
+
+    def keep(module, args, kwargs):  # the unembedding's input: the final norm's output, or the family's readout
+        got.update(h=args[0] if args else next(iter(kwargs.values())))
+    handle = model.unembed.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         device = model_device(model)
         logits = model(tokens.to(device), attention_mask=attention_mask.to(device))
@@ -122,7 +125,9 @@ def _final_norm(model, x):
     """The model's own path from the last block's output to the unembedding's input: the final norm,
     or the family's own readout (BERT's masked-LM transform, `headscope.families.bert`)."""
     fam = family_of(model)
-    return fam.readout(model, x) if fam is not None and fam.readout is not None else model.ln_final(x)
+    if fam is not None and fam.readout is not None:
+        return fam.readout(model, x)
+    return model.ln_final(x) if hasattr(model, "ln_final") else x  # GPT-1: no final norm
 
 
 def _logits(model, x):

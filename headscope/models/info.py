@@ -217,7 +217,7 @@ def model_info(model) -> ModelInfo:
         bos_token_id=getattr(tok, "bos_token_id", None),
         pad_token_id=getattr(tok, "pad_token_id", None),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", False)),
-        causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        causal=_causal(model, cfg),
         testbed=facts.get("testbed"),
         image_token_ids=image_token_ids(model),
         learned_sinks=getattr(family_of(model), "learned_sinks", None) is not None,
@@ -268,6 +268,15 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
                              "layer, but the bridge maps an attention module there: a family module must say "
                              "which layers attend (headscope/families/, `layer_kinds`)")
     return None if all(k == "attention" for k in kinds) else tuple(kinds)
+
+
+def _causal(model, cfg) -> bool:
+    """Whether attention is causal. TransformerLens marks every BERT-like adapter bidirectional, but an
+    HF encoder config with `is_decoder=True` (BertLMHeadModel's use) masks causally."""
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    if getattr(hf_cfg, "is_decoder", False) and not getattr(hf_cfg, "is_encoder_decoder", False):
+        return True
+    return getattr(cfg, "attention_dir", "causal") != "bidirectional"
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -6,11 +6,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from ..errors import InputError, ModelNotFoundError
+from ..errors import HeadscopeError, InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs, reports_patterns_after
-from .family import bridge_overrides, family_of, prepare_bridge, refusal
+from .family import attention_route_for, bridge_overrides, family_of, prepare_bridge, refusal
 from .info import record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
@@ -71,41 +71,58 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
     if prepend_bos is None:  # read before the bridge reconfigures the tokenizer to always add BOS
         with network():
             prepend_bos = _original_adds_bos(source, tokenizer)
-    with network():
-        overrides = _family_overrides(source, hf_model)
-    if overrides:
-        extra["hf_config_overrides"] = overrides
-    with network(), no_runtime_installs(), quiet_loading():
-        bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra}, dtype=dtype or torch.float32)
+    config = hf_model.config if hf_model is not None else _config_or_none(source, network)
+    if config is not None:
+        refuse_family(config, name)
+        overrides = bridge_overrides(config)
+        if overrides:  # fields the family boots the bridge with (the HF model and its config are untouched)
+            extra["hf_config_overrides"] = overrides
+    try:
+        with network(), no_runtime_installs(), quiet_loading():
+            bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra},
+                                                         dtype=dtype or torch.float32)
+    except (HeadscopeError, MemoryError, torch.OutOfMemoryError):  # already clear, or not the family's fault
+        raise
+    except Exception as exc:  # the adapter fails on this family or config: say which, keep the cause
+        model_type = getattr(config, "model_type", None)
+        hf_class = type(hf_model).__name__ if hf_model is not None else (getattr(config, "architectures", None)
+                                                                         or ["?"])[0]
+        raise InputError(
+            f"TransformerLens cannot bridge {name!r} (model_type {model_type!r}, HF class {hf_class}): "
+            f"{type(exc).__name__}: {exc}. Fix: docs/architectures.md lists the families headscope is checked "
+            "on; this one needs TransformerLens support or a headscope family module.") from exc
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
         bridge.cfg.default_prepend_bos = prepend_bos
     prepare_bridge(bridge)
     record_facts(bridge, name=name)
-    if reports_patterns_after(bridge):  # HF computes attention: the family may route it through headscope
-        family = family_of(bridge)
-        if family is not None and family.attention_route is not None:
-            family.attention_route(bridge)
+    if reports_patterns_after(bridge):  # HF computes attention: headscope routes it through its own forward
+        route = attention_route_for(bridge)
+        if route is not None:
+            route(bridge)
     return bridge
 
 
-def _family_overrides(source: str, hf_model=None) -> dict:
-    """Before the bridge is built: raise InputError when the model's family refuses its config
-    (`Family.refuse`: such a config may crash TransformerLens with a raw error, or bridge silently
-    wrong), else return the config fields the family boots the bridge with (`Family.bridge_overrides`)."""
-    config = getattr(hf_model, "config", None)
-    if config is None:
-        from transformers import AutoConfig
+def _config_or_none(source: str, network):
+    """The HF config of a folder / cached id, or None when it cannot be read (the boot then says why)."""
+    from transformers import AutoConfig
 
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except Exception:  # no readable config here: the bridge's own load reports it
-            return {}
+    try:
+        with network():
+            return AutoConfig.from_pretrained(source)
+    except Exception:  # no config to read here: the bridge's own error is the clearer one
+        return None
+
+
+def refuse_family(config, name: str) -> None:
+    """Raise InputError when the model's family (`headscope.models.family.family_of`) refuses this
+    config, naming the family and its reason."""
     reason = refusal(config)
     if reason:
-        raise InputError(f"{source}: {reason}")
-    return bridge_overrides(config)
+        fam = family_of(config)
+        raise InputError(f"headscope does not analyse {name!r}: the {fam.name} family "
+                         f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}")
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

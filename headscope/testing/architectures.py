@@ -517,10 +517,20 @@ def random_prompt(name: str, n_tokens: int, seed: int = 0) -> torch.Tensor:
 # models
 
 
-def _get(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise InputError(f"Unknown tiny architecture {name!r}. Supported: {', '.join(supported())}.")
-    return ARCHITECTURES[name]
+def get_arch(name: str) -> Architecture:
+    """The curated family `name` of ``ARCHITECTURES``, or a family of the adapter sweep named by its HF
+    class (``headscope.testing.sweep``: e.g. "Qwen2MoeForCausalLM")."""
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    from headscope.testing import sweep  # the sweep builds on this module
+
+    if name in sweep.supported_classes() and sweep.entry(name).outcome == "swept":
+        return sweep.architecture(name)
+    raise InputError(f"Unknown tiny architecture {name!r}. Supported: {', '.join(supported())}, or a class "
+                     "headscope.testing.sweep.swept() names.")
+
+
+_get = get_arch
 
 
 def _set_norm_gain(norm, gain: float) -> None:
@@ -598,8 +608,11 @@ def tiny_arch_model(name: str, seed: int = 0, dtype=torch.float32):
     arch = _get(name)
     try:
         return _boot(name, seed, dtype)
-    except InputError:  # headscope refuses the family (or this config of it) with its own reason
-        raise
+    except InputError as exc:  # boot's refusal names the family and the reason; the matrix adds its names
+        if name not in ARCHITECTURES:
+            raise
+        _BOOT_ERRORS[name] = _short(exc, 2000)
+        raise InputError(f"{exc} Supported: {', '.join(supported())}.") from exc
     except Exception as exc:  # no adapter for the family, or its adapter fails on this config
         _BOOT_ERRORS[name] = _short(exc, 2000)
         raise InputError(

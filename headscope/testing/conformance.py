@@ -60,7 +60,7 @@ def prompts(name: str) -> list[list[int]]:
     """Two prompts of different lengths (a right-padded batch), with repeats for induction/duplicates."""
     a = A.random_prompt(name, 22, seed=1).tolist()
     b = A.random_prompt(name, 15, seed=2).tolist()
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         a = a[:1] + a[1:8] + a[1:8] + a[15:]  # keep [CLS] .. [SEP] framing
     else:
         a = a[:1] + a[1:11] + a[1:11] + a[21:]
@@ -99,12 +99,12 @@ def _one_prompt(name: str):
 
 def _visible(name: str, layer: int, T: int) -> torch.Tensor:
     """[q, k] bool: the keys a query may see in this layer of an unpadded prompt."""
-    return A.visible_keys(name, layer, T, encoder=A.ARCHITECTURES[name].is_encoder)
+    return A.visible_keys(name, layer, T, encoder=A.get_arch(name).is_encoder)
 
 
 def _sink_logits(name: str, layer: int) -> torch.Tensor | None:
     """[head] learned sink logits of `layer` (GPT-OSS), read from the plain HF model; None without."""
-    if "learned_sinks" not in A.ARCHITECTURES[name].features:
+    if "learned_sinks" not in A.get_arch(name).features:
         return None
     return plain(name).model.layers[layer].self_attn.sinks.detach()
 
@@ -185,7 +185,7 @@ def check_reducers(name: str) -> str | None:
 
     ps = prompts(name)
     res = capture(bridged(name), ps, batch_size=2)
-    encoder = A.ARCHITECTURES[name].is_encoder
+    encoder = A.get_arch(name).is_encoder
     layers = list(attn_layers(name))
     others = [l for l in range(bridged(name).cfg.n_layers) if l not in layers]
     for stat in res:  # a hybrid's layers without heads: NaN rows, said why
@@ -270,26 +270,39 @@ def check_head_outputs(name: str) -> None:
         torch.testing.assert_close(z, ref[layer].reshape(z.shape), rtol=1e-5, atol=1e-5)
 
 
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "SelfAttention", "self")
+_OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "o", "o_proj_layer", "proj")
+
+
+def _decoder_layers(hf) -> torch.nn.ModuleList:
+    """The ModuleList of the model's (decoder) blocks: the first with one entry per layer whose entries
+    hold an attention module."""
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or getattr(cfg, "n_layer")
+    for mod in hf.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and _attention(mod[0]) is not None:
+            return mod
+    raise AssertionError(f"{type(hf).__name__}: no list of {n} blocks with an attention module")
+
+
+def _attention(block) -> torch.nn.Module | None:
+    for name in _ATTENTION_NAMES:
+        if isinstance(getattr(block, name, None), torch.nn.Module):
+            return getattr(block, name)
+    return None
+
+
 def out_proj(hf, layer: int) -> torch.nn.Module:
-    """The attention output projection of `layer` in a plain HF model of the matrix."""
-    t = hf.config.model_type
-    if t in ("gpt2",):
-        return hf.transformer.h[layer].attn.c_proj
-    if t == "gpt_neox":
-        return hf.gpt_neox.layers[layer].attention.dense
-    if t == "gpt_neo":
-        return hf.transformer.h[layer].attn.attention.out_proj
-    if t == "gptj":
-        return hf.transformer.h[layer].attn.out_proj
-    if t == "opt":
-        return hf.model.decoder.layers[layer].self_attn.out_proj
-    if t in ("falcon", "bloom"):
-        return hf.transformer.h[layer].self_attention.dense
-    if t == "mpt":
-        return hf.transformer.blocks[layer].attn.out_proj
-    if t == "bert":
-        return hf.bert.encoder.layer[layer].attention.output.dense
-    return hf.model.layers[layer].self_attn.o_proj
+    """The attention output projection of `layer` in a plain HF model, found by the names HF uses: the
+    block's attention module (self_attn, attn, attention, ...) and, inside it, the linear layer named
+    o_proj, out_proj, c_proj, dense, ... nearest the attention module (BERT's is attention.output.dense)."""
+    attn = _attention(_decoder_layers(hf)[layer])
+    leaf = {name: name.rsplit(".", 1)[-1].lower() for name, _ in attn.named_modules() if name}  # ModernBERT: Wo
+    found = [(name.count("."), _OUT_PROJ_NAMES.index(leaf[name]), mod) for name, mod in attn.named_modules()
+             if leaf.get(name) in _OUT_PROJ_NAMES and hasattr(mod, "weight")]
+    if not found:
+        raise AssertionError(f"{type(attn).__name__}: no output projection among {_OUT_PROJ_NAMES}")
+    return min(found, key=lambda t: t[:2])[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +425,7 @@ def check_act_var_rows(name: str) -> str | None:
     model, ids, T = _one_prompt(name)
     heads = [(l, h) for l in attn_layers(name) for h in range(model.cfg.n_heads)]
     specs, reason = [VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))], None
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         try:
             forward_with(model, ids, [ACTCalibration(heads=heads)])
         except InputError as e:
@@ -457,7 +470,7 @@ def check_scan(name: str) -> str | None:
         kinds += [("uniform_attention", {}, ragged), ("uniform_attention", {"epsilon": 1e-5}, ragged),
                   ("streaming_window", {"sink": 1, "recent": 3}, ragged),
                   ("var", {"sinks": (0,), "targets": (1, 8)}, ragged)]
-        if not A.ARCHITECTURES[name].is_encoder:  # ACT is causal-only (check_act_var_rows verifies the refusal)
+        if not A.get_arch(name).is_encoder:  # ACT is causal-only (check_act_var_rows verifies the refusal)
             kinds.append(("act", {}, ragged))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a replay fallback would warn
@@ -556,7 +569,7 @@ def check_atp(name: str) -> str | None:
 def check_generation(name: str) -> str | None:
     """KV-cached greedy generation (the cache verified, no fallback) equals full recomputation, a plain HF
     argmax loop, and HF `generate` (which stops at EOS: compared up to there)."""
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model, hf = bridged(name), plain(name)
     # The cached path itself, not its fallback to recomputation (a hybrid's cache holds recurrent states).
@@ -583,7 +596,7 @@ def check_retrieval(name: str) -> str | None:
     import numpy as np
 
 
-    if A.ARCHITECTURES[name].is_encoder:
+    if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model = bridged(name)
     samples = []
