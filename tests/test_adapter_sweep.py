@@ -15,7 +15,7 @@ import pytest
 
 from headscope.errors import InputError
 from headscope.testing import conformance as C
-from headscope.testing import sweep
+from headscope.testing import sweep, sweep_table
 
 pytestmark = pytest.mark.sweep
 
@@ -112,5 +112,5 @@ def test_sweep_covers_every_supported_class():
 
 def test_sweep_doc_is_generated():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text()
-    assert sweep.markdown(sweep.run_sweep()) in doc, \
-        "docs/architectures.md is stale: regenerate its sweep table with python -m headscope.testing.sweep"
+    assert sweep_table.markdown(sweep_table.run_sweep()) in doc, \
+        "docs/architectures.md is stale: regenerate its sweep table with python -m headscope.testing.sweep_table"

@@ -137,12 +137,7 @@ def test_a_family_that_cannot_be_routed_refuses_attention_kinds(monkeypatch):
 
 
 def test_a_family_without_a_route_refuses_attention_kinds(monkeypatch):
-    real = loading.family_of
-
-    def without_route(model):
-        fam = real(model)
-        return None if fam is None else dataclasses.replace(fam, attention_route=None)
-    monkeypatch.setattr(loading, "family_of", without_route)
+    monkeypatch.setattr(loading, "attention_route_for", lambda model: None)  # no family route, no default
     model = tiny_arch_model("bert")
     assert pattern_edit_route(model) is None
     _assert_left_as_it_was(model, "bert")

@@ -98,7 +98,7 @@ class _Installed:
             if _blocked_mod.blocked_forward_for(type(m).__name__) is not None:
                 m.forward = types.MethodType(_family_forward, m)
                 self.patched.append(m)
-        self.configs = _configs(model, [c for c, _ in layers.values()])
+        self.configs = _configs(model, [(l, c) for l, (c, _) in layers.items()])
         self.before = [attn_implementation(cfg) for cfg in self.configs]
         for cfg in self.configs:
             set_attn_implementation(cfg, LIVE_IMPLEMENTATION)

@@ -121,7 +121,8 @@ def refuse_family(config, name: str) -> None:
     reason = refusal(config)
     if reason:
         fam = family_of(config)
-        raise InputError(f"headscope does not analyse {name!r}: the {fam.name} family "
+        family = fam.name if fam is not None else getattr(config, "model_type", "?")
+        raise InputError(f"headscope does not analyse {name!r}: the {family} family "
                          f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}")
 
 

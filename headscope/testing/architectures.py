@@ -517,15 +517,23 @@ def random_prompt(name: str, n_tokens: int, seed: int = 0) -> torch.Tensor:
 # models
 
 
+_LOOKUPS: list[Callable[[str], "Architecture | None"]] = []
+
+
+def register_lookup(lookup: Callable[[str], "Architecture | None"]) -> None:
+    """Let `get_arch` find families defined elsewhere (the adapter sweep registers its HF classes)."""
+    _LOOKUPS.append(lookup)
+
+
 def get_arch(name: str) -> Architecture:
     """The curated family `name` of ``ARCHITECTURES``, or a family of the adapter sweep named by its HF
-    class (``headscope.testing.sweep``: e.g. "Qwen2MoeForCausalLM")."""
+    class (``headscope.testing.sweep``, once imported: e.g. "Qwen2MoeForCausalLM")."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    from headscope.testing import sweep  # the sweep builds on this module
-
-    if name in sweep.supported_classes() and sweep.entry(name).outcome == "swept":
-        return sweep.architecture(name)
+    for lookup in _LOOKUPS:
+        found = lookup(name)
+        if found is not None:
+            return found
     raise InputError(f"Unknown tiny architecture {name!r}. Supported: {', '.join(supported())}, or a class "
                      "headscope.testing.sweep.swept() names.")
 

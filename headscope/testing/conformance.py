@@ -32,6 +32,7 @@ from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, Streami
 from headscope.models.compat import kv_cache_verified, pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import architectures as A
+from headscope.testing import sweep as _sweep  # noqa: F401  (registers the swept families with get_arch)
 from headscope.testing.reference_loops import reference_stats
 
 CHECKS: dict[str, Callable[[str], str | None]] = {}
