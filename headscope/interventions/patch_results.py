@@ -135,18 +135,23 @@ class PatchScores:
         return {"site": p["site"], "direction": p["direction"], "metric": p["metric"], "model": p["model"],
                 "n_kv_heads": p["n_kv_heads"], "params": p["params"]}
 
-    def heads(self) -> HeadScores:
+    def heads(self, better: str | None = None) -> HeadScores:
         """The per-head values as HeadScores ([prompt, layer, head] or [layer, head]) for rank_heads / top:
-        only for per-head results (not per position, not resid_pre). Ranked by magnitude."""
+        only for per-head results (not per position, not resid_pre). Ranked by `better`; default: normalized
+        scores "higher" (the most of the gap closed first); raw metric values "higher" when denoising and
+        "lower" when noising, which assumes the metric is higher on the clean run (logit_diff of the clean
+        run's answers is)."""
         unit = self.dims[-1]
         if unit not in ("head", "kv_head"):
             raise InputError(f"heads(): these scores have dims {self.dims}; only per-head patching (per_position="
                              "False, a head site) gives a [layer, head] table. Use .mean() or .to_dataframe()")
+        if better is None:
+            better = "higher" if self.is_normalized or self.direction == "denoising" else "lower"
         n_units = self.values.shape[-1]
         kv = n_units if unit == "kv_head" else self._prov["n_kv_heads"]
         name = f"patch {self.direction} {self.site}:{self.metric}" + (" (normalized)" if self.is_normalized else "")
         return HeadScores(self.values, name=name, n_kv_heads=kv, model=self.model, analyzer="patch",
-                          params={**self._meta(), "unit": unit}, better="magnitude",
+                          params={**self._meta(), "unit": unit}, better=better,
                           prompts=self.prompts if self.dims[0] == "prompt" else None,
                           description=f"metric with one {unit}'s {self.site} patched ({self.direction})")
 
