@@ -8,7 +8,7 @@ import torch
 from headscope.errors import InputError
 from headscope.interventions import LogitAttribution, PatchScores, direct_logit_attribution, patch
 from headscope.testing import planted_model
-from headscope.testing.architectures import tiny_arch_model
+from headscope.testing.architectures import ARCHITECTURES, random_prompt, tiny_arch_model
 
 FAMILIES = ["gpt2", "llama", "qwen2"]  # LayerNorm + learned positions; GQA RMSNorm; GQA with qkv biases
 HOOK = {"z": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",
@@ -190,11 +190,26 @@ def test_dla_results_round_trip(tmp_path):
     assert set(df["component"]) >= {"L1H3", "embed", "mlp.L0", "unembed.bias"}
 
 
-@pytest.mark.parametrize("family,match", [("gemma2", "post-attention norm|not its heads"), ("bert", "own transform")])
-def test_dla_refuses_families_without_a_linear_readout(family, match):
+# Families whose heads have no additive direct path (post-sublayer norms; BERT's non-linear masked-LM readout).
+DLA_REFUSED = {"gemma2": "post-attention norm", "gemma3": "post-attention norm", "olmo2": "post-attention norm",
+               "bert": "own transform"}
+
+
+@pytest.mark.parametrize("family", list(ARCHITECTURES))
+def test_dla_sums_to_the_model_logit_difference_or_refuses_on_every_family(family):
     model = tiny_arch_model(family)
-    with pytest.raises(InputError, match=match):
-        direct_logit_attribution(model, [[1, 5, 6, 7, 8]] if family != "bert" else [[2, 5, 6, 7, 3]], [(10, 20)])
+    prompts = [random_prompt(family, 8, seed=s).tolist() for s in range(2)]
+    answers = [(10, 20), (11, 21)]
+    if family in DLA_REFUSED:
+        with pytest.raises(InputError, match=DLA_REFUSED[family]):
+            direct_logit_attribution(model, prompts, answers)
+        return
+    got = direct_logit_attribution(model, prompts, answers)
+    with torch.no_grad():
+        last = model(torch.tensor(prompts))[:, -1]
+    model_diff = np.array([float(last[i, a] - last[i, b]) for i, (a, b) in enumerate(answers)])
+    np.testing.assert_allclose(got.logit_diff, model_diff, atol=1e-5)
+    np.testing.assert_allclose(got.total(), model_diff, atol=1e-5)
 
 
 def test_bad_inputs_are_input_errors_naming_the_fix():

@@ -133,8 +133,8 @@ def direct_logit_attribution(model, prompts, answers, *, position: int = -1, bat
             rest = (got[f"blocks.{l}.hook_attn_out"] - head_out[l].sum(2))[valid]
             if not torch.allclose(rest, rest[:1].expand_as(rest), rtol=0, atol=_RTOL * scale):
                 raise InputError(f"direct_logit_attribution: layer {l}'s attention output is not its heads' z·W_O plus "
-                                 "a bias on this model (a norm or gate between the heads and the residual, e.g. Gemma 2/3's "
-                                 "post-attention norm), so per-head contributions are not defined. Use patch() on this model")
+                                 "a bias on this model (a norm or gate between the heads and the residual, e.g. the post-attention "
+                                 "norm of Gemma 2/3 and OLMo 2), so per-head contributions are not defined. Use patch() on this model")
         center, s, gain, bias = _frozen_norm(model, x, y)
         pair = answer_ids[torch.as_tensor(batch.index)]
         direction = (W_U[:, pair[:, 0]] - W_U[:, pair[:, 1]]).T  # [B, d]
