@@ -231,3 +231,18 @@ def test_bad_inputs_are_input_errors_naming_the_fix():
         direct_logit_attribution(model, [[1, 5, 6]], [(5, 6)], position=9)
     with pytest.raises(InputError, match="patch 'z' or 'v'"):
         patch(tiny_arch_model("gpt-neo"), [[1, 5, 6]], [[1, 5, 7]], sites="pattern", **ok)
+
+
+def test_dla_on_ragged_prompts_equals_each_prompt_alone():
+    model = tiny_arch_model("llama")
+    clean, _, answers = _pairs(4)  # 7, 7 and 5 tokens: the batch is right-padded
+    for position in (-1, -2, 3):
+        together = direct_logit_attribution(model, clean, answers, position=position, batch_size=3)
+        for i, (prompt, pair) in enumerate(zip(clean, answers)):
+            alone = direct_logit_attribution(model, [prompt], [pair], position=position)
+            np.testing.assert_allclose(together.heads.values[i], alone.heads.values[0], atol=1e-6)
+            np.testing.assert_allclose(together.logit_diff[i], alone.logit_diff[0], atol=1e-6)
+    with torch.no_grad():  # position 3 reads the logits there, not at the end
+        logits = model(torch.tensor([clean[0]]))
+    at3 = direct_logit_attribution(model, [clean[0]], [answers[0]], position=3)
+    assert at3.logit_diff[0] == pytest.approx(float(logits[0, 3, 10] - logits[0, 3, 20]), abs=1e-5)
