@@ -246,3 +246,16 @@ def test_dla_on_ragged_prompts_equals_each_prompt_alone():
         logits = model(torch.tensor([clean[0]]))
     at3 = direct_logit_attribution(model, [clean[0]], [answers[0]], position=3)
     assert at3.logit_diff[0] == pytest.approx(float(logits[0, 3, 10] - logits[0, 3, 20]), abs=1e-5)
+
+
+def test_the_full_forward_fallback_gives_the_replayed_numbers():
+    model = tiny_arch_model("qwen2")
+    clean, corrupt, answers = _pairs(5)
+    kw = {"metric_kwargs": {"answers": answers}, "per_position": True, "direction": "noising"}
+    replayed = patch(model, clean, corrupt, "logit_diff", ["z", "resid_pre"], **kw)
+    full = patch(model, clean, corrupt, "logit_diff", ["z", "resid_pre"], replay="off", **kw)
+    for site in ("z", "resid_pre"):
+        np.testing.assert_allclose(replayed[site].values, full[site].values, atol=1e-5)
+    norm = full["z"].normalized(per_prompt=True)  # noising: (patched - clean) / (corrupt - clean)
+    np.testing.assert_allclose(norm.values, (full["z"].values - full["z"].clean_metric[:, None, None, None])
+                               / (full["z"].corrupt_metric - full["z"].clean_metric)[:, None, None, None])
