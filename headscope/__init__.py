@@ -1,7 +1,8 @@
 """headscope: find, measure and edit the attention heads of transformer models.
 
 Public surface (lazily imported so `import headscope` stays fast):
-    load_model, model_info, capture, reducers, HeadScores, apply, forward_with, scan, get_analyzer
+    load_model, model_info, capture, reducers, HeadScores, apply, forward_with, scan, patch,
+    direct_logit_attribution, get_analyzer
 """
 
 from importlib import import_module
@@ -21,6 +22,8 @@ _LAZY = {
     "forward_with": "headscope.interventions",
     "run": "headscope.interventions",  # deprecated alias of forward_with (warns when called)
     "scan": "headscope.interventions",
+    "patch": "headscope.interventions",
+    "direct_logit_attribution": "headscope.interventions",
     "get_analyzer": "headscope.analyzers",
     "HeadscopeError": "headscope.errors",
     "InputError": "headscope.errors",

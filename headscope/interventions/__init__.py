@@ -7,7 +7,10 @@ it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
 from .apply import apply, forward_with, run
 from .atp import attribution_scan
 from .kind import EditContext
+from .dla import direct_logit_attribution
 from .metrics import METRICS
+from .patch_results import LogitAttribution, PatchScores
+from .patching import PATCH_SITES, patch
 from .prepare import prepare_references
 from .scan import clean_readout, scan, variant_outputs
 from .screen import ScreenedScan
@@ -16,4 +19,5 @@ from .specs import (KINDS, ACTCalibration, Intervention, MeanAblation, ResampleA
 
 __all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
            "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "ScreenedScan",
+           "LogitAttribution", "PATCH_SITES", "PatchScores", "direct_logit_attribution", "patch",
            "apply", "attribution_scan", "clean_readout", "forward_with", "prepare_references", "run", "scan", "variant_outputs"]
