@@ -45,25 +45,62 @@ def test_page_renders_without_errors_and_every_figure_is_drawn(report):
 def test_head_table_sorts_and_filters(report):
     path, truth = report
     with open_page(path) as (page, problems):
-        headers = page.locator("#head-table thead th")
-        names = headers.all_inner_texts()
+        headers = page.locator("#head-table thead tr.names th")
+        names = [n.replace("\u200b", "") for n in headers.all_inner_texts()]
         col = names.index("induction_score")
-        headers.nth(col).click()
-        headers.nth(col).click()  # second click: descending
+        headers.nth(col).click()  # first click on a score: largest first
         assert headers.nth(col).get_attribute("aria-sort") == "descending"
         values = [float(v) for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
             "cells => cells.map(c => c.dataset.v)") if v != ""]
         assert values == sorted(values, reverse=True) and len(values) > 1
         top = page.locator("#head-table tbody tr").first.locator("td").first.inner_text()
         assert top == f"L{truth.induction[0]}H{truth.induction[1]}"
+        headers.nth(col).click()  # second click: smallest first
+        assert headers.nth(col).get_attribute("aria-sort") == "ascending"
+        values = [float(v) for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
+            "cells => cells.map(c => c.dataset.v)") if v != ""]
+        assert values == sorted(values)
         page.select_option("#role-filter", "previous-token")
         visible = page.locator("#head-table tbody tr:not([hidden])")
         assert visible.count() >= 1
         assert f"L{truth.previous_token[0]}H{truth.previous_token[1]}" in visible.all_inner_texts()[0]
         assert page.locator("#head-count").inner_text().startswith(f"{visible.count()} of ")
         page.select_option("#role-filter", "")
-        page.fill("#head-filter", "L1H")
+        page.locator("#head-filter").press_sequentially("L1H")  # typed, no Enter: the rows narrow as one types
         assert page.locator("#head-table tbody tr:not([hidden])").count() == 4
+        page.locator("#head-filter").fill("")
+        page.select_option("#layer-filter", "0")
+        shown = page.locator("#head-table tbody tr:not([hidden]) td:first-child").all_inner_texts()
+        assert len(shown) == 4 and all(t.startswith("L0H") for t in shown)
+    assert problems == []
+
+
+def test_head_table_keeps_the_head_in_view_and_rows_one_line(report):
+    """After sorting the far-right column (the box scrolls to it), the top row's label is still inside the
+    table's box; every row is one line tall; each step's columns have a group header."""
+    path, _ = report
+    with open_page(path) as (page, problems):
+        box = page.locator("#head-table-box")
+        assert page.evaluate("() => { const b = document.getElementById('head-table-box'); "
+                             "return b.scrollWidth > b.clientWidth; }")  # the table is wider than its box
+        last = page.locator("#head-table thead tr.names th").last
+        last.click()
+        page.evaluate("() => { const b = document.getElementById('head-table-box'); b.scrollLeft = b.scrollWidth; }")
+        assert page.evaluate("() => document.getElementById('head-table-box').scrollLeft") > 100
+        label = page.locator("#head-table tbody tr").first.locator("td").first
+        b, lb = box.bounding_box(), label.bounding_box()
+        assert b["x"] <= lb["x"] and lb["x"] + lb["width"] <= b["x"] + b["width"], (b, lb)
+        assert b["y"] <= lb["y"] and lb["y"] + lb["height"] <= b["y"] + b["height"], (b, lb)
+        assert label.inner_text().startswith("L")
+        # the label is the topmost element at its own centre (not hidden under the scrolled cells)
+        hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).textContent",
+                            [lb["x"] + lb["width"] / 2, lb["y"] + lb["height"] / 2])
+        assert hit == label.inner_text()
+        line = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector('#head-table td')).lineHeight)")
+        heights = page.locator("#head-table tbody tr").evaluate_all("rs => rs.map(r => r.getBoundingClientRect().height)")
+        assert all(h < 1.6 * line for h in heights), (line, max(heights))
+        groups = page.locator("#head-table thead tr.groups th").all_inner_texts()
+        assert "Classic attention patterns" in groups and "attention-sinks" in groups
     assert problems == []
 
 

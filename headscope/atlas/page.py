@@ -33,8 +33,20 @@ body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;
 h1{font-size:1.7em;margin-bottom:.2em} h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2.2em}
 table{border-collapse:collapse;font-size:.88em;margin:.6em 0} th,td{padding:.2em .6em;border-bottom:1px solid #e5e5e5;
  text-align:left;vertical-align:top} th{background:#f6f6f6;font-weight:600} td.n{font-variant-numeric:tabular-nums;text-align:right}
-table.sortable th{cursor:pointer;white-space:nowrap} th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
-.scroll{max-height:32em;overflow:auto;border:1px solid #eee} .fig{overflow-x:auto;margin:.8em 0}
+th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
+.scroll{max-height:32em;overflow:auto;border:1px solid #eee}
+#head-table{border-collapse:separate;border-spacing:0;margin:0}
+#head-table td{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:12em;vertical-align:middle}
+#head-table thead th{position:sticky;z-index:2;vertical-align:bottom;line-height:1.25}
+#head-table tr.groups th{top:0;height:1.6em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:16em;
+ text-align:center;border-left:2px solid #fff;background:#ececec;font-weight:500}
+#head-table tr.names th{top:calc(1.6em + .4em + 1px);cursor:pointer;min-width:3em;max-width:9em}
+#head-table .sticky{position:sticky;z-index:1;background:#fff;box-sizing:border-box}
+#head-table thead .sticky,#head-table .sticky-group{z-index:3;background:#f6f6f6}
+#head-table .sticky-group{position:sticky;left:0}
+#head-table .s0{left:0;width:5.5em;min-width:5.5em;max-width:5.5em} #head-table .s1{left:5.5em;width:3.6em;min-width:3.6em;max-width:3.6em}
+#head-table .s2{left:9.1em;width:3.6em;min-width:3.6em;max-width:3.6em;border-right:1px solid #ccc}
+#head-table tbody tr:hover td{background:#f3f7ff} #head-table tr.names th[data-kind=number]{text-align:right} .fig{overflow-x:auto;margin:.8em 0}
 .files,.muted{font-size:.85em;color:#666} .swatch{display:inline-block;width:1em;height:1em;border:1px solid #999;vertical-align:middle}
 .skipped{color:#8a6d3b;background:#fcf8e3;padding:.4em .8em} nav ol{columns:2;padding-left:1.4em} pre{white-space:pre-wrap;margin:0}
 .controls{margin:.5em 0} .controls input,.controls select{margin-right:1em} footer{margin-top:3em;font-size:.8em;color:#888}
@@ -74,28 +86,75 @@ def _legend(atlas, rm) -> str:
             "<th>from</th><th>heads that pass</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+# The head table's fixed columns: the first three stay in view while the scores scroll sideways.
+_HEAD_COLUMNS = ("label", "layer", "head", "kv_group", "role", "role_strength", "all_roles")
+_STICKY = ("label", "layer", "head")
+_TEXT_COLUMNS = ("label", "role", "all_roles")
+
+
+def _hover(label: str, column: str, value, shown: str) -> list[str]:
+    """The hover text of one head-table cell, one line each: the head, the column and the full value.
+    Other lines (a confidence interval, ...) are appended here."""
+    full = shown if not isinstance(value, float) or shown == "—" else f"{value:.6g}"
+    return [f"{label} · {column}: {full}"]
+
+
+def _column_groups(atlas, names) -> list[tuple[str, int]]:
+    """(group title, span) for the header row above the column names: the head (sticky), its roles, then one
+    group per step (a step's columns are adjacent in the table)."""
+    columns = atlas.columns()
+    titles = {s.key: s.title for s in atlas.steps}
+    groups: list[tuple[str, int]] = []
+    for name in names:
+        title = ("head" if name in _STICKY else "role" if name in _HEAD_COLUMNS
+                 else titles.get(columns[name].step, columns[name].step))
+        if groups and groups[-1][0] == title:
+            groups[-1] = (title, groups[-1][1] + 1)
+        else:
+            groups.append((title, 1))
+    return groups
+
+
 def _head_table(atlas) -> str:
     df = atlas.to_dataframe()
     columns = atlas.columns()
-    head = "".join(f"<th title='{_esc(columns[c].description) if c in columns else ''}'>{_esc(c)}</th>" for c in df.columns)
+    names = list(df.columns)
+
+    def cls(c):
+        out = ["n"] if c not in _TEXT_COLUMNS else []
+        if c in _STICKY:
+            out.append(f"sticky s{_STICKY.index(c)}")
+        return f" class='{' '.join(out)}'" if out else ""
+
+    groups = "".join(f"<th colspan='{n}' class='group{' sticky-group' if i == 0 else ''}' title='{_esc(t)}'>{_esc(t)}</th>"
+                     for i, (t, n) in enumerate(_column_groups(atlas, names)))
+    head = "".join(f"<th data-col='{i}' data-kind='{'text' if c in _TEXT_COLUMNS else 'number'}'{cls(c)} "
+                   f"title='{_esc(columns[c].description) if c in columns else _esc(c)}'>{_esc(c).replace('_', '_<wbr>')}</th>"
+                   for i, c in enumerate(names))
     body = []
     for rec in df.to_dict("records"):
-        search = f"{rec['label']} {rec['all_roles']}".lower()
+        search = f"{rec['label']} {rec['role']} {rec['all_roles']}".lower()
         cells = []
-        for c in df.columns:
+        for c in names:
             v, shown = _num(rec[c])
-            cls = " class='n'" if c not in ("label", "role", "all_roles") else ""
-            cells.append(f"<td data-v='{_esc(v)}'{cls}>{_esc(shown)}</td>")
+            title = "\n".join(_hover(rec["label"], c, rec[c], shown))
+            cells.append(f"<td data-v='{_esc(v)}'{cls(c)} title='{_esc(title)}'>{_esc(shown)}</td>")
         roles = "|".join(rec["all_roles"].split(", ")) if rec["all_roles"] else ""
-        body.append(f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}'>{''.join(cells)}</tr>")
-    names = list(dict.fromkeys(r.name for r in atlas.roles()))
-    options = "".join(f"<option value='{_esc(n)}'>{_esc(n)}</option>" for n in names)
-    return (f"<div class='controls'><input id='head-filter' type='search' placeholder='filter: L3H, induction, ...'>"
-            f"<select id='role-filter'><option value=''>any role</option>{options}</select>"
+        body.append(f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}' data-layer='{rec['layer']}'>"
+                    f"{''.join(cells)}</tr>")
+    role_names = list(dict.fromkeys(r.name for r in atlas.roles()))
+    options = "".join(f"<option value='{_esc(n)}'>{_esc(n)}</option>" for n in role_names)
+    layers = "".join(f"<option value='{i}'>L{i}</option>" for i in range(atlas.n_layers))
+    return (f"<div class='controls'><input id='head-filter' type='search' placeholder='filter: L3H, induction, ...' "
+            f"title='filters as you type: a head label or a role'>"
+            f"<select id='role-filter' title='heads that pass this role&#39;s cut'><option value=''>any role</option>"
+            f"{options}</select><select id='layer-filter'><option value=''>any layer</option>{layers}</select>"
             f"<span id='head-count' class='muted'></span></div>"
             f"<p class='files'>Download: <a href='scores/heads.csv'>CSV</a> · <a href='scores/heads.parquet'>Parquet</a>"
-            f" (one row per head; click a column header to sort)</p>"
-            f"<div class='scroll'><table id='head-table' class='sortable'><thead><tr>{head}</tr></thead>"
+            f" (one row per head; click a column header to sort, largest first; click again for smallest first; "
+            f"hover a cell for its full value)</p>"
+            f"<div class='scroll' id='head-table-box'><table id='head-table' class='sortable'><thead>"
+            f"<tr class='groups'>{groups}</tr><tr class='names'>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 

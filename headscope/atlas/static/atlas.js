@@ -3,33 +3,39 @@
 "use strict";
 
 function sortTable(th) {
+  // A score column sorts largest first on its first click (the heads one looks for), smallest first on
+  // the next; a text column A to Z first. Missing values stay last either way.
   const table = th.closest("table");
-  const index = Array.from(th.parentNode.children).indexOf(th);
-  const ascending = th.getAttribute("aria-sort") !== "ascending";
-  table.querySelectorAll("th").forEach((h) => h.removeAttribute("aria-sort"));
-  th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+  const index = parseInt(th.dataset.col, 10);
+  const numeric = th.dataset.kind === "number";
+  const current = th.getAttribute("aria-sort");
+  const descending = current ? current === "ascending" : numeric;
+  table.querySelectorAll("th[aria-sort]").forEach((h) => h.removeAttribute("aria-sort"));
+  th.setAttribute("aria-sort", descending ? "descending" : "ascending");
   const body = table.tBodies[0];
   const rows = Array.from(body.rows);
   const key = (row) => row.cells[index].dataset.v;
-  const numeric = rows.every((r) => key(r) === "" || !isNaN(parseFloat(key(r))));
   rows.sort((a, b) => {
     const x = key(a), y = key(b);
     if (x === "" && y === "") return 0;
-    if (x === "") return 1;  // missing values last, in both directions
+    if (x === "") return 1;
     if (y === "") return -1;
     const c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
-    return ascending ? c : -c;
+    return descending ? -c : c;
   });
   rows.forEach((r) => body.appendChild(r));
 }
 
 function filterTable() {
+  // Runs on every keystroke and every change of a select: no Enter needed.
   const text = document.getElementById("head-filter").value.trim().toLowerCase();
   const role = document.getElementById("role-filter").value;
+  const layer = document.getElementById("layer-filter").value;
   let shown = 0;
   const rows = document.querySelectorAll("#head-table tbody tr");
   rows.forEach((row) => {
-    const ok = (!text || row.dataset.search.includes(text)) && (!role || row.dataset.roles.split("|").includes(role));
+    const ok = (!text || row.dataset.search.includes(text)) && (!role || row.dataset.roles.split("|").includes(role))
+      && (!layer || row.dataset.layer === layer);
     row.hidden = !ok;
     if (ok) shown += 1;
   });
@@ -83,11 +89,11 @@ function showHead(layer, head) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  document.querySelectorAll("table.sortable th").forEach((th) => th.addEventListener("click", () => sortTable(th)));
+  document.querySelectorAll("table.sortable th[data-col]").forEach((th) => th.addEventListener("click", () => sortTable(th)));
   const filter = document.getElementById("head-filter");
   if (filter) {
     filter.addEventListener("input", filterTable);
-    document.getElementById("role-filter").addEventListener("change", filterTable);
+    ["role-filter", "layer-filter"].forEach((id) => document.getElementById(id).addEventListener("change", filterTable));
     filterTable();
   }
   ["viewer-layer", "viewer-head"].forEach((id) => {
