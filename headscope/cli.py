@@ -45,6 +45,13 @@ def _report_steps(args) -> int:
     return 0
 
 
+def _view(args) -> int:
+    from .atlas.serve import view
+
+    view(args.model, args.report, args.port, device=args.device, dtype=_dtype(args.dtype))
+    return 0
+
+
 def _info(args) -> int:
     from .models import model_info
 
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "write (only the report's own files are written)")
     _model_options(rep)
     rep.set_defaults(func=_report)
+
+    vw = sub.add_parser("view", help="serve a report folder on this machine (127.0.0.1) with its model loaded: the "
+                                     "page's attention viewer and token view take any prompt")
+    vw.add_argument("--report", default="headscope-report", help="the report folder (default: %(default)s)")
+    vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0: any free port)")
+    _model_options(vw)
+    vw.set_defaults(func=_view)
 
     ana = sub.add_parser("analyze", help="run one analyzer (see `headscope analyze --list`) and save its scores and figure")
     ana.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")

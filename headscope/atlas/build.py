@@ -118,6 +118,7 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         raise InputError("the viewer prompt is empty: give --viewer-prompt some text, or leave it out")
     out_dir = Path(out_dir)
     claim_folder(out_dir, force)
+    load_name = None if hasattr(model, "cfg") else (model or "default")  # `headscope view` loads it again
     model = model if hasattr(model, "cfg") else load_model(model)
     info = model_info(model)
     steps = plan(model)
@@ -161,6 +162,8 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("headscope") else "build_atlas(...)",
         "seconds": seconds, "versions": _versions(),
     }
+    if load_name is not None:
+        provenance["load name"] = str(load_name)
     atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance)
     atlas.save(out_dir, steps=False)  # each step was saved as it finished
     return write_page(atlas, out_dir, static=static)

@@ -1,5 +1,5 @@
 """The atlas page: report.html beside plotly.min.js, attention.js (the viewer's data), figures/ and
-docs/. Sections: role map, head table, attention viewer, one per step, provenance."""
+docs/. Sections: role map, head table, attention viewer, token view, one per step, provenance."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import plotly.io as pio
 from .._version import __version__
 from ..fileio import atomic_write
 from ..viz.export import HTML_CONFIG, export_figures, write_plotly_js
+from ..viz.token_view import TOKEN_VIEW_CSS, token_view_js
 from .docs_pages import render_docs
 from .roles import NO_ROLE, role_colour
 
@@ -49,7 +50,7 @@ th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{c
 #head-table tbody tr:hover td{background:#f3f7ff} #head-table tr.names th[data-kind=number]{text-align:right} .fig{overflow-x:auto;margin:.8em 0}
 .files,.muted{font-size:.85em;color:#666} .swatch{display:inline-block;width:1em;height:1em;border:1px solid #999;vertical-align:middle}
 .skipped{color:#8a6d3b;background:#fcf8e3;padding:.4em .8em} nav ol{columns:2;padding-left:1.4em} pre{white-space:pre-wrap;margin:0}
-.controls{margin:.5em 0} .controls input,.controls select{margin-right:1em} footer{margin-top:3em;font-size:.8em;color:#888}
+.controls{margin:.5em 0} .controls input,.controls select{margin-right:1em} #viewer-prompt{width:100%;max-width:60em} footer{margin-top:3em;font-size:.8em;color:#888}
 """
 
 
@@ -158,20 +159,47 @@ def _head_table(atlas) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _viewer_how(v: dict) -> str:
+    if v["windowed"]:
+        return (f"The prompt has {v['n_tokens']} tokens, more than {v['max_tokens']}: the rows are its last "
+                f"{len(v['queries'])} queries; the columns its first {v['sink_keys']} keys, a '…' column holding the "
+                "attention on every key in between, and the same last positions (each row still sums to one).")
+    return (f"The whole prompt ({v['n_tokens']} tokens); longer prompts are windowed to the last "
+            f"{v['max_tokens'] - v['sink_keys']} queries and the first {v['sink_keys']} keys + '…'.")
+
+
 def _viewer(atlas) -> str:
     v = atlas.viewer
     if v is None:
         return "<p class='muted'>No viewer data in this atlas.</p>"
     layers = "".join(f"<option value='{i}'>L{i}</option>" for i in range(v["n_layers"]))
     heads = "".join(f"<option value='{i}'>H{i}</option>" for i in range(v["n_heads"]))
-    how = (f"The prompt has {v['n_tokens']} tokens, more than {v['max_tokens']}: the rows are its last "
-           f"{len(v['queries'])} queries; the columns its first {v['sink_keys']} keys, a '…' column holding the "
-           "attention on every key in between, and the same last positions (each row still sums to one)."
-           if v["windowed"] else f"The whole prompt ({v['n_tokens']} tokens); longer prompts are windowed "
-           f"to the last {v['max_tokens'] - v['sink_keys']} queries and the first {v['sink_keys']} keys + '…'.")
-    return (f"<p>{_esc(how)} Values are stored in steps of 1/255. Pick a head here or click one on the role map.</p>"
+    # Served by `headscope view`, the page finds POST attention and shows the text box (atlas.js);
+    # opened as a file, it shows the line saying how.
+    prompt_box = ("<div id='viewer-prompt-box' class='controls' hidden><textarea id='viewer-prompt' rows='3' "
+                  "placeholder='Type a prompt, then Show (or Ctrl+Enter)'></textarea><br><button id='viewer-run' "
+                  "type='button'>Show</button> <span id='viewer-status' class='muted'></span></div>"
+                  "<p id='viewer-static-note' class='muted'>Type your own prompt: run <code>headscope view --report "
+                  "<span class='report-folder'>THIS_FOLDER</span></code> and open the address it prints (the "
+                  "viewer and the token view then take any prompt).</p>")
+    return (f"<p><span id='viewer-how'>{_esc(_viewer_how(v))}</span> Values are stored in steps of 1/255. Pick a "
+            f"head here or click one on the role map.</p>{prompt_box}"
             f"<div class='controls'><label>layer <select id='viewer-layer'>{layers}</select></label>"
             f"<label>head <select id='viewer-head'>{heads}</select></label></div><div id='viewer-plot'></div>")
+
+
+def _token_view(atlas) -> str:
+    if atlas.viewer is None:
+        return "<p class='muted'>No viewer data in this atlas.</p>"
+    top = atlas.top_heads_by_role()
+    labels = ", ".join(f"L{layer}H{head}" for _, layer, head in top) or "L0H0"
+    which = "; ".join(f"{role}: L{layer}H{head}" for role, layer, head in top)
+    return (f"<p>The viewer's prompt as text, one box per head (default: each role's strongest head"
+            f"{' — ' + _esc(which) if which else ''}). Hover a token to light up, in every head, the tokens it "
+            "attends to (darker = more attention); click it to keep it. In a notebook: "
+            "<code>headscope.viz.token_view(model, prompt, heads=[(layer, head), ...])</code>.</p>"
+            f"<div class='controls'><label>heads <input id='token-view-heads' size='40' value='{_esc(labels)}' "
+            "title='head labels, e.g. L17H3, L1H2 (updates as you type)'></label></div><div id='token-view'></div>")
 
 
 def _step_section(i: int, step, figures: dict, files: dict, docs: dict) -> str:
@@ -232,12 +260,12 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
     n_role = int((rm.role != NO_ROLE).sum())
     total = atlas.n_layers * atlas.n_heads
     nav = ["<li><a href='#role-map-section'>Role map</a></li>", "<li><a href='#head-table-section'>Head table</a></li>",
-           "<li><a href='#viewer'>Attention viewer</a></li>"]
+           "<li><a href='#viewer'>Attention viewer</a></li>", "<li><a href='#token-view-section'>Token view</a></li>"]
     nav += [f"<li><a href='#step-{s.key}'>{_esc(s.title)}</a>{'' if s.status == 'ok' else ' (not run)'}</li>"
             for s in atlas.steps]
     nav.append("<li><a href='#provenance'>Provenance</a></li>")
     role_links = " · ".join(f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get("00-role-map", {}).items())
-    js = resources.files("headscope.atlas").joinpath("static/atlas.js").read_text(encoding="utf-8")
+    js = token_view_js() + "\n" + resources.files("headscope.atlas").joinpath("static/atlas.js").read_text(encoding="utf-8")
     summary = (f"{atlas.n_layers} layers x {atlas.n_heads} heads ({atlas.n_kv_heads} KV heads per layer); "
                f"{n_role} of {total} heads have a role; {len(ran)} of {len(atlas.steps)} steps ran "
                f"({atlas.preset} preset, {atlas.provenance.get('seconds', 0):.0f} s).")
@@ -248,13 +276,14 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
         + (f"<p class='files'>Figure files: {role_links}</p>" if role_links else "") + _legend(atlas, rm) + "</section>",
         f"<section id='head-table-section'><h2>Head table</h2>{_head_table(atlas)}</section>",
         f"<section id='viewer'><h2>Attention viewer</h2>{_viewer(atlas)}</section>",
+        f"<section id='token-view-section'><h2>Token view</h2>{_token_view(atlas)}</section>",
         *[_step_section(i, s, figures, files, docs) for i, s in enumerate(atlas.steps, 1)],
         f"<section id='provenance'><h2>Provenance</h2>{_provenance(atlas)}</section>",
     ]
     viewer_script = "<script src='attention.js'></script>" if atlas.viewer is not None else ""
     doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"
-           f"<title>Head atlas of {_esc(atlas.model)}</title><style>{_CSS}</style>\n"
+           f"<title>Head atlas of {_esc(atlas.model)}</title><style>{_CSS}{TOKEN_VIEW_CSS}</style>\n"
            f"<script src='plotly.min.js'></script>{viewer_script}\n</head><body>" + "\n".join(body)
            + f"<footer>headscope {_esc(__version__)} · opens offline: plotly.min.js, attention.js, figures/ and docs/ "
            "sit beside this page; keep the folder together.</footer>"

@@ -1,5 +1,7 @@
-// The atlas page's behaviour: head-table sorting and filtering, the attention viewer, and a click on
-// the role map opening that head in the viewer. No external resources: plotly.min.js sits beside the page.
+// The atlas page's behaviour: head-table sorting and filtering, the attention viewer and the token view
+// (both on window.HEADSCOPE_VIEWER; a prompt typed in when `headscope view` serves the page replaces it),
+// and a click on the role map opening that head in the viewer. No external resources: plotly.min.js sits
+// beside the page; headscopeTokenView (token_view.js) is inlined before this script.
 "use strict";
 
 function sortTable(th) {
@@ -82,6 +84,89 @@ function drawViewer() {
   Plotly.react(plot, data, layout, { displaylogo: false });
 }
 
+function drawTokenView() {
+  // The token view reads the viewer's data: its key columns as the text ("…" for the folded keys of a
+  // long prompt), its query rows as the tokens one can hover.
+  const doc = window.HEADSCOPE_VIEWER;
+  const box = document.getElementById("token-view");
+  const input = document.getElementById("token-view-heads");
+  if (!doc || !box || !input) return;
+  if (!window._viewer) window._viewer = viewerPatterns(doc);
+  const { bytes, shape } = window._viewer;
+  const [, H, Q, K] = shape;
+  const heads = [];
+  for (const m of input.value.matchAll(/L(\d+)\s*H(\d+)/gi)) {
+    const layer = parseInt(m[1], 10), head = parseInt(m[2], 10);
+    if (layer < doc.n_layers && head < doc.n_heads && !heads.some((h) => h.layer === layer && h.head === head)) {
+      heads.push({ layer, head });
+    }
+  }
+  const data = {
+    tokens: doc.keys.map((k) => (k === null ? null : doc.tokens[k])),
+    rows: doc.queries.map((q) => doc.keys.indexOf(q)),
+    heads: heads.map(({ layer, head }) => {
+      const base = ((layer * H) + head) * Q * K;
+      const values = [];
+      for (let q = 0; q < Q; q++) values.push(Array.from(bytes.subarray(base + q * K, base + (q + 1) * K), (b) => b / doc.scale));
+      return { label: `L${layer}H${head}`, values };
+    }),
+    note: heads.length ? (doc.windowed ? `The last ${Q} tokens can be hovered; "…" holds the keys in between.` : "")
+      : "No head: type labels such as L0H1.",
+  };
+  window.headscopeTokenView(box, data);
+}
+
+function setViewerData(doc) {
+  window.HEADSCOPE_VIEWER = doc;
+  window._viewer = null;
+  const how = document.getElementById("viewer-how");
+  if (how) {
+    how.textContent = doc.windowed
+      ? `The prompt has ${doc.n_tokens} tokens, more than ${doc.max_tokens}: the rows are its last ${doc.queries.length} queries; the columns its first ${doc.sink_keys} keys, a '…' column holding the attention on every key in between, and the same last positions (each row still sums to one).`
+      : `The whole prompt (${doc.n_tokens} tokens).`;
+  }
+  drawViewer();
+  drawTokenView();
+}
+
+async function runPrompt() {
+  const text = document.getElementById("viewer-prompt").value;
+  const status = document.getElementById("viewer-status");
+  if (!text.trim()) { status.textContent = "type a prompt first"; return; }
+  status.textContent = "computing…";
+  try {
+    const res = await fetch("attention", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt: text }) });
+    const doc = await res.json();
+    if (!res.ok) { status.textContent = doc.error || `error ${res.status}`; return; }
+    setViewerData(doc);
+    status.textContent = `${doc.n_tokens} tokens`;
+  } catch (err) {
+    status.textContent = `the server did not answer: ${err}`;
+  }
+}
+
+async function detectServer() {
+  // Only `headscope view` answers GET attention; a page opened as a file says how to start it.
+  const folder = document.querySelector("#viewer-static-note .report-folder");
+  if (location.protocol === "file:") {
+    if (folder) folder.textContent = decodeURIComponent(location.pathname.replace(/\/[^/]*$/, "")) || ".";
+    return;
+  }
+  try {
+    const res = await fetch("attention", { method: "GET" });
+    const info = res.ok ? await res.json() : null;
+    if (!info || !info.model) return;
+    document.getElementById("viewer-prompt-box").hidden = false;
+    document.getElementById("viewer-static-note").hidden = true;
+    document.getElementById("viewer-status").textContent = `served with ${info.model}`;
+    document.getElementById("viewer-run").addEventListener("click", runPrompt);
+    document.getElementById("viewer-prompt").addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) runPrompt();
+    });
+  } catch (err) { /* a plain file server: keep the note */ }
+}
+
 function showHead(layer, head) {
   document.getElementById("viewer-layer").value = String(layer);
   document.getElementById("viewer-head").value = String(head);
@@ -101,6 +186,10 @@ document.addEventListener("DOMContentLoaded", () => {
     if (el) el.addEventListener("change", drawViewer);
   });
   drawViewer();
+  const heads = document.getElementById("token-view-heads");
+  if (heads) heads.addEventListener("input", drawTokenView);
+  drawTokenView();
+  detectServer();
   const map = document.getElementById("role-map");
   if (map && map.on) {
     map.on("plotly_click", (ev) => {
