@@ -133,3 +133,34 @@ def test_every_link_resolves(report):
             target = _local_target(html_file, href)
             assert target is None or target.is_file(), (html_file.name, href)
             assert not re.match(r"https?://", href) or html_file != path, f"external link in the atlas: {href}"
+
+
+def test_token_view_shows_each_roles_top_head_on_the_viewer_prompt(report):
+    """The token view's boxes are the roles' strongest heads; hovering a token lights its keys by the
+    viewer's numbers; typing labels changes the boxes; the file page says how to type a prompt."""
+    import numpy as np
+
+    from headscope.atlas import Atlas
+    from headscope.atlas.viewer import decode
+
+    path, truth = report
+    atlas = Atlas.load(path.parent)
+    pattern = decode(atlas.viewer)
+    expected = [f"L{a}H{b}" for _, a, b in atlas.top_heads_by_role()]
+    with open_page(path) as (page, problems):
+        titles = page.locator("#token-view .hs-tv-title").all_text_contents()
+        q = len(atlas.viewer["queries"]) - 1
+        first = page.locator("#token-view .hs-tv-head").first
+        first.locator(".hs-tv-tok").nth(q).hover()
+        alphas = first.locator(".hs-tv-tok").evaluate_all(
+            "ts => ts.map(t => { const m = getComputedStyle(t).backgroundColor.match(/[\\d.]+/g); "
+            "return m && m.length === 4 ? parseFloat(m[3]) : (t.style.background ? 1 : 0); })")
+        page.fill("#token-view-heads", f"L{truth.induction[0]}H{truth.induction[1]}, L0H1")
+        after = page.locator("#token-view .hs-tv-title").all_text_contents()
+        note = page.locator("#viewer-static-note").inner_text()
+    assert problems == []
+    assert titles == expected and "induction" in [r for r, _, _ in atlas.top_heads_by_role()]
+    layer, head = (int(x) for x in titles[0][1:].split("H"))
+    np.testing.assert_allclose(alphas, np.minimum(pattern[layer, head, q], 1), atol=2e-3)
+    assert after == [f"L{truth.induction[0]}H{truth.induction[1]}", "L0H1"]
+    assert f"headscope view --report {path.parent}" in note

@@ -101,3 +101,10 @@ def test_served_page_takes_a_typed_prompt(served):
     assert f"({ref['n_tokens']} tokens)" in how
     shown_z = np.nan_to_num(np.array(z, dtype=float))  # the page blanks the masked (future) keys
     np.testing.assert_allclose(shown_z, decode(ref)[0, 0], atol=1e-6)  # layer 0, head 0 shown
+
+
+def test_view_command_says_what_is_wrong(tmp_path, capsys):
+    from headscope.cli import main
+
+    assert main(["view", "--report", str(tmp_path / "none"), "--port", "0"]) == 2
+    assert "no saved atlas" in capsys.readouterr().err
