@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only these analyzers (and the classic statistics); see --list")
     rep.add_argument("--list", action="store_true", help="list the atlas's steps and whether each applies to --model")
     rep.add_argument("--prompts", default=None, help="JSON list of prompts or text file with blank-line-separated prompts")
-    rep.add_argument("--viewer-prompt", default=None, help="prompt of the attention viewer (default: the first text prompt)")
+    rep.add_argument("--viewer-prompt", default=None, help="prompt of the attention viewer (default: a short built-in text shown whole; with --prompts, its first prompt that fits --viewer-tokens)")
     rep.add_argument("--viewer-tokens", type=int, default=48,
                      help="viewer size: longer prompts are windowed to this many tokens (default: %(default)s)")
     rep.add_argument("--fresh", action="store_true", help="recompute every step (default: reuse the finished steps "
