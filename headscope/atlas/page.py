@@ -93,11 +93,12 @@ _STICKY = ("label", "layer", "head")
 _TEXT_COLUMNS = ("label", "role", "all_roles")
 
 
-def _hover(label: str, column: str, value, shown: str) -> list[str]:
+def _hover(label: str, name: str, value, shown: str, column=None, at: tuple[int, int] | None = None) -> list[str]:
     """The hover text of one head-table cell, one line each: the head, the column and the full value.
-    Other lines (a confidence interval, ...) are appended here."""
+    column: the step's Column (None for the head's own columns) and `at` the (layer, head), so a line
+    read from the step's data (a confidence interval, ...) can be appended here."""
     full = shown if not isinstance(value, float) or shown == "—" else f"{value:.6g}"
-    return [f"{label} · {column}: {full}"]
+    return [f"{label} · {name}: {full}"]
 
 
 def _column_groups(atlas, names) -> list[tuple[str, int]]:
@@ -138,7 +139,7 @@ def _head_table(atlas) -> str:
         cells = []
         for c in names:
             v, shown = _num(rec[c])
-            title = "\n".join(_hover(rec["label"], c, rec[c], shown))
+            title = "\n".join(_hover(rec["label"], c, rec[c], shown, columns.get(c), (rec["layer"], rec["head"])))
             cells.append(f"<td data-v='{_esc(v)}'{cls(c)} title='{_esc(title)}'>{_esc(shown)}</td>")
         roles = "|".join(rec["all_roles"].split(", ")) if rec["all_roles"] else ""
         body.append(f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}' data-layer='{rec['layer']}'>"
