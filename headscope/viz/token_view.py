@@ -23,10 +23,10 @@ TOKEN_VIEW_CSS = """
 .hs-tv{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:14px;color:#222}
 .hs-tv-note{font-size:.85em;color:#666;margin:.2em 0 .5em}
 .hs-tv-grid{display:flex;flex-wrap:wrap;gap:.8em}
-.hs-tv-head{flex:1 1 16em;max-width:28em;border:1px solid #ddd;border-radius:4px;padding:.3em .5em}
+.hs-tv-head{flex:1 1 16em;max-width:28em;min-width:0;overflow:hidden;border:1px solid #ddd;border-radius:4px;padding:.3em .5em}
 .hs-tv-title{font-weight:600;font-size:.9em;margin-bottom:.2em}
-.hs-tv-text{line-height:1.9;white-space:normal}
-.hs-tv-tok{white-space:pre;border-radius:2px;padding:1px 0;cursor:default}
+.hs-tv-text{line-height:1.9;white-space:normal;overflow-wrap:anywhere}
+.hs-tv-tok{white-space:pre-wrap;border-radius:2px;padding:1px 0;cursor:default}
 .hs-tv-tok.hs-tv-query{cursor:pointer}
 .hs-tv-tok.hs-tv-current{outline:2px solid #1f77b4;outline-offset:0}
 """
