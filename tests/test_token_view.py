@@ -73,3 +73,17 @@ def test_html_is_self_contained_and_hover_highlights_the_keys(planted, tmp_path)
     assert len(current) == 1  # the hovered token is marked in the other head too
     assert set(np.flatnonzero(np.array(alphas[0]) > 0.4)) == {2, 5}  # induction: the 9s after the earlier 5s
     assert int(np.argmax(alphas[1])) == query - 1  # previous token
+
+
+def test_a_long_prompt_wraps_inside_each_heads_box(planted, tmp_path):
+    model, truth = planted
+    tokens = [1] + [2 + i % 40 for i in range(120)]
+    path = token_view(model, tokens, [truth.induction, truth.sink, (0, 0)]).save(tmp_path / "long.html")
+    with open_page(path, width=900, height=700) as (page, problems):
+        outside = page.evaluate("""() => [...document.querySelectorAll('.hs-tv-head')].map((panel) => {
+            const p = panel.getBoundingClientRect();
+            return [...panel.querySelectorAll('.hs-tv-tok')].filter((t) => { const r = t.getBoundingClientRect();
+                return r.left < p.left - 0.5 || r.right > p.right + 0.5; }).length; })""")
+        page.locator(".hs-tv-head").nth(0).locator(".hs-tv-tok").nth(115).hover(timeout=5000)  # not covered
+    assert problems == []
+    assert outside == [0, 0, 0]
