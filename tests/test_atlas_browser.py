@@ -113,7 +113,10 @@ def test_viewer_follows_the_chosen_head(report):
         page.wait_for_timeout(200)
         title = page.locator("#viewer-plot .gtitle").text_content()
         assert title.startswith(f"L{layer}H{head}")
+        keys = page.evaluate("() => document.getElementById('viewer-plot').layout.xaxis.ticktext")
+        token_view = page.locator("#token-view .hs-tv-head").first.locator(".hs-tv-tok").all_text_contents()
     assert problems == []
+    assert len(keys) > 10 and "…" not in keys and "…" not in token_view  # the default prompt is shown whole
 
 
 def test_every_link_resolves(report):
