@@ -45,12 +45,15 @@ th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{c
 #head-table .sticky{position:sticky;z-index:1;background:#fff;box-sizing:border-box}
 #head-table thead .sticky,#head-table .sticky-group{z-index:3;background:#f6f6f6}
 #head-table .sticky-group{position:sticky;left:0}
-#head-table .s0{left:0;width:5.5em;min-width:5.5em;max-width:5.5em} #head-table .s1{left:5.5em;width:3.6em;min-width:3.6em;max-width:3.6em}
+#head-table .s0{left:0;width:5.5em;min-width:5.5em;max-width:5.5em}
+#head-table .s1{left:5.5em;width:3.6em;min-width:3.6em;max-width:3.6em}
 #head-table .s2{left:9.1em;width:3.6em;min-width:3.6em;max-width:3.6em;border-right:1px solid #ccc}
-#head-table tbody tr:hover td{background:#f3f7ff} #head-table tr.names th[data-kind=number]{text-align:right} .fig{overflow-x:auto;margin:.8em 0}
+#head-table tbody tr:hover td{background:#f3f7ff} #head-table tr.names th[data-kind=number]{text-align:right}
+.fig{overflow-x:auto;margin:.8em 0}
 .files,.muted{font-size:.85em;color:#666} .swatch{display:inline-block;width:1em;height:1em;border:1px solid #999;vertical-align:middle}
 .skipped{color:#8a6d3b;background:#fcf8e3;padding:.4em .8em} nav ol{columns:2;padding-left:1.4em} pre{white-space:pre-wrap;margin:0}
-.controls{margin:.5em 0} .controls input,.controls select{margin-right:1em} #viewer-prompt{width:100%;max-width:60em} footer{margin-top:3em;font-size:.8em;color:#888}
+.controls{margin:.5em 0} .controls input,.controls select{margin-right:1em} #viewer-prompt{width:100%;max-width:60em}
+footer{margin-top:3em;font-size:.8em;color:#888}
 """
 
 
