@@ -45,6 +45,13 @@ def _report_steps(args) -> int:
     return 0
 
 
+def _view(args) -> int:
+    from .atlas.serve import view
+
+    view(args.model, args.report, args.port, device=args.device, dtype=_dtype(args.dtype))
+    return 0
+
+
 def _info(args) -> int:
     from .models import model_info
 
@@ -238,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only these analyzers (and the classic statistics); see --list")
     rep.add_argument("--list", action="store_true", help="list the atlas's steps and whether each applies to --model")
     rep.add_argument("--prompts", default=None, help="JSON list of prompts or text file with blank-line-separated prompts")
-    rep.add_argument("--viewer-prompt", default=None, help="prompt of the attention viewer (default: the first text prompt)")
+    rep.add_argument("--viewer-prompt", default=None, help="prompt of the attention viewer (default: a short built-in text shown whole; with --prompts, its first prompt that fits --viewer-tokens)")
     rep.add_argument("--viewer-tokens", type=int, default=48,
                      help="viewer size: longer prompts are windowed to this many tokens (default: %(default)s)")
     rep.add_argument("--fresh", action="store_true", help="recompute every step (default: reuse the finished steps "
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "write (only the report's own files are written)")
     _model_options(rep)
     rep.set_defaults(func=_report)
+
+    vw = sub.add_parser("view", help="serve a report folder on this machine (127.0.0.1) with its model loaded: the "
+                                     "page's attention viewer and token view take any prompt")
+    vw.add_argument("--report", default="headscope-report", help="the report folder (default: %(default)s)")
+    vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0: any free port)")
+    _model_options(vw)
+    vw.set_defaults(func=_view)
 
     ana = sub.add_parser("analyze", help="run one analyzer (see `headscope analyze --list`) and save its scores and figure")
     ana.add_argument("name", nargs="?", help="analyzer name, e.g. head-importance")

@@ -11,9 +11,9 @@ from headscope.analyzers.atlas_entry import Role
 from headscope.atlas import NO_ROLE, Atlas, build_atlas, rebuild
 from headscope.atlas import build as build_mod
 from headscope.atlas.roles import ResolvedRole, assign
-from headscope.atlas.viewer import decode, viewer_data
+from headscope.atlas.viewer import VIEWER_PROMPT, decode, default_viewer_ids, viewer_data
 from headscope.errors import InputError
-from headscope.inputs.tokens import to_token_lists
+from headscope.inputs.tokens import encode_to_fit, to_token_lists
 from headscope.models import model_info
 from headscope.testing import planted_model
 from headscope.testing.architectures import random_prompt, supported, tiny_arch_model
@@ -149,6 +149,48 @@ def test_viewer_window_keeps_rows_summing_to_one_and_equals_the_pattern(planted)
     np.testing.assert_allclose(win[..., :3], ref[:, :, q][..., :3], atol=1 / 255)
     np.testing.assert_allclose(win[..., 4:], ref[:, :, q][..., q], atol=1 / 255)
     np.testing.assert_allclose(whole, ref, atol=1 / 255)
+
+
+def _no_fold(doc) -> bool:
+    return not doc["windowed"] and None not in doc["keys"] and doc["keys"] == list(range(doc["n_tokens"]))
+
+
+@pytest.mark.parametrize("max_tokens", [48, 12])
+def test_default_viewer_prompt_shows_no_fold_column(max_tokens, planted_atlas):
+    """The default prompt is shown whole (no '…' column) on any model: chosen or cut to the window; the
+    report's own viewer (planted model) too. A prompt the user gives is still windowed."""
+    from headscope.testing import tiny_model
+
+    model = tiny_model()
+    info = model_info(model)
+    long, short = " ".join(f"t{2 + i % 9}" for i in range(60)), "t2 t3 t4 t2 t3"
+    ids, cut = default_viewer_ids(model, [long, long + " t5"], max_tokens)  # none fits whole: the first, cut
+    assert (ids, cut) == (encode_to_fit(model, long, info)[:max_tokens], True)
+    assert _no_fold(viewer_data(model, ids, max_tokens=max_tokens))
+    assert default_viewer_ids(model, [long, short], max_tokens) == (encode_to_fit(model, short, info), False)
+    ids, _ = default_viewer_ids(model, [VIEWER_PROMPT], max_tokens)
+    assert _no_fold(viewer_data(model, ids, max_tokens=max_tokens))
+    assert viewer_data(model, long, max_tokens=max_tokens)["windowed"]  # the user's long prompt
+    atlas, _ = planted_atlas
+    assert _no_fold(atlas.viewer)
+
+
+@pytest.mark.real_model
+def test_default_viewer_prompt_fits_smollm2_and_shows_the_copy():
+    """On the bundled SmolLM2 the default prompt is shown whole and its second ' spiral' (query) reaches
+    the first ' stairs' (key) on the induction heads the atlas names (L17H3-H5)."""
+    from headscope.models import load_model
+
+    model = load_model(None)
+    ids, cut = default_viewer_ids(model, [VIEWER_PROMPT])
+    doc = viewer_data(model, ids)
+    assert not cut and _no_fold(doc)
+    spiral = [i for i, t in enumerate(doc["tokens"]) if t == " spiral"]
+    stairs = [i for i, t in enumerate(doc["tokens"]) if t == " stairs"]
+    assert len(spiral) == len(stairs) == 2
+    pattern = decode(doc)
+    for head in (3, 4, 5):
+        assert pattern[17, head, spiral[1]].argmax() == stairs[0]
 
 
 def test_text_longer_than_the_context_is_cut_to_fit(planted):

@@ -83,6 +83,21 @@ class Atlas:
             rm.role[layer, :] = NO_HEADS  # drawn grey and labelled with the layer's kind
         return rm
 
+    def top_heads_by_role(self, limit: int = 6) -> list[tuple[str, int, int]]:
+        """(role, layer, head): each role's strongest head (specific roles first, a head once), for the
+        token view's default heads."""
+        columns = self.columns()
+        best: dict[str, tuple[float, int, int]] = {}
+        for r in sorted(self.roles(), key=lambda r: not r.specific):
+            if r.name in best or not r.members or r.column not in columns:
+                continue
+            strength = r.strength(columns[r.column].values)
+            for layer, head in sorted(r.members, key=lambda m: -np.nan_to_num(strength[m], nan=-1.0)):
+                if all((layer, head) != (b[1], b[2]) for b in best.values()):
+                    best[r.name] = (strength[layer, head], layer, head)
+                    break
+        return [(name, layer, head) for name, (_, layer, head) in best.items()][:limit]
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per head: label, layer, head, kv_group, role, every role it has, then every column."""
         rm = self.role_map()

@@ -27,7 +27,7 @@ from .atlas import Atlas, step_file, write_json
 from .data import StepResult
 from .page import write_page
 from .steps import PRESETS, plan, run_step
-from .viewer import MAX_TOKENS, viewer_data
+from .viewer import MAX_TOKENS, VIEWER_PROMPT, default_viewer_ids, viewer_data
 
 _VERSIONS = ("torch", "transformers", "transformer-lens", "numpy", "plotly", "kaleido")
 # Written first into every report folder: a folder without it (and without an older report's
@@ -100,7 +100,8 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
 
     preset: "quick" (minutes on a laptop CPU for the bundled model) or "full" (each analyzer's
     defaults). only: step keys to run (default all; see `headscope report --list`). viewer_prompt:
-    the prompt of the attention viewer (default: the first built-in text prompt). force: write into a
+    the prompt of the attention viewer (default: a short built-in text with a repeated phrase, or the first
+    prompt of `prompts_file` that fits the viewer's window, cut to fit if none does). force: write into a
     folder that holds files headscope did not write (only the report's own files are written).
 
     Every input is checked before the first step (the prompts file, the viewer prompt, the output
@@ -112,11 +113,12 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         raise InputError(f"viewer_max_tokens={viewer_max_tokens!r}: give at least 2 tokens")
     t0 = time.perf_counter()
     text_prompts = load_prompts(prompts_file)  # an empty or unreadable file fails here, before any step
-    prompt = viewer_prompt if viewer_prompt is not None else text_prompts[0]
+    prompt = viewer_prompt
     if isinstance(prompt, str) and not prompt.strip():
         raise InputError("the viewer prompt is empty: give --viewer-prompt some text, or leave it out")
     out_dir = Path(out_dir)
     claim_folder(out_dir, force)
+    load_name = None if hasattr(model, "cfg") else (model or "default")  # `headscope view` loads it again
     model = model if hasattr(model, "cfg") else load_model(model)
     info = model_info(model)
     steps = plan(model)
@@ -143,13 +145,18 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
         bar.write(f"  {step.key}: {how}")
         if os.environ.get("HEADSCOPE_STEP_DELAY_S"):  # test-only: keep a run alive between steps (Ctrl-C test)
             time.sleep(float(os.environ["HEADSCOPE_STEP_DELAY_S"]))
+    if prompt is None:  # the default fits the window whole (no "…" column): see default_viewer_ids
+        prompt, cut = default_viewer_ids(model, text_prompts if prompts_file else [VIEWER_PROMPT], viewer_max_tokens)
+        shown = model.tokenizer.decode(prompt) + (f" (cut to its first {len(prompt)} tokens)" if cut else "")
+    else:
+        shown = prompt if isinstance(prompt, str) else f"{len(prompt)} token ids"
     viewer = viewer_data(model, prompt, max_tokens=viewer_max_tokens)
     seconds = round(time.perf_counter() - t0, 1)
     provenance = {
         "model": info.name, "grid": f"{info.n_layers} layers x {info.n_heads} heads ({info.n_kv_heads} KV heads)",
         "dtype / device": f"{model.cfg.dtype} / {model.cfg.device}", "preset": preset,
         "text prompts": str(prompts_file or "built-in data/prompts/report.json"),
-        "viewer prompt": prompt if isinstance(prompt, str) else f"{len(prompt)} token ids",
+        "viewer prompt": shown,
         "seeds": "0 for every random input (repeated-token probes, needle prompts, RazorAttention probes)",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("headscope") else "build_atlas(...)",
@@ -157,6 +164,8 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
     }
     if info.layer_kinds is not None:
         provenance["layers without heads"] = info.kinds_note()
+    if load_name is not None:
+        provenance["load name"] = str(load_name)
     atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance,
                   info.layer_kinds)
     atlas.save(out_dir, steps=False)  # each step was saved as it finished

@@ -24,6 +24,11 @@ from ..models import model_info
 
 MAX_TOKENS = 48
 SINK_KEYS = 4
+# The report's default viewer prompt: short enough to be shown whole (no "…" column) on the bundled
+# SmolLM2 with the default window, and it repeats a phrase, so an induction head's copy is visible
+# (' spiral' of the second copy attending to ' stairs' of the first).
+VIEWER_PROMPT = ("The lighthouse keeper climbed the spiral stairs every evening. When the fog rolled in, "
+                 "he climbed the spiral stairs again and rang the bell.")
 
 
 @dataclass
@@ -97,6 +102,18 @@ class WindowedPattern(Reducer):
 
     def result(self, info, prompts=None) -> WindowResult:
         return WindowResult(self._out)
+
+
+def default_viewer_ids(model, texts: list[str], max_tokens: int = MAX_TOKENS) -> tuple[list[int], bool]:
+    """(ids, cut) of the viewer's default prompt on `model`: the first of `texts` that fits the window
+    (`max_tokens`) whole, else the first one cut to its first `max_tokens` tokens, so the default never
+    shows the "…" column. A prompt the user chose is windowed instead (viewer_data)."""
+    info = model_info(model)
+    encoded = [encode_to_fit(model, t, info) for t in texts]
+    for ids in encoded:
+        if len(ids) <= max_tokens:
+            return ids, False
+    return encoded[0][:max_tokens], True
 
 
 def viewer_data(model, prompt, *, max_tokens: int = MAX_TOKENS, sink_keys: int = SINK_KEYS) -> dict:

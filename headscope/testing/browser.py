@@ -46,7 +46,7 @@ async () => {
 
 @contextlib.contextmanager
 def open_page(path: str | Path, *, width: int = 1300, height: int = 1000):
-    """Yield (page, problems): `problems` collects console errors and warnings, uncaught exceptions and
+    """Yield (page, problems) for a file (or an http:// address): `problems` collects console errors and warnings, uncaught exceptions and
     failed requests while the page is open."""
     from playwright.sync_api import sync_playwright  # test-only dependency (the `test` extra)
 
@@ -59,7 +59,8 @@ def open_page(path: str | Path, *, width: int = 1300, height: int = 1000):
                     if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
-            page.goto(Path(path).resolve().as_uri())
+            served = isinstance(path, str) and path.startswith(("http://", "https://"))
+            page.goto(path if served else Path(path).resolve().as_uri())
             page.wait_for_load_state("load")
             page.wait_for_timeout(300)  # plotly draws after load
             yield page, problems
