@@ -36,6 +36,9 @@ import pandas as pd
 from .errors import InputError
 
 METHODS = ("percentile", "bca")
+# Below this many prompts a percentile interval of a mean covers clearly less than its level (measured:
+# ~0.80-0.90 at 5-10 normal prompts, docs/confidence-intervals.md): the interval's text says so.
+FEW = 10
 MIN_BOOT = 100  # fewer resamples make a 2.5% quantile a guess from two or three values
 _CHUNK = 4_000_000  # statistic entries evaluated at once ([rows of weights] x [heads]): ~32 MB of float64
 
@@ -163,7 +166,8 @@ def interval_text(estimate: float, low: float, high: float, level: float, n: int
     """'0.812 [0.751, 0.861] 95% CI over 40 prompts' (the atlas's hover, HeadScoresCI.describe)."""
     if not all(math.isfinite(x) for x in (estimate, low, high)):
         return "no interval (not measured)" if not math.isfinite(estimate) else f"{estimate:.3g} (no interval)"
-    return f"{estimate:.3g} [{low:.3g}, {high:.3g}] {level:.0%} CI over {n} {unit}"
+    few = f" (under {FEW} {unit}: it covers less often than stated)" if n < FEW else ""
+    return f"{estimate:.3g} [{low:.3g}, {high:.3g}] {level:.0%} CI over {n} {unit}{few}"
 
 
 @dataclass

@@ -72,7 +72,7 @@ class HeadImportance(Analyzer):
         # Per prompt: its |dL/d gate| and token count (the importance is their sums' ratio, so ci() can
         # resample prompts); a one-token prompt predicts nothing and adds zeros.
         grads = np.zeros((len(examples), info.n_layers, info.n_heads))
-        tokens = np.zeros(len(examples))
+        n_tok = np.zeros(len(examples))
         for i, ids in enumerate(tqdm(examples, desc=self.name, disable=len(examples) < 4)):
             if len(ids) < 2:
                 continue
@@ -83,9 +83,9 @@ class HeadImportance(Analyzer):
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
             grads[i] = grad.abs().double().numpy()
-            tokens[i] = len(ids) - 1
-        self.prompt_grads_, self.prompt_tokens_ = grads, tokens
-        n_tokens = int(tokens.sum())
+            n_tok[i] = len(ids) - 1
+        self.prompt_grads_, self.prompt_tokens_ = grads, n_tok
+        n_tokens = int(n_tok.sum())
         self.raw_importance_ = grads.sum(0) / max(n_tokens, 1)
         # One importance for the whole dataset (a sum over its tokens, as the paper defines it): the
         # prompt axis of scores_ has one entry.

@@ -12,6 +12,7 @@ from pathlib import Path
 import plotly.io as pio
 
 from .._version import __version__
+from ..confidence import interval_text
 from ..fileio import atomic_write
 from ..viz.export import HTML_CONFIG, export_figures, write_plotly_js
 from .docs_pages import render_docs
@@ -74,6 +75,16 @@ def _legend(atlas, rm) -> str:
             "<th>from</th><th>heads that pass</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+def _ci_title(col, layer: int, head: int) -> str:
+    """A score cell's hover: 'score [low, high] 95% CI over N prompts' where the column has intervals."""
+    if col is None or col.ci is None:
+        return ""
+    ci = col.ci
+    text = interval_text(float(col.values[layer, head]), float(ci.low[layer, head]), float(ci.high[layer, head]),
+                         ci.level, ci.n, ci.unit)
+    return f" title='{_esc(text)}'"
+
+
 def _head_table(atlas) -> str:
     df = atlas.to_dataframe()
     columns = atlas.columns()
@@ -85,7 +96,8 @@ def _head_table(atlas) -> str:
         for c in df.columns:
             v, shown = _num(rec[c])
             cls = " class='n'" if c not in ("label", "role", "all_roles") else ""
-            cells.append(f"<td data-v='{_esc(v)}'{cls}>{_esc(shown)}</td>")
+            hover = _ci_title(columns.get(c), rec["layer"], rec["head"])
+            cells.append(f"<td data-v='{_esc(v)}'{cls}{hover}>{_esc(shown)}</td>")
         roles = "|".join(rec["all_roles"].split(", ")) if rec["all_roles"] else ""
         body.append(f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}'>{''.join(cells)}</tr>")
     names = list(dict.fromkeys(r.name for r in atlas.roles()))
