@@ -167,7 +167,7 @@ def interval_text(estimate: float, low: float, high: float, level: float, n: int
     if not all(math.isfinite(x) for x in (estimate, low, high)):
         return "no interval (not measured)" if not math.isfinite(estimate) else f"{estimate:.3g} (no interval)"
     few = f" (under {FEW} {unit}: it covers less often than stated)" if n < FEW else ""
-    return f"{estimate:.3g} [{low:.3g}, {high:.3g}] {level:.0%} CI over {n} {unit}{few}"
+    return f"{estimate:.3g} [{low:.3g}, {high:.3g}] {level * 100:g}% CI over {n} {unit}{few}"
 
 
 @dataclass
@@ -234,7 +234,7 @@ class HeadScoresCI:
                          arrayminus=e - top["low"].to_numpy()),
             customdata=np.stack([top["low"], top["high"]], -1),
             hovertemplate="%{x}: %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra></extra>"))
-        fig.update_layout(title=kw.get("title", f"{self.name}: top {len(top)} heads, {self.level:.0%} {self.method} "
+        fig.update_layout(title=kw.get("title", f"{self.name}: top {len(top)} heads, {self.level * 100:g}% {self.method} "
                                                 f"CI over {self.n_prompts} {self.unit}"),
                           xaxis_title="head", yaxis_title=self.statistic, template="plotly_white")
         return fig
