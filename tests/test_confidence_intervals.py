@@ -276,3 +276,10 @@ def test_atlas_columns_carry_the_bootstrap_of_their_per_prompt_scores(planted, t
     page = (tmp_path / "report.html").read_text()
     assert f"95% CI over {len(prompts)} prompts" in page
     assert isinstance(HeadScores(np.zeros((3, 1, 1)), name="z").ci(), HeadScoresCI)
+
+
+def test_the_analyzers_that_refuse_ci_are_the_dataset_level_ones():
+    """Every other registered analyzer's ci() is checked by check_analyzer (tests/test_analyzer_contract.py)."""
+    from headscope.analyzers.base import REGISTRY
+
+    assert {name for name in REGISTRY if REGISTRY[name].ci_refusal} == {"sahara", "vit-heads"}
