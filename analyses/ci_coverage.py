@@ -50,7 +50,7 @@ def coverage() -> list[dict]:
     return rows
 
 
-def cost(repeats: int = 5) -> list[dict]:
+def cost(repeats: int = 9) -> list[dict]:
     """SmolLM2's grid with 40 prompts; a 70B-class grid (80 x 64 heads) with 200 prompts."""
     rows = []
     for shape in ((40, 30, 9), (200, 80, 64)):

@@ -77,13 +77,13 @@ def _column_quantiles(stats: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Per column k, the q[k] quantile of the finite entries of stats[:, k] (numpy's default 'linear'
     rule); NaN where a column has none. A resample in which a head has no measured prompt is NaN
     for that head and left out."""
-    s = np.sort(stats, axis=0)  # NaN sorts last
-    n = np.isfinite(s).sum(0)
+    s = np.sort(np.ascontiguousarray(stats.T), axis=1)  # one row per column: a contiguous sort; NaN last
+    n = np.isfinite(s).sum(1)
     pos = np.clip(q, 0.0, 1.0) * np.maximum(n - 1, 0)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
-    a = np.take_along_axis(s, lo[None], 0)[0]
-    b = np.take_along_axis(s, hi[None], 0)[0]
+    a = np.take_along_axis(s, lo[:, None], 1)[:, 0]
+    b = np.take_along_axis(s, hi[:, None], 1)[:, 0]
     with np.errstate(invalid="ignore"):
         out = a + (pos - lo) * (b - a)
     return np.where(n > 0, out, np.nan)
