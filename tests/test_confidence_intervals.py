@@ -283,3 +283,23 @@ def test_the_analyzers_that_refuse_ci_are_the_dataset_level_ones():
     from headscope.analyzers.base import REGISTRY
 
     assert {name for name in REGISTRY if REGISTRY[name].ci_refusal} == {"sahara", "vit-heads"}
+
+
+def test_the_coverage_table_in_the_docs_is_the_measured_one():
+    """docs/confidence-intervals.md quotes docs/ci_coverage.json (written by analyses/ci_coverage.py)."""
+    import json
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    measured = json.loads((docs / "ci_coverage.json").read_text())["coverage"]
+    table = {}
+    for line in (docs / "confidence-intervals.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[1] in ("percentile", "bca"):
+            table[(cells[0].split(" (")[0], cells[1])] = [float(c) for c in cells[2:]]
+    names = {"normal": "normal", "lognormal sigma=0.5": "lognormal σ = 0.5", "lognormal sigma=1": "lognormal σ = 1",
+             "bernoulli(0.2)": "0/1 scores, p = 0.2"}
+    assert len(table) == 8
+    for row in measured:
+        quoted = table[(names[row["distribution"]], row["method"])][[5, 10, 20, 40, 100].index(row["n_prompts"])]
+        assert quoted == pytest.approx(row["coverage"], abs=0.00051), row
