@@ -73,6 +73,19 @@ def _evaluate(stat: Callable[[np.ndarray], np.ndarray], weights: np.ndarray, n_o
     return np.concatenate([stat(weights[i:i + step]) for i in range(0, len(weights), step)])
 
 
+def _jackknife(stat, n_units: int, n_out: int) -> np.ndarray:
+    """stat with each unit left out in turn (weights: ones with a zero at u), built a chunk at a time
+    (an [n_units, n_units] weight matrix of 10^4 prompts would be 800 MB)."""
+    step = max(1, min(n_units, _CHUNK // max(n_out, n_units, 1)))
+    out = []
+    for i in range(0, n_units, step):
+        rows = np.arange(i, min(i + step, n_units))
+        w = np.ones((len(rows), n_units))
+        w[np.arange(len(rows)), rows] = 0.0
+        out.append(stat(w))
+    return np.concatenate(out)
+
+
 def _column_quantiles(stats: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Per column k, the q[k] quantile of the finite entries of stats[:, k] (numpy's default 'linear'
     rule); NaN where a column has none. A resample in which a head has no measured prompt is NaN
@@ -123,7 +136,7 @@ def _bca_levels(stat, n_units, estimate, boot, alpha):
     below = ((boot < estimate) & finite).sum(0) + 0.5 * ((boot == estimate) & finite).sum(0)
     share = np.clip(below / n, 0.5 / n, 1 - 0.5 / n)  # no infinite bias from a one-sided bootstrap
     z0 = _ppf(share).astype(float)
-    jack = _evaluate(stat, 1.0 - np.eye(n_units), estimate.shape[0])  # [n_units, K]
+    jack = _jackknife(stat, n_units, estimate.shape[0])  # [n_units, K]
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN head has no jackknife
         d = np.nanmean(jack, 0) - jack

@@ -303,3 +303,15 @@ def test_the_coverage_table_in_the_docs_is_the_measured_one():
     for row in measured:
         quoted = table[(names[row["distribution"]], row["method"])][[5, 10, 20, 40, 100].index(row["n_prompts"])]
         assert quoted == pytest.approx(row["coverage"], abs=0.00051), row
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+def test_chunked_evaluation_gives_the_same_interval(method, monkeypatch):
+    """Large grids are evaluated a chunk of resamples (and of jackknife rows) at a time: same numbers."""
+    import headscope.confidence as conf
+
+    scores = HeadScores(np.random.default_rng(3).gamma(0.5, size=(17, 3, 5)), name="x")
+    whole = scores.ci(method=method, n_boot=300)
+    monkeypatch.setattr(conf, "_CHUNK", 40)  # 2-3 rows per chunk
+    chunked = scores.ci(method=method, n_boot=300)
+    assert np.allclose(whole.low, chunked.low, rtol=1e-13) and np.allclose(whole.high, chunked.high, rtol=1e-13)
