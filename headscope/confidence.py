@@ -179,7 +179,7 @@ def interval_text(estimate: float, low: float, high: float, level: float, n: int
     """'0.812 [0.751, 0.861] 95% CI over 40 prompts' (the atlas's hover, HeadScoresCI.describe)."""
     if not all(math.isfinite(x) for x in (estimate, low, high)):
         return "no interval (not measured)" if not math.isfinite(estimate) else f"{estimate:.3g} (no interval)"
-    few = f" (under {FEW} {unit}: it covers less often than stated)" if n < FEW else ""
+    few = f" (under {FEW} {unit}: covers less than {level * 100:g}%)" if n < FEW else ""
     return f"{estimate:.3g} [{low:.3g}, {high:.3g}] {level * 100:g}% CI over {n} {unit}{few}"
 
 

@@ -248,7 +248,7 @@ def test_atlas_interval_over_few_prompts_says_it_covers_less():
     values = np.array([[0.5]])
     col = Column("s", values, "", True, "x", ColumnCI(values - 0.1, values + 0.1, 0.95, 2))
     from headscope.atlas.page import _ci_title
-    assert "over 2 prompts (under 10 prompts: it covers less often than stated)" in _ci_title(col, 0, 0)
+    assert "over 2 prompts (under 10 prompts: covers less than 95%)" in _ci_title(col, 0, 0)
 
 
 def test_atlas_columns_carry_the_bootstrap_of_their_per_prompt_scores(planted, tmp_path):
