@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from headscope._version import __version__
+from headscope.confidence import HeadScoresCI, mean_ci
 from headscope.errors import HeadscopeError, InputError
 from headscope.fileio import atomic_write, dump_rows_json, encode_nan, jsonable
 from headscope.viz.figures import head_heatmap, token_plot
@@ -220,6 +221,30 @@ class HeadScores(_Result):
                           higher_is_more=p["higher_is_more"], description=p["description"],
                           version=p["headscope_version"], created=p["created"], better=p["better"],
                           layer_kinds=self.layer_kinds)
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile") -> HeadScoresCI:
+        """Bootstrap confidence interval of each head's prompt mean, resampling prompts with replacement
+        (NaN prompts left out, as mean_over_prompts; an unmeasured head stays NaN). method: "percentile"
+        or "bca". See headscope.confidence and docs/confidence-intervals.md.
+
+        Example:
+            >>> s = HeadScores(np.arange(24.0).reshape(4, 2, 3), name="x")
+            >>> ci = s.ci(n_boot=200)
+            >>> bool((ci.low <= ci.estimate).all() and (ci.estimate <= ci.high).all())
+            True
+        """
+        if self.values.ndim == 2:
+            raise InputError(f"HeadScores.ci: {self.name!r} has no prompt axis (values [layer, head]): the scores "
+                             "were already reduced over prompts, so there is nothing to resample. Fix: call .ci() on "
+                             "the per-prompt scores (a [prompt, layer, head] HeadScores, e.g. analyzer.scores_ or a "
+                             "scan's result before .mean_over_prompts()), or analyzer.ci()")
+        if len(self.values) == 1:
+            hint = f" (its one row is {self.prompts[0]!r})" if self.prompts else ""
+            raise InputError(f"HeadScores.ci: {self.name!r} has one row on the prompt axis{hint}: a statistic of the "
+                             "whole data set, or a single prompt, has nothing to resample. Fix: use the analyzer's "
+                             "own .ci() (it resamples its per-prompt data where it keeps them) or measure more prompts")
+        return mean_ci(self.values, name=self.name, level=level, n_boot=n_boot, seed=seed, method=method,
+                       better=self.better, attrs=self.provenance)
 
     def score(self, layer: int, head: int) -> float:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):

@@ -86,6 +86,10 @@ class Analyzer:
     requires: ClassVar[frozenset[str]] = frozenset()
     # Parameters that keep a fit on `example_data` to seconds on a tiny test model (check_analyzer uses both).
     example_params: ClassVar[dict[str, Any]] = {}
+    # Why `ci()` cannot resample this analyzer's score (a statistic of the whole data set that needs the
+    # model again for every resample); None: scores_ is a mean over its per-prompt rows, or the
+    # analyzer overrides `ci` with a resampling of its own per-sample data.
+    ci_refusal: ClassVar[str | None] = None
 
     # --- parameters -----------------------------------------------------------------------------
     @classmethod
@@ -168,6 +172,16 @@ class Analyzer:
                           analyzer=self.name, params=self.get_params(), prompts=scores.prompts,
                           higher_is_more=scores.higher_is_more, description=description or scores.description,
                           layer_kinds=scores.layer_kinds)
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+        """Bootstrap confidence interval per head of the analyzer's score, resampling prompts with
+        replacement (a HeadScoresCI; docs/confidence-intervals.md). Default: the prompt mean of
+        `scores_`; analyzers whose score is not a mean over prompts resample their own per-sample data
+        (retrieval, head importance) or raise InputError saying why they cannot (`ci_refusal`)."""
+        self._check_fitted()
+        if self.ci_refusal:
+            raise InputError(f"{type(self).__name__}.ci: {self.ci_refusal}")
+        return self.scores_.ci(level=level, n_boot=n_boot, seed=seed, method=method)
 
     def plot(self, **kw):
         """The analyzer's main figure (default: the heatmap of `scores_`)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..confidence import check_ci_args, check_units, ci_result
 from ..inputs.prompts import load_prompts
 from ..inputs.tokens import to_token_lists
 from ..interventions.hooks import head_gate_hooks
@@ -67,30 +69,57 @@ class HeadImportance(Analyzer):
 
     def _fit(self, model, examples) -> None:
         info = model_info(model)
-        total = torch.zeros(info.n_layers, info.n_heads, dtype=torch.float64)
-        n_tokens = 0
-        for ids in tqdm(examples, desc=self.name, disable=len(examples) < 4):
+        # Per prompt: its |dL/d gate| and token count (the importance is their sums' ratio, so ci() can
+        # resample prompts); a one-token prompt predicts nothing and adds zeros.
+        grads = np.zeros((len(examples), info.n_layers, info.n_heads))
+        n_tok = np.zeros(len(examples))
+        for i, ids in enumerate(tqdm(examples, desc=self.name, disable=len(examples) < 4)):
             if len(ids) < 2:
-                continue  # a single token predicts nothing
+                continue
             gates = torch.ones(info.n_layers, info.n_heads, requires_grad=True)
             tokens = torch.tensor([ids])
             with model.hooks(fwd_hooks=head_gate_hooks(gates, info.attention_layers)):
                 logits = model(tokens)
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
-            total += grad.abs().double()
-            n_tokens += len(ids) - 1
-        self.raw_importance_ = total.numpy() / max(n_tokens, 1)
-        values = torch.from_numpy(self.raw_importance_.copy())
-        if self.normalize_layers:
-            norms = values.pow(self.exponent).sum(-1).pow(1 / self.exponent)
-            values = values / (norms[:, None] + 1e-20)
-        if self.min_max:
-            values = (values - values.min()) / (values.max() - values.min() + 1e-20)
+            grads[i] = grad.abs().double().numpy()
+            n_tok[i] = len(ids) - 1
+        self.prompt_grads_, self.prompt_tokens_ = grads, n_tok
+        n_tokens = int(n_tok.sum())
+        self.raw_importance_ = grads.sum(0) / max(n_tokens, 1)
         # One importance for the whole dataset (a sum over its tokens, as the paper defines it): the
         # prompt axis of scores_ has one entry.
-        self.scores_ = HeadScores(values.numpy()[None], name="head_importance", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
-                                  model=info.name, analyzer=self.name, params=self.get_params(),
-                                  prompts=[f"all {len(examples)} prompts"], description=self.description)
+        self.scores_ = HeadScores(self._normalise(self.raw_importance_[None])[0][None], name="head_importance",
+                                  n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds, model=info.name, analyzer=self.name,
+                                  params=self.get_params(), prompts=[f"all {len(examples)} prompts"],
+                                  description=self.description)
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)
         self.n_tokens_ = n_tokens
+
+    def _normalise(self, raw: np.ndarray) -> np.ndarray:
+        """raw [n, layer, head] -> the importance: per layer / its l_exponent norm, then min-max if asked."""
+        values = raw
+        if self.normalize_layers:
+            norms = (values ** self.exponent).sum(-1, keepdims=True) ** (1 / self.exponent)
+            values = values / (norms + 1e-20)
+        if self.min_max:
+            lo, hi = values.min(axis=(1, 2), keepdims=True), values.max(axis=(1, 2), keepdims=True)
+            values = (values - lo) / (hi - lo + 1e-20)
+        return values
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+        """Bootstrap CI per head, resampling prompts: a resample's importance is its prompts' summed
+        |dL/d gate| over their summed tokens, normalised as the fit's (a ratio, not a prompt mean)."""
+        self._check_fitted()
+        grads, tokens = self.prompt_grads_, self.prompt_tokens_
+        check_ci_args(level, n_boot, seed, method)
+        check_units(grads, "HeadImportance.ci")
+        L, H = grads.shape[1:]
+        flat = grads.reshape(len(grads), -1)
+
+        def stat(w):
+            raw = (w @ flat) / np.maximum(w @ tokens, 1)[:, None]
+            return self._normalise(raw.reshape(-1, L, H)).reshape(len(w), -1)
+        return ci_result(stat, len(grads), (L, H), name="head_importance", level=level, n_boot=n_boot, seed=seed,
+                         method=method, statistic="importance (summed |dL/d gate| per token, normalised)",
+                         attrs=self.scores_.provenance)

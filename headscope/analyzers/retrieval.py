@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..capture import capture
+from ..confidence import mean_ci
 from ..capture.reducers import Reducer
 from ..errors import InputError
 from ..generation import greedy_generate, greedy_reproduces, plan_interventions
@@ -293,6 +294,20 @@ class RetrievalHeads(Analyzer):
                           for k, i in enumerate(best)],
             "best_score": flat[np.arange(len(samples)), best],
         })
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+        """Bootstrap CI per head, resampling needle samples (retrieved or not, as drawn): a resample's
+        score is the mean over its retrieved samples, as the fit's (so the accuracy's own noise is in the
+        interval). A resample with no retrieved sample has no score and is left out."""
+        self._check_fitted()
+        success = self.per_sample_["success"].to_numpy(bool)
+        if not success.any():
+            raise InputError("RetrievalHeads.ci: the model retrieved no sample, so the score (a mean over the "
+                             "retrieved samples) is undefined. Fix: shorter contexts or the 'completion' form "
+                             "(docs/retrieval-accuracy.md)")
+        return mean_ci(self.sample_scores_.values, name="retrieval_score", level=level, n_boot=n_boot, seed=seed,
+                       method=method, include=success[:, None, None], unit="samples",
+                       statistic="copy-paste score, mean over the retrieved samples", attrs=self.scores_.provenance)
 
     def plot(self, **kw):
         """Heatmap of the retrieval score (mean over retrieved samples)."""

@@ -98,8 +98,10 @@ class Atlas:
                     break
         return [(name, layer, head) for name, (_, layer, head) in best.items()][:limit]
 
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per head: label, layer, head, kv_group, role, every role it has, then every column."""
+    def to_dataframe(self, ci: bool = False) -> pd.DataFrame:
+        """One row per head: label, layer, head, kv_group, role, every role it has, then every column;
+        ci=True adds each column's interval as `<column>_ci_low` / `<column>_ci_high` (NaN where the
+        column has none; scores/heads.csv has them)."""
         rm = self.role_map()
         layer, head = (a.ravel() for a in np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij"))
         group = self.n_heads // self.n_kv_heads
@@ -109,6 +111,10 @@ class Atlas:
                            "all_roles": [", ".join(rm.has[a][b]) for a, b in zip(layer, head)]})
         for name, col in self.columns().items():
             df[name] = col.values.ravel()
+            if ci:
+                none = np.full(col.values.size, np.nan)
+                df[f"{name}_ci_low"] = col.ci.low.ravel() if col.ci is not None else none
+                df[f"{name}_ci_high"] = col.ci.high.ravel() if col.ci is not None else none
         df = df[df["layer"].isin(self.attention_layers)].reset_index(drop=True)  # a hybrid's heads only
         df.attrs = {"model": self.model, "preset": self.preset, "format": FORMAT, "note": self.note}
         return df
@@ -132,7 +138,7 @@ class Atlas:
             write_json(step_file(folder, i, s.key), s.to_json())
         if self.viewer is not None:
             write_json(folder / "scores" / "viewer.json", self.viewer)
-        df = self.to_dataframe()
+        df = self.to_dataframe(ci=True)
         atomic_write(folder / "scores" / "heads.csv", lambda p: df.to_csv(p, index=False))
         atomic_write(folder / "scores" / "heads.parquet", lambda p: df.to_parquet(p, index=False))
         return write_json(folder / "scores" / "atlas.json", self.header())

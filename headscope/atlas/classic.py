@@ -13,7 +13,7 @@ from ..inputs.probes import repeated_random_tokens
 from ..inputs.prompts import load_prompts
 from ..inputs.tokens import encode_to_fit
 from ..models import model_info
-from .data import Column, StepResult
+from .data import Column, StepResult, column_ci
 from .roles import resolve
 
 # Sink/entropy/distance/previous-token describe heads on ordinary text; duplicate and induction scores
@@ -63,9 +63,10 @@ class ClassicEntry:
         result = StepResult(step.key, step.title, self.what, self.docs, params={**p, "n_text_prompts": len(prompts)})
         for name, source, label in [(n, text, "text prompts") for n in TEXT_STATS] + [
                 (n, repeats, "repeated random tokens") for n in REPEAT_STATS]:
-            scores = source[name].mean_over_prompts()
-            result.columns.append(Column(name, scores.values.astype(float),
-                                         f"{scores.description} Read on {label}.", scores.higher_is_more, step.key))
+            per_prompt = source[name]
+            scores = per_prompt.mean_over_prompts()
+            result.columns.append(Column(name, scores.values.astype(float), f"{scores.description} Read on {label}.",
+                                         scores.higher_is_more, step.key, column_ci(per_prompt)))
             result.figures.append(scores.plot().to_json())
         by_name = {c.name: c for c in result.columns}
         for role in ROLES:

@@ -12,6 +12,7 @@ from pathlib import Path
 import plotly.io as pio
 
 from .._version import __version__
+from ..confidence import interval_text
 from ..fileio import atomic_write
 from ..viz.export import HTML_CONFIG, export_figures, write_plotly_js
 from ..viz.token_view import TOKEN_VIEW_CSS, token_view_js
@@ -101,7 +102,12 @@ def _hover(label: str, name: str, value, shown: str, column=None, at: tuple[int,
     column: the step's Column (None for the head's own columns) and `at` the (layer, head), so a line
     read from the step's data (a confidence interval, ...) can be appended here."""
     full = shown if not isinstance(value, float) or shown == "—" else f"{value:.6g}"
-    return [f"{label} · {name}: {full}"]
+    lines = [f"{label} · {name}: {full}"]
+    if column is not None and getattr(column, "ci", None) is not None and at is not None:
+        ci, (layer, head) = column.ci, at
+        lines.append(interval_text(float(column.values[layer, head]), float(ci.low[layer, head]),
+                                   float(ci.high[layer, head]), ci.level, ci.n, ci.unit))
+    return lines
 
 
 def _column_groups(atlas, names) -> list[tuple[str, int]]:

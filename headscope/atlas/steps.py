@@ -17,7 +17,7 @@ from ..vision.vit_heads import vision_tower
 from ..models import model_info
 from ..results import HeadScores
 from .classic import CLASSIC
-from .data import Column, StepResult
+from .data import Column, StepResult, column_ci
 from .roles import resolve
 
 PRESETS = ("quick", "full")
@@ -95,7 +95,7 @@ def run_analyzer(step: Step, model, preset: str) -> StepResult:
         if entry.grid != "model" or values.shape != grid:
             continue  # another grid (a vision tower's heads): shown in the section, not in the head table
         result.columns.append(Column(name, values, scores.description or analyzer.description,
-                                     bool(scores.higher_is_more), step.key))
+                                     bool(scores.higher_is_more), step.key, column_ci(scores, analyzer)))
     by_name = {c.name: c for c in result.columns}
     for role in entry.roles_for(analyzer):
         col = by_name.get(role.column)

@@ -75,6 +75,11 @@ class ScreenedScan:
                           description=f"{e.description}; exact on the {self.top_k} heads ranked first",
                           layer_kinds=e.layer_kinds)
 
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+        """Bootstrap CI over prompts of the combined values (exact where verified, the estimate elsewhere:
+        an unverified head's interval is the estimate's spread, not the exact effect's)."""
+        return self.combined.ci(level=level, n_boot=n_boot, seed=seed, method=method)
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (prompt, layer, head): estimate, exact (NaN if not verified), verified, value."""
         df = self.estimate.to_dataframe().rename(columns={"score": "estimate"})

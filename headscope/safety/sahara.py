@@ -55,6 +55,9 @@ class Sahara(Analyzer):
     input_kind = INPUT_KIND + ", at least 2"
     parameter_constraints = {**REQUEST_CONSTRAINTS, "search_steps": [Interval(int, 1, None)]}
     example_params = {"search_steps": 1}
+    ci_refusal = ("Sahara's score is one subspace angle of the whole data set's hidden states (no per-prompt "
+                  "value to resample); an interval would need the model again for every resample. Fix: "
+                  "Ships (per-prompt KL) has .ci(), or rerun Sahara on random halves of the prompts")
     description = "Dataset-level safety heads: subspace angle of last-token hidden states, greedy group search."
     atlas = AtlasEntry(
         what=("Dataset-level safety heads: the angle by which ablating a head turns the subspace of last-token "

@@ -9,8 +9,8 @@ image-token / LLaVA variants when the class `requires` them) with its `example_d
 `example_params`, in seconds, and checks: parameters only stored by `__init__`, declared and enforced
 (`parameter_constraints`), `clone`, clear errors before `fit`, `fit` returning self with `scores_` a
 [prompt, layer, head] HeadScores, `heads_` a valid selection from `ranking_`, no parameter changed,
-the same result twice and from prepared data, no attribute of an earlier fit surviving a refit, and
-results that save, load and plot.
+the same result twice and from prepared data, no attribute of an earlier fit surviving a refit,
+results that save, load and plot, and `ci()` holding the score (or refusing with InputError).
 """
 
 from __future__ import annotations
@@ -142,7 +142,22 @@ def _check_fit(cls, model, label: str) -> bool:
         _fail(cls, "results", "scores_.to_dataframe() is empty")
     if an.plot() is None:
         _fail(cls, "results", "plot() returned nothing")
+    _check_ci(cls, an, label)
     return bool(np.isfinite(scores.values).any())
+
+
+def _check_ci(cls, an, label: str) -> None:
+    """ci() is an interval around the analyzer's own score (its prompt mean), or an InputError saying why not."""
+    try:
+        ci = an.ci(n_boot=100, seed=0)
+    except InputError:
+        return  # a refusal (ci_refusal), one prompt, or nothing to resample: the message says which
+    mean = an.scores_.mean_over_prompts().values
+    if ci.estimate.shape != mean.shape or not np.allclose(ci.estimate, mean, rtol=1e-9, atol=1e-12, equal_nan=True):
+        _fail(cls, "ci", f"on {label}: ci().estimate is not the prompt mean of scores_")
+    ok = np.isfinite(ci.estimate) & np.isfinite(ci.low) & np.isfinite(ci.high)
+    if not ((ci.low[ok] <= ci.estimate[ok]) & (ci.estimate[ok] <= ci.high[ok])).all():
+        _fail(cls, "ci", f"on {label}: an interval does not hold its estimate")
 
 
 def check_analyzer(analyzer, models: dict | None = None) -> list[str]:

@@ -334,6 +334,9 @@ class ViTHeads(Analyzer):
     input_kind = ("AnswerItems (ids with the image tokens, pixel values, answer positions), dicts or shapes "
                   "QAItems (None: shapes-vlm's held-out image questions)")
     requires = frozenset({"vision_tower"})
+    ci_refusal = ("the pruning importance is one metric over all items together (no per-item value to "
+                  "resample), and a resample would need the model again. Fix: attention_distance_.ci() and "
+                  "cls_attention_.ci() resample the images")
     parameter_constraints = {
         "metric": [Options(*sorted(METRICS)), IsCallable()], "greater_is_better": [None, Boolean()],
         "prune_curve": [Boolean()], "batch_size": [Interval(int, 1, None)], "n_items": [Interval(int, 1, None)],
