@@ -2,7 +2,7 @@
 
 Public surface (lazily imported so `import headscope` stays fast):
     load_model, model_info, capture, reducers, HeadScores, apply, forward_with, scan, patch,
-    direct_logit_attribution, get_analyzer
+    direct_logit_attribution, get_analyzer, token_view
 """
 
 from importlib import import_module
@@ -25,6 +25,7 @@ _LAZY = {
     "patch": "headscope.interventions",
     "direct_logit_attribution": "headscope.interventions",
     "get_analyzer": "headscope.analyzers",
+    "token_view": "headscope.capture.token_view",
     "HeadscopeError": "headscope.errors",
     "InputError": "headscope.errors",
     "ModelNotFoundError": "headscope.errors",

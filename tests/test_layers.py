@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "headscope"
 
 LAYERS = [
-    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry"},  # core
+    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence"},  # core
     {"viz"},
     {"results"},
     {"models"},

@@ -14,8 +14,8 @@ from headscope.errors import InputError
 from headscope.testing import planted_model
 from headscope.testing.browser import open_page
 from headscope.testing.hf_reference import plain_hf_copy
-from headscope.viz import token_view
-from headscope.viz.token_view import token_view_data
+from headscope import token_view
+from headscope.capture.token_view import token_view_data
 
 TOKENS = [1, 5, 9, 12, 5, 9, 12, 30, 7, 5, 9]
 

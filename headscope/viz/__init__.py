@@ -3,7 +3,7 @@
 from headscope.viz.export import BrowserNotFound, export_figure, export_figures, find_browser
 from headscope.viz.figures import head_heatmap, token_plot, top_heads_bar
 from headscope.viz.report import ReportSection, write_report
-from headscope.viz.token_view import TokenView, token_view
+from headscope.viz.token_view import TokenView
 
 __all__ = [
     "BrowserNotFound",
@@ -14,7 +14,6 @@ __all__ = [
     "find_browser",
     "head_heatmap",
     "token_plot",
-    "token_view",
     "top_heads_bar",
     "write_report",
 ]
