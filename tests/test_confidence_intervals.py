@@ -237,8 +237,9 @@ def test_atlas_hover_shows_the_interval_and_the_saved_step_keeps_it(tmp_path):
     assert col.ci is not None and np.allclose(col.ci.low, atlas.columns()["score"].ci.low, equal_nan=True)
     assert again.columns()["plain"].ci is None
     page = write_page(again, tmp_path, static=False).read_text()
-    assert "title='0.75 [0.65, 0.95] 95% CI over 40 prompts'>0.75</td>" in page
-    assert "title='no interval (not measured)'" in page  # the NaN head
+    # the cell's hover: the head, the column and value, then the interval on the last line
+    assert "0.75 [0.65, 0.95] 95% CI over 40 prompts'>0.75</td>" in page
+    assert "no interval (not measured)'" in page  # the NaN head
     assert page.count("CI over") == 3  # only the column with intervals, only its measured heads
     heads = again.to_dataframe(ci=True)
     assert heads.loc[3, "score_ci_high"] == pytest.approx(0.95) and np.isnan(heads["plain_ci_low"]).all()
@@ -247,8 +248,9 @@ def test_atlas_hover_shows_the_interval_and_the_saved_step_keeps_it(tmp_path):
 def test_atlas_interval_over_few_prompts_says_it_covers_less():
     values = np.array([[0.5]])
     col = Column("s", values, "", True, "x", ColumnCI(values - 0.1, values + 0.1, 0.95, 2))
-    from headscope.atlas.page import _ci_title
-    assert "over 2 prompts (under 10 prompts: covers less than 95%)" in _ci_title(col, 0, 0)
+    from headscope.atlas.page import _hover
+    lines = _hover("L0H0", "s", 0.5, "0.5", col, (0, 0))
+    assert lines[-1].endswith("over 2 prompts (under 10 prompts: covers less than 95%)")
 
 
 def test_atlas_columns_carry_the_bootstrap_of_their_per_prompt_scores(planted, tmp_path):
