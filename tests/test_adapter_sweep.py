@@ -75,7 +75,35 @@ def _marks(cls_name):
     return [pytest.mark.xfail(reason=f"{why}: fixed on another branch (issue 24)", strict=False)] if why else []
 
 
-CASES = [pytest.param(name, check, marks=_marks(name), id=f"{name}-{check}") for name in SWEPT for check in C.CHECKS]
+def _seq2seq(cls_name) -> bool:
+    return bool(getattr(sweep.tiny_config(cls_name), "is_encoder_decoder", False))
+
+
+SEQ2SEQ = [name for name in SWEPT if _seq2seq(name)]
+CASES = [pytest.param(name, check, marks=_marks(name), id=f"{name}-{check}")
+         for name in SWEPT if name not in SEQ2SEQ for check in C.CHECKS]
+
+
+@pytest.mark.parametrize("cls_name", SEQ2SEQ)
+def test_sweep_encoder_decoders(cls_name):
+    """An encoder-decoder boots; every one-stack engine refuses it naming capture_seq2seq, and
+    capture_seq2seq reads its three stacks equal to plain HF's output_attentions."""
+    import torch
+
+    from headscope.capture.seq2seq import STACKS, capture_seq2seq
+
+    model = C.bridged(cls_name)
+    assert sweep_table.SEQ2SEQ_REFUSAL in sweep_table.seq2seq_refusal(model)
+    hf = C.plain(cls_name)
+    start = hf.config.decoder_start_token_id or 0
+    src, tgt = [5, 6, 7, 8, 9, 10, 2], [start, 11, 12, 13]
+    res = capture_seq2seq(model, [src], [tgt], keep_patterns=True)
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([tgt]), output_attentions=True)
+    refs = {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
+    for stack in STACKS:
+        ref = torch.stack([a[0] for a in refs[stack]])
+        torch.testing.assert_close(res.patterns[stack][0], ref.float(), rtol=0, atol=1e-5, msg=f"{cls_name} {stack}")
 
 
 def _boot_refusal(cls_name) -> InputError | None:
