@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from . import blocked as _blocked_mod
 from ..models.compat import (attn_implementation, component_reports_after, hf_module_of, hooks_paused,
                              record_pattern_route, set_attn_implementation)
-from ..models.family import set_default_attention_route
 from ..models.info import model_device
 from .blocked import LIVE_ROUTES, _attention_components, _blocked, _configs, _probe_batch
 
@@ -159,7 +158,5 @@ def _verdict(model, before, after, mask, calls, layers) -> str:
     diff = float((after - before)[real].abs().max())
     return "" if diff <= tol else f"headscope's attention forward differs from the bridge's by {diff:.3g} (tolerance {tol:.3g})"
 
-
-set_default_attention_route(route_attention)  # families whose module names no route of their own
 
 __all__ = ["LIVE_IMPLEMENTATION", "route_attention"]

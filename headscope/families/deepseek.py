@@ -100,6 +100,10 @@ def _mla(module, hidden_states, attention_mask, cache, rope):
     return module.o_proj(z.reshape(b, T, -1)), None
 
 
+# Youtu and GLM-4 MoE Lite copy DeepSeek-V3's MLA attention (the same source, hashed alike).
+@mirrors("transformers.models.youtu.modeling_youtu:YoutuAttention.forward", "5.24.0", "bbf3ed097ccf7d9a")
+@mirrors("transformers.models.glm4_moe_lite.modeling_glm4_moe_lite:Glm4MoeLiteAttention.forward", "5.24.0",
+         "bbf3ed097ccf7d9a")
 @mirrors("transformers.models.deepseek_v3.modeling_deepseek_v3:DeepseekV3Attention.forward", "5.24.0",
          "bbf3ed097ccf7d9a")
 def deepseek_v3(module, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
@@ -123,7 +127,8 @@ def deepseek_v2(module, hidden_states, attention_mask=None, cache=None, position
 
 
 FAMILY = register_family(Family(
-    "deepseek", ("deepseek_v2", "deepseek_v3"),
-    blocked_forwards={"DeepseekV3Attention": deepseek_v3, "DeepseekV2Attention": deepseek_v2},
+    "deepseek", ("deepseek_v2", "deepseek_v3", "youtu", "glm4_moe_lite"),
+    blocked_forwards={"DeepseekV3Attention": deepseek_v3, "DeepseekV2Attention": deepseek_v2,
+                      "YoutuAttention": deepseek_v3, "Glm4MoeLiteAttention": deepseek_v3},
     prepare=prepare, d_head=d_head,
     notes="Multi-head latent attention: a head is a query head with its own decompressed K and V."))

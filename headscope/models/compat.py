@@ -317,6 +317,12 @@ def set_attn_implementation(config, implementation: str) -> None:
     config._attn_implementation = implementation
 
 
+def set_experts_implementation(config, implementation: str) -> None:
+    """Select how an HF MoE runs its experts ("eager": a per-expert loop, which has float64 kernels; the
+    default grouped matmul has none). transformers keeps it in the private `_experts_implementation`."""
+    config._experts_implementation = implementation
+
+
 def hf_module_of(component):
     """The HF module a TransformerLens bridge component wraps (None if the bridge keeps none). Read from
     `_modules` because the bridge's `__getattr__` forwards attribute lookups to that module."""

@@ -97,22 +97,13 @@ def family_of(model_or_config) -> Family | None:
     return None
 
 
-# The route a bridge that reports patterns after HF gets when its family names none: headscope's own
-# attention forward (`headscope.capture.routed.route_attention` registers itself here; it checks itself
-# against the bridge's forward at boot and leaves the model as it was when it cannot reproduce it).
-_DEFAULT_ROUTE: list = []
-
-
-def set_default_attention_route(route) -> None:
-    _DEFAULT_ROUTE[:] = [route]
-
-
 def attention_route_for(model):
-    """The family's `attention_route`, else the default route (None before the plugins registered one)."""
+    """The family's `attention_route` for a bridge that reports patterns after HF computed them, or None.
+    Only families whose route the conformance checks cover name one: a route that reproduces the
+    logits can still differ from what a check's reference assumes (an output gate applied after the
+    pattern, AFMoE), so it is never tried blindly."""
     fam = family_of(model)
-    if fam is not None and fam.attention_route is not None:
-        return fam.attention_route
-    return _DEFAULT_ROUTE[0] if _DEFAULT_ROUTE else None
+    return fam.attention_route if fam is not None else None
 
 
 def sink_logits(model, layer: int):
@@ -227,6 +218,6 @@ def mirrors(upstream: str, version: str, sha256: str):
 
 
 __all__ = ["ATTENTION", "FAMILIES", "Family", "MIRRORS", "Mirror", "attention_route_for", "blocked_forward_for",
-           "bridge_overrides", "set_default_attention_route",
+           "bridge_overrides",
            "family_of", "layer_kinds", "mirrors", "prepare_bridge", "refusal", "register_family", "sink_logits",
            "source_hash", "upstream_source"]

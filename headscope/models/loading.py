@@ -11,7 +11,7 @@ from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
 from .compat import no_runtime_installs, reports_patterns_after
 from .family import attention_route_for, bridge_overrides, family_of, prepare_bridge, refusal
-from .info import record_facts, tokenizer_adds_bos
+from .info import is_encoder_decoder, model_info, record_facts, tokenizer_adds_bos
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
         bridge.cfg.default_prepend_bos = prepend_bos
     prepare_bridge(bridge)
     record_facts(bridge, name=name)
+    _refuse_headless(bridge)
     if reports_patterns_after(bridge):  # HF computes attention: headscope routes it through its own forward
         route = attention_route_for(bridge)
         if route is not None:
@@ -124,6 +125,16 @@ def refuse_family(config, name: str) -> None:
         family = fam.name if fam is not None else getattr(config, "model_type", "?")
         raise InputError(f"headscope does not analyse {name!r}: the {family} family "
                          f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}")
+
+
+def _refuse_headless(bridge) -> None:
+    """A hybrid whose bridge maps none of its attention layers as `attn` has no heads headscope can read:
+    refuse it at boot (every engine would refuse it later), naming its layer kinds."""
+    if is_encoder_decoder(bridge):
+        return  # three stacks of heads: capture_seq2seq reads them
+    info = model_info(bridge)
+    if not info.attention_layers:
+        info.check_head(0, 0)  # raises the InputError naming the layer kinds
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

@@ -31,6 +31,7 @@ import torch
 
 from headscope.errors import InputError
 from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
+from headscope.models.compat import set_experts_implementation
 from headscope.models.loading import boot
 
 
@@ -320,7 +321,7 @@ def _gpt_oss():
 def _eager_experts(cfg):
     # HF's default grouped expert matmul has no float64 kernel; the per-expert loop does, so the
     # attribution-patching check runs these in float64 like the dense families.
-    cfg._experts_implementation = "eager"
+    set_experts_implementation(cfg, "eager")
     return cfg
 
 

@@ -70,13 +70,10 @@ def prompts(name: str) -> list[list[int]]:
 
 @functools.lru_cache(maxsize=None)
 def attn_layers(name: str) -> tuple[int, ...]:
-    """The layers with attention heads, read from the plain HF model (a hybrid's decoder layers have a
-    `self_attn` only where they attend), independently of headscope's `ModelInfo.layer_kinds`."""
-    hf = plain(name)
-    layers = getattr(getattr(hf, "model", None), "layers", None)
-    if layers is None:  # GPT-2, NeoX, BERT...: no hybrid among them
-        return tuple(range(bridged(name).cfg.n_layers))
-    return tuple(i for i, layer in enumerate(layers) if getattr(layer, "self_attn", None) is not None)
+    """The layers with attention heads, read from the plain HF model (a hybrid's blocks hold an attention
+    module only where they attend), independently of headscope's `ModelInfo.layer_kinds`."""
+    blocks = _decoder_layers(plain(name))
+    return tuple(i for i, block in enumerate(blocks) if _attention(block) is not None)
 
 
 def _first_last(name: str) -> tuple[int, int]:
@@ -105,9 +102,8 @@ def _visible(name: str, layer: int, T: int) -> torch.Tensor:
 
 def _sink_logits(name: str, layer: int) -> torch.Tensor | None:
     """[head] learned sink logits of `layer` (GPT-OSS), read from the plain HF model; None without."""
-    if "learned_sinks" not in A.get_arch(name).features:
-        return None
-    return plain(name).model.layers[layer].self_attn.sinks.detach()
+    sinks = getattr(_attention(_decoder_layers(plain(name))[layer]), "sinks", None)
+    return sinks.detach() if isinstance(sinks, torch.Tensor) else None
 
 
 def _row_mass(name: str, layer: int, scores: torch.Tensor) -> torch.Tensor:
@@ -280,8 +276,8 @@ def _decoder_layers(hf) -> torch.nn.ModuleList:
     hold an attention module."""
     cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or getattr(cfg, "n_layer")
-    for mod in hf.modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and _attention(mod[0]) is not None:
+    for mod in hf.modules():  # a hybrid's first block may be a Mamba / linear-attention one: any block attends
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and any(_attention(b) is not None for b in mod):
             return mod
     raise AssertionError(f"{type(hf).__name__}: no list of {n} blocks with an attention module")
 
@@ -504,8 +500,10 @@ def check_scan(name: str) -> str | None:
 # Families whose float64 forward still runs a whole mixer in float32: the finite difference is that
 # precise only. Qwen3-Next's Gated DeltaNet casts q, k, v, beta and the decay to float32
 # (transformers' torch_chunk_gated_delta_rule), ~1e-5 of the activations, which the two Richardson
-# rounds amplify to ~6e-4 of the derivative.
-_FLOAT32_INSIDE = {"qwen3-next": 1e-3}
+# rounds amplify to ~6e-4 of the derivative. Jamba's Mamba layers do the same (modeling_jamba casts the
+# selective scan's dt, A, B and the state to float32): uniform attention's derivative agrees to ~3e-4.
+# GraniteMoeHybrid's Mamba-2 torch path casts its scan to float32 too (the swept 2-layer model: ~6e-4).
+_FLOAT32_INSIDE = {"qwen3-next": 1e-3, "jamba": 1e-3, "GraniteMoeHybridForCausalLM": 1e-3}
 
 
 @_check("atp")
@@ -527,7 +525,9 @@ def check_atp(name: str) -> str | None:
         model, h, tol = A.tiny_arch_model(name, dtype=torch.float64), 8e-2, _FLOAT32_INSIDE.get(name, 2e-4)
         with torch.no_grad():
             model(torch.tensor([prompts(name)[1]]))
-    except RuntimeError:  # no float64 kernel on this family
+    except (RuntimeError, InputError) as err:  # no float64 kernel on this family (boot wraps the adapter's error)
+        if isinstance(err, InputError) and not isinstance(err.__cause__, RuntimeError):
+            raise
         model, h, tol = bridged(name), 2e-2, 1e-3
     ps = prompts(name)
     mix = torch.randn(model.cfg.d_vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -573,21 +573,43 @@ def check_generation(name: str) -> str | None:
     if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model, hf = bridged(name), plain(name)
-    # The cached path itself, not its fallback to recomputation (a hybrid's cache holds recurrent states).
-    assert kv_cache_verified(model, prompts(name)[0]), f"{name}: KV-cached decoding != a full forward"
+    hf_cache_ok = _hf_cache_consistent(name)
+    # The cached path itself, not its fallback to recomputation (a hybrid's cache holds recurrent states),
+    # unless plain HF's own cache disagrees with its full forward: then headscope must fall back.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's warning
+        verified = kv_cache_verified(model, prompts(name)[0])
+    assert verified == hf_cache_ok, f"{name}: KV-cached decoding verified={verified}, plain HF's cache consistent={hf_cache_ok}"
     for ids in prompts(name):
-        got = greedy_generate(model, ids, 6)
-        assert got == greedy_generate(model, ids, 6, use_cache=False), f"{name}: cached != recompute"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = greedy_generate(model, ids, 6)
+            assert got == greedy_generate(model, ids, 6, use_cache=False), f"{name}: cached != recompute"
         seq = list(ids)
         with torch.no_grad():
             for _ in range(6):
                 seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
             x = torch.tensor([ids])
             ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False,
-                              pad_token_id=0)[0, len(ids):].tolist()
+                              pad_token_id=0)[0, len(ids):].tolist() if hf_cache_ok else None
         assert got == seq[len(ids):], f"{name}: != plain HF greedy loop"
-        assert ref and got[:len(ref)] == ref, f"{name}: != HF generate"
-    return None
+        assert ref is None or (ref and got[:len(ref)] == ref), f"{name}: != HF generate"
+    return None if hf_cache_ok else ("plain HF's own KV cache disagrees with its full forward here: headscope "
+                                     "generates by recomputation (same tokens as HF's greedy loop)")
+
+
+def _hf_cache_consistent(name: str) -> bool:
+    """Whether plain HF's cached decode step reproduces its own full forward (transformers 5.24's Bamba
+    does not): one step after the prompt, 1e-4 of the logits' scale."""
+    from headscope.models.compat import cache_kwarg
+
+    hf, ids = plain(name), prompts(name)[0]
+    with torch.no_grad():
+        full = hf(torch.tensor([ids])).logits[0, -1]
+        out = hf(torch.tensor([ids[:-1]]), use_cache=True)
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        step = hf(torch.tensor([ids[-1:]]), use_cache=True, **{cache_kwarg(hf): cache}).logits[0, -1]
+    return bool((step - full).abs().max() <= 1e-4 * max(1.0, float(full.abs().max())))
 
 
 @_check("retrieval")

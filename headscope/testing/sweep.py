@@ -89,6 +89,14 @@ OVERRIDES: dict[str, dict] = {
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Zamba2ForCausalLM": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 8,
                           "mamba_d_state": 16, "adapter_rank": 8},
+    # Hybrids whose attention layers come from a period / an index list: attention on layer 1 of 2.
+    "JambaForCausalLM": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
+                         "expert_layer_offset": 1, "num_experts_per_tok": 2, "num_experts": 2},
+    "GraniteMoeHybridForCausalLM": {"layer_types": ["mamba", "attention"], "position_embedding_type": "rope",
+                                    "mamba_n_heads": 8, "mamba_d_state": 16, "mamba_chunk_size": 16,
+                                    "num_local_experts": 2, "num_experts_per_tok": 2},
+    "BambaForCausalLM": {"attn_layer_indices": [1], "mamba_n_heads": 8, "mamba_d_state": 16, "mamba_chunk_size": 16},
+    "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
 }
 # Per-family init std where the matrix default (A.INIT_STD) gives near-uniform or saturated attention.
 INIT_STDS: dict[str, float] = {
@@ -98,6 +106,9 @@ INIT_STDS: dict[str, float] = {
     # Mixtral); at std 0.25 the float32 finite differences miss that by ~1.5x, at 0.2 they meet it.
     "GraniteMoeForCausalLM": 0.2,
 }
+# MoEs whose grouped expert matmul has no float64 kernel and whose float32 finite differences are too
+# coarse for the atp check: the per-expert loop (float64), as the matrix's hybrids.
+EAGER_EXPERTS = ("GraniteMoeHybridForCausalLM",)
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,10 @@ def _tiny_kwargs(cc) -> dict:
     kwargs.update(bos_token_id=A.BOS_ID, pad_token_id=A.PAD_ID, eos_token_id=A.PAD_ID)
     if getattr(defaults, "sliding_window", None):
         kwargs["sliding_window"] = A.SLIDING_WINDOW
+    if getattr(defaults, "kv_lora_rank", None) and "num_key_value_heads" in kwargs:
+        # multi-head latent attention: every query head decompresses its own K and V (HF's eager
+        # attention repeats K/V num_heads / num_key_value_heads times, so they must be equal)
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", A.N_HEADS)
     kinds = list(dict.fromkeys(getattr(defaults, "layer_types", None) or []))
     if len(kinds) > 1:  # one layer of each kind the family mixes
         kwargs["layer_types"] = kinds
@@ -206,6 +221,8 @@ def tiny_config(cls_name: str):
     if hasattr(cfg, "use_cache"):
         cfg.use_cache = True
     cfg = A._finish(cfg, cls_name)
+    if cls_name in EAGER_EXPERTS:
+        A._eager_experts(cfg)
     with torch.device("meta"):  # count parameters without allocating them
         n = sum(p.numel() for p in cls(cfg).parameters())
     if n > MAX_PARAMS:
