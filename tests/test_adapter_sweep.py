@@ -4,7 +4,8 @@ can build, tiny and random-init (`headscope.testing.sweep`), through every confo
 A family either boots and passes every check (a check may verify a clear refusal only where
 EXPECTED_CHECK_REFUSALS says so), or headscope refuses it at boot with an InputError naming the family
 and the reason (REFUSED), and then every check meets that refusal too: never a raw exception, never a
-wrong number. Families other branches are fixing (PENDING) are xfail until their work is merged.
+wrong number. Encoder-decoders boot, and every one-stack engine refuses them naming capture_seq2seq,
+which reads their three stacks (checked against plain HF here too).
 
 Marked `sweep` (~100 families x 15 checks): deselect locally with `-m "not sweep"`; CI runs it.
 """
@@ -32,47 +33,30 @@ REFUSED = {
     "HrmTextForCausalLM": "recurrent cycles",
     "OpenAIGPTLMHeadModel": "without the causal mask",
     "BloomModel": "TransformerLens cannot bridge",  # no LM head: the adapter's own error, wrapped by boot
+    "DeepseekV4ForCausalLM": "compressed into blocks",
+    "GlmMoeDsaForCausalLM": "indexer selects",
+    # hybrids whose bridge maps their attention under another name than `attn`
+    **{name: "no layer whose attention the TransformerLens bridge maps" for name in
+       ("NemotronHForCausalLM", "Zamba2ForCausalLM", "RecurrentGemmaForCausalLM")},
 }
 
-# Other branches fix these (issue 24): multi-head latent attention, hybrids of attention with SSM /
-# linear-attention layers, learned sinks, GPT-J / OPT attention-level edits, encoder-decoders.
-_HYBRIDS = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoehybrid", "jamba", "bamba", "falcon_h1",
-            "nemotron_h", "zamba2", "lfm2", "lfm2_moe", "olmo_hybrid", "recurrent_gemma"}
-
-
-def pending(cls_name: str) -> str | None:
-    """Why another branch owns this family's failures, or None."""
-    cfg = sweep.tiny_config(cls_name)
-    if getattr(cfg, "is_encoder_decoder", False):
-        return "encoder-decoder"
-    if getattr(cfg, "kv_lora_rank", None):
-        return "multi-head latent attention"
-    if cfg.model_type in _HYBRIDS:
-        return "hybrid of attention and SSM / linear-attention layers"
-    return {"deepseek_v4": "multi-head latent attention", "gpt_oss": "learned attention sinks",
-            "gptj": "GPT-J attention-level edits", "opt": "OPT attention-level edits"}.get(cfg.model_type)
-
-
 _ATTENTION_LEVEL = ("uniform_attention", "streaming_window", "act_var_rows", "analyzers")
-# Families whose bridge reports patterns after Hugging Face computed them (as BERT and GPT-Neo in the
-# curated matrix): the attention-level kinds, and the analyzers built on them, are refused.
-POST_HOC = ("AfmoeForCausalLM", "BertLMHeadModel", "GPTJForCausalLM", "GPTNeoForCausalLM", "LagunaForCausalLM",
-            "Llama4ForCausalLM", "ModernBertDecoderForCausalLM", "NanoChatForCausalLM", "OPTForCausalLM",
+# Families whose bridge reports patterns after Hugging Face computed them and that no family module
+# routes through headscope's attention forward (the routed ones, BERT, RoBERTa, GPT-Neo, GPT-J, OPT,
+# Llama 4, Jamba, run them): the attention-level kinds, and the analyzers built on them, are refused.
+POST_HOC = ("AfmoeForCausalLM", "LagunaForCausalLM", "ModernBertDecoderForCausalLM", "NanoChatForCausalLM",
             "XGLMForCausalLM")
-ENCODERS = ("BertForMaskedLM", "RobertaForMaskedLM")  # also: causal-only statistics NaN, no generation
+ENCODERS = ("BertForMaskedLM", "RobertaForMaskedLM")  # causal-only statistics NaN, no generation, no ACT
 EAGER_ONLY = ("XGLMForCausalLM",)  # HF attention computed inline: attention="blocked" refused
+HF_CACHE_BROKEN = ("BambaForCausalLM",)  # plain HF's own cached decode != its forward: headscope recomputes
 
 # (HF class, check) pairs whose check verifies a clear refusal instead of comparing a number.
 EXPECTED_CHECK_REFUSALS = (
-    {(n, c) for n in POST_HOC + ENCODERS for c in _ATTENTION_LEVEL}
-    | {(n, c) for n in ENCODERS for c in ("reducers", "generation", "retrieval")}
+    {(n, c) for n in POST_HOC for c in _ATTENTION_LEVEL}
+    | {(n, c) for n in ENCODERS for c in ("reducers", "generation", "retrieval", "act_var_rows", "analyzers")}
     | {(n, "blocked") for n in EAGER_ONLY}
+    | {(n, "generation") for n in HF_CACHE_BROKEN}
 )
-
-
-def _marks(cls_name):
-    why = pending(cls_name)
-    return [pytest.mark.xfail(reason=f"{why}: fixed on another branch (issue 24)", strict=False)] if why else []
 
 
 def _seq2seq(cls_name) -> bool:
@@ -80,8 +64,7 @@ def _seq2seq(cls_name) -> bool:
 
 
 SEQ2SEQ = [name for name in SWEPT if _seq2seq(name)]
-CASES = [pytest.param(name, check, marks=_marks(name), id=f"{name}-{check}")
-         for name in SWEPT if name not in SEQ2SEQ for check in C.CHECKS]
+CASES = [pytest.param(name, check, id=f"{name}-{check}") for name in SWEPT if name not in SEQ2SEQ for check in C.CHECKS]
 
 
 @pytest.mark.parametrize("cls_name", SEQ2SEQ)
