@@ -45,7 +45,7 @@ _ATTENTION_LEVEL = ("uniform_attention", "streaming_window", "act_var_rows", "an
 # routes through headscope's attention forward (the routed ones, BERT, RoBERTa, GPT-Neo, GPT-J, OPT,
 # Llama 4, Jamba, run them): the attention-level kinds, and the analyzers built on them, are refused.
 POST_HOC = ("AfmoeForCausalLM", "LagunaForCausalLM", "ModernBertDecoderForCausalLM", "NanoChatForCausalLM",
-            "XGLMForCausalLM")
+            "OlmoHybridForCausalLM", "XGLMForCausalLM")
 ENCODERS = ("BertForMaskedLM", "RobertaForMaskedLM")  # causal-only statistics NaN, no generation, no ACT
 EAGER_ONLY = ("XGLMForCausalLM",)  # HF attention computed inline: attention="blocked" refused
 HF_CACHE_BROKEN = ("BambaForCausalLM",)  # plain HF's own cached decode != its forward: headscope recomputes

@@ -503,7 +503,8 @@ def check_scan(name: str) -> str | None:
 # rounds amplify to ~6e-4 of the derivative. Jamba's Mamba layers do the same (modeling_jamba casts the
 # selective scan's dt, A, B and the state to float32): uniform attention's derivative agrees to ~3e-4.
 # GraniteMoeHybrid's Mamba-2 torch path casts its scan to float32 too (the swept 2-layer model: ~6e-4).
-_FLOAT32_INSIDE = {"qwen3-next": 1e-3, "jamba": 1e-3, "GraniteMoeHybridForCausalLM": 1e-3}
+_FLOAT32_INSIDE = {"qwen3-next": 1e-3, "jamba": 1e-3, "GraniteMoeHybridForCausalLM": 1e-3,
+                   "Qwen3NextForCausalLM": 1e-3, "Qwen3_5MoeForCausalLM": 1e-3}
 
 
 @_check("atp")

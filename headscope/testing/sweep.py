@@ -83,7 +83,8 @@ OVERRIDES: dict[str, dict] = {
     **{name: {"attention_multiplier": A.D_HEAD ** -0.5} for name in ("GraniteForCausalLM", "GraniteMoeForCausalLM")},
     # Top-k routing is a discrete choice that a finite step can flip (the atp check's reference): these
     # tiny MoEs route every token to all 4 experts, so the forward is smooth and the router still weighs.
-    **{name: {"num_experts_per_tok": 4} for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM")},
+    **{name: {"num_experts_per_tok": 4} for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM", "DeepseekV2ForCausalLM",
+                                                     "Qwen3NextForCausalLM", "Qwen3_5MoeForCausalLM")},
     # Hybrids whose default config names no layer kinds (or a long fixed pattern): one of each.
     "Lfm2ForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
@@ -108,7 +109,7 @@ INIT_STDS: dict[str, float] = {
 }
 # MoEs whose grouped expert matmul has no float64 kernel and whose float32 finite differences are too
 # coarse for the atp check: the per-expert loop (float64), as the matrix's hybrids.
-EAGER_EXPERTS = ("GraniteMoeHybridForCausalLM",)
+EAGER_EXPERTS = ("GraniteMoeHybridForCausalLM", "Qwen3NextForCausalLM", "Qwen3_5MoeForCausalLM")
 
 
 @dataclass(frozen=True)
