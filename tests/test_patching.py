@@ -192,7 +192,9 @@ def test_dla_results_round_trip(tmp_path):
 
 # Families whose heads have no additive direct path (post-sublayer norms; BERT's non-linear masked-LM readout).
 DLA_REFUSED = {"gemma2": "post-attention norm", "gemma3": "post-attention norm", "olmo2": "post-attention norm",
-               "bert": "own transform"}
+               "olmo3": "post-attention norm", "exaone4": "post-attention norm", "bert": "own transform",
+               **{f: "multi-head latent attention" for f in ("deepseek-v3", "deepseek-v2")},
+               **{f: "is a hybrid" for f in ("qwen3-next", "granite-moe-hybrid", "jamba")}}
 
 
 @pytest.mark.parametrize("family", list(ARCHITECTURES))
@@ -229,8 +231,9 @@ def test_bad_inputs_are_input_errors_naming_the_fix():
         patch(model, [[1, 5, 6]], [[1, 5, 7]], "kl_last")
     with pytest.raises(InputError, match="position=9 is outside prompt 0"):
         direct_logit_attribution(model, [[1, 5, 6]], [(5, 6)], position=9)
+    import headscope.testing.sweep  # noqa: F401  (its families, e.g. XGLM: patterns reported after HF, unrouted)
     with pytest.raises(InputError, match="patch 'z' or 'v'"):
-        patch(tiny_arch_model("gpt-neo"), [[1, 5, 6]], [[1, 5, 7]], sites="pattern", **ok)
+        patch(tiny_arch_model("XGLMForCausalLM"), [[1, 5, 6]], [[1, 5, 7]], sites="pattern", **ok)
 
 
 def test_dla_on_ragged_prompts_equals_each_prompt_alone():
@@ -240,8 +243,8 @@ def test_dla_on_ragged_prompts_equals_each_prompt_alone():
         together = direct_logit_attribution(model, clean, answers, position=position, batch_size=3)
         for i, (prompt, pair) in enumerate(zip(clean, answers)):
             alone = direct_logit_attribution(model, [prompt], [pair], position=position)
-            np.testing.assert_allclose(together.heads.values[i], alone.heads.values[0], atol=1e-6)
-            np.testing.assert_allclose(together.logit_diff[i], alone.logit_diff[0], atol=1e-6)
+            np.testing.assert_allclose(together.heads.values[i], alone.heads.values[0], atol=1e-5)  # float32: a padded batch vs one prompt alone
+            np.testing.assert_allclose(together.logit_diff[i], alone.logit_diff[0], atol=1e-5)
     with torch.no_grad():  # position 3 reads the logits there, not at the end
         logits = model(torch.tensor([clean[0]]))
     at3 = direct_logit_attribution(model, [clean[0]], [answers[0]], position=3)

@@ -113,8 +113,20 @@ def capture_seq2seq(model, sources, targets, *, keep_patterns: bool = False,
                  for s in STACKS for l in range(n_layers[s])]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(torch.tensor([src], device=device), decoder_input_ids=torch.tensor([tgt], device=device))
+        missing = [f"{s} layer {l}" for s in STACKS for l in range(n_layers[s]) if (s, l) not in got]
+        if missing:  # e.g. LED's encoder: the bridge's hook_pattern never fires on its local attention
+            raise InputError(f"the TransformerLens bridge of {type(model.original_model).__name__} reports no attention "
+                             f"pattern for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: headscope "
+                             "cannot read those heads on this model. Fix: none in headscope yet (docs/architectures.md, "
+                             "'Encoder-decoders')")
         for s in STACKS:
             p = torch.stack([got[(s, l)] for l in range(n_layers[s])])  # [layer, head, q, k]
+            # A bridge may fire hook_pattern on something that is not the softmax (Switch Transformers):
+            # refuse rather than report it.
+            if float(p.min()) < -1e-6 or float((p.sum(-1) - 1).abs().max()) > 1e-3:
+                raise InputError(f"the TransformerLens bridge of {type(model.original_model).__name__} reports a {s} "
+                                 "attention 'pattern' whose rows are not probabilities (they do not sum to one): "
+                                 "headscope refuses to report it. Fix: none in headscope yet")
             per_prompt[s].append(_statistics(p, s))
             if keep_patterns:
                 patterns[s].append(p)

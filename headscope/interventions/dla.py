@@ -91,6 +91,14 @@ def direct_logit_attribution(model, prompts, answers, *, position: int = -1, bat
                          "unembedding), which is not linear in the residual stream, so heads have no direct logit "
                          "contribution. Use patch() (activation patching) on this model")
     info = model_info(model)
+    if info.layer_kinds is not None:
+        raise InputError(f"direct_logit_attribution: {info.name} is a hybrid ({info.kinds_note()}): the outputs of its "
+                         "layers without attention are not among the components this decomposition names yet. "
+                         "Use patch() (activation patching) on this model")
+    if info.d_head != int(model.cfg.d_head):
+        raise InputError(f"direct_logit_attribution: {info.name}'s heads output {info.d_head} dimensions but the "
+                         f"bridge splits W_O into heads of {model.cfg.d_head} (multi-head latent attention), so a "
+                         "head's z·W_O is not defined from the bridge's weights. Use patch() on this model")
     ids = to_token_lists(model, prompts, info, prepend_bos)
     answer_ids = _answer_ids(model, answers, len(ids))
     where = _positions(position, [len(t) for t in ids])

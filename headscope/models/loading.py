@@ -134,7 +134,11 @@ def _refuse_headless(bridge) -> None:
         return  # three stacks of heads: capture_seq2seq reads them
     info = model_info(bridge)
     if not info.attention_layers:
-        info.check_head(0, 0)  # raises the InputError naming the layer kinds
+        try:
+            info.check_head(0, 0)  # the InputError naming the layer kinds
+        except InputError as err:
+            model_type = getattr(bridge.original_model.config, "model_type", None)
+            raise InputError(f"headscope does not analyse {info.name!r} (model_type {model_type!r}): {err}") from None
 
 
 def _original_adds_bos(source: str, tokenizer=None) -> bool | None:

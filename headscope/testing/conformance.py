@@ -29,7 +29,7 @@ from headscope.generation import greedy_generate
 from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
                                      VARRedistribution, ZeroAblation, apply, forward_with, scan)
-from headscope.models.compat import kv_cache_verified, pattern_edits_take_effect
+from headscope.models.compat import cache_kwarg, kv_cache_verified, pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import architectures as A
 from headscope.testing import sweep as _sweep  # noqa: F401  (registers the swept families with get_arch)
@@ -602,8 +602,6 @@ def check_generation(name: str) -> str | None:
 def _hf_cache_consistent(name: str) -> bool:
     """Whether plain HF's cached decode step reproduces its own full forward (transformers 5.24's Bamba
     does not): one step after the prompt, 1e-4 of the logits' scale."""
-    from headscope.models.compat import cache_kwarg
-
     hf, ids = plain(name), prompts(name)[0]
     with torch.no_grad():
         full = hf(torch.tensor([ids])).logits[0, -1]

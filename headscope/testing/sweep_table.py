@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from headscope.capture import capture
 from headscope.errors import InputError
 from headscope.models.info import is_encoder_decoder
 from headscope.testing import conformance as C
@@ -17,8 +18,6 @@ SEQ2SEQ_REFUSAL = "capture_seq2seq"  # what the one-stack engines' refusal of an
 def seq2seq_refusal(model) -> str:
     """An encoder-decoder boots, and every one-stack engine refuses it with an InputError naming
     capture_seq2seq (its three stacks of heads are read there, tests/test_seq2seq.py); returns that error."""
-    from headscope.capture import capture
-
     try:
         capture(model, [[5, 6, 7, 8]])
     except InputError as exc:
