@@ -67,7 +67,7 @@ _ATTENTION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def hf_attention(model, layer: int):
     """The HF attention module the bridge's `blocks[layer].attn` wraps (its own parameters, e.g. GPT-OSS's
     learned `sinks`)."""
-    return model.blocks[layer].attn._modules["_original_component"]
+    return hf_module_of(model.blocks[layer].attn)
 
 
 def _attention_modules(model):
