@@ -29,7 +29,7 @@ def draw(dist: str, n: int, rng) -> tuple[np.ndarray, float]:
         return rng.normal(1.0, 2.0, size=(n, N_DATASETS)), 1.0
     if dist.startswith("lognormal"):
         sigma = float(dist.split("=")[1])
-        return rng.lognormal(0.0, sigma, size=(n, N_DATASETS)), float(np.exp(sigma ** 2 / 2))
+        return rng.lognormal(0.0, sigma, size=(n, N_DATASETS)), float(np.exp(sigma**2 / 2))
     if dist == "bernoulli(0.2)":
         return (rng.random((n, N_DATASETS)) < 0.2).astype(float), 0.2
     raise ValueError(dist)
@@ -44,8 +44,15 @@ def coverage() -> list[dict]:
             for method in ("percentile", "bca"):
                 ci = scores.ci(level=0.95, n_boot=1000, seed=0, method=method)
                 hit = (ci.low <= mean) & (mean <= ci.high)
-                rows.append({"distribution": dist, "n_prompts": n, "method": method, "coverage": float(hit.mean()),
-                             "median_width": float(np.median(ci.width))})
+                rows.append(
+                    {
+                        "distribution": dist,
+                        "n_prompts": n,
+                        "method": method,
+                        "coverage": float(hit.mean()),
+                        "median_width": float(np.median(ci.width)),
+                    }
+                )
                 print(rows[-1])
     return rows
 
@@ -63,16 +70,31 @@ def cost(repeats: int = 9) -> list[dict]:
                     t0 = time.perf_counter()
                     scores.ci(n_boot=n_boot, method=method)
                     times.append(time.perf_counter() - t0)
-                rows.append({"heads": shape[1] * shape[2], "n_prompts": shape[0], "n_boot": n_boot, "method": method,
-                             "seconds_median": float(np.median(times))})
+                rows.append(
+                    {
+                        "heads": shape[1] * shape[2],
+                        "n_prompts": shape[0],
+                        "n_boot": n_boot,
+                        "method": method,
+                        "seconds_median": float(np.median(times)),
+                    }
+                )
                 print(rows[-1])
     return rows
 
 
 def main() -> None:
-    doc = {"n_datasets": N_DATASETS, "level": 0.95, "coverage": coverage(), "cost": cost(),
-           "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
+    doc = {
+        "n_datasets": N_DATASETS,
+        "level": 0.95,
+        "coverage": coverage(),
+        "cost": cost(),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+    }
     OUT.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {OUT}")
 

@@ -56,11 +56,22 @@ def needle_grid(model, lengths, forms, n, seed, max_new_tokens) -> pd.DataFrame:
 
                 greedy_generate(model, list(s.prompt_ids), max_new_tokens, stops, on_step=done)
                 body = model.tokenizer.decode([t for t in out if t not in stops]).strip()
-                rows.append({"form": form, "context_length": length, "tokens": s.context_length,
-                             "needle_id": s.needle_id, "depth": s.depth, "output": body,
-                             "success": rouge1_recall(s.answer_text, body) > SUCCESS})
+                rows.append(
+                    {
+                        "form": form,
+                        "context_length": length,
+                        "tokens": s.context_length,
+                        "needle_id": s.needle_id,
+                        "depth": s.depth,
+                        "output": body,
+                        "success": rouge1_recall(s.answer_text, body) > SUCCESS,
+                    }
+                )
             cell = pd.DataFrame(rows[-n:])
-            print(f"  {form:10s} {length:5d} tokens: {cell.success.sum()}/{n}   e.g. {cell.output.iloc[0][:50]!r}", flush=True)
+            print(
+                f"  {form:10s} {length:5d} tokens: {cell.success.sum()}/{n}   e.g. {cell.output.iloc[0][:50]!r}",
+                flush=True,
+            )
     return pd.DataFrame(rows)
 
 
@@ -68,33 +79,59 @@ def induction_accuracy(model, seed) -> dict:
     probes = repeated_random_tokens(model.cfg.d_vocab, seq_len=50, n_repeats=2, n_prompts=8, seed=seed, first_token=1)
     teacher_forced = copy_accuracy(model, probes, seg_len=50)  # top-1 on the second copy, gold prefix
     copy = RetrievalHeads(n_samples=20, seed=seed).fit(model, "repeats")
-    return {"teacher_forced_top1": teacher_forced, "greedy_copy_success": copy.accuracy_,
-            "greedy_token_recall": float(copy.per_sample_.recall.mean()), "analyzer": copy}
+    return {
+        "teacher_forced_top1": teacher_forced,
+        "greedy_copy_success": copy.accuracy_,
+        "greedy_token_recall": float(copy.per_sample_.recall.mean()),
+        "analyzer": copy,
+    }
 
 
 def cells(grid: pd.DataFrame) -> pd.DataFrame:
-    return grid.groupby(["form", "context_length"], sort=False).success.agg(correct="sum", n="count", accuracy="mean").reset_index()
+    return (
+        grid.groupby(["form", "context_length"], sort=False)
+        .success.agg(correct="sum", n="count", accuracy="mean")
+        .reset_index()
+    )
 
 
 def figure(grid: pd.DataFrame, needle_fit, repeat_fit) -> go.Figure:
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.4, 0.3, 0.3], horizontal_spacing=0.08,
-                        subplot_titles=("needle accuracy (greedy)", "retrieval score, needles",
-                                        "copy-paste score, repeats"))
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        column_widths=[0.4, 0.3, 0.3],
+        horizontal_spacing=0.08,
+        subplot_titles=("needle accuracy (greedy)", "retrieval score, needles", "copy-paste score, repeats"),
+    )
     acc = cells(grid)
     for form in acc.form.unique():
         g = acc[acc.form == form]
         fig.add_trace(go.Scatter(x=g.context_length, y=g.accuracy, mode="lines+markers", name=form), 1, 1)
     fig.add_hline(y=0.8, line_dash="dot", line_color="#888", row=1, col=1)
     for col, fit in ((2, needle_fit), (3, repeat_fit)):
-        fig.add_trace(go.Heatmap(z=fit.scores_.mean_over_prompts().values, colorscale="Viridis", zmin=0, zmax=1,
-                                 showscale=col == 3, hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), 1, col)
+        fig.add_trace(
+            go.Heatmap(
+                z=fit.scores_.mean_over_prompts().values,
+                colorscale="Viridis",
+                zmin=0,
+                zmax=1,
+                showscale=col == 3,
+                hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>",
+            ),
+            1,
+            col,
+        )
         fig.update_yaxes(autorange="reversed", title_text="layer", row=1, col=col)
         fig.update_xaxes(title_text="head", row=1, col=col)
     fig.update_xaxes(title_text="context length (tokens)", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=1)
-    fig.update_layout(width=1200, height=460, template="plotly_white",
-                      legend=dict(orientation="h", x=0.0, y=-0.22, xanchor="left"),
-                      title="SmolLM2-135M-Instruct: needle retrieval and retrieval heads")
+    fig.update_layout(
+        width=1200,
+        height=460,
+        template="plotly_white",
+        legend=dict(orientation="h", x=0.0, y=-0.22, xanchor="left"),
+        title="SmolLM2-135M-Instruct: needle retrieval and retrieval heads",
+    )
     return fig
 
 
@@ -105,7 +142,9 @@ def markdown(df: pd.DataFrame) -> str:
 
 def top_table(fit, k=8) -> str:
     top = fit.scores_.top(k)
-    return markdown(pd.DataFrame({"head": top.label, "KV group": top.kv_group, "score": top.score.map("{:.3f}".format)}))
+    return markdown(
+        pd.DataFrame({"head": top.label, "KV group": top.kv_group, "score": top.score.map("{:.3f}".format)})
+    )
 
 
 def write_doc(args, grid, ind, needle_fit, repeat_fit, seconds, times) -> None:
@@ -159,11 +198,11 @@ uses its two shortest lengths by default (fast: ~1 min for 20 samples on CPU).
 ## Induction copying on repeated random tokens
 
 - Teacher-forced top-1 on the second copy of 50 random tokens (ids in [1000, 11000), after
-  `<|im_start|>`, 8 prompts): **{ind['teacher_forced_top1']:.1%}** (an earlier probe with another
+  `<|im_start|>`, 8 prompts): **{ind["teacher_forced_top1"]:.1%}** (an earlier probe with another
   prompt layout measured 62-65%).
 - Greedy copying (`make_repeat_samples`: 40 random tokens, then the first 20 again; the model must
   continue with the next 10, and one wrong token derails the rest): success (token recall > 0.5)
-  **{ind['greedy_copy_success']:.0%}** of 20, mean token recall {ind['greedy_token_recall']:.2f}.
+  **{ind["greedy_copy_success"]:.0%}** of 20, mean token recall {ind["greedy_token_recall"]:.2f}.
 
 ## Retrieval heads at the analyzer's default setting
 
@@ -188,7 +227,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10, help="samples per (context length, form) cell")
     ap.add_argument("--lengths", type=int, nargs="+", default=[120, 200, 400, 700, 1000])
-    ap.add_argument("--max-new-tokens", type=int, default=24, help="decode steps per needle (answers restate the needle)")
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=24, help="decode steps per needle (answers restate the needle)"
+    )
     ap.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
@@ -203,8 +244,10 @@ def main(argv=None) -> None:
     t1 = time.time()
     ind = induction_accuracy(model, args.seed)
     times["induction"] = time.time() - t1
-    print(f"induction: teacher-forced top-1 {ind['teacher_forced_top1']:.3f}, greedy copy success "
-          f"{ind['greedy_copy_success']:.2f}, token recall {ind['greedy_token_recall']:.2f}")
+    print(
+        f"induction: teacher-forced top-1 {ind['teacher_forced_top1']:.3f}, greedy copy success "
+        f"{ind['greedy_copy_success']:.2f}, token recall {ind['greedy_token_recall']:.2f}"
+    )
     t1 = time.time()
     needle_fit = RetrievalHeads(seed=args.seed).fit(model)
     times["default analyzer"] = time.time() - t1
@@ -216,8 +259,12 @@ def main(argv=None) -> None:
         from headscope.viz.export import export_figure
 
         # PNG for the page, SVG for papers; no HTML (it inlines 4.8 MB of plotly.js).
-        export_figure(figure(grid, needle_fit, ind["analyzer"]), ROOT / "docs" / "figures", "retrieval-accuracy",
-                      formats=("png", "svg"))
+        export_figure(
+            figure(grid, needle_fit, ind["analyzer"]),
+            ROOT / "docs" / "figures",
+            "retrieval-accuracy",
+            formats=("png", "svg"),
+        )
         write_doc(args, grid, ind, needle_fit, ind["analyzer"], time.time() - t0, times)
     print(f"done in {time.time() - t0:.0f} s")
 

@@ -29,11 +29,17 @@ def measure(model, needles, max_new_tokens: int, n: int, lengths) -> dict:
     fit = RetrievalHeads(max_new_tokens=max_new_tokens).fit(model, samples)
     scores = np.asarray(fit.scores_.mean_over_prompts().values)  # [layer, head] (scores_ is [1, layer, head])
     answer_tokens = [len(s.answer_ids) for s in samples]
-    return {"samples": len(samples), "retrieved": float(fit.accuracy_),
-            "answer_tokens_mean": float(np.mean(answer_tokens)),
-            "share_above_0_1": float(np.nanmean(scores > 0.1)), "heads_above_0_1": int(np.nansum(scores > 0.1)),
-            "top_heads": [f"L{l}H{h} {scores[l, h]:.2f}" for l, h in
-                          zip(*np.unravel_index(np.argsort(-np.nan_to_num(scores, nan=-1), axis=None)[:8], scores.shape))]}
+    return {
+        "samples": len(samples),
+        "retrieved": float(fit.accuracy_),
+        "answer_tokens_mean": float(np.mean(answer_tokens)),
+        "share_above_0_1": float(np.nanmean(scores > 0.1)),
+        "heads_above_0_1": int(np.nansum(scores > 0.1)),
+        "top_heads": [
+            f"L{l}H{h} {scores[l, h]:.2f}"
+            for l, h in zip(*np.unravel_index(np.argsort(-np.nan_to_num(scores, nan=-1), axis=None)[:8], scores.shape))
+        ],
+    }
 
 
 def main(argv=None) -> None:
@@ -45,8 +51,9 @@ def main(argv=None) -> None:
     model = headscope.load_model()
     rows = {
         "short (bundled, 1-5 tokens)": measure(model, load_needles(), 10, args.n, args.lengths),
-        "long (18-20 words, as the paper)": measure(model, load_needles(data_dir() / "needle" / "needles_long.json"),
-                                                    48, args.n, args.lengths),
+        "long (18-20 words, as the paper)": measure(
+            model, load_needles(data_dir() / "needle" / "needles_long.json"), 48, args.n, args.lengths
+        ),
     }
     for k, v in rows.items():
         print(k, json.dumps(v), flush=True)

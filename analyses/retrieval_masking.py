@@ -44,14 +44,25 @@ def plot(record: dict, out: Path) -> None:
     fig = go.Figure()
     fig.add_scatter(x=ks, y=record["top_k_accuracy"], mode="lines+markers", name="top-K retrieval heads masked")
     mean, lo, hi = (np.array([f(r) for r in rand]) for f in (np.mean, np.min, np.max))
-    fig.add_scatter(x=ks, y=mean, mode="lines+markers", name=f"K random heads (mean, min-max of {len(rand[0])} seeds)",
-                    error_y=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo))
+    fig.add_scatter(
+        x=ks,
+        y=mean,
+        mode="lines+markers",
+        name=f"K random heads (mean, min-max of {len(rand[0])} seeds)",
+        error_y=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo),
+    )
     det = record["detection"]
-    fig.update_layout(title=f"Needle accuracy vs masked heads — SmolLM2-135M-Instruct<br><sub>{det['prompt_form']} prompt, "
-                      f"{det['context_lengths']} tokens, {record['n_eval_samples']} held-out samples</sub>",
-                      xaxis_title="K heads masked (uniform attention on decode queries)", yaxis_title="needle accuracy",
-                      yaxis_range=[-0.05, 1.05], template="plotly_white", width=900, height=500,
-                      legend=dict(x=0.55, y=0.95))
+    fig.update_layout(
+        title=f"Needle accuracy vs masked heads — SmolLM2-135M-Instruct<br><sub>{det['prompt_form']} prompt, "
+        f"{det['context_lengths']} tokens, {record['n_eval_samples']} held-out samples</sub>",
+        xaxis_title="K heads masked (uniform attention on decode queries)",
+        yaxis_title="needle accuracy",
+        yaxis_range=[-0.05, 1.05],
+        template="plotly_white",
+        width=900,
+        height=500,
+        legend=dict(x=0.55, y=0.95),
+    )
     export_figure(fig, out / "figures", "retrieval_masking")
 
 
@@ -63,7 +74,9 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=30)
     p.add_argument("--ks", default="0,1,2,5,10,15,20,30,50")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--exclude-top", type=int, default=50, help="random heads are drawn outside this many top-ranked heads")
+    p.add_argument(
+        "--exclude-top", type=int, default=50, help="random heads are drawn outside this many top-ranked heads"
+    )
     p.add_argument("--out", default=str(DOCS))
     p.add_argument("--replot", action="store_true", help="only re-render the figure from the saved JSON")
     args = p.parse_args()
@@ -80,27 +93,46 @@ def main() -> None:
         detector.set_params(prompt_form=args.form)
     detector.fit(model)
     params = detector.get_params()
-    ranking = [tuple(map(int, r)) for r in detector.scores_.top(model.cfg.n_layers * model.cfg.n_heads)[["layer", "head"]].values]
+    ranking = [
+        tuple(map(int, r))
+        for r in detector.scores_.top(model.cfg.n_layers * model.cfg.n_heads)[["layer", "head"]].values
+    ]
     samples = make_needle_prompts(model, args.n_samples, params["context_lengths"], seed=1, form=params["prompt_form"])
     ks = [int(k) for k in args.ks.split(",")]
-    pool = ranking[args.exclude_top:]
+    pool = ranking[args.exclude_top :]
     rng = np.random.default_rng(0)
     top_acc, rand_acc = [], []
     for k in ks:
         top_acc.append(masked_accuracy(model, samples, ranking[:k]))
-        rand_acc.append([masked_accuracy(model, samples, [pool[i] for i in rng.choice(len(pool), k, replace=False)])
-                         for _ in range(args.seeds)] if k else [top_acc[-1]] * args.seeds)
-        print(f"K={k:3d}  top-K retrieval heads: {top_acc[-1]:.2f}   random: {np.round(rand_acc[-1], 2).tolist()}", flush=True)
+        rand_acc.append(
+            [
+                masked_accuracy(model, samples, [pool[i] for i in rng.choice(len(pool), k, replace=False)])
+                for _ in range(args.seeds)
+            ]
+            if k
+            else [top_acc[-1]] * args.seeds
+        )
+        print(
+            f"K={k:3d}  top-K retrieval heads: {top_acc[-1]:.2f}   random: {np.round(rand_acc[-1], 2).tolist()}",
+            flush=True,
+        )
 
     out = Path(args.out)
     mean = detector.scores_.mean_over_prompts().values  # [layer, head] (scores_ is [1, layer, head])
     n_above = int((mean > detector.threshold).sum())
     record = {
-        "model": "smollm2-135m-instruct", "detection": {k: v for k, v in params.items()}, "detect_accuracy": detector.accuracy_,
-        "n_heads_above_threshold": n_above, "top_heads": [f"L{l}H{h}" for l, h in ranking[:10]],
+        "model": "smollm2-135m-instruct",
+        "detection": dict(params.items()),
+        "detect_accuracy": detector.accuracy_,
+        "n_heads_above_threshold": n_above,
+        "top_heads": [f"L{l}H{h}" for l, h in ranking[:10]],
         "top_scores": [round(float(mean[l, h]), 3) for l, h in ranking[:10]],
-        "ks": ks, "top_k_accuracy": top_acc, "random_accuracy": rand_acc, "n_eval_samples": len(samples),
-        "n_detect_samples": args.n_detect * len(params["context_lengths"]), "random_seeds": args.seeds,
+        "ks": ks,
+        "top_k_accuracy": top_acc,
+        "random_accuracy": rand_acc,
+        "n_eval_samples": len(samples),
+        "n_detect_samples": args.n_detect * len(params["context_lengths"]),
+        "random_seeds": args.seeds,
         "seconds": round(time.time() - start, 1),
     }
     atomic_write(out / "retrieval_masking.json", lambda t: t.write_text(json.dumps(record, indent=1)))

@@ -27,12 +27,13 @@ import numpy as np
 import plotly.graph_objects as go
 
 import headscope
-from headscope.safety.sahara import Sahara
-from headscope.safety.ships import Ships
-from headscope.fileio import atomic_write, cached_json as cached
+from headscope.fileio import atomic_write
+from headscope.fileio import cached_json as cached
 from headscope.interventions import ScaleOutput, UniformAttention
 from headscope.results import HeadScores
 from headscope.safety import attack_success_rate, prompt_set
+from headscope.safety.sahara import Sahara
+from headscope.safety.ships import Ships
 from headscope.viz.export import export_figure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +41,32 @@ EPS = 1e-5
 
 
 def asr(model, prompts, heads, kind="uniform") -> dict:
-    spec = ([UniformAttention(heads=heads, epsilon=EPS)] if kind == "uniform" else [ScaleOutput(heads=heads, alpha=EPS)]) if heads else []
+    spec = (
+        ([UniformAttention(heads=heads, epsilon=EPS)] if kind == "uniform" else [ScaleOutput(heads=heads, alpha=EPS)])
+        if heads
+        else []
+    )
     res = attack_success_rate(model, prompts, interventions=spec)
-    return {"rate": res.rate, "heads": [f"L{l}H{h}" for l, h in heads], "responses": res.responses, "harmful": res.harmful}
+    return {
+        "rate": res.rate,
+        "heads": [f"L{l}H{h}" for l, h in heads],
+        "responses": res.responses,
+        "harmful": res.harmful,
+    }
 
 
 def per_query_asr(model, prompts, top_heads) -> dict:
     """Each request with its own top Ships head ablated (the paper's query-level protocol)."""
-    runs = [attack_success_rate(model, [p], interventions=[UniformAttention(heads=[h], epsilon=EPS)]) for p, h in zip(prompts, top_heads)]
-    return {"rate": float(np.mean([r.rate for r in runs])), "heads": [f"L{l}H{h}" for l, h in top_heads],
-            "responses": [r.responses[0] for r in runs], "harmful": [r.harmful[0] for r in runs]}
+    runs = [
+        attack_success_rate(model, [p], interventions=[UniformAttention(heads=[h], epsilon=EPS)])
+        for p, h in zip(prompts, top_heads)
+    ]
+    return {
+        "rate": float(np.mean([r.rate for r in runs])),
+        "heads": [f"L{l}H{h}" for l, h in top_heads],
+        "responses": [r.responses[0] for r in runs],
+        "harmful": [r.harmful[0] for r in runs],
+    }
 
 
 def plot(record: dict, out: Path) -> None:
@@ -58,6 +75,7 @@ def plot(record: dict, out: Path) -> None:
 
     def add(label, value, err=0.0, color="#4C78A8"):
         names.append(label), values.append(value), errors.append(err), colors.append(color)
+
     add("no ablation", c["none"]["rate"], color="#9E9E9E")
     for k in record["ks"]:
         add(f"top-{k} Ships", c[f"ships_top{k}"]["rate"], color="#E45756")
@@ -67,12 +85,26 @@ def plot(record: dict, out: Path) -> None:
     for k in range(1, record["steps"] + 1):
         add(f"Sahara group ({k})", c[f"sahara{k}"]["rate"], color="#B279A2")
     add("top-1, scaling contribution", c["ships_top1_scaling"]["rate"], color="#54A24B")
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors, error_y=dict(type="data", array=errors),
-                           text=[f"{v:.2f}" for v in values], textposition="outside"))
-    fig.update_layout(title=f"Attack success rate on {record['n_eval']} held-out harmful requests — "
-                            f"smollm2-135m-safety<br><sub>uniform attention (q × 1e-5) on the named heads; random: mean ± std of "
-                            f"{record['seeds']} seeds; refusal-phrase judge</sub>",
-                      yaxis_title="attack success rate", yaxis_range=[0, 1.1], template="plotly_white", width=1000, height=520)
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            marker_color=colors,
+            error_y=dict(type="data", array=errors),
+            text=[f"{v:.2f}" for v in values],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        title=f"Attack success rate on {record['n_eval']} held-out harmful requests — "
+        f"smollm2-135m-safety<br><sub>uniform attention (q × 1e-5) on the named heads; random: mean ± std of "
+        f"{record['seeds']} seeds; refusal-phrase judge</sub>",
+        yaxis_title="attack success rate",
+        yaxis_range=[0, 1.1],
+        template="plotly_white",
+        width=1000,
+        height=520,
+    )
     export_figure(fig, out / "figures", "safety_heads")
 
 
@@ -100,8 +132,10 @@ def main() -> None:
     mean = ships.mean_over_prompts()
     ranking = [(int(r.layer), int(r.head)) for r in mean.top(20).itertuples()]
     own_top = [tuple(int(x) for x in np.unravel_index(np.nanargmax(v), v.shape)) for v in ships.values]
-    sahara = cached(work / f"sahara_{args.steps}.json", lambda: Sahara(search_steps=args.steps).fit(model, detect)
-                    .steps_.to_dict(orient="records"))
+    sahara = cached(
+        work / f"sahara_{args.steps}.json",
+        lambda: Sahara(search_steps=args.steps).fit(model, detect).steps_.to_dict(orient="records"),
+    )
     group = [(r["layer"], r["head_index"]) for r in sahara]
     ks = [int(k) for k in args.ks.split(",")]
     rng = np.random.default_rng(0)
@@ -112,7 +146,9 @@ def main() -> None:
         for s in range(args.seeds):
             pick = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
             jobs[f"random{k}_seed{s}"] = lambda pick=pick: asr(model, harmful, pick)
-    jobs["ships_query_top1"] = lambda: per_query_asr(model, harmful, own_top + [ranking[0]] * (len(harmful) - len(own_top)))
+    jobs["ships_query_top1"] = lambda: per_query_asr(
+        model, harmful, own_top + [ranking[0]] * (len(harmful) - len(own_top))
+    )
     for k in range(1, args.steps + 1):
         jobs[f"sahara{k}"] = lambda k=k: asr(model, harmful, group[:k])
     jobs["ships_top1_scaling"] = lambda: asr(model, harmful, ranking[:1], kind="scaling")
@@ -121,12 +157,21 @@ def main() -> None:
     for name, job in jobs.items():
         conditions[name] = cached(work / f"{name}.json", job)
         print(f"{name:22s} ASR {conditions[name]['rate']:.2f}  {conditions[name]['heads'][:5]}", flush=True)
-    record = {"model": "smollm2-135m-safety", "epsilon": EPS, "n_detect": len(detect), "n_eval": len(harmful),
-              "ks": ks, "seeds": args.seeds, "steps": args.steps,
-              "ships_top": [{"head": f"L{l}H{h}", "mean_kl": round(float(mean.values[l, h]), 4)} for l, h in ranking[:10]],
-              "ships_share_top1": round(float(mean.values[ranking[0]] / np.nansum(mean.values)), 4),
-              "own_top_heads": [f"L{l}H{h}" for l, h in own_top], "sahara": sahara,
-              "conditions": conditions, "seconds": round(time.time() - start, 1)}
+    record = {
+        "model": "smollm2-135m-safety",
+        "epsilon": EPS,
+        "n_detect": len(detect),
+        "n_eval": len(harmful),
+        "ks": ks,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "ships_top": [{"head": f"L{l}H{h}", "mean_kl": round(float(mean.values[l, h]), 4)} for l, h in ranking[:10]],
+        "ships_share_top1": round(float(mean.values[ranking[0]] / np.nansum(mean.values)), 4),
+        "own_top_heads": [f"L{l}H{h}" for l, h in own_top],
+        "sahara": sahara,
+        "conditions": conditions,
+        "seconds": round(time.time() - start, 1),
+    }
     atomic_write(out / "safety_heads.json", lambda t: t.write_text(json.dumps(record, indent=1)))
     plot(record, out)
     print(json.dumps({k: record[k] for k in ("ships_top", "sahara", "seconds")})[:2000])

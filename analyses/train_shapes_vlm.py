@@ -40,8 +40,18 @@ from headscope.vision import shapes as W
 from headscope.vision import shapes_eval as E
 
 # Architecture: kept here (and in config.json); headscope/testbeds/shapes_vlm.py only reads the config.
-ARCH = {"d_model": 128, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "d_head": 16, "d_mlp": 384,
-        "v_width": 64, "v_layers": 2, "v_heads": 4, "v_mlp": 128}
+ARCH = {
+    "d_model": 128,
+    "n_layers": 4,
+    "n_heads": 8,
+    "n_kv_heads": 4,
+    "d_head": 16,
+    "d_mlp": 384,
+    "v_width": 64,
+    "v_layers": 2,
+    "v_heads": 4,
+    "v_mlp": 128,
+}
 
 
 def build_config(vocab_size: int):
@@ -49,17 +59,40 @@ def build_config(vocab_size: int):
 
     a = ARCH
     text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=a["d_model"], intermediate_size=a["d_mlp"],
-        num_hidden_layers=a["n_layers"], num_attention_heads=a["n_heads"], num_key_value_heads=a["n_kv_heads"],
-        head_dim=a["d_head"], max_position_embeddings=64, tie_word_embeddings=False,
-        bos_token_id=W.BOS_ID, pad_token_id=W.PAD_ID, eos_token_id=W.PAD_ID, attn_implementation="eager")
+        vocab_size=vocab_size,
+        hidden_size=a["d_model"],
+        intermediate_size=a["d_mlp"],
+        num_hidden_layers=a["n_layers"],
+        num_attention_heads=a["n_heads"],
+        num_key_value_heads=a["n_kv_heads"],
+        head_dim=a["d_head"],
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=W.BOS_ID,
+        pad_token_id=W.PAD_ID,
+        eos_token_id=W.PAD_ID,
+        attn_implementation="eager",
+    )
     vision = CLIPVisionConfig(
-        hidden_size=a["v_width"], intermediate_size=a["v_mlp"], num_hidden_layers=a["v_layers"],
-        num_attention_heads=a["v_heads"], image_size=W.IMAGE_SIZE, patch_size=W.PATCH, num_channels=3,
-        projection_dim=a["v_width"], attn_implementation="eager")
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=W.IMAGE_TOKEN_ID,
-                      vision_feature_layer=-1, vision_feature_select_strategy="default",
-                      projector_hidden_act="gelu", tie_word_embeddings=False)
+        hidden_size=a["v_width"],
+        intermediate_size=a["v_mlp"],
+        num_hidden_layers=a["v_layers"],
+        num_attention_heads=a["v_heads"],
+        image_size=W.IMAGE_SIZE,
+        patch_size=W.PATCH,
+        num_channels=3,
+        projection_dim=a["v_width"],
+        attn_implementation="eager",
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=W.IMAGE_TOKEN_ID,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
     cfg.architectures = ["LlavaForConditionalGeneration"]  # TransformerLens picks its adapter from this
     cfg._attn_implementation = "eager"
     return cfg
@@ -78,6 +111,7 @@ def _set_lr(opt, lr):
 
 
 # ----------------------------------------------------------------------------- stage 1: vision
+
 
 def _cell_labels(scenes) -> tuple[torch.Tensor, torch.Tensor]:
     """Per scene and patch (row-major 4x4) the shape index (len(SHAPES) = empty) and colour index of its cell."""
@@ -104,7 +138,9 @@ def patch_features(model, pixels):
 def pretrain_vision(model, steps: int, batch: int, lr: float, seed: int, log: dict):
     tower = model.model.vision_tower
     width = model.config.vision_config.hidden_size
-    probes = torch.nn.ModuleList([torch.nn.Linear(width, len(W.SHAPES) + 1), torch.nn.Linear(width, len(W.COLOURS) + 1)])
+    probes = torch.nn.ModuleList(
+        [torch.nn.Linear(width, len(W.SHAPES) + 1), torch.nn.Linear(width, len(W.COLOURS) + 1)]
+    )
     opt = torch.optim.AdamW(list(tower.parameters()) + list(probes.parameters()), lr=lr, weight_decay=0.01)
     tower.train()
     t0, curve = time.time(), []
@@ -114,7 +150,9 @@ def pretrain_vision(model, steps: int, batch: int, lr: float, seed: int, log: di
         shape_lab, colour_lab = _cell_labels(scenes)
         feats = patch_features(model, W.render_batch(scenes))
         ls, lc = probes[0](feats), probes[1](feats)
-        loss = F.cross_entropy(ls.flatten(0, 1), shape_lab.flatten()) + F.cross_entropy(lc.flatten(0, 1), colour_lab.flatten())
+        loss = F.cross_entropy(ls.flatten(0, 1), shape_lab.flatten()) + F.cross_entropy(
+            lc.flatten(0, 1), colour_lab.flatten()
+        )
         _set_lr(opt, lr_at(step, steps, lr, max(1, steps // 20)))
         opt.zero_grad()
         loss.backward()
@@ -122,8 +160,15 @@ def pretrain_vision(model, steps: int, batch: int, lr: float, seed: int, log: di
         if step % 50 == 0 or step == steps - 1:
             acc_s = (ls.argmax(-1) == shape_lab).float().mean().item()
             acc_c = (lc.argmax(-1) == colour_lab).float().mean().item()
-            curve.append({"step": step, "loss": round(loss.item(), 4), "patch_shape_acc": round(acc_s, 4),
-                          "patch_colour_acc": round(acc_c, 4), "t": round(time.time() - t0, 1)})
+            curve.append(
+                {
+                    "step": step,
+                    "loss": round(loss.item(), 4),
+                    "patch_shape_acc": round(acc_s, 4),
+                    "patch_colour_acc": round(acc_c, 4),
+                    "t": round(time.time() - t0, 1),
+                }
+            )
             print("vision", curve[-1], flush=True)
     tower.eval()
     for p in tower.parameters():
@@ -133,6 +178,7 @@ def pretrain_vision(model, steps: int, batch: int, lr: float, seed: int, log: di
 
 # ----------------------------------------------------------------------------- stage 2: LLaVA
 
+
 def make_batch(rng, batch: int, text_fraction: float):
     items = W.sample_items(int(rng.integers(2**31)), batch, text_fraction=text_fraction)
     items.sort(key=lambda it: it.has_image)  # text rows first; pixel_values are the image rows' in order
@@ -141,19 +187,21 @@ def make_batch(rng, batch: int, text_fraction: float):
     ids = torch.full((batch, width), W.PAD_ID)
     labels = torch.full((batch, width), -100)
     for r, (s, p) in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
-        labels[r, p:len(s)] = torch.tensor(s[p:])  # loss only on the answer tokens
+        ids[r, : len(s)] = torch.tensor(s)
+        labels[r, p : len(s)] = torch.tensor(s[p:])  # loss only on the answer tokens
     scenes = [it.scene for it in items if it.has_image]
     return ids, labels, (W.render_batch(scenes) if scenes else None)
 
 
-def train_llava(model, steps: int, batch: int, lr: float, warmup: int, seed: int, text_fraction: float,
-                eval_every: int, log: dict):
+def train_llava(
+    model, steps: int, batch: int, lr: float, warmup: int, seed: int, text_fraction: float, eval_every: int, log: dict
+):
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
     probe = E.default_eval_sets(seed=E.EVAL_SEED + 7, n_image=120, n_pope_scenes=1, n_describe=1)["image_qa"]
     t0, curve, ema = time.time(), [], None
     for step in range(steps):
@@ -171,12 +219,25 @@ def train_llava(model, steps: int, batch: int, lr: float, warmup: int, seed: int
         if step % eval_every == 0 or step == steps - 1:
             model.eval()
             acc = E.image_qa_accuracy(model, probe).accuracy  # a separate probe set, not the reported one
-            curve.append({"step": step, "loss_ema": round(ema, 4), "probe_image_qa": round(acc, 4),
-                          "t": round(time.time() - t0, 1)})
+            curve.append(
+                {
+                    "step": step,
+                    "loss_ema": round(ema, 4),
+                    "probe_image_qa": round(acc, 4),
+                    "t": round(time.time() - t0, 1),
+                }
+            )
             print("llava", curve[-1], flush=True)
     model.eval()
-    log["llava"] = {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "text_fraction": text_fraction,
-                    "wall_s": round(time.time() - t0, 1), "curve": curve}
+    log["llava"] = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "warmup": warmup,
+        "text_fraction": text_fraction,
+        "wall_s": round(time.time() - t0, 1),
+        "curve": curve,
+    }
 
 
 SMALL_SETS = {"n_image": 120, "n_pope_scenes": 30, "n_describe": 12}
@@ -194,26 +255,39 @@ def evaluate(model) -> dict:
     # The same metrics on the leading part of each set (= default_eval_sets(**SMALL_SETS)), which the
     # tests recompute on the loaded bridge: a check of the shipped numbers, not a fresh estimate.
     k = SMALL_SETS
-    small_pope = E.pope_metrics([it.meta["label"] for it in sets["pope"][:2 * k["n_pope_scenes"]]],
-                                pp.said_yes[:2 * k["n_pope_scenes"]])
-    small = {"sets": k, "image_qa": round(float(np.mean(img.correct[:k["n_image"]])), 4),
-             "pope": {m: round(v, 4) for m, v in small_pope.items()},
-             "chair": E.chair(sets["describe"][:k["n_describe"]], texts[:k["n_describe"]])}
+    small_pope = E.pope_metrics(
+        [it.meta["label"] for it in sets["pope"][: 2 * k["n_pope_scenes"]]], pp.said_yes[: 2 * k["n_pope_scenes"]]
+    )
+    small = {
+        "sets": k,
+        "image_qa": round(float(np.mean(img.correct[: k["n_image"]])), 4),
+        "pope": {m: round(v, 4) for m, v in small_pope.items()},
+        "chair": E.chair(sets["describe"][: k["n_describe"]], texts[: k["n_describe"]]),
+    }
     # Noisy images (shapes.render noise=NOISE): the regime where the model hallucinates, for VHR/VAR.
     nimg = E.image_qa_accuracy(model, sets["image_qa"], noise=NOISE)
     npp = E.pope(model, sets["pope"], noise=NOISE)
     nch = E.chair(sets["describe"], E.describe(model, sets["describe"], noise=NOISE))
-    noisy = {"noise": NOISE, "image_qa": round(nimg.accuracy, 4),
-             "pope": {m: round(getattr(npp, m), 4) for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")},
-             "pope_per_probe": {m: round(v, 4) for m, v in npp.per_probe.items()},
-             "chair": {m: round(v, 4) if isinstance(v, float) else v for m, v in nch.items()}}
-    return {"image_qa": round(img.accuracy, 4), "image_qa_per_kind": {k: round(v, 4) for k, v in img.per_kind.items()},
-            "text_qa": round(txt.accuracy, 4), "text_qa_per_kind": {k: round(v, 4) for k, v in txt.per_kind.items()},
-            "pope": {k: round(v, 4) if isinstance(v, float) else v for k, v in pp.to_dataframe().iloc[0].to_dict().items()},
-            "chair": {k: round(v, 4) if isinstance(v, float) else v for k, v in ch.items()},
-            "describe_exact_match": round(exact, 4), "describe_examples": texts[:5],
-            "small_sets": small, "noisy": noisy,
-            "n": {"image_qa": img.n, "text_qa": txt.n, "pope": pp.n, "describe": len(texts)}}
+    noisy = {
+        "noise": NOISE,
+        "image_qa": round(nimg.accuracy, 4),
+        "pope": {m: round(getattr(npp, m), 4) for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")},
+        "pope_per_probe": {m: round(v, 4) for m, v in npp.per_probe.items()},
+        "chair": {m: round(v, 4) if isinstance(v, float) else v for m, v in nch.items()},
+    }
+    return {
+        "image_qa": round(img.accuracy, 4),
+        "image_qa_per_kind": {k: round(v, 4) for k, v in img.per_kind.items()},
+        "text_qa": round(txt.accuracy, 4),
+        "text_qa_per_kind": {k: round(v, 4) for k, v in txt.per_kind.items()},
+        "pope": {k: round(v, 4) if isinstance(v, float) else v for k, v in pp.to_dataframe().iloc[0].to_dict().items()},
+        "chair": {k: round(v, 4) if isinstance(v, float) else v for k, v in ch.items()},
+        "describe_exact_match": round(exact, 4),
+        "describe_examples": texts[:5],
+        "small_sets": small,
+        "noisy": noisy,
+        "n": {"image_qa": img.n, "text_qa": txt.n, "pope": pp.n, "describe": len(texts)},
+    }
 
 
 def save(model, log: dict, out: Path) -> None:
@@ -278,8 +352,11 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--quick", action="store_true", help="short schedule for a smoke test (~3 min)")
     ap.add_argument("--out", type=Path, default=None, help="default: data/models/shapes-vlm")
-    ap.add_argument("--eval-only", action="store_true",
-                    help="re-measure the checkpoint in --out and rewrite its train_log.json 'heldout' (no training)")
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="re-measure the checkpoint in --out and rewrite its train_log.json 'heldout' (no training)",
+    )
     args = ap.parse_args(argv)
     out = args.out or data_dir() / "models" / "shapes-vlm"
     if args.eval_only:
@@ -292,12 +369,20 @@ def main(argv=None):
 
     model = LlavaForConditionalGeneration(build_config(len(W.vocabulary())))
     n_params = sum(p.numel() for p in model.parameters())
-    log = {"seed": args.seed, "args": {k: _portable(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-           "arch": ARCH, "n_params": n_params, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    log = {
+        "seed": args.seed,
+        "args": {k: _portable(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "arch": ARCH,
+        "n_params": n_params,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     print(f"shapes-vlm: {n_params:,} parameters", flush=True)
     t0 = time.time()
     pretrain_vision(model, args.vision_steps, 128, args.vision_lr, args.seed, log)
-    train_llava(model, args.steps, args.batch, args.lr, args.warmup, args.seed, args.text_fraction, args.eval_every, log)
+    train_llava(
+        model, args.steps, args.batch, args.lr, args.warmup, args.seed, args.text_fraction, args.eval_every, log
+    )
     log["train_wall_s"] = round(time.time() - t0, 1)
     t1 = time.time()
     log["heldout"] = evaluate(model)

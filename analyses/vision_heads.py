@@ -29,7 +29,8 @@ from plotly.subplots import make_subplots
 
 import headscope
 from headscope.analyzers.head_divergence import HeadDivergence
-from headscope.fileio import atomic_write, cached_json as cached
+from headscope.fileio import atomic_write
+from headscope.fileio import cached_json as cached
 from headscope.interventions import ZeroAblation
 from headscope.paths import data_dir
 from headscope.vision import shapes as W
@@ -56,17 +57,26 @@ def detect(model) -> dict:
     hd_out = HeadDivergence(batch_size=32, outlier_rule=True).fit(model, prompts)
     order = np.argsort(-mean.ravel(), kind="stable")
     ranked = [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
-    return {"vhd": mean.tolist(), "ranked": ranked, "n_prompts": len(prompts),
-            "vhd_outlier_rule": hd_out.scores_.mean_over_prompts().values.tolist(),
-            "n_outliers": len(hd_out.outliers_), "token_vhd_mean": float(np.mean(hd.token_vhd_))}
+    return {
+        "vhd": mean.tolist(),
+        "ranked": ranked,
+        "n_prompts": len(prompts),
+        "vhd_outlier_rule": hd_out.scores_.mean_over_prompts().values.tolist(),
+        "n_outliers": len(hd_out.outliers_),
+        "token_vhd_mean": float(np.mean(hd.token_vhd_)),
+    }
 
 
 def accuracies(model, sets, heads) -> dict:
     specs = [ZeroAblation(heads=heads)] if heads else []
     img = E.image_qa_accuracy(model, sets["image_qa"], interventions=specs)
     txt = E.text_qa_accuracy(model, sets["text_qa"], interventions=specs)
-    return {"heads": [label(h) for h in heads], "image_qa": img.accuracy, "text_qa": txt.accuracy,
-            "image_qa_per_kind": img.per_kind}
+    return {
+        "heads": [label(h) for h in heads],
+        "image_qa": img.accuracy,
+        "text_qa": txt.accuracy,
+        "image_qa_per_kind": img.per_kind,
+    }
 
 
 def layer_matched_low(ranked, k) -> list:
@@ -86,12 +96,15 @@ def ablation(model, sets, ranked, work) -> dict:
     for k in KS:
         out[f"top{k}"] = cached(work / f"abl_top{k}.json", lambda k=k: accuracies(model, sets, everyone[:k]))
         out[f"bottom{k}"] = cached(work / f"abl_bottom{k}.json", lambda k=k: accuracies(model, sets, everyone[-k:]))
-        out[f"matched{k}"] = cached(work / f"abl_matched{k}.json",
-                                    lambda k=k: accuracies(model, sets, layer_matched_low(everyone, k)))
+        out[f"matched{k}"] = cached(
+            work / f"abl_matched{k}.json", lambda k=k: accuracies(model, sets, layer_matched_low(everyone, k))
+        )
         for s in SEEDS:
             pick = np.random.default_rng(s).choice(len(everyone), size=k, replace=False)
             heads = sorted(everyone[i] for i in pick)
-            out[f"random{k}_seed{s}"] = cached(work / f"abl_random{k}_{s}.json", lambda heads=heads: accuracies(model, sets, heads))
+            out[f"random{k}_seed{s}"] = cached(
+                work / f"abl_random{k}_{s}.json", lambda heads=heads: accuracies(model, sets, heads)
+            )
     return out
 
 
@@ -102,11 +115,18 @@ def vhr_condition(model, sets, layers, alpha, noise) -> dict:
     qa = V.vhr_image_qa(model, sets["image_qa"], **kw)
     pope = V.vhr_pope(model, sets["pope"], **kw)
     desc = V.vhr_describe(model, sets["describe"], **kw)
-    return {"layers": layers, "alpha": alpha, "noise": noise, "image_qa": qa["accuracy"], "correct": qa["correct"],
-            "mean_reinforced_heads": qa["mean_reinforced_heads"],
-            "pope": {k: v for k, v in pope.items() if k != "said_yes"},
-            "chair": {k: v for k, v in desc.items() if k != "texts"}, "texts": desc["texts"],
-            "seconds": round(time.time() - start, 1)}
+    return {
+        "layers": layers,
+        "alpha": alpha,
+        "noise": noise,
+        "image_qa": qa["accuracy"],
+        "correct": qa["correct"],
+        "mean_reinforced_heads": qa["mean_reinforced_heads"],
+        "pope": {k: v for k, v in pope.items() if k != "said_yes"},
+        "chair": {k: v for k, v in desc.items() if k != "texts"},
+        "texts": desc["texts"],
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 NOISES = (0.0, 0.3)  # clean images (no hallucination to fix) and the hallucination regime
@@ -118,12 +138,19 @@ def vhr_study(model, sets, work) -> dict:
     runs = {}
     for noise in NOISES:
         tag = f"noise{noise:g}"
-        base = runs[f"{tag}/greedy"] = cached(work / f"vhr_{tag}_greedy.json",
-                                              lambda noise=noise: vhr_condition(model, sets, paper, None, noise))
-        for name, layers, alpha in (("vhr_paper_a2", paper, 2.0), ("vhr_all_a2", list(range(n)), 2.0),
-                                    ("vhr_paper_a1.5", paper, 1.5), ("vhr_paper_a3", paper, 3.0)):
-            runs[f"{tag}/{name}"] = cached(work / f"vhr_{tag}_{name}.json", lambda layers=layers, alpha=alpha, noise=noise:
-                                           vhr_condition(model, sets, layers, alpha, noise))
+        base = runs[f"{tag}/greedy"] = cached(
+            work / f"vhr_{tag}_greedy.json", lambda noise=noise: vhr_condition(model, sets, paper, None, noise)
+        )
+        for name, layers, alpha in (
+            ("vhr_paper_a2", paper, 2.0),
+            ("vhr_all_a2", list(range(n)), 2.0),
+            ("vhr_paper_a1.5", paper, 1.5),
+            ("vhr_paper_a3", paper, 3.0),
+        ):
+            runs[f"{tag}/{name}"] = cached(
+                work / f"vhr_{tag}_{name}.json",
+                lambda layers=layers, alpha=alpha, noise=noise: vhr_condition(model, sets, layers, alpha, noise),
+            )
         for key in [k for k in runs if k.startswith(tag)]:  # which way do changed answers go?
             r = runs[key]
             r["fixed"] = int(sum(1 for a, b in zip(base["correct"], r["correct"]) if not a and b))
@@ -136,32 +163,77 @@ NAMES = {"top": "top-K VHD", "bottom": "bottom-K VHD", "matched": "lowest VHD of
 
 def plot(rec: dict, out_dir: Path):
     vhd = np.array(rec["detect"]["vhd"])
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.35, 0.35], horizontal_spacing=0.09, subplot_titles=(
-        "VHD per head (mean over 120 image questions)", "Zero-ablating K heads",
-        "VHR vs greedy, clean (σ=0) and noisy (σ=0.3) images"))
-    fig.add_trace(go.Heatmap(z=vhd, x=[f"H{h}" for h in range(vhd.shape[1])], y=[f"L{l}" for l in range(vhd.shape[0])],
-                             colorscale="Viridis", colorbar=dict(x=0.285, len=0.9, thickness=10, title="VHD"), showscale=True), 1, 1)
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        column_widths=[0.3, 0.35, 0.35],
+        horizontal_spacing=0.09,
+        subplot_titles=(
+            "VHD per head (mean over 120 image questions)",
+            "Zero-ablating K heads",
+            "VHR vs greedy, clean (σ=0) and noisy (σ=0.3) images",
+        ),
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=vhd,
+            x=[f"H{h}" for h in range(vhd.shape[1])],
+            y=[f"L{l}" for l in range(vhd.shape[0])],
+            colorscale="Viridis",
+            colorbar=dict(x=0.285, len=0.9, thickness=10, title="VHD"),
+            showscale=True,
+        ),
+        1,
+        1,
+    )
     a = rec["ablation"]
     for metric, dash in (("image_qa", "solid"), ("text_qa", "dot")):
         for cond, color in (("top", "#E45756"), ("bottom", "#4C78A8"), ("matched", "#B279A2"), ("random", "#72B7B2")):
             ys = [a["none"][metric]]
             for k in KS:
-                ys.append(float(np.mean([a[f"random{k}_seed{s}"][metric] for s in SEEDS])) if cond == "random"
-                          else a[f"{cond}{k}"][metric])
-            fig.add_trace(go.Scatter(x=[0, *KS], y=ys, mode="lines+markers", line=dict(color=color, dash=dash),
-                                     name=f"{NAMES[cond]}, {metric.replace('_', ' ')}"), 1, 2)
+                ys.append(
+                    float(np.mean([a[f"random{k}_seed{s}"][metric] for s in SEEDS]))
+                    if cond == "random"
+                    else a[f"{cond}{k}"][metric]
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=[0, *KS],
+                    y=ys,
+                    mode="lines+markers",
+                    line=dict(color=color, dash=dash),
+                    name=f"{NAMES[cond]}, {metric.replace('_', ' ')}",
+                ),
+                1,
+                2,
+            )
     v = rec["vhr"]
     names = list(v)
-    for metric, getter, color in (("image-QA acc", lambda r: r["image_qa"], "#4C78A8"),
-                                  ("POPE F1", lambda r: r["pope"]["f1"], "#F58518"),
-                                  ("CHAIR_i", lambda r: r["chair"]["chair_i"], "#E45756"),
-                                  ("description recall", lambda r: r["chair"]["recall"], "#54A24B")):
-        fig.add_trace(go.Bar(x=[n.replace("noise", "σ=").replace("/", " ") for n in names],
-                             y=[getter(v[n]) for n in names], name=metric, marker_color=color), 1, 3)
+    for metric, getter, color in (
+        ("image-QA acc", lambda r: r["image_qa"], "#4C78A8"),
+        ("POPE F1", lambda r: r["pope"]["f1"], "#F58518"),
+        ("CHAIR_i", lambda r: r["chair"]["chair_i"], "#E45756"),
+        ("description recall", lambda r: r["chair"]["recall"], "#54A24B"),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=[n.replace("noise", "σ=").replace("/", " ") for n in names],
+                y=[getter(v[n]) for n in names],
+                name=metric,
+                marker_color=color,
+            ),
+            1,
+            3,
+        )
     fig.update_xaxes(title_text="K heads ablated", row=1, col=2)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(title="shapes-vlm: vision-aware heads (VHD) and their reinforcement (VHR)", width=1600, height=560,
-                      barmode="group", legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        title="shapes-vlm: vision-aware heads (VHD) and their reinforcement (VHR)",
+        width=1600,
+        height=560,
+        barmode="group",
+        legend=dict(orientation="h", y=-0.25),
+    )
     return export_figure(fig, out_dir, "vision_heads", formats=("html", "png"))
 
 
@@ -189,13 +261,21 @@ def main() -> None:
         print(f"{key:>9}: image QA {abl[key]['image_qa']:.3f}  text QA {abl[key]['text_qa']:.3f}")
     vhr = vhr_study(model, sets, work)
     for name, r in vhr.items():
-        print(f"{name:>22}: image QA {r['image_qa']:.3f} (fixed {r['fixed']}, broken {r['broken']})  POPE acc "
-              f"{r['pope']['accuracy']:.3f} F1 {r['pope']['f1']:.3f} yes {r['pope']['yes_ratio']:.2f}  CHAIR_i "
-              f"{r['chair']['chair_i']:.3f} CHAIR_s {r['chair']['chair_s']:.3f} recall {r['chair']['recall']:.3f}")
+        print(
+            f"{name:>22}: image QA {r['image_qa']:.3f} (fixed {r['fixed']}, broken {r['broken']})  POPE acc "
+            f"{r['pope']['accuracy']:.3f} F1 {r['pope']['f1']:.3f} yes {r['pope']['yes_ratio']:.2f}  CHAIR_i "
+            f"{r['chair']['chair_i']:.3f} CHAIR_s {r['chair']['chair_s']:.3f} recall {r['chair']['recall']:.3f}"
+        )
     train_log = json.loads((data_dir() / "models" / "shapes-vlm" / "train_log.json").read_text())
-    record = {"model": "shapes-vlm", "checkpoint_heldout": train_log.get("heldout"), "detect": det,
-              "ablation": abl, "vhr": vhr,
-              "n": {k: len(v) for k, v in sets.items()}, "seconds": round(time.time() - start, 1)}
+    record = {
+        "model": "shapes-vlm",
+        "checkpoint_heldout": train_log.get("heldout"),
+        "detect": det,
+        "ablation": abl,
+        "vhr": vhr,
+        "n": {k: len(v) for k, v in sets.items()},
+        "seconds": round(time.time() - start, 1),
+    }
     atomic_write(record_path, lambda t: t.write_text(json.dumps(record, indent=1)))
     print(plot(record, ROOT / "docs" / "figures"))
 

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 import torch
 
 import headscope
+from headscope.fileio import atomic_write, jsonable
 from headscope.vision.vit_heads import (
     ViTHeads,
     cumulative_gates,
@@ -31,7 +32,6 @@ from headscope.vision.vit_heads import (
     metric_under_gates,
     vision_tower,
 )
-from headscope.fileio import atomic_write, jsonable
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("loss", "accuracy")
@@ -41,7 +41,9 @@ def random_curves(model, items, tower, metric: str, n_orders: int, seed: int, ba
     """[orders, heads + 1]: the metric after pruning the first k heads of random orders."""
     rng = np.random.default_rng(seed)
     heads = [(l, h) for l in range(tower.n_layers) for h in range(tower.n_heads)]
-    gates = torch.cat([cumulative_gates(tower, [heads[i] for i in rng.permutation(len(heads))]) for _ in range(n_orders)])
+    gates = torch.cat(
+        [cumulative_gates(tower, [heads[i] for i in rng.permutation(len(heads))]) for _ in range(n_orders)]
+    )
     return metric_under_gates(model, items, gates, metric, batch_size).reshape(n_orders, len(heads) + 1)
 
 
@@ -81,8 +83,13 @@ def checkpoint_fingerprint(log: dict) -> dict:
 
     sha = hashlib.sha256((model_dir() / WEIGHTS).read_bytes()).hexdigest()[:16]
     args = log.get("args", {})
-    return {"sha256_16": sha, "steps": args.get("steps"), "vision_steps": args.get("vision_steps"),
-            "quick": args.get("quick"), "heldout_image_qa": log.get("heldout", {}).get("image_qa")}
+    return {
+        "sha256_16": sha,
+        "steps": args.get("steps"),
+        "vision_steps": args.get("vision_steps"),
+        "quick": args.get("quick"),
+        "heldout_image_qa": log.get("heldout", {}).get("image_qa"),
+    }
 
 
 def pruning_figure(fits, rand) -> go.Figure:
@@ -92,17 +99,54 @@ def pruning_figure(fits, rand) -> go.Figure:
     for col, m in enumerate(METRICS, start=1):
         df, r = fits[m].pruning_curve_, rand[m]
         x = df["n_pruned"]
-        fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[r.max(0), r.min(0)[::-1]], fill="toself", mode="lines",
-                                 fillcolor="rgba(150,150,150,0.25)", line={"width": 0}, hoverinfo="skip",
-                                 name="random orders (range)", showlegend=col == 1), 1, col)
-        fig.add_trace(go.Scatter(x=x, y=r.mean(0), mode="lines", line={"color": "gray", "dash": "dash"},
-                                 name="random orders (mean)", showlegend=col == 1), 1, col)
-        fig.add_trace(go.Scatter(x=x, y=df["metric"], mode="lines+markers", text=df["last_pruned"],
-                                 line={"color": "#1f77b4"}, name="least important first", showlegend=col == 1,
-                                 hovertemplate="%{x} pruned (last %{text}): %{y:.4g}<extra></extra>"), 1, col)
+        fig.add_trace(
+            go.Scatter(
+                x=np.r_[x, x[::-1]],
+                y=np.r_[r.max(0), r.min(0)[::-1]],
+                fill="toself",
+                mode="lines",
+                fillcolor="rgba(150,150,150,0.25)",
+                line={"width": 0},
+                hoverinfo="skip",
+                name="random orders (range)",
+                showlegend=col == 1,
+            ),
+            1,
+            col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=r.mean(0),
+                mode="lines",
+                line={"color": "gray", "dash": "dash"},
+                name="random orders (mean)",
+                showlegend=col == 1,
+            ),
+            1,
+            col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=df["metric"],
+                mode="lines+markers",
+                text=df["last_pruned"],
+                line={"color": "#1f77b4"},
+                name="least important first",
+                showlegend=col == 1,
+                hovertemplate="%{x} pruned (last %{text}): %{y:.4g}<extra></extra>",
+            ),
+            1,
+            col,
+        )
         fig.update_xaxes(title_text="vision heads pruned", row=1, col=col)
-    fig.update_layout(title="shapes-vlm vision tower: cumulative head pruning (held-out image questions)",
-                      template="plotly_white", width=980, height=420)
+    fig.update_layout(
+        title="shapes-vlm vision tower: cumulative head pruning (held-out image questions)",
+        template="plotly_white",
+        width=980,
+        height=420,
+    )
     return fig
 
 
@@ -120,6 +164,7 @@ def main() -> None:
     tower = vision_tower(model)
     items = default_items(model, args.n)
     from headscope.vision.shapes_eval import default_eval_sets
+
     kinds = [q.kind for q in default_eval_sets(n_image=args.n, n_pope_scenes=1, n_describe=1)["image_qa"]]
 
     fits = {m: ViTHeads(metric=m, batch_size=args.batch_size).fit(model, items) for m in METRICS}
@@ -129,23 +174,41 @@ def main() -> None:
     dist = fits["loss"].attention_distance_.values  # [images, layer, head]
     cls = fits["loss"].cls_attention_.values
     from headscope.testbeds.shapes_vlm import train_log
+
     log = train_log()
     result = {
         "model": "shapes-vlm",
         "checkpoint": checkpoint_fingerprint(log),
-        "tower": {"layers": tower.n_layers, "heads": tower.n_heads, "grid": tower.grid, "patch_px": tower.patch_size,
-                  "uniform_attention_distance_px": float(tower.distances().mean()),
-                  "within_cell_uniform_distance_px": within_cell_distance(tower)},
-        "n_items": len(items), "n_images": int(dist.shape[0]),
-        "attention_distance_px": {"per_head_mean": dist.mean(0), "per_head_std_over_images": dist.std(0),
-                                  "per_layer_mean": dist.mean((0, 2))},
+        "tower": {
+            "layers": tower.n_layers,
+            "heads": tower.n_heads,
+            "grid": tower.grid,
+            "patch_px": tower.patch_size,
+            "uniform_attention_distance_px": float(tower.distances().mean()),
+            "within_cell_uniform_distance_px": within_cell_distance(tower),
+        },
+        "n_items": len(items),
+        "n_images": int(dist.shape[0]),
+        "attention_distance_px": {
+            "per_head_mean": dist.mean(0),
+            "per_head_std_over_images": dist.std(0),
+            "per_layer_mean": dist.mean((0, 2)),
+        },
         "cls_attention": {"per_head_mean": cls.mean(0)},
         "clean": {m: fits[m].metric_clean_ for m in METRICS},
         "importance": {m: fits[m].importance_.values[0] for m in METRICS},
         "heads_by_loss_importance": [f"L{l}H{h}" for l, h in fits["loss"].heads_],
         "pruning_curve": {m: fits[m].pruning_curve_.to_dict(orient="list") for m in METRICS},
-        "random_orders": {m: {"mean": rand[m].mean(0), "min": rand[m].min(0), "max": rand[m].max(0),
-                              "n_orders": args.random_orders, "seed": args.seed} for m in METRICS},
+        "random_orders": {
+            m: {
+                "mean": rand[m].mean(0),
+                "min": rand[m].min(0),
+                "max": rand[m].max(0),
+                "n_orders": args.random_orders,
+                "seed": args.seed,
+            }
+            for m in METRICS
+        },
         "accuracy_per_kind": kinds_acc,
         "wall_s": round(time.time() - t0, 1),
     }
@@ -156,8 +219,10 @@ def main() -> None:
     atomic_write(ROOT / "docs" / "vit_heads.json", lambda p: p.write_text(text + "\n", encoding="utf-8"))
     from headscope.viz.export import export_figures
 
-    files = export_figures([(fits["loss"].plot(), "vit_heads"), (pruning_figure(fits, rand), "vit_heads_pruning")],
-                           ROOT / "docs" / "figures")
+    files = export_figures(
+        [(fits["loss"].plot(), "vit_heads"), (pruning_figure(fits, rand), "vit_heads_pruning")],
+        ROOT / "docs" / "figures",
+    )
     print("wrote docs/vit_heads.json and", ", ".join(str(p) for f in files.values() for p in f.values()))
 
 

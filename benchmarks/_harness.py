@@ -24,6 +24,7 @@ def _cap(max_gb: float | None):
 
     def preexec():  # in the child, before Python starts: a hard cap on its address space
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return preexec
 
 
@@ -31,15 +32,19 @@ def run_mode(mode: str, argv: list[str], *, max_gb: float | None = None, timeout
     """Run `python argv...` (which prints one JSON result as its last stdout line) and return that result,
     or {"mode", "status": "out of memory" | "timed out" | "failed", "detail"}; "ok" rows keep their fields."""
     try:
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout_s,
-                              preexec_fn=_cap(max_gb))
+        proc = subprocess.run(
+            [sys.executable, *argv], capture_output=True, text=True, timeout=timeout_s, preexec_fn=_cap(max_gb)
+        )
     except subprocess.TimeoutExpired:
         return {"mode": mode, "status": "timed out", "detail": f"over {timeout_s:g} s"}
     limit = f"limit {max_gb:g} GB" if max_gb is not None else "machine memory"
     if proc.returncode == 0:
         lines = proc.stdout.strip().splitlines()
-        return {"status": "ok", **json.loads(lines[-1])} if lines else {"mode": mode, "status": "failed",
-                                                                        "detail": "no result printed"}
+        return (
+            {"status": "ok", **json.loads(lines[-1])}
+            if lines
+            else {"mode": mode, "status": "failed", "detail": "no result printed"}
+        )
     if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return {"mode": mode, "status": "out of memory", "detail": f"killed by SIGKILL ({limit})"}
     tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]

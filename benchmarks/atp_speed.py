@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode
 
 MODES = ("forward", "atp", "atp_star", "exact_zero", "exact_uniform", "tl_loop")
 PAIRS = {"atp": "exact_zero", "atp_star": "exact_uniform"}  # estimate -> the exact scan it replaces
@@ -48,10 +48,12 @@ def child(mode: str, n_tokens: int) -> dict:
         with torch.no_grad():
             for layer in range(model.cfg.n_layers):
                 for head in range(model.cfg.n_heads):
+
                     def zero(z, hook, head=head):
                         z = z.clone()
                         z[:, :, head] = 0
                         return z
+
                     logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)])
                     _ = logits[:, -1, ids[0]] - logits[:, -1, ids[1]]
 
@@ -62,20 +64,25 @@ def child(mode: str, n_tokens: int) -> dict:
     run = {
         "forward": forward,
         "atp": lambda: scan(model, tokens, "zero", "logit_diff", method="atp", metric_kwargs=kw, progress=False),
-        "atp_star": lambda: scan(model, tokens, "uniform_attention", "logit_diff", method="atp*", metric_kwargs=kw,
-                                 progress=False),
+        "atp_star": lambda: scan(
+            model, tokens, "uniform_attention", "logit_diff", method="atp*", metric_kwargs=kw, progress=False
+        ),
         "exact_zero": lambda: scan(model, tokens, "zero", "logit_diff", metric_kwargs=kw, progress=False),
-        "exact_uniform": lambda: scan(model, tokens, "uniform_attention", "logit_diff", metric_kwargs=kw,
-                                      progress=False),
+        "exact_uniform": lambda: scan(
+            model, tokens, "uniform_attention", "logit_diff", metric_kwargs=kw, progress=False
+        ),
         "tl_loop": tl_loop,
     }[mode]
     small = tokens[:, :8]
     with torch.no_grad():
         model(small)  # warm-up: allocator, lazy init
     if mode != "tl_loop":  # warm the mode's own path once on a short batch (the TL loop is 270 of the forward)
-        {"atp": lambda: scan(model, small, "zero", "logit_diff", method="atp", metric_kwargs=kw, progress=False),
-         "atp_star": lambda: scan(model, small, "uniform_attention", "logit_diff", method="atp*", metric_kwargs=kw,
-                                  progress=False)}.get(mode, lambda: None)()
+        {
+            "atp": lambda: scan(model, small, "zero", "logit_diff", method="atp", metric_kwargs=kw, progress=False),
+            "atp_star": lambda: scan(
+                model, small, "uniform_attention", "logit_diff", method="atp*", metric_kwargs=kw, progress=False
+            ),
+        }.get(mode, lambda: None)()
     start = time.perf_counter()
     run()
     return {"mode": mode, "tokens": n_tokens, "seconds": round(time.perf_counter() - start, 3)}
@@ -99,21 +106,31 @@ def summary(rows) -> dict:
     for n in sorted({r["tokens"] for r in rows}):
         got = {r["mode"]: r["seconds"] for r in rows if r["tokens"] == n and r["status"] == "ok"}
         fwd = got.get("forward")
-        out[n] = {"seconds": got, "forward_equivalents": {m: round(s / fwd, 1) for m, s in got.items()} if fwd else {},
-                  "speedup": {f"{est} vs {ex}": round(got[ex] / got[est], 1) for est, ex in PAIRS.items()
-                              if est in got and ex in got}}
+        out[n] = {
+            "seconds": got,
+            "forward_equivalents": {m: round(s / fwd, 1) for m, s in got.items()} if fwd else {},
+            "speedup": {
+                f"{est} vs {ex}": round(got[ex] / got[est], 1) for est, ex in PAIRS.items() if est in got and ex in got
+            },
+        }
     return out
 
 
 def markdown(record) -> str:
-    lines = ["| T | " + " | ".join(MODES) + " | AtP vs exact | AtP* vs exact |",
-             "| ---: | " + " | ".join("---:" for _ in MODES) + " | ---: | ---: |"]
+    lines = [
+        "| T | " + " | ".join(MODES) + " | AtP vs exact | AtP* vs exact |",
+        "| ---: | " + " | ".join("---:" for _ in MODES) + " | ---: | ---: |",
+    ]
     for n, s in record["summary"].items():
-        cells = [f"{s['seconds'][m]:.2f} s ({s['forward_equivalents'].get(m, float('nan')):g})" if m in s["seconds"]
-                 else "—" for m in MODES]
+        cells = [
+            f"{s['seconds'][m]:.2f} s ({s['forward_equivalents'].get(m, float('nan')):g})" if m in s["seconds"] else "—"
+            for m in MODES
+        ]
         sp = s["speedup"]
-        lines.append(f"| {int(n):,} | " + " | ".join(cells) + f" | {sp.get('atp vs exact_zero', float('nan')):g}x | "
-                     f"{sp.get('atp_star vs exact_uniform', float('nan')):g}x |")
+        lines.append(
+            f"| {int(n):,} | " + " | ".join(cells) + f" | {sp.get('atp vs exact_zero', float('nan')):g}x | "
+            f"{sp.get('atp_star vs exact_uniform', float('nan')):g}x |"
+        )
     return "\n".join(lines)
 
 
@@ -125,11 +142,18 @@ def figure(record):
     summ = record["summary"]
     x = [f"{int(n)} tokens" for n in summ]
     fig = go.Figure([go.Bar(name=m, x=x, y=[summ[n]["seconds"].get(m) for n in summ]) for m in MODES[1:]])
-    fig.update_layout(barmode="group", font=FONT, template="plotly_white", yaxis_type="log",
-                      yaxis_title="seconds, all 270 heads (log)",
-                      title=dict(text="Attribution patching vs the exact scan vs the plain TransformerLens loop",
-                                 subtitle=dict(text="SmolLM2-135M, 2 prompts, logit difference; CPU, same run")),
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        barmode="group",
+        font=FONT,
+        template="plotly_white",
+        yaxis_type="log",
+        yaxis_title="seconds, all 270 heads (log)",
+        title=dict(
+            text="Attribution patching vs the exact scan vs the plain TransformerLens loop",
+            subtitle=dict(text="SmolLM2-135M, 2 prompts, logit difference; CPU, same run"),
+        ),
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -155,9 +179,15 @@ def main(argv=None):
         import torch
 
         rows = measure(args.lengths, args.timeout)
-        record = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                  "machine": platform.processor() or platform.machine(), "prompts": N_PROMPTS, "rows": rows,
-                  "summary": summary(rows)}
+        record = {
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "prompts": N_PROMPTS,
+            "rows": rows,
+            "summary": summary(rows),
+        }
         if out:
             atomic_write(out / "atp_speed.json", lambda t: t.write_text(json.dumps(record, indent=1) + "\n"))
     print(markdown(record))

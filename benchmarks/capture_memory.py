@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode, time_and_peak  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode, time_and_peak
 
 MODES = {
     "plain_forward": "model(tokens)  # TransformerLens bridge, no hooks",
@@ -39,7 +39,9 @@ def child(mode: str, n_tokens: int, repeats: int) -> dict:
     run = {
         "plain_forward": lambda: model(tokens),
         "headscope_capture": lambda: capture(model, tokens, default_reducers(), progress=False),
-        "run_with_cache_patterns": lambda: model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern")),
+        "run_with_cache_patterns": lambda: model.run_with_cache(
+            tokens, names_filter=lambda n: n.endswith("hook_pattern")
+        ),
         "run_with_cache_all": lambda: model.run_with_cache(tokens),
     }[mode]
     with torch.no_grad():
@@ -53,14 +55,24 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", default=None)
-    parser.add_argument("--max-gb", type=float, default=None,
-                        help="cap each mode's address space (GB; virtual memory: torch alone maps about 3 GB)")
+    parser.add_argument(
+        "--max-gb",
+        type=float,
+        default=None,
+        help="cap each mode's address space (GB; virtual memory: torch alone maps about 3 GB)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.tokens, args.repeats)))
         return
-    rows = [run_mode(mode, [__file__, "--child", mode, "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
-                     max_gb=args.max_gb) for mode in MODES]
+    rows = [
+        run_mode(
+            mode,
+            [__file__, "--child", mode, "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
+            max_gb=args.max_gb,
+        )
+        for mode in MODES
+    ]
     base = {r["mode"]: r for r in rows if r["status"] == "ok"}
     plain, cached = base.get("plain_forward"), base.get("run_with_cache_all")
     ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
@@ -70,9 +82,11 @@ def main() -> None:
         if r["status"] != "ok":  # out of memory / failed: a row saying so, never a crash
             print(f"{r['mode']:<26}  {r['status']}: {r['detail']}")
             continue
-        print(f"{r['mode']:<26}{r['seconds']:>9.2f}{r['peak_mb']:>10.0f}"
-              f"{ratio(r['seconds'], plain and plain['seconds']):>12}{ratio(r['peak_mb'], plain and plain['peak_mb']):>11}"
-              f"{ratio(r['peak_mb'], cached and cached['peak_mb']):>20}")
+        print(
+            f"{r['mode']:<26}{r['seconds']:>9.2f}{r['peak_mb']:>10.0f}"
+            f"{ratio(r['seconds'], plain and plain['seconds']):>12}{ratio(r['peak_mb'], plain and plain['peak_mb']):>11}"
+            f"{ratio(r['peak_mb'], cached and cached['peak_mb']):>20}"
+        )
     for mode, code in MODES.items():
         print(f"  {mode}: {code}")
 

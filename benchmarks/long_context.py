@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode, time_and_peak  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode, time_and_peak
 
 MODES = ("eager_forward", "fused_forward", "capture_eager", "capture_blocked", "run_with_cache")
 TINY_MODES = ("eager_forward", "fused_forward", "capture_eager", "capture_blocked")
@@ -74,18 +74,27 @@ def measure(which: str, modes, lengths, max_gb, timeout_s, repeats) -> list[dict
     rows = []
     for n in lengths:
         for mode in modes:
-            row = run_mode(mode, [__file__, "--child", mode, "--model", which, "--tokens", str(n), "--repeats",
-                                  str(repeats)], max_gb=max_gb, timeout_s=timeout_s)
+            row = run_mode(
+                mode,
+                [__file__, "--child", mode, "--model", which, "--tokens", str(n), "--repeats", str(repeats)],
+                max_gb=max_gb,
+                timeout_s=timeout_s,
+            )
             row.update(model=which, mode=mode, tokens=n)
             rows.append(row)
-            shown = (f"{row['seconds']:8.1f} s {row['peak_mb']:8.0f} MB" if row["status"] == "ok"
-                     else f"{row['status']}: {row['detail']}")
+            shown = (
+                f"{row['seconds']:8.1f} s {row['peak_mb']:8.0f} MB"
+                if row["status"] == "ok"
+                else f"{row['status']}: {row['detail']}"
+            )
             print(f"{which:8s} T={n:6d} {mode:16s} {shown}", flush=True)
     return rows
 
 
 def _get(rows, which, mode, n):
-    return next((r for r in rows if (r["model"], r["mode"], r["tokens"]) == (which, mode, n) and r["status"] == "ok"), None)
+    return next(
+        (r for r in rows if (r["model"], r["mode"], r["tokens"]) == (which, mode, n) and r["status"] == "ok"), None
+    )
 
 
 def goals(rows) -> list[dict]:
@@ -97,20 +106,48 @@ def goals(rows) -> list[dict]:
         for n in lengths:
             blocked, fused = _get(rows, which, "capture_blocked", n), _get(rows, which, "fused_forward", n)
             if blocked and fused:
-                out.append({"goal": "blocked capture peak <= 1.2x fused forward", "model": which, "tokens": n,
-                            "ratio": round(blocked["peak_mb"] / max(fused["peak_mb"], 1.0), 2), "limit": 1.2})
+                out.append(
+                    {
+                        "goal": "blocked capture peak <= 1.2x fused forward",
+                        "model": which,
+                        "tokens": n,
+                        "ratio": round(blocked["peak_mb"] / max(fused["peak_mb"], 1.0), 2),
+                        "limit": 1.2,
+                    }
+                )
         if which == "smollm2" and lengths:
             n = max(lengths)
             blocked, fused = _get(rows, which, "capture_blocked", n), _get(rows, which, "fused_forward", n)
             eager = _get(rows, which, "capture_eager", n)
             if blocked and fused:
-                out.append({"goal": "blocked capture time <= 2x fused forward", "model": which, "tokens": n,
-                            "ratio": round(blocked["seconds"] / fused["seconds"], 2), "limit": 2.0})
+                out.append(
+                    {
+                        "goal": "blocked capture time <= 2x fused forward",
+                        "model": which,
+                        "tokens": n,
+                        "ratio": round(blocked["seconds"] / fused["seconds"], 2),
+                        "limit": 2.0,
+                    }
+                )
             if blocked and eager:
-                out.append({"goal": "eager capture / blocked capture time >= 3", "model": which, "tokens": n,
-                            "ratio": round(eager["seconds"] / blocked["seconds"], 2), "limit": 3.0})
-                out.append({"goal": "eager capture / blocked capture peak >= 4", "model": which, "tokens": n,
-                            "ratio": round(eager["peak_mb"] / max(blocked["peak_mb"], 1.0), 2), "limit": 4.0})
+                out.append(
+                    {
+                        "goal": "eager capture / blocked capture time >= 3",
+                        "model": which,
+                        "tokens": n,
+                        "ratio": round(eager["seconds"] / blocked["seconds"], 2),
+                        "limit": 3.0,
+                    }
+                )
+                out.append(
+                    {
+                        "goal": "eager capture / blocked capture peak >= 4",
+                        "model": which,
+                        "tokens": n,
+                        "ratio": round(eager["peak_mb"] / max(blocked["peak_mb"], 1.0), 2),
+                        "limit": 4.0,
+                    }
+                )
     for g in out:
         g["met"] = g["ratio"] >= g["limit"] if g["goal"].startswith("eager") else g["ratio"] <= g["limit"]
     return out
@@ -124,8 +161,13 @@ def markdown(record: dict) -> str:
         lengths = sorted({r["tokens"] for r in rows if r["model"] == which})
         if not lengths:
             continue
-        lines += ["", f"**{'SmolLM2-135M-Instruct' if which == 'smollm2' else 'tiny random-init Llama (2 layers, 4 heads, 32k context)'}** — time s / peak MB", "",
-                  "| T | " + " | ".join(modes) + " |", "| ---: |" + " ---: |" * len(modes)]
+        lines += [
+            "",
+            f"**{'SmolLM2-135M-Instruct' if which == 'smollm2' else 'tiny random-init Llama (2 layers, 4 heads, 32k context)'}** — time s / peak MB",
+            "",
+            "| T | " + " | ".join(modes) + " |",
+            "| ---: |" + " ---: |" * len(modes),
+        ]
         for n in lengths:
             cells = []
             for mode in modes:
@@ -140,7 +182,9 @@ def markdown(record: dict) -> str:
             lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     lines += ["", "| goal | model | T | measured | met |", "| --- | --- | ---: | ---: | --- |"]
     for g in record["goals"]:
-        lines.append(f"| {g['goal']} | {g['model']} | {g['tokens']:,} | {g['ratio']} | {'yes' if g['met'] else '**no**'} |")
+        lines.append(
+            f"| {g['goal']} | {g['model']} | {g['tokens']:,} | {g['ratio']} | {'yes' if g['met'] else '**no**'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -155,21 +199,40 @@ def figure(rows):
     colors = dict(zip(MODES, ("#7f7f7f", "#2ca02c", "#d62728", "#1f77b4", "#9467bd")))
     for which in ("smollm2", "tiny"):
         for mode in MODES:
-            ok = sorted((r for r in rows if r["model"] == which and r["mode"] == mode and r["status"] == "ok"),
-                        key=lambda r: r["tokens"])
+            ok = sorted(
+                (r for r in rows if r["model"] == which and r["mode"] == mode and r["status"] == "ok"),
+                key=lambda r: r["tokens"],
+            )
             if not ok:
                 continue
             label = f"{mode} ({'SmolLM2-135M' if which == 'smollm2' else 'tiny Llama, 32k ctx'})"
             for col, key in ((1, "peak_mb"), (2, "seconds")):
-                fig.add_trace(go.Scatter(x=[r["tokens"] for r in ok], y=[max(r[key], 1e-3) for r in ok],
-                                         mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                                         line=dict(dash=dash[which], color=colors[mode])), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["tokens"] for r in ok],
+                        y=[max(r[key], 1e-3) for r in ok],
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=col == 1,
+                        line=dict(dash=dash[which], color=colors[mode]),
+                    ),
+                    row=1,
+                    col=col,
+                )
     fig.update_xaxes(type="log", title_text="tokens T")
     fig.update_yaxes(type="log")
-    fig.update_layout(font=FONT, template="plotly_white", height=520, width=1150,
-                      title=dict(text="Long contexts: eager vs blocked attention (log-log)",
-                                 subtitle=dict(text="one prompt, CPU, float32; missing points: out of memory or not run")),
-                      legend=dict(orientation="h", y=-0.22))
+    fig.update_layout(
+        font=FONT,
+        template="plotly_white",
+        height=520,
+        width=1150,
+        title=dict(
+            text="Long contexts: eager vs blocked attention (log-log)",
+            subtitle=dict(text="one prompt, CPU, float32; missing points: out of memory or not run"),
+        ),
+        legend=dict(orientation="h", y=-0.22),
+    )
     return fig
 
 
@@ -180,9 +243,15 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--modes", nargs="*", default=list(MODES), help="SmolLM2 modes to run (default: all)")
     parser.add_argument("--name", default="long_context", help="record name: <out>/<name>.json, figures/<name>.*")
-    parser.add_argument("--max-gb", type=float, default=16.0,
-                        help="cap each mode's address space (GB); a mode past it is reported out of memory")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per mode before it is reported timed out")
+    parser.add_argument(
+        "--max-gb",
+        type=float,
+        default=16.0,
+        help="cap each mode's address space (GB); a mode past it is reported out of memory",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds per mode before it is reported timed out"
+    )
     parser.add_argument("--out", default=None, help="folder for long_context.json and figures/ (default: print only)")
     parser.add_argument("--replot", action="store_true")
     parser.add_argument("--child", default=None)
@@ -204,18 +273,29 @@ def main(argv=None) -> None:
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; modes: {', '.join(MODES)}")
-    rows = measure("smollm2", [m for m in MODES if m in args.modes], args.lengths, args.max_gb, args.timeout,
-                   args.repeats)
+    rows = measure(
+        "smollm2", [m for m in MODES if m in args.modes], args.lengths, args.max_gb, args.timeout, args.repeats
+    )
     rows += measure("tiny", TINY_MODES, args.tiny_lengths, args.max_gb, args.timeout, args.repeats)
     met = goals(rows)
     for g in met:
-        print(f"{'met ' if g['met'] else 'MISSED'} {g['goal']:<45} {g['model']:8s} T={g['tokens']:6d} ratio {g['ratio']}")
+        print(
+            f"{'met ' if g['met'] else 'MISSED'} {g['goal']:<45} {g['model']:8s} T={g['tokens']:6d} ratio {g['ratio']}"
+        )
     if args.out:
         from headscope.fileio import atomic_write
 
         out = Path(args.out)
-        meta = {"device": "cpu", "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__, "max_gb": args.max_gb, "repeats": args.repeats, "rows": rows, "goals": met}
+        meta = {
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "max_gb": args.max_gb,
+            "repeats": args.repeats,
+            "rows": rows,
+            "goals": met,
+        }
         atomic_write(out / f"{args.name}.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         export_figure(figure(rows), out / "figures", args.name)
         print(markdown(meta))

@@ -43,6 +43,7 @@ def plain_loop(model, clean, corrupt, ids, site, hook_name, per_position):
                         else:
                             t[:, at, u] = act[:, at, u]
                         return t
+
                     logits = model.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.{hook_name}", hook)])
                     out[layer, u, 0 if p is None else p] = float(logits[0, -1, ids[0]] - logits[0, -1, ids[1]])
     return out
@@ -64,22 +65,46 @@ def main() -> None:
     # (z per position: 270 x T plain forwards, ~20 min on a shared CPU, left out)
     for site, hook_name, per_position in [("z", "attn.hook_z", False), ("resid_pre", "hook_resid_pre", True)]:
         t0 = time.perf_counter()
-        res = patch(model, [enc[0]], [enc[1]], "logit_diff", site, per_position=per_position,
-                    metric_kwargs={"answers": [tuple(ids)]}, progress=False)
+        res = patch(
+            model,
+            [enc[0]],
+            [enc[1]],
+            "logit_diff",
+            site,
+            per_position=per_position,
+            metric_kwargs={"answers": [tuple(ids)]},
+            progress=False,
+        )
         fast = time.perf_counter() - t0
         t0 = time.perf_counter()
         ref = plain_loop(model, clean, corrupt, ids, site, hook_name, per_position)
         slow = time.perf_counter() - t0
         got = res.values[0] if site == "resid_pre" else res.values[0][..., None] if not per_position else res.values[0]
         got = got[:, None] if site == "resid_pre" else got
-        rows.append({"site": site, "per_position": per_position, "patched_runs": int(np.isfinite(ref).sum()),
-                     "headscope_s": round(fast, 2), "plain_transformerlens_s": round(slow, 2),
-                     "speedup": round(slow / fast, 2), "max_abs_diff": float(np.nanmax(np.abs(got - ref))),
-                     "clean_logit_diff": float(res.clean_metric[0]), "corrupt_logit_diff": float(res.corrupt_metric[0])})
+        rows.append(
+            {
+                "site": site,
+                "per_position": per_position,
+                "patched_runs": int(np.isfinite(ref).sum()),
+                "headscope_s": round(fast, 2),
+                "plain_transformerlens_s": round(slow, 2),
+                "speedup": round(slow / fast, 2),
+                "max_abs_diff": float(np.nanmax(np.abs(got - ref))),
+                "clean_logit_diff": float(res.clean_metric[0]),
+                "corrupt_logit_diff": float(res.corrupt_metric[0]),
+            }
+        )
         print(rows[-1], flush=True)
-    doc = {"model": "bundled SmolLM2-135M-Instruct (fp32, CPU)", "tokens": len(enc[0]), "clean": CLEAN,
-           "corrupt": CORRUPT, "answers": ANSWERS, "threads": torch.get_num_threads(),
-           "machine": platform.processor() or platform.machine(), "rows": rows}
+    doc = {
+        "model": "bundled SmolLM2-135M-Instruct (fp32, CPU)",
+        "tokens": len(enc[0]),
+        "clean": CLEAN,
+        "corrupt": CORRUPT,
+        "answers": ANSWERS,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "patching_speed.json").write_text(json.dumps(doc, indent=1))
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import run_mode  # noqa: E402  (the benchmarks folder is not a package)
+from _harness import run_mode
 
 MODES = ("local", "ray1", "ray2")
 N_PROMPTS = 2
@@ -37,8 +37,10 @@ def spec_text(n_tokens: int) -> str:
 
     rng = random.Random(n_tokens)
     prompts = [[rng.randrange(1000, 11000) for _ in range(n_tokens)] for _ in range(N_PROMPTS)]
-    return (f"name: ray_scaling\nmodel: smollm2\nfigures: []\ndata:\n  random:\n    prompts: {json.dumps(prompts)}\n"
-            "units:\n  - name: uniform\n    scan: uniform_attention\n    metric: kl_last\n    data: random\n")
+    return (
+        f"name: ray_scaling\nmodel: smollm2\nfigures: []\ndata:\n  random:\n    prompts: {json.dumps(prompts)}\n"
+        "units:\n  - name: uniform\n    scan: uniform_attention\n    metric: kl_last\n    data: random\n"
+    )
 
 
 def child(mode: str, n_tokens: int) -> dict:
@@ -52,8 +54,13 @@ def child(mode: str, n_tokens: int) -> dict:
         out = run_experiment(spec, Path(tmp) / "out", progress=False, **options)
         wall = time.perf_counter() - start
         summary = json.loads((out / "summary.json").read_text())
-        row = {"mode": mode, "tokens": n_tokens, "seconds": round(wall, 2), "units": summary["run"]["items"],
-               "units_seconds": summary["run"]["seconds"]}
+        row = {
+            "mode": mode,
+            "tokens": n_tokens,
+            "seconds": round(wall, 2),
+            "units": summary["run"]["items"],
+            "units_seconds": summary["run"]["seconds"],
+        }
         if mode != "local":
             log = json.loads((out / "executor.json").read_text())
             row["start_up_seconds"] = log["seconds"]["start_up"]
@@ -112,8 +119,14 @@ def main(argv=None):
             row = run_mode(mode, [__file__, "--child", mode, "--tokens", str(args.tokens)], timeout_s=args.timeout)
             rows.append(row)
             print(f"{mode:6s} " + (f"{row['seconds']:8.1f} s" if row["status"] == "ok" else row["status"]), flush=True)
-        record = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                  "tokens": args.tokens, "prompts": N_PROMPTS, "rows": rows, "summary": summary(rows)}
+        record = {
+            "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "tokens": args.tokens,
+            "prompts": N_PROMPTS,
+            "rows": rows,
+            "summary": summary(rows),
+        }
         if out:
             from headscope.fileio import atomic_write
 

@@ -64,28 +64,54 @@ def main(argv=None) -> None:
     for n_tokens in args.tokens:
         got = {}
         for mode in ("force", "auto", "check"):
-            res = Path(f"/dev/shm/headscope_selfcheck_{mode}.json") if Path("/dev/shm").is_dir() else \
-                Path(f".selfcheck_{mode}.json")
-            proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--prompts", str(args.prompts),
-                                   "--tokens", str(n_tokens), "--result", str(res)])
+            res = (
+                Path(f"/dev/shm/headscope_selfcheck_{mode}.json")
+                if Path("/dev/shm").is_dir()
+                else Path(f".selfcheck_{mode}.json")
+            )
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    mode,
+                    "--prompts",
+                    str(args.prompts),
+                    "--tokens",
+                    str(n_tokens),
+                    "--result",
+                    str(res),
+                ]
+            )
             if proc.returncode != 0:  # e.g. killed for memory: report it, do not crash
                 got[mode] = {"seconds": None, "error": f"exit code {proc.returncode}"}
                 continue
             got[mode] = json.loads(res.read_text())
             res.unlink()
-        same = ("values" in got["force"] and "values" in got["auto"]
-                and np.array_equal(np.array(got["force"]["values"]), np.array(got["auto"]["values"]), equal_nan=True))
+        same = (
+            "values" in got["force"]
+            and "values" in got["auto"]
+            and np.array_equal(np.array(got["force"]["values"]), np.array(got["auto"]["values"]), equal_nan=True)
+        )
         f, a, c = (got[m].get("seconds") for m in ("force", "auto", "check"))
-        row = {"prompts": args.prompts, "tokens": n_tokens, "scan_no_check_s": f, "scan_default_s": a,
-               "check_s": c, "check_fraction": c / f if c and f else None,
-               "default_overhead": a / f - 1 if a and f else None,
-               "replay_error": got["check"].get("replay_error"), "identical_tables": same}
+        row = {
+            "prompts": args.prompts,
+            "tokens": n_tokens,
+            "scan_no_check_s": f,
+            "scan_default_s": a,
+            "check_s": c,
+            "check_fraction": c / f if c and f else None,
+            "default_overhead": a / f - 1 if a and f else None,
+            "replay_error": got["check"].get("replay_error"),
+            "identical_tables": same,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scan_selfcheck.json").write_text(json.dumps(
-        {"machine": platform.platform(), "processor": platform.processor(), "rows": rows}, indent=1) + "\n")
+    (out / "scan_selfcheck.json").write_text(
+        json.dumps({"machine": platform.platform(), "processor": platform.processor(), "rows": rows}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

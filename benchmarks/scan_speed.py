@@ -32,10 +32,12 @@ def plain_tl_loop(model, tokens):
         base = F.log_softmax(model(tokens)[:, -1].double(), -1)
         for layer in range(L):
             for head in range(H):
+
                 def scale_q(q, hook, head=head):  # [batch, pos, head, d_head]
                     q = q.clone()
                     q[:, :, head] *= EPS
                     return q
+
                 logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_q", scale_q)])
                 q = F.log_softmax(logits[:, -1].double(), -1)
                 out[:, layer, head] = (base.exp() * (base - q)).sum(-1).float()
@@ -54,10 +56,19 @@ def measure(model, n_prompts: int, n_tokens: int) -> dict:
     fast = scan(model, tokens, "uniform_attention", "kl_last", epsilon=EPS, batch_size=n_prompts, progress=False)
     t_scan = time.perf_counter() - t0
     diff = float((torch.as_tensor(fast.values).float() - plain).abs().max())
-    row = {"prompts": n_prompts, "tokens": n_tokens, "plain_tl_s": round(t_plain, 2), "scan_s": round(t_scan, 2),
-           "speedup": round(t_plain / t_scan, 2), "max_abs_diff": diff}
-    print(f"{n_prompts} x {n_tokens:4d} tokens: plain TL loop {t_plain:7.1f} s | headscope scan {t_scan:6.1f} s | "
-          f"{t_plain / t_scan:4.1f}x faster | max |diff| {diff:.1e}", flush=True)
+    row = {
+        "prompts": n_prompts,
+        "tokens": n_tokens,
+        "plain_tl_s": round(t_plain, 2),
+        "scan_s": round(t_scan, 2),
+        "speedup": round(t_plain / t_scan, 2),
+        "max_abs_diff": diff,
+    }
+    print(
+        f"{n_prompts} x {n_tokens:4d} tokens: plain TL loop {t_plain:7.1f} s | headscope scan {t_scan:6.1f} s | "
+        f"{t_plain / t_scan:4.1f}x faster | max |diff| {diff:.1e}",
+        flush=True,
+    )
     return row
 
 
@@ -67,14 +78,32 @@ def figure(rows):
     from headscope.viz.figures import FONT
 
     x = [f"{r['prompts']} x {r['tokens']} tokens" for r in rows]
-    fig = go.Figure([go.Bar(name="plain TransformerLens loop (270 run_with_hooks)", x=x, y=[r["plain_tl_s"] for r in rows]),
-                     go.Bar(name="headscope scan()", x=x, y=[r["scan_s"] for r in rows],
-                            text=[f"{r['speedup']:.1f}x" for r in rows], textposition="outside")])
-    fig.update_layout(barmode="group", font=FONT, template="plotly_white", yaxis_title="seconds (all 270 heads)",
-                      title=dict(text="All-heads ablation scan: headscope scan() vs the plain TransformerLens loop",
-                                 subtitle=dict(text="uniform attention on each of 270 heads, KL at the last position; "
-                                                    "SmolLM2-135M, CPU; same run, results equal")),
-                      legend=dict(orientation="h", y=-0.2))
+    fig = go.Figure(
+        [
+            go.Bar(name="plain TransformerLens loop (270 run_with_hooks)", x=x, y=[r["plain_tl_s"] for r in rows]),
+            go.Bar(
+                name="headscope scan()",
+                x=x,
+                y=[r["scan_s"] for r in rows],
+                text=[f"{r['speedup']:.1f}x" for r in rows],
+                textposition="outside",
+            ),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        font=FONT,
+        template="plotly_white",
+        yaxis_title="seconds (all 270 heads)",
+        title=dict(
+            text="All-heads ablation scan: headscope scan() vs the plain TransformerLens loop",
+            subtitle=dict(
+                text="uniform attention on each of 270 heads, KL at the last position; "
+                "SmolLM2-135M, CPU; same run, results equal"
+            ),
+        ),
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -99,8 +128,13 @@ def main(argv=None):
         from headscope.viz.export import export_figure
 
         out = Path(args.out)
-        meta = {"device": "cpu", "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__, "rows": rows}
+        meta = {
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "rows": rows,
+        }
         atomic_write(out / "scan_speed.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         export_figure(figure(rows), out / "figures", "scan_speed")
         print(f"wrote {out / 'scan_speed.json'} and {out / 'figures'}/scan_speed.*")

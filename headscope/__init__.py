@@ -7,7 +7,7 @@ Public surface (lazily imported so `import headscope` stays fast):
 
 from importlib import import_module
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 _LAZY = {
     "load_model": "headscope.models",

@@ -52,8 +52,10 @@ def check_ci_args(level, n_boot, seed, method) -> None:
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise InputError(f"ci: level={level!r} must be a number strictly between 0 and 1 (0.95 = a 95% interval)")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < MIN_BOOT:
-        raise InputError(f"ci: n_boot={n_boot!r} must be an integer >= {MIN_BOOT} (fewer resamples make the "
-                         "interval's ends a guess; 1000 is the default, 200 is enough for a quick look)")
+        raise InputError(
+            f"ci: n_boot={n_boot!r} must be an integer >= {MIN_BOOT} (fewer resamples make the "
+            "interval's ends a guess; 1000 is the default, 200 is enough for a quick look)"
+        )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InputError(f"ci: seed={seed!r} must be an integer (the same seed gives the same interval)")
     if method not in METHODS:
@@ -70,7 +72,7 @@ def resample_counts(n_units: int, n_boot: int, seed: int) -> np.ndarray:
 def _evaluate(stat: Callable[[np.ndarray], np.ndarray], weights: np.ndarray, n_out: int) -> np.ndarray:
     """stat over the rows of `weights`, in chunks that keep memory bounded on a large model."""
     step = max(1, _CHUNK // max(n_out, 1))
-    return np.concatenate([stat(weights[i:i + step]) for i in range(0, len(weights), step)])
+    return np.concatenate([stat(weights[i : i + step]) for i in range(0, len(weights), step)])
 
 
 def _jackknife(stat, n_units: int, n_out: int) -> np.ndarray:
@@ -102,8 +104,15 @@ def _column_quantiles(stats: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(n > 0, out, np.nan)
 
 
-def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n_units: int, *, level: float = 0.95, n_boot: int = 1000,
-              seed: int = 0, method: str = "percentile") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap(
+    stat: Callable[[np.ndarray], np.ndarray],
+    n_units: int,
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    method: str = "percentile",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, low, high), each [K], of a statistic of weighted units.
 
     stat(weights [m, n_units]) -> [m, K]: the statistic recomputed with each unit counted weights[i, u]
@@ -140,7 +149,7 @@ def _bca_levels(stat, n_units, estimate, boot, alpha):
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN head has no jackknife
         d = np.nanmean(jack, 0) - jack
-        accel = np.nansum(d ** 3, 0) / (6.0 * np.nansum(d ** 2, 0) ** 1.5)
+        accel = np.nansum(d**3, 0) / (6.0 * np.nansum(d**2, 0) ** 1.5)
     accel = np.where(np.isfinite(accel), accel, 0.0)  # no spread: no acceleration
     out = []
     for z in (_normal.inv_cdf(alpha), _normal.inv_cdf(1 - alpha)):
@@ -162,17 +171,22 @@ def mean_stat(values: np.ndarray, include: np.ndarray | None = None) -> Callable
     def stat(w: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return (w @ x0) / (w @ m)  # 0 / 0 (no measured unit drawn) -> NaN
+
     return stat
 
 
 def check_units(values: np.ndarray, what: str, unit: str = "prompts") -> None:
     if len(values) < 2:
-        raise InputError(f"{what}: {len(values)} {unit[:-1]} on the prompt axis: a bootstrap over {unit} needs "
-                         f"at least 2 (20 or more for an interval that covers at its stated rate). Fix: measure "
-                         f"more {unit}")
+        raise InputError(
+            f"{what}: {len(values)} {unit[:-1]} on the prompt axis: a bootstrap over {unit} needs "
+            f"at least 2 (20 or more for an interval that covers at its stated rate). Fix: measure "
+            f"more {unit}"
+        )
     if np.isinf(values).any():
-        raise InputError(f"{what}: the scores hold infinite values, whose mean has no confidence interval. Fix: "
-                         "replace them (e.g. np.nan_to_num(values, posinf=...)) or leave those prompts out")
+        raise InputError(
+            f"{what}: the scores hold infinite values, whose mean has no confidence interval. Fix: "
+            "replace them (e.g. np.nan_to_num(values, posinf=...)) or leave those prompts out"
+        )
 
 
 def interval_text(estimate: float, low: float, high: float, level: float, n: int, unit: str = "prompts") -> str:
@@ -216,10 +230,26 @@ class HeadScoresCI:
         """One row per head: label, layer, head, estimate, low, high; the settings in df.attrs."""
         L, H = self.estimate.shape
         layer, head = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(H), indexing="ij"))
-        df = pd.DataFrame({"label": [f"L{a}H{b}" for a, b in zip(layer, head)], "layer": layer, "head": head,
-                           "estimate": self.estimate.ravel(), "low": self.low.ravel(), "high": self.high.ravel()})
-        df.attrs = {**self.attrs, "level": self.level, "n_prompts": self.n_prompts, "n_boot": self.n_boot,
-                    "method": self.method, "seed": self.seed, "unit": self.unit, "statistic": self.statistic}
+        df = pd.DataFrame(
+            {
+                "label": [f"L{a}H{b}" for a, b in zip(layer, head)],
+                "layer": layer,
+                "head": head,
+                "estimate": self.estimate.ravel(),
+                "low": self.low.ravel(),
+                "high": self.high.ravel(),
+            }
+        )
+        df.attrs = {
+            **self.attrs,
+            "level": self.level,
+            "n_prompts": self.n_prompts,
+            "n_boot": self.n_boot,
+            "method": self.method,
+            "seed": self.seed,
+            "unit": self.unit,
+            "statistic": self.statistic,
+        }
         return df
 
     def top(self, k: int = 10) -> pd.DataFrame:
@@ -241,37 +271,100 @@ class HeadScoresCI:
 
         top = self.top(k)
         e = top["estimate"].to_numpy()
-        fig = go.Figure(go.Scatter(
-            x=top["label"], y=e, mode="markers", name="estimate",
-            error_y=dict(type="data", symmetric=False, array=top["high"].to_numpy() - e,
-                         arrayminus=e - top["low"].to_numpy()),
-            customdata=np.stack([top["low"], top["high"]], -1),
-            hovertemplate="%{x}: %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra></extra>"))
-        fig.update_layout(title=kw.get("title", f"{self.name}: top {len(top)} heads, {self.level * 100:g}% {self.method} "
-                                                f"CI over {self.n_prompts} {self.unit}"),
-                          xaxis_title="head", yaxis_title=self.statistic, template="plotly_white")
+        fig = go.Figure(
+            go.Scatter(
+                x=top["label"],
+                y=e,
+                mode="markers",
+                name="estimate",
+                error_y=dict(
+                    type="data", symmetric=False, array=top["high"].to_numpy() - e, arrayminus=e - top["low"].to_numpy()
+                ),
+                customdata=np.stack([top["low"], top["high"]], -1),
+                hovertemplate="%{x}: %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title=kw.get(
+                "title",
+                f"{self.name}: top {len(top)} heads, {self.level * 100:g}% {self.method} "
+                f"CI over {self.n_prompts} {self.unit}",
+            ),
+            xaxis_title="head",
+            yaxis_title=self.statistic,
+            template="plotly_white",
+        )
         return fig
 
     def __repr__(self) -> str:
-        return (f"HeadScoresCI(name={self.name!r}, level={self.level}, method={self.method!r}, "
-                f"n_{self.unit}={self.n_prompts}, n_boot={self.n_boot}, shape={self.estimate.shape})")
+        return (
+            f"HeadScoresCI(name={self.name!r}, level={self.level}, method={self.method!r}, "
+            f"n_{self.unit}={self.n_prompts}, n_boot={self.n_boot}, shape={self.estimate.shape})"
+        )
 
 
-def ci_result(stat: Callable[[np.ndarray], np.ndarray], n_units: int, shape: tuple[int, int], *, name: str,
-              level=0.95, n_boot=1000, seed=0, method="percentile", better: str = "higher", unit: str = "prompts",
-              statistic: str = "mean over prompts", attrs: dict | None = None) -> HeadScoresCI:
+def ci_result(
+    stat: Callable[[np.ndarray], np.ndarray],
+    n_units: int,
+    shape: tuple[int, int],
+    *,
+    name: str,
+    level=0.95,
+    n_boot=1000,
+    seed=0,
+    method="percentile",
+    better: str = "higher",
+    unit: str = "prompts",
+    statistic: str = "mean over prompts",
+    attrs: dict | None = None,
+) -> HeadScoresCI:
     """`bootstrap` of a statistic over heads, labelled as a HeadScoresCI of the [layer, head] `shape`."""
     est, low, high = bootstrap(stat, n_units, level=level, n_boot=n_boot, seed=seed, method=method)
-    return HeadScoresCI(name, est.reshape(shape), low.reshape(shape), high.reshape(shape), float(level),
-                        int(n_units), int(n_boot), method, int(seed), better, unit, statistic, dict(attrs or {}))
+    return HeadScoresCI(
+        name,
+        est.reshape(shape),
+        low.reshape(shape),
+        high.reshape(shape),
+        float(level),
+        int(n_units),
+        int(n_boot),
+        method,
+        int(seed),
+        better,
+        unit,
+        statistic,
+        dict(attrs or {}),
+    )
 
 
-def mean_ci(values: np.ndarray, *, name: str, level=0.95, n_boot=1000, seed=0, method="percentile",
-            include: np.ndarray | None = None, better: str = "higher", unit: str = "prompts",
-            statistic: str = "mean over prompts", attrs: dict | None = None) -> HeadScoresCI:
+def mean_ci(
+    values: np.ndarray,
+    *,
+    name: str,
+    level=0.95,
+    n_boot=1000,
+    seed=0,
+    method="percentile",
+    include: np.ndarray | None = None,
+    better: str = "higher",
+    unit: str = "prompts",
+    statistic: str = "mean over prompts",
+    attrs: dict | None = None,
+) -> HeadScoresCI:
     """HeadScoresCI of the mean over the first axis of values [unit, layer, head] (see mean_stat)."""
     check_ci_args(level, n_boot, seed, method)
     check_units(values, name, unit)
-    return ci_result(mean_stat(values, include), len(values), values.shape[1:], name=name, level=level,
-                     n_boot=n_boot, seed=seed, method=method, better=better, unit=unit, statistic=statistic,
-                     attrs=attrs)
+    return ci_result(
+        mean_stat(values, include),
+        len(values),
+        values.shape[1:],
+        name=name,
+        level=level,
+        n_boot=n_boot,
+        seed=seed,
+        method=method,
+        better=better,
+        unit=unit,
+        statistic=statistic,
+        attrs=attrs,
+    )

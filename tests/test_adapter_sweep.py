@@ -24,8 +24,9 @@ SWEPT = sweep.swept()
 
 # HF class -> a phrase the boot refusal must contain (with the model_type; the family module says the rest).
 REFUSED = {
-    **{name: "no attention heads" for name in ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM",
-                                               "RwkvForCausalLM")},
+    **dict.fromkeys(
+        ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM", "RwkvForCausalLM"), "no attention heads"
+    ),
     "CodeGenForCausalLM": "embed_positions",
     "BitNetForCausalLM": "attn_sub_norm",
     "JetMoeForCausalLM": "hook_z",
@@ -36,16 +37,24 @@ REFUSED = {
     "DeepseekV4ForCausalLM": "compressed into blocks",
     "GlmMoeDsaForCausalLM": "indexer selects",
     # hybrids whose bridge maps their attention under another name than `attn`
-    **{name: "no layer whose attention the TransformerLens bridge maps" for name in
-       ("NemotronHForCausalLM", "Zamba2ForCausalLM", "RecurrentGemmaForCausalLM")},
+    **dict.fromkeys(
+        ("NemotronHForCausalLM", "Zamba2ForCausalLM", "RecurrentGemmaForCausalLM"),
+        "no layer whose attention the TransformerLens bridge maps",
+    ),
 }
 
 _ATTENTION_LEVEL = ("uniform_attention", "streaming_window", "act_var_rows", "analyzers")
 # Families whose bridge reports patterns after Hugging Face computed them and that no family module
 # routes through headscope's attention forward (the routed ones, BERT, RoBERTa, GPT-Neo, GPT-J, OPT,
 # Llama 4, Jamba, run them): the attention-level kinds, and the analyzers built on them, are refused.
-POST_HOC = ("AfmoeForCausalLM", "LagunaForCausalLM", "ModernBertDecoderForCausalLM", "NanoChatForCausalLM",
-            "OlmoHybridForCausalLM", "XGLMForCausalLM")
+POST_HOC = (
+    "AfmoeForCausalLM",
+    "LagunaForCausalLM",
+    "ModernBertDecoderForCausalLM",
+    "NanoChatForCausalLM",
+    "OlmoHybridForCausalLM",
+    "XGLMForCausalLM",
+)
 ENCODERS = ("BertForMaskedLM", "RobertaForMaskedLM")  # causal-only statistics NaN, no generation, no ACT
 EAGER_ONLY = ("XGLMForCausalLM",)  # HF attention computed inline: attention="blocked" refused
 HF_CACHE_BROKEN = ("BambaForCausalLM",)  # plain HF's own cached decode != its forward: headscope recomputes
@@ -66,10 +75,12 @@ def _seq2seq(cls_name) -> bool:
 SEQ2SEQ = [name for name in SWEPT if _seq2seq(name)]
 # Encoder-decoders whose bridge reports no pattern for a stack (LED's encoder runs Longformer-style local
 # attention that TransformerLens 4.3 bridges without a live hook_pattern): capture_seq2seq refuses them.
-SEQ2SEQ_UNREAD = {"LEDForConditionalGeneration": "reports no attention pattern for encoder layer 0",
-                  "LongT5ForConditionalGeneration": "reports no attention pattern for encoder layer 0",
-                  # its bridge's hook_pattern is not the softmax HF applies (rows do not sum to one)
-                  "SwitchTransformersForConditionalGeneration": "rows are not probabilities"}
+SEQ2SEQ_UNREAD = {
+    "LEDForConditionalGeneration": "reports no attention pattern for encoder layer 0",
+    "LongT5ForConditionalGeneration": "reports no attention pattern for encoder layer 0",
+    # its bridge's hook_pattern is not the softmax HF applies (rows do not sum to one)
+    "SwitchTransformersForConditionalGeneration": "rows are not probabilities",
+}
 CASES = [pytest.param(name, check, id=f"{name}-{check}") for name in SWEPT if name not in SEQ2SEQ for check in C.CHECKS]
 
 
@@ -134,5 +145,6 @@ def test_sweep_covers_every_supported_class():
 
 def test_sweep_doc_is_generated():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text()
-    assert sweep_table.markdown(sweep_table.run_sweep()) in doc, \
+    assert sweep_table.markdown(sweep_table.run_sweep()) in doc, (
         "docs/architectures.md is stale: regenerate its sweep table with python -m headscope.testing.sweep_table"
+    )

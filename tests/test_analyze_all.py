@@ -61,8 +61,19 @@ def test_scan_verb_runs_the_all_heads_scan(tmp_path):
 
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["t5 t6 t7 t5 t6 t7", "t9 t10 t11 t9 t10"]))
-    args = ["scan", "zero", "--metric", "kl_last", "--model", "testing:planted", "--prompts", str(prompts),
-            "--out", str(tmp_path / "out"), "--no-static"]
+    args = [
+        "scan",
+        "zero",
+        "--metric",
+        "kl_last",
+        "--model",
+        "testing:planted",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-static",
+    ]
     assert main(args) == 0
     saved = HeadScores.load(tmp_path / "out" / "scan-zero-kl_last.json")
     direct = scan(load_model("testing:planted"), json.loads(prompts.read_text()), "zero", "kl_last")

@@ -67,33 +67,68 @@ def test_a_toy_analyzer_plugs_in_from_one_file(toy, tmp_path):
     saved = json.loads((tmp_path / "cli" / f"{toy.name}.json").read_text())
     assert saved["provenance"]["analyzer"] == toy.name
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"name: toy\nmodel: testing:planted\ndata:\n  p: {{prompts: {example_prompts(model)}}}\n"
-                    f"units:\n  - name: u\n    analyze: {toy.name}\n    data: p\n    params: {{threshold: 0.5}}\n")
+    spec.write_text(
+        f"name: toy\nmodel: testing:planted\ndata:\n  p: {{prompts: {example_prompts(model)}}}\n"
+        f"units:\n  - name: u\n    analyze: {toy.name}\n    data: p\n    params: {{threshold: 0.5}}\n"
+    )
     out = run_experiment(spec, out=tmp_path / "run")
     assert out.exists()
 
 
 # The checker fails where it should: each broken analyzer below breaks one rule.
 
+
 def _broken(**overrides):
-    attrs = {"name": "broken", "description": "d", "input_kind": "k",
-             "parameter_constraints": {"threshold": [Interval(float, 0, 1)]}, **overrides}
+    attrs = {
+        "name": "broken",
+        "description": "d",
+        "input_kind": "k",
+        "parameter_constraints": {"threshold": [Interval(float, 0, 1)]},
+        **overrides,
+    }
     return type("Broken", (FirstTokenHeads,), attrs)
 
 
-@pytest.mark.parametrize("overrides, rule", [
-    ({"input_kind": ""}, "class attributes"),
-    ({"parameter_constraints": {}}, "parameter_constraints"),
-    ({"parameter_constraints": {"threshold": [Interval(float, 2, 3)]}}, "parameter_constraints"),
-    ({"__init__": lambda self, threshold=0.5: setattr(self, "threshold", float(threshold)) or
-      setattr(self, "cache", {})}, "__init__ stores parameters only"),
-    ({"_fit": lambda self, model, data: (setattr(self, "scores_", FirstTokenHeads()._own(
-        capture(model, data, [FirstTokenMass()], progress=False)["first_token_mass"]).mean_over_prompts()),
-        setattr(self, "heads_", []))}, "scores_"),
-    ({"parameter_constraints": {"threshold": [None, Interval(float, 0, 1)]},
-      "_fit": lambda self, model, data: FirstTokenHeads._fit(self, model, data) or
-      setattr(self, "heads_", [(9, 9)])}, "heads_"),
-])
+@pytest.mark.parametrize(
+    "overrides, rule",
+    [
+        ({"input_kind": ""}, "class attributes"),
+        ({"parameter_constraints": {}}, "parameter_constraints"),
+        ({"parameter_constraints": {"threshold": [Interval(float, 2, 3)]}}, "parameter_constraints"),
+        (
+            {
+                "__init__": lambda self, threshold=0.5: (
+                    setattr(self, "threshold", float(threshold)) or setattr(self, "cache", {})
+                )
+            },
+            "__init__ stores parameters only",
+        ),
+        (
+            {
+                "_fit": lambda self, model, data: (
+                    setattr(
+                        self,
+                        "scores_",
+                        FirstTokenHeads()
+                        ._own(capture(model, data, [FirstTokenMass()], progress=False)["first_token_mass"])
+                        .mean_over_prompts(),
+                    ),
+                    setattr(self, "heads_", []),
+                )
+            },
+            "scores_",
+        ),
+        (
+            {
+                "parameter_constraints": {"threshold": [None, Interval(float, 0, 1)]},
+                "_fit": lambda self, model, data: (
+                    FirstTokenHeads._fit(self, model, data) or setattr(self, "heads_", [(9, 9)])
+                ),
+            },
+            "heads_",
+        ),
+    ],
+)
 def test_the_checker_catches_a_broken_analyzer(overrides, rule):
     with pytest.raises((AssertionError, TypeError), match=rule.replace("(", r"\(")):
         check_analyzer(_broken(**overrides))
@@ -102,7 +137,7 @@ def test_the_checker_catches_a_broken_analyzer(overrides, rule):
 def test_fitted_attributes_and_parameters_fail_clearly():
     an = FirstTokenHeads()
     with pytest.raises(NotFittedError, match="not fitted"):
-        an.heads_
+        _ = an.heads_
     assert not hasattr(an, "ranking_")
     model = planted_model()[0]
     with pytest.raises(InputError, match="threshold=2"):

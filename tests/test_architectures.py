@@ -35,7 +35,7 @@ def layer_names(model, hook="hook_pattern"):
     return [f"blocks.{l}.attn.{hook}" for l in model_info(model).attention_layers]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name):
     """Bridge and plain-HF outputs for one prompt and one right-padded batch (computed once per name)."""
     model, hf = A.tiny_arch_model(name), A.plain_hf(name)
@@ -58,10 +58,18 @@ def reference(name):
         hf_single = hf(single, output_attentions=True)
         hf_batch = hf(batch, attention_mask=mask, output_attentions=True)
     return dict(
-        model=model, single=single, batch=batch, mask=mask, logits=logits, cache=cache,
-        batch_logits=batch_logits, batch_patterns=[store[n] for n in layer_names(model)],
-        hf_logits=hf_single.logits, hf_patterns=hf_single.attentions,
-        hf_batch_logits=hf_batch.logits, hf_batch_patterns=hf_batch.attentions,
+        model=model,
+        single=single,
+        batch=batch,
+        mask=mask,
+        logits=logits,
+        cache=cache,
+        batch_logits=batch_logits,
+        batch_patterns=[store[n] for n in layer_names(model)],
+        hf_logits=hf_single.logits,
+        hf_patterns=hf_single.attentions,
+        hf_batch_logits=hf_batch.logits,
+        hf_batch_patterns=hf_batch.attentions,
     )
 
 
@@ -85,12 +93,41 @@ def row_sums(name, layer, scores):
 
 def test_matrix_covers_the_brief():
     families = {a.family for a in A.ARCHITECTURES.values()}
-    for family in ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text",
-                   "phi3", "bert", "bloom", "olmo", "olmo2", "olmo3", "exaone4", "llama4_text", "gpt_oss"):
+    for family in (
+        "gpt2",
+        "gpt_neox",
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "bert",
+        "bloom",
+        "olmo",
+        "olmo2",
+        "olmo3",
+        "exaone4",
+        "llama4_text",
+        "gpt_oss",
+    ):
         assert family in families
     assert {a.attention for a in A.ARCHITECTURES.values()} == {"MHA", "GQA", "MQA", "MLA"}
-    for feature in ("sliding_window", "softcap", "qk_norm", "alibi", "encoder", "moe", "local_global", "chunked",
-                    "learned_sinks", "mla", "hybrid"):
+    for feature in (
+        "sliding_window",
+        "softcap",
+        "qk_norm",
+        "alibi",
+        "encoder",
+        "moe",
+        "local_global",
+        "chunked",
+        "learned_sinks",
+        "mla",
+        "hybrid",
+    ):
         assert with_feature(feature), feature
     for arch in A.ARCHITECTURES.values():
         assert set(arch.features) <= set(A.FEATURES), arch.name
@@ -107,7 +144,7 @@ def test_tiny_hf_builds_fast_deterministic_and_leaves_rng_alone(name):
     A.tiny_hf(name)  # imports
     state = torch.random.get_rng_state()
     t0 = time.perf_counter()
-    hf, tok = A.tiny_hf(name, seed=3)
+    hf, _tok = A.tiny_hf(name, seed=3)
     assert time.perf_counter() - t0 < 1.0
     assert torch.equal(torch.random.get_rng_state(), state)
     again = A.plain_hf(name, seed=3)
@@ -136,8 +173,9 @@ def test_bridge_shape(name):
         assert cfg.d_head == 16
     assert info.d_head == d_v
     first = info.attention_layers[0]
-    _, cache = model.run_with_cache(reference(name)["single"],
-                                    names_filter=[f"blocks.{first}.attn.hook_{s}" for s in "qkvz"])
+    _, cache = model.run_with_cache(
+        reference(name)["single"], names_filter=[f"blocks.{first}.attn.hook_{s}" for s in "qkvz"]
+    )
     for site, shape in (("q", (4, d_qk)), ("k", (n_kv, d_qk)), ("v", (n_kv, d_v)), ("z", (4, d_v))):
         if site == "q" and "gated_attn" in arch.features:
             continue  # Qwen3-Next's q projection carries each head's output gate too (its hook_q_gate)
@@ -337,7 +375,12 @@ def test_encoder_is_bidirectional_and_uses_cls_sep():
     tok = A.tokenizer_for("bert")
     assert tok("t5 t6")["input_ids"] == [A.BERT_CLS, 5, 6, A.BERT_SEP]
     assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id) == (
-        A.BERT_PAD, A.BERT_CLS, A.BERT_SEP, A.BERT_MASK, A.BERT_UNK)
+        A.BERT_PAD,
+        A.BERT_CLS,
+        A.BERT_SEP,
+        A.BERT_MASK,
+        A.BERT_UNK,
+    )
     r = reference("bert")
     assert r["model"].to_tokens("t5 t6").tolist() == [[A.BERT_CLS, 5, 6, A.BERT_SEP]]
     assert torch.all(r["cache"]["blocks.0.attn.hook_pattern"][0, :, 0, 1:] > 0)  # [CLS] sees later tokens
@@ -364,8 +407,14 @@ def test_unbridgeable_family_raises_input_error(monkeypatch):
     def biogpt():  # a transformers family TransformerLens has no adapter for
         from transformers import BioGptConfig
 
-        cfg = BioGptConfig(vocab_size=A.VOCAB, hidden_size=A.D_MODEL, num_hidden_layers=A.N_LAYERS,
-                           num_attention_heads=A.N_HEADS, intermediate_size=A.D_MLP, max_position_embeddings=A.N_CTX)
+        cfg = BioGptConfig(
+            vocab_size=A.VOCAB,
+            hidden_size=A.D_MODEL,
+            num_hidden_layers=A.N_LAYERS,
+            num_attention_heads=A.N_HEADS,
+            intermediate_size=A.D_MLP,
+            max_position_embeddings=A.N_CTX,
+        )
         return A._finish(cfg, "BioGptForCausalLM")
 
     archs = dict(A.ARCHITECTURES, biogpt=A.Architecture("biogpt", "biogpt", "MHA", (), biogpt))

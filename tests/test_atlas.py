@@ -28,7 +28,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def planted_atlas(planted, tmp_path_factory):
-    model, truth = planted
+    model, _truth = planted
     out = tmp_path_factory.mktemp("atlas")
     build_atlas(model, out, static=False, progress=False)
     return Atlas.load(out), out
@@ -47,8 +47,15 @@ def test_planted_heads_get_their_roles(planted, planted_atlas):
 def test_every_applicable_analyzer_ran_and_the_others_say_why(planted_atlas):
     atlas, _ = planted_atlas
     status = {s.key: s for s in atlas.steps}
-    for key in ("classic", "attention-sinks", "retrieval-heads", "streaming-heads", "preplan-anchor",
-                "head-importance", "head-divergence"):
+    for key in (
+        "classic",
+        "attention-sinks",
+        "retrieval-heads",
+        "streaming-heads",
+        "preplan-anchor",
+        "head-importance",
+        "head-divergence",
+    ):
         assert status[key].status == "ok", (key, status[key].reason)
         assert status[key].columns
         assert status[key].figures or any("left out" in n for n in status[key].notes)  # all-NaN: said so
@@ -80,18 +87,21 @@ def test_analyzer_columns_equal_the_analyzer_fitted_alone(planted, planted_atlas
     atlas, _ = planted_atlas
     step = next(s for s in atlas.steps if s.key == "attention-sinks")
     alone = get_analyzer("attention-sinks", **step.params).fit(model)
-    np.testing.assert_allclose(atlas.columns()["sink_score"].values,
-                               alone.scores_.mean_over_prompts().values, atol=1e-6)
+    np.testing.assert_allclose(
+        atlas.columns()["sink_score"].values, alone.scores_.mean_over_prompts().values, atol=1e-6
+    )
     sink = next(r for r in atlas.roles() if r.name == "sink")
     assert sorted(sink.members) == sorted(alone.heads_)
 
 
 def test_role_rule_specific_before_generic_then_strongest():
     cols = {"a": np.array([[0.5, 0.9, 0.1]]), "b": np.array([[0.9, 0.45, 0.2]]), "d": np.array([[9.0, 1.0, 1.5]])}
-    roles = [ResolvedRole("A", "a", "", 0.4, True, True, [(0, 0), (0, 1)]),
-             ResolvedRole("B", "b", "", 0.4, True, True, [(0, 0), (0, 1)]),
-             ResolvedRole("sink", "b", "", 0.1, True, False, [(0, 0), (0, 1), (0, 2)]),
-             ResolvedRole("local", "d", "", 2.0, False, False, [(0, 1), (0, 2)])]
+    roles = [
+        ResolvedRole("A", "a", "", 0.4, True, True, [(0, 0), (0, 1)]),
+        ResolvedRole("B", "b", "", 0.4, True, True, [(0, 0), (0, 1)]),
+        ResolvedRole("sink", "b", "", 0.1, True, False, [(0, 0), (0, 1), (0, 2)]),
+        ResolvedRole("local", "d", "", 2.0, False, False, [(0, 1), (0, 2)]),
+    ]
     rm = assign(roles, cols, (1, 3))
     # Strength = score / the role's best score. Head 0: A 0.5/0.9 vs B 1.0 -> B (sink is as strong but
     # generic). Head 1: A 1.0 vs B 0.5 -> A. Head 2: no specific role; sink 0.2/0.9 vs local 1/1.5 -> local.
@@ -128,7 +138,9 @@ def test_an_interrupted_atlas_resumes_with_finished_steps_kept(planted, tmp_path
     monkeypatch.setattr(build_mod, "run_step", lambda step, *a, **k: ran.append(step.key) or real(step, *a, **k))
     build_atlas(model, out, only=["attention-sinks"], static=False, progress=False)
     assert ran == [steps[-1].name.split("-", 1)[1].removesuffix(".json")]
-    assert {p.name: p.read_bytes() for p in sorted((out / "scores" / "steps").iterdir())}[steps[0].name] == kept[steps[0].name]
+    assert {p.name: p.read_bytes() for p in sorted((out / "scores" / "steps").iterdir())}[steps[0].name] == kept[
+        steps[0].name
+    ]
     ran.clear()
     build_atlas(model, out, only=["attention-sinks"], static=False, progress=False, fresh=True)
     assert len(ran) == 2

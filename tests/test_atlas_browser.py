@@ -33,7 +33,7 @@ def test_page_renders_without_errors_and_every_figure_is_drawn(report):
         figures = rendered_figures(page)
         page.screenshot(path=str(path.parent / "top.png"))
     assert problems == []
-    n_divs = path.read_text().count("class=\"plotly-graph-div\"")
+    n_divs = path.read_text().count('class="plotly-graph-div"')
     assert len(figures) == n_divs + 1 >= 10  # + the viewer, drawn by the page's own script
     for fig in figures:
         assert fig["width"] > 100 and fig["height"] > 100 and fig["traces"] >= 1, fig
@@ -50,15 +50,25 @@ def test_head_table_sorts_and_filters(report):
         col = names.index("induction_score")
         headers.nth(col).click()  # first click on a score: largest first
         assert headers.nth(col).get_attribute("aria-sort") == "descending"
-        values = [float(v) for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
-            "cells => cells.map(c => c.dataset.v)") if v != ""]
+        values = [
+            float(v)
+            for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
+                "cells => cells.map(c => c.dataset.v)"
+            )
+            if v != ""
+        ]
         assert values == sorted(values, reverse=True) and len(values) > 1
         top = page.locator("#head-table tbody tr").first.locator("td").first.inner_text()
         assert top == f"L{truth.induction[0]}H{truth.induction[1]}"
         headers.nth(col).click()  # second click: smallest first
         assert headers.nth(col).get_attribute("aria-sort") == "ascending"
-        values = [float(v) for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
-            "cells => cells.map(c => c.dataset.v)") if v != ""]
+        values = [
+            float(v)
+            for v in page.locator(f"#head-table tbody tr td:nth-child({col + 1})").evaluate_all(
+                "cells => cells.map(c => c.dataset.v)"
+            )
+            if v != ""
+        ]
         assert values == sorted(values)
         page.select_option("#role-filter", "previous-token")
         visible = page.locator("#head-table tbody tr:not([hidden])")
@@ -81,8 +91,9 @@ def test_head_table_keeps_the_head_in_view_and_rows_one_line(report):
     path, _ = report
     with open_page(path) as (page, problems):
         box = page.locator("#head-table-box")
-        assert page.evaluate("() => { const b = document.getElementById('head-table-box'); "
-                             "return b.scrollWidth > b.clientWidth; }")  # the table is wider than its box
+        assert page.evaluate(
+            "() => { const b = document.getElementById('head-table-box'); return b.scrollWidth > b.clientWidth; }"
+        )  # the table is wider than its box
         last = page.locator("#head-table thead tr.names th").last
         last.click()
         page.evaluate("() => { const b = document.getElementById('head-table-box'); b.scrollLeft = b.scrollWidth; }")
@@ -93,11 +104,15 @@ def test_head_table_keeps_the_head_in_view_and_rows_one_line(report):
         assert b["y"] <= lb["y"] and lb["y"] + lb["height"] <= b["y"] + b["height"], (b, lb)
         assert label.inner_text().startswith("L")
         # the label is the topmost element at its own centre (not hidden under the scrolled cells)
-        hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).textContent",
-                            [lb["x"] + lb["width"] / 2, lb["y"] + lb["height"] / 2])
+        hit = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).textContent",
+            [lb["x"] + lb["width"] / 2, lb["y"] + lb["height"] / 2],
+        )
         assert hit == label.inner_text()
         line = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector('#head-table td')).lineHeight)")
-        heights = page.locator("#head-table tbody tr").evaluate_all("rs => rs.map(r => r.getBoundingClientRect().height)")
+        heights = page.locator("#head-table tbody tr").evaluate_all(
+            "rs => rs.map(r => r.getBoundingClientRect().height)"
+        )
         assert all(h < 1.6 * line for h in heights), (line, max(heights))
         groups = page.locator("#head-table thead tr.groups th").all_inner_texts()
         assert "Classic attention patterns" in groups and "attention-sinks" in groups
@@ -157,7 +172,8 @@ def test_token_view_shows_each_roles_top_head_on_the_viewer_prompt(report):
         first.locator(".hs-tv-tok").nth(q).hover()
         alphas = first.locator(".hs-tv-tok").evaluate_all(
             "ts => ts.map(t => { const m = getComputedStyle(t).backgroundColor.match(/[\\d.]+/g); "
-            "return m && m.length === 4 ? parseFloat(m[3]) : (t.style.background ? 1 : 0); })")
+            "return m && m.length === 4 ? parseFloat(m[3]) : (t.style.background ? 1 : 0); })"
+        )
         page.fill("#token-view-heads", f"L{truth.induction[0]}H{truth.induction[1]}, L0H1")
         after = page.locator("#token-view .hs-tv-title").all_text_contents()
         note = page.locator("#viewer-static-note").inner_text()

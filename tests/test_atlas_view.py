@@ -21,7 +21,7 @@ from headscope.testing.browser import open_page
 def tiny_report(tmp_path_factory):
     model = load_model("testing:tiny")
     out = tmp_path_factory.mktemp("view")
-    build_atlas(model, out, only=['attention-sinks'], static=False, progress=False, viewer_max_tokens=12)
+    build_atlas(model, out, only=["attention-sinks"], static=False, progress=False, viewer_max_tokens=12)
     return model, out
 
 
@@ -70,7 +70,9 @@ def test_server_answers_the_viewer_data_of_any_prompt(served):
     assert _post(server, json.dumps({"prompt": "t2 " * MAX_BODY}).encode())[0] == 413
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(base + "/scores/", timeout=10)  # no directory listings
-    assert _post(server, json.dumps({"prompt": "t2 t3"}).encode())[1]["n_tokens"] == len(viewer_data(model, "t2 t3")["tokens"])
+    assert _post(server, json.dumps({"prompt": "t2 t3"}).encode())[1]["n_tokens"] == len(
+        viewer_data(model, "t2 t3")["tokens"]
+    )
 
 
 def test_server_refuses_a_model_of_another_grid_and_a_folder_without_a_report(tiny_report, tmp_path):

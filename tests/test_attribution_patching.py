@@ -23,7 +23,9 @@ def _mix_metric(d_vocab: int, seed: int = 0):
         def f(logits):
             last = logits[torch.arange(len(logits)), batch.lengths - 1]
             return torch.log_softmax(last, -1) @ mix.to(last.dtype)
+
         return f(variant) - f(base)
+
     return metric
 
 
@@ -138,7 +140,9 @@ def test_screen_then_verify(tmp_path):
     np.testing.assert_allclose(res.exact.values, exact.values, equal_nan=True)
     np.testing.assert_array_equal(np.isnan(res.values), np.isnan(res.estimate.values))
     df = res.to_dataframe()
-    assert df["verified"].sum() == 4 * len(prompts) and (df["value"][df["verified"]] == df["exact"][df["verified"]]).all()
+    assert (
+        df["verified"].sum() == 4 * len(prompts) and (df["value"][df["verified"]] == df["exact"][df["verified"]]).all()
+    )
     assert res.plot().data
     res.save(tmp_path / "s.json")
     res.save(tmp_path / "s.parquet")
@@ -151,8 +155,13 @@ def test_errors_name_the_fix():
     with pytest.raises(InputError, match="method="):
         scan(model, prompts, "zero", "loss", method="atp**")
     with pytest.raises(InputError, match="differentiable"):
-        scan(model, prompts, "zero", lambda b, v, batch: torch.as_tensor((v.argmax(-1) == 3).float().sum(-1)),
-             method="atp")
+        scan(
+            model,
+            prompts,
+            "zero",
+            lambda b, v, batch: torch.as_tensor((v.argmax(-1) == 3).float().sum(-1)),
+            method="atp",
+        )
     with pytest.raises(InputError, match="base_interventions"):
         scan(model, prompts, "zero", "loss", method="atp", base_interventions=[ZeroAblation(heads=[(0, 0)])])
 

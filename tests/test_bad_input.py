@@ -22,7 +22,9 @@ def test_unknown_model_name_is_clear():
 
 
 def test_a_typo_of_a_bundled_name_suggests_it_and_lists_the_names():
-    with pytest.raises(ModelNotFoundError, match=r"Did you mean 'smollm2'\?.*Bundled models and testbeds:.*testing:tiny"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"Did you mean 'smollm2'\?.*Bundled models and testbeds:.*testing:tiny"
+    ):
         headscope.load_model("smolm2")  # a bare name: looked up in the HF cache, then the typo is named
     with pytest.raises(ModelNotFoundError) as err:
         headscope.load_model("someone/surely-not-cached-model-xyz")
@@ -32,7 +34,9 @@ def test_a_typo_of_a_bundled_name_suggests_it_and_lists_the_names():
 def test_bare_hub_id_is_a_hub_id():
     """'gpt2' and 'bert-base-uncased' are real hub ids: a bare name is looked up in the HF cache."""
     start = time.monotonic()
-    with pytest.raises(ModelNotFoundError, match="'surely-not-cached-xyz' is not in the local Hugging Face cache.*offline"):
+    with pytest.raises(
+        ModelNotFoundError, match="'surely-not-cached-xyz' is not in the local Hugging Face cache.*offline"
+    ):
         headscope.load_model("surely-not-cached-xyz")
     assert time.monotonic() - start < 10
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _harness import run_mode  # noqa: E402
+from _harness import run_mode
 
 
 def _script(tmp_path, body: str) -> str:
@@ -15,7 +15,9 @@ def _script(tmp_path, body: str) -> str:
 
 
 def test_a_result_is_passed_through(tmp_path):
-    row = run_mode("ok", [_script(tmp_path, 'import json; print("log line"); print(json.dumps({"mode": "ok", "x": 1}))')])
+    row = run_mode(
+        "ok", [_script(tmp_path, 'import json; print("log line"); print(json.dumps({"mode": "ok", "x": 1}))')]
+    )
     assert row == {"status": "ok", "mode": "ok", "x": 1}
 
 

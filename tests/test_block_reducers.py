@@ -35,8 +35,7 @@ class FullPatterns(Reducer):
 def _reducers(prompts):
     late = TokenImportance(2, 64)
     late.name = "sink_importance_k2"  # two instances in one capture need two names
-    return default_reducers() + [TokenImportance(0, 8), late,
-                                 ResponseDistance([max(1, len(p) // 2) for p in prompts])]
+    return default_reducers() + [TokenImportance(0, 8), late, ResponseDistance([max(1, len(p) // 2) for p in prompts])]
 
 
 def _blocked(model, prompts, block: int, batch_size: int):
@@ -51,7 +50,7 @@ def _blocked(model, prompts, block: int, batch_size: int):
         for start in range(0, T, block):
             rows = ctx.rows(start, min(T, start + block))
             for r in reducers:
-                r.update_rows(layer, {"pattern": pattern[:, :, rows.start:rows.stop]}, rows)
+                r.update_rows(layer, {"pattern": pattern[:, :, rows.start : rows.stop]}, rows)
         for r in reducers:  # the contract: end_layer after a layer's last block
             r.end_layer(layer, ctx)
     return {r.name: r.result(info).values for r in reducers}

@@ -46,8 +46,11 @@ def test_reducer_capture_at_1024_tokens_stores_no_patterns(smol):
     gc.collect()
     with warnings.catch_warnings():  # isinstance() on some torch module objects warns about deprecations
         warnings.simplefilter("ignore")
-        leftovers = [o.shape for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dim() >= 2
-                     and tuple(o.shape[-2:]) == (T, T)]
+        leftovers = [
+            o.shape
+            for o in gc.get_objects()
+            if isinstance(o, torch.Tensor) and o.dim() >= 2 and tuple(o.shape[-2:]) == (T, T)
+        ]
     assert not leftovers, leftovers
     # The statistics themselves are complete: one value per (prompt, layer, head).
     assert res["first_token_mass"].values.shape == (1, 30, 9)

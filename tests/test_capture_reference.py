@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import reference_stats
 
 from headscope.capture import capture, default_reducers
 from headscope.inputs import repeated_random_tokens
-from reference import reference_stats
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Italy is Rome. The capital of France is",

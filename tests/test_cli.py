@@ -24,8 +24,17 @@ def test_report_end_to_end_writes_the_atlas(tmp_path):
     steps = {p.stem.split("-", 1)[1]: json.loads(p.read_text()) for p in (out / "scores" / "steps").glob("*.json")}
     assert set(atlas["steps"]) == set(steps)
     ran = {k for k, s in steps.items() if s["status"] == "ok"}
-    assert ran == {"classic", "head-divergence", "head-importance", "preplan-anchor", "retrieval-heads",
-                   "attention-sinks", "streaming-heads", "ships", "sahara"}  # a chat model, no image tokens
+    assert ran == {
+        "classic",
+        "head-divergence",
+        "head-importance",
+        "preplan-anchor",
+        "retrieval-heads",
+        "attention-sinks",
+        "streaming-heads",
+        "ships",
+        "sahara",
+    }  # a chat model, no image tokens
     heads = pd.read_csv(out / "scores" / "heads.csv")
     assert len(heads) == 30 * 9
     # The real model's atlas shows the roles the methods are about (the head table says which heads).
@@ -60,8 +69,28 @@ def test_scan_with_attribution_patching_writes_both_tables(tmp_path, capsys):
     prompts = tmp_path / "p.json"
     prompts.write_text('["t5 t6 t7 t8 t5 t6 t7", "t9 t10 t11 t12 t9 t10 t11"]')
     out = tmp_path / "out"
-    assert main(["scan", "zero", "--metric", "loss", "--model", "testing:planted", "--prompts", str(prompts),
-                 "--method", "atp*+exact", "--top-k", "3", "--out", str(out), "--no-static"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "zero",
+                "--metric",
+                "loss",
+                "--model",
+                "testing:planted",
+                "--prompts",
+                str(prompts),
+                "--method",
+                "atp*+exact",
+                "--top-k",
+                "3",
+                "--out",
+                str(out),
+                "--no-static",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "scan-zero-loss-atpstar-exact.json").read_text())
     assert doc["format"] == "headscope.ScreenedScan" and sum(map(sum, doc["verified"])) == 3
     assert "Spearman(estimate, exact)" in capsys.readouterr().out
@@ -80,33 +109,97 @@ def test_scan_logit_diff_from_the_command_line(tmp_path, capsys):
     pairs = ["t8|t6", "t12|t10"]
     (tmp_path / "a.txt").write_text("\n".join(pairs) + "\n")
     (tmp_path / "a.json").write_text(json.dumps([p.split("|") for p in pairs]))
-    ref = scan(load_model("testing:planted"), json.loads(prompts.read_text()), "zero", "logit_diff",
-               metric_kwargs={"answers": [tuple(p.split("|")) for p in pairs]})
+    ref = scan(
+        load_model("testing:planted"),
+        json.loads(prompts.read_text()),
+        "zero",
+        "logit_diff",
+        metric_kwargs={"answers": [tuple(p.split("|")) for p in pairs]},
+    )
     for answers in (pairs, [str(tmp_path / "a.txt")], [str(tmp_path / "a.json")]):
         out = tmp_path / f"out{len(answers)}{answers[0][-4:]}"
-        assert main(["scan", "zero", "--metric", "logit_diff", "--answers", *answers, "--model", "testing:planted",
-                     "--prompts", str(prompts), "--out", str(out), "--no-static", "--top", "3"]) == 0
+        assert (
+            main(
+                [
+                    "scan",
+                    "zero",
+                    "--metric",
+                    "logit_diff",
+                    "--answers",
+                    *answers,
+                    "--model",
+                    "testing:planted",
+                    "--prompts",
+                    str(prompts),
+                    "--out",
+                    str(out),
+                    "--no-static",
+                    "--top",
+                    "3",
+                ]
+            )
+            == 0
+        )
         printed = capsys.readouterr().out
         first = printed.splitlines()[1].split()  # rank label layer head kv_group score
-        assert first[1] == ref.top(1).label.iloc[0] and float(first[-1]) == pytest.approx(np.nanmean(ref.values, 0).min(), rel=1e-3)
-    assert main(["scan", "zero", "--metric", "logit_diff", "--model", "testing:planted",
-                 "--prompts", str(prompts)]) == 2
+        assert first[1] == ref.top(1).label.iloc[0] and float(first[-1]) == pytest.approx(
+            np.nanmean(ref.values, 0).min(), rel=1e-3
+        )
+    assert (
+        main(["scan", "zero", "--metric", "logit_diff", "--model", "testing:planted", "--prompts", str(prompts)]) == 2
+    )
     assert "--answers" in capsys.readouterr().err
-    assert main(["scan", "zero", "--metric", "logit_diff", "--answers", "t8|t6", "--model", "testing:planted",
-                 "--prompts", str(prompts)]) == 2
+    assert (
+        main(
+            [
+                "scan",
+                "zero",
+                "--metric",
+                "logit_diff",
+                "--answers",
+                "t8|t6",
+                "--model",
+                "testing:planted",
+                "--prompts",
+                str(prompts),
+            ]
+        )
+        == 2
+    )
     assert "1 pairs for 2 prompts" in capsys.readouterr().err
 
 
 def test_screened_scan_prints_a_verified_column(tmp_path, capsys):
     prompts = tmp_path / "p.json"
     prompts.write_text('["t5 t6 t7 t8 t5 t6 t7", "t9 t10 t11 t12 t9 t10 t11"]')
-    assert main(["scan", "zero", "--metric", "loss", "--model", "testing:planted", "--prompts", str(prompts),
-                 "--method", "atp+exact", "--top-k", "2", "--out", str(tmp_path / "o"), "--no-static",
-                 "--top", "4"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "zero",
+                "--metric",
+                "loss",
+                "--model",
+                "testing:planted",
+                "--prompts",
+                str(prompts),
+                "--method",
+                "atp+exact",
+                "--top-k",
+                "2",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-static",
+                "--top",
+                "4",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.split()[:2] == ["rank", "label"]).split()
     assert header[-4:] == ["estimate", "exact", "verified", "score"]
-    rows = lines[lines.index(next(line for line in lines if line.split()[:2] == ["rank", "label"])) + 1:][:4]
+    rows = lines[lines.index(next(line for line in lines if line.split()[:2] == ["rank", "label"])) + 1 :][:4]
     assert [r.split()[-2] for r in rows[:2]] == ["True", "True"]  # the top 2 by |estimate| were verified
 
 
@@ -118,8 +211,26 @@ def test_version_analyze_prompts_and_model_options(tmp_path, capsys):
     assert code.value.code == 0 and capsys.readouterr().out.strip() == f"headscope {__version__}"
     prompts = tmp_path / "p.txt"
     prompts.write_text("t5 t6 t7 t8 t5 t6 t7\n\nt9 t10 t11 t9 t10 t11\n")
-    assert main(["analyze", "attention-sinks", "--model", "testing:tiny", "--prompts", str(prompts),
-                 "--out", str(tmp_path / "a"), "--no-static", "--device", "cpu", "--dtype", "float64"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "attention-sinks",
+                "--model",
+                "testing:tiny",
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "a"),
+                "--no-static",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float64",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "a" / "attention-sinks.json").read_text())
     assert doc["shape"][0] == 2  # the two prompts of the file, not the analyzer's default data
     assert main(["info", "--model", "testing:tiny", "--dtype", "bfloat16"]) == 0

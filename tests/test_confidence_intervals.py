@@ -30,7 +30,7 @@ def _datasets(dist: str, seed: int):
         values, mean = rng.normal(1.0, 2.0, size=(N_PROMPTS, N_DATASETS)), 1.0
     else:
         sigma = {"lognormal": 0.5, "lognormal_heavy": 1.0}[dist]
-        values, mean = rng.lognormal(0.0, sigma, size=(N_PROMPTS, N_DATASETS)), float(np.exp(sigma ** 2 / 2))
+        values, mean = rng.lognormal(0.0, sigma, size=(N_PROMPTS, N_DATASETS)), float(np.exp(sigma**2 / 2))
     return HeadScores(values.reshape(N_PROMPTS, 40, N_DATASETS // 40), name=dist), mean
 
 
@@ -52,8 +52,11 @@ def test_bca_covers_more_often_than_percentile_on_heavily_skewed_scores():
     """Lognormal(sigma=1) scores (skewness 6): the percentile interval falls short (~0.89 at n=40);
     BCa's skew correction recovers part of the gap."""
     scores, mean = _datasets("lognormal_heavy", seed=0)
-    cover = {m: float(((c.low <= mean) & (mean <= c.high)).mean())
-             for m in ("percentile", "bca") for c in [scores.ci(seed=0, method=m)]}
+    cover = {
+        m: float(((c.low <= mean) & (mean <= c.high)).mean())
+        for m in ("percentile", "bca")
+        for c in [scores.ci(seed=0, method=m)]
+    }
     assert cover["bca"] > cover["percentile"] + 0.005, cover
 
 
@@ -66,9 +69,15 @@ def test_the_vectorised_bootstrap_equals_scipy(method):
     ci = HeadScores(values, name="x").ci(level=0.9, n_boot=500, seed=11, method=method)
     for layer in range(2):
         for head in range(3):
-            ref = scipy.stats.bootstrap((values[:, layer, head],), np.mean, n_resamples=500, confidence_level=0.9,
-                                        method={"percentile": "percentile", "bca": "BCa"}[method],
-                                        rng=np.random.default_rng(11), vectorized=True).confidence_interval
+            ref = scipy.stats.bootstrap(
+                (values[:, layer, head],),
+                np.mean,
+                n_resamples=500,
+                confidence_level=0.9,
+                method={"percentile": "percentile", "bca": "BCa"}[method],
+                rng=np.random.default_rng(11),
+                vectorized=True,
+            ).confidence_interval
             assert ci.low[layer, head] == pytest.approx(ref.low, rel=1e-10)
             assert ci.high[layer, head] == pytest.approx(ref.high, rel=1e-10)
 
@@ -77,9 +86,9 @@ def test_nan_prompts_are_left_out_per_resample_and_unmeasured_heads_stay_nan():
     """A plain loop over resamples (nanmean of the drawn rows, resamples with no measured row dropped)."""
     rng = np.random.default_rng(2)
     values = rng.normal(size=(12, 2, 2))
-    values[:, 0, 0] = np.nan            # never measured
-    values[:9, 1, 1] = np.nan           # measured on 3 prompts only
-    values[[2, 5], 0, 1] = np.nan       # two prompts missing
+    values[:, 0, 0] = np.nan  # never measured
+    values[:9, 1, 1] = np.nan  # measured on 3 prompts only
+    values[[2, 5], 0, 1] = np.nan  # two prompts missing
     ci = HeadScores(values, name="x").ci(n_boot=300, seed=4)
     idx = np.random.default_rng(4).integers(0, 12, size=(300, 12))
     for layer, head in [(0, 1), (1, 0), (1, 1)]:
@@ -98,9 +107,9 @@ def test_nan_prompts_are_left_out_per_resample_and_unmeasured_heads_stay_nan():
 @pytest.mark.parametrize("method", ["percentile", "bca"])
 def test_intervals_hold_the_full_data_value_even_without_spread(method):
     values = np.random.default_rng(0).normal(size=(30, 3, 4))
-    values[:, 0, 0] = 0.1                     # every prompt the same: no rounding may push a bound past it
-    values[:, 0, 1] = [0.3] * 29 + [5.0]      # one outlier
-    values[:, 0, 2] = np.arange(30) % 2       # a 0/1 score
+    values[:, 0, 0] = 0.1  # every prompt the same: no rounding may push a bound past it
+    values[:, 0, 1] = [0.3] * 29 + [5.0]  # one outlier
+    values[:, 0, 2] = np.arange(30) % 2  # a 0/1 score
     ci = HeadScores(values, name="x").ci(method=method)
     assert ((ci.low <= ci.estimate) & (ci.estimate <= ci.high)).all()
     assert ci.width[0, 0] < 1e-15 and ci.estimate[0, 0] == pytest.approx(0.1, abs=1e-15)
@@ -119,8 +128,12 @@ def test_reduced_or_single_prompt_scores_and_bad_arguments_are_refused():
     with pytest.raises(InputError, match="one row on the prompt axis.*'all 8 prompts'"):
         HeadScores(np.zeros((1, 2, 3)), name="x", prompts=["all 8 prompts"]).ci()
     scores = HeadScores(np.zeros((5, 2, 3)), name="x")
-    for kw, msg in [({"level": 95}, "strictly between 0 and 1"), ({"n_boot": 10}, "n_boot=10"),
-                    ({"method": "bc"}, "percentile, bca"), ({"seed": 1.5}, "seed=1.5")]:
+    for kw, msg in [
+        ({"level": 95}, "strictly between 0 and 1"),
+        ({"n_boot": 10}, "n_boot=10"),
+        ({"method": "bc"}, "percentile, bca"),
+        ({"seed": 1.5}, "seed=1.5"),
+    ]:
         with pytest.raises(InputError, match=msg):
             scores.ci(**kw)
     bad = np.zeros((5, 2, 3))
@@ -175,7 +188,7 @@ def test_analyzer_ci_uses_the_per_prompt_scores_or_its_own_resampling(planted):
     boots = []
     for rows in idx:
         raw = imp.prompt_grads_[rows].sum(0) / imp.prompt_tokens_[rows].sum()
-        boots.append(raw / np.sqrt((raw ** 2).sum(-1, keepdims=True)))
+        boots.append(raw / np.sqrt((raw**2).sum(-1, keepdims=True)))
     assert np.allclose(ci.low, np.percentile(boots, 2.5, axis=0), atol=1e-12)
     assert np.allclose(ci.high, np.percentile(boots, 97.5, axis=0), atol=1e-12)
 
@@ -195,11 +208,15 @@ def test_retrieval_ci_resamples_all_samples_and_averages_the_retrieved_ones():
     r.sample_scores_ = HeadScores(values, name="copy_paste_score")
     r.scores_ = HeadScores(values[success].mean(0)[None], name="retrieval_score")
     import pandas as pd
+
     r.per_sample_ = pd.DataFrame({"success": success})
     ci = r.ci(n_boot=400, seed=2)
     assert np.allclose(ci.estimate, r.scores_.values[0]) and ci.unit == "samples" and ci.n_prompts == 12
-    boots = [values[rows][success[rows]].mean(0) for rows in np.random.default_rng(2).integers(0, 12, size=(400, 12))
-             if success[rows].any()]
+    boots = [
+        values[rows][success[rows]].mean(0)
+        for rows in np.random.default_rng(2).integers(0, 12, size=(400, 12))
+        if success[rows].any()
+    ]
     assert np.allclose(ci.low, np.percentile(boots, 2.5, axis=0), atol=1e-12)
     assert np.allclose(ci.high, np.percentile(boots, 97.5, axis=0), atol=1e-12)
     r.per_sample_ = pd.DataFrame({"success": np.zeros(12, bool)})
@@ -223,9 +240,16 @@ def test_screened_scan_ci_is_the_combined_values_ci():
 def _atlas_with_interval():
     values = np.array([[0.5, np.nan], [0.25, 0.75]])
     ci = ColumnCI(low=values - 0.1, high=values + 0.2, level=0.95, n=40)
-    step = StepResult("demo", "demo", "what", "capture.md",
-                      columns=[Column("score", values, "a score", True, "demo", ci),
-                               Column("plain", values, "no interval", True, "demo")])
+    step = StepResult(
+        "demo",
+        "demo",
+        "what",
+        "capture.md",
+        columns=[
+            Column("score", values, "a score", True, "demo", ci),
+            Column("plain", values, "no interval", True, "demo"),
+        ],
+    )
     return Atlas("m", 2, 2, 2, "quick", [step])
 
 
@@ -249,6 +273,7 @@ def test_atlas_interval_over_few_prompts_says_it_covers_less():
     values = np.array([[0.5]])
     col = Column("s", values, "", True, "x", ColumnCI(values - 0.1, values + 0.1, 0.95, 2))
     from headscope.atlas.page import _hover
+
     lines = _hover("L0H0", "s", 0.5, "0.5", col, (0, 0))
     assert lines[-1].endswith("over 2 prompts (under 10 prompts: covers less than 95%)")
 
@@ -299,8 +324,12 @@ def test_the_coverage_table_in_the_docs_is_the_measured_one():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 7 and cells[1] in ("percentile", "bca"):
             table[(cells[0].split(" (")[0], cells[1])] = [float(c) for c in cells[2:]]
-    names = {"normal": "normal", "lognormal sigma=0.5": "lognormal σ = 0.5", "lognormal sigma=1": "lognormal σ = 1",
-             "bernoulli(0.2)": "0/1 scores, p = 0.2"}
+    names = {
+        "normal": "normal",
+        "lognormal sigma=0.5": "lognormal σ = 0.5",
+        "lognormal sigma=1": "lognormal σ = 1",
+        "bernoulli(0.2)": "0/1 scores, p = 0.2",
+    }
     assert len(table) == 8
     for row in measured:
         quoted = table[(names[row["distribution"]], row["method"])][[5, 10, 20, 40, 100].index(row["n_prompts"])]

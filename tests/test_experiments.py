@@ -77,30 +77,47 @@ def no_forward(monkeypatch):
 
     def boom(*args, **kwargs):
         raise AssertionError("a forward pass ran before validation finished")
+
     model.register_forward_pre_hook(boom)
     return model
 
 
-@pytest.mark.parametrize("edit, field, words", [
-    (("analyze: attention-sinks", "analyze: no-such-analyzer"), "units[0].analyze", "available: attention-sinks"),
-    (("params: {epsilon: 0.3}", "params: {epsilonn: 0.3}"), "units[0].params", "did you mean 'epsilon'"),
-    (("params: {epsilon: 0.3}", "params: {epsilon: high}"), "units[0].params.epsilon", "must be a number"),
-    (("metric: kl_last", "metrc: kl_last"), "units[1].metric", "is 'metrc' a misspelling of 'metric'"),
-    (("metric: kl_last", "metric: kl_last\n    batchsize: 4"), "units[1]", "'batchsize' (did you mean 'batch_size'?)"),
-    (("metric: kl_last", "metric: accuracy"), "units[1].metric", "known: kl_last"),
-    (("scan: zero", "scan: obliterate"), "units[1].scan", "unknown intervention kind 'obliterate'"),
-    (("top_k: [0, 1, 2]", "top_k: [0, one, 2]"), "units[2].conditions[0].top_k[1]", "must be an integer"),
-    (("heads: [[1, 3]]", "heads: [[1]]"), "units[2].conditions[2].heads[0]", "[layer, head] pair"),
-    (("from: zero}\n      - {name: random", "from: acc}\n      - {name: random"), "units[2].conditions[0].from",
-     "not an earlier analyze/scan unit"),
-    (("data: copy", "data: cpy"), "units[2].data", "no dataset named 'cpy'"),
-    (("seq_len: 12,", "seq_lenn: 12,"), "data.copy", "did you mean 'seq_len'"),
-    (("{kind: uniform_attention}", "{kind: uniform_attention, epsilon: [1]}"), "units[2].intervention.epsilon",
-     "must be a number"),
-    (("{kind: uniform_attention}", "{kind: uniform_attention, heads: [[0, 0]]}"), "units[2].intervention.heads",
-     "leave heads out"),
-    (("figures: [html]", "figures: [gif]"), "figures", "unsupported format"),
-])
+@pytest.mark.parametrize(
+    "edit, field, words",
+    [
+        (("analyze: attention-sinks", "analyze: no-such-analyzer"), "units[0].analyze", "available: attention-sinks"),
+        (("params: {epsilon: 0.3}", "params: {epsilonn: 0.3}"), "units[0].params", "did you mean 'epsilon'"),
+        (("params: {epsilon: 0.3}", "params: {epsilon: high}"), "units[0].params.epsilon", "must be a number"),
+        (("metric: kl_last", "metrc: kl_last"), "units[1].metric", "is 'metrc' a misspelling of 'metric'"),
+        (
+            ("metric: kl_last", "metric: kl_last\n    batchsize: 4"),
+            "units[1]",
+            "'batchsize' (did you mean 'batch_size'?)",
+        ),
+        (("metric: kl_last", "metric: accuracy"), "units[1].metric", "known: kl_last"),
+        (("scan: zero", "scan: obliterate"), "units[1].scan", "unknown intervention kind 'obliterate'"),
+        (("top_k: [0, 1, 2]", "top_k: [0, one, 2]"), "units[2].conditions[0].top_k[1]", "must be an integer"),
+        (("heads: [[1, 3]]", "heads: [[1]]"), "units[2].conditions[2].heads[0]", "[layer, head] pair"),
+        (
+            ("from: zero}\n      - {name: random", "from: acc}\n      - {name: random"),
+            "units[2].conditions[0].from",
+            "not an earlier analyze/scan unit",
+        ),
+        (("data: copy", "data: cpy"), "units[2].data", "no dataset named 'cpy'"),
+        (("seq_len: 12,", "seq_lenn: 12,"), "data.copy", "did you mean 'seq_len'"),
+        (
+            ("{kind: uniform_attention}", "{kind: uniform_attention, epsilon: [1]}"),
+            "units[2].intervention.epsilon",
+            "must be a number",
+        ),
+        (
+            ("{kind: uniform_attention}", "{kind: uniform_attention, heads: [[0, 0]]}"),
+            "units[2].intervention.heads",
+            "leave heads out",
+        ),
+        (("figures: [html]", "figures: [gif]"), "figures", "unsupported format"),
+    ],
+)
 def test_malformed_spec_fails_before_loading_with_field_path(tmp_path, monkeypatch, edit, field, words):
     old, new = edit
     assert old in SPEC
@@ -113,15 +130,22 @@ def test_malformed_spec_fails_before_loading_with_field_path(tmp_path, monkeypat
     assert not (tmp_path / "out").exists()  # refused before the results folder was even made
 
 
-@pytest.mark.parametrize("edit, field", [
-    (("heads: [[1, 3]]", "heads: [[1, 3], [2, 0]]"), "units[2].conditions[2].heads[1]"),
-    (("heads: [[1, 3]]", "heads: [[1, 4]]"), "units[2].conditions[2].heads[0]"),
-    (("{name: induction, heads: [[1, 3]]}",
-      "{name: induction, interventions: [{kind: zero, heads: [[0, 0], [9, 1]]}]}"),
-     "units[2].conditions[2].interventions[0].heads[1]"),
-    (("data: rep\n", "data: rep\n    layers: [0, 2]\n"), "units[1].layers[1]"),
-    (("exclude_top: 2", "exclude_top: 7"), "units[2].conditions[1]"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (("heads: [[1, 3]]", "heads: [[1, 3], [2, 0]]"), "units[2].conditions[2].heads[1]"),
+        (("heads: [[1, 3]]", "heads: [[1, 4]]"), "units[2].conditions[2].heads[0]"),
+        (
+            (
+                "{name: induction, heads: [[1, 3]]}",
+                "{name: induction, interventions: [{kind: zero, heads: [[0, 0], [9, 1]]}]}",
+            ),
+            "units[2].conditions[2].interventions[0].heads[1]",
+        ),
+        (("data: rep\n", "data: rep\n    layers: [0, 2]\n"), "units[1].layers[1]"),
+        (("exclude_top: 2", "exclude_top: 7"), "units[2].conditions[1]"),
+    ],
+)
 def test_out_of_range_heads_fail_after_loading_but_before_any_forward(tmp_path, no_forward, edit, field):
     old, new = edit
     assert old in SPEC
@@ -241,8 +265,12 @@ def test_killed_run_resumes_to_the_same_results(reference_run, tmp_path, monkeyp
     path, ref_out = reference_run
     out = tmp_path / "out"
     env = {**os.environ, runner_mod.DELAY_ENV: "2", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "headscope.cli", "run", str(path), "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headscope.cli", "run", str(path), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         while not any(map(is_marker, unit_files(out))) and proc.poll() is None:  # wait for a finished unit
             time.sleep(0.05)
@@ -274,8 +302,9 @@ def test_killed_run_resumes_to_the_same_results(reference_run, tmp_path, monkeyp
 
 
 def test_example_specs_validate():
-    smol = ModelInfo(name="smollm2-135m-instruct", n_layers=30, n_heads=9, n_kv_heads=3, d_head=64,
-                     d_model=576, n_ctx=8192)
+    smol = ModelInfo(
+        name="smollm2-135m-instruct", n_layers=30, n_heads=9, n_kv_heads=3, d_head=64, d_model=576, n_ctx=8192
+    )
     for name in ("ablation_scan", "retrieval_masking", "safety_heads"):
         spec = load_spec(ROOT / "analyses" / f"{name}.yaml")
         assert spec.name == name and spec.units
@@ -295,7 +324,7 @@ def test_ablation_example_data_is_valid_on_the_bundled_model(smol):
     from headscope.interventions.metrics import resolve_metric
 
     spec = load_spec(ROOT / "analyses" / "ablation_scan.yaml")
-    _, info, datasets = prepare(spec, smol)
+    _, _info, datasets = prepare(spec, smol)
     (ioi,) = datasets.values()
     ids = resolve_metric("logit_diff", smol, len(ioi.token_lists), {"answers": ioi.answers}).answer_ids
     assert ids.shape == (len(ioi.token_lists), 2) == (4, 2)
@@ -316,7 +345,8 @@ data:
     prompts: [[1, 5, 6, 7, 5, 6], [1, 9, 4, 8, 9], [1, 3, 2, 3, 2, 3, 2, 11]]
     answers: [[7, 9], [4, 5], [3, 12]]
 units:
-""" + "".join(f"""
+""" + "".join(
+    f"""
   - name: {metric}
     evaluate: {metric}
     data: ids
@@ -327,7 +357,9 @@ units:
       - {{name: one, heads: [[1, 3]]}}
       - {{name: pair, heads: [[0, 1], [1, 3]]}}
       - {{name: mixed, interventions: [{{kind: zero, heads: [[0, 2]]}}, {{kind: scale, alpha: 3.0, heads: [[1, 0]]}}]}}
-""" for metric in ("kl_last", "logit_diff", "loss"))
+"""
+    for metric in ("kl_last", "logit_diff", "loss")
+)
 
 
 def _plain_metric(metric, base, variant, answer):
@@ -356,9 +388,12 @@ def test_evaluate_scan_metrics_equal_scan_and_a_plain_loop(tmp_path):
     model = tiny_model()
     spec = load_spec(tmp_path / "spec.yaml")
     prompts, answers = spec.data["ids"].prompts, spec.data["ids"].answers
-    conditions = {"none": [], "one": [ZeroAblation(heads=[(1, 3)])],
-                  "pair": [ZeroAblation(heads=[(0, 1), (1, 3)])],
-                  "mixed": [ZeroAblation(heads=[(0, 2)]), ScaleOutput(heads=[(1, 0)], alpha=3.0)]}
+    conditions = {
+        "none": [],
+        "one": [ZeroAblation(heads=[(1, 3)])],
+        "pair": [ZeroAblation(heads=[(0, 1), (1, 3)])],
+        "mixed": [ZeroAblation(heads=[(0, 2)]), ScaleOutput(heads=[(1, 0)], alpha=3.0)],
+    }
     for metric in ("kl_last", "logit_diff", "loss"):
         kwargs = {"answers": answers} if metric == "logit_diff" else None
         single = scan(model, prompts, "zero", metric, heads=[(1, 3)], metric_kwargs=kwargs, progress=False)

@@ -18,7 +18,8 @@ def test_mirrored_upstream_source_is_unchanged(mirror):
     got = source_hash(mirror.upstream)
     assert got == mirror.sha256, (
         f"{mirror.upstream} changed since transformers {mirror.version} (hash {got}, expected {mirror.sha256}): "
-        f"review {mirror.headscope} against the new upstream code, then update its @mirrors hash")
+        f"review {mirror.headscope} against the new upstream code, then update its @mirrors hash"
+    )
 
 
 def test_family_lookup_by_model_type():
@@ -81,12 +82,15 @@ def test_mla_hook_v_edit_changes_one_heads_value(name):
     from headscope.testing.architectures import MLA_DIMS, plain_hf
 
     model, ids, _, _ = _mla_run(name)
-    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.0.attn.hook_v", lambda v, hook: v.index_fill(2, torch.tensor([2]), 0.0))]):
+    with (
+        torch.no_grad(),
+        model.hooks(fwd_hooks=[("blocks.0.attn.hook_v", lambda v, hook: v.index_fill(2, torch.tensor([2]), 0.0))]),
+    ):
         got = model(ids)
     hf = plain_hf(name)
     nope, dv = MLA_DIMS["qk_nope_head_dim"], MLA_DIMS["v_head_dim"]
     with torch.no_grad():
-        hf.model.layers[0].self_attn.kv_b_proj.weight[2 * (nope + dv) + nope:3 * (nope + dv)] = 0.0
+        hf.model.layers[0].self_attn.kv_b_proj.weight[2 * (nope + dv) + nope : 3 * (nope + dv)] = 0.0
         ref = hf(ids).logits
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert (ref - plain_hf(name)(ids).logits).abs().max() > 1e-2  # the edit does something
@@ -95,7 +99,6 @@ def test_mla_hook_v_edit_changes_one_heads_value(name):
 def test_mla_bridge_booted_outside_headscope_gets_the_layout_on_first_read():
     """TransformerLens 4.3 splits MLA's hook_z into qk_rope_head_dim-wide pieces; `model_info` (every
     engine's first read) gives a bridge headscope did not boot the family's layout."""
-    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     from headscope.models.compat import no_runtime_installs
@@ -139,8 +142,15 @@ def _bridge_and_plain(name, cfg_edits):
             A._sharpen(hf, A.INIT_STD)
         return hf.eval()
 
-    bridged = boot(f"tiny-{name}", f"tiny-{name}", "cpu", torch.float32, None, hf_model=build(),
-                   tokenizer=A.tiny_tokenizer(A.VOCAB))
+    bridged = boot(
+        f"tiny-{name}",
+        f"tiny-{name}",
+        "cpu",
+        torch.float32,
+        None,
+        hf_model=build(),
+        tokenizer=A.tiny_tokenizer(A.VOCAB),
+    )
     return bridged, build()
 
 
@@ -160,10 +170,15 @@ def _assert_equals_hf(model, hf, name):
         torch.testing.assert_close(cache[hook], ref.attentions[layer], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, cfg_edits", [("deepseek-v3", {"q_lora_rank": None}),
-                                             ("deepseek-v3", {"rope_interleave": False}),
-                                             ("deepseek-v2", {"q_lora_rank": None})],
-                         ids=["v3-direct-q", "v3-rope-halves", "v2-lite-direct-q"])
+@pytest.mark.parametrize(
+    "name, cfg_edits",
+    [
+        ("deepseek-v3", {"q_lora_rank": None}),
+        ("deepseek-v3", {"rope_interleave": False}),
+        ("deepseek-v2", {"q_lora_rank": None}),
+    ],
+    ids=["v3-direct-q", "v3-rope-halves", "v2-lite-direct-q"],
+)
 def test_mla_variants_equal_hf_and_run_blocked(name, cfg_edits):
     """DeepSeek-V2-Lite / GigaChat-style direct q_proj and V3 without interleaved RoPE: the bridge equals
     plain HF, and blocked attention (the family's MLA forward) gives the eager statistics."""
@@ -207,7 +222,9 @@ def test_transformerlens_alone_cannot_bridge_falcon_new_decoder():
         hf.config.multi_query = multi_query
         try:
             with hf_offline(), no_runtime_installs():
-                bridge = TransformerBridge.boot_transformers("tiny-falcon-new", hf_model=hf, tokenizer=tok, device="cpu")
+                bridge = TransformerBridge.boot_transformers(
+                    "tiny-falcon-new", hf_model=hf, tokenizer=tok, device="cpu"
+                )
         except RuntimeError as exc:
             assert multi_query and "split" in str(exc)
             continue
@@ -259,6 +276,13 @@ def test_boot_wraps_an_adapter_error_naming_model_type_and_class():
     cfg = transformers.BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=2)
     cfg.architectures = ["BloomModel"]  # TL lists BloomModel, whose adapter expects an LM head
     with pytest.raises(InputError, match=r"model_type 'bloom', HF class BloomModel\): AttributeError") as err:
-        boot("tiny-bloom-base", "tiny-bloom-base", "cpu", None, None, hf_model=transformers.BloomModel(cfg),
-             tokenizer=tiny_tokenizer(64))
+        boot(
+            "tiny-bloom-base",
+            "tiny-bloom-base",
+            "cpu",
+            None,
+            None,
+            hf_model=transformers.BloomModel(cfg),
+            tokenizer=tiny_tokenizer(64),
+        )
     assert isinstance(err.value.__cause__, AttributeError)

@@ -13,10 +13,16 @@ import torch
 
 from headscope.errors import InputError
 from headscope.generation import greedy_generate, greedy_reproduces, plan_interventions
-from headscope.interventions import (ACTCalibration, MeanAblation, ResampleAblation, ScaleOutput, UniformAttention,
-                                     ZeroAblation)
+from headscope.interventions import (
+    ACTCalibration,
+    MeanAblation,
+    ResampleAblation,
+    ScaleOutput,
+    UniformAttention,
+    ZeroAblation,
+)
 from headscope.models import compat
-from headscope.testing import planted_model, plain_hf_copy, tiny_model
+from headscope.testing import plain_hf_copy, planted_model, tiny_model
 from headscope.testing.architectures import plain_hf, random_prompt, tiny_arch_model
 
 
@@ -33,7 +39,7 @@ def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     """HF `generate` (greedy; it stops after EOS, so compare with `got[:len(ref)]`)."""
     x = torch.tensor([ids])
     out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize("build", ["tiny", "planted"])
@@ -44,7 +50,7 @@ def test_cached_equals_recompute_and_hf_generate(build):
         got = greedy_generate(model, ids, 8)
         assert got == greedy_generate(model, ids, 8, use_cache=False)
         ref = _hf_greedy(hf, ids, 8)
-        assert ref and got[:len(ref)] == ref
+        assert ref and got[: len(ref)] == ref
     assert compat._VERIFIED[model] is True  # the cached path ran; no fallback happened
 
 
@@ -54,7 +60,7 @@ def test_bundled_cached_equals_recompute_and_hf_generate(smol, smol_hf):
     got = greedy_generate(smol, ids, 12)
     assert got == greedy_generate(smol, ids, 12, use_cache=False)
     ref = _hf_greedy(smol_hf, ids, 12)
-    assert ref and got[:len(ref)] == ref
+    assert ref and got[: len(ref)] == ref
     assert compat._VERIFIED[smol] is True
 
 
@@ -97,7 +103,7 @@ def test_a_broken_cache_is_detected_and_generation_falls_back(monkeypatch):
         got = greedy_generate(model, ids, 6)
     assert compat._VERIFIED[model] is False
     ref = _hf_greedy(plain_hf_copy(model), ids, 6)
-    assert ref and got[:len(ref)] == ref
+    assert ref and got[: len(ref)] == ref
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # warned once per model, not per call
         assert greedy_generate(model, ids, 6) == got
@@ -126,7 +132,9 @@ N_NEW = 6
 
 
 def _out_proj(hf, layer: int):
-    return hf.transformer.h[layer].attn.c_proj if hasattr(hf, "transformer") else hf.model.layers[layer].self_attn.o_proj
+    return (
+        hf.transformer.h[layer].attn.c_proj if hasattr(hf, "transformer") else hf.model.layers[layer].self_attn.o_proj
+    )
 
 
 def _head_outputs(hf, ids: list[int], layer: int) -> torch.Tensor:
@@ -143,6 +151,7 @@ def _head_outputs(hf, ids: list[int], layer: int) -> torch.Tensor:
 
 def _eager_with(edit_probs):
     """HF's eager attention (scores, mask, softmax, @ V) with `edit_probs(layer, probs [head, q, k])` between."""
+
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         rep = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
@@ -152,6 +161,7 @@ def _eager_with(edit_probs):
         probs = torch.softmax(scores.float(), -1).to(query.dtype)
         probs = edit_probs(module.layer_idx, probs[0])[None]
         return (probs @ value).transpose(1, 2).contiguous(), probs
+
     return attention
 
 
@@ -161,10 +171,12 @@ def _hf_generate(hf, ids: list[int], n: int, edit_z=None, edit_probs=None, monke
     P, seq, handles = len(ids), list(ids), []
     if edit_z is not None:
         for layer in range(hf.config.num_hidden_layers):
+
             def pre(module, args, layer=layer):
                 x = args[0]
                 z = edit_z(layer, x[0].reshape(x.shape[1], -1, D_HEAD).clone(), P)
                 return (z.reshape(1, x.shape[1], -1),)
+
             handles.append(_out_proj(hf, layer).register_forward_pre_hook(pre))
     if edit_probs is not None:
         monkeypatch.setattr(sys.modules[type(hf).__module__], "eager_attention_forward", _eager_with(edit_probs))
@@ -209,7 +221,7 @@ def _cases(hf, arch: str, P: int):
 
     def zero_decode(layer, z, P):
         if layer == 1:
-            z[P - 1:] = 0
+            z[P - 1 :] = 0
         return z
 
     def scale_all(layer, z, P):
@@ -243,7 +255,12 @@ def _cases(hf, arch: str, P: int):
         ("scale, all", ScaleOutput(heads=[(0, 1), (0, 2)], alpha=3.0), scale_all, None),
         # P = 8: the span covers prefill rows 4..6 and the queries of decode steps 0 and 1 (positions 7, 8)
         ("mean, span", MeanAblation(heads=layer1, positions=(4, 9), reference=refs), mean_span, None),
-        ("resample, all", ResampleAblation(heads=[(0, 0), (0, 3), (1, 0), (1, 3)], source=[source]), resample_all, None),
+        (
+            "resample, all",
+            ResampleAblation(heads=[(0, 0), (0, 3), (1, 0), (1, 3)], source=[source]),
+            resample_all,
+            None,
+        ),
         ("uniform attention, decode", UniformAttention(heads=layer1, positions="decode"), None, uniform_decode),
         # a whole-query kind: a cached step (one query) raises in ACT's edit, so this passes only if
         # the driver recomputes the full sequence every step
@@ -258,8 +275,11 @@ def test_generation_under_interventions_equals_a_hand_made_reference(arch, monke
     for seed in range(2):
         ids = random_prompt(arch, 8, seed=seed).tolist()
         clean = greedy_generate(model, ids, N_NEW)
-        assert clean == _hf_generate(hf, ids, N_NEW) == _hf_generate(hf, ids, N_NEW, edit_probs=lambda l, p: p,
-                                                                      monkeypatch=monkeypatch)
+        assert (
+            clean
+            == _hf_generate(hf, ids, N_NEW)
+            == _hf_generate(hf, ids, N_NEW, edit_probs=lambda l, p: p, monkeypatch=monkeypatch)
+        )
         for name, spec, edit_z, edit_probs in _cases(hf, arch, len(ids)):
             got = greedy_generate(model, ids, N_NEW, interventions=[spec])
             ref = _hf_generate(hf, ids, N_NEW, edit_z, edit_probs, monkeypatch)
@@ -278,7 +298,8 @@ def test_whole_query_kinds_recompute_and_plans_are_reused():
         greedy_generate(model, [1, 5, 6, 7, 5], 2, interventions=[act], use_cache=True)
     plan = plan_interventions(model, [act])
     assert plan.whole_query
-    assert greedy_generate(model, [1, 5, 6, 7, 5], 3, interventions=plan) == \
-        greedy_generate(model, [1, 5, 6, 7, 5], 3, interventions=[act], use_cache=False)
+    assert greedy_generate(model, [1, 5, 6, 7, 5], 3, interventions=plan) == greedy_generate(
+        model, [1, 5, 6, 7, 5], 3, interventions=[act], use_cache=False
+    )
     with pytest.raises(InputError, match="another model"):
         greedy_generate(planted_model()[0], [1, 5, 6, 7, 5], 2, interventions=plan)

@@ -27,7 +27,7 @@ def planted_items(n_prompts=6, n_fill=40, seed=0):
     items = []
     for s in range(n_prompts):
         perm = (torch.randperm(46, generator=torch.Generator().manual_seed(seed + s)) + 2).tolist()
-        seg, fill = perm[:6], perm[6:6 + n_fill]
+        seg, fill = perm[:6], perm[6 : 6 + n_fill]
         items.append(([BOS], seg, fill + seg[:3]))
     return items
 
@@ -80,12 +80,15 @@ def test_planted_positions_and_replaced_variant():
 
 # ---------------------------------------------------------------- reference: plain HF forwards + loops
 
+
 def hf_head_outputs(hf, ids):
     """Per layer, the o_proj input of one unpadded forward reshaped to [pos][head] d_head vectors."""
     got, handles = {}, []
     for l, layer in enumerate(hf.model.layers):
+
         def grab(module, args, l=l):
             got[l] = args[0][0].detach().double()
+
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(grab))
     try:
         with torch.no_grad():
@@ -112,8 +115,15 @@ def reference_vhd(hf, triples, other_of, positions_of, kind):
         present, other = pre + seg + suf, other_of(pre, seg, suf)
         zp, zo = hf_head_outputs(hf, present), hf_head_outputs(hf, other)
         pairs = positions_of(pre, seg, suf, len(present), len(other))
-        out.append([[sum(plain_distance(zp[l][p][h], zo[l][q][h], kind) for p, q in pairs) / len(pairs)
-                     for h in range(len(zp[0][0]))] for l in range(len(zp))])
+        out.append(
+            [
+                [
+                    sum(plain_distance(zp[l][p][h], zo[l][q][h], kind) for p, q in pairs) / len(pairs)
+                    for h in range(len(zp[0][0]))
+                ]
+                for l in range(len(zp))
+            ]
+        )
     return np.array(out)
 
 
@@ -129,8 +139,11 @@ def after_segment(pre, seg, suf, n, m):
     return [(len(pre) + len(seg) + i, m - len(suf) + i) for i in range(len(suf))]
 
 
-TINY_TRIPLES = [([1, 5, 6], [9, 10, 11, 12], [13, 5, 6, 14]), ([1], [20, 21], [22, 23, 20]),
-                ([1, 30, 31, 32, 33], [7, 7, 8, 9, 10, 11], [12])]  # ragged: padded batches
+TINY_TRIPLES = [
+    ([1, 5, 6], [9, 10, 11, 12], [13, 5, 6, 14]),
+    ([1], [20, 21], [22, 23, 20]),
+    ([1, 30, 31, 32, 33], [7, 7, 8, 9, 10, 11], [12]),
+]  # ragged: padded batches
 
 
 @pytest.mark.parametrize("kind", ["euclidean", "sq_l2", "cosine"])
@@ -159,8 +172,12 @@ def test_reference_tiny_replaced_and_outlier_rule():
     hd = HeadDivergence(variant="replaced", filler=filler).fit(model, TINY_TRIPLES)
     np.testing.assert_allclose(hd.scores_.values, ref, atol=1e-4, rtol=0)
     # VHR's rule by hand: TA = ||z without||^2 at the last token; flag VHD and TA both > mean + std
-    ta = np.array([[[sum(x * x for x in vec) for vec in zl[-1]] for zl in hf_head_outputs(hf, replaced(*t))]
-                   for t in TINY_TRIPLES])
+    ta = np.array(
+        [
+            [[sum(x * x for x in vec) for vec in zl[-1]] for zl in hf_head_outputs(hf, replaced(*t))]
+            for t in TINY_TRIPLES
+        ]
+    )
     np.testing.assert_allclose(hd.ta_.values, ta, atol=1e-4)
     flagged = set()
     for p in range(len(ref)):
@@ -181,8 +198,12 @@ def test_head_selection():
     model = tiny_model(seed=3, n_heads=8, n_kv_heads=2)
     hd = HeadDivergence().fit(model, TINY_TRIPLES)
     mean = hd.scores_.mean_over_prompts().values
-    expected = {(l, h) for l in range(2) for h in range(8) if mean[l, h] > sorted(mean[l])[3] + 0.5 * (
-        sorted(mean[l])[4] - sorted(mean[l])[3])}  # above the per-layer median (8 heads: mean of 4th, 5th)
+    expected = {
+        (l, h)
+        for l in range(2)
+        for h in range(8)
+        if mean[l, h] > sorted(mean[l])[3] + 0.5 * (sorted(mean[l])[4] - sorted(mean[l])[3])
+    }  # above the per-layer median (8 heads: mean of 4th, 5th)
     assert set(hd.heads_) == expected and len(hd.heads_) == 8
     assert [mean[lh] for lh in hd.heads_] == sorted((mean[lh] for lh in hd.heads_), reverse=True)
     top3 = hd.set_params(select=("top_k", 3)).fit(model, TINY_TRIPLES).heads_
@@ -199,18 +220,21 @@ def test_segments_tokenise_parts_separately():
     assert pair.other == [[BOS, 5, 6, 40, 41, 9]] and pair.other_positions == [[5, 5]]
 
 
-@pytest.mark.parametrize("data, params, match", [
-    ([("t5", "t6", "")], {}, "suffix is empty"),
-    ([("t5", "", "t6")], {}, "segment is empty"),
-    ([("t5", "t6 t7", "t8")], {"positions": [2]}, "not after the segment"),
-    ([("t5", "t6", "t8")], {"distance": "manhattan"}, "distance"),
-    ([("t5", "t6", "t8")], {"variant": "masked"}, "variant"),
-    ([("t5", "t6", "t8")], {"filler": "t9"}, "only used with variant='replaced'"),
-    ([("t5", "t6", "t8")], {"top_k_per_layer": 0}, "top_k_per_layer"),
-    ([("t5", "t6", "t8")], {"select": "half"}, "above_median"),
-    (["t5 t6 t8"], {}, "triple"),
-    ([("t5", "t6", "t8")], {"positions": "first"}, "positions"),
-])
+@pytest.mark.parametrize(
+    "data, params, match",
+    [
+        ([("t5", "t6", "")], {}, "suffix is empty"),
+        ([("t5", "", "t6")], {}, "segment is empty"),
+        ([("t5", "t6 t7", "t8")], {"positions": [2]}, "not after the segment"),
+        ([("t5", "t6", "t8")], {"distance": "manhattan"}, "distance"),
+        ([("t5", "t6", "t8")], {"variant": "masked"}, "variant"),
+        ([("t5", "t6", "t8")], {"filler": "t9"}, "only used with variant='replaced'"),
+        ([("t5", "t6", "t8")], {"top_k_per_layer": 0}, "top_k_per_layer"),
+        ([("t5", "t6", "t8")], {"select": "half"}, "above_median"),
+        (["t5 t6 t8"], {}, "triple"),
+        ([("t5", "t6", "t8")], {"positions": "first"}, "positions"),
+    ],
+)
 def test_bad_input(data, params, match):
     with pytest.raises(InputError, match=match):
         HeadDivergence(**params).fit(tiny_model(), data)
@@ -218,16 +242,20 @@ def test_bad_input(data, params, match):
 
 # ---------------------------------------------------------------- SmolLM2
 
+
 @pytest.mark.real_model
 def test_reference_smollm2(smol, smol_hf):
     tok = smol.tokenizer
-    texts = [("Notes:", " The vault code is 7316 and the door is blue.", "\nQ: What colour is the door?\nA: The door is"),
-             ("System: answer briefly.", " Paris is the capital of France.", "\nUser: capital of France?\nAssistant:")]
+    texts = [
+        ("Notes:", " The vault code is 7316 and the door is blue.", "\nQ: What colour is the door?\nA: The door is"),
+        ("System: answer briefly.", " Paris is the capital of France.", "\nUser: capital of France?\nAssistant:"),
+    ]
     triples = [tuple(tok(t, add_special_tokens=False)["input_ids"] for t in tr) for tr in texts]
     hd = HeadDivergence(positions=[-2, -1]).fit(smol, texts)
     assert [it.present for it in hd.segments_] == [p + s + x for p, s, x in triples]
-    ref = reference_vhd(smol_hf, triples, removed,
-                        lambda pre, seg, suf, n, m: [(n - 2, m - 2), (n - 1, m - 1)], "euclidean")
+    ref = reference_vhd(
+        smol_hf, triples, removed, lambda pre, seg, suf, n, m: [(n - 2, m - 2), (n - 1, m - 1)], "euclidean"
+    )
     np.testing.assert_allclose(hd.scores_.values, ref, atol=1e-4, rtol=0)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headscope.analyzers.head_importance import HeadImportance
-from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
+from headscope.testing import induction_tokens, plain_hf_copy, planted_model, tiny_model
 
 
 def reference_importance(hf, examples, n_layers, n_heads, d_head):
@@ -16,10 +16,12 @@ def reference_importance(hf, examples, n_layers, n_heads, d_head):
         gates = torch.ones(n_layers, n_heads, requires_grad=True)
         handles = []
         for layer in range(n_layers):
-            def pre(module, args, layer=layer):
+
+            def pre(module, args, layer=layer, gates=gates):
                 (x,) = args  # [batch, pos, n_heads * d_head]
                 gated = x.view(*x.shape[:-1], n_heads, d_head) * gates[layer][:, None]
                 return (gated.view(x.shape),)
+
             handles.append(hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre))
         try:
             tokens = torch.tensor([ids])
@@ -38,7 +40,7 @@ def test_planted_copy_circuit_is_ranked_first():
     model, truth = planted_model()
     imp = HeadImportance().fit(model, induction_tokens(model, 20, batch=3, seed=1))
     assert set(imp.heads_[:2]) == {truth.previous_token, truth.induction}
-    others = [h for h in truth.background() + [truth.sink, truth.local_window]]
+    others = list(truth.background() + [truth.sink, truth.local_window])
     assert max(imp.scores_.values[0, l, h] for l, h in others) < 1e-6  # heads that write nothing get no gradient
 
 

@@ -44,11 +44,15 @@ def test_layer_kinds_of_non_hybrids_and_hf_attention_names():
 @pytest.mark.parametrize("name", HYBRIDS)
 def test_heads_on_layers_without_attention_are_refused_naming_the_kinds(name):
     model, ids = bridged(name), prompts(name)[:1]
-    for call in (lambda: capture(model, ids, layers=[0]),
-                 lambda: scan(model, ids, "zero", "kl_last", visit=[(2, 1)]),
-                 lambda: forward_with(model, torch.tensor(ids), [ZeroAblation(heads=[(0, 0)])]),
-                 lambda: model_info(model).check_head(2, 0)):
-        with pytest.raises(InputError, match=r"no attention heads.*Layer kinds: 0 \w+, 1 attention, 2 \w+, 3 attention"):
+    for call in (
+        lambda: capture(model, ids, layers=[0]),
+        lambda: scan(model, ids, "zero", "kl_last", visit=[(2, 1)]),
+        lambda: forward_with(model, torch.tensor(ids), [ZeroAblation(heads=[(0, 0)])]),
+        lambda: model_info(model).check_head(2, 0),
+    ):
+        with pytest.raises(
+            InputError, match=r"no attention heads.*Layer kinds: 0 \w+, 1 attention, 2 \w+, 3 attention"
+        ):
             call()
     assert capture(model, ids, layers=[3]).layers == [3]  # an attention layer alone is fine
 
@@ -106,8 +110,9 @@ def test_generation_observes_attention_layers_with_nan_rows_elsewhere():
     name = "qwen3-next"
     model, ids = bridged(name), prompts(name)[1]
     seen = []
-    out = greedy_generate(model, ids, 3, observe=("pattern", "resid_pre"),
-                          on_step=lambda step, token, acts: seen.append(acts))
+    out = greedy_generate(
+        model, ids, 3, observe=("pattern", "resid_pre"), on_step=lambda step, token, acts: seen.append(acts)
+    )
     assert len(seen) == 3
     for i, acts in enumerate(seen):
         seq = ids + out[:i]
@@ -157,22 +162,49 @@ def _other_hybrid(name):
     """Tiny configs of hybrids read generically (no family module): their config's layer list suffices."""
     import transformers
 
-    base = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, pad_token_id=0, eos_token_id=0)
+    base = dict(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        pad_token_id=0,
+        eos_token_id=0,
+    )
     mamba2 = dict(mamba_n_heads=8, mamba_d_state=16, mamba_d_head=16, mamba_chunk_size=16)
     cfg = {
         "bamba": lambda: transformers.BambaConfig(**base, attn_layer_indices=[1, 3], **mamba2),
         "lfm2": lambda: transformers.Lfm2Config(**base, layer_types=["conv", "full_attention"] * 2),
         "olmo_hybrid": lambda: transformers.OlmoHybridConfig(
-            **base, layer_types=["linear_attention", "full_attention"] * 2, linear_key_head_dim=16,
-            linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4),
+            **base,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+        ),
         "falcon_h1": lambda: transformers.FalconH1Config(**base, **mamba2, mamba_d_ssm=128, head_dim=16),
         "nemotron_h": lambda: transformers.NemotronHConfig(
-            **base, head_dim=16, layers_block_type=["mamba", "attention", "mlp", "attention"], mamba_num_heads=8,
-            mamba_head_dim=16, ssm_state_size=16, n_groups=1, chunk_size=16),
+            **base,
+            head_dim=16,
+            layers_block_type=["mamba", "attention", "mlp", "attention"],
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            ssm_state_size=16,
+            n_groups=1,
+            chunk_size=16,
+        ),
     }[name]()
-    arch = {"bamba": "BambaForCausalLM", "lfm2": "Lfm2ForCausalLM", "olmo_hybrid": "OlmoHybridForCausalLM",
-            "falcon_h1": "FalconH1ForCausalLM", "nemotron_h": "NemotronHForCausalLM"}[name]
+    arch = {
+        "bamba": "BambaForCausalLM",
+        "lfm2": "Lfm2ForCausalLM",
+        "olmo_hybrid": "OlmoHybridForCausalLM",
+        "falcon_h1": "FalconH1ForCausalLM",
+        "nemotron_h": "NemotronHForCausalLM",
+    }[name]
     A._finish(cfg, arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -187,8 +219,9 @@ def _boot_other(name):
     return boot(name, name, "cpu", torch.float32, None, hf_model=_other_hybrid(name), tokenizer=A.tiny_tokenizer(64))
 
 
-@pytest.mark.parametrize("name,attending", [("bamba", (1, 3)), ("lfm2", (1, 3)), ("olmo_hybrid", (1, 3)),
-                                            ("falcon_h1", (0, 1, 2, 3))])
+@pytest.mark.parametrize(
+    "name,attending", [("bamba", (1, 3)), ("lfm2", (1, 3)), ("olmo_hybrid", (1, 3)), ("falcon_h1", (0, 1, 2, 3))]
+)
 def test_other_hybrids_are_read_from_their_config(name, attending):
     """No family module: the config's layer list gives the kinds; captured patterns equal HF's
     output_attentions on an unbridged copy with the same weights (same seed)."""
@@ -211,6 +244,9 @@ def test_other_hybrids_are_read_from_their_config(name, attending):
 
 def test_a_bridge_that_maps_no_attention_is_refused():
     # TL 4.3 maps Nemotron-H's attention under another name: boot refuses it, naming the layer kinds
-    with pytest.raises(InputError, match=r"model_type 'nemotron_h'.*no layer whose attention the TransformerLens "
-                                         r"bridge maps.*1 unbridged attention"):
+    with pytest.raises(
+        InputError,
+        match=r"model_type 'nemotron_h'.*no layer whose attention the TransformerLens "
+        r"bridge maps.*1 unbridged attention",
+    ):
         _boot_other("nemotron_h")

@@ -7,8 +7,14 @@ import torch
 import yaml
 
 from headscope.errors import InputError
-from headscope.interventions import (ACTCalibration, Intervention, MeanAblation, ResampleAblation, VARRedistribution,
-                                     apply)
+from headscope.interventions import (
+    ACTCalibration,
+    Intervention,
+    MeanAblation,
+    ResampleAblation,
+    VARRedistribution,
+    apply,
+)
 from headscope.testing import tiny_model
 
 PROMPTS = [[3, 9, 4, 17, 8, 22, 5, 30, 11, 6], [7, 2, 40, 13, 9, 9, 21, 4, 3, 12], [15, 15, 2, 8, 33, 6, 1, 19, 27, 5]]
@@ -77,8 +83,9 @@ def test_act_calibration_matches_a_hand_computation_and_keeps_rows_stochastic():
     A = clean[name][0, 1]
     expected, sinks = _act_by_hand(A, 0.4, 0.1)
     assert sinks, "the tiny model should have a hidden sink for this test to mean anything"
-    _, got = _acts(model, [PROMPTS[0]], [name, "blocks.1.attn.hook_v", "blocks.1.attn.hook_z"],
-                   [ACTCalibration(heads=[(1, 1)])])
+    _, got = _acts(
+        model, [PROMPTS[0]], [name, "blocks.1.attn.hook_v", "blocks.1.attn.hook_z"], [ACTCalibration(heads=[(1, 1)])]
+    )
     P = got[name][0, 1]
     assert torch.allclose(P, expected, atol=1e-6)
     assert torch.allclose(P.sum(-1), torch.ones(len(P)), atol=1e-6)
@@ -122,8 +129,12 @@ def test_var_row_selection_by_target_mass():
 
 
 def test_new_kinds_round_trip_through_json_and_yaml():
-    specs = [MeanAblation(heads=[(0, 1)], reference=["a b c", [1, 2, 3]]), ResampleAblation(heads=[(1, 0)], shift=2),
-             ACTCalibration(heads=[(1, 2), (0, 0)], beta=0.3), VARRedistribution(heads=[(0, 1)], sinks=[4, 0], targets=(2, None))]
+    specs = [
+        MeanAblation(heads=[(0, 1)], reference=["a b c", [1, 2, 3]]),
+        ResampleAblation(heads=[(1, 0)], shift=2),
+        ACTCalibration(heads=[(1, 2), (0, 0)], beta=0.3),
+        VARRedistribution(heads=[(0, 1)], sinks=[4, 0], targets=(2, None)),
+    ]
     for spec in specs:
         assert Intervention.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
         assert Intervention.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec

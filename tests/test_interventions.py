@@ -5,7 +5,7 @@ import torch
 
 from headscope.errors import InputError
 from headscope.interventions import Intervention, ScaleOutput, StreamingWindow, UniformAttention, ZeroAblation, apply
-from headscope.testing import planted_model, induction_tokens, tiny_model
+from headscope.testing import induction_tokens, planted_model, tiny_model
 
 TOKENS = torch.tensor([[1, 5, 9, 12, 5, 9, 12, 7, 3, 30, 31, 5]])
 
@@ -24,8 +24,11 @@ def hook_count(model):
 
 def test_uniform_attention_gives_running_mean_of_v():
     model = tiny_model(seed=1)  # 4 heads, 2 KV heads: head 3 reads KV head 1
-    _, got = _run_capturing(model, [UniformAttention(heads=[(1, 3)])],
-                            ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z"])
+    _, got = _run_capturing(
+        model,
+        [UniformAttention(heads=[(1, 3)])],
+        ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z"],
+    )
     T = TOKENS.shape[1]
     expected_rows = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
     assert torch.allclose(got["blocks.1.attn.hook_pattern"][0, 3], expected_rows, atol=1e-6)
@@ -40,8 +43,9 @@ def test_uniform_attention_gives_running_mean_of_v():
 def test_decode_positions_leave_earlier_queries_alone():
     model = tiny_model(seed=1)
     _, clean = _run_capturing(model, [], ["blocks.0.attn.hook_pattern"])
-    _, got = _run_capturing(model, [UniformAttention(heads=[(0, 1)], positions="decode")],
-                            ["blocks.0.attn.hook_pattern"], decode_start=8)
+    _, got = _run_capturing(
+        model, [UniformAttention(heads=[(0, 1)], positions="decode")], ["blocks.0.attn.hook_pattern"], decode_start=8
+    )
     a, b = got["blocks.0.attn.hook_pattern"][0, 1], clean["blocks.0.attn.hook_pattern"][0, 1]
     assert torch.equal(a[:8], b[:8])
     assert torch.allclose(a[8:], torch.tril(torch.ones(12, 12))[8:] / torch.arange(9, 13)[:, None], atol=1e-6)

@@ -2,10 +2,9 @@
 forward_with, scan (by name, class or template, with visited vs base heads) and a `headscope run`
 spec all use it; numbers are checked against the same edit applied by hand with a plain hook."""
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
-
-import json
 
 import numpy as np
 import pytest
@@ -14,8 +13,16 @@ import torch.nn.functional as F
 import yaml
 
 from headscope.errors import InputError
-from headscope.interventions import (KINDS, Intervention, ScaleOutput, UniformAttention, ZeroAblation, apply,
-                                     forward_with, scan)
+from headscope.interventions import (
+    KINDS,
+    Intervention,
+    ScaleOutput,
+    UniformAttention,
+    ZeroAblation,
+    apply,
+    forward_with,
+    scan,
+)
 from headscope.registry import registered_from
 from headscope.testing import planted_model, tiny_model
 
@@ -49,6 +56,7 @@ def toy():
 
 def by_hand(model, tokens, heads, factor=FACTOR):
     """Logits with hook_z of `heads` scaled by a plain hook (no headscope intervention code)."""
+
     def scale(layer):
         def hook(z, hook):
             z = z.clone()
@@ -56,7 +64,9 @@ def by_hand(model, tokens, heads, factor=FACTOR):
                 if l == layer:
                     z[:, :, h] *= factor
             return z
+
         return hook
+
     hooks = [(f"blocks.{l}.attn.hook_z", scale(l)) for l in sorted({l for l, _ in heads})]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         return model(torch.as_tensor(tokens))
@@ -117,8 +127,9 @@ def test_scan_keeps_visited_heads_apart_from_heads_edited_together(toy):
     with torch.no_grad(), apply(model, base_iv):
         base = model(torch.tensor(PROMPTS))
         for l, h in visit:
-            np.testing.assert_allclose(got.values[:, l, h], kl_last(base, by_hand(model, PROMPTS, [(l, h)])),
-                                       atol=1e-5, err_msg=f"L{l}H{h}")
+            np.testing.assert_allclose(
+                got.values[:, l, h], kl_last(base, by_hand(model, PROMPTS, [(l, h)])), atol=1e-5, err_msg=f"L{l}H{h}"
+            )
     assert np.isnan(got.values[:, 0, 0]).all() and np.isnan(got.values[:, 1, 0]).all()  # not visited
     assert got.params["base_interventions"] == [s.to_dict() for s in base_iv]
     old_form = scan(model, PROMPTS, "toy_times", "kl_last", heads=visit, base_interventions=base_iv, factor=FACTOR)
@@ -177,6 +188,7 @@ def test_a_headscope_run_spec_names_the_toy_kind(toy, tmp_path):
 
 def test_a_kind_class_is_checked_when_defined():
     with pytest.raises(TypeError, match="site 'hook_z'"):
+
         @dataclass(frozen=True)
         class BadSite(Intervention):
             kind: ClassVar[str] = "toy_bad_site"
@@ -184,12 +196,16 @@ def test_a_kind_class_is_checked_when_defined():
 
             def edit(self, sel, rows, ctx):
                 return sel
+
     with pytest.raises(TypeError, match="must define edit"):
+
         @dataclass(frozen=True)
         class NoEdit(Intervention):
             kind: ClassVar[str] = "toy_no_edit"
             site: ClassVar[str] = "z"
+
     with pytest.raises(TypeError, match="'zero' is taken"):
+
         @dataclass(frozen=True)
         class Clash(Intervention):
             kind: ClassVar[str] = "zero"
@@ -197,7 +213,9 @@ def test_a_kind_class_is_checked_when_defined():
 
             def edit(self, sel, rows, ctx):
                 return sel
+
     with pytest.raises(TypeError, match=r"kind: ClassVar"):
+
         @dataclass(frozen=True)
         class FieldNotClassVar(Intervention):
             kind: str = "toy_field"
@@ -205,18 +223,28 @@ def test_a_kind_class_is_checked_when_defined():
 
             def edit(self, sel, rows, ctx):
                 return sel
+
     assert not {"toy_bad_site", "toy_no_edit", "toy_field"} & set(KINDS)
     assert KINDS["zero"] is ZeroAblation
 
 
 def test_kinds_declare_what_generation_and_scans_need():
     """The flags the safety/generation code and the scan read from each class."""
-    flags = {name: (cls.site, cls.reference_field, cls.whole_query) for name, cls in KINDS.items()
-             if not name.startswith("toy_")}
-    assert flags == {"zero": ("z", None, False), "scale": ("z", None, False), "mean": ("z", "reference", False),
-                     "resample": ("z", "source", False), "uniform_attention": ("attn_scores", None, False),
-                     "streaming_window": ("attn_scores", None, False), "act": ("pattern", None, True),
-                     "var": ("pattern", None, False)}
+    flags = {
+        name: (cls.site, cls.reference_field, cls.whole_query)
+        for name, cls in KINDS.items()
+        if not name.startswith("toy_")
+    }
+    assert flags == {
+        "zero": ("z", None, False),
+        "scale": ("z", None, False),
+        "mean": ("z", "reference", False),
+        "resample": ("z", "source", False),
+        "uniform_attention": ("attn_scores", None, False),
+        "streaming_window": ("attn_scores", None, False),
+        "act": ("pattern", None, True),
+        "var": ("pattern", None, False),
+    }
     assert KINDS["resample"].scan_template().shift == 1  # resampling a prompt from itself would be a no-op
     assert KINDS["resample"].scan_template(source=[[1, 2]]).shift == 0
     own = ((1, 2, 3),)
@@ -263,12 +291,12 @@ def test_a_whole_query_kind_makes_chat_generation_recompute_every_step():
     try:
         model, truth = planted_model()
         model.tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }}{% endfor %}"
-        generate_responses(model, ["t5 t6 t7 t5"], interventions=[CountRows(heads=[truth.induction])],
-                           max_new_tokens=3)
+        generate_responses(model, ["t5 t6 t7 t5"], interventions=[CountRows(heads=[truth.induction])], max_new_tokens=3)
         assert seen[0] > 1 and seen[1:] == [1] * (len(seen) - 1), seen  # prefill, then one query a step
         seen.clear()
-        generate_responses(model, ["t5 t6 t7 t5"], interventions=[CountAllRows(heads=[truth.induction])],
-                           max_new_tokens=3)
+        generate_responses(
+            model, ["t5 t6 t7 t5"], interventions=[CountAllRows(heads=[truth.induction])], max_new_tokens=3
+        )
         assert seen == list(range(5, 5 + len(seen))) and len(seen) == 3, seen  # the whole sequence, each step
     finally:
         KINDS.unregister("toy_count_rows")

@@ -105,25 +105,35 @@ def test_imports_point_down():
             if other == own:
                 continue
             if RANK[other] > RANK[own] or (RANK[other] == RANK[own] and RANK[own] != 0):
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {own} (layer {RANK[own]}) imports {target} "
-                           f"(layer {RANK[other]})")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {own} (layer {RANK[own]}) imports {target} (layer {RANK[other]})"
+                )
     assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
 
 
 def test_no_headscope_imports_inside_functions():
-    bad = [f"{path.relative_to(ROOT)}:{line}: {target}"
-           for path in _sources() if _package(path) not in INNER_ALLOWED
-           for line, target, inside in headscope_imports(path) if inside]
-    assert not bad, ("headscope imports inside functions (import at the top; a cycle means a module is "
-                     "in the wrong layer):\n" + "\n".join(bad))
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}: {target}"
+        for path in _sources()
+        if _package(path) not in INNER_ALLOWED
+        for line, target, inside in headscope_imports(path)
+        if inside
+    ]
+    assert not bad, (
+        "headscope imports inside functions (import at the top; a cycle means a module is "
+        "in the wrong layer):\n" + "\n".join(bad)
+    )
 
 
 def test_no_string_imports_of_headscope_modules():
     """import_module("headscope.x") / __import__ would bypass the checks above (the plugin loader in
     headscope/registry.py is the one declared exception: it names the built-in plugin)."""
     pattern = re.compile(r"""(import_module|__import__)\(\s*f?["']headscope""")
-    bad = [f"{p.relative_to(ROOT)}" for p in _sources()
-           if pattern.search(p.read_text(encoding="utf-8")) and p.name != "registry.py"]
+    bad = [
+        f"{p.relative_to(ROOT)}"
+        for p in _sources()
+        if pattern.search(p.read_text(encoding="utf-8")) and p.name != "registry.py"
+    ]
     assert not bad, f"string imports of headscope modules in {bad}: import them, or register through a Registry"
 
 
@@ -131,9 +141,12 @@ def test_the_checker_sees_upward_imports(tmp_path):
     """The reader itself: a relative upward import, an inner one and a TYPE_CHECKING one."""
     fake = tmp_path / "headscope" / "models" / "probe.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("from typing import TYPE_CHECKING\nfrom ..analyzers import base\n"
-                    "if TYPE_CHECKING:\n    from ..experiments import spec\n"
-                    "def f():\n    from headscope.capture import engine\n", encoding="utf-8")
+    fake.write_text(
+        "from typing import TYPE_CHECKING\nfrom ..analyzers import base\n"
+        "if TYPE_CHECKING:\n    from ..experiments import spec\n"
+        "def f():\n    from headscope.capture import engine\n",
+        encoding="utf-8",
+    )
     found = list(headscope_imports(fake, root=tmp_path))
     assert found == [(2, "headscope.analyzers", False), (6, "headscope.capture", True)]
 

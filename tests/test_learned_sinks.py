@@ -24,9 +24,12 @@ def _prompts():
 def _attention_inputs(hf, ids):
     """Per layer, the hidden states and (cos, sin) HF's attention module receives for one unpadded prompt."""
     seen = {}
-    hooks = [layer.self_attn.register_forward_pre_hook(
-        lambda module, args, kwargs, l=l: seen.__setitem__(l, kwargs), with_kwargs=True)
-        for l, layer in enumerate(hf.model.layers)]
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(
+            lambda module, args, kwargs, l=l: seen.__setitem__(l, kwargs), with_kwargs=True
+        )
+        for l, layer in enumerate(hf.model.layers)
+    ]
     try:
         with torch.no_grad():
             out = hf(torch.tensor([ids]), output_attentions=True)

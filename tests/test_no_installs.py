@@ -44,6 +44,7 @@ def test_transformer_lens_does_not_install_torchvision(recorded):
     original = helpers._ensure_torchvision
     try:
         import torchvision  # noqa: F401
+
         has_torchvision = True
     except Exception:
         has_torchvision = False
@@ -74,7 +75,9 @@ def test_snapshot_changes_name_every_difference():
 def test_a_vendored_copy_put_on_sys_path_is_not_an_install(tmp_path, monkeypatch):
     # Ray puts ray/thirdparty_files (colorama, psutil) on sys.path when imported: nothing was installed.
     (tmp_path / "vendored-1.0.dist-info").mkdir()
-    (tmp_path / "vendored-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: vendored\nVersion: 1.0\n")
+    (tmp_path / "vendored-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vendored\nVersion: 1.0\n"
+    )
     before = snapshot()
     monkeypatch.syspath_prepend(str(tmp_path))
     assert changes(before, snapshot()) == []

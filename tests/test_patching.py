@@ -11,8 +11,14 @@ from headscope.testing import planted_model
 from headscope.testing.architectures import ARCHITECTURES, random_prompt, tiny_arch_model
 
 FAMILIES = ["gpt2", "llama", "qwen2"]  # LayerNorm + learned positions; GQA RMSNorm; GQA with qkv biases
-HOOK = {"z": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",
-        "pattern": "attn.hook_pattern", "resid_pre": "hook_resid_pre"}
+HOOK = {
+    "z": "attn.hook_z",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "pattern": "attn.hook_pattern",
+    "resid_pre": "hook_resid_pre",
+}
 
 
 def _pairs(seed=0):
@@ -55,8 +61,11 @@ def plain_patch(model, clean, corrupt, answers, site, direction, per_position):
                         else:
                             t[:, at, u] = act[:, at, u]
                         return t
+
                     with torch.no_grad():
-                        logits = model.run_with_hooks(torch.tensor([base]), fwd_hooks=[(f"blocks.{layer}.{name}", hook)])
+                        logits = model.run_with_hooks(
+                            torch.tensor([base]), fwd_hooks=[(f"blocks.{layer}.{name}", hook)]
+                        )
                     grid[i, 0 if p is None else p] = _logit_diff(logits, pair)
             per_layer.append(grid[0] if site == "resid_pre" else grid if per_position else grid[:, 0])
         rows.append(per_layer)
@@ -69,8 +78,18 @@ def plain_patch(model, clean, corrupt, answers, site, direction, per_position):
 def test_patch_z_equals_a_plain_transformerlens_loop(family, direction, per_position):
     model = tiny_arch_model(family)
     clean, corrupt, answers = _pairs()
-    got = patch(model, clean, corrupt, "logit_diff", "z", direction=direction, per_position=per_position,
-                metric_kwargs={"answers": answers}, batch_size=2, max_rows=4)  # ragged batches, several chunks
+    got = patch(
+        model,
+        clean,
+        corrupt,
+        "logit_diff",
+        "z",
+        direction=direction,
+        per_position=per_position,
+        metric_kwargs={"answers": answers},
+        batch_size=2,
+        max_rows=4,
+    )  # ragged batches, several chunks
     ref = plain_patch(model, clean, corrupt, answers, "z", direction, per_position)
     assert got.dims == ("prompt", "layer", "head") + (("position",) if per_position else ())
     assert np.isnan(got.values[2, ..., 5:]).all() if per_position else True  # past the short pair's end
@@ -89,8 +108,17 @@ def test_patch_other_sites_equal_the_plain_loop_on_gqa(site, direction):
     model = tiny_arch_model("llama")  # 4 query heads, 2 KV heads
     clean, corrupt, answers = _pairs(1)
     per_position = site in ("k", "resid_pre")
-    got = patch(model, clean, corrupt, "logit_diff", [site], direction=direction, per_position=per_position,
-                metric_kwargs={"answers": answers}, batch_size=2)[site]
+    got = patch(
+        model,
+        clean,
+        corrupt,
+        "logit_diff",
+        [site],
+        direction=direction,
+        per_position=per_position,
+        metric_kwargs={"answers": answers},
+        batch_size=2,
+    )[site]
     ref = plain_patch(model, clean, corrupt, answers, site, direction, per_position)
     if site in ("k", "v"):
         assert got.dims[2] == "kv_head" and got.values.shape[2] == 2  # one value per KV head, said so
@@ -126,19 +154,22 @@ def test_patching_the_planted_induction_head_restores_the_metric():
     others = [norm.values[l, h] for l in range(2) for h in range(4) if (l, h) not in circuit]
     assert np.abs(others).max() < 0.1 and norm.values[truth.previous_token] < norm.values[layer, head]
     # noising: removing the head's clean output breaks the clean prediction
-    noised = patch(model, clean, corrupt, "logit_diff", "z", direction="noising",
-                   metric_kwargs={"answers": answers}).normalized()
+    noised = patch(
+        model, clean, corrupt, "logit_diff", "z", direction="noising", metric_kwargs={"answers": answers}
+    ).normalized()
     assert noised.values[layer, head] > 0.9
     # per-prompt normalisation follows TransformerLens's (patched - corrupt) / (clean - corrupt)
     per = res.normalized(per_prompt=True)
-    np.testing.assert_allclose(per.values, (res.values - res.corrupt_metric[:, None, None])
-                               / (res.clean_metric - res.corrupt_metric)[:, None, None])
+    np.testing.assert_allclose(
+        per.values,
+        (res.values - res.corrupt_metric[:, None, None]) / (res.clean_metric - res.corrupt_metric)[:, None, None],
+    )
     assert norm.heads().top(1)[["layer", "head"]].values.tolist() == [list(truth.induction)]
     assert res.heads().values.shape == (3, 2, 4) and res.heads().better == "higher"
 
 
 def test_patch_results_save_load_and_tabulate(tmp_path):
-    model, truth = planted_model()
+    model, _truth = planted_model()
     clean, corrupt, answers = _induction_pair(model)
     res = patch(model, [clean], [corrupt], lambda logits, batch: logits[:, -1, answers[0]], "z", per_position=True)
     assert res.metric == "<lambda>" and res.values.shape == (1, 2, 4, len(clean))
@@ -191,10 +222,16 @@ def test_dla_results_round_trip(tmp_path):
 
 
 # Families whose heads have no additive direct path (post-sublayer norms; BERT's non-linear masked-LM readout).
-DLA_REFUSED = {"gemma2": "post-attention norm", "gemma3": "post-attention norm", "olmo2": "post-attention norm",
-               "olmo3": "post-attention norm", "exaone4": "post-attention norm", "bert": "own transform",
-               **{f: "multi-head latent attention" for f in ("deepseek-v3", "deepseek-v2")},
-               **{f: "is a hybrid" for f in ("qwen3-next", "granite-moe-hybrid", "jamba")}}
+DLA_REFUSED = {
+    "gemma2": "post-attention norm",
+    "gemma3": "post-attention norm",
+    "olmo2": "post-attention norm",
+    "olmo3": "post-attention norm",
+    "exaone4": "post-attention norm",
+    "bert": "own transform",
+    **dict.fromkeys(("deepseek-v3", "deepseek-v2"), "multi-head latent attention"),
+    **dict.fromkeys(("qwen3-next", "granite-moe-hybrid", "jamba"), "is a hybrid"),
+}
 
 
 @pytest.mark.parametrize("family", list(ARCHITECTURES))
@@ -232,6 +269,7 @@ def test_bad_inputs_are_input_errors_naming_the_fix():
     with pytest.raises(InputError, match="position=9 is outside prompt 0"):
         direct_logit_attribution(model, [[1, 5, 6]], [(5, 6)], position=9)
     import headscope.testing.sweep  # noqa: F401  (its families, e.g. XGLM: patterns reported after HF, unrouted)
+
     with pytest.raises(InputError, match="patch 'z' or 'v'"):
         patch(tiny_arch_model("XGLMForCausalLM"), [[1, 5, 6]], [[1, 5, 7]], sites="pattern", **ok)
 
@@ -243,7 +281,9 @@ def test_dla_on_ragged_prompts_equals_each_prompt_alone():
         together = direct_logit_attribution(model, clean, answers, position=position, batch_size=3)
         for i, (prompt, pair) in enumerate(zip(clean, answers)):
             alone = direct_logit_attribution(model, [prompt], [pair], position=position)
-            np.testing.assert_allclose(together.heads.values[i], alone.heads.values[0], atol=1e-5)  # float32: a padded batch vs one prompt alone
+            np.testing.assert_allclose(
+                together.heads.values[i], alone.heads.values[0], atol=1e-5
+            )  # float32: a padded batch vs one prompt alone
             np.testing.assert_allclose(together.logit_diff[i], alone.logit_diff[0], atol=1e-5)
     with torch.no_grad():  # position 3 reads the logits there, not at the end
         logits = model(torch.tensor([clean[0]]))
@@ -260,5 +300,8 @@ def test_the_full_forward_fallback_gives_the_replayed_numbers():
     for site in ("z", "resid_pre"):
         np.testing.assert_allclose(replayed[site].values, full[site].values, atol=1e-5)
     norm = full["z"].normalized(per_prompt=True)  # noising: (patched - clean) / (corrupt - clean)
-    np.testing.assert_allclose(norm.values, (full["z"].values - full["z"].clean_metric[:, None, None, None])
-                               / (full["z"].corrupt_metric - full["z"].clean_metric)[:, None, None, None])
+    np.testing.assert_allclose(
+        norm.values,
+        (full["z"].values - full["z"].clean_metric[:, None, None, None])
+        / (full["z"].corrupt_metric - full["z"].clean_metric)[:, None, None, None],
+    )

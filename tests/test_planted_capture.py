@@ -4,10 +4,10 @@ every statistic equals an independent loop over the model's own attentions (HF o
 import numpy as np
 import pytest
 import torch
+from reference import reference_stats
 
 from headscope.capture import capture, default_reducers
-from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
-from reference import reference_stats
+from headscope.testing import induction_tokens, plain_hf_copy, planted_model, tiny_model
 
 # kind -> (statistic, whether the planted head should have the highest (True) or lowest value)
 MATCHING = {
@@ -69,5 +69,10 @@ def test_reducers_equal_loops_over_hf_attentions(builder):
             attn = hf(torch.tensor([toks]), output_attentions=True).attentions
         pattern = torch.stack([a[0] for a in attn]).tolist()
         for name, expected in reference_stats(pattern, toks).items():
-            np.testing.assert_allclose(res[name].values[p], np.array(expected), atol=1e-5, equal_nan=True,
-                                       err_msg=f"{builder} prompt {p} {name}")
+            np.testing.assert_allclose(
+                res[name].values[p],
+                np.array(expected),
+                atol=1e-5,
+                equal_nan=True,
+                err_msg=f"{builder} prompt {p} {name}",
+            )

@@ -164,7 +164,10 @@ def test_gqa_heads_share_keys(planted):
             mine = q[:, :, h] @ rk[:, :, truth.kv_group(h)].transpose(-1, -2) / q.shape[-1] ** 0.5
             assert torch.allclose(mine[:, lower], scores[:, h][:, lower], atol=1e-3, rtol=1e-5)
     # the planted sink and local-window heads are in one group: one K serves two different patterns
-    assert truth.kv_group(truth.sink[1]) == truth.kv_group(truth.local_window[1]) and truth.sink[0] == truth.local_window[0]
+    assert (
+        truth.kv_group(truth.sink[1]) == truth.kv_group(truth.local_window[1])
+        and truth.sink[0] == truth.local_window[0]
+    )
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -202,12 +205,23 @@ def test_expected_pattern_matches_model(planted, repeated):
         assert (head(patterns, where) - truth.expected_pattern(kind, nobos)).abs().max() < 1e-4, kind
 
 
-@pytest.mark.parametrize("kw", [
-    dict(local_window_size=2),
-    dict(local_window_size=3, n_kv_heads=4),
-    dict(n_layers=3, n_heads=8, n_kv_heads=1, previous_token=(1, 5), induction=(2, 7), sink=(2, 0), local_window=(0, 6)),
-    dict(sink=None, induction=None, vocab_size=12, n_ctx=32),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(local_window_size=2),
+        dict(local_window_size=3, n_kv_heads=4),
+        dict(
+            n_layers=3,
+            n_heads=8,
+            n_kv_heads=1,
+            previous_token=(1, 5),
+            induction=(2, 7),
+            sink=(2, 0),
+            local_window=(0, 6),
+        ),
+        dict(sink=None, induction=None, vocab_size=12, n_ctx=32),
+    ],
+)
 def test_other_layouts_are_exact(kw):
     model, truth = planted_model(**kw)
     seq = min(model.cfg.d_vocab - 2, (model.cfg.n_ctx - 1) // 3)
@@ -219,15 +233,18 @@ def test_other_layouts_are_exact(kw):
         assert (logits.argmax(-1)[:, seq + 1 : -1] == tokens[:, seq + 2 :]).all()
 
 
-@pytest.mark.parametrize("kw", [
-    dict(previous_token=None),                      # induction without a previous-token head
-    dict(previous_token=(1, 1)),                    # previous-token head not before induction
-    dict(sink=(0, 1)),                              # two kinds on one head
-    dict(local_window_size=7),
-    dict(n_ctx=4096),
-    dict(n_layers=3, sink=(2, 0)),                  # planted head above the induction layer
-    dict(induction=(2, 0)),                         # outside the model
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(previous_token=None),  # induction without a previous-token head
+        dict(previous_token=(1, 1)),  # previous-token head not before induction
+        dict(sink=(0, 1)),  # two kinds on one head
+        dict(local_window_size=7),
+        dict(n_ctx=4096),
+        dict(n_layers=3, sink=(2, 0)),  # planted head above the induction layer
+        dict(induction=(2, 0)),  # outside the model
+    ],
+)
 def test_invalid_layouts_raise(kw):
     with pytest.raises(ValueError):
         planted_model(**kw)
@@ -239,7 +256,9 @@ def test_checks_catch_a_broken_head():
     layer, h = truth.previous_token
     q = model.original_model.model.layers[layer].self_attn.q_proj.weight
     with torch.no_grad():
-        q[h * model.cfg.d_head:(h + 1) * model.cfg.d_head] *= 0.3  # shrink the head's logits: still mostly on i-1, no longer exact
+        q[h * model.cfg.d_head : (h + 1) * model.cfg.d_head] *= (
+            0.3  # shrink the head's logits: still mostly on i-1, no longer exact
+        )
     tokens = induction_tokens(model, seq_len=SEQ, seed=1)
     _, patterns = run_patterns(model, tokens)
     prev = head(patterns, truth.previous_token).diagonal(offset=-1, dim1=1, dim2=2)

@@ -27,7 +27,7 @@ def _pairs(n_prompts=3, prompt_len=12, response_len=25, vocab=48, seed=0):
     out = []
     for _ in range(n_prompts):
         seq = rng.permutation(np.arange(2, vocab))[: prompt_len + response_len - 1].tolist()
-        out.append(([1] + seq[: prompt_len - 1], seq[prompt_len - 1:]))
+        out.append(([1] + seq[: prompt_len - 1], seq[prompt_len - 1 :]))
     return out
 
 
@@ -41,7 +41,7 @@ def _planted(**kw):
     with torch.no_grad():
         for l, h in truth.background():
             attn = layers[l].self_attn
-            attn.q_proj.weight[h * attn.head_dim:(h + 1) * attn.head_dim] = 0.0
+            attn.q_proj.weight[h * attn.head_dim : (h + 1) * attn.head_dim] = 0.0
     return model, truth
 
 
@@ -155,8 +155,13 @@ def test_matches_hf_loops_on_smollm2(smol, smol_hf):
     pairs = [("What is 7 + 5?", "7 + 5 = 12. The answer is 12.")]
     an = PreplanAnchor().fit(smol, pairs)
     tok = smol.tokenizer
-    prefix = tok.apply_chat_template([{"role": "user", "content": pairs[0][0]}], add_generation_prompt=True, tokenize=False)
-    p_ids, r_ids = tok(prefix, add_special_tokens=False)["input_ids"], tok(pairs[0][1], add_special_tokens=False)["input_ids"]
+    prefix = tok.apply_chat_template(
+        [{"role": "user", "content": pairs[0][0]}], add_generation_prompt=True, tokenize=False
+    )
+    p_ids, r_ids = (
+        tok(prefix, add_special_tokens=False)["input_ids"],
+        tok(pairs[0][1], add_special_tokens=False)["input_ids"],
+    )
     assert an.token_ids_ == [p_ids + r_ids] and an.response_starts_ == [len(p_ids)]
     plain, starts = encode_pairs(smol, pairs, template="plain")
     q_ids = tok("Question: What is 7 + 5?\nAnswer:", add_special_tokens=False)["input_ids"]
@@ -199,15 +204,18 @@ def test_chat_and_plain_templates():
         encode_pairs(model, [("t5", "t6")], template="chat")
 
 
-@pytest.mark.parametrize("params, data, match", [
-    (dict(horizon=(5, 2)), None, "H_lo <= H_hi"),
-    (dict(local_fraction=0.7, global_fraction=0.4), None, "overlap"),
-    (dict(window=0), None, "window"),
-    (dict(layers="late"), None, "middle"),
-    (dict(peak_rule="argmax"), None, "peak_rule"),
-    ({}, [([1, 2], [])], "empty response"),
-    ({}, ["just a string"], "not a \\(prompt, response\\) pair"),
-])
+@pytest.mark.parametrize(
+    "params, data, match",
+    [
+        (dict(horizon=(5, 2)), None, "H_lo <= H_hi"),
+        (dict(local_fraction=0.7, global_fraction=0.4), None, "overlap"),
+        (dict(window=0), None, "window"),
+        (dict(layers="late"), None, "middle"),
+        (dict(peak_rule="argmax"), None, "peak_rule"),
+        ({}, [([1, 2], [])], "empty response"),
+        ({}, ["just a string"], "not a \\(prompt, response\\) pair"),
+    ],
+)
 def test_bad_input(params, data, match):
     with pytest.raises(InputError, match=match):
         PreplanAnchor(**params).fit(tiny_model(), data if data is not None else _pairs(1))

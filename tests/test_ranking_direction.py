@@ -50,7 +50,7 @@ def test_direction_survives_mean_save_and_load(planted, tmp_path):
 
 
 def test_custom_metric_declares_or_ranks_by_magnitude(planted):
-    model, truth, prompts, _ = planted
+    model, _truth, prompts, _ = planted
 
     def drop(base, variant, batch):  # larger = the head mattered more, but negative
         last = torch.arange(len(base))
@@ -66,7 +66,7 @@ def test_custom_metric_declares_or_ranks_by_magnitude(planted):
 
 
 def test_atp_estimates_rank_in_the_metric_direction(planted):
-    model, truth, prompts, answers = planted
+    model, _truth, prompts, answers = planted
     est = scan(model, prompts, "zero", "logit_diff", method="atp", metric_kwargs={"answers": answers})
     assert est.better == "lower"
     assert est.top(1).score.iloc[0] == pytest.approx(np.nanmean(est.values, 0).min())

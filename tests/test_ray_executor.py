@@ -31,8 +31,11 @@ from headscope.experiments import run_experiment
 from headscope.experiments.worker import WORKER_DELAY_ENV, load_options
 from headscope.results import HeadScores
 
-pytestmark = [pytest.mark.filterwarnings("ignore:no massive activation:UserWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:no massive activation:UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.timeout(600),
+]
 
 # Planted model: an analyzer, a per-layer scan, attribution patching screened by an exact scan (an item
 # that reads another item of its unit) and an evaluation ranked by the scan (items that read a unit).
@@ -80,9 +83,19 @@ def cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     ray_bin = Path(sys.executable).with_name("ray")
-    start = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
-             "--object-store-memory=200000000"]
+    start = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+        "--object-store-memory=200000000",
+    ]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
     address = f"127.0.0.1:{port}"
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -139,20 +152,26 @@ def _same_results(got_out: Path, want_out: Path) -> None:
         doc.pop("finished")
         doc["run"] = doc["run"]["items"]
     assert a == b
-    strip = (lambda t: [line for line in t.splitlines() if not line.startswith("Model: ")])
+    strip = lambda t: [line for line in t.splitlines() if not line.startswith("Model: ")]
     assert strip((got_out / "summary.md").read_text()) == strip((want_out / "summary.md").read_text())
 
 
 def _markers(out: Path) -> dict:
     """{marker path: (mtime_ns, sha256)} of every finished item (scan/analyze parquet, evaluate json)."""
-    found = [p for p in (out / "units").rglob("*") if p.is_file() and not p.name.startswith(".")
-             and (p.suffix == ".parquet" or p.parent.name == "acc")] if (out / "units").is_dir() else []
+    found = (
+        [
+            p
+            for p in (out / "units").rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (p.suffix == ".parquet" or p.parent.name == "acc")
+        ]
+        if (out / "units").is_dir()
+        else []
+    )
     return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in found}
 
 
 def test_ray_run_equals_local_run(cluster, local_run, tmp_path):
-    out = run_experiment(_spec(tmp_path), tmp_path / "out", executor="ray", address=cluster, workers=2,
-                         progress=False)
+    out = run_experiment(_spec(tmp_path), tmp_path / "out", executor="ray", address=cluster, workers=2, progress=False)
     _same_results(out, local_run)
     log = json.loads((out / "executor.json").read_text())
     assert len(log["items"]) == N_ITEMS and {w["name"] for w in log["workers"]} == {"w0", "w1"}
@@ -184,10 +203,10 @@ def test_worker_killed_mid_unit_is_replaced_and_its_unit_rerun(cluster, local_ru
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.05)
+
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    out = run_experiment(_spec(tmp_path), tmp_path / "out", executor="ray", address=cluster, workers=2,
-                         progress=False)
+    out = run_experiment(_spec(tmp_path), tmp_path / "out", executor="ray", address=cluster, workers=2, progress=False)
     thread.join(timeout=5)
     assert killed, "no worker was seen running an item"
     log = json.loads((out / "executor.json").read_text())
@@ -200,8 +219,21 @@ def test_killed_driver_resumes_and_keeps_finished_units(cluster, local_run, tmp_
     spec = _spec(tmp_path)
     out = tmp_path / "out"
     env = {**os.environ, WORKER_DELAY_ENV: "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "headscope.cli", "run", str(spec), "--out", str(out), "--executor", "ray",
-           "--address", cluster, "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "headscope.cli",
+        "run",
+        str(spec),
+        "--out",
+        str(out),
+        "--executor",
+        "ray",
+        "--address",
+        cluster,
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while len(_markers(out)) < 3 and proc.poll() is None:
@@ -226,12 +258,15 @@ def test_killed_driver_resumes_and_keeps_finished_units(cluster, local_run, tmp_
 
 def test_error_inside_a_unit_names_it_and_keeps_finished_units(cluster, tmp_path):
     # The second unit asks for positions past the prompts' end: found only when its item runs.
-    text = SPEC.split("  - name: screened")[0] + """  - name: late
+    text = (
+        SPEC.split("  - name: screened")[0]
+        + """  - name: late
     scan: zero
     metric: kl_last
     data: rep
     params: {positions: [20, 30]}
 """
+    )
     text = text.replace("  - name: zero\n", "  - name: zero\n    layers: [0]\n")
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"units\[2\] \(late\), layers 0-0: positions \[20, 30\] start past"):

@@ -14,7 +14,7 @@ def test_readme_induction_heads(smol):
     from headscope.inputs import repeated_random_tokens
 
     text = README.read_text(encoding="utf-8")
-    sentence = text[text.index("the induction heads stand out"):].split("\n\n")[0]
+    sentence = text[text.index("the induction heads stand out") :].split("\n\n")[0]
     stated = [(f"L{l}H{h}", float(v)) for l, h, v in re.findall(r"L(\d+)H(\d+) (\d\.\d+)", sentence)]
     assert len(stated) == 4, sentence
     probes = repeated_random_tokens(smol.cfg.d_vocab, seq_len=50, n_prompts=4, first_token=1)

@@ -17,7 +17,12 @@ OWNERS = {
     "analyzer": ("headscope.analyzers.", "headscope.safety.", "headscope.vision."),
     "intervention kind": ("headscope.interventions.kinds.",),
     "bundled model or testbed": ("headscope.models.loading", "headscope.testbeds.", "headscope.testing.testbeds"),
-    "evaluator": ("headscope.analyzers.", "headscope.safety.", "headscope.vision.", "headscope.experiments.metric_change"),
+    "evaluator": (
+        "headscope.analyzers.",
+        "headscope.safety.",
+        "headscope.vision.",
+        "headscope.experiments.metric_change",
+    ),
     "data generator": ("headscope.inputs.", "headscope.safety.", "headscope.vision."),
 }
 
@@ -45,8 +50,9 @@ def _toy_prompts(model, n=None):
 
 @pytest.fixture
 def toy():
-    testbed = register_testbed(Testbed("toy-testbed", load=_load_toy, summary="a tiny model", accepts=_load_toy,
-                                       image_prompts=_toy_prompts))
+    testbed = register_testbed(
+        Testbed("toy-testbed", load=_load_toy, summary="a tiny model", accepts=_load_toy, image_prompts=_toy_prompts)
+    )
     yield testbed
     TESTBEDS.unregister(testbed.name)
 
@@ -62,6 +68,8 @@ def test_a_toy_testbed_plugs_in_from_one_file(toy, tmp_path):
     with pytest.raises(InputError, match="no parameter"):
         load_model("toy-testbed", n_layers=3)
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: toy\nmodel: {name: toy-testbed, seed: 1}\ndata:\n  p: {prompts: [[1, 5, 6, 5, 6]]}\n"
-                    "units:\n  - name: u\n    scan: zero\n    metric: kl_last\n    data: p\n")
+    spec.write_text(
+        "name: toy\nmodel: {name: toy-testbed, seed: 1}\ndata:\n  p: {prompts: [[1, 5, 6, 5, 6]]}\n"
+        "units:\n  - name: u\n    scan: zero\n    metric: kl_last\n    data: p\n"
+    )
     assert run_experiment(spec, out=tmp_path / "run").exists()

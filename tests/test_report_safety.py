@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from headscope.cli import main
 
 CLI = [sys.executable, "-m", "headscope.cli"]
@@ -32,16 +30,34 @@ def test_a_folder_with_foreign_files_is_refused_and_they_survive(tmp_path, capsy
     out.mkdir()
     (out / "report.html").write_text("my own page")
     (out / "notes.txt").write_text("keep me")
-    assert main(["report", "--model", "testing:tiny", "--out", str(out), "--no-static", "--only", "attention-sinks"]) == 2
+    assert (
+        main(["report", "--model", "testing:tiny", "--out", str(out), "--no-static", "--only", "attention-sinks"]) == 2
+    )
     err = capsys.readouterr().err
     assert "holds files headscope did not write" in err and "--force" in err
     assert (out / "report.html").read_text() == "my own page" and not (out / "scores").exists()
-    assert main(["report", "--model", "testing:tiny", "--out", str(out), "--no-static", "--only", "attention-sinks",
-                 "--force"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                "testing:tiny",
+                "--out",
+                str(out),
+                "--no-static",
+                "--only",
+                "attention-sinks",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert (out / "notes.txt").read_text() == "keep me"  # forced: only the report's own files are written
     assert "Head atlas" in (out / "report.html").read_text()
     # headscope's own folder (its marker) is reused without --force
-    assert main(["report", "--model", "testing:tiny", "--out", str(out), "--no-static", "--only", "attention-sinks"]) == 0
+    assert (
+        main(["report", "--model", "testing:tiny", "--out", str(out), "--no-static", "--only", "attention-sinks"]) == 0
+    )
 
 
 def test_unwritable_folder_is_one_clear_error(tmp_path, capsys):

@@ -16,9 +16,16 @@ def _scores3d():
     v = np.arange(2 * 3 * 6, dtype=float).reshape(2, 3, 6)
     v[:, 1, 4] = np.nan  # all-NaN head: mean must stay NaN
     v[0, 2, 0] = np.nan  # one NaN prompt: mean over the other
-    return HeadScores(v, name="induction", n_kv_heads=2, model="tiny", analyzer="induction",
-                      params={"seq_len": np.int64(20), "pair": (1, 2)}, prompts=["a b", "c\nd"],
-                      description="prefix matching")
+    return HeadScores(
+        v,
+        name="induction",
+        n_kv_heads=2,
+        model="tiny",
+        analyzer="induction",
+        params={"seq_len": np.int64(20), "pair": (1, 2)},
+        prompts=["a b", "c\nd"],
+        description="prefix matching",
+    )
 
 
 def test_labels_and_kv_group_for_gqa():
@@ -30,13 +37,16 @@ def test_labels_and_kv_group_for_gqa():
     assert HeadScores(np.zeros((3, 6)), name="x").kv_group.tolist() == list(range(6))  # no GQA
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(values=np.zeros(6)), "dims"),
-    (dict(values=np.zeros((0, 6))), "empty"),
-    (dict(values=np.zeros((3, 6)), n_kv_heads=4), "n_kv_heads"),
-    (dict(values=np.zeros((2, 3, 6)), prompts=["only one"]), "prompts"),
-    (dict(values=[["a", "b"]]), "numeric"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(values=np.zeros(6)), "dims"),
+        (dict(values=np.zeros((0, 6))), "empty"),
+        (dict(values=np.zeros((3, 6)), n_kv_heads=4), "n_kv_heads"),
+        (dict(values=np.zeros((2, 3, 6)), prompts=["only one"]), "prompts"),
+        (dict(values=[["a", "b"]]), "numeric"),
+    ],
+)
 def test_input_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         HeadScores(name="x", **bad)
@@ -86,8 +96,17 @@ def test_to_dataframe_long_format():
 
 def test_provenance_fields():
     p = _scores3d().provenance
-    assert {"name", "analyzer", "params", "model", "headscope_version", "created", "n_kv_heads",
-            "higher_is_more", "description"} <= p.keys()
+    assert {
+        "name",
+        "analyzer",
+        "params",
+        "model",
+        "headscope_version",
+        "created",
+        "n_kv_heads",
+        "higher_is_more",
+        "description",
+    } <= p.keys()
     assert p["params"] == {"seq_len": 20, "pair": [1, 2]}  # normalised to JSON types
     assert p["created"].endswith("+00:00")
 
@@ -150,9 +169,14 @@ def test_load_truncated_file_raises_valueerror_naming_path(tmp_path, suffix):
 
 
 def test_load_rejects_wrong_schema(tmp_path):
-    for i, text in enumerate(['{"format": "something else"}', "[1, 2]", "",
-                              '{"format": "headscope.HeadScores", "values": [[1, 2], [3]], '
-                              '"provenance": {}, "shape": [2, 2]}']):
+    for i, text in enumerate(
+        [
+            '{"format": "something else"}',
+            "[1, 2]",
+            "",
+            '{"format": "headscope.HeadScores", "values": [[1, 2], [3]], "provenance": {}, "shape": [2, 2]}',
+        ]
+    ):
         path = tmp_path / f"bad{i}.json"
         path.write_text(text)
         with pytest.raises(ValueError, match=str(path)):
@@ -192,8 +216,13 @@ def test_reprs():
 
 
 def test_token_scores_round_trip_and_views(tmp_path):
-    t = TokenScores([[0.1, np.nan, 0.3], [1.0, 2.0, np.nan]], tokens=[["A", " b", "\n"], ["x", "y"]],
-                    name="loss", model="tiny", prompts=["A b\n", "xy"])
+    t = TokenScores(
+        [[0.1, np.nan, 0.3], [1.0, 2.0, np.nan]],
+        tokens=[["A", " b", "\n"], ["x", "y"]],
+        name="loss",
+        model="tiny",
+        prompts=["A b\n", "xy"],
+    )
     df = t.to_dataframe()
     assert list(df.columns) == ["prompt", "prompt_text", "position", "token", "score"] and len(df) == 5
     back = TokenScores.load(t.save(tmp_path / "t.json"))
@@ -216,6 +245,7 @@ def test_results_and_viz_do_not_import_torch():
 
 # ---- the one head ranking: results.rank_heads, select_heads on top of it ------------------------------
 
+
 def _old_select(scores, *, threshold=None, top_k=None, top_fraction=None, largest=None):
     """select_heads as analyzers/base.py wrote it before the ranking moved to results.py."""
     mean = scores.mean_over_prompts().values if scores.values.ndim == 3 else scores.values
@@ -228,7 +258,7 @@ def _old_select(scores, *, threshold=None, top_k=None, top_fraction=None, larges
     elif top_k is not None:
         order = order[: int(top_k)]
     else:
-        order = order[: max(1, int(round(top_fraction * len(order))))]
+        order = order[: max(1, round(top_fraction * len(order)))]
     return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
 
 

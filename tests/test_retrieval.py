@@ -21,7 +21,6 @@ from headscope.analyzers.retrieval import (
 )
 from headscope.errors import InputError
 from headscope.generation import greedy_generate, greedy_reproduces, stop_token_ids
-from headscope.interventions import UniformAttention
 from headscope.inputs.needle import (
     NeedleSample,
     load_haystack,
@@ -29,6 +28,7 @@ from headscope.inputs.needle import (
     make_needle_prompts,
     make_repeat_samples,
 )
+from headscope.interventions import UniformAttention
 from headscope.paths import data_dir
 from headscope.testing import plain_hf_copy, planted_model, tiny_model
 
@@ -70,13 +70,20 @@ def whole_prompt_sample(prompt):
 
 # ---------------------------------------------------------------- generation
 
+
 def test_cached_generation_equals_full_recompute_and_observes_the_same_rows():
     model = tiny_model(seed=3)
     prompt = [1, 5, 9, 13, 5, 9, 20, 7]
     rows = {True: [], False: []}
     for cache in (True, False):
-        out = greedy_generate(model, prompt, 8, observe=("pattern", "z"), use_cache=cache,
-                              on_step=lambda s, t, a, c=cache: rows[c].append((s.query_pos, t, a)))
+        out = greedy_generate(
+            model,
+            prompt,
+            8,
+            observe=("pattern", "z"),
+            use_cache=cache,
+            on_step=lambda s, t, a, c=cache: rows[c].append((s.query_pos, t, a)),
+        )
         rows[cache].insert(0, out)
     assert rows[True][0] == rows[False][0] and len(rows[True][0]) == 8
     for (qa, ta, a), (qb, tb, b) in zip(rows[True][1:], rows[False][1:]):
@@ -95,14 +102,17 @@ def test_stop_token_is_included_and_ends_generation(planted):
 def test_decode_hooks_hit_only_decode_queries(planted):
     model, truth = planted
     seen = []
-    greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, hooks=[("blocks.1.attn.hook_pattern", lambda t, hook: seen.append(t.shape[2]))])
+    greedy_generate(
+        model, [1, 5, 6, 7, 8, 5], 3, hooks=[("blocks.1.attn.hook_pattern", lambda t, hook: seen.append(t.shape[2]))]
+    )
     assert seen == [1, 1, 1]  # no prefill call; one query per cached decode step
     layer, head = truth.induction
 
     def uniform_induction(step):  # the paper's mask: zero the query -> uniform attention, decode only
         def hook(q, hook):
-            q[:, step.decode_start:, head] = 0
+            q[:, step.decode_start :, head] = 0
             return q
+
         return [(f"blocks.{layer}.attn.hook_q", hook)]
 
     for cache in (True, False):
@@ -119,21 +129,24 @@ def test_decode_masking_by_spec_equals_the_raw_hook_and_the_scores_follow(plante
 
     def uniform_induction(step):
         def hook(q, hook):
-            q[:, step.decode_start:, head] = 0
+            q[:, step.decode_start :, head] = 0
             return q
+
         return [(f"blocks.{layer}.attn.hook_q", hook)]
 
     mask = UniformAttention(heads=[truth.induction], positions="decode")
     for cache in (True, False):
-        assert greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, interventions=[mask], use_cache=cache) == \
-            greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, hooks=uniform_induction, use_cache=cache)
+        assert greedy_generate(model, [1, 5, 6, 7, 8, 5], 3, interventions=[mask], use_cache=cache) == greedy_generate(
+            model, [1, 5, 6, 7, 8, 5], 3, hooks=uniform_induction, use_cache=cache
+        )
     samples = make_repeat_samples(int(model.cfg.d_vocab), 3, seed=0, first_token=1)
     assert needle_accuracy(model, samples) == 1.0 and needle_accuracy(model, samples, [mask]) == 0.0
     for s in samples:
         n = len(s.answer_ids)
         out = greedy_generate(model, list(s.prompt_ids), n, interventions=[mask])
-        assert greedy_reproduces(model, list(s.prompt_ids), list(s.answer_ids), interventions=[mask]) == \
-            (out == list(s.answer_ids))
+        assert greedy_reproduces(model, list(s.prompt_ids), list(s.answer_ids), interventions=[mask]) == (
+            out == list(s.answer_ids)
+        )
         clean_out, clean = generate_copy_scores(model, s, n)
         masked_out, masked = generate_copy_scores(model, s, n, interventions=[mask])
         assert masked_out == out and clean_out == list(s.answer_ids)
@@ -142,7 +155,12 @@ def test_decode_masking_by_spec_equals_the_raw_hook_and_the_scores_follow(plante
 
 def test_generation_rejects_bad_input(planted):
     model, _ = planted
-    for bad, args in [("empty", ([], 3)), ("vocab", ([1, 999], 3)), ("max_new", ([1, 5], 0)), ("context", ([1] * 120, 20))]:
+    for _what, args in [
+        ("empty", ([], 3)),
+        ("vocab", ([1, 999], 3)),
+        ("max_new", ([1, 5], 0)),
+        ("context", ([1] * 120, 20)),
+    ]:
         with pytest.raises(InputError):
             greedy_generate(model, *args)
     with pytest.raises(InputError, match="unknown site"):
@@ -150,6 +168,7 @@ def test_generation_rejects_bad_input(planted):
 
 
 # ---------------------------------------------------------------- the score
+
 
 def test_count_copy_events_steps_vs_distinct():
     seq = torch.tensor([1, 7, 8, 7, 9, 0, 7, 7])  # prompt of 6 (needle 1..5), then generated 7, 7
@@ -207,8 +226,14 @@ def fit_output(fit, i):
 
 def test_bad_parameters_and_data(planted):
     model, _ = planted
-    for params in [dict(mode="beam"), dict(span="sentence"), dict(count="set"), dict(prompt_form="xml"),
-                   dict(max_new_tokens=0), dict(n_samples=0)]:
+    for params in [
+        dict(mode="beam"),
+        dict(span="sentence"),
+        dict(count="set"),
+        dict(prompt_form="xml"),
+        dict(max_new_tokens=0),
+        dict(n_samples=0),
+    ]:
         with pytest.raises(InputError):
             RetrievalHeads(**params).fit(model, "repeats")
     for data in ["needles", [1, 2, 3], []]:
@@ -217,6 +242,7 @@ def test_bad_parameters_and_data(planted):
 
 
 # ---------------------------------------------------------------- data and needle prompts
+
 
 def test_answers_never_occur_in_the_haystack():
     words = set(re.findall(r"[a-z0-9]+", " ".join(load_haystack()).lower()))
@@ -296,9 +322,10 @@ def test_needle_prompts_take_bos_from_the_tokenizer_and_paper_forms_are_byte_for
         assert s.prompt_ids[0] != tok.bos_token_id
     needle = load_needles()[0]
     s = make_needle_prompts(tok, 1, [80], form="paper", needles=[needle])[0]
-    tail = tok("Based on the content of the book, Question: " + needle["question"] + "\nAnswer:",
-               add_special_tokens=False)["input_ids"]
-    assert list(s.prompt_ids[-len(tail):]) == tail
+    tail = tok(
+        "Based on the content of the book, Question: " + needle["question"] + "\nAnswer:", add_special_tokens=False
+    )["input_ids"]
+    assert list(s.prompt_ids[-len(tail) :]) == tail
 
 
 def test_an_encoder_is_refused_with_the_fix():

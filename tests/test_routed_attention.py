@@ -5,7 +5,6 @@ elsewhere (masked keys stay masked, rows sum to one, KV-cached decoding equals r
 attention takes over and hands the route back, and a family that cannot be routed is left as it was
 and refuses attention-level kinds with the reason."""
 
-import dataclasses
 import warnings
 
 import pytest
@@ -70,8 +69,10 @@ def test_uniform_attention_on_a_padded_batch_sees_only_real_keys(name):
     layer, head = 1, 2
     spec = [UniformAttention(heads=[(layer, head)])]
     got = {}
-    hooks = [(f"blocks.{layer}.attn.hook_{site}", lambda t, hook, site=site: got.__setitem__(site, t.detach().clone()))
-             for site in ("v", "z")]
+    hooks = [
+        (f"blocks.{layer}.attn.hook_{site}", lambda t, hook, site=site: got.__setitem__(site, t.detach().clone()))
+        for site in ("v", "z")
+    ]
     with torch.no_grad(), apply(model, spec), model.hooks(fwd_hooks=hooks):
         batch = model(tokens, attention_mask=mask)
     encoder = name == "bert"
@@ -91,8 +92,10 @@ def test_decode_edits_cached_equal_recomputed(name):
     model = tiny_arch_model(name)
     ids = random_prompt(name, 20, seed=4).tolist()
     every = [(l, h) for l in range(2) for h in range(4)]
-    specs = [UniformAttention(heads=every[:6], positions="decode"),
-             StreamingWindow(heads=every[6:], sink=1, recent=3, positions="decode")]
+    specs = [
+        UniformAttention(heads=every[:6], positions="decode"),
+        StreamingWindow(heads=every[6:], sink=1, recent=3, positions="decode"),
+    ]
     cached = greedy_generate(model, ids, 6, interventions=specs)
     assert cached == greedy_generate(model, ids, 6, interventions=specs, use_cache=False)
     assert cached != greedy_generate(model, ids, 6)  # the edit reaches the tokens

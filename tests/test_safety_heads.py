@@ -8,16 +8,20 @@ import torch
 import torch.nn.functional as F
 
 from headscope.analyzers import get_analyzer
+from headscope.errors import InputError
 from headscope.safety.sahara import Sahara, leading_left_vector, subspace_angle
 from headscope.safety.ships import Ships
-from headscope.errors import InputError
-from headscope.testing import planted_model, plain_hf_copy, induction_tokens, tiny_model
+from headscope.testing import induction_tokens, plain_hf_copy, planted_model, tiny_model
 
 
 @contextlib.contextmanager
 def q_rows_scaled(hf, heads, eps):
     """The paper's mask_para=True: bake W_q^h -> eps * W_q^h into a plain HF model's weights."""
-    d_head = hf.config.head_dim if getattr(hf.config, "head_dim", None) else hf.config.hidden_size // hf.config.num_attention_heads
+    d_head = (
+        hf.config.head_dim
+        if getattr(hf.config, "head_dim", None)
+        else hf.config.hidden_size // hf.config.num_attention_heads
+    )
     saved = []
     for layer, head in heads:
         w = hf.model.layers[layer].self_attn.q_proj.weight
@@ -82,13 +86,21 @@ def test_sahara_angles_and_greedy_step_equal_the_reference():
     ids = [torch.randint(1, 48, (int(n),), generator=g).tolist() for n in torch.randint(6, 12, (6,), generator=g)]
     sahara = Sahara(search_steps=2).fit(model, ids)
     u0 = leading_left_vector(ref_final_hidden(hf, ids))
-    first = np.array([[subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [(l, h)])))
-                       for h in range(4)] for l in range(2)])
+    first = np.array(
+        [
+            [subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [(l, h)]))) for h in range(4)]
+            for l in range(2)
+        ]
+    )
     np.testing.assert_allclose(sahara.scores_.values[0], first, atol=0.05)  # degrees (one dataset-level row)
     assert sahara.heads_[0] == tuple(int(x) for x in np.unravel_index(first.argmax(), first.shape))
     g1 = sahara.heads_[0]
-    second = {(l, h): subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [g1, (l, h)])))
-              for l in range(2) for h in range(4) if (l, h) != g1}
+    second = {
+        (l, h): subspace_angle(u0, leading_left_vector(ref_final_hidden(hf, ids, [g1, (l, h)])))
+        for l in range(2)
+        for h in range(4)
+        if (l, h) != g1
+    }
     assert sahara.heads_[1] == max(second, key=second.get)
     assert abs(sahara.steps_["angle_deg"][1] - second[sahara.heads_[1]]) < 0.05
 
@@ -115,8 +127,9 @@ def test_ships_on_smollm2_matches_the_hf_reference(smol, smol_hf):
     ships = Ships(heads=heads, prompt_format="query").fit(smol, requests)
     ids = [smol.tokenizer(f"## Query: {r}\n## Answer:", add_special_tokens=False)["input_ids"] for r in requests]
     for head in [(2, 4), (20, 0)]:
-        np.testing.assert_allclose(ships.scores_.values[:, head[0], head[1]], ref_ships(smol_hf, ids, head, 1e-5),
-                                   rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(
+            ships.scores_.values[:, head[0], head[1]], ref_ships(smol_hf, ids, head, 1e-5), rtol=1e-3, atol=1e-5
+        )
     assert ships.plot() is not None and len(ships.heads_) == 10
 
 

@@ -82,7 +82,9 @@ def test_training_targets_agree_with_the_judge():
     for prompt, refusal in training_pairs("harmful"):
         assert judge.refused(refusal), f"refusal without a judge phrase: {prompt!r}"
     for prompt, answer in training_pairs("harmless"):
-        assert judge(prompt, answer), f"harmless answer the judge would call a refusal: {prompt!r} {judge.matched(answer)}"
+        assert judge(prompt, answer), (
+            f"harmless answer the judge would call a refusal: {prompt!r} {judge.matched(answer)}"
+        )
 
 
 def test_non_callable_judge_is_rejected():
@@ -92,6 +94,7 @@ def test_non_callable_judge_is_rejected():
 
 
 # --- generation on a planted model with a toy chat template -----------------------------------------
+
 
 def _chat_planted():
     model, truth = planted_model()
@@ -139,10 +142,16 @@ def test_interventions_cover_the_prompt_too():
     assert edited == model.tokenizer.decode(reference).strip()
     assert edited != clean
     # positions="decode": the prefill stays clean, so the copy through the cached keys survives.
-    decode_only = generate_responses(model, [prompt], interventions=[ZeroAblation(heads=[truth.previous_token],
-                                                                                  positions="decode")], max_new_tokens=1)
+    decode_only = generate_responses(
+        model,
+        [prompt],
+        interventions=[ZeroAblation(heads=[truth.previous_token], positions="decode")],
+        max_new_tokens=1,
+    )
     assert decode_only == ["t6"]
-    uniform = generate_responses(model, [prompt], interventions=[UniformAttention(heads=[truth.induction])], max_new_tokens=1)
+    uniform = generate_responses(
+        model, [prompt], interventions=[UniformAttention(heads=[truth.induction])], max_new_tokens=1
+    )
     assert uniform != ["t6"]
     with pytest.raises(InputError, match="Intervention"):
         generate_responses(model, [prompt], interventions=[{"kind": "zero"}])

@@ -9,8 +9,8 @@ import torch
 
 import headscope
 from headscope.errors import ModelNotFoundError
-from headscope.testbeds import safety as safety_mod
 from headscope.safety import RefusalPhraseJudge, generate_responses, prompt_set
+from headscope.testbeds import safety as safety_mod
 
 pytestmark = pytest.mark.real_model
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
@@ -24,8 +24,15 @@ def tuned():
 def test_delta_is_small_fp16_lora():
     folder = safety_mod.delta_dir()
     config = json.loads((folder / "lora.json").read_text())
-    assert config["rank"] == 8 and set(config["targets"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"}
+    assert config["rank"] == 8 and set(config["targets"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert (folder / "lora.safetensors").stat().st_size < 8 * 2**20
 
 
@@ -69,7 +76,7 @@ def test_bad_delta_raises_model_not_found(tmp_path, monkeypatch):
     for name in ("lora.safetensors", "lora.json"):
         shutil.copy(shipped / name, tmp_path / name)
     weights = tmp_path / "lora.safetensors"
-    weights.write_bytes(weights.read_bytes()[: 4096])  # truncated download / bad checkout
+    weights.write_bytes(weights.read_bytes()[:4096])  # truncated download / bad checkout
     with pytest.raises(ModelNotFoundError, match="lora.safetensors.*safety_tuning.py"):
         safety_mod.read_delta(tmp_path)
     config = json.loads((shipped / "lora.json").read_text())

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from headscope.errors import InputError
 from headscope.interventions import KINDS, apply, scan
-from headscope.testing import planted_model, induction_tokens, tiny_model
+from headscope.testing import induction_tokens, planted_model, tiny_model
 
 
 def _kl_last(base, variant, lengths):
@@ -34,8 +34,16 @@ def naive_scan(model, token_lists, kind, heads, **params):
 RAGGED = [[5, 9, 14, 3, 22, 9, 14, 3, 7], [11, 4, 4, 30, 2, 19], [8, 27, 6, 13, 40, 6, 13, 21, 17, 2, 33]]
 
 
-@pytest.mark.parametrize("kind,params", [("uniform_attention", {"epsilon": 1e-5}), ("zero", {}), ("scale", {"alpha": 2.0}),
-                                         ("streaming_window", {"sink": 1, "recent": 3}), ("act", {})])
+@pytest.mark.parametrize(
+    "kind,params",
+    [
+        ("uniform_attention", {"epsilon": 1e-5}),
+        ("zero", {}),
+        ("scale", {"alpha": 2.0}),
+        ("streaming_window", {"sink": 1, "recent": 3}),
+        ("act", {}),
+    ],
+)
 def test_scan_equals_the_naive_loop_on_a_tiny_model_with_ragged_prompts(kind, params):
     model = tiny_model(seed=11)
     heads = [(l, h) for l in range(2) for h in range(4)]
@@ -50,8 +58,11 @@ def test_mean_and_resample_scans_default_to_the_scanned_inputs():
     model = tiny_model(seed=12)
     prompts = [p[:6] for p in RAGGED]
     heads = [(l, h) for l in range(2) for h in range(4)]
-    np.testing.assert_allclose(scan(model, prompts, "mean", "kl_last").values,
-                               naive_scan(model, prompts, "mean", heads, reference=prompts), atol=1e-4)
+    np.testing.assert_allclose(
+        scan(model, prompts, "mean", "kl_last").values,
+        naive_scan(model, prompts, "mean", heads, reference=prompts),
+        atol=1e-4,
+    )
     # resample: prompt i takes prompt i + 1's head outputs (mod 3)
     fast = scan(model, prompts, "resample", "kl_last", batch_size=2)
     for i in range(3):
@@ -113,7 +124,9 @@ def test_scan_rejects_bad_kinds_params_and_metrics_before_compute():
 
 @pytest.mark.real_model
 def test_scan_equals_the_naive_loop_on_smollm2(smol):
-    ids = smol.tokenizer("The capital of France is Paris. The capital of Italy is", add_special_tokens=False)["input_ids"]
+    ids = smol.tokenizer("The capital of France is Paris. The capital of Italy is", add_special_tokens=False)[
+        "input_ids"
+    ]
     heads = [(l, h) for l in (0, 14, 29) for h in range(9)]  # bottom, middle and top layers (27 of 270 heads)
     fast = scan(smol, [ids], "uniform_attention", "kl_last", heads=heads, epsilon=1e-5)
     slow = naive_scan(smol, [ids], "uniform_attention", heads, epsilon=1e-5)
@@ -130,6 +143,7 @@ def test_a_failing_scan_leaves_no_hooks_and_the_model_unchanged():
 
     def broken_metric(base, variant, batch):
         raise RuntimeError("metric failed mid-scan")
+
     with pytest.raises(RuntimeError, match="mid-scan"):
         scan(model, [RAGGED[0]], "mean", broken_metric)
     assert sum(len(hp._forward_hooks) for hp in set(model.hook_dict.values())) == 0
@@ -141,11 +155,17 @@ def test_a_failing_scan_leaves_no_hooks_and_the_model_unchanged():
 def test_a_consumer_error_detaches_the_base_interventions_at_once():
     from headscope.interventions import UniformAttention
     from headscope.interventions.scan import variant_outputs
+
     model = tiny_model(seed=15)
-    outputs = variant_outputs(model, [RAGGED[0]], UniformAttention(heads=[(1, 0), (1, 1)]),
-                              base_interventions=[UniformAttention(heads=[(0, 2)])])
+    outputs = variant_outputs(
+        model,
+        [RAGGED[0]],
+        UniformAttention(heads=[(1, 0), (1, 1)]),
+        base_interventions=[UniformAttention(heads=[(0, 2)])],
+    )
     with pytest.raises(RuntimeError, match="consumer"):
         import contextlib
+
         with contextlib.closing(outputs):
             for _ in outputs:
                 assert sum(len(hp._forward_hooks) for hp in set(model.hook_dict.values())) == 1  # the base spec

@@ -32,16 +32,17 @@ def test_patterns_equal_plain_hf_in_every_stack(pair):
         for stack in STACKS:
             ref = torch.stack([a[0] for a in refs[stack]])
             torch.testing.assert_close(res.patterns[stack][i], ref, rtol=0, atol=1e-5, msg=f"{name} {stack}")
-            assert res.patterns[stack][i].shape[-2:] == ((len(tgt), len(src)) if stack == "cross" else
-                                                         (len(src),) * 2 if stack == "encoder" else (len(tgt),) * 2)
+            assert res.patterns[stack][i].shape[-2:] == (
+                (len(tgt), len(src)) if stack == "cross" else (len(src),) * 2 if stack == "encoder" else (len(tgt),) * 2
+            )
 
 
 def test_statistics_equal_plain_loops(pair):
-    name, model, hf = pair
+    _name, model, _hf = pair
     res = capture_seq2seq(model, SOURCES, TARGETS, keep_patterns=True)
     for stack in STACKS:
         for i, p in enumerate(res.patterns[stack]):
-            L, H, Q, K = p.shape
+            L, H, Q, _K = p.shape
             for l in range(L):
                 for h in range(H):
                     rows = p[l, h].double().tolist()
@@ -51,17 +52,22 @@ def test_statistics_equal_plain_loops(pair):
                     np.testing.assert_allclose(res.stats[stack]["first_token_mass"].values[i, l, h], first, rtol=1e-9)
                     if stack == "decoder":
                         prev = sum(rows[q][q - 1] for q in range(1, Q)) / (Q - 1)
-                        np.testing.assert_allclose(res.stats[stack]["previous_token_score"].values[i, l, h], prev,
-                                                   rtol=1e-9)
+                        np.testing.assert_allclose(
+                            res.stats[stack]["previous_token_score"].values[i, l, h], prev, rtol=1e-9
+                        )
     df = res.to_dataframe()
     assert set(df["stack"]) == set(STACKS) and len(df) == sum(
-        s.values.size for by in res.stats.values() for s in by.values())
+        s.values.size for by in res.stats.values() for s in by.values()
+    )
 
 
 def test_one_stack_engines_refuse_with_the_fix(pair):
     _, model, _ = pair
-    for call in (lambda: capture(model, [SOURCES[0]]), lambda: scan(model, [SOURCES[0]], "zero", "kl_last"),
-                 lambda: apply(model, [ZeroAblation(heads=[(0, 0)])]).__enter__()):
+    for call in (
+        lambda: capture(model, [SOURCES[0]]),
+        lambda: scan(model, [SOURCES[0]], "zero", "kl_last"),
+        lambda: apply(model, [ZeroAblation(heads=[(0, 0)])]).__enter__(),
+    ):
         with pytest.raises(InputError, match="encoder-decoder.*capture_seq2seq"):
             call()
 
@@ -72,4 +78,5 @@ def test_bad_inputs(pair):
         capture_seq2seq(model, SOURCES, TARGETS[:1])
     with pytest.raises(InputError, match="needs an encoder-decoder"):
         from headscope.testing import tiny_model
+
         capture_seq2seq(tiny_model(), SOURCES, TARGETS)

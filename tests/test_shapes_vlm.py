@@ -14,7 +14,7 @@ MIN_IMAGE_QA = 0.85  # what docs/shapes-vlm.md promises, whatever the shipped lo
 
 def _cell_pixels(img, cell):
     row, col = divmod(W.CELLS.index(cell), 2)
-    return img[:, row * W.CELL:(row + 1) * W.CELL, col * W.CELL:(col + 1) * W.CELL]
+    return img[:, row * W.CELL : (row + 1) * W.CELL, col * W.CELL : (col + 1) * W.CELL]
 
 
 def _colour_of(rgb) -> str | None:
@@ -30,6 +30,7 @@ def _scenes(n, seed=0):
 
 
 # ----------------------------------------------------------------------------- world
+
 
 def test_render_puts_each_colour_at_its_cell_and_nothing_elsewhere():
     for scene in _scenes(60):
@@ -56,7 +57,7 @@ def test_render_draws_the_named_shape():
     for dx, dy in [(0, 0), (1, -1), (-1, 1)]:
         sq, ci, tr, cr = (_lit(s, dx, dy) for s in ("square", "circle", "triangle", "cross"))
         ys, xs = np.nonzero(sq)
-        assert sq[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # a square fills its bounding box
+        assert sq[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()  # a square fills its bounding box
         ys, xs = np.nonzero(ci)
         corners = ci[[ys.min(), ys.min(), ys.max(), ys.max()], [xs.min(), xs.max(), xs.min(), xs.max()]]
         assert not corners.any() and ci[(ys.min() + ys.max()) // 2].sum() == xs.max() - xs.min() + 1
@@ -76,7 +77,11 @@ def _answer_from_pixels(item) -> tuple:
         colour = _colour_of(px[:, W.CELL // 2, W.CELL // 2])
         if colour is not None:
             mask = px.max(0) > 0
-            shape = next(s for s in W.SHAPES if any(np.array_equal(mask, _lit(s, dx, dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)))
+            shape = next(
+                s
+                for s in W.SHAPES
+                if any(np.array_equal(mask, _lit(s, dx, dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+            )
             cells[cell] = (colour, shape)
     q = item.question
     if item.kind == "count":
@@ -127,11 +132,11 @@ def test_tokenizer_round_trips_and_matches_item_encoding():
         ids, n_prompt = W.encode_item(it)
         text = " ".join(it.question + it.answer)
         enc = tok(text)["input_ids"]
-        assert enc[0] == W.BOS_ID and enc[1:] == ids[1 + (W.N_IMAGE_TOKENS if it.has_image else 0):]
+        assert enc[0] == W.BOS_ID and enc[1:] == ids[1 + (W.N_IMAGE_TOKENS if it.has_image else 0) :]
         assert tok.decode(enc[1:]) == text
         assert ids[:n_prompt].count(W.IMAGE_TOKEN_ID) == (W.N_IMAGE_TOKENS if it.has_image else 0)
         if it.has_image:  # one contiguous image block right after BOS
-            assert ids[1:1 + W.N_IMAGE_TOKENS] == [W.IMAGE_TOKEN_ID] * W.N_IMAGE_TOKENS
+            assert ids[1 : 1 + W.N_IMAGE_TOKENS] == [W.IMAGE_TOKEN_ID] * W.N_IMAGE_TOKENS
     with pytest.raises(ValueError, match="not in the shapes vocabulary"):
         W.encode_item(W.QAItem("x", ("what", "is", "purple", "?"), ("no",)))
 
@@ -143,7 +148,9 @@ def test_pope_probes_are_balanced_and_correct():
     assert {it.meta["probe"] for it in items} == {"present", "random", "adversarial", "companion"}
     for it in items:
         colour, shape = it.question[3], it.question[4]
-        assert it.scene.has(colour, shape) == it.meta["label"] and it.answer == (("yes",) if it.meta["label"] else ("no",))
+        assert it.scene.has(colour, shape) == it.meta["label"] and it.answer == (
+            ("yes",) if it.meta["label"] else ("no",)
+        )
         if it.meta["probe"] == "adversarial":
             assert any(o.colour == colour or o.shape == shape for o in it.scene.objects)
         if it.meta["probe"] == "companion":
@@ -154,9 +161,11 @@ def test_chair_on_hand_made_texts():
     red_c = W.Obj("circle", "red", "top-left")
     blue_s = W.Obj("square", "blue", "bottom-right")
     scenes = [W.Scene((red_c, blue_s)), W.Scene((red_c,)), W.Scene((blue_s,))]
-    texts = ["red circle top-left , green cross bottom-right .",   # 1 right, 1 hallucinated
-             "red circle bottom-left , red circle top-left .",      # one object (cells not scored), right
-             "white triangle top-left ."]                           # hallucinated, true object missed
+    texts = [
+        "red circle top-left , green cross bottom-right .",  # 1 right, 1 hallucinated
+        "red circle bottom-left , red circle top-left .",  # one object (cells not scored), right
+        "white triangle top-left .",
+    ]  # hallucinated, true object missed
     out = E.chair(scenes, texts)
     # mentions: {red circle, green cross}, {red circle}, {white triangle} -> 4; hallucinated 2
     assert out["chair_i"] == pytest.approx(2 / 4) and out["chair_s"] == pytest.approx(2 / 3)
@@ -169,6 +178,7 @@ def test_chair_on_hand_made_texts():
 
 
 # ----------------------------------------------------------------------------- the shipped model
+
 
 @pytest.fixture(scope="module")
 def vlm():
@@ -203,7 +213,7 @@ def test_bridge_matches_plain_hf(vlm, vlm_hf):
 
     items = W.sample_items(11, 6, text_fraction=0.0)[:3]
     ids = torch.tensor([W.prompt_ids(it) for it in items if len(W.prompt_ids(it)) == len(W.prompt_ids(items[0]))])
-    px = W.render_batch([it.scene for it in items[:len(ids)]])
+    px = W.render_batch([it.scene for it in items[: len(ids)]])
     with torch.no_grad():
         diff = (vlm(ids, pixel_values=px) - vlm_hf(input_ids=ids, pixel_values=px).logits).abs().max()
         text = torch.tensor([W.prompt_ids(W.text_items()[0])])
@@ -269,4 +279,7 @@ def test_noisy_images_make_it_hallucinate(vlm, small):
     a = W.render(scenes[0], noise=0.3, noise_seed=1)
     assert torch.equal(a, W.render(scenes[0], noise=0.3, noise_seed=1))  # same scene, same noise
     assert not torch.equal(a, W.render(scenes[0], noise=0.3, noise_seed=2))
-    assert E.image_qa_accuracy(vlm, small["image_qa"], noise=0.3).accuracy < E.image_qa_accuracy(vlm, small["image_qa"]).accuracy
+    assert (
+        E.image_qa_accuracy(vlm, small["image_qa"], noise=0.3).accuracy
+        < E.image_qa_accuracy(vlm, small["image_qa"]).accuracy
+    )

@@ -10,7 +10,7 @@ import torch
 from headscope.analyzers import get_analyzer
 from headscope.analyzers.sinks import AttentionSinks
 from headscope.errors import InputError
-from headscope.testing import plain_hf_copy, planted_model, induction_tokens, tiny_model
+from headscope.testing import induction_tokens, plain_hf_copy, planted_model, tiny_model
 
 BOS = 1
 MASSIVE_DIM = 605  # zero padding of planted_model(vocab_size=200): residual dims 603..607 are unused
@@ -38,6 +38,7 @@ def massive_planted_model():
 
 # ---------------------------------------------------------------- plain reference loops (no shared code)
 
+
 def hf_run(hf, tokens):
     """Attentions [layer][head][q][k], hidden states entering each layer and each layer's own output."""
     outs = []
@@ -50,7 +51,11 @@ def hf_run(hf, tokens):
     # HF: hidden_states[l] = input of layer l; [l+1] = output of layer l, except the last, which is after
     # the final norm: the pre-norm output of the last layer comes from the hook.
     assert torch.allclose(hs[L], hf.model.norm(outs[0][0]), atol=1e-5)
-    return [a[0].tolist() for a in out.attentions], [h.tolist() for h in hs[:L]], [h.tolist() for h in hs[1:L] + [outs[0][0]]]
+    return (
+        [a[0].tolist() for a in out.attentions],
+        [h.tolist() for h in hs[:L]],
+        [h.tolist() for h in hs[1:L] + [outs[0][0]]],
+    )
 
 
 def ref_importance(A, k, T):
@@ -72,8 +77,12 @@ def ref_median(values):
 
 def ref_massive(x, min_abs, min_ratio):
     med = ref_median([abs(a) for row in x for a in row])
-    return med, {(t, d): row[d] for t, row in enumerate(x) for d in range(len(row))
-                 if abs(row[d]) > min_abs and abs(row[d]) >= min_ratio * med}
+    return med, {
+        (t, d): row[d]
+        for t, row in enumerate(x)
+        for d in range(len(row))
+        if abs(row[d]) > min_abs and abs(row[d]) >= min_ratio * med
+    }
 
 
 def ref_phi(row, dims):
@@ -84,7 +93,9 @@ def ref_phi(row, dims):
 def check_against_reference(model, hf, prompts, sinks, atol=1e-5, rtol=1e-4):
     """Every learned statistic of a fitted AttentionSinks equals the loops above, prompt by prompt."""
     all_massive, first_dims = {}, set()
-    hidden = {key: dict(zip(g.position, g.score)) for key, g in sinks.hidden_sinks_.groupby(["prompt", "layer", "head"])}
+    hidden = {
+        key: dict(zip(g.position, g.score)) for key, g in sinks.hidden_sinks_.groupby(["prompt", "layer", "head"])
+    }
     mags = sinks.layer_magnitudes_.set_index(["prompt", "layer"])
     flagged_at = set(sinks.sink_tokens_[["prompt", "layer", "position"]].itertuples(index=False, name=None))
     for p, toks in enumerate(prompts):
@@ -126,6 +137,7 @@ def check_against_reference(model, hf, prompts, sinks, atol=1e-5, rtol=1e-4):
 
 # ---------------------------------------------------------------------------------------- planted
 
+
 def test_planted_sink_head_ranks_first_with_exact_importance():
     model, truth = planted_model()
     tokens = induction_tokens(model, seq_len=20, batch=2, seed=3)  # [2, 41], BOS first
@@ -165,6 +177,7 @@ def test_planted_massive_token_and_hidden_sink_are_found_exactly():
 
 # -------------------------------------------------------------------------------------- reference
 
+
 @pytest.mark.parametrize("case", ["tiny_random", "massive_planted"])
 def test_every_statistic_equals_loops_over_hf(case):
     if case == "tiny_random":  # random residuals are O(1): lower the massive thresholds so entries exist
@@ -193,6 +206,7 @@ def test_smollm2_statistics_equal_loops_over_hf(smol, smol_hf):
 
 # ------------------------------------------------------------------------------------ real model
 
+
 @pytest.mark.real_model
 def test_smollm2_default_prompts_find_dim_507_at_the_first_token(smol):
     sinks = get_analyzer("attention-sinks").fit(smol)  # the CLI path: built-in prompts
@@ -208,6 +222,7 @@ def test_smollm2_default_prompts_find_dim_507_at_the_first_token(smol):
 
 
 # ------------------------------------------------------------------------------------------ input
+
 
 def test_bad_parameters_raise_input_errors_naming_the_fix():
     model, _ = planted_model()

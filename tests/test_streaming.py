@@ -10,11 +10,11 @@ def test_planted_copy_head_is_retrieval_and_streaming_the_rest_keeps_copying():
     model, truth = planted_model()
     sh = StreamingHeads(seg_len=20, n_repeats=3, token_range=(2, 48), recent=8, induction_ratio=0.25).fit(model)
     layer, head = truth.induction
-    assert sh.heads_[: 2] == [(layer, 2 * (head // 2)), (layer, 2 * (head // 2) + 1)]  # its whole KV group
+    assert sh.heads_[:2] == [(layer, 2 * (head // 2)), (layer, 2 * (head // 2) + 1)]  # its whole KV group
     check = sh.streaming_check_.set_index("head_set")["accuracy"]
     assert check["none"] == 1.0
     assert check["streaming candidates"] == 1.0  # sink, previous-token and local heads need no far keys
-    assert check["retrieval heads"] < 0.2        # the copy head cannot see the first copy any more
+    assert check["retrieval heads"] < 0.2  # the copy head cannot see the first copy any more
 
 
 def test_kv_group_max_and_selection_by_hand():
@@ -42,6 +42,8 @@ def test_real_model_retrieval_heads_include_the_induction_group(smol):
 @pytest.mark.real_model
 def test_needle_task_breaks_when_retrieval_heads_stream(smol):
     sh = StreamingHeads(seg_len=64, n_repeats=2, n_prompts=1, recent=16, check=False).fit(smol)
-    check = sh.check_streaming(smol, task="needle", head_sets={"none": [], "retrieval heads": sh.heads_}).set_index("head_set")
+    check = sh.check_streaming(smol, task="needle", head_sets={"none": [], "retrieval heads": sh.heads_}).set_index(
+        "head_set"
+    )
     assert check.loc["none", "accuracy"] >= 0.6  # the bundled model retrieves at 200 tokens
     assert check.loc["retrieval heads", "accuracy"] < check.loc["none", "accuracy"] - 0.3

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from headscope import token_view
 from headscope.capture import capture
 from headscope.capture.reducers import InductionScore
+from headscope.capture.token_view import token_view_data
 from headscope.errors import InputError
 from headscope.testing import planted_model
 from headscope.testing.browser import open_page
 from headscope.testing.hf_reference import plain_hf_copy
-from headscope import token_view
-from headscope.capture.token_view import token_view_data
 
 TOKENS = [1, 5, 9, 12, 5, 9, 12, 30, 7, 5, 9]
 
@@ -63,9 +63,15 @@ def test_html_is_self_contained_and_hover_highlights_the_keys(planted, tmp_path)
         assert panels.count() == 2
         query = 9  # the third 5: an induction head attends to the tokens after the earlier 5s
         panels.nth(0).locator(".hs-tv-tok").nth(query).hover()
-        alphas = [panels.nth(i).locator(".hs-tv-tok").evaluate_all(
-            "ts => ts.map(t => { const m = getComputedStyle(t).backgroundColor.match(/[\\d.]+/g); "
-            "return m && m.length === 4 ? parseFloat(m[3]) : (t.style.background ? 1 : 0); })") for i in range(2)]
+        alphas = [
+            panels.nth(i)
+            .locator(".hs-tv-tok")
+            .evaluate_all(
+                "ts => ts.map(t => { const m = getComputedStyle(t).backgroundColor.match(/[\\d.]+/g); "
+                "return m && m.length === 4 ? parseFloat(m[3]) : (t.style.background ? 1 : 0); })"
+            )
+            for i in range(2)
+        ]
         current = panels.nth(1).locator(".hs-tv-current").all_text_contents()
     assert problems == []
     for shown, got in zip(view.data["heads"], alphas):

@@ -63,7 +63,9 @@ def test_spec_results_equal_library_calls(tmp_path, model):
     top3 = [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in np.argsort(-mean.ravel())[:3]]
     row = qa[(qa["condition"] == "top") & (qa["k"] == 3)].iloc[0]
     assert row["heads"] == " ".join(f"L{l}H{h}" for l, h in sorted(top3))
-    assert row["value"] == pytest.approx(E.image_qa_accuracy(model, items, interventions=[ZeroAblation(heads=top3)]).accuracy)
+    assert row["value"] == pytest.approx(
+        E.image_qa_accuracy(model, items, interventions=[ZeroAblation(heads=top3)]).accuracy
+    )
     assert qa[qa["k"] == 0]["value"].iloc[0] == pytest.approx(E.image_qa_accuracy(model, items).accuracy)
     vhr = qa[qa["condition"] == "vhr"]["value"].iloc[0]
     assert vhr == pytest.approx(V.vhr_image_qa(model, items, layers=[1, 2, 3], alpha=2.0)["accuracy"])
@@ -73,14 +75,18 @@ def test_spec_results_equal_library_calls(tmp_path, model):
     assert pope["vhr"] == {"alpha": 2.0, "layers": None}
 
 
-@pytest.mark.parametrize("edit, field, words", [
-    ("{name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}", "units[1].conditions[1]", None),
-    ("split: image_qa, n: 40", "units[1].data", "needs split: image_qa"),
-])
+@pytest.mark.parametrize(
+    "edit, field, words",
+    [
+        ("{name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}", "units[1].conditions[1]", None),
+        ("split: image_qa, n: 40", "units[1].data", "needs split: image_qa"),
+    ],
+)
 def test_vision_spec_errors_name_the_field(edit, field, words):
     if words is None:  # VHR needs an image metric: text QA has no image to compare against
         bad = SPEC.replace("evaluate: image_qa_accuracy", "evaluate: text_qa_accuracy").replace(
-            "split: image_qa, n: 40", "split: text_qa")
+            "split: image_qa, n: 40", "split: text_qa"
+        )
         words = "vhr condition needs a shapes image metric"
     else:
         bad = SPEC.replace(edit, "split: pope, n: 40")

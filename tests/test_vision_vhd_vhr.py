@@ -12,6 +12,7 @@ from headscope.capture.reducers import default_reducers
 from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.inputs.images import ImagePrompt
+from headscope.inputs.spans import image_span, image_spans, image_token_ids
 from headscope.interventions import ScaleOutput, apply
 from headscope.testing import plain_hf_copy
 from headscope.testing.tiny_vlm import (
@@ -20,7 +21,6 @@ from headscope.testing.tiny_vlm import (
     tiny_llava,
     tiny_vlm_prompt,
 )
-from headscope.inputs.spans import image_span, image_spans, image_token_ids
 from headscope.vision.vhr import default_layers, vhr_generate, vhr_select
 
 
@@ -114,7 +114,7 @@ def test_greedy_generation_with_images_matches_hf_generate(random_vlm):
     assert got == greedy_generate(random_vlm, ids, 6, pixel_values=px, use_cache=False)
     hf = plain_hf_copy(random_vlm)
     ref = hf.generate(input_ids=ids, pixel_values=px, max_new_tokens=6, do_sample=False, min_new_tokens=6)
-    assert got == ref[0, ids.shape[1]:].tolist()
+    assert got == ref[0, ids.shape[1] :].tolist()
 
 
 def _reference_selection(model, prompt, layers, alpha):
@@ -128,7 +128,10 @@ def _reference_selection(model, prompt, layers, alpha):
         zs = []
         for tokens, px in ((ids, prompt.pixel_values), (no_img, None)):
             got = {}
-            hook = (f"blocks.{layer}.attn.hook_z", lambda z, hook, got=got: got.update(z=z[0, -1].clone()))  # observe only
+            hook = (
+                f"blocks.{layer}.attn.hook_z",
+                lambda z, hook, got=got: got.update(z=z[0, -1].clone()),
+            )  # observe only
             with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=[hook]):
                 model(torch.tensor([tokens]), pixel_values=px)
             zs.append(got["z"].double())
@@ -181,8 +184,12 @@ def test_a_saved_llava_folder_loads_like_a_real_checkpoint(random_vlm, tmp_path)
     model = load_model(tmp_path)
     assert image_token_ids(model) == {IMAGE_TOKEN}
     items = prompts(model, 2)
-    np.testing.assert_allclose(HeadDivergence().fit(model, items).scores_.values,
-                               HeadDivergence().fit(random_vlm, items).scores_.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        HeadDivergence().fit(model, items).scores_.values,
+        HeadDivergence().fit(random_vlm, items).scores_.values,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
@@ -197,10 +204,11 @@ def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
     np.testing.assert_allclose(per_step[:, 0], first, rtol=1e-5, atol=1e-6)
     for t in range(1, len(tokens)):  # step t = the prompt + t generated tokens, last position
         grown = ImagePrompt((*p.ids, *tokens[:t]), p.pixel_values)
-        np.testing.assert_allclose(per_step[:, t], HeadDivergence().fit(random_vlm, [grown]).scores_.values[0],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            per_step[:, t], HeadDivergence().fit(random_vlm, [grown]).scores_.values[0], rtol=1e-5, atol=1e-6
+        )
     tvhd = hd.token_vhd_positions_.values[0]
-    assert np.isfinite(tvhd[len(p.ids) - 1:]).all() and np.isnan(tvhd[: len(p.ids) - 1]).all()
+    assert np.isfinite(tvhd[len(p.ids) - 1 :]).all() and np.isnan(tvhd[: len(p.ids) - 1]).all()
 
 
 def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
@@ -213,7 +221,9 @@ def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
     hf = plain_hf_copy(random_vlm)
     for i, p in enumerate(items):
         with torch.no_grad():
-            hidden = hf(input_ids=torch.tensor([p.ids]), pixel_values=p.pixel_values, output_hidden_states=True).hidden_states
+            hidden = hf(
+                input_ids=torch.tensor([p.ids]), pixel_values=p.pixel_values, output_hidden_states=True
+            ).hidden_states
         for layer in range(2, random_vlm.cfg.n_layers):
             h = hidden[layer][0].double()
             ref = (h[:, [3, 7]].abs() / (h.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()).max(-1).values
@@ -228,8 +238,12 @@ def test_var_generation_edits_decode_queries_like_a_full_recompute():
     from headscope.vision.var import var_generate
 
     ids = [1, *range(5, 25)]
-    specs = [VARRedistribution(heads=[(l, h) for h in range(4)], positions=(12, None), sinks=(0, 6),
-                               targets=(4, 12), keep_fraction=0.2) for l in (1, 2)]
+    specs = [
+        VARRedistribution(
+            heads=[(l, h) for h in range(4)], positions=(12, None), sinks=(0, 6), targets=(4, 12), keep_fraction=0.2
+        )
+        for l in (1, 2)
+    ]
     for seed in range(3):
         model = tiny_model(n_layers=3, seed=seed)
         got = var_generate(model, ids, specs, 8)

@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.vision.visual_sink import FIRST_SINK_LAYER, VisualSink
 from headscope.errors import InputError
-from headscope.models.info import record_facts
 from headscope.interventions import apply
+from headscope.models.info import record_facts
 from headscope.testing import tiny_model
 from headscope.testing.hf_reference import plain_hf_copy
+from headscope.vision.visual_sink import FIRST_SINK_LAYER, VisualSink
 
 DIM, VALUE = 13, 1e4
 SINK_IDS, IMAGE_IDS = (40, 41), tuple(range(30, 42))
 # BOS, text, image (ids 30..41 with planted sinks 40 and 41 at positions 5 and 8), text after the image
-PROMPTS = [[1, 5, 6, 30, 31, 40, 32, 33, 41, 34, 35, 7, 8, 9, 10, 11, 12],
-           [1, 9, 30, 36, 37, 41, 38, 39, 33, 40, 30, 4, 3, 2, 14, 15]]
+PROMPTS = [
+    [1, 5, 6, 30, 31, 40, 32, 33, 41, 34, 35, 7, 8, 9, 10, 11, 12],
+    [1, 9, 30, 36, 37, 41, 38, 39, 33, 40, 30, 4, 3, 2, 14, 15],
+]
 PLANTED = [[5, 8], [5, 9]]
 SPANS = [(3, 11), (2, 11)]
 
@@ -83,7 +85,11 @@ def test_image_centric_fraction_matches_hf_attentions(planted):
 def _pattern(model, ids, layer, specs=()):
     got = {}
     name = f"blocks.{layer}.attn.hook_pattern"
-    with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=[(name, lambda t, hook: got.setdefault("p", t.clone()))]):
+    with (
+        torch.no_grad(),
+        apply(model, specs),
+        model.hooks(fwd_hooks=[(name, lambda t, hook: got.setdefault("p", t.clone()))]),
+    ):
         model(torch.tensor([ids]))
     return got["p"][0]  # [head, q, k]
 
@@ -114,7 +120,9 @@ def test_var_keeps_rows_stochastic_and_moves_exactly_the_freed_sink_mass(planted
                     n_edited += 1
                     freed = (1 - keep) * A[h, i, sinks].sum()
                     torch.testing.assert_close(P[h, i, sinks], keep * A[h, i, sinks])
-                    torch.testing.assert_close(P[h, i, receivers], A[h, i, receivers] * (1 + freed / A[h, i, receivers].sum()))
+                    torch.testing.assert_close(
+                        P[h, i, receivers], A[h, i, receivers] * (1 + freed / A[h, i, receivers].sum())
+                    )
                     assert torch.equal(P[h, i, others], A[h, i, others])
     assert n_edited > 0
 
@@ -215,8 +223,10 @@ def test_testbed_var_moves_attention_from_the_planted_sinks_to_the_other_visual_
 
     def masses(interventions):
         got = []
-        hooks = [(n, lambda t, hook: got.append((t[0, :, e:, sinks].sum().item(), t[0, :, e:, plain].sum().item())))
-                 for n in names]
+        hooks = [
+            (n, lambda t, hook: got.append((t[0, :, e:, sinks].sum().item(), t[0, :, e:, plain].sum().item())))
+            for n in names
+        ]
         with torch.no_grad(), apply(model, interventions), model.hooks(fwd_hooks=hooks):
             logits = model(torch.tensor([prompt.ids]))
         return np.array(got).sum(0), logits[0, -1]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from headscope.analyzers.base import get_analyzer
-from headscope.vision.vit_heads import AnswerItem, ViTHeads, vision_tower
 from headscope.errors import InputError
 from headscope.testing.tiny_vlm import _boot, _hf_llava, tiny_vlm_prompt
+from headscope.vision.vit_heads import AnswerItem, ViTHeads, vision_tower
 
 SHAPE = {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_model": 64, "image_size": 32, "patch": 8}
 GRID, PATCH, D_HEAD = 4, 8, 16  # the tiny tower: 4x4 patches of 8 px, 2 heads of 16 dims, 2 layers
@@ -52,7 +52,7 @@ def _plant(hf):
     emb.patch_embedding.weight.zero_()
     emb.class_embedding.zero_()
     emb.position_embedding.weight.zero_()
-    emb.position_embedding.weight[1:, :GRID * GRID] = torch.eye(GRID * GRID)
+    emb.position_embedding.weight[1:, : GRID * GRID] = torch.eye(GRID * GRID)
     layer, head = SELF_HEAD
     attn = _layers(hf)[layer].self_attn
     for proj in (attn.q_proj, attn.k_proj):
@@ -127,8 +127,9 @@ def _hf_attention_distance(plain, items) -> np.ndarray:
                 for h in range(a.shape[1]):
                     w = a[img, h, 1:, 1:].double().numpy()  # patch queries x patch keys
                     w = w / w.sum(1, keepdims=True)
-                    heads.append(np.mean([sum(w[q, k] * np.hypot(*(c[q] - c[k])) for k in range(len(c)))
-                                          for q in range(len(c))]))
+                    heads.append(
+                        np.mean([sum(w[q, k] * np.hypot(*(c[q] - c[k])) for k in range(len(c))) for q in range(len(c))])
+                    )
                 per_layer.append(heads)
             out.append(per_layer)
     return np.array(out)
@@ -245,6 +246,7 @@ def test_bad_input_names_the_fix(random_pair):
         ViTHeads().fit(model, [{"ids": items[0].ids, "pixel_values": items[0].pixel_values}])
     with pytest.raises(InputError, match="vision"):
         from headscope.testing import tiny_model
+
         vision_tower(tiny_model())
 
 

@@ -16,8 +16,15 @@ PLOTLY_BANNER = "plotly.js v"
 
 def _scores():
     rng = np.random.default_rng(0)
-    return HeadScores(rng.normal(size=(4, 8)), name="induction", n_kv_heads=2, model="tiny",
-                      params={"seq_len": 16}, prompts=["p0"], description="Prefix matching on repeats.")
+    return HeadScores(
+        rng.normal(size=(4, 8)),
+        name="induction",
+        n_kv_heads=2,
+        model="tiny",
+        params={"seq_len": 16},
+        prompts=["p0"],
+        description="Prefix matching on repeats.",
+    )
 
 
 @pytest.fixture
@@ -81,10 +88,16 @@ def test_real_chromium_writes_png_and_svg_in_one_batch(tmp_path, real_browser):
 
 def test_report_loads_plotly_once_from_its_folder(tmp_path):
     s = _scores()
-    sections = [ReportSection.from_scores(s, k=5),
-                ReportSection("Top heads", "Bar chart <of> the best heads.", top_heads_bar(s), None)]
-    path = write_report(sections, tmp_path, "My <report>", {"model": "tiny", "prompts": ["p0", "p1"],
-                                                            "params": {"seq_len": 16}, "seed": 3})
+    sections = [
+        ReportSection.from_scores(s, k=5),
+        ReportSection("Top heads", "Bar chart <of> the best heads.", top_heads_bar(s), None),
+    ]
+    path = write_report(
+        sections,
+        tmp_path,
+        "My <report>",
+        {"model": "tiny", "prompts": ["p0", "p1"], "params": {"seq_len": 16}, "seed": 3},
+    )
     assert path == tmp_path / "report.html"
     html = path.read_text()
     assert PLOTLY_BANNER not in html and "<script src='plotly.min.js'>" in html  # one shared local copy

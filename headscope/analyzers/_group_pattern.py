@@ -24,12 +24,12 @@ from ..errors import InputError
 __all__ = ["GroupMeanPattern", "GroupTokenStats", "ResponseDistance", "fai", "select_tokens", "waad"]
 
 
-
 def _check_group_heads(groups: dict, info) -> None:
     """Every head of every group exists (a hybrid's layers without attention have none): InputError."""
     for mask in groups.values():
         for layer, head in zip(*np.nonzero(mask)):
             info.check_head(int(layer), int(head))
+
 
 class ResponseDistance(QueryMeanReducer):
     """Mean over response queries t of sum_{s<=t} A[t, s] (t - s); one value per (prompt, layer, head).
@@ -39,8 +39,10 @@ class ResponseDistance(QueryMeanReducer):
     """
 
     name = "response_attention_distance"
-    description = ("Mean backward attention distance sum_s A[t,s](t-s) over response queries t "
-                   "(Preplan-and-Anchor d^(l,h); lower = more local).")
+    description = (
+        "Mean backward attention distance sum_s A[t,s](t-s) over response queries t "
+        "(Preplan-and-Anchor d^(l,h); lower = more local)."
+    )
     higher_is_more = False
 
     def __init__(self, response_starts):
@@ -87,8 +89,9 @@ class GroupMeanPattern(Reducer):
     def start(self, info, n_prompts):
         mask = next(iter(self.groups.values()))
         if mask.shape != (info.n_layers, info.n_heads):
-            raise InputError(f"group masks are {mask.shape} but the model has {info.n_layers} layers x "
-                             f"{info.n_heads} heads")
+            raise InputError(
+                f"group masks are {mask.shape} but the model has {info.n_layers} layers x {info.n_heads} heads"
+            )
         _check_group_heads(self.groups, info)
         self._sums: dict[str, list[np.ndarray | None]] = {g: [None] * n_prompts for g in self.groups}
         # Heads averaged per prompt: the same for all prompts, but counted as seen so that a layer
@@ -181,7 +184,7 @@ class GroupTokenStats(Reducer):
                     weight = gap.clamp(min=0, max=self.window)[rows, :n]
                     part = (summed[row, rows, :n] * weight).sum(-1).numpy()  # WAAD rows
                     acc = self._waad[p] if self._waad[p] is not None else np.zeros(n)
-                    acc[ctx.start:ctx.start + len(part)] += part
+                    acc[ctx.start : ctx.start + len(part)] += part
                     self._waad[p] = acc
                 else:
                     tt, gg = t[rows], gap[rows, :n]
@@ -208,6 +211,7 @@ class GroupTokenStats(Reducer):
 
 # Per-token statistics of one prompt's group-mean pattern (numpy, vectorised over positions).
 
+
 def waad(mean_local: np.ndarray, window: int) -> np.ndarray:
     """WAAD_t = sum_{s<=t} Ā[t,s] min(t-s, W) for every position t of one prompt: [T]."""
     T = mean_local.shape[0]
@@ -231,7 +235,7 @@ def select_tokens(values: np.ndarray, q: float, rule: str = "top_quantile") -> n
     rule="local_max" keeps only those that are also local maxima (>= left, > right neighbour).
     """
     ok = np.isfinite(values)
-    k = int(round(q * ok.sum()))
+    k = round(q * ok.sum())
     order = np.argsort(-np.where(ok, values, -np.inf), kind="stable")[:k]
     mask = np.zeros(len(values), dtype=bool)
     mask[order] = True

@@ -106,15 +106,29 @@ class HiddenSinks(Reducer):
         hidden = in_s & (ctx.positions[None, None, :] != first)
         self._counts[ctx.index, layer] = hidden.sum(-1).numpy()
         b, h, j = hidden.nonzero(as_tuple=True)
-        for name, vals in (("prompt", np.asarray(ctx.index)[b.numpy()]), ("layer", np.full(len(b), layer)),
-                           ("head", h.numpy()), ("position", j.numpy()), ("score", s[b, h, j].numpy())):
+        for name, vals in (
+            ("prompt", np.asarray(ctx.index)[b.numpy()]),
+            ("layer", np.full(len(b), layer)),
+            ("head", h.numpy()),
+            ("position", j.numpy()),
+            ("score", s[b, h, j].numpy()),
+        ):
             self._rows[name].append(vals)
 
     def result(self, info, prompts=None) -> HiddenSinkResult:
         table = {c: _cat(v, float if c == "score" else np.int64) for c, v in self._rows.items()}
-        counts = HeadScores(self._counts, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
-                            analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
-                            higher_is_more=True, description=self.description)
+        counts = HeadScores(
+            self._counts,
+            name=self.name,
+            n_kv_heads=info.n_kv_heads,
+            model=info.name,
+            layer_kinds=info.layer_kinds,
+            analyzer=f"capture.{type(self).__name__}",
+            params=self.params(),
+            prompts=prompts,
+            higher_is_more=True,
+            description=self.description,
+        )
         return HiddenSinkResult(counts, table)
 
 
@@ -150,7 +164,9 @@ class MassiveActivations(Reducer):
         self._median = np.full((n_prompts, info.n_layers), np.nan)
         self._top3 = np.full((n_prompts, info.n_layers, 3), np.nan)
         self._where = np.full((n_prompts, info.n_layers, 2), -1, dtype=np.int64)
-        self._rows: dict[str, list[np.ndarray]] = {c: [] for c in ("prompt", "layer", "position", "dim", "value", "median")}
+        self._rows: dict[str, list[np.ndarray]] = {
+            c: [] for c in ("prompt", "layer", "position", "dim", "value", "median")
+        }
 
     def update(self, layer, acts, ctx):
         x = acts["resid_post"].float()  # [batch, pos, d_model]
@@ -165,9 +181,14 @@ class MassiveActivations(Reducer):
         self._where[ctx.index, layer] = torch.stack([arg[:, 0] // d, arg[:, 0] % d], -1).numpy()
         hit = (mag > self.min_abs) & (mag >= self.min_ratio * med[:, None, None])  # NaN compares False
         b, t, j = hit.nonzero(as_tuple=True)
-        for name, vals in (("prompt", np.asarray(ctx.index)[b.numpy()]), ("layer", np.full(len(b), layer)),
-                           ("position", t.numpy()), ("dim", j.numpy()), ("value", x[b, t, j].numpy()),
-                           ("median", med[b].numpy())):
+        for name, vals in (
+            ("prompt", np.asarray(ctx.index)[b.numpy()]),
+            ("layer", np.full(len(b), layer)),
+            ("position", t.numpy()),
+            ("dim", j.numpy()),
+            ("value", x[b, t, j].numpy()),
+            ("median", med[b].numpy()),
+        ):
             self._rows[name].append(vals)
 
     def result(self, info, prompts=None) -> MassiveResult:
@@ -220,8 +241,14 @@ class PhiTopK(Reducer):
             self._chunks.append((ctx.index, layer, phi, None))
         else:
             vals, dims = ratio.topk(min(self.top_k, ratio.shape[-1]), -1)  # [batch, pos, k]
-            self._chunks.append((ctx.index, layer, vals.masked_fill(~ctx.valid[..., None], float("nan")),
-                                 dims.masked_fill(~ctx.valid[..., None], -1).to(torch.int32)))
+            self._chunks.append(
+                (
+                    ctx.index,
+                    layer,
+                    vals.masked_fill(~ctx.valid[..., None], float("nan")),
+                    dims.masked_fill(~ctx.valid[..., None], -1).to(torch.int32),
+                )
+            )
 
     def result(self, info, prompts=None) -> PhiResult:
         T = int(self._lengths.max()) if len(self._lengths) else 0

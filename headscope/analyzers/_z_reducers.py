@@ -47,9 +47,12 @@ class ZAtPositions(Reducer):
 
     def start(self, info, n_prompts: int) -> None:
         if n_prompts != len(self.positions):
-            raise InputError(f"ZAtPositions has positions for {len(self.positions)} prompts but capture got {n_prompts}")
-        self.z = [torch.full((info.n_layers, len(pos), info.n_heads, info.d_head), float("nan"))
-                  for pos in self.positions]
+            raise InputError(
+                f"ZAtPositions has positions for {len(self.positions)} prompts but capture got {n_prompts}"
+            )
+        self.z = [
+            torch.full((info.n_layers, len(pos), info.n_heads, info.d_head), float("nan")) for pos in self.positions
+        ]
 
     def update(self, layer, acts, ctx) -> None:
         z = acts["z"]  # [batch, pos, head, d_head]
@@ -63,6 +66,18 @@ class ZAtPositions(Reducer):
     def result(self, info, prompts=None) -> ZResult:
         # [prompt, layer, head]: mean over positions of sum over d_head of z^2
         values = np.stack([(z.double() ** 2).sum(-1).mean(1).numpy() for z in self.z])
-        return ZResult(self.z, HeadScores(values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
-                          analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
-                          higher_is_more=self.higher_is_more, description=self.description))
+        return ZResult(
+            self.z,
+            HeadScores(
+                values,
+                name=self.name,
+                n_kv_heads=info.n_kv_heads,
+                model=info.name,
+                layer_kinds=info.layer_kinds,
+                analyzer=f"capture.{type(self).__name__}",
+                params=self.params(),
+                prompts=prompts,
+                higher_is_more=self.higher_is_more,
+                description=self.description,
+            ),
+        )

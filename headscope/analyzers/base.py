@@ -32,24 +32,25 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..errors import InputError
+from ..inputs.probes import repeated_random_tokens
 from ..models.info import model_info
 from ..registry import Registry
+
 # select_heads lives next to HeadScores (on top of results.rank_heads, the one head ranking, which the
 # experiments use too); analyzers import it from here as before.
 from ..results import HeadScores, rank_heads, select_heads  # noqa: F401
-from ..inputs.probes import repeated_random_tokens
 from .params import check_params
 
 # Filled by each analyzer's own module (`@register`), wherever it lives (safety and vision analyzers
 # live with their application); a lookup loads every module first (see headscope.registry).
-REGISTRY: Registry[type["Analyzer"]] = Registry("analyzer", fix="`headscope analyze --list` shows them")
+REGISTRY: Registry[type[Analyzer]] = Registry("analyzer", fix="`headscope analyze --list` shows them")
 
 
 class NotFittedError(InputError, AttributeError):
     """A fitted attribute (name ending in `_`) was read before `fit`."""
 
 
-def register(cls: type["Analyzer"]) -> type["Analyzer"]:
+def register(cls: type[Analyzer]) -> type[Analyzer]:
     """Class decorator: make an analyzer available by its `name` (CLI, experiment specs)."""
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
@@ -62,7 +63,7 @@ def register(cls: type["Analyzer"]) -> type["Analyzer"]:
     return REGISTRY.register(cls.name, cls)
 
 
-def get_analyzer(name: str, **params) -> "Analyzer":
+def get_analyzer(name: str, **params) -> Analyzer:
     """Instantiate a registered analyzer; unknown names and parameters fail with the valid ones listed."""
     cls = REGISTRY[name]
     valid = set(cls._param_names())
@@ -100,7 +101,7 @@ class Analyzer:
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params) -> "Analyzer":
+    def set_params(self, **params) -> Analyzer:
         valid = set(self._param_names())
         for key, value in params.items():
             if key not in valid:
@@ -108,7 +109,7 @@ class Analyzer:
             setattr(self, key, value)
         return self
 
-    def clone(self) -> "Analyzer":
+    def clone(self) -> Analyzer:
         """An unfitted copy with the same parameters (deep-copied)."""
         return type(self)(**copy.deepcopy(self.get_params()))
 
@@ -135,7 +136,7 @@ class Analyzer:
     def _fit(self, model, data) -> None:
         raise NotImplementedError
 
-    def fit(self, model, data=None) -> "Analyzer":
+    def fit(self, model, data=None) -> Analyzer:
         """Check parameters, prepare `data`, run the analysis; returns self."""
         self.validate_params(model)
         prepared = self.prepare_data(model, data)
@@ -154,7 +155,8 @@ class Analyzer:
         heads = self.__dict__.get("heads_")
         n_layers, n_heads = scores.values.shape[1:]
         if not isinstance(heads, list) or not all(
-                isinstance(h, tuple) and len(h) == 2 and 0 <= h[0] < n_layers and 0 <= h[1] < n_heads for h in heads):
+            isinstance(h, tuple) and len(h) == 2 and 0 <= h[0] < n_layers and 0 <= h[1] < n_heads for h in heads
+        ):
             raise TypeError(f"{type(self).__name__}._fit must set heads_ to a list of (layer, head) tuples")
 
     def __getattr__(self, name: str):
@@ -168,10 +170,18 @@ class Analyzer:
 
     def _own(self, scores: HeadScores, name: str | None = None, description: str | None = None) -> HeadScores:
         """A reducer's HeadScores re-labelled as this analyzer's result (its name and all parameters)."""
-        return HeadScores(scores.values, name=name or scores.name, n_kv_heads=scores.n_kv_heads, model=scores.model,
-                          analyzer=self.name, params=self.get_params(), prompts=scores.prompts,
-                          higher_is_more=scores.higher_is_more, description=description or scores.description,
-                          layer_kinds=scores.layer_kinds)
+        return HeadScores(
+            scores.values,
+            name=name or scores.name,
+            n_kv_heads=scores.n_kv_heads,
+            model=scores.model,
+            analyzer=self.name,
+            params=self.get_params(),
+            prompts=scores.prompts,
+            higher_is_more=scores.higher_is_more,
+            description=description or scores.description,
+            layer_kinds=scores.layer_kinds,
+        )
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
         """Bootstrap confidence interval per head of the analyzer's score, resampling prompts with
@@ -205,5 +215,12 @@ def prompts_or_default(data, default: Callable[[], Any]):
 def example_prompts(model, seq_len: int = 10, n_prompts: int = 2) -> list[list[int]]:
     """Small repeated-random-token prompts for any model (what most analyzers' `example_data` gives)."""
     vocab = int(model.cfg.d_vocab)
-    return repeated_random_tokens(vocab, seq_len, 2, n_prompts, seed=0, token_range=(2, min(vocab, 1000)),
-                                  first_token=model_info(model).bos_token_id).tolist()
+    return repeated_random_tokens(
+        vocab,
+        seq_len,
+        2,
+        n_prompts,
+        seed=0,
+        token_range=(2, min(vocab, 1000)),
+        first_token=model_info(model).bos_token_id,
+    ).tolist()

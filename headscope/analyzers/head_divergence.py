@@ -62,8 +62,10 @@ def default_segment_data() -> list[dict]:
 def outlier_mask(vhd: np.ndarray, ta: np.ndarray) -> np.ndarray:
     """VHR's outlier rule, per prompt and layer (arrays [..., head]): VHD > mu + sigma AND TA > mu + sigma
     (population std over the layer's heads); TA = ||z without the segment||^2."""
+
     def above(x):
         return x > x.mean(-1, keepdims=True) + x.std(-1, keepdims=True)
+
     return above(vhd) & above(ta)
 
 
@@ -78,31 +80,57 @@ class HeadDivergence(Analyzer):
     """Per-head output divergence between prompts with and without a context segment (VHD)."""
 
     name = "head-divergence"
-    input_kind = ("(prefix, segment, suffix) triples of text or token ids, or ImagePrompts (the segment is the "
-                  "image); None: built-in passages (image prompts on a VLM testbed)")
+    input_kind = (
+        "(prefix, segment, suffix) triples of text or token ids, or ImagePrompts (the segment is the "
+        "image); None: built-in passages (image prompts on a VLM testbed)"
+    )
     parameter_constraints = {
         "positions": [Options("last", "after_segment"), Interval(int, None, None), IntList()],
-        "distance": [Options(*DISTANCES)], "variant": [Options(*VARIANTS)], "filler": [None, Anything()],
-        "outlier_rule": [Boolean()], "top_k_per_layer": [Interval(int, 1, None)],
+        "distance": [Options(*DISTANCES)],
+        "variant": [Options(*VARIANTS)],
+        "filler": [None, Anything()],
+        "outlier_rule": [Boolean()],
+        "top_k_per_layer": [Interval(int, 1, None)],
         "select": [Anything()],  # 'above_median' or (rule, value): _select_spec() checks it
         "batch_size": [Interval(int, 1, None)],
     }
-    description = ("Distance between each head's output z with and without a context segment "
-                   "(VHD, He et al. 2025), at query positions after the segment.")
+    description = (
+        "Distance between each head's output z with and without a context segment "
+        "(VHD, He et al. 2025), at query positions after the segment."
+    )
     atlas = AtlasEntry(
-        what=("How much each head's output at the last position changes when a context segment is removed "
-              "(VHD, He et al.): built-in passages on a text model, the image on a VLM (where high-VHD heads "
-              "are the vision-aware ones)."),
+        what=(
+            "How much each head's output at the last position changes when a context segment is removed "
+            "(VHD, He et al.): built-in passages on a text model, the image on a VLM (where high-VHD heads "
+            "are the vision-aware ones)."
+        ),
         docs="head-divergence.md",
         columns=lambda a: {"divergence": a.scores_},
-        roles=lambda a: (Role("vision-aware", "divergence", selected=lambda f: f.heads_,
-                              rule="VHD above its layer's median on image prompts (He et al.'s H_l)"),)
-        if any(s.pixel_values is not None for s in a.segments_) else (),
+        roles=lambda a: (
+            (
+                Role(
+                    "vision-aware",
+                    "divergence",
+                    selected=lambda f: f.heads_,
+                    rule="VHD above its layer's median on image prompts (He et al.'s H_l)",
+                ),
+            )
+            if any(s.pixel_values is not None for s in a.segments_)
+            else ()
+        ),
     )
 
-    def __init__(self, positions="last", distance: str = "euclidean", variant: str = "removed", filler=None,
-                 outlier_rule: bool = False, top_k_per_layer: int = 4, select="above_median",
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        positions="last",
+        distance: str = "euclidean",
+        variant: str = "removed",
+        filler=None,
+        outlier_rule: bool = False,
+        top_k_per_layer: int = 4,
+        select="above_median",
+        batch_size: int = 8,
+    ):
         self.positions = positions
         self.distance = distance
         self.variant = variant
@@ -120,13 +148,16 @@ class HeadDivergence(Analyzer):
             s = next(iter(s.items()))
         if isinstance(s, (tuple, list)) and len(s) == 2 and s[0] in SELECTS:
             return (s[0], s[1])
-        raise InputError(f"select={self.select!r}: use 'above_median' (VHR's per-layer H_l), or "
-                         f"('top_k', 10) / ('threshold', 0.5) / ('top_fraction', 0.1)")
+        raise InputError(
+            f"select={self.select!r}: use 'above_median' (VHR's per-layer H_l), or "
+            f"('top_k', 10) / ('threshold', 0.5) / ('top_fraction', 0.1)"
+        )
 
     def _check_params(self, info) -> None:
         if self.top_k_per_layer > info.n_heads:
-            raise InputError(f"top_k_per_layer={self.top_k_per_layer!r}: must be an integer in 1..{info.n_heads} "
-                             "(heads per layer)")
+            raise InputError(
+                f"top_k_per_layer={self.top_k_per_layer!r}: must be an integer in 1..{info.n_heads} (heads per layer)"
+            )
         if self.filler is not None and self.variant != "replaced":
             raise InputError("filler is only used with variant='replaced'; set variant='replaced' or drop filler")
         self._select_spec()
@@ -161,18 +192,44 @@ class HeadDivergence(Analyzer):
 
         prompts = [it.text if it.text is not None else model.tokenizer.decode(it.present) for it in items]
         params = self.get_params()
-        meta = {"n_kv_heads": info.n_kv_heads, "layer_kinds": info.layer_kinds, "model": info.name, "analyzer": self.name, "params": params,
-                "prompts": prompts}
+        meta = {
+            "n_kv_heads": info.n_kv_heads,
+            "layer_kinds": info.layer_kinds,
+            "model": info.name,
+            "analyzer": self.name,
+            "params": params,
+            "prompts": prompts,
+        }
         self.segments_, self.variants_, self.vhd_per_position_ = items, pair, per_pos
-        self.scores_ = HeadScores(vhd, name="head_divergence", higher_is_more=True, description=(
-            f"{self.distance} distance of hook_z with vs {self.variant} segment, mean over positions "
-            f"({self.positions!r})" + ("; VHR outliers zeroed" if self.outlier_rule else "")), **meta)
-        self.ta_ = HeadScores(ta, name="ta_without_segment", higher_is_more=True,
-                              description="||z||^2 without the segment (VHR's TA), mean over positions", **meta)
+        self.scores_ = HeadScores(
+            vhd,
+            name="head_divergence",
+            higher_is_more=True,
+            description=(
+                f"{self.distance} distance of hook_z with vs {self.variant} segment, mean over positions "
+                f"({self.positions!r})" + ("; VHR outliers zeroed" if self.outlier_rule else "")
+            ),
+            **meta,
+        )
+        self.ta_ = HeadScores(
+            ta,
+            name="ta_without_segment",
+            higher_is_more=True,
+            description="||z||^2 without the segment (VHR's TA), mean over positions",
+            **meta,
+        )
         p, l, h = np.nonzero(flagged)  # reported whether or not they were zeroed
-        self.outliers_ = pd.DataFrame({"prompt": p, "layer": l, "head": h,
-                                       "label": [f"L{a}H{b}" for a, b in zip(l, h)], "vhd": raw[p, l, h],
-                                       "ta": ta[p, l, h], "zeroed": bool(self.outlier_rule)})
+        self.outliers_ = pd.DataFrame(
+            {
+                "prompt": p,
+                "layer": l,
+                "head": h,
+                "label": [f"L{a}H{b}" for a, b in zip(l, h)],
+                "vhd": raw[p, l, h],
+                "ta": ta[p, l, h],
+                "zeroed": bool(self.outlier_rule),
+            }
+        )
         self.token_vhd_ = token_vhd(vhd, self.top_k_per_layer)  # [prompt]
         self.token_vhd_positions_ = self._position_tvhd(model, items, pair, per_pos, prompts, params)
         self.heads_ = self._heads(how, arg)
@@ -190,9 +247,16 @@ class HeadDivergence(Analyzer):
         for i, (pos, d) in enumerate(zip(pair.present_positions, per_pos)):
             values[i, pos] = token_vhd(d.transpose(1, 0, 2), self.top_k_per_layer)  # d: [layer, pos, head]
         tokens = [[model.tokenizer.decode([t]) for t in ids_of(ids)] for ids in pair.present]
-        return TokenScores(values, tokens=tokens, name="token_vhd", model=model_info(model).name,
-                           analyzer=self.name, params=params, prompts=prompts,
-                           description=f"T-VHD: sum over layers of the top-{self.top_k_per_layer} head VHDs")
+        return TokenScores(
+            values,
+            tokens=tokens,
+            name="token_vhd",
+            model=model_info(model).name,
+            analyzer=self.name,
+            params=params,
+            prompts=prompts,
+            description=f"T-VHD: sum over layers of the top-{self.top_k_per_layer} head VHDs",
+        )
 
     def _heads(self, how, arg) -> list[tuple[int, int]]:
         if how != "above_median":

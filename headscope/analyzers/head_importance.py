@@ -38,18 +38,31 @@ class HeadImportance(Analyzer):
     name = "head-importance"
     description = "Gradient head importance |dL/d xi_h| (Michel et al. 2019), per-layer normalised."
     atlas = AtlasEntry(
-        what=("How much the loss on the built-in text depends on each head: |dL/d gate| of a gate on its output "
-              "(Michel et al. 2019), normalised per layer. A score, not a role: every head gets one."),
+        what=(
+            "How much the loss on the built-in text depends on each head: |dL/d gate| of a gate on its output "
+            "(Michel et al. 2019), normalised per layer. A score, not a role: every head gets one."
+        ),
         docs="head-importance.md",
         columns=lambda a: {"importance": a.scores_},
     )
     input_kind = "prompts: strings or token id lists (None: the built-in prompt set)"
-    parameter_constraints = {"normalize_layers": [Boolean()], "exponent": [Interval(float, 0, None, "neither")],
-                             "min_max": [Boolean()], "top_k": [Interval(int, 1, None)], "prepend_bos": [None, Boolean()]}
+    parameter_constraints = {
+        "normalize_layers": [Boolean()],
+        "exponent": [Interval(float, 0, None, "neither")],
+        "min_max": [Boolean()],
+        "top_k": [Interval(int, 1, None)],
+        "prepend_bos": [None, Boolean()],
+    }
     example_params = {"top_k": 5}
 
-    def __init__(self, normalize_layers: bool = True, exponent: float = 2.0, min_max: bool = False,
-                 top_k: int = 10, prepend_bos: bool | None = None):
+    def __init__(
+        self,
+        normalize_layers: bool = True,
+        exponent: float = 2.0,
+        min_max: bool = False,
+        top_k: int = 10,
+        prepend_bos: bool | None = None,
+    ):
         self.normalize_layers = normalize_layers
         self.exponent = exponent
         self.min_max = min_max
@@ -89,10 +102,17 @@ class HeadImportance(Analyzer):
         self.raw_importance_ = grads.sum(0) / max(n_tokens, 1)
         # One importance for the whole dataset (a sum over its tokens, as the paper defines it): the
         # prompt axis of scores_ has one entry.
-        self.scores_ = HeadScores(self._normalise(self.raw_importance_[None])[0][None], name="head_importance",
-                                  n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds, model=info.name, analyzer=self.name,
-                                  params=self.get_params(), prompts=[f"all {len(examples)} prompts"],
-                                  description=self.description)
+        self.scores_ = HeadScores(
+            self._normalise(self.raw_importance_[None])[0][None],
+            name="head_importance",
+            n_kv_heads=info.n_kv_heads,
+            layer_kinds=info.layer_kinds,
+            model=info.name,
+            analyzer=self.name,
+            params=self.get_params(),
+            prompts=[f"all {len(examples)} prompts"],
+            description=self.description,
+        )
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)
         self.n_tokens_ = n_tokens
 
@@ -100,7 +120,7 @@ class HeadImportance(Analyzer):
         """raw [n, layer, head] -> the importance: per layer / its l_exponent norm, then min-max if asked."""
         values = raw
         if self.normalize_layers:
-            norms = (values ** self.exponent).sum(-1, keepdims=True) ** (1 / self.exponent)
+            norms = (values**self.exponent).sum(-1, keepdims=True) ** (1 / self.exponent)
             values = values / (norms + 1e-20)
         if self.min_max:
             lo, hi = values.min(axis=(1, 2), keepdims=True), values.max(axis=(1, 2), keepdims=True)
@@ -120,6 +140,16 @@ class HeadImportance(Analyzer):
         def stat(w):
             raw = (w @ flat) / np.maximum(w @ tokens, 1)[:, None]
             return self._normalise(raw.reshape(-1, L, H)).reshape(len(w), -1)
-        return ci_result(stat, len(grads), (L, H), name="head_importance", level=level, n_boot=n_boot, seed=seed,
-                         method=method, statistic="importance (summed |dL/d gate| per token, normalised)",
-                         attrs=self.scores_.provenance)
+
+        return ci_result(
+            stat,
+            len(grads),
+            (L, H),
+            name="head_importance",
+            level=level,
+            n_boot=n_boot,
+            seed=seed,
+            method=method,
+            statistic="importance (summed |dL/d gate| per token, normalised)",
+            attrs=self.scores_.provenance,
+        )

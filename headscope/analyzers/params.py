@@ -88,8 +88,9 @@ class Options(Constraint):
         object.__setattr__(self, "values", tuple(values))
 
     def accepts(self, v) -> bool:
-        return isinstance(v, (str, bool, int, float, type(None))) and any(v == o and type(v) is type(o)
-                                                                       for o in self.values)
+        return isinstance(v, (str, bool, int, float, type(None))) and any(
+            v == o and type(v) is type(o) for o in self.values
+        )
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.values)
@@ -117,8 +118,11 @@ class IntList(Constraint):
     low: int | None = None
 
     def accepts(self, v) -> bool:
-        return (isinstance(v, (list, tuple)) and len(v) >= self.min_len
-                and all(_is_int(x) and (self.low is None or x >= self.low) for x in v))
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) >= self.min_len
+            and all(_is_int(x) and (self.low is None or x >= self.low) for x in v)
+        )
 
     def describe(self) -> str:
         floor = f" >= {self.low}" if self.low is not None else ""
@@ -132,8 +136,11 @@ class HeadList(Constraint):
     """A non-empty list of (layer, head) pairs of integers (checked against the model in fit)."""
 
     def accepts(self, v) -> bool:
-        return (isinstance(v, (list, tuple)) and len(v) > 0
-                and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(x) for x in p) for p in v))
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) > 0
+            and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(x) for x in p) for p in v)
+        )
 
     def describe(self) -> str:
         return "a non-empty list of (layer, head) pairs"
@@ -192,5 +199,15 @@ def check_params(owner: str, params: dict, constraints: dict) -> None:
         raise InputError(f"{owner}: {name}={value!r} must be " + " or ".join(_describe(o) for o in options))
 
 
-__all__ = ["Anything", "Boolean", "Constraint", "IsCallable", "HeadList", "IntList", "Interval", "Options", "Text",
-           "check_params"]
+__all__ = [
+    "Anything",
+    "Boolean",
+    "Constraint",
+    "HeadList",
+    "IntList",
+    "Interval",
+    "IsCallable",
+    "Options",
+    "Text",
+    "check_params",
+]

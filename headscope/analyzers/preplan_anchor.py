@@ -52,8 +52,10 @@ def _normalise_pairs(data) -> list[tuple]:
     if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (tuple, list, dict)):
         data = [data]
     if isinstance(data, str) or not isinstance(data, (list, tuple)) or not data:
-        raise InputError("data must be a non-empty list of (prompt, response) pairs (strings or token-id lists), "
-                         "or dicts with 'prompt' and 'response'; pass None for the built-in GSM8K-style set")
+        raise InputError(
+            "data must be a non-empty list of (prompt, response) pairs (strings or token-id lists), "
+            "or dicts with 'prompt' and 'response'; pass None for the built-in GSM8K-style set"
+        )
     pairs = []
     for i, item in enumerate(data):
         if isinstance(item, dict):
@@ -95,12 +97,15 @@ def encode_pairs(model, pairs, template: str = "auto") -> tuple[list[list[int]],
     for prompt, response in pairs:
         if isinstance(response, str):
             if tok is None:
-                raise InputError("this model has no tokenizer: pass (prompt_ids, response_ids) pairs instead of strings")
+                raise InputError(
+                    "this model has no tokenizer: pass (prompt_ids, response_ids) pairs instead of strings"
+                )
             if template == "chat":
                 if not getattr(tok, "chat_template", None):
                     raise InputError("template='chat' but the tokenizer has no chat template; use 'plain' or 'raw'")
-                prefix = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 add_generation_prompt=True, tokenize=False)
+                prefix = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+                )
             elif template == "plain":
                 prefix = f"Question: {prompt}\nAnswer:"
                 response = response if response[:1].isspace() else " " + response
@@ -131,26 +136,52 @@ class PreplanAnchor(Analyzer):
     name = "preplan-anchor"
     input_kind = "(prompt, response) pairs: strings or token id lists (None: the built-in GSM8K-style set)"
     parameter_constraints = {
-        "local_fraction": [Interval(float, 0, 1, "right")], "global_fraction": [Interval(float, 0, 1, "right")],
-        "quantile": [Interval(float, 0, 1, "right")], "layers": [None, Options("middle"), IntList()],
-        "window": [Interval(int, 1, None)], "horizon": [Anything()],  # a (H_lo, H_hi) pair: _horizon() checks it
-        "peak_rule": [Options(*PEAK_RULES)], "template": [Options(*TEMPLATES)],
-        "local_heads": [None, HeadList()], "global_heads": [None, HeadList()], "batch_size": [Interval(int, 1, None)],
+        "local_fraction": [Interval(float, 0, 1, "right")],
+        "global_fraction": [Interval(float, 0, 1, "right")],
+        "quantile": [Interval(float, 0, 1, "right")],
+        "layers": [None, Options("middle"), IntList()],
+        "window": [Interval(int, 1, None)],
+        "horizon": [Anything()],  # a (H_lo, H_hi) pair: _horizon() checks it
+        "peak_rule": [Options(*PEAK_RULES)],
+        "template": [Options(*TEMPLATES)],
+        "local_heads": [None, HeadList()],
+        "global_heads": [None, HeadList()],
+        "batch_size": [Interval(int, 1, None)],
     }
     description = "Preplan-and-Anchor (arXiv:2510.13554): local/global heads, WAAD, FAI, preplan and anchor tokens."
     atlas = AtlasEntry(
-        what=("Mean backward distance of each head's attention over a model's own response (GSM8K-style "
-              "question/answer pairs): the paper's local heads (shortest 30%) and global heads (longest 30%)."),
+        what=(
+            "Mean backward distance of each head's attention over a model's own response (GSM8K-style "
+            "question/answer pairs): the paper's local heads (shortest 30%) and global heads (longest 30%)."
+        ),
         docs="preplan-anchor.md",
         columns=lambda a: {"backward_distance": a.scores_},
-        roles=(Role("global", "backward_distance", selected=lambda a: a.global_heads_, specific=False,
-                    rule="longest 30% mean backward distance over the response (the paper's global heads; generic)"),),
+        roles=(
+            Role(
+                "global",
+                "backward_distance",
+                selected=lambda a: a.global_heads_,
+                specific=False,
+                rule="longest 30% mean backward distance over the response (the paper's global heads; generic)",
+            ),
+        ),
         figures=lambda a: [a.plot()],
     )
 
-    def __init__(self, local_fraction: float = 0.3, global_fraction: float = 0.3, layers=None, window: int = 10,
-                 horizon=(1, None), quantile: float = 0.4, peak_rule: str = "top_quantile",
-                 template: str = "auto", local_heads=None, global_heads=None, batch_size: int = 8):
+    def __init__(
+        self,
+        local_fraction: float = 0.3,
+        global_fraction: float = 0.3,
+        layers=None,
+        window: int = 10,
+        horizon=(1, None),
+        quantile: float = 0.4,
+        peak_rule: str = "top_quantile",
+        template: str = "auto",
+        local_heads=None,
+        global_heads=None,
+        batch_size: int = 8,
+    ):
         self.local_fraction = local_fraction
         self.global_fraction = global_fraction
         self.layers = layers
@@ -175,8 +206,10 @@ class PreplanAnchor(Analyzer):
             lo, hi = self.horizon
             lo, hi = int(lo), (math.inf if hi is None else float(hi))
         except (TypeError, ValueError):
-            raise InputError(f"horizon={self.horizon!r} must be (H_lo, H_hi): (1, None) = to the end of the "
-                             "response, (10, 50) = the paper's RL horizon") from None
+            raise InputError(
+                f"horizon={self.horizon!r} must be (H_lo, H_hi): (1, None) = to the end of the "
+                "response, (10, 50) = the paper's RL horizon"
+            ) from None
         if lo < 0 or hi < lo:
             raise InputError(f"horizon={self.horizon!r} needs 0 <= H_lo <= H_hi")
         return lo, hi
@@ -215,9 +248,18 @@ class PreplanAnchor(Analyzer):
         # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
         dist = ResponseDistance(starts)
         raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
-        self.scores_ = HeadScores(raw.values, name="mean_backward_distance", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
-                                  model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts,
-                                  higher_is_more=False, description=dist.description)
+        self.scores_ = HeadScores(
+            raw.values,
+            name="mean_backward_distance",
+            n_kv_heads=info.n_kv_heads,
+            layer_kinds=info.layer_kinds,
+            model=info.name,
+            analyzer=self.name,
+            params=self.get_params(),
+            prompts=prompts,
+            higher_is_more=False,
+            description=dist.description,
+        )
         self.local_heads_ = self._group(self.scores_, self.local_heads, self.local_fraction, "lower", info)
         self.global_heads_ = self._group(self.scores_, self.global_heads, self.global_fraction, "higher", info)
         self.heads_ = list(self.local_heads_)
@@ -228,7 +270,9 @@ class PreplanAnchor(Analyzer):
             masks[g][tuple(np.array(heads).T)] = True
         reducer = GroupTokenStats(masks, starts, self.window, horizon)
         group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
-        self._token_stats = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[reducer.name]
+        self._token_stats = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[
+            reducer.name
+        ]
         self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
         self._per_token(model, info, prompts, horizon)
 
@@ -249,12 +293,27 @@ class PreplanAnchor(Analyzer):
                 for i in np.flatnonzero(select_tokens(values, self.quantile, self.peak_rule)):
                     records[kind].append((p, start + int(i), int(i), toks[i], float(shown[i])))
         meta = dict(model=info.name, analyzer=self.name, params=self.get_params(), prompts=prompts)
-        self.waad_ = TokenScores(rows["waad"], tokens=strings, name="WAAD", **meta,
-                                 description=f"Windowed average attention distance of the local heads (W={self.window}).")
-        self.waad_delta_ = TokenScores(rows["delta"], tokens=strings, name="WAAD delta", **meta,
-                                       description="|WAAD_t - WAAD_{t+1}|; NaN at the last response token.")
-        self.fai_ = TokenScores(rows["fai"], tokens=strings, name="FAI", **meta,
-                                description=f"Future attention influence of the global heads, horizon {self.horizon}.")
+        self.waad_ = TokenScores(
+            rows["waad"],
+            tokens=strings,
+            name="WAAD",
+            **meta,
+            description=f"Windowed average attention distance of the local heads (W={self.window}).",
+        )
+        self.waad_delta_ = TokenScores(
+            rows["delta"],
+            tokens=strings,
+            name="WAAD delta",
+            **meta,
+            description="|WAAD_t - WAAD_{t+1}|; NaN at the last response token.",
+        )
+        self.fai_ = TokenScores(
+            rows["fai"],
+            tokens=strings,
+            name="FAI",
+            **meta,
+            description=f"Future attention influence of the global heads, horizon {self.horizon}.",
+        )
         cols = ["prompt", "position", "response_index", "token", "value"]
         self.preplan_tokens_ = pd.DataFrame(records["preplan"], columns=cols)
         self.anchor_tokens_ = pd.DataFrame(records["anchor"], columns=cols)
@@ -273,10 +332,19 @@ class PreplanAnchor(Analyzer):
         toks = self.waad_.tokens[p]
         n = len(toks)
         prompt = (self.scores_.prompts or [""])[p]
-        subtitle = (f"pair {p}: {prompt[:80]}{'…' if len(prompt) > 80 else ''} | W={self.window}, "
-                    f"horizon={self.horizon}, |H_loc|={len(self.local_heads_)}, |H_glob|={len(self.global_heads_)}")
+        subtitle = (
+            f"pair {p}: {prompt[:80]}{'…' if len(prompt) > 80 else ''} | W={self.window}, "
+            f"horizon={self.horizon}, |H_loc|={len(self.local_heads_)}, |H_glob|={len(self.global_heads_)}"
+        )
         marked = lambda table: set(table.loc[table["prompt"] == p, "response_index"])
-        return preplan_token_figure(toks, *(s.values[p, :n] for s in (self.waad_, self.waad_delta_, self.fai_)),
-                                    marked(self.preplan_tokens_), marked(self.anchor_tokens_),
-                                    quantile=self.quantile, peak_rule=self.peak_rule, subtitle=subtitle,
-                                    title=f"Preplan-and-Anchor — {self.scores_.model}", **kw)
+        return preplan_token_figure(
+            toks,
+            *(s.values[p, :n] for s in (self.waad_, self.waad_delta_, self.fai_)),
+            marked(self.preplan_tokens_),
+            marked(self.anchor_tokens_),
+            quantile=self.quantile,
+            peak_rule=self.peak_rule,
+            subtitle=subtitle,
+            title=f"Preplan-and-Anchor — {self.scores_.model}",
+            **kw,
+        )

@@ -26,9 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..capture import capture
-from ..confidence import mean_ci
 from ..capture.reducers import Reducer
+from ..confidence import mean_ci
 from ..errors import InputError
+from ..experiment_registry import EVALUATORS, Evaluator
 from ..generation import greedy_generate, greedy_reproduces, plan_interventions
 from ..inputs.needle import (
     FORMS,
@@ -36,7 +37,6 @@ from ..inputs.needle import (
     make_needle_prompts,
     make_repeat_samples,
 )
-from ..experiment_registry import EVALUATORS, Evaluator
 from ..models.info import model_info
 from ..results import HeadScores
 from .atlas_entry import AtlasEntry, Role
@@ -60,7 +60,9 @@ def token_recall(reference, output) -> float:
     return sum(min(c, out[t]) for t, c in ref.items()) / max(1, sum(ref.values()))
 
 
-def count_copy_events(argmax: torch.Tensor, seq: torch.Tensor, span: tuple[int, int], count: str = "steps") -> torch.Tensor:
+def count_copy_events(
+    argmax: torch.Tensor, seq: torch.Tensor, span: tuple[int, int], count: str = "steps"
+) -> torch.Tensor:
     """Copy-paste events per head.
 
     argmax: [head, Q] most-attended key of each decode query q (query position P-1+q);
@@ -115,30 +117,55 @@ class CopyPasteReducer(Reducer):
                 continue
             if row not in self._argmax:
                 self._argmax[row] = torch.zeros(pattern.shape[1], n - P, dtype=torch.long)
-            self._argmax[row][:, lo - (P - 1):hi - (P - 1)] = pattern[row, :, lo - ctx.start:hi - ctx.start, :n].argmax(-1)
+            self._argmax[row][:, lo - (P - 1) : hi - (P - 1)] = pattern[
+                row, :, lo - ctx.start : hi - ctx.start, :n
+            ].argmax(-1)
 
     def end_layer(self, layer, ctx):
         for row, idx in enumerate(ctx.index):
             n = int(ctx.valid[row].sum())
             argmax = self._argmax.get(row, torch.zeros(self._events.shape[2], 0, dtype=torch.long))  # [head, Q]
-            self._events[idx, layer] = count_copy_events(argmax, ctx.tokens[row, :n], self.spans[idx], self.count).numpy()
+            self._events[idx, layer] = count_copy_events(
+                argmax, ctx.tokens[row, :n], self.spans[idx], self.count
+            ).numpy()
         self._argmax = {}
 
     def result(self, info, prompts=None):
         span_len = np.array([b - a for a, b in self.spans], dtype=float)
-        return HeadScores(self._events / span_len[:, None, None], name=self.name, n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
-                          model=info.name, analyzer="capture.CopyPasteReducer", params=self.params(),
-                          prompts=prompts, description=self.description)
+        return HeadScores(
+            self._events / span_len[:, None, None],
+            name=self.name,
+            n_kv_heads=info.n_kv_heads,
+            layer_kinds=info.layer_kinds,
+            model=info.name,
+            analyzer="capture.CopyPasteReducer",
+            params=self.params(),
+            prompts=prompts,
+            description=self.description,
+        )
 
 
-def generate_copy_scores(model, sample: NeedleSample, max_new_tokens: int, stop_ids=(), span: str = "answer",
-                         count: str = "steps", interventions=()) -> tuple[list[int], np.ndarray]:
+def generate_copy_scores(
+    model,
+    sample: NeedleSample,
+    max_new_tokens: int,
+    stop_ids=(),
+    span: str = "answer",
+    count: str = "steps",
+    interventions=(),
+) -> tuple[list[int], np.ndarray]:
     """The paper's loop for one sample: (greedy output ids, per-head score [layer, head]), optionally
     under `interventions` (applied by `greedy_generate`; the patterns read are the intervened ones)."""
     steps = []
-    out = greedy_generate(model, list(sample.prompt_ids), max_new_tokens, stop_ids, interventions=interventions,
-                          observe=("pattern",),
-                          on_step=lambda step, token, acts: steps.append(acts["pattern"].argmax(-1)))  # [layer, head]
+    out = greedy_generate(
+        model,
+        list(sample.prompt_ids),
+        max_new_tokens,
+        stop_ids,
+        interventions=interventions,
+        observe=("pattern",),
+        on_step=lambda step, token, acts: steps.append(acts["pattern"].argmax(-1)),
+    )  # [layer, head]
     argmax = torch.stack(steps, -1)  # [layer, head, Q]
     L, H, _ = argmax.shape
     a, b = _span(sample, span)
@@ -179,33 +206,61 @@ class RetrievalHeads(Analyzer):
     name = "retrieval-heads"
     input_kind = "NeedleSamples (make_needle_prompts / make_repeat_samples), 'repeats', or None: needle prompts"
     parameter_constraints = {
-        "threshold": [Interval(float, 0, None)], "mode": [Options("teacher_forced", "generate")],
-        "n_samples": [Interval(int, 1, None)], "context_lengths": [IntList(low=1)], "depths": [None, Anything()],
-        "prompt_form": [Options(*FORMS)], "success_rouge": [Interval(float, None, 1)],  # < 0: every sample counts
+        "threshold": [Interval(float, 0, None)],
+        "mode": [Options("teacher_forced", "generate")],
+        "n_samples": [Interval(int, 1, None)],
+        "context_lengths": [IntList(low=1)],
+        "depths": [None, Anything()],
+        "prompt_form": [Options(*FORMS)],
+        "success_rouge": [Interval(float, None, 1)],  # < 0: every sample counts
         "seed": [Interval(int, 0, None)],
-        "max_new_tokens": [Interval(int, 1, None)], "span": [Options("answer", "needle")],
+        "max_new_tokens": [Interval(int, 1, None)],
+        "span": [Options("answer", "needle")],
         "count": [Options("steps", "distinct")],
     }
     example_params = {"n_samples": 2}
     description = "Copy-paste retrieval score (Wu et al. 2024) on needle-in-a-haystack prompts."
     atlas = AtlasEntry(
-        what=("Whether a head copies the needle: at each answer step, is its most-attended key the token being "
-              "written (Wu et al.'s copy-paste score, needle-in-a-haystack prompts, mean over retrieved samples)."),
+        what=(
+            "Whether a head copies the needle: at each answer step, is its most-attended key the token being "
+            "written (Wu et al.'s copy-paste score, needle-in-a-haystack prompts, mean over retrieved samples)."
+        ),
         docs="retrieval-heads.md",
         # Needle contexts fit the model (a tiny test model's context is 128 tokens).
-        quick=lambda info: {"n_samples": 4, "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS]},
-        full=lambda info: {"n_samples": 20, "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS]},
+        quick=lambda info: {
+            "n_samples": 4,
+            "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS],
+        },
+        full=lambda info: {
+            "n_samples": 20,
+            "context_lengths": [min(c, info.n_ctx - 32) for c in DEFAULT_CONTEXT_LENGTHS],
+        },
         columns=lambda a: {"retrieval_score": a.scores_},
-        roles=(Role("retrieval", "retrieval_score", selected=lambda a: a.heads_,
-                    rule="copy-paste score > 0.1 (Wu et al.)"),),
-        notes=lambda a: [f"needle retrieved in {a.accuracy_:.0%} of {len(a.per_sample_)} samples (the score "
-                         "averages the retrieved ones)"],
+        roles=(
+            Role(
+                "retrieval", "retrieval_score", selected=lambda a: a.heads_, rule="copy-paste score > 0.1 (Wu et al.)"
+            ),
+        ),
+        notes=lambda a: [
+            f"needle retrieved in {a.accuracy_:.0%} of {len(a.per_sample_)} samples (the score "
+            "averages the retrieved ones)"
+        ],
     )
 
-    def __init__(self, threshold: float = 0.1, mode: str = "teacher_forced", n_samples: int = 10,
-                 context_lengths=DEFAULT_CONTEXT_LENGTHS, depths=None, prompt_form: str = "completion",
-                 success_rouge: float = 0.5, seed: int = 0, max_new_tokens: int = 10, span: str = "answer",
-                 count: str = "steps"):
+    def __init__(
+        self,
+        threshold: float = 0.1,
+        mode: str = "teacher_forced",
+        n_samples: int = 10,
+        context_lengths=DEFAULT_CONTEXT_LENGTHS,
+        depths=None,
+        prompt_form: str = "completion",
+        success_rouge: float = 0.5,
+        seed: int = 0,
+        max_new_tokens: int = 10,
+        span: str = "answer",
+        count: str = "steps",
+    ):
         self.threshold, self.mode, self.n_samples = threshold, mode, n_samples
         self.context_lengths, self.depths, self.prompt_form = context_lengths, depths, prompt_form
         self.success_rouge, self.seed, self.max_new_tokens = success_rouge, seed, max_new_tokens
@@ -218,16 +273,21 @@ class RetrievalHeads(Analyzer):
         """NeedleSamples: as given, "repeats" (n_samples repeated random segments), or None (needle
         prompts at `context_lengths` in `prompt_form`)."""
         if data is None:
-            return make_needle_prompts(model, self.n_samples, self.context_lengths, self.depths,
-                                       self.seed, self.prompt_form)
+            return make_needle_prompts(
+                model, self.n_samples, self.context_lengths, self.depths, self.seed, self.prompt_form
+            )
         if isinstance(data, str) and data == "repeats":
             info = model_info(model)
-            return make_repeat_samples(int(model.cfg.d_vocab), self.n_samples, seed=self.seed, first_token=info.bos_token_id)
+            return make_repeat_samples(
+                int(model.cfg.d_vocab), self.n_samples, seed=self.seed, first_token=info.bos_token_id
+            )
         if isinstance(data, NeedleSample):
             data = [data]
         if not isinstance(data, (list, tuple)) or not data or not all(isinstance(s, NeedleSample) for s in data):
-            raise InputError("data must be a list of NeedleSample (make_needle_prompts / make_repeat_samples), "
-                             "'repeats', or None for the default needle prompts")
+            raise InputError(
+                "data must be a list of NeedleSample (make_needle_prompts / make_repeat_samples), "
+                "'repeats', or None for the default needle prompts"
+            )
         return list(data)
 
     @classmethod
@@ -248,10 +308,16 @@ class RetrievalHeads(Analyzer):
                 out = greedy_generate(model, list(s.prompt_ids), steps, stops if s.stop else ())
             outputs.append(out)
         if self.mode == "teacher_forced":
-            reducer = CopyPasteReducer([len(s.prompt_ids) for s in samples], [_span(s, self.span) for s in samples],
-                                       self.count)
-            res = capture(model, [list(s.prompt_ids) + o for s, o in zip(samples, outputs)], [reducer],
-                          batch_size=4, progress=False)
+            reducer = CopyPasteReducer(
+                [len(s.prompt_ids) for s in samples], [_span(s, self.span) for s in samples], self.count
+            )
+            res = capture(
+                model,
+                [list(s.prompt_ids) + o for s, o in zip(samples, outputs)],
+                [reducer],
+                batch_size=4,
+                progress=False,
+            )
             values = res[reducer.name].values
         values = np.asarray(values, dtype=float)  # [sample, layer, head]
         texts, recall = [], []
@@ -268,32 +334,56 @@ class RetrievalHeads(Analyzer):
 
     def _store(self, info, samples, values, texts, recall, success, outputs):
         params = self.get_params()
-        common = dict(n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds, model=info.name, analyzer=self.name, params=params,
-                      description=self.description)
+        common = dict(
+            n_kv_heads=info.n_kv_heads,
+            layer_kinds=info.layer_kinds,
+            model=info.name,
+            analyzer=self.name,
+            params=params,
+            description=self.description,
+        )
         self.sample_scores_ = HeadScores(values, name="copy_paste_score", **common)
         if success.any():
             mean = values[success].mean(0)
         else:
-            warnings.warn("the model retrieved no sample (accuracy 0): scores_ is all NaN; try shorter "
-                          "contexts or the 'completion' form (see docs/retrieval-accuracy.md)", stacklevel=3)
+            warnings.warn(
+                "the model retrieved no sample (accuracy 0): scores_ is all NaN; try shorter "
+                "contexts or the 'completion' form (see docs/retrieval-accuracy.md)",
+                stacklevel=3,
+            )
             mean = np.full(values.shape[1:], np.nan)
         # The paper's score is a mean over the retrieved samples only: one row on the prompt axis.
-        self.scores_ = HeadScores(mean[None], name="retrieval_score", **common,
-                                  prompts=[f"mean over {int(success.sum())} retrieved of {len(samples)} samples"])
+        self.scores_ = HeadScores(
+            mean[None],
+            name="retrieval_score",
+            **common,
+            prompts=[f"mean over {int(success.sum())} retrieved of {len(samples)} samples"],
+        )
         self.heads_ = select_heads(self.scores_, threshold=self.threshold)
         self.accuracy_ = float(success.mean())
         flat = values.reshape(len(samples), -1)
         best = flat.argmax(1)
-        self.per_sample_ = pd.DataFrame({
-            "sample": range(len(samples)), "source": [s.source for s in samples], "form": [s.form for s in samples],
-            "needle_id": [s.needle_id for s in samples], "context_length": [s.context_length for s in samples],
-            "depth": [s.depth for s in samples], "needle_start": [s.needle_span[0] for s in samples],
-            "answer": [s.answer_text for s in samples], "output": texts, "recall": recall, "success": success,
-            "n_steps": [len(o) for o in outputs],
-            "best_head": [f"L{i // info.n_heads}H{i % info.n_heads}" if flat[k, i] > 0 else ""  # no copy event
-                          for k, i in enumerate(best)],
-            "best_score": flat[np.arange(len(samples)), best],
-        })
+        self.per_sample_ = pd.DataFrame(
+            {
+                "sample": range(len(samples)),
+                "source": [s.source for s in samples],
+                "form": [s.form for s in samples],
+                "needle_id": [s.needle_id for s in samples],
+                "context_length": [s.context_length for s in samples],
+                "depth": [s.depth for s in samples],
+                "needle_start": [s.needle_span[0] for s in samples],
+                "answer": [s.answer_text for s in samples],
+                "output": texts,
+                "recall": recall,
+                "success": success,
+                "n_steps": [len(o) for o in outputs],
+                "best_head": [
+                    f"L{i // info.n_heads}H{i % info.n_heads}" if flat[k, i] > 0 else ""  # no copy event
+                    for k, i in enumerate(best)
+                ],
+                "best_score": flat[np.arange(len(samples)), best],
+            }
+        )
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
         """Bootstrap CI per head, resampling needle samples (retrieved or not, as drawn): a resample's
@@ -302,18 +392,30 @@ class RetrievalHeads(Analyzer):
         self._check_fitted()
         success = self.per_sample_["success"].to_numpy(bool)
         if not success.any():
-            raise InputError("RetrievalHeads.ci: the model retrieved no sample, so the score (a mean over the "
-                             "retrieved samples) is undefined. Fix: shorter contexts or the 'completion' form "
-                             "(docs/retrieval-accuracy.md)")
-        return mean_ci(self.sample_scores_.values, name="retrieval_score", level=level, n_boot=n_boot, seed=seed,
-                       method=method, include=success[:, None, None], unit="samples",
-                       statistic="copy-paste score, mean over the retrieved samples", attrs=self.scores_.provenance)
+            raise InputError(
+                "RetrievalHeads.ci: the model retrieved no sample, so the score (a mean over the "
+                "retrieved samples) is undefined. Fix: shorter contexts or the 'completion' form "
+                "(docs/retrieval-accuracy.md)"
+            )
+        return mean_ci(
+            self.sample_scores_.values,
+            name="retrieval_score",
+            level=level,
+            n_boot=n_boot,
+            seed=seed,
+            method=method,
+            include=success[:, None, None],
+            unit="samples",
+            statistic="copy-paste score, mean over the retrieved samples",
+            attrs=self.scores_.provenance,
+        )
 
     def plot(self, **kw):
         """Heatmap of the retrieval score (mean over retrieved samples)."""
         self._check_fitted()
-        kw.setdefault("title", f"retrieval score — {len(self.heads_)} heads > {self.threshold}, "
-                               f"accuracy {self.accuracy_:.0%}")
+        kw.setdefault(
+            "title", f"retrieval score — {len(self.heads_)} heads > {self.threshold}, accuracy {self.accuracy_:.0%}"
+        )
         return self.scores_.plot(**kw)
 
 
@@ -324,6 +426,13 @@ def _needle_evaluator(req) -> dict:
     return {"value": needle_accuracy(req.model, req.data.items, req.interventions)}
 
 
-EVALUATORS.register("needle_accuracy", Evaluator(
-    _needle_evaluator, data=("needle",), better="higher", needs={"generation"},
-    doc="fraction of needle samples whose answer greedy decoding reproduces (measured teacher-forced)"))
+EVALUATORS.register(
+    "needle_accuracy",
+    Evaluator(
+        _needle_evaluator,
+        data=("needle",),
+        better="higher",
+        needs={"generation"},
+        doc="fraction of needle samples whose answer greedy decoding reproduces (measured teacher-forced)",
+    ),
+)

@@ -24,8 +24,8 @@ from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
 from ..viz.method_figures import massive_curve, phi_heatmap, phi_lines
-from .atlas_entry import AtlasEntry, Role
 from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
+from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
 from .params import Interval, IntList
 
@@ -74,35 +74,70 @@ class AttentionSinks(Analyzer):
     name = "attention-sinks"
     input_kind = "prompts: strings, token id lists or ImagePrompts (None: the built-in prompt set)"
     parameter_constraints = {
-        **{p: [Interval(float, 0, None)] for p in ("epsilon", "hidden_sink_threshold", "massive_min_abs",
-                                                    "massive_min_ratio", "tau")},
+        **{
+            p: [Interval(float, 0, None)]
+            for p in ("epsilon", "hidden_sink_threshold", "massive_min_abs", "massive_min_ratio", "tau")
+        },
         **{p: [Interval(int, 1, None)] for p in ("max_tokens", "phi_top_k", "batch_size", "hidden_sink_min_queries")},
         "sink_position": [Interval(int, 0, None)],
         "sink_dims": [None, IntList(low=0)],
     }
-    description = ("Attention sinks: Gu et al. sink heads and sink rate, ACT hidden sinks, Sun et al. "
-                   "massive activations and VAR's phi sink tokens, from one capture pass.")
+    description = (
+        "Attention sinks: Gu et al. sink heads and sink rate, ACT hidden sinks, Sun et al. "
+        "massive activations and VAR's phi sink tokens, from one capture pass."
+    )
     atlas = AtlasEntry(
-        what=("How much attention each head's queries put on the first token (Gu et al.'s alpha_1 over the first "
-              "64 tokens of text), with ACT's hidden sinks (other keys that soak up attention) and Sun et al.'s "
-              "massive activations, from the same pass."),
+        what=(
+            "How much attention each head's queries put on the first token (Gu et al.'s alpha_1 over the first "
+            "64 tokens of text), with ACT's hidden sinks (other keys that soak up attention) and Sun et al.'s "
+            "massive activations, from the same pass."
+        ),
         docs="attention-sinks.md",
-        columns=lambda a: {"sink_score": a.scores_, "hidden_sink_keys": a.hidden_sink_counts_,
-                           **({} if a.sink_logit_mass_ is None else {"learned_sink_mass": a.sink_logit_mass_})},
-        roles=(Role("sink", "sink_score", threshold=0.3, specific=False,
-                    rule="alpha_1 >= 0.3 (Gu et al.'s epsilon; generic)"),),
+        columns=lambda a: {
+            "sink_score": a.scores_,
+            "hidden_sink_keys": a.hidden_sink_counts_,
+            **({} if a.sink_logit_mass_ is None else {"learned_sink_mass": a.sink_logit_mass_}),
+        },
+        roles=(
+            Role(
+                "sink",
+                "sink_score",
+                threshold=0.3,
+                specific=False,
+                rule="alpha_1 >= 0.3 (Gu et al.'s epsilon; generic)",
+            ),
+        ),
         figures=lambda a: [a.plot(), a.plot_massive()],
-        notes=lambda a: [f"sink rate: {a.sink_rate_:.1f}% of heads have alpha_1 > {a.epsilon}",
-                         f"massive-activation dims: {a.massive_dims_ or 'none'}"]
-        + ([] if a.sink_logit_mass_ is None else
-           [f"learned sinks take {np.nanmean(a.sink_logit_mass_.values):.1%} of the attention (mean over heads); "
-            "alpha and the other token statistics are shares of the whole softmax, the sink's included"]),
+        notes=lambda a: (
+            [
+                f"sink rate: {a.sink_rate_:.1f}% of heads have alpha_1 > {a.epsilon}",
+                f"massive-activation dims: {a.massive_dims_ or 'none'}",
+            ]
+            + (
+                []
+                if a.sink_logit_mass_ is None
+                else [
+                    f"learned sinks take {np.nanmean(a.sink_logit_mass_.values):.1%} of the attention (mean over heads); "
+                    "alpha and the other token statistics are shares of the whole softmax, the sink's included"
+                ]
+            )
+        ),
     )
 
-    def __init__(self, epsilon: float = 0.3, max_tokens: int = 64, sink_position: int = 0,
-                 hidden_sink_threshold: float = 0.1, hidden_sink_min_queries: int = 1,
-                 massive_min_abs: float = 100.0, massive_min_ratio: float = 1000.0, tau: float = 20.0,
-                 sink_dims: list[int] | None = None, phi_top_k: int = 8, batch_size: int = 8):
+    def __init__(
+        self,
+        epsilon: float = 0.3,
+        max_tokens: int = 64,
+        sink_position: int = 0,
+        hidden_sink_threshold: float = 0.1,
+        hidden_sink_min_queries: int = 1,
+        massive_min_abs: float = 100.0,
+        massive_min_ratio: float = 1000.0,
+        tau: float = 20.0,
+        sink_dims: list[int] | None = None,
+        phi_top_k: int = 8,
+        batch_size: int = 8,
+    ):
         self.epsilon = epsilon
         self.max_tokens = max_tokens
         self.sink_position = sink_position
@@ -116,11 +151,15 @@ class AttentionSinks(Analyzer):
         self.batch_size = batch_size
 
     def _check_params(self, info) -> None:
-        _check(self.sink_position < self.max_tokens,
-               f"sink_position={self.sink_position!r} must be an integer in [0, max_tokens={self.max_tokens})")
-        _check(self.sink_dims is None or all(d < info.d_model for d in self.sink_dims),
-               f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in 0..{info.d_model - 1} "
-               "(or None to find them from the first token's massive activations)")
+        _check(
+            self.sink_position < self.max_tokens,
+            f"sink_position={self.sink_position!r} must be an integer in [0, max_tokens={self.max_tokens})",
+        )
+        _check(
+            self.sink_dims is None or all(d < info.d_model for d in self.sink_dims),
+            f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in 0..{info.d_model - 1} "
+            "(or None to find them from the first token's massive activations)",
+        )
 
     def prepare_data(self, model, data=None):
         """Prompts as `capture` takes them; None = the built-in prompt set."""
@@ -138,9 +177,19 @@ class AttentionSinks(Analyzer):
         hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
         phi = PhiTopK(self.sink_dims, top_k)
         learned = [SinkLogitMass()] if info.learned_sinks else []  # GPT-OSS: the learned sink's own share
-        res = capture(model, data, [FirstTokenMass(), importance, hidden,
-                                    MassiveActivations(self.massive_min_abs, self.massive_min_ratio), phi, *learned],
-                      batch_size=self.batch_size)
+        res = capture(
+            model,
+            data,
+            [
+                FirstTokenMass(),
+                importance,
+                hidden,
+                MassiveActivations(self.massive_min_abs, self.massive_min_ratio),
+                phi,
+                *learned,
+            ],
+            batch_size=self.batch_size,
+        )
         self.tokens_ = _token_strings(model, res.token_ids)
         self.first_token_mass_ = res["first_token_mass"]
         self.sink_logit_mass_ = res["sink_logit_mass"] if learned else None
@@ -157,8 +206,8 @@ class AttentionSinks(Analyzer):
         with np.errstate(divide="ignore"):  # a layer whose median |x| is 0 (one-hot toy models): ratio inf
             ratio = np.abs(m["value"]) / m["median"]
         self.massive_activations_ = self._table(
-            {**m, "ratio": ratio},
-            ["prompt", "layer", "position", "dim", "value", "median", "ratio"])
+            {**m, "ratio": ratio}, ["prompt", "layer", "position", "dim", "value", "median", "ratio"]
+        )
         self.massive_dims_ = sorted({int(d) for d in m["dim"]})
         self.layer_magnitudes_ = _magnitudes(massive)
         if self.sink_dims is not None:
@@ -166,18 +215,24 @@ class AttentionSinks(Analyzer):
         else:
             self.sink_dims_ = first_token_dims(m)
             if not self.sink_dims_:
-                warnings.warn("no massive activation at the first token: phi is undefined (all NaN); pass "
-                              "sink_dims=[...] explicitly or lower massive_min_ratio", stacklevel=3)
+                warnings.warn(
+                    "no massive activation at the first token: phi is undefined (all NaN); pass "
+                    "sink_dims=[...] explicitly or lower massive_min_ratio",
+                    stacklevel=3,
+                )
         self.phi_ = phi_from_top_k(res["phi"], self.sink_dims_)
         p, layer, pos = np.nonzero(np.nan_to_num(self.phi_, nan=-np.inf) > self.tau)
-        self.sink_tokens_ = self._table({"prompt": p, "layer": layer, "position": pos, "phi": self.phi_[p, layer, pos]},
-                                        ["prompt", "layer", "position", "phi"])
+        self.sink_tokens_ = self._table(
+            {"prompt": p, "layer": layer, "position": pos, "phi": self.phi_[p, layer, pos]},
+            ["prompt", "layer", "position", "phi"],
+        )
 
     def _table(self, cols: dict, order: list[str]) -> pd.DataFrame:
         """DataFrame with a `token` column after `position`, sorted by prompt/layer/(head)/position."""
         df = pd.DataFrame({c: cols[c] for c in order})
-        df.insert(order.index("position") + 1, "token",
-                  [self.tokens_[p][t] for p, t in zip(df["prompt"], df["position"])])
+        df.insert(
+            order.index("position") + 1, "token", [self.tokens_[p][t] for p, t in zip(df["prompt"], df["position"])]
+        )
         if "head" in df:
             df.insert(df.columns.get_loc("head") + 1, "label", [f"L{a}H{b}" for a, b in zip(df["layer"], df["head"])])
         keys = [c for c in ("prompt", "layer", "head", "position", "dim") if c in df]
@@ -186,24 +241,39 @@ class AttentionSinks(Analyzer):
     def phi_scores(self, layer: int) -> TokenScores:
         """phi of every token entering `layer` (hook_resid_pre) as TokenScores [prompt, token]."""
         self._check_fitted()
-        _check(_is_int(layer) and -self.phi_.shape[1] <= layer < self.phi_.shape[1],
-               f"layer={layer!r} out of range: the model has layers 0..{self.phi_.shape[1] - 1}")
+        _check(
+            _is_int(layer) and -self.phi_.shape[1] <= layer < self.phi_.shape[1],
+            f"layer={layer!r} out of range: the model has layers 0..{self.phi_.shape[1] - 1}",
+        )
         layer = int(layer) % self.phi_.shape[1]
-        return TokenScores(self.phi_[:, layer], tokens=self.tokens_, name=f"phi_L{layer}", model=self.scores_.model,
-                           analyzer=self.name, params=self.get_params(),
-                           prompts=self.scores_.prompts,
-                           description=f"VAR phi (sink dims {self.sink_dims_}) entering layer {layer}; "
-                                       f"sink tokens have phi > tau = {self.tau}")
+        return TokenScores(
+            self.phi_[:, layer],
+            tokens=self.tokens_,
+            name=f"phi_L{layer}",
+            model=self.scores_.model,
+            analyzer=self.name,
+            params=self.get_params(),
+            prompts=self.scores_.prompts,
+            description=f"VAR phi (sink dims {self.sink_dims_}) entering layer {layer}; "
+            f"sink tokens have phi > tau = {self.tau}",
+        )
 
     def plot_phi(self, layer: int | None = None, prompt: int = 0):
         """phi per token: one prompt as a layer x position heatmap (layer=None), or one layer as lines."""
         self._check_fitted()
         if layer is not None:
             return phi_lines(self.phi_scores(layer), self.tau)
-        _check(_is_int(prompt) and 0 <= prompt < len(self.tokens_),
-               f"prompt={prompt!r} out of range: fitted on {len(self.tokens_)} prompts")
-        return phi_heatmap(self.phi_[prompt, :, : len(self.tokens_[prompt])], self.tokens_[prompt], self.tau,
-                           self.sink_dims_, self.scores_.model)
+        _check(
+            _is_int(prompt) and 0 <= prompt < len(self.tokens_),
+            f"prompt={prompt!r} out of range: fitted on {len(self.tokens_)} prompts",
+        )
+        return phi_heatmap(
+            self.phi_[prompt, :, : len(self.tokens_[prompt])],
+            self.tokens_[prompt],
+            self.tau,
+            self.sink_dims_,
+            self.scores_.model,
+        )
 
     def plot_massive(self):
         """Sun et al.'s layer-wise curve: top-1/2/3 |x| and median |x| of each layer output (prompt mean)."""
@@ -215,9 +285,18 @@ def _magnitudes(r) -> pd.DataFrame:
     """Sun et al.'s per-layer magnitudes (top-1/2/3 and median |x|) from a MassiveResult."""
     P, L = r.median.shape
     pi, li = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), indexing="ij"))
-    return pd.DataFrame({"prompt": pi, "layer": li, "top1": r.top3[..., 0].ravel(), "top2": r.top3[..., 1].ravel(),
-                         "top3": r.top3[..., 2].ravel(), "median": r.median.ravel(),
-                         "top1_position": r.top1_where[..., 0].ravel(), "top1_dim": r.top1_where[..., 1].ravel()})
+    return pd.DataFrame(
+        {
+            "prompt": pi,
+            "layer": li,
+            "top1": r.top3[..., 0].ravel(),
+            "top2": r.top3[..., 1].ravel(),
+            "top3": r.top3[..., 2].ravel(),
+            "median": r.median.ravel(),
+            "top1_position": r.top1_where[..., 0].ravel(),
+            "top1_dim": r.top1_where[..., 1].ravel(),
+        }
+    )
 
 
 def _token_strings(model, token_ids: list[list[int]]) -> list[list[str]]:

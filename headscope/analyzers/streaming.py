@@ -51,30 +51,57 @@ class StreamingHeads(Analyzer):
     name = "streaming-heads"
     input_kind = "prompts: token id lists or strings (None: repeated random-token probes)"
     parameter_constraints = {
-        "seg_len": [Interval(int, 1, None)], "n_repeats": [Interval(int, 2, None)], "n_prompts": [Interval(int, 1, None)],
-        "token_range": [None, IntList(min_len=2, low=0)], "induction_ratio": [Interval(float, 0, 1)],
-        "echo_ratio": [Interval(float, 0, 1)], "sink": [Interval(int, 0, None)], "recent": [Interval(int, 1, None)],
-        "check": [Boolean()], "n_random": [Interval(int, 0, None)], "seed": [Interval(int, 0, None)],
+        "seg_len": [Interval(int, 1, None)],
+        "n_repeats": [Interval(int, 2, None)],
+        "n_prompts": [Interval(int, 1, None)],
+        "token_range": [None, IntList(min_len=2, low=0)],
+        "induction_ratio": [Interval(float, 0, 1)],
+        "echo_ratio": [Interval(float, 0, 1)],
+        "sink": [Interval(int, 0, None)],
+        "recent": [Interval(int, 1, None)],
+        "check": [Boolean()],
+        "n_random": [Interval(int, 0, None)],
+        "seed": [Interval(int, 0, None)],
         "batch_size": [Interval(int, 1, None)],
     }
     example_params = {"seg_len": 12, "n_repeats": 2, "n_prompts": 1, "recent": 4, "n_random": 1}
     description = "RazorAttention induction score per head (retrieval vs streaming heads; KV-group max)."
     atlas = AtlasEntry(
-        what=("RazorAttention's data-free test on a random segment repeated: attention on the token after an "
-              "earlier copy (induction) per KV head. High: the head needs the full context; low: a sink + recent "
-              "window (streaming) would do."),
+        what=(
+            "RazorAttention's data-free test on a random segment repeated: attention on the token after an "
+            "earlier copy (induction) per KV head. High: the head needs the full context; low: a sink + recent "
+            "window (streaming) would do."
+        ),
         docs="streaming-heads.md",
-        quick=lambda info: {"seg_len": min(64, probe_tokens(info), (info.n_ctx - 1) // 2), "n_repeats": 2,
-                            "n_prompts": 1, "check": False},
+        quick=lambda info: {
+            "seg_len": min(64, probe_tokens(info), (info.n_ctx - 1) // 2),
+            "n_repeats": 2,
+            "n_prompts": 1,
+            "check": False,
+        },
         full={"check": True},
         columns=lambda a: {"razor_induction": a.scores_},
-        notes=lambda a: [f"{len(a.heads_)} retrieval (full-context) heads by RazorAttention's rule; the rest are "
-                         "streaming candidates"],
+        notes=lambda a: [
+            f"{len(a.heads_)} retrieval (full-context) heads by RazorAttention's rule; the rest are "
+            "streaming candidates"
+        ],
     )
 
-    def __init__(self, seg_len: int = 256, n_repeats: int = 4, n_prompts: int = 2, token_range=None,
-                 induction_ratio: float = 0.14, echo_ratio: float = 0.01, sink: int = 4, recent: int = 64,
-                 check: bool = True, n_random: int = 3, seed: int = 0, batch_size: int = 2):
+    def __init__(
+        self,
+        seg_len: int = 256,
+        n_repeats: int = 4,
+        n_prompts: int = 2,
+        token_range=None,
+        induction_ratio: float = 0.14,
+        echo_ratio: float = 0.01,
+        sink: int = 4,
+        recent: int = 64,
+        check: bool = True,
+        n_random: int = 3,
+        seed: int = 0,
+        batch_size: int = 2,
+    ):
         self.seg_len = seg_len
         self.n_repeats = n_repeats
         self.n_prompts = n_prompts
@@ -90,8 +117,15 @@ class StreamingHeads(Analyzer):
 
     def _probes(self, model, seg_len, n_repeats, seed):
         info = model_info(model)
-        return repeated_random_tokens(model.cfg.d_vocab, seg_len, n_repeats, self.n_prompts, seed,
-                                      token_range=self.token_range, first_token=info.bos_token_id)
+        return repeated_random_tokens(
+            model.cfg.d_vocab,
+            seg_len,
+            n_repeats,
+            self.n_prompts,
+            seed,
+            token_range=self.token_range,
+            first_token=info.bos_token_id,
+        )
 
     def _check_params(self, info) -> None:
         info.require_causal("streaming-heads", "ranks heads by induction (prefix matching)")
@@ -114,20 +148,29 @@ class StreamingHeads(Analyzer):
         ind = self.scores_.mean_over_prompts().values.reshape(info.n_layers, info.n_kv_heads, g).max(-1)
         has = np.repeat([info.has_heads(l) for l in range(info.n_layers)], info.n_kv_heads)  # hybrids: attention layers
         n_kv = int(has.sum())
-        top = lambda v, ratio: set([i for i in np.argsort(-np.nan_to_num(v.ravel(), nan=-1), kind="stable") if has[i]]
-                                   [: int(round(n_kv * ratio))])
+        top = lambda v, ratio: set(
+            [i for i in np.argsort(-np.nan_to_num(v.ravel(), nan=-1), kind="stable") if has[i]][: round(n_kv * ratio)]
+        )
         chosen = top(ind, self.induction_ratio) | top(echo, self.echo_ratio)
         layer, kv = np.divmod(np.arange(echo.size), info.n_kv_heads)
-        self.kv_table_ = pd.DataFrame({"layer": layer, "kv_head": kv, "echo_max": echo.ravel(),
-                                       "induction_max": ind.ravel(), "retrieval": [i in chosen for i in range(echo.size)]})
+        self.kv_table_ = pd.DataFrame(
+            {
+                "layer": layer,
+                "kv_head": kv,
+                "echo_max": echo.ravel(),
+                "induction_max": ind.ravel(),
+                "retrieval": [i in chosen for i in range(echo.size)],
+            }
+        )
         by_score = self.kv_table_.sort_values("induction_max", ascending=False)
         retrieval_kv = [(int(r.layer), int(r.kv_head)) for r in by_score.itertuples() if r.retrieval]
         self.heads_ = [(l, k * g + j) for l, k in retrieval_kv for j in range(g)]
         self.streaming_heads_ = [head for head in info.heads() if head not in set(self.heads_)]
         self.streaming_check_ = self.check_streaming(model) if self.check else None
 
-    def check_streaming(self, model, head_sets: dict | None = None, seg_len: int | None = None,
-                        task: str = "copy", needle_samples=None) -> pd.DataFrame:
+    def check_streaming(
+        self, model, head_sets: dict | None = None, seg_len: int | None = None, task: str = "copy", needle_samples=None
+    ) -> pd.DataFrame:
         """Accuracy with each head set made streaming: `task="copy"` (second copy of fresh
         repeated-token probes) or `task="needle"` (exact needle retrieval on `needle_samples`,
         default 10 completion prompts of 200 tokens; the recent window should be shorter than the
@@ -160,6 +203,14 @@ class StreamingHeads(Analyzer):
         rows = []
         for label, heads in head_sets.items():
             specs = [StreamingWindow(heads=heads, sink=self.sink, recent=self.recent)] if heads else []
-            rows.append({"head_set": label, "n_heads": len(heads), "sink": self.sink, "recent": self.recent,
-                         "task": task, "accuracy": score(specs)})
+            rows.append(
+                {
+                    "head_set": label,
+                    "n_heads": len(heads),
+                    "sink": self.sink,
+                    "recent": self.recent,
+                    "task": task,
+                    "accuracy": score(specs),
+                }
+            )
         return pd.DataFrame(rows)

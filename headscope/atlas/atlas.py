@@ -105,10 +105,17 @@ class Atlas:
         rm = self.role_map()
         layer, head = (a.ravel() for a in np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij"))
         group = self.n_heads // self.n_kv_heads
-        df = pd.DataFrame({"label": [f"L{a}H{b}" for a, b in zip(layer, head)], "layer": layer, "head": head,
-                           "kv_group": head // group, "role": rm.role.ravel(),
-                           "role_strength": rm.strength.ravel(),
-                           "all_roles": [", ".join(rm.has[a][b]) for a, b in zip(layer, head)]})
+        df = pd.DataFrame(
+            {
+                "label": [f"L{a}H{b}" for a, b in zip(layer, head)],
+                "layer": layer,
+                "head": head,
+                "kv_group": head // group,
+                "role": rm.role.ravel(),
+                "role_strength": rm.strength.ravel(),
+                "all_roles": [", ".join(rm.has[a][b]) for a, b in zip(layer, head)],
+            }
+        )
         for name, col in self.columns().items():
             df[name] = col.values.ravel()
             if ci:
@@ -125,10 +132,17 @@ class Atlas:
 
     # --- disk -------------------------------------------------------------------------------------
     def header(self) -> dict:
-        return {"format": FORMAT, "model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                "n_kv_heads": self.n_kv_heads, "preset": self.preset, "provenance": self.provenance,
-                "steps": [s.key for s in self.steps],
-                "layer_kinds": list(self.layer_kinds) if self.layer_kinds else None}
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "preset": self.preset,
+            "provenance": self.provenance,
+            "steps": [s.key for s in self.steps],
+            "layer_kinds": list(self.layer_kinds) if self.layer_kinds else None,
+        }
 
     def save(self, folder: str | os.PathLike, *, steps: bool = True) -> Path:
         """Write folder/scores/: atlas.json, steps/NN-key.json, viewer.json, heads.csv, heads.parquet.
@@ -144,14 +158,16 @@ class Atlas:
         return write_json(folder / "scores" / "atlas.json", self.header())
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Atlas":
+    def load(cls, folder: str | os.PathLike) -> Atlas:
         """Read an atlas saved by `save` (a report folder, or its scores/ folder)."""
         folder = Path(folder)
         scores = folder if (folder / "atlas.json").is_file() else folder / "scores"
         head = scores / "atlas.json"
         if not head.is_file():
-            raise InputError(f"{folder} holds no saved atlas (no scores/atlas.json). Fix: pass the folder a "
-                             "`headscope report` wrote (--out), or run the report without --from")
+            raise InputError(
+                f"{folder} holds no saved atlas (no scores/atlas.json). Fix: pass the folder a "
+                "`headscope report` wrote (--out), or run the report without --from"
+            )
         doc = json.loads(head.read_text(encoding="utf-8"))
         if doc.get("format") != FORMAT:
             raise InputError(f"{head}: format {doc.get('format')!r} is not {FORMAT!r}; rerun `headscope report`")
@@ -164,6 +180,14 @@ class Atlas:
         viewer_path = scores / "viewer.json"
         viewer = json.loads(viewer_path.read_text(encoding="utf-8")) if viewer_path.is_file() else None
         kinds = doc.get("layer_kinds")
-        return cls(doc["model"], doc["n_layers"], doc["n_heads"], doc["n_kv_heads"], doc["preset"], steps, viewer,
-                   doc.get("provenance", {}), tuple(kinds) if kinds else None)
-
+        return cls(
+            doc["model"],
+            doc["n_layers"],
+            doc["n_heads"],
+            doc["n_kv_heads"],
+            doc["preset"],
+            steps,
+            viewer,
+            doc.get("provenance", {}),
+            tuple(kinds) if kinds else None,
+        )

@@ -44,18 +44,25 @@ def claim_folder(out_dir: Path, force: bool = False) -> None:
         probe.write_text("", encoding="utf-8")
         probe.unlink()
     except OSError as err:
-        raise InputError(f"cannot write the report into {out_dir}: {err.strerror or err}. Fix: pass --out a folder "
-                         "you can write to") from None
+        raise InputError(
+            f"cannot write the report into {out_dir}: {err.strerror or err}. Fix: pass --out a folder you can write to"
+        ) from None
     ours = (out_dir / MARKER).is_file() or (out_dir / "scores" / "run.json").is_file()
     others = sorted(p.name for p in out_dir.iterdir())
     if others and not ours and not force:
         shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-        raise InputError(f"{out_dir} holds files headscope did not write ({shown}). Fix: choose a new or empty folder "
-                         "with --out, or pass --force (Python: force=True) to write the report's own files "
-                         "(report.html, plotly.min.js, attention.js, figures/, scores/, docs/) into it; nothing "
-                         "else there is touched")
-    atomic_write(out_dir / MARKER, lambda p: p.write_text(
-        "This folder holds a headscope report; headscope may overwrite its own files here.\n", encoding="utf-8"))
+        raise InputError(
+            f"{out_dir} holds files headscope did not write ({shown}). Fix: choose a new or empty folder "
+            "with --out, or pass --force (Python: force=True) to write the report's own files "
+            "(report.html, plotly.min.js, attention.js, figures/, scores/, docs/) into it; nothing "
+            "else there is touched"
+        )
+    atomic_write(
+        out_dir / MARKER,
+        lambda p: p.write_text(
+            "This folder holds a headscope report; headscope may overwrite its own files here.\n", encoding="utf-8"
+        ),
+    )
 
 
 def _versions() -> dict:
@@ -70,9 +77,15 @@ def _versions() -> dict:
 
 def _run_key(info, preset, prompts_file, viewer_prompt, max_tokens) -> dict:
     """What must match for a saved step to be reused."""
-    return {"model": info.name, "shape": [info.n_layers, info.n_heads], "preset": preset, "headscope": __version__,
-            "prompts_file": str(prompts_file) if prompts_file else None, "viewer_prompt": viewer_prompt,
-            "viewer_max_tokens": max_tokens}
+    return {
+        "model": info.name,
+        "shape": [info.n_layers, info.n_heads],
+        "preset": preset,
+        "headscope": __version__,
+        "prompts_file": str(prompts_file) if prompts_file else None,
+        "viewer_prompt": viewer_prompt,
+        "viewer_max_tokens": max_tokens,
+    }
 
 
 def _reusable(out_dir: Path, key: dict, steps) -> dict[str, StepResult]:
@@ -92,9 +105,20 @@ def _reusable(out_dir: Path, key: dict, steps) -> dict[str, StepResult]:
         return {}
 
 
-def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset: str = "quick", prompts_file=None,
-                viewer_prompt=None, viewer_max_tokens: int = MAX_TOKENS, only=None, fresh: bool = False,
-                static: bool = True, progress: bool | None = None, force: bool = False) -> Path:
+def build_atlas(
+    model=None,
+    out_dir: str | Path = "headscope-report",
+    *,
+    preset: str = "quick",
+    prompts_file=None,
+    viewer_prompt=None,
+    viewer_max_tokens: int = MAX_TOKENS,
+    only=None,
+    fresh: bool = False,
+    static: bool = True,
+    progress: bool | None = None,
+    force: bool = False,
+) -> Path:
     """Run the atlas on `model` (a TransformerBridge, a name for `load_model`, None = bundled SmolLM2) and
     write out_dir/report.html. Returns the page's path.
 
@@ -153,27 +177,32 @@ def build_atlas(model=None, out_dir: str | Path = "headscope-report", *, preset:
     viewer = viewer_data(model, prompt, max_tokens=viewer_max_tokens)
     seconds = round(time.perf_counter() - t0, 1)
     provenance = {
-        "model": info.name, "grid": f"{info.n_layers} layers x {info.n_heads} heads ({info.n_kv_heads} KV heads)",
-        "dtype / device": f"{model.cfg.dtype} / {model.cfg.device}", "preset": preset,
+        "model": info.name,
+        "grid": f"{info.n_layers} layers x {info.n_heads} heads ({info.n_kv_heads} KV heads)",
+        "dtype / device": f"{model.cfg.dtype} / {model.cfg.device}",
+        "preset": preset,
         "text prompts": str(prompts_file or "built-in data/prompts/report.json"),
         "viewer prompt": shown,
         "seeds": "0 for every random input (repeated-token probes, needle prompts, RazorAttention probes)",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("headscope") else "build_atlas(...)",
-        "seconds": seconds, "versions": _versions(),
+        "seconds": seconds,
+        "versions": _versions(),
     }
     if info.layer_kinds is not None:
         provenance["layers without heads"] = info.kinds_note()
     if load_name is not None:
         provenance["load name"] = str(load_name)
-    atlas = Atlas(info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance,
-                  info.layer_kinds)
+    atlas = Atlas(
+        info.name, info.n_layers, info.n_heads, info.n_kv_heads, preset, results, viewer, provenance, info.layer_kinds
+    )
     atlas.save(out_dir, steps=False)  # each step was saved as it finished
     return write_page(atlas, out_dir, static=static)
 
 
-def rebuild(from_dir: str | Path, out_dir: str | Path | None = None, *, static: bool = True,
-            force: bool = False) -> Path:
+def rebuild(
+    from_dir: str | Path, out_dir: str | Path | None = None, *, static: bool = True, force: bool = False
+) -> Path:
     """Rewrite the page of a saved atlas (no model, no recomputation) into out_dir (default: from_dir)."""
     atlas = Atlas.load(from_dir)
     out = Path(out_dir) if out_dir is not None else Path(from_dir)

@@ -10,7 +10,6 @@ from ..errors import InputError
 from ..results import HeadScores
 from .roles import ResolvedRole
 
-
 # Resamples per column for the head table's intervals: 200 keep the atlas's cost negligible (two
 # matrix products per column) and the 2.5% / 97.5% ends within a few percent of the width of n_boot=1000's.
 ATLAS_N_BOOT = 200
@@ -30,17 +29,31 @@ class ColumnCI:
     n_boot: int = ATLAS_N_BOOT
 
     @classmethod
-    def of(cls, ci) -> "ColumnCI":
+    def of(cls, ci) -> ColumnCI:
         """From a HeadScoresCI."""
-        return cls(np.asarray(ci.low, dtype=float), np.asarray(ci.high, dtype=float), ci.level, ci.n_prompts,
-                   ci.unit, ci.method, ci.n_boot)
+        return cls(
+            np.asarray(ci.low, dtype=float),
+            np.asarray(ci.high, dtype=float),
+            ci.level,
+            ci.n_prompts,
+            ci.unit,
+            ci.method,
+            ci.n_boot,
+        )
 
     def to_json(self) -> dict:
-        return {"low": self.low.tolist(), "high": self.high.tolist(), "level": self.level, "n": self.n,
-                "unit": self.unit, "method": self.method, "n_boot": self.n_boot}
+        return {
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "level": self.level,
+            "n": self.n,
+            "unit": self.unit,
+            "method": self.method,
+            "n_boot": self.n_boot,
+        }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "ColumnCI":
+    def from_json(cls, doc: dict) -> ColumnCI:
         return cls(**{**doc, "low": np.array(doc["low"], dtype=float), "high": np.array(doc["high"], dtype=float)})
 
 
@@ -57,14 +70,19 @@ class Column:
     ci: ColumnCI | None = None
 
     def to_json(self) -> dict:
-        doc = {"name": self.name, "description": self.description, "higher_is_more": self.higher_is_more,
-               "step": self.step, "values": self.values.tolist()}  # write_json turns NaN into null
+        doc = {
+            "name": self.name,
+            "description": self.description,
+            "higher_is_more": self.higher_is_more,
+            "step": self.step,
+            "values": self.values.tolist(),
+        }  # write_json turns NaN into null
         if self.ci is not None:
             doc["ci"] = self.ci.to_json()
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict) -> "Column":
+    def from_json(cls, doc: dict) -> Column:
         values = np.array(doc["values"], dtype=float)  # null -> NaN
         ci = ColumnCI.from_json(doc["ci"]) if doc.get("ci") else None  # atlases saved before intervals have none
         return cls(doc["name"], values, doc["description"], doc["higher_is_more"], doc["step"], ci)
@@ -99,16 +117,32 @@ class StepResult:
     columns: list[Column] = field(default_factory=list)
     roles: list[ResolvedRole] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)  # plotly figure JSON
-    top: list[dict] = field(default_factory=list)     # top heads of the step's first column
-    notes: list[str] = field(default_factory=list)    # facts a reader should see (accuracy, sink rate, ...)
+    top: list[dict] = field(default_factory=list)  # top heads of the step's first column
+    notes: list[str] = field(default_factory=list)  # facts a reader should see (accuracy, sink rate, ...)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "title": self.title, "what": self.what, "docs": self.docs, "status": self.status,
-                "reason": self.reason, "params": self.params, "seconds": self.seconds,
-                "columns": [c.to_json() for c in self.columns], "roles": [r.to_json() for r in self.roles],
-                "figures": self.figures, "top": self.top, "notes": self.notes}
+        return {
+            "key": self.key,
+            "title": self.title,
+            "what": self.what,
+            "docs": self.docs,
+            "status": self.status,
+            "reason": self.reason,
+            "params": self.params,
+            "seconds": self.seconds,
+            "columns": [c.to_json() for c in self.columns],
+            "roles": [r.to_json() for r in self.roles],
+            "figures": self.figures,
+            "top": self.top,
+            "notes": self.notes,
+        }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "StepResult":
-        return cls(**{**doc, "columns": [Column.from_json(c) for c in doc["columns"]],
-                      "roles": [ResolvedRole.from_json(r) for r in doc["roles"]]})
+    def from_json(cls, doc: dict) -> StepResult:
+        return cls(
+            **{
+                **doc,
+                "columns": [Column.from_json(c) for c in doc["columns"]],
+                "roles": [ResolvedRole.from_json(r) for r in doc["roles"]],
+            }
+        )

@@ -16,9 +16,11 @@ import markdown
 from ..fileio import atomic_write
 from ..paths import data_dir
 
-_CSS = ("body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:900px;margin:2em auto;"
-        "padding:0 1em;line-height:1.5;color:#222}code,pre{background:#f6f6f6}pre{padding:.6em;overflow-x:auto}"
-        "table{border-collapse:collapse}th,td{border-bottom:1px solid #e5e5e5;padding:.2em .6em}img{max-width:100%}")
+_CSS = (
+    "body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:900px;margin:2em auto;"
+    "padding:0 1em;line-height:1.5;color:#222}code,pre{background:#f6f6f6}pre{padding:.6em;overflow-x:auto}"
+    "table{border-collapse:collapse}th,td{border-bottom:1px solid #e5e5e5;padding:.2em .6em}img{max-width:100%}"
+)
 _LINK = re.compile(r'(href|src)="([^"#:]+?)(#[^"]*)?"')
 
 
@@ -39,14 +41,17 @@ def render_docs(pages: list[str], out_dir: Path) -> dict[str, str]:
     wanted = [p for p in dict.fromkeys(pages) if (src / p).is_file()]
     hrefs = {p: f"docs/{Path(p).stem}.html" for p in wanted}
     for page in wanted:
-        body = markdown.markdown((src / page).read_text(encoding="utf-8"),
-                                 extensions=["tables", "fenced_code", "toc"], output_format="html")
+        body = markdown.markdown(
+            (src / page).read_text(encoding="utf-8"), extensions=["tables", "fenced_code", "toc"], output_format="html"
+        )
         body = _LINK.sub(lambda m: _relink(m, src, out_dir / "docs", wanted), body)
         title = html.escape(Path(page).stem.replace("-", " "))
-        doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-               f"<link rel='icon' href='data:,'><style>{_CSS}</style></head><body>"
-               f"<p><a href='../report.html'>&larr; back to the atlas</a> · headscope docs: {html.escape(page)}</p>"
-               f"{body}</body></html>\n")
+        doc = (
+            f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<link rel='icon' href='data:,'><style>{_CSS}</style></head><body>"
+            f"<p><a href='../report.html'>&larr; back to the atlas</a> · headscope docs: {html.escape(page)}</p>"
+            f"{body}</body></html>\n"
+        )
         atomic_write(out_dir / hrefs[page], lambda p, d=doc: p.write_text(d, encoding="utf-8"))
     return hrefs
 

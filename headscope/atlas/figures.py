@@ -43,21 +43,49 @@ def role_map_figure(atlas, *, title: str | None = None, width: int | None = None
                 # the role's rule as the legend states it (a selection's weakest member is not the rule)
                 lines.append(f"{name}: {r.column} {value:.3g} ({r.rule})")
             text[layer, head] = "<br>".join(lines)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(H)), y=list(range(L)), text=text, hovertemplate="%{text}<extra></extra>",
-        colorscale=_discrete_scale(colours), zmin=-0.5, zmax=len(order) - 0.5, showscale=False, xgap=1, ygap=1))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(H)),
+            y=list(range(L)),
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=_discrete_scale(colours),
+            zmin=-0.5,
+            zmax=len(order) - 0.5,
+            showscale=False,
+            xgap=1,
+            ygap=1,
+        )
+    )
     for name, colour in zip(order, colours):  # legend entries (the heatmap itself has none)
         count = int((rm.role == name).sum())
-        label = f"{name} ({count})" if name != NO_HEADS else f"{NO_HEADS}: {len(rm.role) - len(atlas.attention_layers)} layers"
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
-                                 marker=dict(size=12, symbol="square", color=colour,
-                                             line=dict(width=1, color="#999"))))
+        label = (
+            f"{name} ({count})"
+            if name != NO_HEADS
+            else f"{NO_HEADS}: {len(rm.role) - len(atlas.attention_layers)} layers"
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=label,
+                marker=dict(size=12, symbol="square", color=colour, line=dict(width=1, color="#999")),
+            )
+        )
     fig.update_layout(
         title=title if title is not None else title_block("role map", atlas.model, f"{atlas.preset} atlas"),
-        template="plotly_white", font=FONT, plot_bgcolor="white",
-        width=width or int(min(1400, max(620, 26 * H + 330))), height=height or int(min(1500, max(380, 20 * L + 170))),
-        margin=dict(l=60, r=20, t=80, b=50), legend=dict(title="role (heads)", itemclick=False, itemdoubleclick=False),
+        template="plotly_white",
+        font=FONT,
+        plot_bgcolor="white",
+        width=width or int(min(1400, max(620, 26 * H + 330))),
+        height=height or int(min(1500, max(380, 20 * L + 170))),
+        margin=dict(l=60, r=20, t=80, b=50),
+        legend=dict(title="role (heads)", itemclick=False, itemdoubleclick=False),
         xaxis=dict(title="head", showgrid=False, zeroline=False, **axis_ticks(H, "H")),
-        yaxis=dict(title="layer", autorange="reversed", showgrid=False, zeroline=False,
-                   **axis_ticks(L, "L", atlas.layer_kinds)))
+        yaxis=dict(
+            title="layer", autorange="reversed", showgrid=False, zeroline=False, **axis_ticks(L, "L", atlas.layer_kinds)
+        ),
+    )
     return fig

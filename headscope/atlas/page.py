@@ -19,15 +19,17 @@ from ..viz.token_view import TOKEN_VIEW_CSS, token_view_js
 from .docs_pages import render_docs
 from .roles import NO_HEADS, NO_ROLE, role_colour
 
-ROLE_RULE = ("A head <b>has</b> a role when its score passes the role's cut (a fixed threshold from the paper, "
-             "a headscope convention, or the analyzer's own selection; each rule is listed below). Its "
-             "<b>strength</b> in that role is its score relative to the role's best head in this model (1 = the "
-             "best; best / score for a role of small values). A head is coloured by its "
-             "strongest <b>specific</b> role (induction, previous-token, duplicate, retrieval, safety, "
-             "vision-aware); only when it has none, by its strongest <b>generic</b> role (sink, local, "
-             "global), since most heads of a chat model put attention on the first token and a sink score "
-             "would hide everything else. A head with no role is <i>no clear role</i>. Hover a head for every "
-             "role it has; click it to open it in the attention viewer.")
+ROLE_RULE = (
+    "A head <b>has</b> a role when its score passes the role's cut (a fixed threshold from the paper, "
+    "a headscope convention, or the analyzer's own selection; each rule is listed below). Its "
+    "<b>strength</b> in that role is its score relative to the role's best head in this model (1 = the "
+    "best; best / score for a role of small values). A head is coloured by its "
+    "strongest <b>specific</b> role (induction, previous-token, duplicate, retrieval, safety, "
+    "vision-aware); only when it has none, by its strongest <b>generic</b> role (sink, local, "
+    "global), since most heads of a chat model put attention on the first token and a sink score "
+    "would hide everything else. A head with no role is <i>no clear role</i>. Hover a head for every "
+    "role it has; click it to open it in the attention viewer."
+)
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;max-width:1200px;margin:2em auto;
@@ -82,13 +84,19 @@ def _legend(atlas, rm) -> str:
         first = r.name not in seen
         seen.add(r.name)
         swatch = f"<span class='swatch' style='background:{role_colour(r.name, rm.names)}'></span>" if first else ""
-        rows.append(f"<tr><td>{swatch} {_esc(r.name) if first else ''}</td><td class='n'>{counts.get(r.name, 0) if first else ''}"
-                    f"</td><td>{'specific' if r.specific else 'generic'}</td><td>{_esc(r.rule)}</td>"
-                    f"<td>{_esc(r.step)}</td><td class='n'>{len(r.members)}</td></tr>")
-    rows.append(f"<tr><td><span class='swatch' style='background:{role_colour(NO_ROLE)}'></span> {NO_ROLE}</td>"
-                f"<td class='n'>{counts[NO_ROLE]}</td><td></td><td>no role passes its cut</td><td></td><td></td></tr>")
-    return ("<table class='legend'><thead><tr><th>role</th><th>heads coloured</th><th>tier</th><th>rule</th>"
-            "<th>from</th><th>heads that pass</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        rows.append(
+            f"<tr><td>{swatch} {_esc(r.name) if first else ''}</td><td class='n'>{counts.get(r.name, 0) if first else ''}"
+            f"</td><td>{'specific' if r.specific else 'generic'}</td><td>{_esc(r.rule)}</td>"
+            f"<td>{_esc(r.step)}</td><td class='n'>{len(r.members)}</td></tr>"
+        )
+    rows.append(
+        f"<tr><td><span class='swatch' style='background:{role_colour(NO_ROLE)}'></span> {NO_ROLE}</td>"
+        f"<td class='n'>{counts[NO_ROLE]}</td><td></td><td>no role passes its cut</td><td></td><td></td></tr>"
+    )
+    return (
+        "<table class='legend'><thead><tr><th>role</th><th>heads coloured</th><th>tier</th><th>rule</th>"
+        "<th>from</th><th>heads that pass</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
 # The head table's fixed columns: the first three stay in view while the scores scroll sideways.
@@ -105,8 +113,16 @@ def _hover(label: str, name: str, value, shown: str, column=None, at: tuple[int,
     lines = [f"{label} · {name}: {full}"]
     if column is not None and getattr(column, "ci", None) is not None and at is not None:
         ci, (layer, head) = column.ci, at
-        lines.append(interval_text(float(column.values[layer, head]), float(ci.low[layer, head]),
-                                   float(ci.high[layer, head]), ci.level, ci.n, ci.unit))
+        lines.append(
+            interval_text(
+                float(column.values[layer, head]),
+                float(ci.low[layer, head]),
+                float(ci.high[layer, head]),
+                ci.level,
+                ci.n,
+                ci.unit,
+            )
+        )
     return lines
 
 
@@ -117,8 +133,13 @@ def _column_groups(atlas, names) -> list[tuple[str, int]]:
     titles = {s.key: s.title for s in atlas.steps}
     groups: list[tuple[str, int]] = []
     for name in names:
-        title = ("head" if name in _STICKY else "role" if name in _HEAD_COLUMNS
-                 else titles.get(columns[name].step, columns[name].step))
+        title = (
+            "head"
+            if name in _STICKY
+            else "role"
+            if name in _HEAD_COLUMNS
+            else titles.get(columns[name].step, columns[name].step)
+        )
         if groups and groups[-1][0] == title:
             groups[-1] = (title, groups[-1][1] + 1)
         else:
@@ -137,11 +158,15 @@ def _head_table(atlas) -> str:
             out.append(f"sticky s{_STICKY.index(c)}")
         return f" class='{' '.join(out)}'" if out else ""
 
-    groups = "".join(f"<th colspan='{n}' class='group{' sticky-group' if i == 0 else ''}' title='{_esc(t)}'>{_esc(t)}</th>"
-                     for i, (t, n) in enumerate(_column_groups(atlas, names)))
-    head = "".join(f"<th data-col='{i}' data-kind='{'text' if c in _TEXT_COLUMNS else 'number'}'{cls(c)} "
-                   f"title='{_esc(columns[c].description) if c in columns else _esc(c)}'>{_esc(c).replace('_', '_<wbr>')}</th>"
-                   for i, c in enumerate(names))
+    groups = "".join(
+        f"<th colspan='{n}' class='group{' sticky-group' if i == 0 else ''}' title='{_esc(t)}'>{_esc(t)}</th>"
+        for i, (t, n) in enumerate(_column_groups(atlas, names))
+    )
+    head = "".join(
+        f"<th data-col='{i}' data-kind='{'text' if c in _TEXT_COLUMNS else 'number'}'{cls(c)} "
+        f"title='{_esc(columns[c].description) if c in columns else _esc(c)}'>{_esc(c).replace('_', '_<wbr>')}</th>"
+        for i, c in enumerate(names)
+    )
     body = []
     for rec in df.to_dict("records"):
         search = f"{rec['label']} {rec['role']} {rec['all_roles']}".lower()
@@ -151,36 +176,48 @@ def _head_table(atlas) -> str:
             title = "\n".join(_hover(rec["label"], c, rec[c], shown, columns.get(c), (rec["layer"], rec["head"])))
             cells.append(f"<td data-v='{_esc(v)}'{cls(c)} title='{_esc(title)}'>{_esc(shown)}</td>")
         roles = "|".join(rec["all_roles"].split(", ")) if rec["all_roles"] else ""
-        body.append(f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}' data-layer='{rec['layer']}'>"
-                    f"{''.join(cells)}</tr>")
+        body.append(
+            f"<tr data-search='{_esc(search)}' data-roles='{_esc(roles)}' data-layer='{rec['layer']}'>"
+            f"{''.join(cells)}</tr>"
+        )
     role_names = list(dict.fromkeys(r.name for r in atlas.roles()))
     options = "".join(f"<option value='{_esc(n)}'>{_esc(n)}</option>" for n in role_names)
     layers = "".join(f"<option value='{i}'>L{i}</option>" for i in range(atlas.n_layers))
-    return (f"<div class='controls'><input id='head-filter' type='search' placeholder='filter: L3H, induction, ...' "
-            f"title='filters as you type: a head label or a role'>"
-            f"<select id='role-filter' title='heads that pass this role&#39;s cut'><option value=''>any role</option>"
-            f"{options}</select><select id='layer-filter'><option value=''>any layer</option>{layers}</select>"
-            f"<span id='head-count' class='muted'></span></div>"
-            f"<p class='files'>Download: <a href='scores/heads.csv'>CSV</a> · <a href='scores/heads.parquet'>Parquet</a>"
-            f" (one row per head; click a column header to sort, largest first; click again for smallest first; "
-            f"hover a cell for its full value)</p>"
-            f"<div class='scroll' id='head-table-box'><table id='head-table' class='sortable'><thead>"
-            f"<tr class='groups'>{groups}</tr><tr class='names'>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (
+        f"<div class='controls'><input id='head-filter' type='search' placeholder='filter: L3H, induction, ...' "
+        f"title='filters as you type: a head label or a role'>"
+        f"<select id='role-filter' title='heads that pass this role&#39;s cut'><option value=''>any role</option>"
+        f"{options}</select><select id='layer-filter'><option value=''>any layer</option>{layers}</select>"
+        f"<span id='head-count' class='muted'></span></div>"
+        f"<p class='files'>Download: <a href='scores/heads.csv'>CSV</a> · <a href='scores/heads.parquet'>Parquet</a>"
+        f" (one row per head; click a column header to sort, largest first; click again for smallest first; "
+        f"hover a cell for its full value)</p>"
+        f"<div class='scroll' id='head-table-box'><table id='head-table' class='sortable'><thead>"
+        f"<tr class='groups'>{groups}</tr><tr class='names'>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _kinds_note(atlas) -> str:
     """A hybrid's layers without attention: said once above the head table (they have no rows there)."""
-    return f"<p class='muted'>{_esc(atlas.note[:1].upper() + atlas.note[1:])} (grey on the role map).</p>" if atlas.note else ""
+    return (
+        f"<p class='muted'>{_esc(atlas.note[:1].upper() + atlas.note[1:])} (grey on the role map).</p>"
+        if atlas.note
+        else ""
+    )
 
 
 def _viewer_how(v: dict) -> str:
     if v["windowed"]:
-        return (f"The prompt has {v['n_tokens']} tokens, more than {v['max_tokens']}: the rows are its last "
-                f"{len(v['queries'])} queries; the columns its first {v['sink_keys']} keys, a '…' column holding the "
-                "attention on every key in between, and the same last positions (each row still sums to one).")
-    return (f"The whole prompt ({v['n_tokens']} tokens); longer prompts are windowed to the last "
-            f"{v['max_tokens'] - v['sink_keys']} queries and the first {v['sink_keys']} keys + '…'.")
+        return (
+            f"The prompt has {v['n_tokens']} tokens, more than {v['max_tokens']}: the rows are its last "
+            f"{len(v['queries'])} queries; the columns its first {v['sink_keys']} keys, a '…' column holding the "
+            "attention on every key in between, and the same last positions (each row still sums to one)."
+        )
+    return (
+        f"The whole prompt ({v['n_tokens']} tokens); longer prompts are windowed to the last "
+        f"{v['max_tokens'] - v['sink_keys']} queries and the first {v['sink_keys']} keys + '…'."
+    )
 
 
 def _viewer(atlas) -> str:
@@ -191,16 +228,20 @@ def _viewer(atlas) -> str:
     heads = "".join(f"<option value='{i}'>H{i}</option>" for i in range(v["n_heads"]))
     # Served by `headscope view`, the page finds POST attention and shows the text box (atlas.js);
     # opened as a file, it shows the line saying how.
-    prompt_box = ("<div id='viewer-prompt-box' class='controls' hidden><textarea id='viewer-prompt' rows='3' "
-                  "placeholder='Type a prompt, then Show (or Ctrl+Enter)'></textarea><br><button id='viewer-run' "
-                  "type='button'>Show</button> <span id='viewer-status' class='muted'></span></div>"
-                  "<p id='viewer-static-note' class='muted'>Type your own prompt: run <code>headscope view --report "
-                  "<span class='report-folder'>THIS_FOLDER</span></code> and open the address it prints (the "
-                  "viewer and the token view then take any prompt).</p>")
-    return (f"<p><span id='viewer-how'>{_esc(_viewer_how(v))}</span> Values are stored in steps of 1/255. Pick a "
-            f"head here or click one on the role map.</p>{prompt_box}"
-            f"<div class='controls'><label>layer <select id='viewer-layer'>{layers}</select></label>"
-            f"<label>head <select id='viewer-head'>{heads}</select></label></div><div id='viewer-plot'></div>")
+    prompt_box = (
+        "<div id='viewer-prompt-box' class='controls' hidden><textarea id='viewer-prompt' rows='3' "
+        "placeholder='Type a prompt, then Show (or Ctrl+Enter)'></textarea><br><button id='viewer-run' "
+        "type='button'>Show</button> <span id='viewer-status' class='muted'></span></div>"
+        "<p id='viewer-static-note' class='muted'>Type your own prompt: run <code>headscope view --report "
+        "<span class='report-folder'>THIS_FOLDER</span></code> and open the address it prints (the "
+        "viewer and the token view then take any prompt).</p>"
+    )
+    return (
+        f"<p><span id='viewer-how'>{_esc(_viewer_how(v))}</span> Values are stored in steps of 1/255. Pick a "
+        f"head here or click one on the role map.</p>{prompt_box}"
+        f"<div class='controls'><label>layer <select id='viewer-layer'>{layers}</select></label>"
+        f"<label>head <select id='viewer-head'>{heads}</select></label></div><div id='viewer-plot'></div>"
+    )
 
 
 def _token_view(atlas) -> str:
@@ -209,19 +250,26 @@ def _token_view(atlas) -> str:
     top = atlas.top_heads_by_role()
     labels = ", ".join(f"L{layer}H{head}" for _, layer, head in top) or "L0H0"
     which = "; ".join(f"{role}: L{layer}H{head}" for role, layer, head in top)
-    return (f"<p>The viewer's prompt as text, one box per head (default: each role's strongest head"
-            f"{' — ' + _esc(which) if which else ''}). Hover a token to light up, in every head, the tokens it "
-            "attends to (darker = more attention); click it to keep it. In a notebook: "
-            "<code>headscope.viz.token_view(model, prompt, heads=[(layer, head), ...])</code>.</p>"
-            f"<div class='controls'><label>heads <input id='token-view-heads' size='40' value='{_esc(labels)}' "
-            "title='head labels, e.g. L17H3, L1H2 (updates as you type)'></label></div><div id='token-view'></div>")
+    return (
+        f"<p>The viewer's prompt as text, one box per head (default: each role's strongest head"
+        f"{' — ' + _esc(which) if which else ''}). Hover a token to light up, in every head, the tokens it "
+        "attends to (darker = more attention); click it to keep it. In a notebook: "
+        "<code>headscope.viz.token_view(model, prompt, heads=[(layer, head), ...])</code>.</p>"
+        f"<div class='controls'><label>heads <input id='token-view-heads' size='40' value='{_esc(labels)}' "
+        "title='head labels, e.g. L17H3, L1H2 (updates as you type)'></label></div><div id='token-view'></div>"
+    )
 
 
 def _step_section(i: int, step, figures: dict, files: dict, docs: dict) -> str:
     sid = f"step-{step.key}"
-    link = (f"<a href='{docs[step.docs]}'>docs: {_esc(step.docs)}</a>" if step.docs in docs
-            else f"docs: {_esc(step.docs)} (in headscope's docs/ folder)")
-    out = [f"<section id='{sid}'><h2>{i}. {_esc(step.title)}</h2><p>{_esc(step.what)} <span class='muted'>({link})</span></p>"]
+    link = (
+        f"<a href='{docs[step.docs]}'>docs: {_esc(step.docs)}</a>"
+        if step.docs in docs
+        else f"docs: {_esc(step.docs)} (in headscope's docs/ folder)"
+    )
+    out = [
+        f"<section id='{sid}'><h2>{i}. {_esc(step.title)}</h2><p>{_esc(step.what)} <span class='muted'>({link})</span></p>"
+    ]
     if step.status != "ok":
         out.append(f"<p class='skipped'>Not run on this model: {_esc(step.reason)}</p></section>")
         return "".join(out)
@@ -233,12 +281,18 @@ def _step_section(i: int, step, figures: dict, files: dict, docs: dict) -> str:
         if links:
             out.append(f"<p class='files'>Figure files: {links}</p>")
     if step.top:
-        rows = "".join(f"<tr><td class='n'>{t['rank']}</td><td>{_esc(t['label'])}</td><td class='n'>{_num(t['score'])[1]}</td></tr>"
-                       for t in step.top)
-        out.append(f"<details><summary>Top heads</summary><table><thead><tr><th>rank</th><th>head</th><th>score</th>"
-                   f"</tr></thead><tbody>{rows}</tbody></table></details>")
+        rows = "".join(
+            f"<tr><td class='n'>{t['rank']}</td><td>{_esc(t['label'])}</td><td class='n'>{_num(t['score'])[1]}</td></tr>"
+            for t in step.top
+        )
+        out.append(
+            f"<details><summary>Top heads</summary><table><thead><tr><th>rank</th><th>head</th><th>score</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table></details>"
+        )
     params = json.dumps(step.params, indent=1, default=str, ensure_ascii=False)
-    out.append(f"<details><summary>Parameters ({step.seconds:.1f} s)</summary><pre>{_esc(params)}</pre></details></section>")
+    out.append(
+        f"<details><summary>Parameters ({step.seconds:.1f} s)</summary><pre>{_esc(params)}</pre></details></section>"
+    )
     return "".join(out)
 
 
@@ -246,13 +300,19 @@ def _provenance(atlas) -> str:
     p = dict(atlas.provenance)
     versions = p.pop("versions", {})
     rows = [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in p.items() if k != "steps"]
-    rows.append("<tr><th>versions</th><td>" + ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in versions.items()) + "</td></tr>")
-    timing = "".join(f"<tr><td>{_esc(s.key)}</td><td>{_esc(s.status)}</td><td class='n'>{s.seconds:.1f} s</td></tr>"
-                     for s in atlas.steps)
-    return (f"<table class='meta'>{''.join(rows)}</table><h3>Steps</h3><table><thead><tr><th>step</th><th>status</th>"
-            f"<th>time</th></tr></thead><tbody>{timing}</tbody></table>"
-            "<p class='muted'>Every number on this page is in scores/ (atlas.json, steps/, viewer.json, heads.csv): "
-            "<code>headscope report --from THIS_FOLDER</code> rebuilds the page without the model.</p>")
+    rows.append(
+        "<tr><th>versions</th><td>" + ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in versions.items()) + "</td></tr>"
+    )
+    timing = "".join(
+        f"<tr><td>{_esc(s.key)}</td><td>{_esc(s.status)}</td><td class='n'>{s.seconds:.1f} s</td></tr>"
+        for s in atlas.steps
+    )
+    return (
+        f"<table class='meta'>{''.join(rows)}</table><h3>Steps</h3><table><thead><tr><th>step</th><th>status</th>"
+        f"<th>time</th></tr></thead><tbody>{timing}</tbody></table>"
+        "<p class='muted'>Every number on this page is in scores/ (atlas.json, steps/, viewer.json, heads.csv): "
+        "<code>headscope report --from THIS_FOLDER</code> rebuilds the page without the model.</p>"
+    )
 
 
 def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
@@ -264,33 +324,59 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
         data = "window.HEADSCOPE_VIEWER = " + json.dumps(atlas.viewer) + ";\n"
         atomic_write(out_dir / "attention.js", lambda p: p.write_text(data, encoding="utf-8"))
     ran = [s for s in atlas.steps if s.status == "ok"]
-    figures = {f"{i:02d}-{s.key}-{j + 1}": pio.from_json(f) for i, s in enumerate(atlas.steps, 1)
-               if s.status == "ok" for j, f in enumerate(s.figures)}  # parsed once: exported and shown
+    figures = {
+        f"{i:02d}-{s.key}-{j + 1}": pio.from_json(f)
+        for i, s in enumerate(atlas.steps, 1)
+        if s.status == "ok"
+        for j, f in enumerate(s.figures)
+    }  # parsed once: exported and shown
     role_fig = atlas.plot()
-    files = export_figures([(role_fig, "00-role-map"), *((f, stem) for stem, f in figures.items())],
-                           out_dir / "figures", ("png", "svg", "html") if static else ("html",),
-                           plotly_js=out_dir / "plotly.min.js")
+    files = export_figures(
+        [(role_fig, "00-role-map"), *((f, stem) for stem, f in figures.items())],
+        out_dir / "figures",
+        ("png", "svg", "html") if static else ("html",),
+        plotly_js=out_dir / "plotly.min.js",
+    )
     docs = render_docs([s.docs for s in atlas.steps], out_dir)
     rm = atlas.role_map()
     n_role = int(((rm.role != NO_ROLE) & (rm.role != NO_HEADS)).sum())
     total = len(atlas.attention_layers) * atlas.n_heads
-    nav = ["<li><a href='#role-map-section'>Role map</a></li>", "<li><a href='#head-table-section'>Head table</a></li>",
-           "<li><a href='#viewer'>Attention viewer</a></li>", "<li><a href='#token-view-section'>Token view</a></li>"]
-    nav += [f"<li><a href='#step-{s.key}'>{_esc(s.title)}</a>{'' if s.status == 'ok' else ' (not run)'}</li>"
-            for s in atlas.steps]
+    nav = [
+        "<li><a href='#role-map-section'>Role map</a></li>",
+        "<li><a href='#head-table-section'>Head table</a></li>",
+        "<li><a href='#viewer'>Attention viewer</a></li>",
+        "<li><a href='#token-view-section'>Token view</a></li>",
+    ]
+    nav += [
+        f"<li><a href='#step-{s.key}'>{_esc(s.title)}</a>{'' if s.status == 'ok' else ' (not run)'}</li>"
+        for s in atlas.steps
+    ]
     nav.append("<li><a href='#provenance'>Provenance</a></li>")
-    role_links = " · ".join(f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get("00-role-map", {}).items())
-    js = token_view_js() + "\n" + resources.files("headscope.atlas").joinpath("static/atlas.js").read_text(encoding="utf-8")
-    layers = (f"{atlas.n_layers} layers ({len(atlas.attention_layers)} with attention)" if atlas.layer_kinds
-              else f"{atlas.n_layers} layers")
-    summary = (f"{layers} x {atlas.n_heads} heads ({atlas.n_kv_heads} KV heads per layer); "
-               f"{n_role} of {total} heads have a role; {len(ran)} of {len(atlas.steps)} steps ran "
-               f"({atlas.preset} preset, {atlas.provenance.get('seconds', 0):.0f} s).")
+    role_links = " · ".join(
+        f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get("00-role-map", {}).items()
+    )
+    js = (
+        token_view_js()
+        + "\n"
+        + resources.files("headscope.atlas").joinpath("static/atlas.js").read_text(encoding="utf-8")
+    )
+    layers = (
+        f"{atlas.n_layers} layers ({len(atlas.attention_layers)} with attention)"
+        if atlas.layer_kinds
+        else f"{atlas.n_layers} layers"
+    )
+    summary = (
+        f"{layers} x {atlas.n_heads} heads ({atlas.n_kv_heads} KV heads per layer); "
+        f"{n_role} of {total} heads have a role; {len(ran)} of {len(atlas.steps)} steps ran "
+        f"({atlas.preset} preset, {atlas.provenance.get('seconds', 0):.0f} s)."
+    )
     body = [
         f"<h1>Head atlas of {_esc(atlas.model)}</h1><p>{_esc(summary)}</p><nav><ol>{''.join(nav)}</ol></nav>",
         f"<section id='role-map-section'><h2>Role map</h2><p>{ROLE_RULE}</p>"
         f"<div class='fig'>{_fig_div(role_fig, 'role-map')}</div>"
-        + (f"<p class='files'>Figure files: {role_links}</p>" if role_links else "") + _legend(atlas, rm) + "</section>",
+        + (f"<p class='files'>Figure files: {role_links}</p>" if role_links else "")
+        + _legend(atlas, rm)
+        + "</section>",
         f"<section id='head-table-section'><h2>Head table</h2>{_kinds_note(atlas)}{_head_table(atlas)}</section>",
         f"<section id='viewer'><h2>Attention viewer</h2>{_viewer(atlas)}</section>",
         f"<section id='token-view-section'><h2>Token view</h2>{_token_view(atlas)}</section>",
@@ -298,11 +384,14 @@ def write_page(atlas, out_dir: str | Path, *, static: bool = True) -> Path:
         f"<section id='provenance'><h2>Provenance</h2>{_provenance(atlas)}</section>",
     ]
     viewer_script = "<script src='attention.js'></script>" if atlas.viewer is not None else ""
-    doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-           f"<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"
-           f"<title>Head atlas of {_esc(atlas.model)}</title><style>{_CSS}{TOKEN_VIEW_CSS}</style>\n"
-           f"<script src='plotly.min.js'></script>{viewer_script}\n</head><body>" + "\n".join(body)
-           + f"<footer>headscope {_esc(__version__)} · opens offline: plotly.min.js, attention.js, figures/ and docs/ "
-           "sit beside this page; keep the folder together.</footer>"
-           f"<script>{js}</script></body></html>\n")
+    doc = (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"
+        f"<title>Head atlas of {_esc(atlas.model)}</title><style>{_CSS}{TOKEN_VIEW_CSS}</style>\n"
+        f"<script src='plotly.min.js'></script>{viewer_script}\n</head><body>"
+        + "\n".join(body)
+        + f"<footer>headscope {_esc(__version__)} · opens offline: plotly.min.js, attention.js, figures/ and docs/ "
+        "sit beside this page; keep the folder together.</footer>"
+        f"<script>{js}</script></body></html>\n"
+    )
     return atomic_write(out_dir / "report.html", lambda p: p.write_text(doc, encoding="utf-8"))

@@ -27,9 +27,17 @@ NO_HEADS = "no heads"  # a hybrid's layer without attention (linear attention, M
 
 # Fixed colours so the same role looks the same in every atlas; roles from plugins get the spares.
 ROLE_COLOURS = {
-    "induction": "#d62728", "previous-token": "#ff7f0e", "duplicate": "#bcbd22", "retrieval": "#9467bd",
-    "safety": "#e377c2", "vision-aware": "#17becf", "sink": "#7f7f7f", "local": "#2ca02c",
-    "global": "#1f77b4", NO_ROLE: "#f2f2f2", NO_HEADS: "#c4c4c4",
+    "induction": "#d62728",
+    "previous-token": "#ff7f0e",
+    "duplicate": "#bcbd22",
+    "retrieval": "#9467bd",
+    "safety": "#e377c2",
+    "vision-aware": "#17becf",
+    "sink": "#7f7f7f",
+    "local": "#2ca02c",
+    "global": "#1f77b4",
+    NO_ROLE: "#f2f2f2",
+    NO_HEADS: "#c4c4c4",
 }
 _PRIORITY = {name: i for i, name in enumerate(ROLE_COLOURS)}
 _SPARE = ["#8c564b", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
@@ -74,12 +82,19 @@ class ResolvedRole:
         return np.where(member, ratio, np.nan)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "column": self.column, "rule": self.rule, "cut": self.cut,
-                "higher_is_more": self.higher_is_more, "specific": self.specific,
-                "members": [list(m) for m in self.members], "step": self.step}
+        return {
+            "name": self.name,
+            "column": self.column,
+            "rule": self.rule,
+            "cut": self.cut,
+            "higher_is_more": self.higher_is_more,
+            "specific": self.specific,
+            "members": [list(m) for m in self.members],
+            "step": self.step,
+        }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "ResolvedRole":
+    def from_json(cls, doc: dict) -> ResolvedRole:
         cut = float("nan") if doc["cut"] is None else doc["cut"]  # JSON null: no head passed
         return cls(**{**doc, "cut": cut, "members": [tuple(m) for m in doc["members"]]})
 
@@ -130,8 +145,8 @@ def assign(roles: list[ResolvedRole], columns: dict[str, np.ndarray], shape: tup
             for layer, head in zip(*np.nonzero(np.isfinite(s))):
                 has[layer][head].append(r.name)
                 free = role[layer, head] == NO_ROLE or (
-                    specific[role[layer, head]] == tier and s[layer, head] > strength[layer, head])
+                    specific[role[layer, head]] == tier and s[layer, head] > strength[layer, head]
+                )
                 if free:
                     role[layer, head], strength[layer, head] = r.name, s[layer, head]
     return RoleMap(role, strength, [[list(dict.fromkeys(x)) for x in row] for row in has], names)
-

@@ -32,9 +32,9 @@ ENDPOINT = "/attention"
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    server: "ViewServer"
+    server: ViewServer
 
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name; quiet: a request line per file is noise
+    def log_message(self, format, *args):
         pass
 
     def list_directory(self, path):
@@ -53,8 +53,9 @@ class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self):
         if self.path.split("?")[0] == ENDPOINT:
             s = self.server
-            return self._json(200, {"model": s.model_name, "max_tokens": s.max_tokens,
-                                    "max_prompt_chars": MAX_PROMPT_CHARS})
+            return self._json(
+                200, {"model": s.model_name, "max_tokens": s.max_tokens, "max_prompt_chars": MAX_PROMPT_CHARS}
+            )
         return super().do_GET()
 
     def do_POST(self):
@@ -100,8 +101,9 @@ class ViewServer(ThreadingHTTPServer):
         try:
             super().__init__((HOST, port), handler)
         except OSError as err:
-            raise InputError(f"cannot listen on {HOST}:{port}: {err.strerror or err}. Fix: pass another --port "
-                             "(0: any free port)") from None
+            raise InputError(
+                f"cannot listen on {HOST}:{port}: {err.strerror or err}. Fix: pass another --port (0: any free port)"
+            ) from None
 
     @property
     def url(self) -> str:
@@ -112,8 +114,9 @@ class ViewServer(ThreadingHTTPServer):
             return viewer_data(self.model, prompt, max_tokens=self.max_tokens)
 
 
-def open_server(model=None, report: str | Path = "headscope-report", port: int = DEFAULT_PORT, *, device=None,
-                dtype=None) -> ViewServer:
+def open_server(
+    model=None, report: str | Path = "headscope-report", port: int = DEFAULT_PORT, *, device=None, dtype=None
+) -> ViewServer:
     """A ViewServer on the report folder (not yet serving: call serve_forever, or use `view`). model: a
     bridge, a name for `load_model`, or None = the model the report was built on. The model must have
     the report's layer x head grid; the window size is the report's. device, dtype: for a model loaded here."""
@@ -123,18 +126,23 @@ def open_server(model=None, report: str | Path = "headscope-report", port: int =
         try:
             model = load_model(name, device=device, dtype=dtype)
         except HeadscopeError as err:
-            raise InputError(f"cannot load the report's model {name!r} ({err}). Fix: pass --model the name or "
-                             "folder it was built from") from None
+            raise InputError(
+                f"cannot load the report's model {name!r} ({err}). Fix: pass --model the name or "
+                "folder it was built from"
+            ) from None
     info = model_info(model)
     if (info.n_layers, info.n_heads) != (atlas.n_layers, atlas.n_heads):
-        raise InputError(f"{info.name} has {info.n_layers} layers x {info.n_heads} heads; the report in {report} "
-                         f"has {atlas.n_layers} x {atlas.n_heads}. Fix: pass --model the model of the report")
+        raise InputError(
+            f"{info.name} has {info.n_layers} layers x {info.n_heads} heads; the report in {report} "
+            f"has {atlas.n_layers} x {atlas.n_heads}. Fix: pass --model the model of the report"
+        )
     max_tokens = (atlas.viewer or {}).get("max_tokens", MAX_TOKENS)
     return ViewServer(model, report, port, max_tokens)
 
 
-def view(model=None, report: str | Path = "headscope-report", port: int = DEFAULT_PORT, *, device=None,
-         dtype=None) -> None:
+def view(
+    model=None, report: str | Path = "headscope-report", port: int = DEFAULT_PORT, *, device=None, dtype=None
+) -> None:
     """Serve the report until Ctrl-C (`headscope view`)."""
     server = open_server(model, report, port, device=device, dtype=dtype)
     print(f"headscope view: {server.url} (only this machine can open it; Ctrl-C stops)", flush=True)

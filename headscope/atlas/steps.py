@@ -13,9 +13,9 @@ import numpy as np
 
 from ..analyzers import REGISTRY
 from ..errors import InputError
-from ..vision.vit_heads import vision_tower
 from ..models import model_info
 from ..results import HeadScores
+from ..vision.vit_heads import vision_tower
 from .classic import CLASSIC
 from .data import Column, StepResult, column_ci
 from .roles import resolve
@@ -94,14 +94,24 @@ def run_analyzer(step: Step, model, preset: str) -> StepResult:
         values = _mean_2d(scores)
         if entry.grid != "model" or values.shape != grid:
             continue  # another grid (a vision tower's heads): shown in the section, not in the head table
-        result.columns.append(Column(name, values, scores.description or analyzer.description,
-                                     bool(scores.higher_is_more), step.key, column_ci(scores, analyzer)))
+        result.columns.append(
+            Column(
+                name,
+                values,
+                scores.description or analyzer.description,
+                bool(scores.higher_is_more),
+                step.key,
+                column_ci(scores, analyzer),
+            )
+        )
     by_name = {c.name: c for c in result.columns}
     for role in entry.roles_for(analyzer):
         col = by_name.get(role.column)
         if col is None:
-            raise TypeError(f"{step.key}: role {role.name!r} reads column {role.column!r}, which its atlas "
-                            f"entry does not return (columns: {sorted(by_name)})")
+            raise TypeError(
+                f"{step.key}: role {role.name!r} reads column {role.column!r}, which its atlas "
+                f"entry does not return (columns: {sorted(by_name)})"
+            )
         result.roles.append(resolve(role, col.values, analyzer, step.key))
     for fig in entry.figures(analyzer):
         if _has_data(fig):
@@ -127,8 +137,14 @@ def run_step(step: Step, model, preset: str, *, prompts_file=None) -> StepResult
         else:
             result = run_analyzer(step, model, preset)
     except InputError as err:  # e.g. a causal-only analyzer on BERT: the analyzer says why
-        return StepResult(step.key, step.title, step.entry.what, step.entry.docs, status="skipped",
-                          reason=str(err), seconds=round(time.perf_counter() - t0, 2))
+        return StepResult(
+            step.key,
+            step.title,
+            step.entry.what,
+            step.entry.docs,
+            status="skipped",
+            reason=str(err),
+            seconds=round(time.perf_counter() - t0, 2),
+        )
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
-

@@ -27,8 +27,10 @@ SINK_KEYS = 4
 # The report's default viewer prompt: short enough to be shown whole (no "…" column) on the bundled
 # SmolLM2 with the default window, and it repeats a phrase, so an induction head's copy is visible
 # (' spiral' of the second copy attending to ' stairs' of the first).
-VIEWER_PROMPT = ("The lighthouse keeper climbed the spiral stairs every evening. When the fog rolled in, "
-                 "he climbed the spiral stairs again and rang the bell.")
+VIEWER_PROMPT = (
+    "The lighthouse keeper climbed the spiral stairs every evening. When the fog rolled in, "
+    "he climbed the spiral stairs again and rang the bell."
+)
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Window:
     keys: list[int | None]
 
     @classmethod
-    def of(cls, n_tokens: int, max_tokens: int = MAX_TOKENS, sink_keys: int = SINK_KEYS) -> "Window":
+    def of(cls, n_tokens: int, max_tokens: int = MAX_TOKENS, sink_keys: int = SINK_KEYS) -> Window:
         if max_tokens <= sink_keys + 1:
             raise InputError(f"max_tokens={max_tokens} must exceed sink_keys + 1 = {sink_keys + 1}")
         if n_tokens <= max_tokens:
@@ -74,8 +76,9 @@ class WindowedPattern(Reducer):
     def start(self, info, n_prompts: int) -> None:
         if n_prompts != 1:
             raise InputError("the attention viewer reads one prompt")
-        self._out = np.zeros((info.n_layers, info.n_heads, len(self.window.queries), len(self.window.keys)),
-                             dtype=np.float32)
+        self._out = np.zeros(
+            (info.n_layers, info.n_heads, len(self.window.queries), len(self.window.keys)), dtype=np.float32
+        )
 
     def _fold(self, layer: int, pattern: torch.Tensor, rows: list[int], n_keys: int) -> None:
         # pattern [head, rows, n_keys] for query positions `rows`
@@ -90,7 +93,7 @@ class WindowedPattern(Reducer):
         if self._other is not None:
             block[:, :, self._other] = (p.sum(-1) - p[:, :, shown].sum(-1)).clamp_min(0)
         idx = [rows[i] - q0 for i in keep]
-        self._out[layer, :, idx[0]: idx[-1] + 1] = block.numpy()
+        self._out[layer, :, idx[0] : idx[-1] + 1] = block.numpy()
 
     def update(self, layer, acts, ctx) -> None:
         pattern = acts["pattern"][0]  # [head, q, k]
@@ -128,11 +131,21 @@ def viewer_data(model, prompt, *, max_tokens: int = MAX_TOKENS, sink_keys: int =
     res = capture(model, [ids], [reducer], batch_size=1, progress=False)[reducer.name]
     quantised = np.clip(np.rint(np.nan_to_num(res.values) * 255), 0, 255).astype(np.uint8)
     tokens = [model.tokenizer.decode([t]) for t in ids]
-    return {"n_layers": info.n_layers, "n_heads": info.n_heads, "n_tokens": len(ids),
-            "attention_layers": list(info.attention_layers),  # a hybrid's other layers have no pattern
-            "queries": window.queries, "keys": window.keys, "tokens": tokens,
-            "windowed": len(ids) > max_tokens, "max_tokens": max_tokens, "sink_keys": sink_keys,
-            "shape": list(quantised.shape), "scale": 255, "data": base64.b64encode(quantised.tobytes()).decode()}
+    return {
+        "n_layers": info.n_layers,
+        "n_heads": info.n_heads,
+        "n_tokens": len(ids),
+        "attention_layers": list(info.attention_layers),  # a hybrid's other layers have no pattern
+        "queries": window.queries,
+        "keys": window.keys,
+        "tokens": tokens,
+        "windowed": len(ids) > max_tokens,
+        "max_tokens": max_tokens,
+        "sink_keys": sink_keys,
+        "shape": list(quantised.shape),
+        "scale": 255,
+        "data": base64.b64encode(quantised.tobytes()).decode(),
+    }
 
 
 def decode(doc: dict) -> np.ndarray:

@@ -2,11 +2,30 @@
 
 from .engine import SITES, CaptureResult, capture
 from .reducers import (
-    AttentionEntropy, DuplicateTokenScore, FirstTokenMass, InductionScore, MeanAttentionDistance,
-    PreviousTokenScore, QueryMeanReducer, Reducer, SinkLogitMass, default_reducers,
+    AttentionEntropy,
+    DuplicateTokenScore,
+    FirstTokenMass,
+    InductionScore,
+    MeanAttentionDistance,
+    PreviousTokenScore,
+    QueryMeanReducer,
+    Reducer,
+    SinkLogitMass,
+    default_reducers,
 )
 
 __all__ = [
-    "SITES", "AttentionEntropy", "CaptureResult", "DuplicateTokenScore", "FirstTokenMass", "InductionScore",
-    "MeanAttentionDistance", "PreviousTokenScore", "QueryMeanReducer", "Reducer", "SinkLogitMass", "capture", "default_reducers",
+    "SITES",
+    "AttentionEntropy",
+    "CaptureResult",
+    "DuplicateTokenScore",
+    "FirstTokenMass",
+    "InductionScore",
+    "MeanAttentionDistance",
+    "PreviousTokenScore",
+    "QueryMeanReducer",
+    "Reducer",
+    "SinkLogitMass",
+    "capture",
+    "default_reducers",
 ]

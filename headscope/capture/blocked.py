@@ -41,8 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.compat import (attn_implementation, hf_module_of, hooks_paused, override_forward, restore_forward,
-                             set_attn_implementation)
+from ..models.compat import (
+    attn_implementation,
+    hf_module_of,
+    hooks_paused,
+    override_forward,
+    restore_forward,
+    set_attn_implementation,
+)
 from ..models.family import blocked_forward_for
 from ..models.info import model_device, model_info
 
@@ -55,7 +61,9 @@ MIN_ROWS, MAX_ROWS = 4, 256
 FALLBACK_ROWS = 32  # a model whose config names no MLP width
 DEFAULT_BLOCK_SIZE = None
 ATTENTION_MODES = ("auto", "eager", "blocked")
-DEFAULT_PATTERN_BUDGET_MB = 512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
+DEFAULT_PATTERN_BUDGET_MB = (
+    512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
+)
 # Attention-internal sites the blocked kernel serves itself (the bridge's own hooks there do not fire).
 KERNEL_SITES = ("attn_scores", "pattern", "z")
 INTERNAL_SITES = ("q", "k", "v", "rot_q", "rot_k") + KERNEL_SITES
@@ -98,18 +106,24 @@ class RowMask:
 
         kw = self._kw
         padding = prepare_padding_mask(kw.get("attention_mask"), kw["kv_length"], kw.get("kv_offset", 0))
-        return _ignore_causal_mask_sdpa(padding, kw["q_length"], kw["kv_length"], self.q_offset,
-                                        kw.get("kv_offset", 0), kw.get("local_size"))
+        return _ignore_causal_mask_sdpa(
+            padding, kw["q_length"], kw["kv_length"], self.q_offset, kw.get("kv_offset", 0), kw.get("local_size")
+        )
 
-    def to(self, *args, **kwargs) -> "RowMask":  # MPT casts its mask to bool; the rows are bool already
+    def to(self, *args, **kwargs) -> RowMask:  # MPT casts its mask to bool; the rows are bool already
         return self
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """[batch, 1, stop - start, kv_length] bool, True where query row i may see key k."""
         from transformers.masking_utils import sdpa_mask
 
-        kw = dict(self._kw, q_length=stop - start, q_offset=self.q_offset + start,
-                  allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+        kw = dict(
+            self._kw,
+            q_length=stop - start,
+            q_offset=self.q_offset + start,
+            allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False,
+        )
         return sdpa_mask(**kw)
 
 
@@ -145,8 +159,20 @@ _LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (s
 LIVE_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-                      *, score_bias=None, window: int | None = None, **kwargs):
+def attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    softcap=None,
+    *,
+    score_bias=None,
+    window: int | None = None,
+    **kwargs,
+):
     """The `AttentionInterface` function: query [b, h, T, d], key/value [b, kv_h, Tk, d] (post-RoPE,
     before GQA expansion) -> ([b, T, h, d] output, None).
 
@@ -161,16 +187,19 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     sums to 1 - the sink's probability."""
     entry = _LAYER_OF.get(id(module))
     if entry is None and module in LIVE_ROUTES:  # not blocked: headscope's eager route (capture.routed)
-        return LIVE_ROUTES[module](module, query, key, value, attention_mask, scaling, dropout, softcap,
-                                   _Extra(score_bias, window))
+        return LIVE_ROUTES[module](
+            module, query, key, value, attention_mask, scaling, dropout, softcap, _Extra(score_bias, window)
+        )
     if entry is None:
-        raise RuntimeError(f"{type(module).__name__} called headscope's blocked attention outside "
-                           "blocked_attention(); its config still names it (a bug in headscope)")
+        raise RuntimeError(
+            f"{type(module).__name__} called headscope's blocked attention outside "
+            "blocked_attention(); its config still names it (a bug in headscope)"
+        )
     session, layer = entry
     session.calls[layer] = session.calls.get(layer, 0) + 1
-    b, h, T, d = query.shape
+    _b, h, T, d = query.shape
     groups = h // key.shape[1]
-    scaling = d ** -0.5 if scaling is None else scaling
+    scaling = d**-0.5 if scaling is None else scaling
     causal = bool(getattr(module, "is_causal", True))
     name = f"blocks.{layer}.attn.hook_{{}}"
     score_fns = session.hooks.get((layer, "attn_scores"), [])
@@ -179,8 +208,22 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     # GPT-OSS passes its learned per-head sink logits as `s_aux`: one more softmax column with no value
     extra = _Extra(score_bias, window, kwargs.get("s_aux"))
     if score_fns or pattern_fns or softcap is not None:
-        out = _blocked(query, key, value, attention_mask, scaling, softcap, causal, groups, block,
-                       score_fns, pattern_fns, name, layer, extra)
+        out = _blocked(
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling,
+            softcap,
+            causal,
+            groups,
+            block,
+            score_fns,
+            pattern_fns,
+            name,
+            layer,
+            extra,
+        )
     else:
         out = _fused(query, key, value, attention_mask, scaling, causal, groups, block, extra)
     z = out.transpose(1, 2).contiguous()  # [b, T, h, d], what hook_z sees
@@ -222,8 +265,9 @@ def attention_softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None, d
     return e.div_(e.sum(-1, keepdim=True) + (sink - top).to(dtype).exp())
 
 
-def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device,
-             window: int | None = None) -> torch.Tensor | None:
+def _visible(
+    mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bool, device, window: int | None = None
+) -> torch.Tensor | None:
     """[b or 1, 1, rows, n_keys] bool visibility of query rows [start, stop), or None when all visible."""
     if isinstance(mask, RowMask):
         seen = mask.rows(start, stop)[..., :n_keys].to(device)
@@ -242,8 +286,22 @@ def _visible(mask, start: int, stop: int, n_keys: int, q_offset: int, causal: bo
     return seen
 
 
-def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, score_fns, pattern_fns, name, layer,
-             extra: _Extra = _Extra()):
+def _blocked(
+    query,
+    key,
+    value,
+    mask,
+    scaling,
+    softcap,
+    causal,
+    groups,
+    block,
+    score_fns,
+    pattern_fns,
+    name,
+    layer,
+    extra: _Extra = _Extra(),
+):
     b, h, T, d = query.shape
     kv_heads, n_kv = key.shape[1], key.shape[2]
     q_offset = mask.q_offset if isinstance(mask, RowMask) else n_kv - T
@@ -270,7 +328,7 @@ def _blocked(query, key, value, mask, scaling, softcap, causal, groups, block, s
         if extra.bias is not None:
             scores.add_(extra.bias(start, stop, n_keys))
         if plain_causal:
-            corner = scores[..., n_keys - (stop - start):]  # keys q_offset+start .. q_offset+stop-1
+            corner = scores[..., n_keys - (stop - start) :]  # keys q_offset+start .. q_offset+stop-1
             corner.masked_fill_(_above_diagonal(stop - start, query.device), neg)
         else:
             visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device, extra.window)
@@ -321,15 +379,23 @@ def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extr
         visible = _visible(mask, start, stop, n_keys, q_offset, causal, query.device, extra.window)
         if extra.bias is not None or first:  # additive mask; a hidden key gets the dtype's min, as the eager path
             shape = (b, h, stop - start, n_keys)
-            bias = (query.new_zeros(shape) if extra.bias is None
-                    else extra.bias(start, stop, n_keys).to(query.dtype).expand(shape))
+            bias = (
+                query.new_zeros(shape)
+                if extra.bias is None
+                else extra.bias(start, stop, n_keys).to(query.dtype).expand(shape)
+            )
             visible = bias if visible is None else bias.masked_fill(~visible, torch.finfo(query.dtype).min)
             if first:
                 sink = extra.sinks.to(query.dtype).view(1, h, 1, 1).expand(b, h, stop - start, 1)
                 visible = torch.cat([sink, visible], dim=-1)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
-            query[:, :, start:stop], key[:, :, :first + n_keys], value[:, :, :first + n_keys], attn_mask=visible,
-            scale=scaling, enable_gqa=gqa)
+            query[:, :, start:stop],
+            key[:, :, : first + n_keys],
+            value[:, :, : first + n_keys],
+            attn_mask=visible,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
     return out
 
 
@@ -344,8 +410,10 @@ def _register() -> None:
 def _attention_components(model) -> list:
     blocks = getattr(model, "blocks", None)
     if not blocks:
-        raise InputError(f"{type(model).__name__} has no TransformerLens blocks: blocked attention needs a "
-                         "TransformerBridge (headscope.load_model)")
+        raise InputError(
+            f"{type(model).__name__} has no TransformerLens blocks: blocked attention needs a "
+            "TransformerBridge (headscope.load_model)"
+        )
     # (layer, attention component) by the model's own layer index: a hybrid's other layers have none.
     return [(layer, blk.attn) for layer, blk in enumerate(blocks) if hasattr(blk, "attn")]
 
@@ -372,6 +440,7 @@ def _hf_forward(hf_module):
         if adapter is not None:
             return adapter(hf_module, *args, **kwargs)
         return hf_module(*args, **kwargs)
+
     return forward
 
 
@@ -381,8 +450,10 @@ def _switched(model, session: _Session):
     components = _attention_components(model)
     hf_modules = [hf_module_of(c) for _, c in components]
     if any(m is None for m in hf_modules):
-        raise InputError(f"the bridge of {type(model.original_model).__name__} keeps no HF attention module to "
-                         "run blocked; use attention='eager'")
+        raise InputError(
+            f"the bridge of {type(model.original_model).__name__} keeps no HF attention module to "
+            "run blocked; use attention='eager'"
+        )
     _register()
     configs = _configs(model, components)
     before = [attn_implementation(cfg) for cfg in configs]
@@ -414,11 +485,15 @@ def split_hooks(hooks) -> tuple[list, list]:
             continue
         layer, site = int(m.group(1)), m.group(2)
         if site not in KERNEL_SITES:
-            raise InputError(f"hook {name!r}: the blocked attention kernel offers {list(KERNEL_SITES)} inside "
-                             "attention, not the pre-softmax q/k/v sites; use attention='eager'")
+            raise InputError(
+                f"hook {name!r}: the blocked attention kernel offers {list(KERNEL_SITES)} inside "
+                "attention, not the pre-softmax q/k/v sites; use attention='eager'"
+            )
         if site != "z" and not getattr(fn, "block_aware", False):
-            raise InputError(f"hook {name!r} would get blocks of query rows under blocked attention but does not "
-                             "declare block_aware = True (see headscope.capture.blocked); use attention='eager'")
+            raise InputError(
+                f"hook {name!r} would get blocks of query rows under blocked attention but does not "
+                "declare block_aware = True (see headscope.capture.blocked); use attention='eager'"
+            )
         kernel.append((layer, site, fn))
     return bridge, kernel
 
@@ -471,13 +546,15 @@ def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK
 
 # ---- eager or blocked? ----------------------------------------------------------------------------
 
+
 def pattern_mb(rows: int, n_heads: int, n_tokens: int) -> float:
     """MB of one layer's float32 attention pattern [rows, head, T, T] (what eager attention materialises)."""
     return rows * n_heads * n_tokens * n_tokens * 4 / 2**20
 
 
-def resolve_attention(model, attention: str, rows: int, n_tokens: int, *,
-                      max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB, why_not=lambda: []) -> bool:
+def resolve_attention(
+    model, attention: str, rows: int, n_tokens: int, *, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB, why_not=list
+) -> bool:
     """Whether a forward of `rows` x `n_tokens` runs blocked: `attention` "eager" never, "blocked" always,
     "auto" when one layer's pattern would exceed `max_pattern_mb`. `why_not()` lists what the caller
     needs that blocked attention cannot give (a reducer of whole patterns, a redistribution); with
@@ -503,7 +580,8 @@ def resolve_attention(model, attention: str, rows: int, n_tokens: int, *,
         f"a forward of {rows} x {n_tokens} tokens needs {need:,.0f} MB per layer for its attention pattern "
         f"([{rows}, {n_heads}, {n_tokens}, {n_tokens}] float32), over the {max_pattern_mb:,.0f} MB budget "
         f"(max_pattern_mb), and blocked attention is not possible: {'; '.join(why)}. Fix: attention='eager' "
-        "to run it eagerly anyway, a larger max_pattern_mb, or smaller batches")
+        "to run it eagerly anyway, a larger max_pattern_mb, or smaller batches"
+    )
 
 
 # ---- is it exact on this model? -------------------------------------------------------------------
@@ -551,8 +629,10 @@ def blocked_support(model) -> tuple[bool, str]:
         real = mask.bool().cpu()
         scale = max(1.0, float(eager[real].abs().max()))
         tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2) * scale
-        for path, hooks in (("block", [(f"blocks.{l}.attn.hook_pattern", _observe_rows) for l in layers]),
-                            ("fused", [])):
+        for path, hooks in (
+            ("block", [(f"blocks.{l}.attn.hook_pattern", _observe_rows) for l in layers]),
+            ("fused", []),
+        ):
             calls: dict[int, int] = {}
             try:
                 with blocked_attention(model, hooks, block_size=5) as session:
@@ -560,12 +640,19 @@ def blocked_support(model) -> tuple[bool, str]:
                     got = model(tokens, attention_mask=mask).float()
             except Exception as exc:  # the family's attention cannot run through the interface
                 hf = type(hf_module_of(_attention_components(model)[0][1])).__name__
-                verdict = (False, f"its HF attention ({hf}) does not go through transformers' AttentionInterface"
-                           if not calls else f"the {path} path fails: {type(exc).__name__}: {str(exc)[:200]}")
+                verdict = (
+                    False,
+                    f"its HF attention ({hf}) does not go through transformers' AttentionInterface"
+                    if not calls
+                    else f"the {path} path fails: {type(exc).__name__}: {str(exc)[:200]}",
+                )
                 break
             missing = [l for l in layers if calls.get(l, 0) != 1]
             if missing:
-                verdict = (False, f"the HF attention of layers {missing} does not call transformers' AttentionInterface")
+                verdict = (
+                    False,
+                    f"the HF attention of layers {missing} does not call transformers' AttentionInterface",
+                )
                 break
             diff = float((got - eager)[real].abs().max())
             if not diff <= tol:

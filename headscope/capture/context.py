@@ -43,7 +43,7 @@ class BatchContext:
     def valid_queries(self) -> torch.Tensor:
         return self.valid
 
-    def rows(self, start: int, stop: int, n_keys: int | None = None) -> "RowBlock":
+    def rows(self, start: int, stop: int, n_keys: int | None = None) -> RowBlock:
         """The context of query rows start..stop-1 (a block of the pattern's rows) against keys
         0..n_keys-1 (default all; blocked attention leaves out the keys after a causal block's last query)."""
         return RowBlock(self, start, stop, n_keys)
@@ -71,7 +71,7 @@ class BatchContext:
         return order, rank, group_start
 
     @cached_property
-    def _all_rows(self) -> "RowBlock":
+    def _all_rows(self) -> RowBlock:
         return RowBlock(self, 0, self.tokens.shape[1])
 
     # The masks of the whole pattern are those of the block of every row: one definition serves both.
@@ -123,7 +123,7 @@ class RowBlock:
 
     @property
     def key_positions(self) -> torch.Tensor:
-        return self.ctx.positions[:self.n_keys]
+        return self.ctx.positions[: self.n_keys]
 
     def whole_keys(self, pattern: torch.Tensor) -> torch.Tensor:
         """`pattern` [..., n_keys] padded with zeros to every key position (for statistics indexed by
@@ -133,7 +133,7 @@ class RowBlock:
 
     @cached_property
     def valid_queries(self) -> torch.Tensor:
-        return self.ctx.valid[:, self.start:self.stop]
+        return self.ctx.valid[:, self.start : self.stop]
 
     @cached_property
     def queries_after_first(self) -> torch.Tensor:
@@ -141,10 +141,10 @@ class RowBlock:
 
     @cached_property
     def earlier_same_token(self) -> torch.Tensor:
-        q_tokens = self.tokens[:, self.start:self.stop]
-        same = q_tokens[:, :, None] == self.tokens[:, None, :self.n_keys]  # [batch, rows, key]
+        q_tokens = self.tokens[:, self.start : self.stop]
+        same = q_tokens[:, :, None] == self.tokens[:, None, : self.n_keys]  # [batch, rows, key]
         strictly_before = self.key_positions[None, :] < self.query_positions[:, None]
-        both_real = self.valid_queries[:, :, None] & self.valid[:, None, :self.n_keys]
+        both_real = self.valid_queries[:, :, None] & self.valid[:, None, : self.n_keys]
         return same & strictly_before[None] & both_real
 
     @cached_property
@@ -160,11 +160,11 @@ class RowBlock:
         a mostly-zero mask. Read from `ctx.copy_groups` (no [rows, keys] tensor is built)."""
         order, rank, group_start = self.ctx.copy_groups
         rows = self.stop - self.start
-        counts = rank[:, self.start:self.stop].reshape(-1)  # earlier copies of each (batch row, query)
+        counts = rank[:, self.start : self.stop].reshape(-1)  # earlier copies of each (batch row, query)
         owner = torch.repeat_interleave(torch.arange(counts.numel()), counts)
         nth = torch.arange(owner.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
         b, q = owner // rows, owner % rows
-        k = order[b, group_start[:, self.start:self.stop].reshape(-1)[owner] + nth]
+        k = order[b, group_start[:, self.start : self.stop].reshape(-1)[owner] + nth]
         return b, q, k
 
     @cached_property

@@ -21,8 +21,15 @@ from ..inputs.images import batch_forward_kwargs, images_of
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
-from .blocked import (ATTENTION_MODES, DEFAULT_BLOCK_SIZE, DEFAULT_PATTERN_BUDGET_MB, INTERNAL_SITES, blocked_attention,
-                      pattern_mb, resolve_attention)
+from .blocked import (
+    ATTENTION_MODES,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_PATTERN_BUDGET_MB,
+    INTERNAL_SITES,
+    blocked_attention,
+    pattern_mb,
+    resolve_attention,
+)
 from .context import BatchContext
 from .reducers import Reducer, default_reducers
 
@@ -92,7 +99,9 @@ def _check_reducers(reducers) -> list[Reducer]:
     names = set()
     for r in reducers:
         if not isinstance(r, Reducer):
-            raise InputError(f"{r!r} is not a headscope Reducer instance (did you pass the class? use {getattr(r, '__name__', r)}())")
+            raise InputError(
+                f"{r!r} is not a headscope Reducer instance (did you pass the class? use {getattr(r, '__name__', r)}())"
+            )
         unknown = set(r.needs) - set(SITES)
         if unknown:
             raise InputError(f"reducer {r.name!r} needs unknown activations {sorted(unknown)}; known: {ORDER}")
@@ -115,9 +124,20 @@ def for_reducers(tensor: torch.Tensor) -> torch.Tensor:
 _BEFORE_ATTENTION = ("resid_pre",)
 
 
-def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, keep_patterns: bool = False,
-            prepend_bos: bool | None = None, progress: bool | None = None, attention: str = "auto",
-            block_size: int | None = DEFAULT_BLOCK_SIZE, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB) -> CaptureResult:
+def capture(
+    model,
+    inputs,
+    reducers=None,
+    *,
+    layers=None,
+    batch_size: int = 8,
+    keep_patterns: bool = False,
+    prepend_bos: bool | None = None,
+    progress: bool | None = None,
+    attention: str = "auto",
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB,
+) -> CaptureResult:
     """Run `model` over `inputs` and reduce each layer's activations to per-head statistics.
 
     Args:
@@ -162,8 +182,11 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
         raise InputError("a vision-tower reducer needs ImagePrompts (prompts with pixel values)")
     if vision and not reducers:  # only the vision tower is read: one decoder block is enough
         layers = [0]
-    prompts = list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs) else (
-        [inputs] if isinstance(inputs, str) else None)
+    prompts = (
+        list(inputs)
+        if isinstance(inputs, (list, tuple)) and all(isinstance(p, str) for p in inputs)
+        else ([inputs] if isinstance(inputs, str) else None)
+    )
     for r in reducers:
         r.start(info, len(token_lists))
     image_offsets = _image_offsets(images) if vision else None
@@ -182,7 +205,9 @@ def capture(model, inputs, reducers=None, *, layers=None, batch_size: int = 8, k
     stop = (SITES["resid_post"].format(l=layers[-1]), _stop_forward)
     for batch in tqdm(batches, desc="capture", unit="batch", disable=not show):
         ctx = BatchContext(batch, info)
-        blocked = resolve_attention(model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not)
+        blocked = resolve_attention(
+            model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not
+        )
         if blocked:
             hooks = _blocked_hooks(layers, reducers, ctx)
         else:
@@ -232,6 +257,7 @@ def _eager_hooks(layers, reducers, ctx: BatchContext, batch, kept) -> list:
                         n = int(batch.lengths[row])
                         kept[idx].append(acts["pattern"][row, :, :n, :n].float().cpu().clone())
             return None  # observe only: never modify the forward pass
+
         return hook
 
     return [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
@@ -256,6 +282,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
                 for r in others:
                     r.update(layer, {n: stash[layer, n] for n in r.needs}, ctx)
             return None
+
         return hook
 
     scores: dict[int, torch.Tensor] = {}
@@ -265,6 +292,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
             if block.dtype in (torch.float32, torch.float64):  # a half-precision pattern is read as is
                 scores[layer] = for_reducers(block)
             return None
+
         hook.block_aware = True
         return hook
 
@@ -279,6 +307,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
                     acts["attn_scores"] = given
                 r.update_rows(layer, acts, rows)
             return None
+
         hook.block_aware = True
         return hook
 
@@ -287,6 +316,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
             for r in readers:
                 r.end_layer(layer, ctx)
             return None
+
         return hook
 
     hooks = []
@@ -295,7 +325,10 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
         if any("attn_scores" in r.optional_needs for r in readers):
             hooks.append((SITES["attn_scores"].format(l=layer), make_scores(layer)))
         if readers:
-            hooks += [(SITES["pattern"].format(l=layer), make_rows(layer)), (SITES["z"].format(l=layer), make_end(layer))]
+            hooks += [
+                (SITES["pattern"].format(l=layer), make_rows(layer)),
+                (SITES["z"].format(l=layer), make_end(layer)),
+            ]
     return hooks
 
 
@@ -323,8 +356,10 @@ def _why_not_blocked(reducers, keep_patterns: bool, kept_mb: float, with_images:
 def _checked_result(reducer: Reducer, info, prompts):
     out = reducer.result(info, prompts)
     if not isinstance(out, reducer.result_type):
-        raise TypeError(f"{type(reducer).__name__}.result() returned a {type(out).__name__}, not its declared "
-                        f"result_type {reducer.result_type.__name__} (a bug in the reducer)")
+        raise TypeError(
+            f"{type(reducer).__name__}.result() returned a {type(out).__name__}, not its declared "
+            f"result_type {reducer.result_type.__name__} (a bug in the reducer)"
+        )
     return out
 
 
@@ -351,6 +386,7 @@ def _vision_hooks(model, reducers, ctx: BatchContext, offsets: torch.Tensor) -> 
                 if site in r.needs:
                     r.update(layer, acts, ctx)
             return None  # observe only
+
         return hook
 
     return [(site_name(s, layer, "vision"), make(layer, s)) for layer in range(n_layers) for s in needs]

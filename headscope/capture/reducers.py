@@ -121,9 +121,16 @@ class QueryMeanReducer(Reducer):
             values = self._sums / self._counts[:, :, None]  # NaN where no query was covered
         values[self._counts == 0] = np.nan
         return HeadScores(
-            values, name=self.name, n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
-            analyzer=f"capture.{type(self).__name__}", params=self.params(), prompts=prompts,
-            higher_is_more=self.higher_is_more, description=self.description,
+            values,
+            name=self.name,
+            n_kv_heads=info.n_kv_heads,
+            model=info.name,
+            layer_kinds=info.layer_kinds,
+            analyzer=f"capture.{type(self).__name__}",
+            params=self.params(),
+            prompts=prompts,
+            higher_is_more=self.higher_is_more,
+            description=self.description,
         )
 
 
@@ -217,7 +224,9 @@ def _sum_at_copies(pattern: torch.Tensor, ctx, shift: int) -> torch.Tensor:
 
 class DuplicateTokenScore(QueryMeanReducer):
     name = "duplicate_token_score"
-    description = "Attention on earlier copies of the query's own token (RazorAttention echo), over queries that have one."
+    description = (
+        "Attention on earlier copies of the query's own token (RazorAttention echo), over queries that have one."
+    )
 
     def per_query(self, acts, ctx):
         return _sum_at_copies(acts["pattern"], ctx, shift=0), ctx.queries_with_earlier_copy
@@ -233,8 +242,12 @@ class InductionScore(QueryMeanReducer):
 
 
 DEFAULT_REDUCERS = (
-    FirstTokenMass, AttentionEntropy, MeanAttentionDistance,
-    PreviousTokenScore, DuplicateTokenScore, InductionScore,
+    FirstTokenMass,
+    AttentionEntropy,
+    MeanAttentionDistance,
+    PreviousTokenScore,
+    DuplicateTokenScore,
+    InductionScore,
 )
 
 

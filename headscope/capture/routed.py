@@ -29,10 +29,16 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from . import blocked as _blocked_mod
-from ..models.compat import (attn_implementation, component_reports_after, hf_module_of, hooks_paused,
-                             record_pattern_route, set_attn_implementation)
+from ..models.compat import (
+    attn_implementation,
+    component_reports_after,
+    hf_module_of,
+    hooks_paused,
+    record_pattern_route,
+    set_attn_implementation,
+)
 from ..models.info import model_device
+from . import blocked as _blocked_mod
 from .blocked import LIVE_ROUTES, _attention_components, _blocked, _configs, _probe_batch
 
 LIVE_IMPLEMENTATION = "headscope_live"
@@ -54,15 +60,28 @@ class _LayerRoute:
     def __call__(self, module, query, key, value, mask, scaling, dropout, softcap, extra):
         component = self._component()
         self.calls[self.layer] = self.calls.get(self.layer, 0) + 1
-        b, h, T, d = query.shape
-        scaling = d ** -0.5 if scaling is None else scaling
+        _b, h, T, d = query.shape
+        scaling = d**-0.5 if scaling is None else scaling
         score_fns = [lambda scores, hook: component.hook_attn_scores(scores)]
         pattern_fns = [lambda pattern, hook: component.hook_pattern(pattern)]
         if dropout and module.training:  # HF applies attention dropout to the (hooked) pattern
             pattern_fns.append(lambda pattern, hook: F.dropout(pattern, p=dropout, training=True))
-        out = _blocked(query, key, value, mask, scaling, softcap, bool(getattr(module, "is_causal", True)),
-                       h // key.shape[1], max(T, 1), score_fns, pattern_fns, f"blocks.{self.layer}.attn.hook_{{}}",
-                       self.layer, extra)
+        out = _blocked(
+            query,
+            key,
+            value,
+            mask,
+            scaling,
+            softcap,
+            bool(getattr(module, "is_causal", True)),
+            h // key.shape[1],
+            max(T, 1),
+            score_fns,
+            pattern_fns,
+            f"blocks.{self.layer}.attn.hook_{{}}",
+            self.layer,
+            extra,
+        )
         return out.transpose(1, 2).contiguous(), None
 
 
@@ -132,7 +151,7 @@ def route_attention(model) -> str:
         installed = _Installed(model, layers)
         try:
             after = model(tokens, attention_mask=mask).float()
-        except Exception as exc:  # noqa: BLE001 (recorded; the model is restored)
+        except Exception as exc:
             why = f"headscope's attention forward fails on it: {type(exc).__name__}: {str(exc)[:200]}"
         else:
             why = _verdict(model, before, after, mask, installed.calls, layers)
@@ -149,14 +168,20 @@ def _verdict(model, before, after, mask, calls, layers) -> str:
     if wrong:
         hf_class = type(layers[wrong[0]][1]).__name__
         if all(calls.get(l, 0) == 0 for l in wrong):
-            return (f"its HF attention ({hf_class}) computes attention inline, not through transformers' "
-                    f"AttentionInterface, and no family module gives headscope a forward for it (layers {wrong})")
+            return (
+                f"its HF attention ({hf_class}) computes attention inline, not through transformers' "
+                f"AttentionInterface, and no family module gives headscope a forward for it (layers {wrong})"
+            )
         return f"the kernel was called {[calls.get(l, 0) for l in wrong]} times for layers {wrong}, not once each"
     real = mask.bool()
     scale = max(1.0, float(before[real].abs().max()))
     tol = _TOLERANCE.get(next(model.parameters()).dtype, 2e-2) * scale
     diff = float((after - before)[real].abs().max())
-    return "" if diff <= tol else f"headscope's attention forward differs from the bridge's by {diff:.3g} (tolerance {tol:.3g})"
+    return (
+        ""
+        if diff <= tol
+        else f"headscope's attention forward differs from the bridge's by {diff:.3g} (tolerance {tol:.3g})"
+    )
 
 
 __all__ = ["LIVE_IMPLEMENTATION", "route_attention"]

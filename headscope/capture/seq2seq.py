@@ -22,8 +22,11 @@ from ..models.info import is_encoder_decoder, model_device
 from ..results import HeadScores
 
 STACKS = ("encoder", "decoder", "cross")
-_HOOK = {"encoder": "encoder_blocks.{l}.attn.hook_pattern", "decoder": "decoder_blocks.{l}.self_attn.hook_pattern",
-         "cross": "decoder_blocks.{l}.cross_attn.hook_pattern"}
+_HOOK = {
+    "encoder": "encoder_blocks.{l}.attn.hook_pattern",
+    "decoder": "decoder_blocks.{l}.self_attn.hook_pattern",
+    "cross": "decoder_blocks.{l}.cross_attn.hook_pattern",
+}
 
 
 @dataclasses.dataclass
@@ -64,9 +67,11 @@ def _ids(tokenizer, item, what: str, i: int) -> list[int]:
 def _statistics(p: torch.Tensor, stack: str) -> dict[str, torch.Tensor]:
     """Per-head statistics of one prompt's [layer, head, q, k] pattern, each [layer, head]."""
     p = p.double()
-    out = {"attention_entropy": (-torch.special.xlogy(p, p).sum(-1)).mean(-1),
-           "first_token_mass": p[..., 0].mean(-1),
-           "max_mass": p.max(-1).values.mean(-1)}
+    out = {
+        "attention_entropy": (-torch.special.xlogy(p, p).sum(-1)).mean(-1),
+        "first_token_mass": p[..., 0].mean(-1),
+        "max_mass": p.max(-1).values.mean(-1),
+    }
     if stack == "decoder":  # causal over the target: the previous token is defined from query 1 on
         T = p.shape[-1]
         q = torch.arange(1, T)
@@ -74,8 +79,9 @@ def _statistics(p: torch.Tensor, stack: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def capture_seq2seq(model, sources, targets, *, keep_patterns: bool = False,
-                    add_decoder_start: bool = True) -> Seq2SeqCapture:
+def capture_seq2seq(
+    model, sources, targets, *, keep_patterns: bool = False, add_decoder_start: bool = True
+) -> Seq2SeqCapture:
     """Every head's pattern in the encoder, the decoder and the cross-attention of an encoder-decoder.
 
     Args:
@@ -89,8 +95,10 @@ def capture_seq2seq(model, sources, targets, *, keep_patterns: bool = False,
     previous-token score on the decoder's self-attention.
     """
     if not is_encoder_decoder(model):
-        raise InputError("capture_seq2seq needs an encoder-decoder model (T5, BART, ...); for a decoder-only or "
-                         "encoder-only model use headscope.capture.capture")
+        raise InputError(
+            "capture_seq2seq needs an encoder-decoder model (T5, BART, ...); for a decoder-only or "
+            "encoder-only model use headscope.capture.capture"
+        )
     sources = [sources] if isinstance(sources, str) else list(sources)
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not sources or len(sources) != len(targets):
@@ -102,41 +110,61 @@ def capture_seq2seq(model, sources, targets, *, keep_patterns: bool = False,
     for i, t in enumerate(targets):
         ids = _ids(model.tokenizer, t, "target", i)
         tgt_ids.append(([start] if add_decoder_start and isinstance(t, str) and start is not None else []) + ids)
-    n_layers = {"encoder": len(model.encoder_blocks), "decoder": len(model.decoder_blocks),
-                "cross": len(model.decoder_blocks)}
+    n_layers = {
+        "encoder": len(model.encoder_blocks),
+        "decoder": len(model.decoder_blocks),
+        "cross": len(model.decoder_blocks),
+    }
     per_prompt: dict[str, list[dict[str, torch.Tensor]]] = {s: [] for s in STACKS}
     patterns: dict[str, list[torch.Tensor]] = {s: [] for s in STACKS}
     device = model_device(model)
     for src, tgt in zip(src_ids, tgt_ids):
         got: dict[tuple[str, int], torch.Tensor] = {}
-        hooks = [(_HOOK[s].format(l=l), lambda t, hook, key=(s, l): got.__setitem__(key, t[0].detach().float().cpu()))
-                 for s in STACKS for l in range(n_layers[s])]
+        hooks = [
+            (
+                _HOOK[s].format(l=l),
+                lambda t, hook, key=(s, l), got=got: got.__setitem__(key, t[0].detach().float().cpu()),
+            )
+            for s in STACKS
+            for l in range(n_layers[s])
+        ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(torch.tensor([src], device=device), decoder_input_ids=torch.tensor([tgt], device=device))
         missing = [f"{s} layer {l}" for s in STACKS for l in range(n_layers[s]) if (s, l) not in got]
         if missing:  # e.g. LED's encoder: the bridge's hook_pattern never fires on its local attention
-            raise InputError(f"the TransformerLens bridge of {type(model.original_model).__name__} reports no attention "
-                             f"pattern for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: headscope "
-                             "cannot read those heads on this model. Fix: none in headscope yet (docs/architectures.md, "
-                             "'Encoder-decoders')")
+            raise InputError(
+                f"the TransformerLens bridge of {type(model.original_model).__name__} reports no attention "
+                f"pattern for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: headscope "
+                "cannot read those heads on this model. Fix: none in headscope yet (docs/architectures.md, "
+                "'Encoder-decoders')"
+            )
         for s in STACKS:
             p = torch.stack([got[(s, l)] for l in range(n_layers[s])])  # [layer, head, q, k]
             # A bridge may fire hook_pattern on something that is not the softmax (Switch Transformers):
             # refuse rather than report it.
             if float(p.min()) < -1e-6 or float((p.sum(-1) - 1).abs().max()) > 1e-3:
-                raise InputError(f"the TransformerLens bridge of {type(model.original_model).__name__} reports a {s} "
-                                 "attention 'pattern' whose rows are not probabilities (they do not sum to one): "
-                                 "headscope refuses to report it. Fix: none in headscope yet")
+                raise InputError(
+                    f"the TransformerLens bridge of {type(model.original_model).__name__} reports a {s} "
+                    "attention 'pattern' whose rows are not probabilities (they do not sum to one): "
+                    "headscope refuses to report it. Fix: none in headscope yet"
+                )
             per_prompt[s].append(_statistics(p, s))
             if keep_patterns:
                 patterns[s].append(p)
     name = getattr(config, "name_or_path", "") or type(model.original_model).__name__
     stats = {}
     for s in STACKS:
-        stats[s] = {stat: HeadScores(torch.stack([d[stat] for d in per_prompt[s]]).numpy(), name=f"{s}:{stat}",
-                                     model=name, analyzer="capture_seq2seq", params={"stack": s},
-                                     description=f"{stat.replace('_', ' ')} of the {s} attention heads")
-                    for stat in per_prompt[s][0]}
+        stats[s] = {
+            stat: HeadScores(
+                torch.stack([d[stat] for d in per_prompt[s]]).numpy(),
+                name=f"{s}:{stat}",
+                model=name,
+                analyzer="capture_seq2seq",
+                params={"stack": s},
+                description=f"{stat.replace('_', ' ')} of the {s} attention heads",
+            )
+            for stat in per_prompt[s][0]
+        }
     return Seq2SeqCapture(stats, patterns, src_ids, tgt_ids)
 
 

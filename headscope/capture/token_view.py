@@ -31,16 +31,24 @@ def token_view_data(model, prompt, heads, *, max_tokens: int = MAX_TOKENS) -> di
         info.check_head(layer, head)
     ids = encode_to_fit(model, prompt, info) if isinstance(prompt, str) else to_token_lists(model, [prompt], info)[0]
     if len(ids) > max_tokens:
-        raise InputError(f"the prompt has {len(ids)} tokens; the token view shows at most max_tokens={max_tokens}. "
-                         "Fix: a shorter prompt, or pass max_tokens= (the page grows with its square)")
+        raise InputError(
+            f"the prompt has {len(ids)} tokens; the token view shows at most max_tokens={max_tokens}. "
+            "Fix: a shorter prompt, or pass max_tokens= (the page grows with its square)"
+        )
     layers = sorted({layer for layer, _ in heads})
     res = capture(model, [ids], [FirstTokenMass()], layers=layers, keep_patterns=True, batch_size=1, progress=False)
     patterns = res.patterns[0].float()  # [len(layers), head, q, k]
     out = []
     for layer, head in heads:
         p = torch.nan_to_num(patterns[layers.index(layer), head])
-        out.append({"label": f"L{layer}H{head}", "layer": layer, "head": head,
-                    "values": [[round(float(v), 4) for v in row] for row in p]})
+        out.append(
+            {
+                "label": f"L{layer}H{head}",
+                "layer": layer,
+                "head": head,
+                "values": [[round(float(v), 4) for v in row] for row in p],
+            }
+        )
     tokens = [model.tokenizer.decode([t]) for t in ids]
     return {"tokens": tokens, "rows": list(range(len(ids))), "heads": out}
 

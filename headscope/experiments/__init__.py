@@ -9,7 +9,7 @@ validates all of it before any forward pass, then writes a resumable results fol
 """
 
 from .runner import run_experiment
-from .units import prepare
 from .spec import Spec, Unit, check_model, load_spec, parse_spec
+from .units import prepare
 
 __all__ = ["Spec", "Unit", "check_model", "load_spec", "parse_spec", "prepare", "run_experiment"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import InputError
 from ..experiment_registry import Param, params_of
@@ -22,8 +23,15 @@ def fail(path: str, message: str) -> InputError:
 
 
 def type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def unknown_keys(path: str, keys, allowed) -> InputError:
@@ -70,6 +78,7 @@ class Section:
 
 # ---- checkers: (value, path) -> normalised value ------------------------------------------------------
 
+
 def as_str(value, path):
     if not isinstance(value, str) or not value.strip():
         raise fail(path, f"must be a non-empty string, got {type_name(value)} {value!r}")
@@ -79,8 +88,9 @@ def as_str(value, path):
 def as_name(value, path):
     as_str(value, path)
     if not NAME_RE.match(value):
-        raise fail(path, f"{value!r} is not a valid name: use letters, digits, '_', '-' or '.' "
-                         "(it becomes a file name)")
+        raise fail(
+            path, f"{value!r} is not a valid name: use letters, digits, '_', '-' or '.' (it becomes a file name)"
+        )
     return value
 
 
@@ -134,6 +144,7 @@ def as_int_list(minimum: int = 0):
         if len(set(out)) != len(out):
             raise fail(path, f"has repeated values {out}")
         return out
+
     return check
 
 
@@ -142,8 +153,11 @@ def as_heads(value, path):
     as_list(value, path)
     out = []
     for i, pair in enumerate(value):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)):
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)
+        ):
             raise fail(f"{path}[{i}]", f"must be a [layer, head] pair of integers, got {pair!r}")
         out.append((pair[0], pair[1]))
     if len(set(out)) != len(out):
@@ -152,6 +166,7 @@ def as_heads(value, path):
 
 
 # ---- parameters of analyzers, intervention kinds, evaluators and generators --------------------------
+
 
 def check_params(params: dict, declared, path: str) -> None:
     """`params` against declared `Param`s: names (with "did you mean"), required ones, the type of each

@@ -1,12 +1,12 @@
 """Conditions of an `evaluate` unit: which heads get the intervention, one result per (condition, K, seed).
 
-    conditions:
-      - {name: none, heads: []}                          # the unmodified model
-      - {name: top, top_k: [1, 5, 10], from: scores}     # best K heads of an earlier analyze/scan unit
-      - {name: random, random: [1, 5, 10], seeds: [0, 1, 2], from: scores, exclude_top: 10}
-      - {name: pair, heads: [[17, 3], [18, 6]]}          # an explicit list
-      - {name: mixed, interventions: [{kind: zero, heads: [[3, 1]]}, {kind: scale, alpha: 2, heads: [[5, 0]]}]}
-      - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (evaluators with vhr)
+conditions:
+  - {name: none, heads: []}                          # the unmodified model
+  - {name: top, top_k: [1, 5, 10], from: scores}     # best K heads of an earlier analyze/scan unit
+  - {name: random, random: [1, 5, 10], seeds: [0, 1, 2], from: scores, exclude_top: 10}
+  - {name: pair, heads: [[17, 3], [18, 6]]}          # an explicit list
+  - {name: mixed, interventions: [{kind: zero, heads: [[3, 1]]}, {kind: scale, alpha: 2, heads: [[5, 0]]}]}
+  - {name: vhr, vhr: {alpha: 2, layers: [1, 2, 3]}}   # VHR, heads chosen per prompt (evaluators with vhr)
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def check_intervention(d: dict, path: str, kind_path: str | None = None):
     """Validate an intervention dict (heads may be absent: a template), naming the field on error."""
     kind = d.get("kind")
     if kind not in KINDS:
-        raise fail(kind_path or f"{path}.kind",
-                   f"unknown intervention kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        raise fail(
+            kind_path or f"{path}.kind", f"unknown intervention kind {kind!r}; known: {', '.join(sorted(KINDS))}"
+        )
     if "heads" in d:
         as_heads(d["heads"], f"{path}.heads")
     # Names and obvious types of the kind's parameters (the dataclass itself does not check types).
@@ -81,9 +82,12 @@ def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
     sec = Section(raw, path)
     modes = [m for m in ("heads", "interventions", "top_k", "random", "vhr") if m in sec.raw]
     if len(modes) != 1:
-        raise fail(path, "needs exactly one of heads (explicit list), interventions (full specs), top_k "
-                         "(best K of an earlier unit, with from:), random (K random heads) or vhr (VHR, "
-                         f"per-prompt heads); got {modes or 'none'}")
+        raise fail(
+            path,
+            "needs exactly one of heads (explicit list), interventions (full specs), top_k "
+            "(best K of an earlier unit, with from:), random (K random heads) or vhr (VHR, "
+            f"per-prompt heads); got {modes or 'none'}",
+        )
     c = Condition(name=sec.get("name", as_name), path=path, mode=modes[0])
     if c.mode == "heads":
         c.heads = sec.get("heads", as_heads)
@@ -110,12 +114,15 @@ def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
             ref = next((u for u in earlier if u.name == c.source), None)
             if ref is None or ref.type == "evaluate":
                 names = [u.name for u in earlier if u.type != "evaluate"]
-                raise fail(sec.at("from"), f"{c.source!r} is not an earlier analyze/scan unit; earlier ones: "
-                                           f"{', '.join(names) or 'none'}")
+                raise fail(
+                    sec.at("from"),
+                    f"{c.source!r} is not an earlier analyze/scan unit; earlier ones: {', '.join(names) or 'none'}",
+                )
             c.rank = sec.get("rank", _rank, "auto")
             if c.rank == "selected" and ref.type != "analyze":
-                raise fail(sec.at("rank"), "selected (the analyzer's own heads_, in its order) needs "
-                                           "from: an analyze unit")
+                raise fail(
+                    sec.at("rank"), "selected (the analyzer's own heads_, in its order) needs from: an analyze unit"
+                )
     if c.mode == "random":
         c.seeds = sec.get("seeds", as_int_list(0), [0])
         default = max(c.ks) if c.source else None
@@ -123,8 +130,11 @@ def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
         if c.exclude_top and c.source is None:
             raise fail(sec.at("exclude_top"), "needs from: (the unit whose top heads are excluded)")
     if c.mode in ("heads", "top_k", "random") and not has_template and (c.mode != "heads" or c.heads):
-        raise fail(path, "this condition needs the unit's 'intervention' template (e.g. "
-                         "{kind: uniform_attention}) to know what to do to its heads")
+        raise fail(
+            path,
+            "this condition needs the unit's 'intervention' template (e.g. "
+            "{kind: uniform_attention}) to know what to do to its heads",
+        )
     sec.finish()
     return c
 
@@ -171,7 +181,7 @@ def choose_heads(c: Condition, k: int, seed, ranked, all_heads, n_selected: int 
         if k > limit:
             raise InputError(f"{c.path}: top_k {k} but {c.source!r} ranks only {limit} heads")
         return sorted(ranked[:k])
-    pool = (ranked if c.source else all_heads)[c.exclude_top or 0:]
+    pool = (ranked if c.source else all_heads)[c.exclude_top or 0 :]
     if k > len(pool):
         raise InputError(f"{c.path}: random {k} but only {len(pool)} heads are left after exclude_top")
     picks = np.random.default_rng(seed).choice(len(pool), k, replace=False)

@@ -72,8 +72,11 @@ def _answers(value, path: str, n_prompts: int | None) -> list:
     as_list(value, path)
     out = []
     for i, pair in enumerate(value):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in pair)):
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in pair)
+        ):
             raise fail(f"{path}[{i}]", f"must be a [correct, wrong] pair of strings (or token ids), got {pair!r}")
         out.append(tuple(pair))
     if n_prompts is not None and len(out) != n_prompts:
@@ -112,11 +115,14 @@ def _read_file(path_text: str, base_dir: Path, path: str) -> tuple[Path, list, l
         else:
             prompts = doc
         if prompts is None:
-            raise fail(path, f"{file}: expected a JSON list of prompts, {{'prompts': [...], 'answers': [...]}} "
-                             "or a list of {'prompt': ..., 'answers': [correct, wrong]}")
+            raise fail(
+                path,
+                f"{file}: expected a JSON list of prompts, {{'prompts': [...], 'answers': [...]}} "
+                "or a list of {'prompt': ..., 'answers': [correct, wrong]}",
+            )
     else:  # plain text: one prompt per blank-line-separated block (as `headscope report --prompts`)
         prompts = [p.strip() for p in raw.decode("utf-8", errors="replace").split("\n\n") if p.strip()]
-    prompts, kind = _prompts(prompts, f"{path} ({file.name})")
+    prompts, _kind = _prompts(prompts, f"{path} ({file.name})")
     if answers is not None:
         answers = _answers(answers, f"{path} ({file.name} answers)", len(prompts))
     return file, prompts, answers, hashlib.sha256(raw).hexdigest()
@@ -127,8 +133,11 @@ def parse_data(raw: Any, name: str, path: str, base_dir: Path) -> DataSpec:
     sec = Section(raw, path)
     sources = [k for k in ("prompts", "file", "generator") if k in sec.raw]
     if len(sources) != 1:
-        raise fail(path, "needs exactly one of 'prompts' (inline list), 'file' (a .json/.txt path) or "
-                         f"'generator' ({', '.join(sorted(GENERATORS))}); got {sources or 'none'}")
+        raise fail(
+            path,
+            "needs exactly one of 'prompts' (inline list), 'file' (a .json/.txt path) or "
+            f"'generator' ({', '.join(sorted(GENERATORS))}); got {sources or 'none'}",
+        )
     template = sec.get("template", as_str, None)
     if template is not None and "{prompt}" not in template:
         raise fail(sec.at("template"), "must contain '{prompt}' where each prompt goes")
@@ -146,7 +155,8 @@ def parse_data(raw: Any, name: str, path: str, base_dir: Path) -> DataSpec:
         sec.finish()
     else:
         spec.file, spec.prompts, spec.answers, spec.file_sha256 = _read_file(
-            sec.get("file", as_str), base_dir, sec.at("file"))
+            sec.get("file", as_str), base_dir, sec.at("file")
+        )
         spec.kind = "text" if all(isinstance(p, str) for p in spec.prompts) else "tokens"
         sec.finish()
     for key, used in (("template", template is not None), ("chat", spec.chat)):

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from ..errors import InputError
 from ..experiment_registry import EVALUATORS, GENERATORS, EvalRequest, Evaluator
-from ..interventions import Intervention, MeanAblation, ResampleAblation
+from ..interventions import Intervention
 from ..viz.figures import title_block
 from ._fields import check_params, fail, resolve_params
 from .conditions import choose_heads
@@ -41,15 +41,20 @@ def check_evaluator(unit, sec) -> None:
     if data.kind not in entry.data:
         makers = sorted(n for n, g in GENERATORS.items() if g.yields in entry.data)  # (plain prompts need none)
         hint = f" (use generator: {' or '.join(makers)})" if makers and not {"text", "tokens"} & set(entry.data) else ""
-        raise fail(sec.at("data"), f"{unit.target} needs {' or '.join(entry.data)} data, dataset "
-                                   f"{data.name!r} yields {data.kind}{hint}")
+        raise fail(
+            sec.at("data"),
+            f"{unit.target} needs {' or '.join(entry.data)} data, dataset {data.name!r} yields {data.kind}{hint}",
+        )
     check_params(unit.params, entry.params, sec.at("params"))
     problem = entry.check_data(data) if entry.check_data else None
     if problem:
         raise fail(sec.at("data"), f"{unit.target} {problem}")
     if "answers" in entry.needs and not data.answers:
-        raise fail(sec.at("data"), f"{unit.target} needs answers: give dataset {data.name!r} an 'answers' "
-                                   "list of [correct, wrong] pairs, one per prompt")
+        raise fail(
+            sec.at("data"),
+            f"{unit.target} needs answers: give dataset {data.name!r} an 'answers' "
+            "list of [correct, wrong] pairs, one per prompt",
+        )
 
 
 def check_conditions(unit, template_path: str) -> None:
@@ -58,27 +63,41 @@ def check_conditions(unit, template_path: str) -> None:
     vhr = [c for c in unit.conditions if c.mode == "vhr"]
     if vhr and not entry.vhr:
         names = ", ".join(n for n in sorted(EVALUATORS) if EVALUATORS[n].vhr)
-        raise fail(vhr[0].path, f"a vhr condition needs a shapes image metric, an evaluator that supports VHR "
-                                f"({names}): VHR compares runs with and without the image")
+        raise fail(
+            vhr[0].path,
+            f"a vhr condition needs a shapes image metric, an evaluator that supports VHR "
+            f"({names}): VHR compares runs with and without the image",
+        )
     if "generation" not in entry.needs:  # whole-prompt forwards: no decode start exists
         found = [(template_path, unit.intervention)] + [
             (f"{c.path}.interventions[{j}].positions", iv)
-            for c in unit.conditions for j, iv in enumerate(c.interventions or [])]
+            for c in unit.conditions
+            for j, iv in enumerate(c.interventions or [])
+        ]
         for path, iv in found:
             if iv and iv.get("positions") == "decode":
                 names = ", ".join(n for n in sorted(EVALUATORS) if "generation" in EVALUATORS[n].needs)
-                raise fail(path, f"'decode' is for evaluators that generate ({names}); "
-                                 f"{unit.target} runs whole prompts: use 'all' or a [start, end) span")
+                raise fail(
+                    path,
+                    f"'decode' is for evaluators that generate ({names}); "
+                    f"{unit.target} runs whole prompts: use 'all' or a [start, end) span",
+                )
 
 
 def check_needs(spec, model, info) -> None:
     """Needs that only the loaded model can answer (before any forward pass)."""
     for unit in spec.units:
-        if unit.type == "evaluate" and "chat" in evaluator(unit).needs and \
-                not getattr(getattr(model, "tokenizer", None), "chat_template", None):
-            raise fail(f"{unit.path}.evaluate", f"{unit.target} needs a chat model, but {info.name}'s tokenizer has "
-                                                "no chat template. Fix: use a chat/instruct model (e.g. "
-                                                "smollm2-135m-safety) or another evaluator")
+        if (
+            unit.type == "evaluate"
+            and "chat" in evaluator(unit).needs
+            and not getattr(getattr(model, "tokenizer", None), "chat_template", None)
+        ):
+            raise fail(
+                f"{unit.path}.evaluate",
+                f"{unit.target} needs a chat model, but {info.name}'s tokenizer has "
+                "no chat template. Fix: use a chat/instruct model (e.g. "
+                "smollm2-135m-safety) or another evaluator",
+            )
 
 
 def _interventions(unit, cond, heads, ds):
@@ -102,8 +121,16 @@ def _readable(spec, ds) -> dict:
 
 def _evaluate(unit, ctx, specs, ds, vhr=None) -> dict:
     entry = evaluator(unit)
-    req = EvalRequest(model=ctx.model, info=ctx.info, data=ds, interventions=specs, name=unit.target,
-                      batch_size=unit.batch_size, cache=ctx.memo.setdefault((unit.name, "clean"), {}), vhr=vhr)
+    req = EvalRequest(
+        model=ctx.model,
+        info=ctx.info,
+        data=ds,
+        interventions=specs,
+        name=unit.target,
+        batch_size=unit.batch_size,
+        cache=ctx.memo.setdefault((unit.name, "clean"), {}),
+        vhr=vhr,
+    )
     result = entry.run(req, **resolve_params(unit.params, entry.params, f"{unit.path}.params"))
     if not isinstance(result, dict) or "value" not in result:
         raise TypeError(f"evaluator {unit.target!r} returned {type(result).__name__}, not a dict with a 'value'")
@@ -115,6 +142,7 @@ def plan_evaluate(unit, ctx):
     items = []
     for cond in unit.conditions:
         for stem, k, seed in cond.items():
+
             def run(cond=cond, stem=stem, k=k, seed=seed):
                 ds = ctx.dataset(unit)
                 heads = []
@@ -125,20 +153,31 @@ def plan_evaluate(unit, ctx):
                 elif cond.mode == "heads":
                     heads = sorted(cond.heads)
                 specs = [] if cond.mode == "vhr" else _interventions(unit, cond, heads, ds)
-                key = hashlib.sha256(json.dumps([[s.to_dict() for s in specs], cond.vhr], sort_keys=True,
-                                                default=str).encode()).hexdigest()
+                key = hashlib.sha256(
+                    json.dumps([[s.to_dict() for s in specs], cond.vhr], sort_keys=True, default=str).encode()
+                ).hexdigest()
                 start = time.time()
                 if (unit.name, key) not in ctx.memo:  # e.g. K=0 of several conditions: the same baseline
                     ctx.memo[(unit.name, key)] = _evaluate(unit, ctx, specs, ds, cond.vhr)
                 result = ctx.memo[(unit.name, key)]
-                record = {"condition": cond.name, "mode": cond.mode, "k": k, "seed": seed,
-                          "heads": [list(h) for h in heads], "interventions": [_readable(s, ds) for s in specs],
-                          "metric": unit.target, **result, "seconds": round(time.time() - start, 3)}
+                record = {
+                    "condition": cond.name,
+                    "mode": cond.mode,
+                    "k": k,
+                    "seed": seed,
+                    "heads": [list(h) for h in heads],
+                    "interventions": [_readable(s, ds) for s in specs],
+                    "metric": unit.target,
+                    **result,
+                    "seconds": round(time.time() - start, 3),
+                }
                 if cond.mode == "interventions":
                     record["heads"] = sorted({tuple(h) for s in specs for h in s.heads})
                 ctx.store.write_json(folder / f"{stem}.json", record)
-            items.append(Item(unit, stem, folder / f"{stem}.json", run,
-                              needs=((cond.source, None),) if cond.source else ()))
+
+            items.append(
+                Item(unit, stem, folder / f"{stem}.json", run, needs=((cond.source, None),) if cond.source else ())
+            )
     return items
 
 
@@ -149,9 +188,18 @@ def load_table(unit, ctx):
     for cond in unit.conditions:
         for stem, _, _ in cond.items():
             r = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
-            rows.append({"condition": r["condition"], "mode": r["mode"], "k": r["k"], "seed": r["seed"],
-                         "n_heads": len(r["heads"]), "heads": " ".join(f"L{l}H{h}" for l, h in r["heads"]),
-                         "metric": r["metric"], "value": float(r["value"])})
+            rows.append(
+                {
+                    "condition": r["condition"],
+                    "mode": r["mode"],
+                    "k": r["k"],
+                    "seed": r["seed"],
+                    "n_heads": len(r["heads"]),
+                    "heads": " ".join(f"L{l}H{h}" for l, h in r["heads"]),
+                    "metric": r["metric"],
+                    "value": float(r["value"]),
+                }
+            )
     df = pd.DataFrame(rows)
     df["seed"] = df["seed"].astype("Int64")  # null for conditions without seeds
     return df
@@ -166,28 +214,50 @@ def figure(unit, df, model_name: str = "", n_prompts: int | None = None):
         mean, lo, hi = g.mean(), g.min(), g.max()
         seeds = len(cond.seeds) if cond.mode == "random" else 1
         label = cond.name + (f" (mean, min-max of {seeds} seeds)" if seeds > 1 else "")
-        fig.add_scatter(x=mean.index.tolist(), y=mean.values, name=label,
-                        mode="lines+markers" if len(mean) > 1 else "markers", marker=dict(size=9),
-                        error_y=dict(type="data", symmetric=False, array=(hi - mean).values,
-                                     arrayminus=(mean - lo).values, visible=seeds > 1))
+        fig.add_scatter(
+            x=mean.index.tolist(),
+            y=mean.values,
+            name=label,
+            mode="lines+markers" if len(mean) > 1 else "markers",
+            marker=dict(size=9),
+            error_y=dict(
+                type="data", symmetric=False, array=(hi - mean).values, arrayminus=(mean - lo).values, visible=seeds > 1
+            ),
+        )
     what = unit.intervention["kind"] if unit.intervention else "the conditions' interventions"
     extra = f"{what}; data {unit.data.name}" + (f" ({n_prompts} prompts)" if n_prompts else "")
     entry = evaluator(unit)
     ylabel = f"{entry.label or unit.target} ({entry.better} is better)"
-    fig.update_layout(title=title_block(f"{unit.name}: {unit.target} vs heads intervened", model_name, extra),
-                      template="plotly_white", xaxis_title="K heads intervened", yaxis_title=ylabel,
-                      width=900, height=500)
+    fig.update_layout(
+        title=title_block(f"{unit.name}: {unit.target} vs heads intervened", model_name, extra),
+        template="plotly_white",
+        xaxis_title="K heads intervened",
+        yaxis_title=ylabel,
+        width=900,
+        height=500,
+    )
     return fig
 
 
 def finish_evaluate(unit, ctx) -> dict:
     df = load_table(unit, ctx)
     ctx.store.write_table(f"results/{unit.name}.parquet", df)
-    ctx.store.write_json(f"results/{unit.name}.json", {"unit": unit.name, "metric": unit.target,
-                                                        "rows": df.astype(object).where(df.notna(), None)
-                                                        .to_dict(orient="records")})
-    summary = {"type": "evaluate", "target": unit.target, "better": evaluator(unit).better,
-               "table": df.groupby(["condition", "k"], sort=False)["value"]
-               .agg(["mean", "min", "max", "count"]).reset_index().to_dict(orient="records")}
+    ctx.store.write_json(
+        f"results/{unit.name}.json",
+        {
+            "unit": unit.name,
+            "metric": unit.target,
+            "rows": df.astype(object).where(df.notna(), None).to_dict(orient="records"),
+        },
+    )
+    summary = {
+        "type": "evaluate",
+        "target": unit.target,
+        "better": evaluator(unit).better,
+        "table": df.groupby(["condition", "k"], sort=False)["value"]
+        .agg(["mean", "min", "max", "count"])
+        .reset_index()
+        .to_dict(orient="records"),
+    }
     n = len(ctx.dataset(unit).token_lists)
     return {"figure": figure(unit, df, ctx.info.name, n), "summary": summary}

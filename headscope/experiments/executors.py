@@ -10,9 +10,9 @@ the same output whether the items came from one run or several.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import plotly.io as pio
@@ -80,6 +80,7 @@ class Context:
 
 # ---- analyze --------------------------------------------------------------------------------------------
 
+
 def plan_analyze(unit, ctx: Context) -> list[Item]:
     folder = ctx.store.unit_dir(unit.name)
 
@@ -90,10 +91,12 @@ def plan_analyze(unit, ctx: Context) -> list[Item]:
         # The analyzer's one normaliser turns the dataset into what it runs on (or its built-in data).
         analyzer.fit(ctx.model, analyzer.prepare_data(ctx.model, None if ds is None else ds.analyzer_input))
         heads = [list(map(int, h)) for h in analyzer.heads_]
-        ctx.store.write_json(folder / "info.json", {"analyzer": unit.target, "params": analyzer.get_params(),
-                                                    "heads": heads})
+        ctx.store.write_json(
+            folder / "info.json", {"analyzer": unit.target, "params": analyzer.get_params(), "heads": heads}
+        )
         ctx.store.write_text(folder / "figure.plotly.json", analyzer.plot().to_json())
         analyzer.scores_.save(folder / "scores.parquet")  # the marker, written last
+
     return [Item(unit, "fit", folder / "scores.parquet", run)]
 
 
@@ -103,10 +106,11 @@ def analyze_scores(unit, ctx: Context) -> HeadScores:
 
 # ---- scan ---------------------------------------------------------------------------------------------
 
+
 def _chunks(unit, info) -> list[list[int]]:
     layers = sorted(unit.layers) if unit.layers else list(info.attention_layers)
     n = unit.layers_per_unit
-    return [layers[i:i + n] for i in range(0, len(layers), n)]
+    return [layers[i : i + n] for i in range(0, len(layers), n)]
 
 
 def _chunk_file(unit, ctx, chunk) -> Path:
@@ -126,8 +130,18 @@ def _scan_call(unit, ctx, **kw):
     params = dict(unit.params)
     positions = params.pop("positions", "all")
     kwargs = {"answers": ds.answers} if unit.metric == "logit_diff" else None
-    return scan(ctx.model, ds.token_lists, unit.target, unit.metric, batch_size=unit.batch_size, metric_kwargs=kwargs,
-                positions=positions, progress=False, **kw, **params)
+    return scan(
+        ctx.model,
+        ds.token_lists,
+        unit.target,
+        unit.metric,
+        batch_size=unit.batch_size,
+        metric_kwargs=kwargs,
+        positions=positions,
+        progress=False,
+        **kw,
+        **params,
+    )
 
 
 def _visited(unit, ctx) -> list:
@@ -144,16 +158,19 @@ def _plan_attribution(unit, ctx: Context) -> list[Item]:
 
     def estimate():
         _scan_call(unit, ctx, method=estimator, layers=unit.layers, graddrop=unit.graddrop).save(estimate_file)
+
     items = [Item(unit, f"{estimator} estimate", estimate_file, estimate)]
     if unit.method.endswith("+exact"):
         verified_file = _verified_file(unit, ctx)
 
         def verify():
             order = screen_order(HeadScores.load(estimate_file))
-            _scan_call(unit, ctx, visit=order[:unit.top_k or default_top_k(len(order))]).save(verified_file)
+            _scan_call(unit, ctx, visit=order[: unit.top_k or default_top_k(len(order))]).save(verified_file)
+
         top = unit.top_k or f"{default_top_k(len(_visited(unit, ctx)))}"
-        items.append(Item(unit, f"exact scan of the top {top}", verified_file, verify,
-                          needs=((unit.name, items[0].key),)))
+        items.append(
+            Item(unit, f"exact scan of the top {top}", verified_file, verify, needs=((unit.name, items[0].key),))
+        )
     return items
 
 
@@ -166,6 +183,7 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
 
         def run(chunk=chunk, marker=marker):
             _scan_call(unit, ctx, layers=chunk).save(marker)
+
         items.append(Item(unit, f"layers {chunk[0]}-{chunk[-1]}", marker, run))
     return items
 
@@ -174,8 +192,13 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
     """The per-chunk files stitched into one HeadScores [prompt, layer, head] (NaN = not scanned); for
     attribution patching the estimate, with the exact values of the verified heads over it."""
     ds = ctx.dataset(unit)
-    params = {"kind": unit.target, "metric": unit.metric, **unit.params, "data": unit.data.name,
-              "layers": unit.layers or "all"}
+    params = {
+        "kind": unit.target,
+        "metric": unit.metric,
+        **unit.params,
+        "data": unit.data.name,
+        "layers": unit.layers or "all",
+    }
     if unit.method != "exact":
         first = HeadScores.load(_estimate_file(unit, ctx))
         values = first.values
@@ -186,26 +209,47 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             screened = ScreenedScan(first, exact, verified, int(verified.sum()))
             values = screened.values
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
-        return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
-                          analyzer="scan", params=params, prompts=ds.labels, better=first.better,
-                          description=first.description, layer_kinds=first.layer_kinds)
+        return HeadScores(
+            values,
+            name=unit.name,
+            n_kv_heads=first.n_kv_heads,
+            model=first.model,
+            analyzer="scan",
+            params=params,
+            prompts=ds.labels,
+            better=first.better,
+            description=first.description,
+            layer_kinds=first.layer_kinds,
+        )
     values, first = None, None
     for chunk in _chunks(unit, ctx.info):
         part = HeadScores.load(_chunk_file(unit, ctx, chunk))
         if values is None:
             values, first = np.full(part.values.shape, np.nan), part
         values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
-    return HeadScores(values, name=unit.name, n_kv_heads=first.n_kv_heads, model=first.model,
-                      analyzer="scan", params=params, prompts=ds.labels, better=first.better,
-                      description=first.description, layer_kinds=first.layer_kinds)
+    return HeadScores(
+        values,
+        name=unit.name,
+        n_kv_heads=first.n_kv_heads,
+        model=first.model,
+        analyzer="scan",
+        params=params,
+        prompts=ds.labels,
+        better=first.better,
+        description=first.description,
+        layer_kinds=first.layer_kinds,
+    )
 
 
 # ---- combining ----------------------------------------------------------------------------------------
 
+
 def _top_rows(scores: HeadScores, better: str, n: int = 10) -> list[dict]:
     mean = scores.mean_over_prompts().values
-    return [{"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}
-            for l, h in rank_heads(scores, better)[:n]]
+    return [
+        {"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}
+        for l, h in rank_heads(scores, better)[:n]
+    ]
 
 
 def finish_heads(unit, ctx: Context) -> dict:
@@ -214,8 +258,13 @@ def finish_heads(unit, ctx: Context) -> dict:
     scores.save(ctx.store.path("results", f"{unit.name}.parquet"))
     scores.save(ctx.store.path("results", f"{unit.name}.json"))
     better = ctx.auto_better(unit.name)
-    summary = {"type": unit.type, "target": unit.target, "better": better, "top": _top_rows(scores, better),
-               "shape": list(scores.values.shape)}
+    summary = {
+        "type": unit.type,
+        "target": unit.target,
+        "better": better,
+        "top": _top_rows(scores, better),
+        "shape": list(scores.values.shape),
+    }
     if unit.type == "analyze":
         folder = ctx.store.unit_dir(unit.name)
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
@@ -223,7 +272,9 @@ def finish_heads(unit, ctx: Context) -> dict:
         fig = pio.from_json((folder / "figure.plotly.json").read_text(encoding="utf-8"))
     else:
         summary["metric"] = unit.metric
-        extra = (f"{unit.target} on one head at a time; mean over {scores.values.shape[0]} prompts; "
-                 f"{scores.n_kv_heads} KV groups (lines)")
+        extra = (
+            f"{unit.target} on one head at a time; mean over {scores.values.shape[0]} prompts; "
+            f"{scores.n_kv_heads} KV groups (lines)"
+        )
         fig = scores.plot(title=title_block(f"{unit.name}: {unit.metric} change", scores.model, extra))
     return {"figure": fig, "summary": summary}

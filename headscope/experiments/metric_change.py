@@ -27,14 +27,16 @@ def metric_change(model, info, ds, specs, metric: str, batch_size: int, cache: d
     """Per-prompt change of a scan metric with all `specs` applied at once. -> [prompt]
 
     The clean logits are the same for every work unit of a unit: kept in `cache` (this run only)."""
-    score = resolve_metric(metric, model, len(ds.token_lists),
-                           {"answers": ds.answers} if metric == "logit_diff" else None)
+    score = resolve_metric(
+        metric, model, len(ds.token_lists), {"answers": ds.answers} if metric == "logit_diff" else None
+    )
     out = np.zeros(len(ds.token_lists))
     pad = info.pad_token_id if info.pad_token_id is not None else 0
     last_only = getattr(score, "last_only", False)
 
     def cut(logits, batch):  # last_only metrics read [batch, 1, vocab] at each prompt's real last token
         return logits[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else logits
+
     batches = list(iter_batches(ds.token_lists, batch_size, pad))
     with torch.no_grad():
         if "bases" not in cache:
@@ -51,10 +53,15 @@ def _evaluator(metric: str) -> Evaluator:
     def run(req: EvalRequest) -> dict:
         per = metric_change(req.model, req.info, req.data, req.interventions, metric, req.batch_size, req.cache)
         return {"value": float(per.mean()), "per_prompt": per.tolist()}
-    return Evaluator(run, data=("text", "tokens", "needle"), better=METRIC_BETTER[metric],
-                     needs={"answers"} if metric == "logit_diff" else (),
-                     label=f"change of {metric} (mean over prompts)",
-                     doc=f"change of the scan metric {metric} with the condition's heads intervened at once")
+
+    return Evaluator(
+        run,
+        data=("text", "tokens", "needle"),
+        better=METRIC_BETTER[metric],
+        needs={"answers"} if metric == "logit_diff" else (),
+        label=f"change of {metric} (mean over prompts)",
+        doc=f"change of the scan metric {metric} with the condition's heads intervened at once",
+    )
 
 
 for _metric in METRIC_BETTER:

@@ -26,8 +26,17 @@ INSTALL = "pip install 'headscope[ray]'  (in a clone: make setup installs it fro
 # run stops (a unit that kills its worker every time, e.g. out of memory, must not loop forever).
 RESTARTS = 3
 # Passed to every worker process: no downloads or installs while headscope runs, on any node.
-WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PIP_NO_INDEX", "UV_OFFLINE", "HEADSCOPE_CACHE",
-              "HF_HOME", "HF_HUB_CACHE", "HEADSCOPE_WORKER_DELAY_S", "BROWSER_PATH")
+WORKER_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "PIP_NO_INDEX",
+    "UV_OFFLINE",
+    "HEADSCOPE_CACHE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HEADSCOPE_WORKER_DELAY_S",
+    "BROWSER_PATH",
+)
 
 
 def import_ray():
@@ -59,8 +68,10 @@ def connect(ray, address: str | None, workers: int | None = None) -> bool:
         try:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError) as e:
-            raise InputError(f"cannot reach the Ray cluster at {address!r}: {e}. Fix: start it (ray start --head "
-                             "on the head node) and pass its address (host:6379, ray://host:10001 or auto)") from None
+            raise InputError(
+                f"cannot reach the Ray cluster at {address!r}: {e}. Fix: start it (ray start --head "
+                "on the head node) and pass its address (host:6379, ray://host:10001 or auto)"
+            ) from None
     return True
 
 
@@ -81,8 +92,10 @@ def check_fits(ray, n: int, gpus: float) -> None:
     need = {"CPU": n, "GPU": n * gpus}
     short = [f"{need[k]:g} {k}s (the cluster has {res.get(k, 0):g})" for k in need if need[k] > res.get(k, 0)]
     if short:
-        raise InputError(f"{n} workers need {' and '.join(short)}. Fix: fewer --workers, fewer --gpus-per-worker, "
-                         "or a bigger cluster")
+        raise InputError(
+            f"{n} workers need {' and '.join(short)}. Fix: fewer --workers, fewer --gpus-per-worker, "
+            "or a bigger cluster"
+        )
 
 
 def _error(e, item) -> Exception:
@@ -104,8 +117,13 @@ def run(ray, spec, store, *, address=None, workers=None, gpus_per_worker: float 
         check_fits(ray, n, gpus_per_worker)
         threads = None if gpus_per_worker else 1
         # The environment goes with each actor (not ray.init), so it holds on a cluster joined earlier too.
-        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_worker or 0, max_restarts=RESTARTS,
-                            max_task_retries=RESTARTS, runtime_env={"env_vars": _worker_env()})(Worker)
+        remote = ray.remote(
+            num_cpus=1,
+            num_gpus=gpus_per_worker or 0,
+            max_restarts=RESTARTS,
+            max_task_retries=RESTARTS,
+            runtime_env={"env_vars": _worker_env()},
+        )(Worker)
         actors = [remote.remote(spec, gpus=gpus_per_worker, threads=threads, name=f"w{i}") for i in range(n)]
         _drive(ray, spec, store, actors, progress, t0)
     finally:
@@ -134,18 +152,26 @@ def _drive(ray, spec, store, actors, progress, t0) -> None:
         by_unit.setdefault(i["unit"], set()).add(i["key"])
 
     def ready(item) -> bool:
-        return all((u, k) in done if k is not None else by_unit[u] <= {kk for uu, kk in done if uu == u}
-                   for u, k in item["needs"])
+        return all(
+            (u, k) in done if k is not None else by_unit[u] <= {kk for uu, kk in done if uu == u}
+            for u, k in item["needs"]
+        )
 
     def files_for(item) -> dict:
-        return {rel: data for u in sorted({u for u, _ in item["needs"]}) for rel, data in
-                store.files(f"units/{u}").items()}
+        return {
+            rel: data for u in sorted({u for u, _ in item["needs"]}) for rel, data in store.files(f"units/{u}").items()
+        }
 
     log = _load_log(store)
     idle, running, failure = list(actors), {}, None
     start, computed = time.time(), 0
-    with tqdm(total=total, initial=reused, desc=f"{spec.name} (ray, {len(actors)} workers)", unit="unit",
-              disable=progress is False) as bar:
+    with tqdm(
+        total=total,
+        initial=reused,
+        desc=f"{spec.name} (ray, {len(actors)} workers)",
+        unit="unit",
+        disable=progress is False,
+    ) as bar:
         while pending or running:
             if failure is None:
                 for item in [i for i in pending if ready(i)]:
@@ -167,7 +193,8 @@ def _drive(ray, spec, store, actors, progress, t0) -> None:
                 failure = failure or RuntimeError(
                     f"{item['path']} ({item['unit']}), {item['key']}: its Ray worker died {RESTARTS + 1} times "
                     f"({e.__class__.__name__}); finished units are saved. Fix: check the worker's memory, then run "
-                    "the same command again to resume")
+                    "the same command again to resume"
+                )
                 continue
             except Exception as e:  # the unit itself raised: stop, keep what is finished
                 failure = failure or _error(e, item)
@@ -176,8 +203,13 @@ def _drive(ray, spec, store, actors, progress, t0) -> None:
             done.add((item["unit"], item["key"]))
             computed += 1
             w = result["worker"]
-            log["items"][f"{item['unit']}/{item['key']}"] = {"worker": w["name"], "host": w["host"], "pid": w["pid"],
-                                                            "device": w["device"], "seconds": result["seconds"]}
+            log["items"][f"{item['unit']}/{item['key']}"] = {
+                "worker": w["name"],
+                "host": w["host"],
+                "pid": w["pid"],
+                "device": w["device"],
+                "seconds": result["seconds"],
+            }
             store.write_json("executor.json", log)
             idle.append(actor)
             bar.set_postfix_str(f"{item['unit']}: {item['key']} on {w['name']}@{w['host']}")
@@ -189,8 +221,11 @@ def _drive(ray, spec, store, actors, progress, t0) -> None:
     for rel, data in sorted(out.items()):
         store.write_bytes(rel, data)
     log["workers"] = ray.get([a.describe.remote() for a in actors])
-    log["seconds"] = {"start_up": round(start - t0, 2), "items": run_stats["seconds"],
-                      "total": round(time.time() - t0, 2)}
+    log["seconds"] = {
+        "start_up": round(start - t0, 2),
+        "items": run_stats["seconds"],
+        "total": round(time.time() - t0, 2),
+    }
     store.write_json("executor.json", log)
 
 

@@ -32,9 +32,18 @@ def default_out(spec: Spec) -> Path:
     return Path(f"headscope-run-{spec.name}")
 
 
-def run_experiment(spec, out=None, *, fresh: bool = False, model=None, progress: bool | None = None,
-                   executor: str = "local", address: str | None = None, workers: int | None = None,
-                   gpus_per_worker: float = 0) -> Path:
+def run_experiment(
+    spec,
+    out=None,
+    *,
+    fresh: bool = False,
+    model=None,
+    progress: bool | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+) -> Path:
     """Run (or resume) an experiment; returns the results folder.
 
     Args:
@@ -64,13 +73,16 @@ def run_experiment(spec, out=None, *, fresh: bool = False, model=None, progress:
     out = Path(out) if out is not None else default_out(spec)
     if executor == "ray":
         if model is not None:
-            raise InputError("model= is for the local executor: Ray workers load spec.model themselves. Fix: drop "
-                             "model=, or run with executor='local'")
+            raise InputError(
+                "model= is for the local executor: Ray workers load spec.model themselves. Fix: drop "
+                "model=, or run with executor='local'"
+            )
         ray = ray_executor.import_ray()  # before anything else: a missing install fails at once
         store = Store(out, spec, fresh=fresh)
         try:
-            ray_executor.run(ray, spec, store, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                             progress=progress)
+            ray_executor.run(
+                ray, spec, store, address=address, workers=workers, gpus_per_worker=gpus_per_worker, progress=progress
+            )
         finally:
             store.close()
         return out
@@ -107,5 +119,10 @@ def _run_local(spec: Spec, store: Store, model, progress) -> None:
                 if delay:
                     time.sleep(delay)
     finished = {unit.name: FINISHERS[unit.type](unit, ctx) for unit, _ in plans}
-    write_summary(store, spec, info, finished, {"items": total, "computed_now": computed,
-                                                "reused": done_before, "seconds": round(time.time() - start, 1)})
+    write_summary(
+        store,
+        spec,
+        info,
+        finished,
+        {"items": total, "computed_now": computed, "reused": done_before, "seconds": round(time.time() - start, 1)},
+    )

@@ -24,7 +24,18 @@ from ..errors import InputError
 from ..interventions import METRICS
 from ..interventions.scan import METHODS as SCAN_METHODS
 from ..models.catalog import TESTBEDS
-from ._fields import Section, as_bool, as_int_list, as_list, as_mapping, as_name, as_str, check_call_params, fail, int_at_least
+from ._fields import (
+    Section,
+    as_bool,
+    as_int_list,
+    as_list,
+    as_mapping,
+    as_name,
+    as_str,
+    check_call_params,
+    fail,
+    int_at_least,
+)
 from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
@@ -88,8 +99,7 @@ def parse_spec(text: str, *, base_dir=".", default_name: str = "experiment") -> 
     top = Section(raw, "")
     base_dir = Path(base_dir)
     model, model_params, model_dtype = _model(top.get("model", default="smollm2"), "model")
-    data = {n: parse_data(d, n, f"data.{n}", base_dir)
-            for n, d in top.get("data", as_mapping, {}).items()}
+    data = {n: parse_data(d, n, f"data.{n}", base_dir) for n, d in top.get("data", as_mapping, {}).items()}
     units_raw = top.get("units", as_list)
     if not units_raw:
         raise fail("units", "is empty: list at least one unit (analyze, scan or evaluate)")
@@ -97,9 +107,18 @@ def parse_spec(text: str, *, base_dir=".", default_name: str = "experiment") -> 
     for i, u in enumerate(units_raw):
         units.append(_unit(u, i, data, units, base_dir))
     figures = tuple(top.get("figures", _formats, ["html", "png", "svg"]))
-    spec = Spec(name=top.get("name", as_name, default_name), model=model, model_params=model_params, data=data,
-                units=units, figures=figures, description=top.get("description", as_str, ""), text=text,
-                base_dir=base_dir, model_dtype=model_dtype)
+    spec = Spec(
+        name=top.get("name", as_name, default_name),
+        model=model,
+        model_params=model_params,
+        data=data,
+        units=units,
+        figures=figures,
+        description=top.get("description", as_str, ""),
+        text=text,
+        base_dir=base_dir,
+        model_dtype=model_dtype,
+    )
     top.finish()
     files = sorted({d.file_sha256 for d in [*data.values(), *(u.data for u in units if u.data)] if d.file_sha256})
     canonical = json.dumps({"spec": raw, "files": files}, sort_keys=True, default=str)
@@ -132,11 +151,15 @@ def _model(value, path) -> tuple[str, dict, str | None]:
         sec.finish(extra_allowed=params)
     testbed = TESTBEDS.get(name.lower()) if isinstance(name, str) else None
     if name.startswith("testing:") and testbed is None:
-        raise fail(path, f"unknown test model {name!r}; known: "
-                         f"{', '.join(t for t in TESTBEDS if t.startswith('testing:'))}")
+        raise fail(
+            path, f"unknown test model {name!r}; known: {', '.join(t for t in TESTBEDS if t.startswith('testing:'))}"
+        )
     if params and (testbed is None or testbed.accepts is None):
-        raise fail(path, f"parameters {sorted(params)} are only for testbeds that take them (the testing: "
-                         "models); give the model as a plain name or folder")
+        raise fail(
+            path,
+            f"parameters {sorted(params)} are only for testbeds that take them (the testing: "
+            "models); give the model as a plain name or folder",
+        )
     if params:
         check_call_params(params, testbed.accepts, path)
     return as_str(name, path), params, dtype
@@ -146,8 +169,10 @@ def _unit_data(sec: Section, data: dict, base_dir: Path, required: bool) -> Data
     value = sec.get("data", default=None)
     if value is None:
         if required:
-            raise fail(sec.at("data"), "required field is missing: name a dataset from the top-level "
-                                       "'data' section or give one inline")
+            raise fail(
+                sec.at("data"),
+                "required field is missing: name a dataset from the top-level 'data' section or give one inline",
+            )
         return None
     if isinstance(value, str):
         if value not in data:
@@ -201,21 +226,28 @@ def _scan(unit: Unit, sec: Section, options: Section | None) -> None:
             raise fail(options.at("method"), f"unknown scan method {unit.method!r}; known: {', '.join(SCAN_METHODS)}")
         unit.top_k = options.get("top_k", int_at_least(1), None)
         if unit.top_k is not None and not unit.method.endswith("+exact"):
-            raise fail(options.at("top_k"), "top_k is the number of heads verified exactly: only for the "
-                                            "'+exact' methods")
+            raise fail(
+                options.at("top_k"), "top_k is the number of heads verified exactly: only for the '+exact' methods"
+            )
         unit.graddrop = options.get("graddrop", as_bool, False)
         if unit.graddrop and unit.method == "exact":
             raise fail(options.at("graddrop"), "graddrop is an attribution-patching option: use method atp or atp*")
         options.finish()
     if unit.params.get("positions") == "decode":
-        raise fail(sec.at("params.positions"), "'decode' needs a decode start, which a scan of whole prompts does "
-                                               "not have: use 'all' or a [start, end) span")
+        raise fail(
+            sec.at("params.positions"),
+            "'decode' needs a decode start, which a scan of whole prompts does "
+            "not have: use 'all' or a [start, end) span",
+        )
     unit.metric = sec.get("metric", as_str)
     if unit.metric not in METRICS:
         raise fail(sec.at("metric"), f"unknown scan metric {unit.metric!r}; known: {', '.join(sorted(METRICS))}")
     if unit.metric == "logit_diff" and not unit.data.answers:
-        raise fail(sec.at("data"), f"metric logit_diff needs answers: give dataset {unit.data.name!r} an "
-                                   "'answers' list of [correct, wrong] pairs, one per prompt")
+        raise fail(
+            sec.at("data"),
+            f"metric logit_diff needs answers: give dataset {unit.data.name!r} an "
+            "'answers' list of [correct, wrong] pairs, one per prompt",
+        )
     unit.layers = sec.get("layers", as_int_list(0), None)
     unit.layers_per_unit = sec.get("layers_per_unit", int_at_least(1), 1)
     unit.batch_size = sec.get("batch_size", int_at_least(1), 8)
@@ -247,8 +279,10 @@ def check_model(spec: Spec, info) -> None:
     for unit in spec.units:
         for j, layer in enumerate(unit.layers or []):
             if not 0 <= layer < info.n_layers:
-                raise fail(f"{unit.path}.layers[{j}]", f"layer {layer} out of range: {info.name} has layers "
-                                                      f"0..{info.n_layers - 1}")
+                raise fail(
+                    f"{unit.path}.layers[{j}]",
+                    f"layer {layer} out of range: {info.name} has layers 0..{info.n_layers - 1}",
+                )
         for cond in unit.conditions:
             for path, heads in cond.head_lists():
                 for k, (l, h) in enumerate(heads):
@@ -258,4 +292,4 @@ def check_model(spec: Spec, info) -> None:
                 raise fail(cond.path, f"needs {biggest} heads (K plus exclude_top) but {info.name} has {total}")
 
 
-__all__ = ["Spec", "Unit", "load_spec", "parse_spec", "check_model"]
+__all__ = ["Spec", "Unit", "check_model", "load_spec", "parse_spec"]

@@ -95,15 +95,20 @@ class Store(Folder):
                 self.close()
                 raise InputError(
                     f"{self.root} holds results of a different spec (hash {str(old)[:12]} != {spec.hash[:12]}): its "
-                    "finished units would not match. Run with --fresh to discard them, or choose another --out folder")
+                    "finished units would not match. Run with --fresh to discard them, or choose another --out folder"
+                )
         elif any(p.name != ".lock" for p in self.root.iterdir()):
             self.close()
-            raise InputError(f"{self.root} is not empty and is not a headscope run folder (no state.json): "
-                             "choose another --out folder")
+            raise InputError(
+                f"{self.root} is not empty and is not a headscope run folder (no state.json): "
+                "choose another --out folder"
+            )
         if not state_file.is_file():
-            now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            self.write_json("state.json", {"spec_hash": spec.hash, "spec_name": spec.name, "started": now,
-                                           "headscope_version": __version__})
+            now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+            self.write_json(
+                "state.json",
+                {"spec_hash": spec.hash, "spec_name": spec.name, "started": now, "headscope_version": __version__},
+            )
         self.write_text("spec.yaml", spec.text)
         self._remove_stale_temps()
 
@@ -116,8 +121,9 @@ class Store(Folder):
         except OSError:
             self._lock.close()
             self._lock = None
-            raise InputError(f"another headscope run is writing to {self.root}; wait for it or use "
-                             "another --out") from None
+            raise InputError(
+                f"another headscope run is writing to {self.root}; wait for it or use another --out"
+            ) from None
 
     def close(self) -> None:
         if self._lock is not None:

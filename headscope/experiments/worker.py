@@ -20,9 +20,9 @@ import tempfile
 import time
 
 from . import executors
-from .units import FINISHERS, PLANNERS, load_spec_model, prepare
 from .store import Folder
 from .summary import write_summary
+from .units import FINISHERS, PLANNERS, load_spec_model, prepare
 
 # Test-only: seconds a worker sleeps after computing an item and before returning it, so a test can
 # kill the worker mid-unit (the item is computed but not yet written: it must be rerun, not lost).
@@ -55,20 +55,29 @@ class Worker:
         self.scratch = Folder(tempfile.mkdtemp(prefix="headscope-worker-"))
         model, info, datasets = prepare(spec, model)
         self.ctx = executors.Context(spec, self.scratch, model, info, datasets)
-        self.items = {(unit.name, item.key): item for unit in spec.units for item in PLANNERS[unit.type](unit, self.ctx)}
+        self.items = {
+            (unit.name, item.key): item for unit in spec.units for item in PLANNERS[unit.type](unit, self.ctx)
+        }
         self.load_seconds = round(time.time() - started, 2)
         self.device = str(getattr(model.cfg, "device", "cpu"))
 
     def describe(self) -> dict:
-        return {"name": self.name, "host": platform.node(), "pid": os.getpid(), "device": self.device,
-                "load_seconds": self.load_seconds}
+        return {
+            "name": self.name,
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": self.device,
+            "load_seconds": self.load_seconds,
+        }
 
     def plan(self) -> list[dict]:
         """The items in the local runner's order: unit, key, the marker's path relative to the results
         folder, and what each reads (`Item.needs`)."""
         root = self.scratch.root
-        return [{"unit": u, "key": k, "marker": item.marker.relative_to(root).as_posix(), "needs": list(item.needs)}
-                for (u, k), item in self.items.items()]
+        return [
+            {"unit": u, "key": k, "marker": item.marker.relative_to(root).as_posix(), "needs": list(item.needs)}
+            for (u, k), item in self.items.items()
+        ]
 
     def _receive(self, files: dict[str, bytes]) -> None:
         for rel, data in files.items():

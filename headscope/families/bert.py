@@ -22,10 +22,24 @@ def roberta_readout(model, x):
     return head.layer_norm(gelu(head.dense(x)))
 
 
-ROBERTA = register_family(Family("roberta", ("roberta",), readout=roberta_readout, attention_route=route_attention,
-                                 notes="Encoder; the masked-LM head's dense + GELU precede ln_final; attention "
-                                       "routed through headscope's forward like BERT's."))
+ROBERTA = register_family(
+    Family(
+        "roberta",
+        ("roberta",),
+        readout=roberta_readout,
+        attention_route=route_attention,
+        notes="Encoder; the masked-LM head's dense + GELU precede ln_final; attention "
+        "routed through headscope's forward like BERT's.",
+    )
+)
 
-FAMILY = register_family(Family("bert", ("bert",), readout=mlm_readout, attention_route=route_attention,
-                                notes="Encoder; the bridge would report patterns after HF computes attention, so "
-                                      "headscope routes attention through its own forward."))
+FAMILY = register_family(
+    Family(
+        "bert",
+        ("bert",),
+        readout=mlm_readout,
+        attention_route=route_attention,
+        notes="Encoder; the bridge would report patterns after HF computes attention, so "
+        "headscope routes attention through its own forward.",
+    )
+)

@@ -10,5 +10,11 @@ def logit_scaled(model, logits):
     return logits * config.logit_scale
 
 
-FAMILY = register_family(Family("cohere", ("cohere", "cohere2"), logits=logit_scaled,
-                                notes="Logits scaled by config.logit_scale after the unembedding."))
+FAMILY = register_family(
+    Family(
+        "cohere",
+        ("cohere", "cohere2"),
+        logits=logit_scaled,
+        notes="Logits scaled by config.logit_scale after the unembedding.",
+    )
+)

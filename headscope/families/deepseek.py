@@ -87,8 +87,9 @@ def _mla(module, hidden_states, attention_mask, cache, rope):
         q = module.q_b_proj(module.q_a_layernorm(module.q_a_proj(hidden_states)))
     q = q.view(b, T, -1, module.qk_head_dim).transpose(1, 2)
     q_nope, q_rot = torch.split(q, [module.qk_nope_head_dim, module.qk_rope_head_dim], dim=-1)
-    kv_nope, k_rot = torch.split(module.kv_a_proj_with_mqa(hidden_states),
-                                 [module.kv_lora_rank, module.qk_rope_head_dim], dim=-1)
+    kv_nope, k_rot = torch.split(
+        module.kv_a_proj_with_mqa(hidden_states), [module.kv_lora_rank, module.qk_rope_head_dim], dim=-1
+    )
     kv_nope = module.kv_a_layernorm(kv_nope).view(b, 1, T, module.kv_lora_rank)
     k_rot = k_rot.view(b, 1, T, module.qk_rope_head_dim)
     q_rot, k_rot = rope(q_rot, k_rot)
@@ -102,33 +103,59 @@ def _mla(module, hidden_states, attention_mask, cache, rope):
 
 # Youtu and GLM-4 MoE Lite copy DeepSeek-V3's MLA attention (the same source, hashed alike).
 @mirrors("transformers.models.youtu.modeling_youtu:YoutuAttention.forward", "5.24.0", "bbf3ed097ccf7d9a")
-@mirrors("transformers.models.glm4_moe_lite.modeling_glm4_moe_lite:Glm4MoeLiteAttention.forward", "5.24.0",
-         "bbf3ed097ccf7d9a")
-@mirrors("transformers.models.deepseek_v3.modeling_deepseek_v3:DeepseekV3Attention.forward", "5.24.0",
-         "bbf3ed097ccf7d9a")
-def deepseek_v3(module, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
-                past_key_values=None, **kwargs):
+@mirrors(
+    "transformers.models.glm4_moe_lite.modeling_glm4_moe_lite:Glm4MoeLiteAttention.forward",
+    "5.24.0",
+    "bbf3ed097ccf7d9a",
+)
+@mirrors(
+    "transformers.models.deepseek_v3.modeling_deepseek_v3:DeepseekV3Attention.forward", "5.24.0", "bbf3ed097ccf7d9a"
+)
+def deepseek_v3(
+    module, hidden_states, position_embeddings=None, attention_mask=None, cache=None, past_key_values=None, **kwargs
+):
     from transformers.models.deepseek_v3 import modeling_deepseek_v3 as m
 
     cos, sin = position_embeddings
     apply = m.apply_rotary_pos_emb_interleave if module.config.rope_interleave else m.apply_rotary_pos_emb
-    return _mla(module, hidden_states, attention_mask, cache if cache is not None else past_key_values,
-                lambda q, k: apply(q, k, cos, sin))
+    return _mla(
+        module,
+        hidden_states,
+        attention_mask,
+        cache if cache is not None else past_key_values,
+        lambda q, k: apply(q, k, cos, sin),
+    )
 
 
-@mirrors("transformers.models.deepseek_v2.modeling_deepseek_v2:DeepseekV2Attention.forward", "5.24.0",
-         "c33fe88f385aa6af")
-def deepseek_v2(module, hidden_states, attention_mask=None, cache=None, position_embeddings=None,
-                past_key_values=None, **kwargs):
+@mirrors(
+    "transformers.models.deepseek_v2.modeling_deepseek_v2:DeepseekV2Attention.forward", "5.24.0", "c33fe88f385aa6af"
+)
+def deepseek_v2(
+    module, hidden_states, attention_mask=None, cache=None, position_embeddings=None, past_key_values=None, **kwargs
+):
     from transformers.models.deepseek_v2.modeling_deepseek_v2 import apply_rotary_emb
 
-    return _mla(module, hidden_states, attention_mask, cache if cache is not None else past_key_values,
-                lambda q, k: apply_rotary_emb(q, k, position_embeddings.to(q.device)))
+    return _mla(
+        module,
+        hidden_states,
+        attention_mask,
+        cache if cache is not None else past_key_values,
+        lambda q, k: apply_rotary_emb(q, k, position_embeddings.to(q.device)),
+    )
 
 
-FAMILY = register_family(Family(
-    "deepseek", ("deepseek_v2", "deepseek_v3", "youtu", "glm4_moe_lite"),
-    blocked_forwards={"DeepseekV3Attention": deepseek_v3, "DeepseekV2Attention": deepseek_v2,
-                      "YoutuAttention": deepseek_v3, "Glm4MoeLiteAttention": deepseek_v3},
-    prepare=prepare, d_head=d_head,
-    notes="Multi-head latent attention: a head is a query head with its own decompressed K and V."))
+FAMILY = register_family(
+    Family(
+        "deepseek",
+        ("deepseek_v2", "deepseek_v3", "youtu", "glm4_moe_lite"),
+        blocked_forwards={
+            "DeepseekV3Attention": deepseek_v3,
+            "DeepseekV2Attention": deepseek_v2,
+            "YoutuAttention": deepseek_v3,
+            "Glm4MoeLiteAttention": deepseek_v3,
+        },
+        prepare=prepare,
+        d_head=d_head,
+        notes="Multi-head latent attention: a head is a query head with its own decompressed K and V.",
+    )
+)

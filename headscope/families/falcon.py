@@ -13,8 +13,18 @@ from ._bias import alibi_rows
 
 
 @mirrors("transformers.models.falcon.modeling_falcon:FalconAttention.forward", "5.24.0", "e154487989606dcd")
-def falcon(module, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None, use_cache=False,
-           output_attentions=False, position_embeddings=None, **kwargs):
+def falcon(
+    module,
+    hidden_states,
+    alibi,
+    attention_mask,
+    position_ids=None,
+    layer_past=None,
+    use_cache=False,
+    output_attentions=False,
+    position_embeddings=None,
+    **kwargs,
+):
     from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
 
     fused_qkv = module.query_key_value(hidden_states)
@@ -40,8 +50,7 @@ def falcon(module, hidden_states, alibi, attention_mask, position_ids=None, laye
         # Eager Falcon-ALiBi: (q k^T + alibi) / sqrt(d) + mask, and the model folded alibi / sqrt(d) into
         # that mask too (FalconModel.forward), so the bias counts twice.
         bias = alibi_rows(alibi, b, h, module.inv_norm_factor + 1 / math.sqrt(module.config.hidden_size // h))
-    z, _ = attention_forward(module, query, key, value, attention_mask, scaling=module.inv_norm_factor,
-                             score_bias=bias)
+    z, _ = attention_forward(module, query, key, value, attention_mask, scaling=module.inv_norm_factor, score_bias=bias)
     return module.dense(z.reshape(b, T, h * d)), None
 
 
@@ -67,9 +76,11 @@ def bridge_overrides(config) -> dict | None:
 def grouped_qkv(weight, n_heads: int, n_kv: int, d_head: int):
     """(q, k, v) rows of a new-decoder fused query_key_value weight ([..., in]) or bias ([...])."""
     grouped = weight.reshape(n_kv, n_heads // n_kv + 2, d_head, *weight.shape[1:])
-    return (grouped[:, :-2].reshape(n_heads * d_head, *weight.shape[1:]),
-            grouped[:, -2].reshape(n_kv * d_head, *weight.shape[1:]),
-            grouped[:, -1].reshape(n_kv * d_head, *weight.shape[1:]))
+    return (
+        grouped[:, :-2].reshape(n_heads * d_head, *weight.shape[1:]),
+        grouped[:, -2].reshape(n_kv * d_head, *weight.shape[1:]),
+        grouped[:, -1].reshape(n_kv * d_head, *weight.shape[1:]),
+    )
 
 
 def prepare(bridge) -> None:
@@ -89,8 +100,13 @@ def prepare(bridge) -> None:
                     getattr(lin.original_component, attr).copy_(rows)
 
 
-FAMILY = register_family(Family(
-    "falcon", ("falcon",),
-    blocked_forwards={"FalconAttention": falcon},
-    bridge_overrides=bridge_overrides, prepare=prepare,
-    notes="HF computes attention inline; ALiBi configs fold the bias into the mask as well as the scores."))
+FAMILY = register_family(
+    Family(
+        "falcon",
+        ("falcon",),
+        blocked_forwards={"FalconAttention": falcon},
+        bridge_overrides=bridge_overrides,
+        prepare=prepare,
+        notes="HF computes attention inline; ALiBi configs fold the bias into the mask as well as the scores.",
+    )
+)

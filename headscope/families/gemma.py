@@ -27,13 +27,20 @@ def uneven_heads(config) -> str | None:
     except (AttributeError, KeyError, IndexError, TypeError):  # a config without per-layer shapes
         return None
     if len(shapes) > 1:
-        return (f"its layers have different attention head shapes (head_dim, heads, KV heads: {sorted(shapes)}), "
-                "and headscope assumes one head shape for the whole model, so head tables, ablations and scans "
-                "would be wrong. Fix: none in headscope yet")
+        return (
+            f"its layers have different attention head shapes (head_dim, heads, KV heads: {sorted(shapes)}), "
+            "and headscope assumes one head shape for the whole model, so head tables, ablations and scans "
+            "would be wrong. Fix: none in headscope yet"
+        )
     return None
 
 
-FAMILY = register_family(Family("gemma", ("gemma2", "gemma3", "gemma3_text", "gemma3n_text", "gemma4_text",
-                                          "vaultgemma", "nanochat"),
-                                logits=softcapped, refuse=uneven_heads,
-                                notes="Final logit soft-cap; attention soft-cap (Gemma 2) inside hook_attn_scores."))
+FAMILY = register_family(
+    Family(
+        "gemma",
+        ("gemma2", "gemma3", "gemma3_text", "gemma3n_text", "gemma4_text", "vaultgemma", "nanochat"),
+        logits=softcapped,
+        refuse=uneven_heads,
+        notes="Final logit soft-cap; attention soft-cap (Gemma 2) inside hook_attn_scores.",
+    )
+)

@@ -18,7 +18,12 @@ def sink_logits(model, layer: int):
     return hf_attention(model, layer).sinks
 
 
-FAMILY = register_family(Family(
-    "gpt_oss", ("gpt_oss",), learned_sinks=sink_logits,
-    notes="Learned per-head sink logits join each softmax (HF passes them as s_aux); patterns over real keys "
-          "sum to 1 - sink_logit_mass."))
+FAMILY = register_family(
+    Family(
+        "gpt_oss",
+        ("gpt_oss",),
+        learned_sinks=sink_logits,
+        notes="Learned per-head sink logits join each softmax (HF passes them as s_aux); patterns over real keys "
+        "sum to 1 - sink_logit_mass.",
+    )
+)

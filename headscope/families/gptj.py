@@ -36,13 +36,26 @@ def gptj(module, hidden_states, position_embeddings, attention_mask=None, cache=
     if cache is not None:
         key, value = cache.update(key, value, module.layer_idx, kwargs=kwargs)
     # GPT-J's eager attention scores in float32 whatever the model's dtype.
-    z, _ = attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
-                             dropout=0.0 if not module.training else module.attention_dropout, scaling=module.scaling)
+    z, _ = attention_forward(
+        module,
+        query.float(),
+        key.float(),
+        value.float(),
+        attention_mask,
+        dropout=0.0 if not module.training else module.attention_dropout,
+        scaling=module.scaling,
+    )
     out = module.out_proj(z.to(value.dtype).reshape(*input_shape, -1).contiguous())
     return module.resid_dropout(out), None
 
 
-FAMILY = register_family(Family(
-    "gptj", ("gptj",), blocked_forwards={"GPTJAttention": gptj}, attention_route=route_attention,
-    notes="Scores in float32 (headscope's copy of the forward); the bridge would report patterns after HF, so "
-          "headscope routes attention through its own forward."))
+FAMILY = register_family(
+    Family(
+        "gptj",
+        ("gptj",),
+        blocked_forwards={"GPTJAttention": gptj},
+        attention_route=route_attention,
+        notes="Scores in float32 (headscope's copy of the forward); the bridge would report patterns after HF, so "
+        "headscope routes attention through its own forward.",
+    )
+)

@@ -11,5 +11,8 @@ def kinds(config) -> list[str]:
     return [ATTENTION if t in ("attention", "full_attention") else "mamba2" for t in config.layer_types]
 
 
-FAMILY = register_family(Family("granite_moe_hybrid", ("granitemoehybrid",), layer_kinds=kinds,
-                                notes="Hybrid: Mamba-2 layers have no heads."))
+FAMILY = register_family(
+    Family(
+        "granite_moe_hybrid", ("granitemoehybrid",), layer_kinds=kinds, notes="Hybrid: Mamba-2 layers have no heads."
+    )
+)

@@ -6,10 +6,18 @@ from ..models.family import Family, register_family
 
 
 def recurrent_stacks(config) -> str:
-    return ("it runs two transformer stacks (H and L) in nested recurrent cycles; TransformerLens bridges them "
-            "as L_blocks / H_blocks whose hooks fire once per cycle with no cycle index, so there is no single "
-            "(layer, head) grid for headscope's engines. Fix: none in headscope yet")
+    return (
+        "it runs two transformer stacks (H and L) in nested recurrent cycles; TransformerLens bridges them "
+        "as L_blocks / H_blocks whose hooks fire once per cycle with no cycle index, so there is no single "
+        "(layer, head) grid for headscope's engines. Fix: none in headscope yet"
+    )
 
 
-FAMILY = register_family(Family("hrm_text", ("hrm_text",), refuse=recurrent_stacks,
-                                notes="Hierarchical recurrent stacks (L_blocks / H_blocks), refused."))
+FAMILY = register_family(
+    Family(
+        "hrm_text",
+        ("hrm_text",),
+        refuse=recurrent_stacks,
+        notes="Hierarchical recurrent stacks (L_blocks / H_blocks), refused.",
+    )
+)

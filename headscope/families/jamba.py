@@ -11,7 +11,13 @@ def kinds(config) -> list[str]:
     return [ATTENTION if t == "attention" else "mamba" for t in config.layers_block_type]
 
 
-FAMILY = register_family(Family(
-    "jamba", ("jamba",), layer_kinds=kinds, attention_route=route_attention,
-    notes="Hybrid: Mamba layers have no heads. The bridge keeps HF's attention forward (patterns reported after "
-          "HF), so headscope routes the attention layers through its own forward."))
+FAMILY = register_family(
+    Family(
+        "jamba",
+        ("jamba",),
+        layer_kinds=kinds,
+        attention_route=route_attention,
+        notes="Hybrid: Mamba layers have no heads. The bridge keeps HF's attention forward (patterns reported after "
+        "HF), so headscope routes the attention layers through its own forward.",
+    )
+)

@@ -7,7 +7,12 @@ from __future__ import annotations
 from ..capture.routed import route_attention
 from ..models.family import Family, register_family
 
-FAMILY = register_family(Family(
-    "llama4", ("llama4_text", "llama4"), attention_route=route_attention,
-    notes="HF attention goes through AttentionInterface (chunked mask from HF's own mask function); the bridge "
-          "keeps HF's native attention, so headscope routes it to make hook_attn_scores / hook_pattern live."))
+FAMILY = register_family(
+    Family(
+        "llama4",
+        ("llama4_text", "llama4"),
+        attention_route=route_attention,
+        notes="HF attention goes through AttentionInterface (chunked mask from HF's own mask function); the bridge "
+        "keeps HF's native attention, so headscope routes it to make hook_attn_scores / hook_pattern live.",
+    )
+)

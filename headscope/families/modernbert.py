@@ -12,5 +12,11 @@ def prediction_head_readout(model, x):
     return model.original_model.lm_head(model.ln_final(x))
 
 
-FAMILY = register_family(Family("modernbert_decoder", ("modernbert-decoder",), readout=prediction_head_readout,
-                                notes="lm_head is a prediction head; the vocabulary projection is `decoder`."))
+FAMILY = register_family(
+    Family(
+        "modernbert_decoder",
+        ("modernbert-decoder",),
+        readout=prediction_head_readout,
+        notes="lm_head is a prediction head; the vocabulary projection is `decoder`.",
+    )
+)

@@ -21,10 +21,16 @@ def mpt(module, hidden_states, position_bias, cache=None, attention_mask=None, p
     bias = None
     if position_bias is not None:
         # MPT's bias [head, 1, max_seq_len] is relative to the last key: the layer uses its last n_kv columns.
-        bias = keys_bias(position_bias[None, :, :, max(0, position_bias.size(2) - key.shape[2]):])
+        bias = keys_bias(position_bias[None, :, :, max(0, position_bias.size(2) - key.shape[2]) :])
     z, _ = attention_forward(module, query, key, value, attention_mask, scaling=module.softmax_scale, score_bias=bias)
     return module.out_proj(z.reshape(b, T, h * d)), None
 
 
-FAMILY = register_family(Family("mpt", ("mpt",), blocked_forwards={"MptAttention": mpt},
-                                notes="HF computes attention inline with a relative ALiBi bias."))
+FAMILY = register_family(
+    Family(
+        "mpt",
+        ("mpt",),
+        blocked_forwards={"MptAttention": mpt},
+        notes="HF computes attention inline with a relative ALiBi bias.",
+    )
+)

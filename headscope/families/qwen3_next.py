@@ -11,6 +11,12 @@ def kinds(config) -> list[str]:
     return [ATTENTION if t == "full_attention" else "linear_attention" for t in config.layer_types]
 
 
-FAMILY = register_family(Family("qwen3_next", ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"), layer_kinds=kinds,
-                                notes="Hybrid: Gated DeltaNet (linear attention) layers have no heads; "
-                                      "full-attention layers gate their output per head (sigmoid of half of q_proj)."))
+FAMILY = register_family(
+    Family(
+        "qwen3_next",
+        ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"),
+        layer_kinds=kinds,
+        notes="Hybrid: Gated DeltaNet (linear attention) layers have no heads; "
+        "full-attention layers gate their output per head (sigmoid of half of q_proj).",
+    )
+)

@@ -93,4 +93,5 @@ def check_image_tokens(model, prompt: ImagePrompt, index: int = 0) -> None:
         raise InputError(
             f"prompt {index} has {n_tokens} image tokens but {n_images} image(s) x {per_image} patches = "
             f"{per_image * n_images} are needed. Fix: put {per_image} image tokens per image in the ids "
-            "(e.g. build them with the model's processor or prompt helper).")
+            "(e.g. build them with the model's processor or prompt helper)."
+        )

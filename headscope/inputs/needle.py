@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..experiment_registry import GENERATORS, Generator, params_of
 from ..models.info import model_info, tokenizer_adds_bos
 from ..paths import data_dir
 from .probes import repeated_random_tokens
-from ..experiment_registry import GENERATORS, Generator, params_of
 
 FORMS = ("completion", "question", "paper", "chat", "paper-chat")
 _CHAT_FORMS = ("chat", "paper-chat")
@@ -115,15 +115,19 @@ def _scaffold(tokenizer, form: str, needle: dict) -> tuple[list[int], list[int]]
     if form == "paper":
         return [], _ids(tokenizer, QUESTION + needle["question"] + "\nAnswer:")
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError(f"form={form!r} needs a tokenizer with a chat template; use 'completion', 'question' "
-                         "or 'paper'")
+        raise InputError(
+            f"form={form!r} needs a tokenizer with a chat template; use 'completion', 'question' or 'paper'"
+        )
     marker = "\x00HAYSTACK\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+    )
     before, after = text.split(marker)
     answer = "\nAnswer:" if form == "paper-chat" else ""
-    return (_ids(tokenizer, before + "<book>"),
-            _ids(tokenizer, "</book>\n" + QUESTION + needle["question"] + answer + after))
+    return (
+        _ids(tokenizer, before + "<book>"),
+        _ids(tokenizer, "</book>\n" + QUESTION + needle["question"] + answer + after),
+    )
 
 
 def _needle_ids(tokenizer, needle: dict, sep: str) -> tuple[list[int], int, int]:
@@ -134,9 +138,18 @@ def _needle_ids(tokenizer, needle: dict, sep: str) -> tuple[list[int], int, int]
     return head + answer + tail, len(head), len(head) + len(answer)
 
 
-def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None, seed: int = 0, form: str = "completion",
-                        *, needles: list[dict] | None = None, haystack: list[str] | None = None,
-                        prepend_bos: bool | None = None) -> list[NeedleSample]:
+def make_needle_prompts(
+    tokenizer_or_model,
+    n: int,
+    context_lengths,
+    depths=None,
+    seed: int = 0,
+    form: str = "completion",
+    *,
+    needles: list[dict] | None = None,
+    haystack: list[str] | None = None,
+    prepend_bos: bool | None = None,
+) -> list[NeedleSample]:
     """`n` seeded needle prompts per context length (in tokens, the whole prompt). Depths cycle through
     `depths` (default the paper's linspace(0, 100, 10)) from a random offset, needles cycle in a
     seeded order, haystack start points are random. Prompts are filled with whole sentences up to
@@ -205,12 +218,16 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
                 chosen.append(i)
                 used += size
             else:  # every sentence fitted: the corpus is shorter than the prompt asked for
-                raise InputError(f"context_length={length} needs ~{budget} haystack tokens but the haystack has "
-                                 f"only {used}: pass more text with haystack=[...] (or add *.txt files to the "
-                                 f"haystack folder), or ask for a shorter context")
+                raise InputError(
+                    f"context_length={length} needs ~{budget} haystack tokens but the haystack has "
+                    f"only {used}: pass more text with haystack=[...] (or add *.txt files to the "
+                    f"haystack folder), or ask for a shorter context"
+                )
             if not chosen:
-                raise InputError(f"context_length={length} leaves no room for a haystack sentence in the "
-                                 f"{form!r} form: use at least ~{length - budget + 40} tokens")
+                raise InputError(
+                    f"context_length={length} leaves no room for a haystack sentence in the "
+                    f"{form!r} form: use at least ~{length - budget + 40} tokens"
+                )
             pieces = [piece(i, k == 0) for k, i in enumerate(chosen)]
             bounds = np.cumsum([0] + [len(p) for p in pieces])  # token offset of each sentence boundary
             at = int(np.argmin(np.abs(bounds - depth / 100 * bounds[-1])))
@@ -220,15 +237,32 @@ def make_needle_prompts(tokenizer_or_model, n: int, context_lengths, depths=None
             prompt = list(before) + [t for p in pieces[:at] for t in p]
             n0 = len(prompt)
             prompt += needle_ids + [t for p in pieces[at:] for t in p] + list(after)
-            out.append(NeedleSample(
-                tuple(prompt), (n0, n0 + len(needle_ids)), (n0 + a0, n0 + a1), tuple(needle_ids[a0:a1]),
-                needle["answer"], len(prompt), depth, form, needle["id"]))
+            out.append(
+                NeedleSample(
+                    tuple(prompt),
+                    (n0, n0 + len(needle_ids)),
+                    (n0 + a0, n0 + a1),
+                    tuple(needle_ids[a0:a1]),
+                    needle["answer"],
+                    len(prompt),
+                    depth,
+                    form,
+                    needle["id"],
+                )
+            )
     return out
 
 
-def make_repeat_samples(vocab_size: int, n: int, seq_len: int = 40, prefix_len: int | None = None,
-                        answer_len: int = 10, seed: int = 0, first_token: int | None = None,
-                        token_range: tuple[int, int] | None = None) -> list[NeedleSample]:
+def make_repeat_samples(
+    vocab_size: int,
+    n: int,
+    seq_len: int = 40,
+    prefix_len: int | None = None,
+    answer_len: int = 10,
+    seed: int = 0,
+    first_token: int | None = None,
+    token_range: tuple[int, int] | None = None,
+) -> list[NeedleSample]:
     """Copy prompts from repeated random segments: `[first_token] + seg + seg[:prefix_len]`; the model
     should continue with `seg[prefix_len : prefix_len + answer_len]`. The "needle" is the first copy
     of the segment, the answer span its part that the continuation repeats.
@@ -241,18 +275,31 @@ def make_repeat_samples(vocab_size: int, n: int, seq_len: int = 40, prefix_len: 
     """
     prefix_len = seq_len // 2 if prefix_len is None else prefix_len
     if not 0 <= prefix_len or prefix_len + answer_len > seq_len or answer_len < 1:
-        raise InputError(f"need 0 <= prefix_len and prefix_len + answer_len <= seq_len, with answer_len >= 1; "
-                         f"got prefix_len={prefix_len}, answer_len={answer_len}, seq_len={seq_len}")
+        raise InputError(
+            f"need 0 <= prefix_len and prefix_len + answer_len <= seq_len, with answer_len >= 1; "
+            f"got prefix_len={prefix_len}, answer_len={answer_len}, seq_len={seq_len}"
+        )
     segs = repeated_random_tokens(vocab_size, seq_len, 1, n, seed, token_range=token_range)
     f = 0 if first_token is None else 1
     out = []
     for seg in segs.tolist():
         prompt = ([first_token] if f else []) + seg + seg[:prefix_len]
-        answer = tuple(seg[prefix_len:prefix_len + answer_len])
-        out.append(NeedleSample(
-            tuple(prompt), (f, f + seq_len), (f + prefix_len, f + prefix_len + answer_len), answer,
-            " ".join(map(str, answer)), len(prompt), 100.0 * prefix_len / seq_len, "repeat", f"repeat-{seq_len}",
-            source="repeats", stop=False))
+        answer = tuple(seg[prefix_len : prefix_len + answer_len])
+        out.append(
+            NeedleSample(
+                tuple(prompt),
+                (f, f + seq_len),
+                (f + prefix_len, f + prefix_len + answer_len),
+                answer,
+                " ".join(map(str, answer)),
+                len(prompt),
+                100.0 * prefix_len / seq_len,
+                "repeat",
+                f"repeat-{seq_len}",
+                source="repeats",
+                stop=False,
+            )
+        )
     return out
 
 
@@ -272,12 +319,24 @@ def _prompt_ids(samples) -> list:
     return [s.prompt_ids for s in samples]
 
 
-GENERATORS.register("needle", Generator(
-    _needle_generator, yields="needle", token_ids=_prompt_ids,
-    # needles / haystack are Python-only arguments (lists of dicts / texts), not spec fields
-    params=params_of(make_needle_prompts, skip={"tokenizer_or_model", "needles", "haystack"}),
-    doc="needle-in-a-haystack prompts (make_needle_prompts)"))
-GENERATORS.register("repeat_samples", Generator(
-    _repeat_generator, yields="needle", token_ids=_prompt_ids,
-    params=params_of(make_repeat_samples, skip={"vocab_size"}),
-    doc="copy prompts from repeated random segments (make_repeat_samples); first_token defaults to the model's BOS"))
+GENERATORS.register(
+    "needle",
+    Generator(
+        _needle_generator,
+        yields="needle",
+        token_ids=_prompt_ids,
+        # needles / haystack are Python-only arguments (lists of dicts / texts), not spec fields
+        params=params_of(make_needle_prompts, skip={"tokenizer_or_model", "needles", "haystack"}),
+        doc="needle-in-a-haystack prompts (make_needle_prompts)",
+    ),
+)
+GENERATORS.register(
+    "repeat_samples",
+    Generator(
+        _repeat_generator,
+        yields="needle",
+        token_ids=_prompt_ids,
+        params=params_of(make_repeat_samples, skip={"vocab_size"}),
+        doc="copy prompts from repeated random segments (make_repeat_samples); first_token defaults to the model's BOS",
+    ),
+)

@@ -14,9 +14,15 @@ def default_token_range(vocab_size: int) -> tuple[int, int]:
     return (1000, min(vocab_size, 11000)) if vocab_size > 2000 else (2, vocab_size)
 
 
-def repeated_random_tokens(vocab_size: int, seq_len: int = 50, n_repeats: int = 2, n_prompts: int = 1,
-                           seed: int = 0, token_range: tuple[int, int] | None = None,
-                           first_token: int | None = None) -> torch.Tensor:
+def repeated_random_tokens(
+    vocab_size: int,
+    seq_len: int = 50,
+    n_repeats: int = 2,
+    n_prompts: int = 1,
+    seed: int = 0,
+    token_range: tuple[int, int] | None = None,
+    first_token: int | None = None,
+) -> torch.Tensor:
     """Random token segments repeated `n_repeats` times: the classic induction/echo probe.
 
     Each prompt is `[first_token] + seg * n_repeats` with `seg` drawn without replacement (so every
@@ -54,6 +60,12 @@ def _repeated_tokens_generator(model, info, **params) -> list[list[int]]:
     return repeated_random_tokens(int(model.cfg.d_vocab), **params).tolist()
 
 
-GENERATORS.register("repeated_tokens", Generator(
-    _repeated_tokens_generator, yields="tokens", params=params_of(repeated_random_tokens, skip={"vocab_size"}),
-    doc="random segments repeated n_repeats times (repeated_random_tokens); first_token defaults to the model's BOS"))
+GENERATORS.register(
+    "repeated_tokens",
+    Generator(
+        _repeated_tokens_generator,
+        yields="tokens",
+        params=params_of(repeated_random_tokens, skip={"vocab_size"}),
+        doc="random segments repeated n_repeats times (repeated_random_tokens); first_token defaults to the model's BOS",
+    ),
+)

@@ -83,7 +83,9 @@ class SegmentPrompt:
         try:
             wanted = [int(p) for p in positions]
         except (TypeError, ValueError):
-            raise InputError(f"positions={positions!r}: use 'last', 'after_segment', an int or a list of ints") from None
+            raise InputError(
+                f"positions={positions!r}: use 'last', 'after_segment', an int or a list of ints"
+            ) from None
         if not wanted:
             raise InputError("positions is an empty list: give at least one position (e.g. -1 = the last token)")
         out = []
@@ -93,7 +95,8 @@ class SegmentPrompt:
                 raise InputError(
                     f"position {p} is not after the segment: this prompt has {n} tokens and its segment ends "
                     f"at {end}, so use {end}..{n - 1} or -{n - end}..-1 (before the segment nothing differs; "
-                    f"inside it 'removed' has no counterpart)")
+                    f"inside it 'removed' has no counterpart)"
+                )
             out.append(q)
         return out
 
@@ -121,20 +124,25 @@ def _image_item(model, item: ImagePrompt, index: int) -> SegmentPrompt:
     start, end = image_span(model, item.ids)
     ids = list(item.ids)
     if end == len(ids):
-        raise InputError(f"item {index}: nothing follows the image; add the question (the measured positions "
-                         "must come after the image)")
+        raise InputError(
+            f"item {index}: nothing follows the image; add the question (the measured positions "
+            "must come after the image)"
+        )
     return SegmentPrompt(tuple(ids[:start]), tuple(ids[start:end]), tuple(ids[end:]), None, item.pixel_values)
 
 
 def _as_triples(data) -> list:
     if isinstance(data, (SegmentPrompt, ImagePrompt)):
         return [data]
-    if isinstance(data, Mapping) or (isinstance(data, tuple) and len(data) == 3 and all(
-            p is None or isinstance(p, str) for p in data)):
+    if isinstance(data, Mapping) or (
+        isinstance(data, tuple) and len(data) == 3 and all(p is None or isinstance(p, str) for p in data)
+    ):
         return [data]  # a single (prefix, segment, suffix) item
     if isinstance(data, str) or not isinstance(data, Sequence) or len(data) == 0:
-        raise InputError("data must be a non-empty list of (prefix, segment, suffix) items "
-                         "(strings or token-id lists), e.g. [('Context:', ' The sky is green.', ' Q: colour? A:')]")
+        raise InputError(
+            "data must be a non-empty list of (prefix, segment, suffix) items "
+            "(strings or token-id lists), e.g. [('Context:', ' The sky is green.', ' Q: colour? A:')]"
+        )
     return list(data)
 
 
@@ -161,8 +169,10 @@ def segment_prompts(model, data, *, prepend_bos: bool | None = None) -> list[Seg
         if isinstance(item, Mapping):
             unknown = set(item) - {"prefix", "segment", "suffix"}
             if unknown or "segment" not in item or "suffix" not in item:
-                raise InputError(f"item {i}: a dict item needs keys 'segment' and 'suffix' (and optionally "
-                                 f"'prefix'); got {sorted(item)}")
+                raise InputError(
+                    f"item {i}: a dict item needs keys 'segment' and 'suffix' (and optionally "
+                    f"'prefix'); got {sorted(item)}"
+                )
             item = (item.get("prefix"), item["segment"], item["suffix"])
         if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
             raise InputError(f"item {i} is not a (prefix, segment, suffix) triple: {item!r:.80}")
@@ -174,8 +184,10 @@ def segment_prompts(model, data, *, prepend_bos: bool | None = None) -> list[Seg
         if not segment:
             raise InputError(f"item {i}: the segment is empty; give it text or token ids")
         if not suffix:
-            raise InputError(f"item {i}: the suffix is empty; the measured positions must come after the segment "
-                             f"(e.g. a question about it), so give the suffix at least one token")
+            raise InputError(
+                f"item {i}: the suffix is empty; the measured positions must come after the segment "
+                f"(e.g. a question about it), so give the suffix at least one token"
+            )
         n = len(prefix) + len(segment) + len(suffix)
         if n > info.n_ctx:
             raise InputError(f"item {i} has {n} tokens but {info.name} has a context of {info.n_ctx}: shorten it")
@@ -207,8 +219,10 @@ def filler_ids(model, filler, length: int) -> list[int]:
         ids = _tokens(model, filler, "filler", 0)
     vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if not ids or (vocab and not all(0 <= t < vocab for t in ids)):
-        raise InputError(f"filler={filler!r:.60} gives no valid token ids: pass non-empty text, a token id or ids "
-                         f"inside the vocabulary")
+        raise InputError(
+            f"filler={filler!r:.60} gives no valid token ids: pass non-empty text, a token id or ids "
+            f"inside the vocabulary"
+        )
     return (ids * (length // len(ids) + 1))[:length]
 
 
@@ -223,8 +237,9 @@ class VariantPair:
     other_positions: list[list[int]]
 
 
-def build_variants(model, items: list[SegmentPrompt], *, variant: str = "removed", positions="last",
-                   filler=None) -> VariantPair:
+def build_variants(
+    model, items: list[SegmentPrompt], *, variant: str = "removed", positions="last", filler=None
+) -> VariantPair:
     """The "present" prompts and their "removed" / "replaced" variants; positions are matched by their
     distance from the end, which is the same query token in both (the suffix is untouched)."""
     if variant not in VARIANTS:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InputError
-from ..models.info import image_token_ids  # noqa: F401  (part of this module's API)
+from ..models.info import image_token_ids
 
 
 def _as_list(ids) -> list[int]:
@@ -46,7 +46,8 @@ def image_spans(model, ids: Sequence[int] | torch.Tensor, *, required: bool = Tr
         raise InputError(
             "this model has no image token (no config.image_token_index and no headscope testbed marker). "
             "Fix: use a vision-language model (e.g. load_model('shapes-vlm')), or give the image span "
-            "explicitly as (start, end).")
+            "explicitly as (start, end)."
+        )
     spans: list[tuple[int, int]] = []
     for i, t in enumerate(_as_list(ids)):
         if t in marks:
@@ -55,8 +56,10 @@ def image_spans(model, ids: Sequence[int] | torch.Tensor, *, required: bool = Tr
             else:
                 spans.append((i, i + 1))
     if not spans and required:
-        raise InputError(f"the prompt contains no image token (ids {sorted(marks)}). "
-                         "Fix: build the prompt with the model's image placeholder tokens in it.")
+        raise InputError(
+            f"the prompt contains no image token (ids {sorted(marks)}). "
+            "Fix: build the prompt with the model's image placeholder tokens in it."
+        )
     return spans
 
 
@@ -64,6 +67,8 @@ def image_span(model, ids: Sequence[int] | torch.Tensor) -> tuple[int, int]:
     """The single image span of a one-image prompt (InputError if there are several)."""
     spans = image_spans(model, ids)
     if len(spans) != 1:
-        raise InputError(f"expected one image block, found {len(spans)} at {spans}. "
-                         "Fix: pass one image per prompt, or use image_spans() and pick one.")
+        raise InputError(
+            f"expected one image block, found {len(spans)} at {spans}. "
+            "Fix: pass one image per prompt, or use image_spans() and pick one."
+        )
     return spans[0]

@@ -40,7 +40,9 @@ def to_token_lists(model, inputs, info: ModelInfo, prepend_bos: bool | None = No
         inputs = [inputs]
     if isinstance(inputs, torch.Tensor):
         if inputs.dtype not in (torch.int64, torch.int32) or inputs.ndim not in (1, 2):
-            raise InputError(f"token tensors must be integer [batch, pos] or [pos], got {inputs.dtype} {tuple(inputs.shape)}")
+            raise InputError(
+                f"token tensors must be integer [batch, pos] or [pos], got {inputs.dtype} {tuple(inputs.shape)}"
+            )
         inputs = [row.tolist() for row in inputs.reshape(-1, inputs.shape[-1])]
     if not isinstance(inputs, Sequence) or len(inputs) == 0:
         raise InputError("no prompts given: pass a non-empty string, list of strings, or token tensor")
@@ -85,7 +87,7 @@ def encode(tokenizer, text: str, bos: bool, bos_id: int | None) -> list[int]:
     bare = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     firsts = {bos_id, getattr(tokenizer, "cls_token_id", None)} - {None}  # an encoder's [CLS] opens it
     # Only a BOS the tokenizer *added* counts: a chat string may itself begin with the BOS text.
-    added = len(ids) > len(bare) and ids[0] in firsts and ids[1:1 + len(bare)] == bare
+    added = len(ids) > len(bare) and ids[0] in firsts and ids[1 : 1 + len(bare)] == bare
     if bos and not added and bos_id is not None:
         ids = [bos_id] + ids
     elif not bos and added:

@@ -6,18 +6,52 @@ it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
 
 from .apply import apply, forward_with, run
 from .atp import attribution_scan
-from .kind import EditContext
 from .dla import direct_logit_attribution
+from .kind import EditContext
 from .metrics import METRICS
 from .patch_results import LogitAttribution, PatchScores
 from .patching import PATCH_SITES, patch
 from .prepare import prepare_references
 from .scan import clean_readout, scan, variant_outputs
 from .screen import ScreenedScan
-from .specs import (KINDS, ACTCalibration, Intervention, MeanAblation, ResampleAblation, ScaleOutput, StreamingWindow,
-                    UniformAttention, VARRedistribution, ZeroAblation)
+from .specs import (
+    KINDS,
+    ACTCalibration,
+    Intervention,
+    MeanAblation,
+    ResampleAblation,
+    ScaleOutput,
+    StreamingWindow,
+    UniformAttention,
+    VARRedistribution,
+    ZeroAblation,
+)
 
-__all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "ResampleAblation", "ScaleOutput",
-           "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation", "METRICS", "ScreenedScan",
-           "LogitAttribution", "PATCH_SITES", "PatchScores", "direct_logit_attribution", "patch",
-           "apply", "attribution_scan", "clean_readout", "forward_with", "prepare_references", "run", "scan", "variant_outputs"]
+__all__ = [
+    "KINDS",
+    "METRICS",
+    "PATCH_SITES",
+    "ACTCalibration",
+    "EditContext",
+    "Intervention",
+    "LogitAttribution",
+    "MeanAblation",
+    "PatchScores",
+    "ResampleAblation",
+    "ScaleOutput",
+    "ScreenedScan",
+    "StreamingWindow",
+    "UniformAttention",
+    "VARRedistribution",
+    "ZeroAblation",
+    "apply",
+    "attribution_scan",
+    "clean_readout",
+    "direct_logit_attribution",
+    "forward_with",
+    "patch",
+    "prepare_references",
+    "run",
+    "scan",
+    "variant_outputs",
+]

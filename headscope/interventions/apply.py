@@ -15,8 +15,14 @@ from .prepare import prepare_references
 
 
 @contextlib.contextmanager
-def apply(model, interventions, *, decode_start: int | None = None, attention: str = "eager",
-          block_size: int | None = DEFAULT_BLOCK_SIZE):
+def apply(
+    model,
+    interventions,
+    *,
+    decode_start: int | None = None,
+    attention: str = "eager",
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
+):
     """Context manager: attach the interventions' hooks, always remove them on exit (also on error).
 
     Kinds with reference activations (mean and resample ablation) first run their reference prompts
@@ -36,8 +42,10 @@ def apply(model, interventions, *, decode_start: int | None = None, attention: s
     specs = check_specs(interventions, info)  # validate before any compute
     check_editable(model, specs)
     if attention not in ("eager", "blocked"):
-        raise InputError(f"apply(attention={attention!r}): use 'eager' or 'blocked' ('auto' needs the input: "
-                         "forward_with decides it per call)")
+        raise InputError(
+            f"apply(attention={attention!r}): use 'eager' or 'blocked' ('auto' needs the input: "
+            "forward_with decides it per call)"
+        )
     if attention == "blocked":
         resolve_attention(model, "blocked", 1, 1, why_not=lambda: eager_only(specs))
     prepared = prepare_references(model, specs)
@@ -53,11 +61,23 @@ def apply(model, interventions, *, decode_start: int | None = None, attention: s
 def eager_only(specs) -> list[str]:
     """Why these specs cannot run on blocked attention (empty when they can)."""
     kinds = sorted({s.kind for s in specs if not s.row_local})
-    return [f"intervention kind(s) {kinds} redistribute the attention pattern, which needs the whole pattern"] if kinds else []
+    return (
+        [f"intervention kind(s) {kinds} redistribute the attention pattern, which needs the whole pattern"]
+        if kinds
+        else []
+    )
 
 
-def forward_with(model, tokens, interventions, *, decode_start: int | None = None, attention: str = "auto",
-                 max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB, **forward_kw):
+def forward_with(
+    model,
+    tokens,
+    interventions,
+    *,
+    decode_start: int | None = None,
+    attention: str = "auto",
+    max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB,
+    **forward_kw,
+):
     """One forward pass with the interventions applied; returns the model's output (logits).
 
     `attention` "auto" (default) runs blocked attention when one layer's pattern of `tokens` would
@@ -68,14 +88,23 @@ def forward_with(model, tokens, interventions, *, decode_start: int | None = Non
     """
     specs = check_specs(interventions, model_info(model))
     rows, n_tokens = tokens.shape if tokens.ndim == 2 else (1, tokens.shape[-1])
-    mode = "blocked" if resolve_attention(model, attention, rows, n_tokens, max_pattern_mb=max_pattern_mb,
-                                          why_not=lambda: eager_only(specs)) else "eager"
+    mode = (
+        "blocked"
+        if resolve_attention(
+            model, attention, rows, n_tokens, max_pattern_mb=max_pattern_mb, why_not=lambda: eager_only(specs)
+        )
+        else "eager"
+    )
     with torch.no_grad(), apply(model, specs, decode_start=decode_start, attention=mode):
         return model(tokens, **forward_kw)
 
 
 def run(model, tokens, interventions, *, decode_start: int | None = None, **forward_kw):
     """Deprecated alias of `forward_with` (the name `run` is the `headscope run` experiment command)."""
-    warnings.warn("headscope.run / headscope.interventions.run is renamed forward_with (run is the `headscope run` "
-                  "experiment command); the old name goes in the next release", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "headscope.run / headscope.interventions.run is renamed forward_with (run is the `headscope run` "
+        "experiment command); the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return forward_with(model, tokens, interventions, decode_start=decode_start, **forward_kw)

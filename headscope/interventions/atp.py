@@ -33,7 +33,6 @@ tokens plus "the rest" (one backward per outcome). See docs/attribution-patching
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
@@ -52,8 +51,10 @@ from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import ATTENTION_SITES
 from .metrics import KLLast, important_end, resolve_metric
 from .prepare import prepare_references
-from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
-    visited_heads as _visited_heads
+from .targets import check_reach as _check_reach
+from .targets import metric_name, prompt_labels
+from .targets import template as _template
+from .targets import visited_heads as _visited_heads
 
 ESTIMATORS = ("atp", "atp*")
 DEFAULT_KL_TOKENS = 16
@@ -69,17 +70,21 @@ def _node_site(spec, estimator: str) -> str:
 
 def _check_kind(spec, estimator: str) -> None:
     if spec.site not in ("z",) + ATTENTION_SITES:
-        raise InputError(f"attribution patching estimates head-output and attention kinds; {spec.kind!r} edits "
-                         f"hook_{spec.site}. Use scan(..., method='exact')")
+        raise InputError(
+            f"attribution patching estimates head-output and attention kinds; {spec.kind!r} edits "
+            f"hook_{spec.site}. Use scan(..., method='exact')"
+        )
     if spec.whole_query and estimator == "atp" and spec.site == "attn_scores":
         raise InputError(f"{spec.kind!r} edits whole score columns; use method='atp*'")
 
 
 def _all_heads(batch_index: torch.Tensor, n_heads: int):
     """Selector: every batch row x every head; the prompt of a row is its global index (resample)."""
+
     def select(n_rows: int):
         rows = torch.arange(n_rows).repeat_interleave(n_heads)
         return rows, torch.arange(n_heads).repeat(n_rows), batch_index.repeat_interleave(n_heads)
+
     return select
 
 
@@ -88,8 +93,9 @@ class _Nodes:
     head (the kind's edit, nothing changed in the forward) and add a zero leaf ε to the node, so that
     ∂M/∂ε is the total derivative of the metric with respect to the node."""
 
-    def __init__(self, spec, estimator: str, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int,
-                 model):
+    def __init__(
+        self, spec, estimator: str, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int, model
+    ):
         self.delta, self.eps = {}, {}
         self.node = _node_site(spec, estimator)
         self.hooks = []
@@ -99,8 +105,9 @@ class _Nodes:
             if self.node == spec.site:
                 self.hooks.append((SITES[spec.site].format(l=layer), self._at_node(layer, edit, spec.site)))
             else:  # QK fix: the kind edits the scores, the node is the pattern they give
-                self.hooks.append((SITES["attn_scores"].format(l=layer),
-                                   self._new_pattern(layer, edit, sink_logits(model, layer))))
+                self.hooks.append(
+                    (SITES["attn_scores"].format(l=layer), self._new_pattern(layer, edit, sink_logits(model, layer)))
+                )
                 self.hooks.append((SITES["pattern"].format(l=layer), self._at_pattern(layer)))
         self._new = {}
 
@@ -118,12 +125,15 @@ class _Nodes:
                     # A key the edit masks (streaming window) moves its score by an infinite amount.
                     floor = torch.finfo(x.dtype).min / 2
                     if bool(((edited <= floor) & (x.detach() > floor)).any()):
-                        raise InputError("this intervention masks keys (an infinite change of their scores), which "
-                                         "a linear estimate at the scores cannot take; use method='atp*' (the "
-                                         "softmax recomputed under the intervention)")
+                        raise InputError(
+                            "this intervention masks keys (an infinite change of their scores), which "
+                            "a linear estimate at the scores cannot take; use method='atp*' (the "
+                            "softmax recomputed under the intervention)"
+                        )
                     delta = torch.where(x.detach() > floor, delta, torch.zeros_like(delta))
             self.delta[layer] = delta
             return self._leaf(layer, x)
+
         return hook
 
     def _new_pattern(self, layer, edit, sinks):
@@ -132,12 +142,14 @@ class _Nodes:
                 edited = _wide(edit(scores.detach(), hook))
                 self._new[layer] = attention_softmax(edited, sinks, dtype=edited.dtype)
             return None
+
         return hook
 
     def _at_pattern(self, layer):
         def hook(pattern, hook):
             self.delta[layer] = self._new.pop(layer) - _wide(pattern.detach())
             return self._leaf(layer, pattern)
+
         return hook
 
     def per_head(self, grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -168,16 +180,18 @@ def _metric_outputs(metric, logits, batch, kl_tokens: int):
         k = min(kl_tokens, p.shape[-1] - 1)
         top_p, top_ids = p.topk(k, dim=-1)
         log_q = F.log_softmax(last, -1)
-        outputs = [(top_p[:, j].float(), log_q.gather(-1, top_ids[:, j:j + 1])[:, 0]) for j in range(k)]
+        outputs = [(top_p[:, j].float(), log_q.gather(-1, top_ids[:, j : j + 1])[:, 0]) for j in range(k)]
         rest_p = (1 - top_p.sum(-1)).clamp_min(0)
         rest_log = torch.log1p(-log_q.gather(-1, top_ids).exp().sum(-1).clamp(max=1 - 1e-7))
         outputs.append((rest_p.float(), rest_log))
         return outputs
     value = metric(base, logits, batch)
     if not isinstance(value, torch.Tensor) or not value.requires_grad:
-        raise InputError("attribution patching needs a differentiable metric (torch operations on the variant "
-                         "logits, returning a [batch] tensor); this one returned a value without a gradient. "
-                         "Use scan(..., method='exact') for a metric that is not differentiable")
+        raise InputError(
+            "attribution patching needs a differentiable metric (torch operations on the variant "
+            "logits, returning a [batch] tensor); this one returned a value without a gradient. "
+            "Use scan(..., method='exact') for a metric that is not differentiable"
+        )
     return [(None, value)]
 
 
@@ -192,25 +206,46 @@ def _branch_outputs(model, layer: int) -> list[str]:
     if all(n in model.hook_dict for n in names):
         return names
     block = model.blocks[layer]
-    return [f"blocks.{layer}.{child}.hook_out" for child in block._modules
-            if child not in _NORMS and f"blocks.{layer}.{child}.hook_out" in model.hook_dict]
+    return [
+        f"blocks.{layer}.{child}.hook_out"
+        for child in block._modules
+        if child not in _NORMS and f"blocks.{layer}.{child}.hook_out" in model.hook_dict
+    ]
 
 
 def _graddrop_hooks(model, n_layers: int, keep: list):
     """Tensor hooks on each layer's attention and MLP outputs scaling their gradient by keep[layer]."""
+
     def make(layer):
         def hook(x, hook):
             if x.requires_grad:
                 x.register_hook(lambda g: g * keep[layer])
             return None
+
         return hook
+
     return [(name, make(layer)) for layer in range(n_layers) for name in _branch_outputs(model, layer)]
 
 
-def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimator: str = "atp*", visit=None,
-                     layers=None, batch_size: int = 8, metric_kwargs: dict | None = None, positions="all",
-                     decode_start: int | None = None, prepend_bos: bool | None = None, graddrop: bool = False,
-                     kl_tokens: int = DEFAULT_KL_TOKENS, progress: bool | None = None, **kind_params) -> HeadScores:
+def attribution_scan(
+    model,
+    inputs,
+    kind="zero",
+    metric="logit_diff",
+    *,
+    estimator: str = "atp*",
+    visit=None,
+    layers=None,
+    batch_size: int = 8,
+    metric_kwargs: dict | None = None,
+    positions="all",
+    decode_start: int | None = None,
+    prepend_bos: bool | None = None,
+    graddrop: bool = False,
+    kl_tokens: int = DEFAULT_KL_TOKENS,
+    progress: bool | None = None,
+    **kind_params,
+) -> HeadScores:
     """The estimated metric change when each single head is intervened on, for every head and prompt,
     from one clean forward and one backward per batch (see the module doc). Same inputs and output as
     `scan()` (which calls this for method="atp" / "atp*"); heads not visited are NaN.
@@ -237,15 +272,20 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
     batches = list(iter_batches(token_lists, batch_size, pad_id))
     keep = [1.0] * info.n_layers
     device = model_device(model)
-    bar = tqdm(total=len(batches), desc=f"atp {template.kind}", unit="batch",
-               disable=not (progress if progress is not None else len(batches) > 4))
+    bar = tqdm(
+        total=len(batches),
+        desc=f"atp {template.kind}",
+        unit="batch",
+        disable=not (progress if progress is not None else len(batches) > 4),
+    )
     # Gradients whatever the caller's grad mode (TransformerLens tutorials start with
     # torch.set_grad_enabled(False)): the forward, the metric and the sums all need the graph.
     try:
         with torch.enable_grad():
             for batch in batches:
-                nodes = _Nodes(spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads,
-                               model)
+                nodes = _Nodes(
+                    spec, estimator, scan_layers, rows, prepared, torch.as_tensor(batch.index), info.n_heads, model
+                )
                 hooks = nodes.hooks + (_graddrop_hooks(model, info.n_layers, keep) if graddrop else [])
                 with model.hooks(fwd_hooks=hooks):
                     logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
@@ -260,7 +300,9 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
                     for j, (_, out) in enumerate(outputs):
                         last = n_drop == len(drops) - 1 and j == len(outputs) - 1
                         grads = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
-                        grads = {l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)}
+                        grads = {
+                            l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)
+                        }
                         per_output.append(nodes.per_head(grads))
                     est = _combine(outputs, per_output, scan_layers)
                     for l in scan_layers:
@@ -275,13 +317,27 @@ def attribution_scan(model, inputs, kind="zero", metric="logit_diff", *, estimat
         bar.close()
     prompts = prompt_labels(inputs)
     name = metric_name(score, metric)
-    params = {"kind": template.kind, "metric": name, "method": estimator, **({"graddrop": True} if graddrop else {}),
-              **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {})}
+    params = {
+        "kind": template.kind,
+        "metric": name,
+        "method": estimator,
+        **({"graddrop": True} if graddrop else {}),
+        **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {}),
+    }
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"
-    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
-                      analyzer=f"scan.{estimator}", params=params, prompts=prompts, better=important_end(score),
-                      description=f"{what} of {getattr(score, 'description', name)}, {template.kind} on one head "
-                                  f"at a time ({estimator})")
+    return HeadScores(
+        values,
+        name=f"{template.kind}:{name}",
+        n_kv_heads=info.n_kv_heads,
+        model=info.name,
+        layer_kinds=info.layer_kinds,
+        analyzer=f"scan.{estimator}",
+        params=params,
+        prompts=prompts,
+        better=important_end(score),
+        description=f"{what} of {getattr(score, 'description', name)}, {template.kind} on one head "
+        f"at a time ({estimator})",
+    )
 
 
 def _combine(outputs, per_output, layers) -> dict[int, torch.Tensor]:

@@ -20,8 +20,9 @@ def on_rows(sel: torch.Tensor, rows: slice, fn) -> torch.Tensor:
     return out
 
 
-def move_mass(pattern: torch.Tensor, sinks: torch.Tensor, receivers: torch.Tensor, keep: float,
-              row_selected: torch.Tensor) -> torch.Tensor:
+def move_mass(
+    pattern: torch.Tensor, sinks: torch.Tensor, receivers: torch.Tensor, keep: float, row_selected: torch.Tensor
+) -> torch.Tensor:
     """Post-softmax redistribution shared by ACT and VAR.
 
     pattern [n, q, k]; sinks, receivers [n, k] (or broadcastable) bool; row_selected [n, q] bool.

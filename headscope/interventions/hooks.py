@@ -8,7 +8,7 @@ edits a different head in each block of rows, so many single-head variants share
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +37,9 @@ def query_slice(positions, decode_start: int | None = None, offset: int = 0) -> 
         return slice(None)
     if positions == "decode":
         if decode_start is None:
-            raise InputError("an intervention with positions='decode' needs decode_start (the first decode query position)")
+            raise InputError(
+                "an intervention with positions='decode' needs decode_start (the first decode query position)"
+            )
         start, end = decode_start, None
     else:
         start, end = positions
@@ -51,9 +53,11 @@ def rows_on(rows: slice, n_queries: int) -> bool:
 
 def every_row(heads: torch.Tensor) -> Selector:
     """All batch rows x the given heads (the apply() case)."""
+
     def select(batch: int):
         rows = torch.arange(batch).repeat_interleave(len(heads))
         return rows, heads.repeat(batch), rows
+
     return select
 
 
@@ -61,13 +65,16 @@ def _reference(spec: Intervention, layer: int, prepared: Prepared | None):
     if not spec.needs_reference:
         return None
     if prepared is None:
-        raise InputError(f"intervention {spec.kind!r} needs reference activations: build its hooks with "
-                         "prepared=prepare_references(model, specs), or use apply() / scan(), which prepare them")
+        raise InputError(
+            f"intervention {spec.kind!r} needs reference activations: build its hooks with "
+            "prepared=prepare_references(model, specs), or use apply() / scan(), which prepare them"
+        )
     return prepared.for_layer(spec, layer)
 
 
-def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None,
-               offset: int = 0):
+def layer_hook(
+    spec: Intervention, layer: int, select: Selector, rows: slice, prepared: Prepared | None = None, offset: int = 0
+):
     """The hook realising `spec` at `layer` on the (row, head) pairs `select` names; `offset` is the
     absolute position of the forward's first query (see `query_slice`)."""
     reference = _reference(spec, layer, prepared)
@@ -85,6 +92,7 @@ def layer_hook(spec: Intervention, layer: int, select: Selector, rows: slice, pr
         else:  # [batch, pos, head, d] -> sel [n, pos, d]
             out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], block_rows, ctx)
         return out
+
     hook.block_aware = spec.row_local  # exact on blocks of rows; a redistribution (ACT, VAR) stays eager
     return hook
 
@@ -101,7 +109,9 @@ def check_editable(model, specs) -> None:
     forward applies them (`compat.pattern_edit_route`: the edit would be discarded and the result
     silently equal the clean model), and causal-only kinds (ACT) on an encoder."""
     for kind in sorted({s.kind for s in specs if s.causal_only}):
-        model_info(model).require_causal(f"intervention kind {kind!r}", "computes hidden sinks as column means over the queries at or after each key")
+        model_info(model).require_causal(
+            f"intervention kind {kind!r}", "computes hidden sinks as column means over the queries at or after each key"
+        )
     kinds = sorted({s.kind for s in specs if s.edits_attention})
     if kinds and pattern_edit_route(model) is None:
         arch = type(getattr(model, "original_model", model)).__name__
@@ -111,7 +121,8 @@ def check_editable(model, specs) -> None:
             "TransformerLens bridge lets Hugging Face compute attention and only reports the pattern "
             f"afterwards, and headscope cannot compute it itself ({pattern_route_failure(model)}), so such an "
             f"edit would be discarded. Fix: use a head-output kind ({', '.join(usable)}) on this model, or a "
-            "family whose attention the bridge or headscope computes (see docs/architectures.md).")
+            "family whose attention the bridge or headscope computes (see docs/architectures.md)."
+        )
 
 
 def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
@@ -124,9 +135,15 @@ def check_specs(interventions, info: ModelInfo) -> list[Intervention]:
     return specs
 
 
-def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
-                prepared: Prepared | None = None, *, offset: int = 0,
-                n_queries: int | None = None) -> list[tuple[str, object]]:
+def build_hooks(
+    interventions,
+    info: ModelInfo,
+    decode_start: int | None = None,
+    prepared: Prepared | None = None,
+    *,
+    offset: int = 0,
+    n_queries: int | None = None,
+) -> list[tuple[str, object]]:
     """(hook name, fn) pairs for the specs; validates every head against the model first.
     Specs with a reference field (mean, resample) need `prepared` (see `prepare.prepare_references`).
 
@@ -140,8 +157,9 @@ def build_hooks(interventions, info: ModelInfo, decode_start: int | None = None,
             continue
         for layer in sorted({l for l, _ in spec.heads}):
             heads = torch.tensor([h for l, h in spec.heads if l == layer])
-            hooks.append((SITES[spec.site].format(l=layer),
-                          layer_hook(spec, layer, every_row(heads), rows, prepared, offset)))
+            hooks.append(
+                (SITES[spec.site].format(l=layer), layer_hook(spec, layer, every_row(heads), rows, prepared, offset))
+            )
     return hooks
 
 
@@ -158,8 +176,11 @@ def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -
     stacked = gates if gates.ndim == 3 else gates[None]
     n_variants = stacked.shape[0]
     if layers is None:
-        layers = (range(stacked.shape[1]) if gates.requires_grad
-                  else torch.nonzero((stacked != 1).any(-1).any(0)).flatten().tolist())
+        layers = (
+            range(stacked.shape[1])
+            if gates.requires_grad
+            else torch.nonzero((stacked != 1).any(-1).any(0)).flatten().tolist()
+        )
 
     def make(layer):
         def hook(z, hook):  # [variants * rows, pos, head, d_head]
@@ -167,6 +188,7 @@ def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -
                 raise InputError(f"a batch of {z.shape[0]} rows is not {n_variants} equal variant blocks")
             g = stacked[:, layer].repeat_interleave(z.shape[0] // n_variants, dim=0)  # [rows, head]
             return z * g[:, None, :, None].to(z.dtype)
+
         return hook
 
     return [(site_name("z", layer, tower), make(layer)) for layer in layers]

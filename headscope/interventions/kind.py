@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,9 +29,10 @@ from ..capture.engine import SITES
 from ..errors import InputError
 from ..registry import Registry
 
-Positions = Union[str, tuple]  # "all" | "decode" | (start, end)
-KINDS: Registry[type["Intervention"]] = Registry(
-    "intervention kind", fix="or define one: subclass headscope.interventions.Intervention, see docs/interventions.md")
+Positions = str | tuple  # "all" | "decode" | (start, end)
+KINDS: Registry[type[Intervention]] = Registry(
+    "intervention kind", fix="or define one: subclass headscope.interventions.Intervention, see docs/interventions.md"
+)
 # Sites whose tensors are [batch, head, q, k] (attention scores/patterns); the others are [batch, pos, head, d].
 ATTENTION_SITES = ("attn_scores", "pattern")
 
@@ -111,17 +112,28 @@ class Intervention:
         super().__init_subclass__(**kwargs)
         if "kind" not in cls.__dict__:  # an intermediate base class, or a subclass tweaking a kind
             return
-        for name in ("kind", "site", "reference_field", "whole_query", "causal_only"):  # without ClassVar: a dataclass field
+        for name in (
+            "kind",
+            "site",
+            "reference_field",
+            "whole_query",
+            "causal_only",
+        ):  # without ClassVar: a dataclass field
             annotation = inspect.get_annotations(cls).get(name)
             if annotation is not None and "ClassVar" not in str(annotation):
-                raise TypeError(f"{cls.__qualname__}.{name} must be declared as a class fact, "
-                                f"`{name}: ClassVar[...] = ...`, not as a dataclass field")
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} must be declared as a class fact, "
+                    f"`{name}: ClassVar[...] = ...`, not as a dataclass field"
+                )
         if cls.site not in SITES:
-            raise TypeError(f"intervention kind {cls.kind!r} ({cls.__qualname__}) has site {cls.site!r}; "
-                            f"use one of the capture-engine sites {sorted(SITES)}")
+            raise TypeError(
+                f"intervention kind {cls.kind!r} ({cls.__qualname__}) has site {cls.site!r}; "
+                f"use one of the capture-engine sites {sorted(SITES)}"
+            )
         if cls.edit is Intervention.edit:
-            raise TypeError(f"intervention kind {cls.kind!r} ({cls.__qualname__}) must define "
-                            "edit(self, sel, rows, ctx)")
+            raise TypeError(
+                f"intervention kind {cls.kind!r} ({cls.__qualname__}) must define edit(self, sel, rows, ctx)"
+            )
         KINDS.register(cls.kind, cls)
 
     def __post_init__(self):
@@ -160,10 +172,11 @@ class Intervention:
 
     def prepare_reference(self, model, prompts: list, batch_size: int) -> dict[int, Any]:
         """{layer: value} that `edit` receives as `ctx.reference`, computed on `prompts` before the run."""
-        raise NotImplementedError(f"intervention kind {self.kind!r} sets reference_field but has no "
-                                  "prepare_reference()")
+        raise NotImplementedError(
+            f"intervention kind {self.kind!r} sets reference_field but has no prepare_reference()"
+        )
 
-    def with_default_reference(self, prompts: tuple) -> "Intervention":
+    def with_default_reference(self, prompts: tuple) -> Intervention:
         """This spec with `prompts` (the data being run) as its reference if it has none."""
         if self.reference_field is None or getattr(self, self.reference_field) is not None:
             return self
@@ -172,7 +185,7 @@ class Intervention:
     # ---- scan and specs ----------------------------------------------------------------------------
 
     @classmethod
-    def scan_template(cls, positions: Positions = "all", **params) -> "Intervention":
+    def scan_template(cls, positions: Positions = "all", **params) -> Intervention:
         """The spec `scan()` edits one head at a time with (its heads are a placeholder). A kind whose
         defaults would make every one-head variant a no-op inside a scan overrides this."""
         return cls(heads=[(0, 0)], positions=positions, **params)
@@ -189,7 +202,7 @@ class Intervention:
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Intervention":
+    def from_dict(d: dict[str, Any]) -> Intervention:
         if not isinstance(d, dict) or "kind" not in d:
             raise InputError(f"an intervention needs a 'kind' field (one of {sorted(KINDS)}), got {d!r}")
         cls = KINDS.get(d["kind"]) if isinstance(d["kind"], str) else None

@@ -14,7 +14,7 @@ arrive as [batch, 1, vocab]. A plain callable receives full [batch, pos, vocab] 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ class LogitDiff:
         def diff(logits):
             last = logits[:, -1].float()  # fp32 whatever the model's dtype
             return last.gather(-1, ids[:, :1])[:, 0] - last.gather(-1, ids[:, 1:])[:, 0]
+
         return diff(variant) - diff(base)
 
 
@@ -74,8 +75,10 @@ METRICS = {"kl_last": KLLast, "logit_diff": LogitDiff, "loss": LossChange}
 
 def _answer_ids(model, answers, n_prompts: int) -> torch.Tensor:
     if answers is None or len(answers) != n_prompts:
-        raise InputError(f"metric 'logit_diff' needs metric_kwargs={{'answers': [(correct, wrong), ...]}} with one "
-                         f"pair per prompt ({n_prompts} prompts)")
+        raise InputError(
+            f"metric 'logit_diff' needs metric_kwargs={{'answers': [(correct, wrong), ...]}} with one "
+            f"pair per prompt ({n_prompts} prompts)"
+        )
     out = []
     for i, pair in enumerate(answers):
         ids = []
@@ -85,8 +88,10 @@ def _answer_ids(model, answers, n_prompts: int) -> torch.Tensor:
                 continue
             toks = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
             if len(toks) != 1:
-                raise InputError(f"answers[{i}]: {answer!r} is {len(toks)} tokens; logit_diff needs single-token "
-                                 "answers (mind the leading space, e.g. ' Paris')")
+                raise InputError(
+                    f"answers[{i}]: {answer!r} is {len(toks)} tokens; logit_diff needs single-token "
+                    "answers (mind the leading space, e.g. ' Paris')"
+                )
             ids.append(toks[0])
         out.append(ids)
     return torch.tensor(out)
@@ -109,8 +114,10 @@ def resolve_metric(metric, model, n_prompts: int, metric_kwargs: dict | None) ->
     if callable(metric) and not isinstance(metric, str):
         return metric
     if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; built in: {sorted(METRICS)}, or pass a callable "
-                         "metric(base_logits, variant_logits, batch) -> [batch]")
+        raise InputError(
+            f"unknown metric {metric!r}; built in: {sorted(METRICS)}, or pass a callable "
+            "metric(base_logits, variant_logits, batch) -> [batch]"
+        )
     if metric == "logit_diff":
         return LogitDiff(_answer_ids(model, kwargs.pop("answers", None), n_prompts))
     if kwargs:

@@ -26,7 +26,7 @@ _DLA_FORMAT = "headscope.LogitAttribution"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _nanmean(v: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -44,7 +44,9 @@ def _load_doc(path, fmt: str) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultFileError(f"{path}: not valid JSON (truncated or corrupted file?): {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise ResultFileError(f"{path}: not a saved {fmt.split('.')[-1]} (format tag {doc.get('format') if isinstance(doc, dict) else None!r})")
+        raise ResultFileError(
+            f"{path}: not a saved {fmt.split('.')[-1]} (format tag {doc.get('format') if isinstance(doc, dict) else None!r})"
+        )
     return doc
 
 
@@ -63,10 +65,25 @@ class PatchScores:
     clean activation patched in) or "noising" (clean run, corrupt activation patched in).
     """
 
-    def __init__(self, values, *, dims, site: str, direction: str, metric: str, clean_metric, corrupt_metric,
-                 model: str = "", n_kv_heads: int | None = None, prompts=None, corrupt_prompts=None,
-                 normalized: bool = False, params: dict | None = None, version: str | None = None,
-                 created: str | None = None):
+    def __init__(
+        self,
+        values,
+        *,
+        dims,
+        site: str,
+        direction: str,
+        metric: str,
+        clean_metric,
+        corrupt_metric,
+        model: str = "",
+        n_kv_heads: int | None = None,
+        prompts=None,
+        corrupt_prompts=None,
+        normalized: bool = False,
+        params: dict | None = None,
+        version: str | None = None,
+        created: str | None = None,
+    ):
         self.values = np.asarray(values, dtype=np.float64)
         self.dims = tuple(dims)
         if self.values.ndim != len(self.dims):
@@ -75,9 +92,17 @@ class PatchScores:
         self.corrupt_metric = np.asarray(corrupt_metric, dtype=np.float64)
         self.prompts = None if prompts is None else [str(p) for p in prompts]
         self.corrupt_prompts = None if corrupt_prompts is None else [str(p) for p in corrupt_prompts]
-        self._prov = {"site": site, "direction": direction, "metric": metric, "model": str(model),
-                      "n_kv_heads": n_kv_heads, "normalized": bool(normalized), "params": jsonable(params or {}),
-                      "headscope_version": version or __version__, "created": created or _now()}
+        self._prov = {
+            "site": site,
+            "direction": direction,
+            "metric": metric,
+            "model": str(model),
+            "n_kv_heads": n_kv_heads,
+            "normalized": bool(normalized),
+            "params": jsonable(params or {}),
+            "headscope_version": version or __version__,
+            "created": created or _now(),
+        }
 
     site = property(lambda self: self._prov["site"])
     direction = property(lambda self: self._prov["direction"])
@@ -103,7 +128,7 @@ class PatchScores:
         """Prompt mean of the values (the values themselves when they have no prompt axis)."""
         return _nanmean(self.values) if self.dims[0] == "prompt" else self.values
 
-    def normalized(self, per_prompt: bool = False) -> "PatchScores":
+    def normalized(self, per_prompt: bool = False) -> PatchScores:
         """(patched − base) / (source − base): the fraction of the gap between the patched run and the
         run the activation comes from that patching this one activation closes. Denoising: (patched −
         corrupt) / (clean − corrupt), TransformerLens's `PatchingResult.normalized` (0: no effect, 1: the
@@ -123,17 +148,32 @@ class PatchScores:
         else:
             gap = float(source.mean() - base.mean())
             if gap == 0:
-                raise InputError("normalized(): the clean and corrupt runs have the same mean metric, so there is "
-                                 "no gap to normalise by; check the prompt pairs differ where the metric looks")
+                raise InputError(
+                    "normalized(): the clean and corrupt runs have the same mean metric, so there is "
+                    "no gap to normalise by; check the prompt pairs differ where the metric looks"
+                )
             values, dims = (self.mean() - base.mean()) / gap, self.dims[1:]
-        return PatchScores(values, dims=dims, normalized=True, prompts=self.prompts,
-                           corrupt_prompts=self.corrupt_prompts, clean_metric=self.clean_metric,
-                           corrupt_metric=self.corrupt_metric, **self._meta())
+        return PatchScores(
+            values,
+            dims=dims,
+            normalized=True,
+            prompts=self.prompts,
+            corrupt_prompts=self.corrupt_prompts,
+            clean_metric=self.clean_metric,
+            corrupt_metric=self.corrupt_metric,
+            **self._meta(),
+        )
 
     def _meta(self) -> dict:
         p = self._prov
-        return {"site": p["site"], "direction": p["direction"], "metric": p["metric"], "model": p["model"],
-                "n_kv_heads": p["n_kv_heads"], "params": p["params"]}
+        return {
+            "site": p["site"],
+            "direction": p["direction"],
+            "metric": p["metric"],
+            "model": p["model"],
+            "n_kv_heads": p["n_kv_heads"],
+            "params": p["params"],
+        }
 
     def heads(self, better: str | None = None) -> HeadScores:
         """The per-head values as HeadScores ([prompt, layer, head] or [layer, head]) for rank_heads / top:
@@ -143,17 +183,26 @@ class PatchScores:
         run's answers is)."""
         unit = self.dims[-1]
         if unit not in ("head", "kv_head"):
-            raise InputError(f"heads(): these scores have dims {self.dims}; only per-head patching (per_position="
-                             "False, a head site) gives a [layer, head] table. Use .mean() or .to_dataframe()")
+            raise InputError(
+                f"heads(): these scores have dims {self.dims}; only per-head patching (per_position="
+                "False, a head site) gives a [layer, head] table. Use .mean() or .to_dataframe()"
+            )
         if better is None:
             better = "higher" if self.is_normalized or self.direction == "denoising" else "lower"
         n_units = self.values.shape[-1]
         kv = n_units if unit == "kv_head" else self._prov["n_kv_heads"]
         name = f"patch {self.direction} {self.site}:{self.metric}" + (" (normalized)" if self.is_normalized else "")
-        return HeadScores(self.values, name=name, n_kv_heads=kv, model=self.model, analyzer="patch",
-                          params={**self._meta(), "unit": unit}, better=better,
-                          prompts=self.prompts if self.dims[0] == "prompt" else None,
-                          description=f"metric with one {unit}'s {self.site} patched ({self.direction})")
+        return HeadScores(
+            self.values,
+            name=name,
+            n_kv_heads=kv,
+            model=self.model,
+            analyzer="patch",
+            params={**self._meta(), "unit": unit},
+            better=better,
+            prompts=self.prompts if self.dims[0] == "prompt" else None,
+            description=f"metric with one {unit}'s {self.site} patched ({self.direction})",
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one row per cell (prompt, layer, head/kv_head, position as present) with its score."""
@@ -176,24 +225,48 @@ class PatchScores:
             y = [f"L{l}" for l in range(z.shape[0])]
             x = [f"{'KV' if dims[-1] == 'kv_head' else 'H'}{h}" for h in range(z.shape[1])]
         elif len(dims) == 3:  # layer, unit, position
-            y = [f"L{l}{'KV' if dims[1] == 'kv_head' else 'H'}{h}" for l in range(z.shape[0]) for h in range(z.shape[1])]
+            y = [
+                f"L{l}{'KV' if dims[1] == 'kv_head' else 'H'}{h}" for l in range(z.shape[0]) for h in range(z.shape[1])
+            ]
             z, x = z.reshape(-1, z.shape[-1]), [f"pos {p}" for p in range(z.shape[-1])]
         else:
             y, x = [f"L{l}" for l in range(z.shape[0])], [f"pos {p}" for p in range(z.shape[1])]
         finite = z[np.isfinite(z)]
         bound = float(np.abs(finite).max()) if finite.size else 1.0
-        fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=kw.pop("colorscale", "RdBu_r"), zmin=-bound, zmax=bound,
-                                   zmid=0, hovertemplate="%{y} %{x}: %{z:.4g}<extra></extra>"))
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=x,
+                y=y,
+                colorscale=kw.pop("colorscale", "RdBu_r"),
+                zmin=-bound,
+                zmax=bound,
+                zmid=0,
+                hovertemplate="%{y} %{x}: %{z:.4g}<extra></extra>",
+            )
+        )
         what = "normalized " if self.is_normalized else ""
-        fig.update_layout(title=kw.pop("title", f"{self.direction} patching of {self.site}: {what}{self.metric}"),
-                          yaxis=dict(autorange="reversed"), template="plotly_white", **kw)
+        fig.update_layout(
+            title=kw.pop("title", f"{self.direction} patching of {self.site}: {what}{self.metric}"),
+            yaxis=dict(autorange="reversed"),
+            template="plotly_white",
+            **kw,
+        )
         return fig
 
     def _doc(self) -> dict:
-        return {"format": _PATCH_FORMAT, "format_version": 1, "dims": list(self.dims), "shape": list(self.values.shape),
-                "prompts": self.prompts, "corrupt_prompts": self.corrupt_prompts, "provenance": self._prov,
-                "clean_metric": encode_nan(self.clean_metric), "corrupt_metric": encode_nan(self.corrupt_metric),
-                "values": encode_nan(self.values)}
+        return {
+            "format": _PATCH_FORMAT,
+            "format_version": 1,
+            "dims": list(self.dims),
+            "shape": list(self.values.shape),
+            "prompts": self.prompts,
+            "corrupt_prompts": self.corrupt_prompts,
+            "provenance": self._prov,
+            "clean_metric": encode_nan(self.clean_metric),
+            "corrupt_metric": encode_nan(self.corrupt_metric),
+            "values": encode_nan(self.values),
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as JSON (readable; `PatchScores.load` reads it back)."""
@@ -204,33 +277,52 @@ class PatchScores:
         return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PatchScores":
+    def load(cls, path: str | os.PathLike) -> PatchScores:
         doc = _load_doc(path, _PATCH_FORMAT)
         try:
             p = doc["provenance"]
             values = _array(doc["values"])
             if list(values.shape) != doc["shape"]:
                 raise ValueError(f"values shape {values.shape} != recorded {doc['shape']}")
-            return cls(values, dims=doc["dims"], site=p["site"], direction=p["direction"], metric=p["metric"],
-                       clean_metric=_array(doc["clean_metric"]), corrupt_metric=_array(doc["corrupt_metric"]),
-                       model=p["model"], n_kv_heads=p["n_kv_heads"], prompts=doc["prompts"],
-                       corrupt_prompts=doc["corrupt_prompts"], normalized=p["normalized"], params=p["params"],
-                       version=p["headscope_version"], created=p["created"])
+            return cls(
+                values,
+                dims=doc["dims"],
+                site=p["site"],
+                direction=p["direction"],
+                metric=p["metric"],
+                clean_metric=_array(doc["clean_metric"]),
+                corrupt_metric=_array(doc["corrupt_metric"]),
+                model=p["model"],
+                n_kv_heads=p["n_kv_heads"],
+                prompts=doc["prompts"],
+                corrupt_prompts=doc["corrupt_prompts"],
+                normalized=p["normalized"],
+                params=p["params"],
+                version=p["headscope_version"],
+                created=p["created"],
+            )
         except (KeyError, TypeError, ValueError, InputError) as e:
             raise ResultFileError(f"{path}: invalid PatchScores file: {e!r}") from None
 
     def __eq__(self, other):
-        return (type(other) is type(self) and self.dims == other.dims and self._prov == other._prov
-                and np.array_equal(self.values, other.values, equal_nan=True)
-                and np.array_equal(self.clean_metric, other.clean_metric, equal_nan=True)
-                and np.array_equal(self.corrupt_metric, other.corrupt_metric, equal_nan=True)
-                and self.prompts == other.prompts and self.corrupt_prompts == other.corrupt_prompts)
+        return (
+            type(other) is type(self)
+            and self.dims == other.dims
+            and self._prov == other._prov
+            and np.array_equal(self.values, other.values, equal_nan=True)
+            and np.array_equal(self.clean_metric, other.clean_metric, equal_nan=True)
+            and np.array_equal(self.corrupt_metric, other.corrupt_metric, equal_nan=True)
+            and self.prompts == other.prompts
+            and self.corrupt_prompts == other.corrupt_prompts
+        )
 
     __hash__ = None
 
     def __repr__(self) -> str:
-        return (f"PatchScores(site={self.site!r}, direction={self.direction!r}, metric={self.metric!r}, "
-                f"shape={self.values.shape}, dims={self.dims}{', normalized' if self.is_normalized else ''})")
+        return (
+            f"PatchScores(site={self.site!r}, direction={self.direction!r}, metric={self.metric!r}, "
+            f"shape={self.values.shape}, dims={self.dims}{', normalized' if self.is_normalized else ''})"
+        )
 
 
 class LogitAttribution:
@@ -280,27 +372,46 @@ class LogitAttribution:
         path = Path(path)
         if path.suffix != ".json":
             raise InputError(f"LogitAttribution.save: only .json is supported, got {path}")
-        doc = {"format": _DLA_FORMAT, "format_version": 1, "params": self.params,
-               "logit_diff": encode_nan(self.logit_diff),
-               "components": {k: encode_nan(v) for k, v in self.components.items()},
-               "heads": self.heads._json_doc()}
+        doc = {
+            "format": _DLA_FORMAT,
+            "format_version": 1,
+            "params": self.params,
+            "logit_diff": encode_nan(self.logit_diff),
+            "components": {k: encode_nan(v) for k, v in self.components.items()},
+            "heads": self.heads._json_doc(),
+        }
         text = json.dumps(doc, indent=1, allow_nan=True, ensure_ascii=False)
         return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LogitAttribution":
+    def load(cls, path: str | os.PathLike) -> LogitAttribution:
         doc = _load_doc(path, _DLA_FORMAT)
         try:
             h, p = doc["heads"], doc["heads"]["provenance"]
-            heads = HeadScores(_array(h["values"]), name=p["name"], n_kv_heads=p["n_kv_heads"], model=p["model"],
-                               analyzer=p["analyzer"], params=p["params"], prompts=h.get("prompts"),
-                               description=p["description"], version=p["headscope_version"], created=p["created"],
-                               better=p.get("better"))
-            return cls(heads, {k: _array(v) for k, v in doc["components"].items()}, _array(doc["logit_diff"]),
-                       params=doc["params"])
+            heads = HeadScores(
+                _array(h["values"]),
+                name=p["name"],
+                n_kv_heads=p["n_kv_heads"],
+                model=p["model"],
+                analyzer=p["analyzer"],
+                params=p["params"],
+                prompts=h.get("prompts"),
+                description=p["description"],
+                version=p["headscope_version"],
+                created=p["created"],
+                better=p.get("better"),
+            )
+            return cls(
+                heads,
+                {k: _array(v) for k, v in doc["components"].items()},
+                _array(doc["logit_diff"]),
+                params=doc["params"],
+            )
         except (KeyError, TypeError, ValueError, InputError) as e:
             raise ResultFileError(f"{path}: invalid LogitAttribution file: {e!r}") from None
 
     def __repr__(self) -> str:
-        return (f"LogitAttribution(model={self.heads.model!r}, prompts={self.heads.values.shape[0]}, "
-                f"heads={self.heads.values.shape[1:]}, components={len(self.components)})")
+        return (
+            f"LogitAttribution(model={self.heads.model!r}, prompts={self.heads.values.shape[0]}, "
+            f"heads={self.heads.values.shape[1:]}, components={len(self.components)})"
+        )

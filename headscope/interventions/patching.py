@@ -50,12 +50,16 @@ def _resolve(metric, model, n_prompts: int, metric_kwargs):
     kwargs = dict(metric_kwargs or {})
     if callable(metric) and not isinstance(metric, str):
         if kwargs:
-            raise InputError("metric_kwargs are for the built-in metric 'logit_diff'; a callable metric takes none "
-                             "(bind its arguments with functools.partial)")
+            raise InputError(
+                "metric_kwargs are for the built-in metric 'logit_diff'; a callable metric takes none "
+                "(bind its arguments with functools.partial)"
+            )
         return metric
     if metric != "logit_diff":
-        raise InputError(f"unknown patching metric {metric!r}: use 'logit_diff' (metric_kwargs={{'answers': "
-                         "[(correct, wrong), ...]}}) or a callable metric(logits [batch, pos, vocab], batch) -> [batch]")
+        raise InputError(
+            f"unknown patching metric {metric!r}: use 'logit_diff' (metric_kwargs={{'answers': "
+            "[(correct, wrong), ...]}}) or a callable metric(logits [batch, pos, vocab], batch) -> [batch]"
+        )
     answers = kwargs.pop("answers", None)
     if kwargs:
         raise InputError(f"metric 'logit_diff' takes only metric_kwargs['answers'], got {sorted(kwargs)}")
@@ -64,13 +68,17 @@ def _resolve(metric, model, n_prompts: int, metric_kwargs):
 
 def _check_pairs(clean_ids, corrupt_ids) -> None:
     if len(clean_ids) != len(corrupt_ids):
-        raise InputError(f"patch: {len(clean_ids)} clean prompts but {len(corrupt_ids)} corrupt prompts; give one "
-                         "corrupt prompt per clean prompt (pair i patches between clean[i] and corrupt[i])")
+        raise InputError(
+            f"patch: {len(clean_ids)} clean prompts but {len(corrupt_ids)} corrupt prompts; give one "
+            "corrupt prompt per clean prompt (pair i patches between clean[i] and corrupt[i])"
+        )
     for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)):
         if len(a) != len(b):
-            raise InputError(f"patch: pair {i} has a clean prompt of {len(a)} tokens and a corrupt prompt of {len(b)} "
-                             "tokens; activations are patched position by position, so each pair must tokenize to "
-                             "the same length (reword the corrupt prompt, e.g. swap a name for a one-token name)")
+            raise InputError(
+                f"patch: pair {i} has a clean prompt of {len(a)} tokens and a corrupt prompt of {len(b)} "
+                "tokens; activations are patched position by position, so each pair must tokenize to "
+                "the same length (reword the corrupt prompt, e.g. swap a name for a one-token name)"
+            )
 
 
 def _check_sites(sites, model) -> list[str]:
@@ -84,9 +92,11 @@ def _check_sites(sites, model) -> list[str]:
         raise InputError(f"sites {site_list} names a site twice")
     if "pattern" in site_list and not pattern_edits_take_effect(model):
         arch = type(getattr(model, "original_model", model)).__name__
-        raise InputError(f"site 'pattern': on {arch} the TransformerLens bridge lets Hugging Face compute attention "
-                         "and only reports the pattern afterwards, so a patched pattern would be discarded. Fix: "
-                         "patch 'z' or 'v' on this model (see docs/architectures.md)")
+        raise InputError(
+            f"site 'pattern': on {arch} the TransformerLens bridge lets Hugging Face compute attention "
+            "and only reports the pattern afterwards, so a patched pattern would be discarded. Fix: "
+            "patch 'z' or 'v' on this model (see docs/architectures.md)"
+        )
     return site_list
 
 
@@ -97,7 +107,9 @@ def _capture(model, batch, site_list, n_layers):
     def keep(key):
         def hook(t, hook):
             got[key] = t.detach()
+
         return hook
+
     hooks = [(SITES[s].format(l=l), keep((s, l))) for s in site_list for l in range(n_layers)]
     device = model_device(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -107,6 +119,7 @@ def _capture(model, batch, site_list, n_layers):
 
 def _patch_hook(site: str, source: torch.Tensor, variants, rows: int):
     """A hook writing `source`'s entry into block k of rows for variant k = (unit, position or None)."""
+
     def hook(t, hook):
         out, src = t.clone(), source.to(t.device, t.dtype)
         for k, (u, p) in enumerate(variants):
@@ -119,6 +132,7 @@ def _patch_hook(site: str, source: torch.Tensor, variants, rows: int):
             else:  # [batch, pos, head, d]
                 out[r, at, u] = src[:, at, u]
         return out
+
     return hook
 
 
@@ -126,9 +140,22 @@ def _at_last(logits, batch, last_only: bool):
     return logits[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else logits
 
 
-def patch(model, clean, corrupt, metric="logit_diff", sites="z", *, direction: str = "denoising",
-          per_position: bool = False, metric_kwargs: dict | None = None, batch_size: int = 8, max_rows: int = 64,
-          prepend_bos: bool | None = None, progress: bool | None = None, replay: str = "auto"):
+def patch(
+    model,
+    clean,
+    corrupt,
+    metric="logit_diff",
+    sites="z",
+    *,
+    direction: str = "denoising",
+    per_position: bool = False,
+    metric_kwargs: dict | None = None,
+    batch_size: int = 8,
+    max_rows: int = 64,
+    prepend_bos: bool | None = None,
+    progress: bool | None = None,
+    replay: str = "auto",
+):
     """Exact activation patching of every head (or residual position) between paired prompts.
 
     Args:
@@ -179,8 +206,9 @@ def patch(model, clean, corrupt, metric="logit_diff", sites="z", *, direction: s
     use_replay, bar = replay != "off", None
     per = max(1, max_rows // min(batch_size, n))
     try:
-        for n_batch, (bb, sb) in enumerate(zip(iter_batches(base_ids, batch_size, pad),
-                                               iter_batches(source_ids, batch_size, pad))):
+        for n_batch, (bb, sb) in enumerate(
+            zip(iter_batches(base_ids, batch_size, pad), iter_batches(source_ids, batch_size, pad))
+        ):
             sources, source_logits = _capture(model, sb, site_list, L)
             base = _CleanRun(model, bb, 0)
             with torch.no_grad():
@@ -202,11 +230,15 @@ def patch(model, clean, corrupt, metric="logit_diff", sites="z", *, direction: s
                 variants = [(u, p) for u in range(n_units) for p in (range(width) if positioned else [None])]
                 if bar is None:
                     total = sum(-(-len(variants) // per) for _ in range(L)) * -(-n // batch_size) * len(site_list)
-                    bar = tqdm(total=total, desc=f"patch {direction}", unit="fwd",
-                               disable=not (progress if progress is not None else total > 8))
+                    bar = tqdm(
+                        total=total,
+                        desc=f"patch {direction}",
+                        unit="fwd",
+                        disable=not (progress if progress is not None else total > 8),
+                    )
                 for layer in range(L):
                     for i in range(0, len(variants), per):
-                        chunk = variants[i:i + per]
+                        chunk = variants[i : i + per]
                         c, last_rows = len(chunk), (bb.lengths - 1).repeat(len(chunk)) if last_only else None
                         hook = (SITES[site].format(l=layer), _patch_hook(site, sources[(site, layer)], chunk, B))
                         with torch.no_grad(), model.hooks(fwd_hooks=[hook]):
@@ -215,7 +247,7 @@ def patch(model, clean, corrupt, metric="logit_diff", sites="z", *, direction: s
                             else:
                                 out = _full_forward(model, bb, c, last_rows, "logits")
                             for k, (u, p) in enumerate(chunk):
-                                m = score(out[k * B:(k + 1) * B], bb).float().cpu().numpy()
+                                m = score(out[k * B : (k + 1) * B], bb).float().cpu().numpy()
                                 idx = (bb.index, layer) + (() if unit is None else (u,)) + (() if p is None else (p,))
                                 values[site][idx] = m
                         bar.update()
@@ -232,11 +264,23 @@ def patch(model, clean, corrupt, metric="logit_diff", sites="z", *, direction: s
     results = {}
     for site in site_list:
         unit = PATCH_SITES[site]
-        dims = ("prompt", "layer") + (() if unit is None else (unit,)) + \
-            (("position",) if per_position or unit is None else ())
-        results[site] = PatchScores(values[site], dims=dims, site=site, direction=direction, metric=name,
-                                    clean_metric=clean_m, corrupt_metric=corrupt_m, model=info.name,
-                                    n_kv_heads=info.n_kv_heads, prompts=prompt_labels(clean),
-                                    corrupt_prompts=prompt_labels(corrupt),
-                                    params={"per_position": per_position, "batch_size": batch_size})
+        dims = (
+            ("prompt", "layer")
+            + (() if unit is None else (unit,))
+            + (("position",) if per_position or unit is None else ())
+        )
+        results[site] = PatchScores(
+            values[site],
+            dims=dims,
+            site=site,
+            direction=direction,
+            metric=name,
+            clean_metric=clean_m,
+            corrupt_metric=corrupt_m,
+            model=info.name,
+            n_kv_heads=info.n_kv_heads,
+            prompts=prompt_labels(clean),
+            corrupt_prompts=prompt_labels(corrupt),
+            params={"per_position": per_position, "batch_size": batch_size},
+        )
     return results[sites] if isinstance(sites, str) else results

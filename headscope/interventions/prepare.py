@@ -59,8 +59,9 @@ class _HeadOutputs(Reducer):
 def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> HeadOutputs:
     """hook_z of `layers` on `prompts` (see HeadOutputs): the capture engine, observe-only."""
     collector = _HeadOutputs(layers, keep_full=keep_full)
-    return capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size,
-                   progress=False)[collector.name]
+    return capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size, progress=False)[
+        collector.name
+    ]
 
 
 class Prepared:
@@ -74,9 +75,11 @@ class Prepared:
         try:
             return self._by_spec[spec][layer]
         except KeyError:
-            raise InputError(f"intervention {spec.kind!r} at layer {layer} has no prepared reference "
-                             "activations. Fix: build its hooks with prepare_references(model, specs), or use "
-                             "apply() / scan(), which prepare them") from None
+            raise InputError(
+                f"intervention {spec.kind!r} at layer {layer} has no prepared reference "
+                "activations. Fix: build its hooks with prepare_references(model, specs), or use "
+                "apply() / scan(), which prepare them"
+            ) from None
 
 
 def prepare_references(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
@@ -90,8 +93,10 @@ def prepare_references(model, interventions, *, default_prompts=None, batch_size
         if prompts is None:
             prompts = default_prompts
         if prompts is None:
-            raise InputError(f"intervention {spec.kind!r} needs {spec.reference_field}=[prompts] (the prompts whose "
-                             "activations it uses) when applied directly; scan() defaults it to the scanned inputs")
+            raise InputError(
+                f"intervention {spec.kind!r} needs {spec.reference_field}=[prompts] (the prompts whose "
+                "activations it uses) when applied directly; scan() defaults it to the scanned inputs"
+            )
         prompts = [list(p) if isinstance(p, tuple) else p for p in prompts]
         prepared._by_spec[spec] = spec.prepare_reference(model, prompts, batch_size)
     return prepared
@@ -99,7 +104,10 @@ def prepare_references(model, interventions, *, default_prompts=None, batch_size
 
 def prepare(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
     """Deprecated alias of `prepare_references` (`headscope.experiments.prepare` is another function)."""
-    warnings.warn("headscope.interventions.prepare.prepare is renamed prepare_references (headscope.experiments."
-                  "prepare is an unrelated function); the old name goes in the next release",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "headscope.interventions.prepare.prepare is renamed prepare_references (headscope.experiments."
+        "prepare is an unrelated function); the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return prepare_references(model, interventions, default_prompts=default_prompts, batch_size=batch_size)

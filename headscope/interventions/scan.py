@@ -29,11 +29,13 @@ from .apply import apply
 from .atp import DEFAULT_KL_TOKENS, attribution_scan
 from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import Intervention
-from .targets import check_reach as _check_reach, metric_name, prompt_labels, template as _template, \
-    visited_heads as _visited_heads
 from .metrics import important_end, resolve_metric
 from .prepare import prepare_references
 from .screen import ScreenedScan, default_top_k, screen_order
+from .targets import check_reach as _check_reach
+from .targets import metric_name, prompt_labels
+from .targets import template as _template
+from .targets import visited_heads as _visited_heads
 
 
 def _expand(value, batch: int, copies: int, n_heads: int = 1):
@@ -70,7 +72,9 @@ class _CleanRun:
                 self.inputs[layer] = args[0].detach()
                 self.args[layer] = args[1:]  # some families pass the mask positionally (BERT)
                 self.kwargs[layer] = {k: v for k, v in kwargs.items() if k not in _NOT_REPLAYED and not _is_cache(v)}
+
             return pre_hook
+
         try:
             for layer in range(first_layer, len(model.blocks)):
                 handles.append(model.blocks[layer].register_forward_pre_hook(grab(layer), with_kwargs=True))
@@ -88,8 +92,9 @@ class _CleanRun:
         return full[torch.arange(len(batch.index)), batch.lengths - 1][:, None] if last_only else full
 
 
-def clean_readout(model, inputs, readout: str = "logits", *, batch_size: int = 8,
-                  prepend_bos: bool | None = None) -> torch.Tensor:
+def clean_readout(
+    model, inputs, readout: str = "logits", *, batch_size: int = 8, prepend_bos: bool | None = None
+) -> torch.Tensor:
     """The model's own output at each prompt's last real token, as the scan reads it for the clean run:
     "logits" [n_prompts, d_vocab] or "final_hidden" (the final norm's output) [n_prompts, d_model],
     float32 on the CPU. What a method compares its own variants with (Sahara's base subspace)."""
@@ -112,6 +117,7 @@ def _forward_keeping_final(model, tokens, attention_mask):
 
     def keep(module, args, kwargs):  # the unembedding's input: the final norm's output, or the family's readout
         got.update(h=args[0] if args else next(iter(kwargs.values())))
+
     handle = model.unembed.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         device = model_device(model)
@@ -144,8 +150,9 @@ def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: s
     batch, H = x.shape[0] // copies, model.cfg.n_heads
     for b in range(layer, len(model.blocks)):
         args = tuple(_expand(a, batch, copies, H) for a in clean.args[b])
-        x = model.blocks[b](x, *args, **{k: _expand(v, batch, copies, H) for k, v in clean.kwargs[b].items()},
-                            use_cache=False)
+        x = model.blocks[b](
+            x, *args, **{k: _expand(v, batch, copies, H) for k, v in clean.kwargs[b].items()}, use_cache=False
+        )
         x = x[0] if isinstance(x, tuple) else x
     if last_idx is not None:
         x = x[torch.arange(len(x)), last_idx][:, None]  # [rows, 1, d]
@@ -155,7 +162,9 @@ def _finish(model, x, layer, clean: _CleanRun, copies: int, last_idx, readout: s
 
 def _full_forward(model, batch, copies: int, last_idx, readout: str):
     """The model's own forward on `copies` stacked copies of the batch (the fallback: exact by construction)."""
-    logits, final = _forward_keeping_final(model, batch.tokens.repeat(copies, 1), batch.attention_mask.repeat(copies, 1))
+    logits, final = _forward_keeping_final(
+        model, batch.tokens.repeat(copies, 1), batch.attention_mask.repeat(copies, 1)
+    )
     out = logits if readout == "logits" else final
     return out[torch.arange(len(out)), last_idx][:, None] if last_idx is not None else out
 
@@ -174,8 +183,15 @@ def replay_error(model, clean: _CleanRun, batch, layers, last_only: bool, readou
     try:
         with torch.no_grad():
             for layer in layers:
-                got = _finish(model, clean.inputs[layer].repeat(2, 1, 1), layer, clean, 2,
-                              last.repeat(2) if last_only else None, readout)
+                got = _finish(
+                    model,
+                    clean.inputs[layer].repeat(2, 1, 1),
+                    layer,
+                    clean,
+                    2,
+                    last.repeat(2) if last_only else None,
+                    readout,
+                )
                 diff = (got.float() - ref.float().repeat(2, *([1] * (ref.ndim - 1)))).abs().max().item()
                 worst = max(worst, diff / max(1.0, ref.float().abs().max().item()))
     except Exception:  # a replay that cannot even run is the clearest mismatch
@@ -188,13 +204,28 @@ def _warn_no_replay(model, err) -> None:
     warnings.warn(
         f"scan: replaying blocks from the stored residual {what} on this model "
         f"({type(model.original_model).__name__}); every variant runs the model's own full forward "
-        f"instead (same numbers as a per-head loop, slower).", RuntimeWarning, stacklevel=4)
+        f"instead (same numbers as a per-head loop, slower).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
-def variant_outputs(model, token_lists, spec: Intervention, *, visit=None, batch_size: int = 8, max_rows: int = 64,
-                    last_only: bool = True, readout: str = "logits", base_interventions=(),
-                    decode_start: int | None = None, progress: bool | None = None, desc: str = "scan",
-                    replay: str = "auto"):
+def variant_outputs(
+    model,
+    token_lists,
+    spec: Intervention,
+    *,
+    visit=None,
+    batch_size: int = 8,
+    max_rows: int = 64,
+    last_only: bool = True,
+    readout: str = "logits",
+    base_interventions=(),
+    decode_start: int | None = None,
+    progress: bool | None = None,
+    desc: str = "scan",
+    replay: str = "auto",
+):
     """Yield (batch, base [B, pos', out], layer, {head: variant [B, pos', out]}) for every visited layer.
 
     Two sets of heads, never mixed: `visit`, the heads visited one at a time (each variant edits one
@@ -240,20 +271,22 @@ def variant_outputs(model, token_lists, spec: Intervention, *, visit=None, batch
                 for layer, heads in by_layer.items():
                     out = {}
                     for i in range(0, len(heads), per):
-                        chunk = heads[i:i + per]
+                        chunk = heads[i : i + per]
                         c, global_rows = len(chunk), torch.as_tensor(batch.index).repeat(len(chunk))
 
                         def select(n_rows, chunk=chunk, B=B, global_rows=global_rows):
                             return torch.arange(n_rows), torch.tensor(chunk).repeat_interleave(B), global_rows
+
                         hook = (SITES[spec.site].format(l=layer), layer_hook(spec, layer, select, rows, prepared))
                         last_rows = last.repeat(c) if last_only else None
                         with torch.no_grad(), model.hooks(fwd_hooks=[hook]):
                             if use_replay:
-                                variant = _finish(model, clean.inputs[layer].repeat(c, 1, 1), layer, clean, c,
-                                                  last_rows, readout)
+                                variant = _finish(
+                                    model, clean.inputs[layer].repeat(c, 1, 1), layer, clean, c, last_rows, readout
+                                )
                             else:
                                 variant = _full_forward(model, batch, c, last_rows, readout)
-                        out.update({head: variant[k * B:(k + 1) * B] for k, head in enumerate(chunk)})
+                        out.update({head: variant[k * B : (k + 1) * B] for k, head in enumerate(chunk)})
                         bar.update()
                     yield batch, base, layer, out
     finally:
@@ -263,12 +296,30 @@ def variant_outputs(model, token_lists, spec: Intervention, *, visit=None, batch
 METHODS = ("exact", "atp", "atp*", "atp+exact", "atp*+exact")
 
 
-def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=None, layers=None,
-         base_interventions=(), batch_size: int = 8, max_rows: int = 64, metric_kwargs: dict | None = None,
-         positions="all", decode_start: int | None = None, prepend_bos: bool | None = None,
-         progress: bool | None = None, replay: str = "auto", heads=None, method: str = "exact",
-         top_k: int | None = None, graddrop: bool = False, kl_tokens: int = DEFAULT_KL_TOKENS,
-         **kind_params):
+def scan(
+    model,
+    inputs,
+    kind="uniform_attention",
+    metric="kl_last",
+    *,
+    visit=None,
+    layers=None,
+    base_interventions=(),
+    batch_size: int = 8,
+    max_rows: int = 64,
+    metric_kwargs: dict | None = None,
+    positions="all",
+    decode_start: int | None = None,
+    prepend_bos: bool | None = None,
+    progress: bool | None = None,
+    replay: str = "auto",
+    heads=None,
+    method: str = "exact",
+    top_k: int | None = None,
+    graddrop: bool = False,
+    kl_tokens: int = DEFAULT_KL_TOKENS,
+    **kind_params,
+):
     """The metric's change when each single head is intervened on, for every head and prompt.
 
     Two sets of heads, kept apart: the heads *visited one at a time* (`visit` / `layers`: each gets
@@ -318,13 +369,28 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
         raise InputError(f"method={method!r}: use one of {', '.join(METHODS)}")
     if method != "exact":
         if base_interventions:
-            raise InputError("attribution patching estimates single heads on the clean model; base_interventions "
-                             "need method='exact'")
+            raise InputError(
+                "attribution patching estimates single heads on the clean model; base_interventions need method='exact'"
+            )
         estimator = method.removesuffix("+exact")
-        estimate = attribution_scan(model, inputs, kind, metric, estimator=estimator, visit=visit if heads is None
-                                    else heads, layers=layers, batch_size=batch_size, metric_kwargs=metric_kwargs,
-                                    positions=positions, decode_start=decode_start, prepend_bos=prepend_bos,
-                                    graddrop=graddrop, kl_tokens=kl_tokens, progress=progress, **kind_params)
+        estimate = attribution_scan(
+            model,
+            inputs,
+            kind,
+            metric,
+            estimator=estimator,
+            visit=visit if heads is None else heads,
+            layers=layers,
+            batch_size=batch_size,
+            metric_kwargs=metric_kwargs,
+            positions=positions,
+            decode_start=decode_start,
+            prepend_bos=prepend_bos,
+            graddrop=graddrop,
+            kl_tokens=kl_tokens,
+            progress=progress,
+            **kind_params,
+        )
         if not method.endswith("+exact"):
             return estimate
         if top_k is None:
@@ -332,9 +398,22 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer (heads verified exactly), got {top_k!r}")
         chosen = screen_order(estimate)[:top_k]
-        exact = scan(model, inputs, kind, metric, visit=chosen, batch_size=batch_size, max_rows=max_rows,
-                     metric_kwargs=metric_kwargs, positions=positions, decode_start=decode_start,
-                     prepend_bos=prepend_bos, progress=progress, replay=replay, **kind_params)
+        exact = scan(
+            model,
+            inputs,
+            kind,
+            metric,
+            visit=chosen,
+            batch_size=batch_size,
+            max_rows=max_rows,
+            metric_kwargs=metric_kwargs,
+            positions=positions,
+            decode_start=decode_start,
+            prepend_bos=prepend_bos,
+            progress=progress,
+            replay=replay,
+            **kind_params,
+        )
         verified = np.zeros(estimate.values.shape[1:], dtype=bool)
         for l, h in chosen:
             verified[l, h] = True
@@ -347,10 +426,20 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
     visited = _visited_heads(info, visit if heads is None else heads, layers, "visit" if heads is None else "heads")
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)
-    variants_iter = variant_outputs(model, token_lists, template, visit=visited, batch_size=batch_size,
-                                    max_rows=max_rows, base_interventions=base_interventions,
-                                    decode_start=decode_start, last_only=getattr(score, "last_only", False),
-                                    progress=progress, desc=f"scan {template.kind}", replay=replay)
+    variants_iter = variant_outputs(
+        model,
+        token_lists,
+        template,
+        visit=visited,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        base_interventions=base_interventions,
+        decode_start=decode_start,
+        last_only=getattr(score, "last_only", False),
+        progress=progress,
+        desc=f"scan {template.kind}",
+        replay=replay,
+    )
     with contextlib.closing(variants_iter):  # a failing metric still detaches the generator's hooks at once
         for batch, base, layer, variants in variants_iter:
             for head, variant in variants.items():
@@ -360,9 +449,18 @@ def scan(model, inputs, kind="uniform_attention", metric="kl_last", *, visit=Non
     params = {"kind": template.kind, "metric": name, **_params(template)}
     if base_interventions:
         params["base_interventions"] = [s.to_dict() for s in base_interventions]
-    return HeadScores(values, name=f"{template.kind}:{name}", n_kv_heads=info.n_kv_heads, model=info.name, layer_kinds=info.layer_kinds,
-                      analyzer="scan", params=params, prompts=prompts, better=important_end(score),
-                      description=f"{getattr(score, 'description', name)}, {template.kind} on one head at a time")
+    return HeadScores(
+        values,
+        name=f"{template.kind}:{name}",
+        n_kv_heads=info.n_kv_heads,
+        model=info.name,
+        layer_kinds=info.layer_kinds,
+        analyzer="scan",
+        params=params,
+        prompts=prompts,
+        better=important_end(score),
+        description=f"{getattr(score, 'description', name)}, {template.kind} on one head at a time",
+    )
 
 
 def _params(template: Intervention) -> dict:

@@ -68,12 +68,24 @@ class ScreenedScan:
     def combined(self) -> HeadScores:
         """`values` as HeadScores (provenance says which heads were verified)."""
         e = self.estimate
-        params = {**e.params, "method": f"{e.params.get('method', 'atp')}+exact", "top_k": self.top_k,
-                  "verified": self.verified_heads}
-        return HeadScores(self.values, name=e.name, n_kv_heads=e.n_kv_heads, model=e.model, analyzer="scan.screen",
-                          params=params, prompts=e.prompts, better=e.better,
-                          description=f"{e.description}; exact on the {self.top_k} heads ranked first",
-                          layer_kinds=e.layer_kinds)
+        params = {
+            **e.params,
+            "method": f"{e.params.get('method', 'atp')}+exact",
+            "top_k": self.top_k,
+            "verified": self.verified_heads,
+        }
+        return HeadScores(
+            self.values,
+            name=e.name,
+            n_kv_heads=e.n_kv_heads,
+            model=e.model,
+            analyzer="scan.screen",
+            params=params,
+            prompts=e.prompts,
+            better=e.better,
+            description=f"{e.description}; exact on the {self.top_k} heads ranked first",
+            layer_kinds=e.layer_kinds,
+        )
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
         """Bootstrap CI over prompts of the combined values (exact where verified, the estimate elsewhere:
@@ -106,8 +118,11 @@ class ScreenedScan:
         largest |estimate - exact|."""
         est, ex = (s.values.mean(axis=0)[self.verified] for s in (self.estimate, self.exact))
         rho = _spearman(est, ex)
-        return {"n_verified": int(self.verified.sum()), "spearman": rho,
-                "max_abs_error": float(np.max(np.abs(est - ex))) if len(est) else float("nan")}
+        return {
+            "n_verified": int(self.verified.sum()),
+            "spearman": rho,
+            "max_abs_error": float(np.max(np.abs(est - ex))) if len(est) else float("nan"),
+        }
 
     def plot(self, **kw):
         """Scatter of the prompt-mean estimate (x) against the exact effect (y) of the verified heads."""
@@ -118,24 +133,44 @@ class ScreenedScan:
         x, y = est[ls, hs], ex[ls, hs]
         labels = [f"L{l}H{h}" for l, h in zip(ls, hs)]
         lo, hi = float(np.nanmin([x.min(), y.min()])), float(np.nanmax([x.max(), y.max()]))
-        fig = go.Figure([
-            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="grey"), name="y = x"),
-            go.Scatter(x=x, y=y, mode="markers+text", text=labels, textposition="top center", name="verified heads",
-                       hovertemplate="%{text}<br>estimate %{x:.4g}<br>exact %{y:.4g}<extra></extra>"),
-        ])
+        fig = go.Figure(
+            [
+                go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="grey"), name="y = x"),
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="markers+text",
+                    text=labels,
+                    textposition="top center",
+                    name="verified heads",
+                    hovertemplate="%{text}<br>estimate %{x:.4g}<br>exact %{y:.4g}<extra></extra>",
+                ),
+            ]
+        )
         a = self.agreement()
-        fig.update_layout(title=kw.get("title", f"{self.estimate.name}: {self.estimate.params.get('method')} vs exact "
-                                                f"(top {self.top_k}; Spearman {a['spearman']:.2f})"),
-                          xaxis_title="estimated change", yaxis_title="exact change", template="plotly_white")
+        fig.update_layout(
+            title=kw.get(
+                "title",
+                f"{self.estimate.name}: {self.estimate.params.get('method')} vs exact "
+                f"(top {self.top_k}; Spearman {a['spearman']:.2f})",
+            ),
+            xaxis_title="estimated change",
+            yaxis_title="exact change",
+            template="plotly_white",
+        )
         return fig
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: .json (both tables and the verified heads) or .parquet (`to_dataframe()`)."""
         path = Path(path)
         if path.suffix == ".json":
-            doc = {"format": "headscope.ScreenedScan", "top_k": self.top_k,
-                   "verified": self.verified.astype(int).tolist(),
-                   "estimate": self.estimate._json_doc(), "exact": self.exact._json_doc()}
+            doc = {
+                "format": "headscope.ScreenedScan",
+                "top_k": self.top_k,
+                "verified": self.verified.astype(int).tolist(),
+                "estimate": self.estimate._json_doc(),
+                "exact": self.exact._json_doc(),
+            }
             text = json.dumps(doc, indent=1, allow_nan=False)
             return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
         if path.suffix == ".parquet":
@@ -144,8 +179,10 @@ class ScreenedScan:
         raise InputError(f"ScreenedScan.save: unsupported suffix {path.suffix!r} in {path}; use .json or .parquet")
 
     def __repr__(self) -> str:
-        return (f"ScreenedScan({self.estimate.name!r}, {self.estimate.params.get('method')}, "
-                f"{int(self.verified.sum())} of {int(np.isfinite(self.estimate.values[0]).sum())} heads verified)")
+        return (
+            f"ScreenedScan({self.estimate.name!r}, {self.estimate.params.get('method')}, "
+            f"{int(self.verified.sum())} of {int(np.isfinite(self.estimate.values[0]).sum())} heads verified)"
+        )
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

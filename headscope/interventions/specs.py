@@ -16,5 +16,17 @@ from .kinds.uniform_attention import UniformAttention
 from .kinds.var import VARRedistribution
 from .kinds.zero import ZeroAblation
 
-__all__ = ["KINDS", "ACTCalibration", "EditContext", "Intervention", "MeanAblation", "Positions", "ResampleAblation",
-           "ScaleOutput", "StreamingWindow", "UniformAttention", "VARRedistribution", "ZeroAblation"]
+__all__ = [
+    "KINDS",
+    "ACTCalibration",
+    "EditContext",
+    "Intervention",
+    "MeanAblation",
+    "Positions",
+    "ResampleAblation",
+    "ScaleOutput",
+    "StreamingWindow",
+    "UniformAttention",
+    "VARRedistribution",
+    "ZeroAblation",
+]

@@ -17,7 +17,9 @@ def template(kind, positions, kind_params) -> Intervention:
     names = cls.param_names()
     unknown = set(kind_params) - set(names)
     if unknown:
-        raise InputError(f"intervention {cls.kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}")
+        raise InputError(
+            f"intervention {cls.kind!r} has no parameter(s) {sorted(unknown)}; parameters: {sorted(names)}"
+        )
     return cls.scan_template(positions=positions, **kind_params)
 
 
@@ -29,9 +31,11 @@ def check_reach(template: Intervention, token_lists, decode_start: int | None = 
     longest = max((len(t) for t in token_lists), default=0)
     if start is not None and start >= longest:
         what = f"positions {list(positions)}" if isinstance(positions, tuple) else f"decode_start={start}"
-        raise InputError(f"{what} start past the end of every prompt (the longest has {longest} tokens): the scan "
-                         "would edit no query and report 0 for every head. Fix: a [start, end) span inside the "
-                         "prompts (absolute token positions, BOS included)")
+        raise InputError(
+            f"{what} start past the end of every prompt (the longest has {longest} tokens): the scan "
+            "would edit no query and report 0 for every head. Fix: a [start, end) span inside the "
+            "prompts (absolute token positions, BOS included)"
+        )
 
 
 def visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:

@@ -5,6 +5,19 @@ from .catalog import TESTBEDS, Testbed, default_image_prompts, register_testbed
 from .info import ModelInfo, model_info, record_facts
 from .loading import BUNDLED, boot, hf_offline, load_model
 
-__all__ = ["BUNDLED", "TESTBEDS", "ModelInfo", "SMOLLM2_NAME", "Testbed", "boot", "default_cache_dir",
-           "default_image_prompts", "hf_offline", "load_model", "model_info", "record_facts", "register_testbed",
-           "smollm2_fp32_dir"]
+__all__ = [
+    "BUNDLED",
+    "SMOLLM2_NAME",
+    "TESTBEDS",
+    "ModelInfo",
+    "Testbed",
+    "boot",
+    "default_cache_dir",
+    "default_image_prompts",
+    "hf_offline",
+    "load_model",
+    "model_info",
+    "record_facts",
+    "register_testbed",
+    "smollm2_fp32_dir",
+]

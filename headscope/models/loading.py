@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+
 from ..errors import HeadscopeError, InputError, ModelNotFoundError
 from . import bundled
 from .catalog import TESTBEDS, Testbed, register_testbed, testbed_params
@@ -56,8 +57,18 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_model=None, tokenizer=None,
-         offline: bool = True, n_devices: int | None = None):
+def boot(
+    source: str,
+    name: str,
+    device,
+    dtype,
+    prepend_bos: bool | None,
+    *,
+    hf_model=None,
+    tokenizer=None,
+    offline: bool = True,
+    n_devices: int | None = None,
+):
     """Boot a TransformerBridge offline from a folder / cached id, or around an in-memory HF model
     (`hf_model` + `tokenizer`; `source` then only names it), and label it `name`. `offline=False`
     lets the hub be reached (an explicit `allow_download`); installing packages is refused either way."""
@@ -79,18 +90,21 @@ def boot(source: str, name: str, device, dtype, prepend_bos: bool | None, *, hf_
             extra["hf_config_overrides"] = overrides
     try:
         with network(), no_runtime_installs(), quiet_loading():
-            bridge = TransformerBridge.boot_transformers(source, **{"device": device, **extra},
-                                                         dtype=dtype or torch.float32)
+            bridge = TransformerBridge.boot_transformers(
+                source, **{"device": device, **extra}, dtype=dtype or torch.float32
+            )
     except (HeadscopeError, MemoryError, torch.OutOfMemoryError):  # already clear, or not the family's fault
         raise
     except Exception as exc:  # the adapter fails on this family or config: say which, keep the cause
         model_type = getattr(config, "model_type", None)
-        hf_class = type(hf_model).__name__ if hf_model is not None else (getattr(config, "architectures", None)
-                                                                         or ["?"])[0]
+        hf_class = (
+            type(hf_model).__name__ if hf_model is not None else (getattr(config, "architectures", None) or ["?"])[0]
+        )
         raise InputError(
             f"TransformerLens cannot bridge {name!r} (model_type {model_type!r}, HF class {hf_class}): "
             f"{type(exc).__name__}: {exc}. Fix: docs/architectures.md lists the families headscope is checked "
-            "on; this one needs TransformerLens support or a headscope family module.") from exc
+            "on; this one needs TransformerLens support or a headscope family module."
+        ) from exc
     bridge.eval()
     # BOS as the model sees it in normal use: the tokenizer's own default, unless a testbed says.
     if prepend_bos is not None:
@@ -123,8 +137,10 @@ def refuse_family(config, name: str) -> None:
     if reason:
         fam = family_of(config)
         family = fam.name if fam is not None else getattr(config, "model_type", "?")
-        raise InputError(f"headscope does not analyse {name!r}: the {family} family "
-                         f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}")
+        raise InputError(
+            f"headscope does not analyse {name!r}: the {family} family "
+            f"(model_type {getattr(config, 'model_type', None)!r}) is refused: {reason}"
+        )
 
 
 def _refuse_headless(bridge) -> None:
@@ -176,8 +192,16 @@ def _hub_id_is_cached(repo_id: str) -> bool:
     return isinstance(hit, str)
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None, device=None, dtype=None,
-               allow_download: bool = False, n_devices: int | None = None, **params):
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    cache_dir=None,
+    device=None,
+    dtype=None,
+    allow_download: bool = False,
+    n_devices: int | None = None,
+    **params,
+):
     """Load a model as a TransformerLens 4.x TransformerBridge.
 
     Args:
@@ -204,14 +228,18 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
     if isinstance(key, str) and key.lower() in TESTBEDS:
         name = key.lower()
         if n_devices and n_devices > 1:
-            raise ModelNotFoundError(f"n_devices={n_devices}: {name} loads on one device (it is small). "
-                                     "Fix: load it with device='cuda' and no n_devices.")
+            raise ModelNotFoundError(
+                f"n_devices={n_devices}: {name} loads on one device (it is small). "
+                "Fix: load it with device='cuda' and no n_devices."
+            )
         bridge = TESTBEDS[name].load(cache_dir, device, dtype, **testbed_params(name, params))
         record_facts(bridge, testbed=name)
         return bridge
     if params:
-        raise ModelNotFoundError(f"parameters {sorted(params)} are only for testbeds that take them "
-                                 f"(e.g. 'testing:tiny'), not for {name_or_path!r}. Fix: drop them.")
+        raise ModelNotFoundError(
+            f"parameters {sorted(params)} are only for testbeds that take them "
+            f"(e.g. 'testing:tiny'), not for {name_or_path!r}. Fix: drop them."
+        )
 
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():
@@ -224,8 +252,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
 
     text = str(name_or_path)
     # Hub ids are 'org/name' or, for the oldest models, a bare name ('gpt2', 'bert-base-uncased').
-    looks_like_hub_id = (text.count("/") <= 1 and text.strip() == text and text
-                         and not text.startswith((".", "/", "~")) and not text.endswith("/"))
+    looks_like_hub_id = (
+        text.count("/") <= 1
+        and text.strip() == text
+        and text
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith("/")
+    )
     if not looks_like_hub_id:
         raise ModelNotFoundError(
             f"Unknown model {text!r}: not a bundled model or testbed, not an existing folder, and not a hub id "
@@ -233,7 +266,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, cache_dir=None,
             "Fix: headscope.load_model() for the bundled SmolLM2, or pass a local model folder."
         )
     if _hub_id_is_cached(text):
-        return boot(text, text, device, dtype, prepend_bos=None, n_devices=n_devices)  # offline: every file is in the cache
+        return boot(
+            text, text, device, dtype, prepend_bos=None, n_devices=n_devices
+        )  # offline: every file is in the cache
     if allow_download:
         return boot(text, text, device, dtype, prepend_bos=None, offline=False, n_devices=n_devices)
     from huggingface_hub.constants import HF_HUB_CACHE

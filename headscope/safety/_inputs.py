@@ -36,11 +36,14 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
         return [chat_ids(model, p) for p in prompts]
     template = TEMPLATES.get(prompt_format, prompt_format)
     if "{query}" not in template:
-        raise InputError(f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
-                         f"{{query}}, got {prompt_format!r}")
+        raise InputError(
+            f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
+            f"{{query}}, got {prompt_format!r}"
+        )
     info = model_info(model)
-    return [encode(model.tokenizer, template.replace("{query}", p), info.prepend_bos, info.bos_token_id)
-            for p in prompts]
+    return [
+        encode(model.tokenizer, template.replace("{query}", p), info.prepend_bos, info.bos_token_id) for p in prompts
+    ]
 
 
 def default_harmful_prompts() -> list[str]:
@@ -52,8 +55,10 @@ def needs_chat_template(model) -> str | None:
     """Why the atlas skips the safety analyzers on `model` (None: it has a chat template)."""
     if getattr(getattr(model, "tokenizer", None), "chat_template", None):
         return None
-    return ("needs a chat model (a tokenizer with a chat template): safety heads are read on harmful requests "
-            "in the model's chat format")
+    return (
+        "needs a chat model (a tokenizer with a chat template): safety heads are read on harmful requests "
+        "in the model's chat format"
+    )
 
 
 def quick_harmful_prompts(model, preset: str) -> list[str] | None:

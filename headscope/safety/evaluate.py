@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..generation import greedy_generate, plan_interventions
-from .judge import check_judge
 from ..experiment_registry import EVALUATORS, PROMPT_FORMATS, Evaluator, params_of
-from .judge import RefusalPhraseJudge
+from ..generation import greedy_generate, plan_interventions
+from .judge import RefusalPhraseJudge, check_judge
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -35,10 +34,13 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"a prompt must be a non-empty string, got {text!r}")
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("this model's tokenizer has no chat template, so chat prompts cannot be built. "
-                         "Fix: use a chat/instruct model (e.g. load_model('smollm2-135m-safety')).")
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        raise InputError(
+            "this model's tokenizer has no chat template, so chat prompts cannot be built. "
+            "Fix: use a chat/instruct model (e.g. load_model('smollm2-135m-safety'))."
+        )
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
     # The template already holds every special token; encode must not add a BOS of its own.
     return list(tokenizer.encode(rendered, add_special_tokens=False))
 
@@ -48,8 +50,9 @@ def chat_ids(model, text: str) -> list[int]:
     return chat_prompt_ids(model.tokenizer, text)
 
 
-def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_new_tokens: int = 64,
-                       use_cache: bool | None = None) -> list[str]:
+def generate_responses(
+    model, prompts: Sequence[str], *, interventions=(), max_new_tokens: int = 64, use_cache: bool | None = None
+) -> list[str]:
     """Greedy chat responses to `prompts` (one at a time), with `interventions` applied.
 
     `use_cache`: None lets the driver choose (KV cache unless a kind reads the whole query axis).
@@ -69,8 +72,9 @@ def generate_responses(model, prompts: Sequence[str], *, interventions=(), max_n
     stops = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
     responses = []
     for text in prompts:
-        out = greedy_generate(model, chat_ids(model, text), max_new_tokens, stops, interventions=plan,
-                              use_cache=use_cache)
+        out = greedy_generate(
+            model, chat_ids(model, text), max_new_tokens, stops, interventions=plan, use_cache=use_cache
+        )
         responses.append(tok.decode(out, skip_special_tokens=True).strip())
     return responses
 
@@ -101,8 +105,15 @@ class AttackResult:
         return f"AttackResult(rate={self.rate:.3f}, {sum(self.harmful)}/{len(self.prompts)} judged harmful)"
 
 
-def attack_success_rate(model, prompts: Sequence[str], *, interventions=(), judge=None,
-                        max_new_tokens: int = 64, use_cache: bool | None = None) -> AttackResult:
+def attack_success_rate(
+    model,
+    prompts: Sequence[str],
+    *,
+    interventions=(),
+    judge=None,
+    max_new_tokens: int = 64,
+    use_cache: bool | None = None,
+) -> AttackResult:
     """Generate greedy chat responses and judge them; `rate` is the attack success rate.
 
     Args:
@@ -118,8 +129,9 @@ def attack_success_rate(model, prompts: Sequence[str], *, interventions=(), judg
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
-    responses = generate_responses(model, prompts, interventions=interventions, max_new_tokens=max_new_tokens,
-                                   use_cache=use_cache)
+    responses = generate_responses(
+        model, prompts, interventions=interventions, max_new_tokens=max_new_tokens, use_cache=use_cache
+    )
     verdicts = [bool(judge(p, r)) for p, r in zip(prompts, responses)]
     return AttackResult(prompts, responses, verdicts, sum(verdicts) / len(verdicts))
 
@@ -133,10 +145,20 @@ def _asr_evaluator(req, **params) -> dict:
 
 
 PROMPT_FORMATS.register("chat", chat_prompt_ids)  # a dataset's chat: true, formatted as generation formats it
-EVALUATORS.register("attack_success_rate", Evaluator(
-    _asr_evaluator, data=("text",), better="lower", needs={"generation", "chat"},
-    # a spec's `judge:` holds the refusal-phrase judge's parameters ({phrases, min_length})
-    params=params_of(attack_success_rate, skip={"model", "prompts", "interventions"},
-                     fields={"judge": params_of(RefusalPhraseJudge.__init__)},
-                     checks={"judge": lambda d: None if d is None else RefusalPhraseJudge(**d)}),
-    doc="fraction of greedy chat responses the refusal-phrase judge calls harmful (lower: the model refuses more)"))
+EVALUATORS.register(
+    "attack_success_rate",
+    Evaluator(
+        _asr_evaluator,
+        data=("text",),
+        better="lower",
+        needs={"generation", "chat"},
+        # a spec's `judge:` holds the refusal-phrase judge's parameters ({phrases, min_length})
+        params=params_of(
+            attack_success_rate,
+            skip={"model", "prompts", "interventions"},
+            fields={"judge": params_of(RefusalPhraseJudge.__init__)},
+            checks={"judge": lambda d: None if d is None else RefusalPhraseJudge(**d)},
+        ),
+        doc="fraction of greedy chat responses the refusal-phrase judge calls harmful (lower: the model refuses more)",
+    ),
+)

@@ -1,8 +1,8 @@
 """The safety prompt sets shipped in data/safety/ (written for headscope; see its README.md).
 
-    train_harmful.json   harmful requests + short refusals        -> "harmful-train"
-    train_harmless.json  harmless requests + short helpful answers -> "harmless-train"
-    heldout.json         25 harmful + 25 harmless requests        -> "harmful-heldout", "harmless-heldout"
+train_harmful.json   harmful requests + short refusals        -> "harmful-train"
+train_harmless.json  harmless requests + short helpful answers -> "harmless-train"
+heldout.json         25 harmful + 25 harmless requests        -> "harmful-heldout", "harmless-heldout"
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 from functools import cache
 
 from ..errors import HeadscopeError, InputError
-from ..paths import data_dir
 from ..experiment_registry import GENERATORS, Generator, one_of, params_of
+from ..paths import data_dir
 
 PROMPT_SETS = ("harmful-train", "harmless-train", "harmful-heldout", "harmless-heldout")
 _TRAIN_FILES = {"harmful": "train_harmful.json", "harmless": "train_harmless.json"}
@@ -24,8 +24,9 @@ def _load(filename: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise HeadscopeError(f"cannot read the safety prompt file {path}: {exc}. "
-                             "Fix: restore data/safety/ from the repository.") from exc
+        raise HeadscopeError(
+            f"cannot read the safety prompt file {path}: {exc}. Fix: restore data/safety/ from the repository."
+        ) from exc
 
 
 def training_pairs(kind: str) -> list[tuple[str, str]]:
@@ -61,7 +62,12 @@ def _prompt_set_generator(model, info, name: str) -> list[str]:
     return prompt_set(name)
 
 
-GENERATORS.register("prompt_set", Generator(
-    _prompt_set_generator, yields="text",
-    params=params_of(prompt_set, checks={"name": one_of(PROMPT_SETS, "prompt set")}),
-    doc="a named safety prompt set (prompt_set); needs no model"))
+GENERATORS.register(
+    "prompt_set",
+    Generator(
+        _prompt_set_generator,
+        yields="text",
+        params=params_of(prompt_set, checks={"name": one_of(PROMPT_SETS, "prompt set")}),
+        doc="a named safety prompt set (prompt_set); needs no model",
+    ),
+)

@@ -4,6 +4,7 @@ grown greedily into a head group."""
 from __future__ import annotations
 
 import contextlib
+
 import numpy as np
 import pandas as pd
 import torch
@@ -55,24 +56,34 @@ class Sahara(Analyzer):
     input_kind = INPUT_KIND + ", at least 2"
     parameter_constraints = {**REQUEST_CONSTRAINTS, "search_steps": [Interval(int, 1, None)]}
     example_params = {"search_steps": 1}
-    ci_refusal = ("Sahara's score is one subspace angle of the whole data set's hidden states (no per-prompt "
-                  "value to resample); an interval would need the model again for every resample. Fix: "
-                  "Ships (per-prompt KL) has .ci(), or rerun Sahara on random halves of the prompts")
+    ci_refusal = (
+        "Sahara's score is one subspace angle of the whole data set's hidden states (no per-prompt "
+        "value to resample); an interval would need the model again for every resample. Fix: "
+        "Ships (per-prompt KL) has .ci(), or rerun Sahara on random halves of the prompts"
+    )
     description = "Dataset-level safety heads: subspace angle of last-token hidden states, greedy group search."
     atlas = AtlasEntry(
-        what=("Dataset-level safety heads: the angle by which ablating a head turns the subspace of last-token "
-              "states of harmful requests (Generalized Ships), then a greedy search for the group that turns it "
-              "most (Sahara)."),
+        what=(
+            "Dataset-level safety heads: the angle by which ablating a head turns the subspace of last-token "
+            "states of harmful requests (Generalized Ships), then a greedy search for the group that turns it "
+            "most (Sahara)."
+        ),
         docs="sahara.md",
-        quick={"search_steps": 1}, full={},
-        data=quick_harmful_prompts, applies=needs_chat_template,
+        quick={"search_steps": 1},
+        full={},
+        data=quick_harmful_prompts,
+        applies=needs_chat_template,
         columns=lambda a: {"sahara_angle": a.scores_},
-        roles=(Role("safety", "sahara_angle", selected=lambda a: a.heads_,
-                    rule="Sahara's greedy group (search_steps heads)"),),
+        roles=(
+            Role(
+                "safety", "sahara_angle", selected=lambda a: a.heads_, rule="Sahara's greedy group (search_steps heads)"
+            ),
+        ),
     )
 
-    def __init__(self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None,
-                 batch_size: int = 8):
+    def __init__(
+        self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None, batch_size: int = 8
+    ):
         self.epsilon = epsilon
         self.search_steps = search_steps
         self.prompt_format = prompt_format
@@ -85,8 +96,15 @@ class Sahara(Analyzer):
         hidden = {h: torch.zeros(n, info.d_model) for h in candidates}
         spec = UniformAttention(heads=candidates, epsilon=self.epsilon)
         base_iv = [UniformAttention(heads=group, epsilon=self.epsilon)] if group else []
-        outputs = variant_outputs(model, ids, spec, batch_size=self.batch_size, readout="final_hidden",
-                                  base_interventions=base_iv, desc=f"{self.name} step {len(group) + 1}")
+        outputs = variant_outputs(
+            model,
+            ids,
+            spec,
+            batch_size=self.batch_size,
+            readout="final_hidden",
+            base_interventions=base_iv,
+            desc=f"{self.name} step {len(group) + 1}",
+        )
         with contextlib.closing(outputs):
             for batch, _, layer, variants in outputs:
                 for head, out in variants.items():
@@ -115,23 +133,40 @@ class Sahara(Analyzer):
     def _fit(self, model, data: Requests) -> None:
         info = model_info(model)
         ids = data.ids
-        pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [
-            *info.heads()]
+        pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [*info.heads()]
         u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
         group, rows, self.step_scores_ = [], [], []
         for step in range(min(self.search_steps, len(pool))):
             angles = self._angles(model, ids, u_base, group, [h for h in pool if h not in group])
             best = tuple(int(x) for x in np.unravel_index(np.nanargmax(angles), angles.shape))
             group.append(best)
-            rows.append({"step": step + 1, "head": f"L{best[0]}H{best[1]}", "layer": best[0], "head_index": best[1],
-                         "angle_deg": float(angles[best])})
+            rows.append(
+                {
+                    "step": step + 1,
+                    "head": f"L{best[0]}H{best[1]}",
+                    "layer": best[0],
+                    "head_index": best[1],
+                    "angle_deg": float(angles[best]),
+                }
+            )
             # One angle per head for the whole dataset: the prompt axis has one entry.
-            self.step_scores_.append(HeadScores(angles[None], name=f"sahara_step{step + 1}", n_kv_heads=info.n_kv_heads, layer_kinds=info.layer_kinds,
-                                                model=info.name, analyzer=self.name, params=self.get_params(),
-                                                prompts=[f"all {len(ids)} prompts"],
-                                                description=f"subspace angle (deg) with {group[:-1] or 'no heads'} "
-                                                            "already ablated"))
-        self.scores_ = self._own(self.step_scores_[0], name="generalized_ships",
-                                 description="Generalized Ships: subspace angle (degrees), one head ablated")
+            self.step_scores_.append(
+                HeadScores(
+                    angles[None],
+                    name=f"sahara_step{step + 1}",
+                    n_kv_heads=info.n_kv_heads,
+                    layer_kinds=info.layer_kinds,
+                    model=info.name,
+                    analyzer=self.name,
+                    params=self.get_params(),
+                    prompts=[f"all {len(ids)} prompts"],
+                    description=f"subspace angle (deg) with {group[:-1] or 'no heads'} already ablated",
+                )
+            )
+        self.scores_ = self._own(
+            self.step_scores_[0],
+            name="generalized_ships",
+            description="Generalized Ships: subspace angle (degrees), one head ablated",
+        )
         self.heads_ = group
         self.steps_ = pd.DataFrame(rows)

@@ -31,17 +31,20 @@ def as_prompt_ids(model, data, prompt_format: str) -> Requests:
     if data is None:
         data = default_harmful_prompts()
     if isinstance(data, str) or (isinstance(data, (list, tuple)) and data and all(isinstance(p, str) for p in data)):
-        return Requests(safety_prompt_ids(model, data, prompt_format), list(data) if not isinstance(data, str) else [data])
+        return Requests(
+            safety_prompt_ids(model, data, prompt_format), list(data) if not isinstance(data, str) else [data]
+        )
     return Requests(data, None)
 
 
 # The two analyzers take the same parameters the same way.
 REQUEST_CONSTRAINTS = {
-    "epsilon": [Interval(float, 0, None, "neither")], "prompt_format": [Options("chat", *TEMPLATES), Text("{query}")],
-    "heads": [None, HeadList()], "batch_size": [Interval(int, 1, None)],
+    "epsilon": [Interval(float, 0, None, "neither")],
+    "prompt_format": [Options("chat", *TEMPLATES), Text("{query}")],
+    "heads": [None, HeadList()],
+    "batch_size": [Interval(int, 1, None)],
 }
-INPUT_KIND = ("requests: strings (formatted with prompt_format) or token id lists "
-              "(None: the held-out harmful prompts)")
+INPUT_KIND = "requests: strings (formatted with prompt_format) or token id lists (None: the held-out harmful prompts)"
 
 
 @register
@@ -66,17 +69,27 @@ class Ships(Analyzer):
     parameter_constraints = {**REQUEST_CONSTRAINTS, "top_k": [Interval(int, 1, None)]}
     description = "Safety heads per request: KL of the last-position next-token distribution, one head ablated."
     atlas = AtlasEntry(
-        what=("How much the next-token distribution after a harmful request (chat format) changes when one head "
-              "is ablated (Ships: KL, undifferentiated attention). The top heads carry the refusal."),
+        what=(
+            "How much the next-token distribution after a harmful request (chat format) changes when one head "
+            "is ablated (Ships: KL, undifferentiated attention). The top heads carry the refusal."
+        ),
         docs="ships.md",
-        data=quick_harmful_prompts, applies=needs_chat_template,
+        data=quick_harmful_prompts,
+        applies=needs_chat_template,
         columns=lambda a: {"ships_kl": a.scores_},
-        roles=(Role("safety", "ships_kl", selected=lambda a: a.heads_,
-                    rule="the top 10 heads by mean Ships KL (Zhou et al.'s query-level selection)"),),
+        roles=(
+            Role(
+                "safety",
+                "ships_kl",
+                selected=lambda a: a.heads_,
+                rule="the top 10 heads by mean Ships KL (Zhou et al.'s query-level selection)",
+            ),
+        ),
     )
 
-    def __init__(self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None,
-                 batch_size: int = 8):
+    def __init__(
+        self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None, batch_size: int = 8
+    ):
         self.epsilon = epsilon
         self.prompt_format = prompt_format
         self.top_k = top_k
@@ -91,8 +104,15 @@ class Ships(Analyzer):
         return example_prompts(model, seq_len=6)
 
     def _fit(self, model, data: Requests) -> None:
-        scores = scan(model, data.ids, "uniform_attention", "kl_last", visit=self.heads, batch_size=self.batch_size,
-                      epsilon=self.epsilon)
+        scores = scan(
+            model,
+            data.ids,
+            "uniform_attention",
+            "kl_last",
+            visit=self.heads,
+            batch_size=self.batch_size,
+            epsilon=self.epsilon,
+        )
         scores.prompts = data.labels
         self.scores_ = self._own(scores, name="ships", description="KL(base || head ablated), last position")
         self.heads_ = select_heads(self.scores_, top_k=self.top_k)

@@ -55,8 +55,15 @@ def _linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
     d, mlp = cfg["hidden_size"], cfg["intermediate_size"]
     d_head = cfg.get("head_dim") or d // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * d_head, cfg["num_key_value_heads"] * d_head
-    return {"q_proj": (q, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, q),
-            "gate_proj": (mlp, d), "up_proj": (mlp, d), "down_proj": (d, mlp)}
+    return {
+        "q_proj": (q, d),
+        "k_proj": (kv, d),
+        "v_proj": (kv, d),
+        "o_proj": (d, q),
+        "gate_proj": (mlp, d),
+        "up_proj": (mlp, d),
+        "down_proj": (d, mlp),
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -103,8 +110,10 @@ def read_delta(folder: str | Path | None = None, base_dir: Path | None = None):
     bad = sorted(k for k, s in expected.items() if k not in tensors or tuple(tensors[k].shape) != s)
     extra = sorted(set(tensors) - set(expected))
     if bad or extra or rank < 1 or not alpha > 0:
-        raise ModelNotFoundError(f"{SAFETY_NAME}: {weights} does not match its config and the base model "
-                                 f"(missing/misshapen: {bad[:3]}, unexpected: {extra[:3]}). {FIX}")
+        raise ModelNotFoundError(
+            f"{SAFETY_NAME}: {weights} does not match its config and the base model "
+            f"(missing/misshapen: {bad[:3]}, unexpected: {extra[:3]}). {FIX}"
+        )
     digests = {DELTA_WEIGHTS: _sha256(weights), DELTA_CONFIG: _sha256(config_path)}
     return config, tensors, digests
 
@@ -127,19 +136,27 @@ def merge_delta(hf_model, config: dict, tensors: dict) -> None:
 
 def _manifest(folder: Path, digests: dict, base: Path) -> dict:
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != bundled.MANIFEST}
-    return {"format": CACHE_FORMAT, "delta_sha256": digests, "base_manifest_sha256": _sha256(base / bundled.MANIFEST),
-            "files": files}
+    return {
+        "format": CACHE_FORMAT,
+        "delta_sha256": digests,
+        "base_manifest_sha256": _sha256(base / bundled.MANIFEST),
+        "files": files,
+    }
 
 
 def _cache_is_valid(folder: Path, digests: dict, base: Path) -> bool:
     try:
         manifest = json.loads((folder / bundled.MANIFEST).read_text())
-        if (manifest.get("format") != CACHE_FORMAT or manifest.get("delta_sha256") != digests
-                or manifest.get("base_manifest_sha256") != _sha256(base / bundled.MANIFEST)):
+        if (
+            manifest.get("format") != CACHE_FORMAT
+            or manifest.get("delta_sha256") != digests
+            or manifest.get("base_manifest_sha256") != _sha256(base / bundled.MANIFEST)
+        ):
             return False
         files = manifest["files"]
         return "model.safetensors" in files and all(
-            (folder / n).is_file() and (folder / n).stat().st_size == s for n, s in files.items())
+            (folder / n).is_file() and (folder / n).stat().st_size == s for n, s in files.items()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -185,5 +202,10 @@ def load_safety(cache_dir, device, dtype):
     return boot(str(folder), SAFETY_NAME, device, dtype, prepend_bos=False)
 
 
-register_testbed(Testbed(SAFETY_NAME, load=load_safety,
-                         summary="SmolLM2-135M-Instruct safety-tuned with a small LoRA delta (refuses harmful requests)"))
+register_testbed(
+    Testbed(
+        SAFETY_NAME,
+        load=load_safety,
+        summary="SmolLM2-135M-Instruct safety-tuned with a small LoRA delta (refuses harmful requests)",
+    )
+)

@@ -22,17 +22,19 @@ from pathlib import Path
 
 from ..errors import HeadscopeError, ModelNotFoundError
 from ..models.catalog import Testbed, register_testbed
+from ..models.compat import set_attn_implementation
 from ..models.info import model_info
 from ..models.loading import boot
 from ..paths import data_dir
 from ..vision import shapes
 from ..vision.datasets import DETECT_SEED, shapes_set
-from ..models.compat import set_attn_implementation
 
 SHAPES_VLM_NAME = "shapes-vlm"
 WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "train_log.json"
-FIX = ("Fix: restore data/models/shapes-vlm/ from the repository, or retrain it with "
-       "`OMP_NUM_THREADS=1 python analyses/train_shapes_vlm.py` (~20 min on one CPU thread).")
+FIX = (
+    "Fix: restore data/models/shapes-vlm/ from the repository, or retrain it with "
+    "`OMP_NUM_THREADS=1 python analyses/train_shapes_vlm.py` (~20 min on one CPU thread)."
+)
 
 
 def model_dir() -> Path:
@@ -84,16 +86,25 @@ def load_tokenizer(folder: str | Path | None = None):
     tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
     vocab = tok.get_vocab()
     if [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])] != shapes.vocabulary():
-        raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: the shipped tokenizer's vocabulary differs from "
-                                 f"headscope.vision.shapes.vocabulary() (the world changed since training). {FIX}")
+        raise ModelNotFoundError(
+            f"{SHAPES_VLM_NAME}: the shipped tokenizer's vocabulary differs from "
+            f"headscope.vision.shapes.vocabulary() (the world changed since training). {FIX}"
+        )
     return tok
 
 
 def load_shapes_vlm(cache_dir=None, device=None, dtype=None):
     """The testbed's loader (cache_dir is unused: the checkpoint is small and read in place)."""
     # shapes prompts carry their own BOS; the image token comes from config.image_token_index.
-    return boot(shapes.TOKENIZER_NAME, SHAPES_VLM_NAME, device, dtype, prepend_bos=False,
-                 hf_model=shapes_vlm_hf(device=device, dtype=dtype), tokenizer=load_tokenizer())
+    return boot(
+        shapes.TOKENIZER_NAME,
+        SHAPES_VLM_NAME,
+        device,
+        dtype,
+        prepend_bos=False,
+        hf_model=shapes_vlm_hf(device=device, dtype=dtype),
+        tokenizer=load_tokenizer(),
+    )
 
 
 def is_shapes_vlm(model) -> bool:
@@ -106,5 +117,11 @@ def image_prompts(model, n: int | None = None) -> list:
     return [shapes.item_prompt(it) for it in shapes_set("image_qa", n=n or 64, seed=DETECT_SEED)]
 
 
-register_testbed(Testbed(SHAPES_VLM_NAME, load=load_shapes_vlm, image_prompts=image_prompts,
-                         summary="a tiny LLaVA trained from scratch on the synthetic shapes world"))
+register_testbed(
+    Testbed(
+        SHAPES_VLM_NAME,
+        load=load_shapes_vlm,
+        image_prompts=image_prompts,
+        summary="a tiny LLaVA trained from scratch on the synthetic shapes world",
+    )
+)

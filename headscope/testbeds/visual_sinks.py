@@ -100,13 +100,16 @@ def read_manifest(path: str | Path | None = None) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelNotFoundError(f"{VISUAL_SINKS_NAME}: cannot read the manifest {path} ({exc}). {FIX}") from exc
     if len(m["sink_dims"]) != len(m["sink_values"]) or not 0 < m["n_sink_codes"] < m["n_codes"]:
-        raise ModelNotFoundError(f"{VISUAL_SINKS_NAME}: {path} is inconsistent (sink_dims/sink_values lengths, "
-                                 f"or n_sink_codes not in 1..n_codes-1). {FIX}")
+        raise ModelNotFoundError(
+            f"{VISUAL_SINKS_NAME}: {path} is inconsistent (sink_dims/sink_values lengths, "
+            f"or n_sink_codes not in 1..n_codes-1). {FIX}"
+        )
     return m
 
 
-def measure_first_token_massive(hf_model, tokenizer, prompts=MEASURE_PROMPTS, min_abs: float = 100.0,
-                                min_ratio: float = 1000.0) -> dict:
+def measure_first_token_massive(
+    hf_model, tokenizer, prompts=MEASURE_PROMPTS, min_abs: float = 100.0, min_ratio: float = 1000.0
+) -> dict:
     """The first token's massive dims and their mean value at the input of the first layer where they are
     massive in every prompt (Sun et al.'s |x| > min_abs and >= min_ratio x the median |x| of that layer)."""
     import torch
@@ -160,8 +163,10 @@ def visual_sinks_hf(cache_dir=None, device=None, dtype=None, manifest: dict | No
     k = rows.shape[0]
     n_added = tok.add_tokens([CODE_TOKEN.format(i) for i in range(k)], special_tokens=True)
     if n_added != k or tok.convert_tokens_to_ids(CODE_TOKEN.format(0)) != v:
-        raise ModelNotFoundError(f"{VISUAL_SINKS_NAME}: the tokenizer does not end at the embedding size {v}; "
-                                 "the bundled SmolLM2 cache looks wrong. Fix: delete it so it is rebuilt.")
+        raise ModelNotFoundError(
+            f"{VISUAL_SINKS_NAME}: the tokenizer does not end at the embedding size {v}; "
+            "the bundled SmolLM2 cache looks wrong. Fix: delete it so it is rebuilt."
+        )
     embed = torch.nn.Embedding(v + k, d)
     lm_head = torch.nn.Linear(d, v + k, bias=False)
     with torch.no_grad():
@@ -172,8 +177,12 @@ def visual_sinks_hf(cache_dir=None, device=None, dtype=None, manifest: dict | No
     hf.model.embed_tokens, hf.lm_head = embed, lm_head
     hf.to(device=device or "cpu", dtype=dtype or torch.float32)
     ids = tuple(range(v, v + k))
-    codes = VisualCodes(ids, tuple(v + s for s in sinks), tuple(int(x) for x in manifest["sink_dims"]),
-                        tuple(float(x) for x in manifest["sink_values"]))
+    codes = VisualCodes(
+        ids,
+        tuple(v + s for s in sinks),
+        tuple(int(x) for x in manifest["sink_dims"]),
+        tuple(float(x) for x in manifest["sink_values"]),
+    )
     return hf.eval(), tok, codes
 
 
@@ -181,8 +190,15 @@ def load_visual_sinks(cache_dir=None, device=None, dtype=None):
     """The testbed's loader (built in memory from the bundled fp32 SmolLM2)."""
     hf, tok, codes = visual_sinks_hf(cache_dir, device, dtype)
     # prepend_bos False as the bundled SmolLM2: its tokenizer adds no BOS.
-    bridge = boot(str(bundled.smollm2_fp32_dir(cache_dir)), VISUAL_SINKS_NAME, device, dtype, prepend_bos=False,
-                   hf_model=hf, tokenizer=tok)
+    bridge = boot(
+        str(bundled.smollm2_fp32_dir(cache_dir)),
+        VISUAL_SINKS_NAME,
+        device,
+        dtype,
+        prepend_bos=False,
+        hf_model=hf,
+        tokenizer=tok,
+    )
     record_facts(bridge, image_token_ids=frozenset(codes.ids), visual_codes=codes)
     return bridge
 
@@ -190,8 +206,10 @@ def load_visual_sinks(cache_dir=None, device=None, dtype=None):
 def visual_codes(model) -> VisualCodes:
     codes = model_info(model).extra.get("visual_codes")
     if codes is None:
-        raise InputError("this model is not the visual-sink testbed (no visual codebook). "
-                         f"Fix: model = headscope.load_model({VISUAL_SINKS_NAME!r}).")
+        raise InputError(
+            "this model is not the visual-sink testbed (no visual codebook). "
+            f"Fix: model = headscope.load_model({VISUAL_SINKS_NAME!r})."
+        )
     return codes
 
 
@@ -203,15 +221,18 @@ def _encode(model, text: str) -> list[int]:
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def visual_prompt(model, before_text: str, n_visual: int = 32, n_sinks: int = 2, after_text: str = "",
-                  seed: int = 0) -> VisualPrompt:
+def visual_prompt(
+    model, before_text: str, n_visual: int = 32, n_sinks: int = 2, after_text: str = "", seed: int = 0
+) -> VisualPrompt:
     """before_text + an "image" of `n_visual` codes + after_text, with `n_sinks` sink codes planted at
     seeded positions inside the image (never its first or last token). The other codes and the control
     codes put at the sink positions are drawn (seeded) from the ordinary codes."""
     codes = visual_codes(model)
     if not (isinstance(n_visual, int) and n_visual >= 1 and isinstance(n_sinks, int) and 0 <= n_sinks <= n_visual - 2):
-        raise InputError(f"need n_visual >= 1 and 0 <= n_sinks <= n_visual - 2, got n_visual={n_visual!r}, "
-                         f"n_sinks={n_sinks!r}. Fix: use fewer sinks or a longer image.")
+        raise InputError(
+            f"need n_visual >= 1 and 0 <= n_sinks <= n_visual - 2, got n_visual={n_visual!r}, "
+            f"n_sinks={n_sinks!r}. Fix: use fewer sinks or a longer image."
+        )
     rng = np.random.default_rng(seed)
     plain = np.asarray(codes.plain_ids)
     image = rng.choice(plain, n_visual).tolist()
@@ -222,14 +243,21 @@ def visual_prompt(model, before_text: str, n_visual: int = 32, n_sinks: int = 2,
         image[w] = int(s)
     before, after = _encode(model, before_text), _encode(model, after_text)
     start = len(before)
-    return VisualPrompt(tuple(before + [int(t) for t in image] + after), (start, start + n_visual),
-                        tuple(start + w for w in where), tuple(before + [int(t) for t in control_image] + after))
+    return VisualPrompt(
+        tuple(before + [int(t) for t in image] + after),
+        (start, start + n_visual),
+        tuple(start + w for w in where),
+        tuple(before + [int(t) for t in control_image] + after),
+    )
 
 
 # Questions about "the image", in chat form (SmolLM2's template) and plain form.
 DEFAULT_TEMPLATES = (
     ("<|im_start|>user\n", "\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n"),
-    ("<|im_start|>user\nLook at this picture: ", "\nDescribe the image in one sentence.<|im_end|>\n<|im_start|>assistant\n"),
+    (
+        "<|im_start|>user\nLook at this picture: ",
+        "\nDescribe the image in one sentence.<|im_end|>\n<|im_start|>assistant\n",
+    ),
     ("<|im_start|>user\n", "\nWhat color is the object in the image?<|im_end|>\n<|im_start|>assistant\n"),
     ("<|im_start|>user\nHere is a photo. ", "\nHow many animals are in the image?<|im_end|>\n<|im_start|>assistant\n"),
     ("Image: ", "\nQuestion: What is shown in the image? Answer:"),
@@ -257,5 +285,11 @@ def image_prompts(model, n: int | None = None) -> list:
     return out
 
 
-register_testbed(Testbed(VISUAL_SINKS_NAME, load=load_visual_sinks, image_prompts=image_prompts,
-                         summary="SmolLM2 with a visual codebook whose sink codes carry massive activations"))
+register_testbed(
+    Testbed(
+        VISUAL_SINKS_NAME,
+        load=load_visual_sinks,
+        image_prompts=image_prompts,
+        summary="SmolLM2 with a visual codebook whose sink codes carry massive activations",
+    )
+)

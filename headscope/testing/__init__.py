@@ -16,5 +16,14 @@ from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.planted import KINDS, PlantedHeads, planted_model
 from headscope.testing.tiny import induction_tokens, repeated_random_tokens, tiny_model, tiny_tokenizer
 
-__all__ = ["KINDS", "PlantedHeads", "check_analyzer", "induction_tokens", "plain_hf_copy", "planted_model",
-           "repeated_random_tokens", "tiny_model", "tiny_tokenizer"]
+__all__ = [
+    "KINDS",
+    "PlantedHeads",
+    "check_analyzer",
+    "induction_tokens",
+    "plain_hf_copy",
+    "planted_model",
+    "repeated_random_tokens",
+    "tiny_model",
+    "tiny_tokenizer",
+]

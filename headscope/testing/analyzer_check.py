@@ -80,8 +80,12 @@ def _check_params_only(cls, params: dict) -> Analyzer:
         _fail(cls, "__init__ stores parameters only", f"__init__ also set {sorted(extra)}")
     got = an.get_params()
     if any(got[k] is not v for k, v in params.items()):
-        _fail(cls, "__init__ stores parameters only", "a parameter was converted or copied in __init__ "
-              f"(got {got}, given {params}); keep it as given and check it in fit")
+        _fail(
+            cls,
+            "__init__ stores parameters only",
+            "a parameter was converted or copied in __init__ "
+            f"(got {got}, given {params}); keep it as given and check it in fit",
+        )
     clone = an.clone()
     if type(clone) is not cls or clone is an or clone.get_params().keys() != got.keys():
         _fail(cls, "clone", "clone() must return a new unfitted instance with the same parameters")

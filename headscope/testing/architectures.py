@@ -24,16 +24,15 @@ encoder uses ``bert_tokenizer()``, which wraps text in ``[CLS] .. [SEP]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from headscope.errors import InputError
-from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
 from headscope.models.compat import set_experts_implementation
 from headscope.models.loading import boot
-
+from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
 
 VOCAB = 64
 D_MODEL = 64
@@ -56,28 +55,28 @@ BERT_PAD, BERT_UNK, BERT_CLS, BERT_SEP, BERT_MASK = 0, 1, 2, 3, 4
 BERT_FIRST_CONTENT = 5
 
 FEATURES = (
-    "learned_pos",     # learned absolute position embeddings (else rotary unless alibi)
+    "learned_pos",  # learned absolute position embeddings (else rotary unless alibi)
     "partial_rotary",  # RoPE on part of each head
-    "alibi",           # ALiBi linear position bias in the scores
-    "fused_qkv",       # one projection produces q, k and v
-    "parallel_attn",   # attention and MLP read the same residual
-    "qkv_bias",        # biased q/k/v projections on a rotary model
-    "qk_norm",         # per-head (or per-layer) norm on q and k before RoPE
-    "softcap",         # tanh soft-capping of attention scores and final logits
+    "alibi",  # ALiBi linear position bias in the scores
+    "fused_qkv",  # one projection produces q, k and v
+    "parallel_attn",  # attention and MLP read the same residual
+    "qkv_bias",  # biased q/k/v projections on a rotary model
+    "qk_norm",  # per-head (or per-layer) norm on q and k before RoPE
+    "softcap",  # tanh soft-capping of attention scores and final logits
     "sliding_window",  # some layers see only the last SLIDING_WINDOW keys
-    "chunked",         # some layers see only the keys of the query's own chunk of CHUNK positions
-    "nope_layers",     # some layers have no rotary embedding
-    "learned_sinks",   # a learned per-head logit joins each softmax's denominator (GPT-OSS)
-    "local_global",    # local (windowed) and global layers alternate
+    "chunked",  # some layers see only the keys of the query's own chunk of CHUNK positions
+    "nope_layers",  # some layers have no rotary embedding
+    "learned_sinks",  # a learned per-head logit joins each softmax's denominator (GPT-OSS)
+    "local_global",  # local (windowed) and global layers alternate
     "per_layer_rope",  # local and global layers use different RoPE bases
-    "moe",             # mixture-of-experts MLP
+    "moe",  # mixture-of-experts MLP
     "nonparametric_ln",
-    "encoder",         # bidirectional attention, [CLS] .. [SEP] inputs, masked-LM head
-    "mla",             # multi-head latent attention: per-head K/V decompressed from one shared latent
-    "new_decoder",     # Falcon's new_decoder_architecture (grouped fused QKV, two layer norms)
-    "hybrid",          # some layers have no attention (linear attention / Mamba): 4 layers, 2 with heads
-    "gated_attn",      # the attention output is gated per head (Qwen3-Next: sigmoid of half of q_proj)
-    "no_pos",          # no position encoding in attention (Jamba: the Mamba layers carry order)
+    "encoder",  # bidirectional attention, [CLS] .. [SEP] inputs, masked-LM head
+    "mla",  # multi-head latent attention: per-head K/V decompressed from one shared latent
+    "new_decoder",  # Falcon's new_decoder_architecture (grouped fused QKV, two layer norms)
+    "hybrid",  # some layers have no attention (linear attention / Mamba): 4 layers, 2 with heads
+    "gated_attn",  # the attention output is gated per head (Qwen3-Next: sigmoid of half of q_proj)
+    "no_pos",  # no position encoding in attention (Jamba: the Mamba layers carry order)
 )
 # Hybrids alternate a layer without heads and an attention layer, so results have both kinds of rows.
 # Their MoE route every token to both of their 2 experts: a top-k switch of experts would make the
@@ -124,20 +123,36 @@ def _finish(cfg, arch: str):
 def _gpt2():
     from transformers import GPT2Config
 
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
-                     n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_ids())
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=N_CTX,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        n_inner=D_MLP,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **_ids(),
+    )
     return _finish(cfg, "GPT2LMHeadModel")
 
 
 def _neox():
     from transformers import GPTNeoXConfig
 
-    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
-                        num_attention_heads=N_HEADS, intermediate_size=D_MLP, max_position_embeddings=N_CTX,
-                        use_parallel_residual=True, tie_word_embeddings=False,
-                        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0,
-                                         "partial_rotary_factor": 0.25},
-                        **_ids())
+    cfg = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        intermediate_size=D_MLP,
+        max_position_embeddings=N_CTX,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.25},
+        **_ids(),
+    )
     return _finish(cfg, "GPTNeoXForCausalLM")
 
 
@@ -146,9 +161,17 @@ def _llama_like(config_cls: str, arch: str, n_kv: int, **extra):
         import transformers
 
         cfg = getattr(transformers, config_cls)(
-            vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS, num_key_value_heads=n_kv, max_position_embeddings=N_CTX,
-            tie_word_embeddings=False, **_ids(), **extra)
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=D_MLP,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=N_HEADS,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=N_CTX,
+            tie_word_embeddings=False,
+            **_ids(),
+            **extra,
+        )
         return _finish(cfg, arch)
 
     return build
@@ -157,11 +180,22 @@ def _llama_like(config_cls: str, arch: str, n_kv: int, **extra):
 def _gemma2():
     from transformers import Gemma2Config
 
-    cfg = Gemma2Config(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-                       num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD,
-                       max_position_embeddings=N_CTX, query_pre_attn_scalar=D_HEAD, sliding_window=SLIDING_WINDOW,
-                       layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=ATTN_SOFTCAP,
-                       final_logit_softcapping=FINAL_SOFTCAP, **_ids())
+    cfg = Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
+        query_pre_attn_scalar=D_HEAD,
+        sliding_window=SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        attn_logit_softcapping=ATTN_SOFTCAP,
+        final_logit_softcapping=FINAL_SOFTCAP,
+        **_ids(),
+    )
     return _finish(cfg, "Gemma2ForCausalLM")
 
 
@@ -169,22 +203,40 @@ def _gemma3():
     from transformers import Gemma3TextConfig
 
     cfg = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
-        query_pre_attn_scalar=D_HEAD, sliding_window=SLIDING_WINDOW,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
+        query_pre_attn_scalar=D_HEAD,
+        sliding_window=SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}},
-        **_ids())
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        },
+        **_ids(),
+    )
     return _finish(cfg, "Gemma3ForCausalLM")
 
 
 def _gpt_neo():
     from transformers import GPTNeoConfig
 
-    cfg = GPTNeoConfig(vocab_size=VOCAB, max_position_embeddings=N_CTX, hidden_size=D_MODEL, num_layers=N_LAYERS,
-                       attention_types=[[["local", "global"], N_LAYERS // 2]], num_heads=N_HEADS,
-                       intermediate_size=D_MLP, window_size=SLIDING_WINDOW, **_ids())
+    cfg = GPTNeoConfig(
+        vocab_size=VOCAB,
+        max_position_embeddings=N_CTX,
+        hidden_size=D_MODEL,
+        num_layers=N_LAYERS,
+        attention_types=[[["local", "global"], N_LAYERS // 2]],
+        num_heads=N_HEADS,
+        intermediate_size=D_MLP,
+        window_size=SLIDING_WINDOW,
+        **_ids(),
+    )
     return _finish(cfg, "GPTNeoForCausalLM")
 
 
@@ -192,9 +244,20 @@ def _gptj():
     from transformers import GPTJConfig
 
     # RoPE on the first half of each head's dimensions (GPT-J-6B: 64 of 256).
-    cfg = GPTJConfig(vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
-                     rotary_dim=D_HEAD // 2, n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     tie_word_embeddings=False, **_ids())
+    cfg = GPTJConfig(
+        vocab_size=VOCAB,
+        n_positions=N_CTX,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        rotary_dim=D_HEAD // 2,
+        n_inner=D_MLP,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        **_ids(),
+    )
     return _finish(cfg, "GPTJForCausalLM")
 
 
@@ -203,11 +266,22 @@ def _opt():
 
     # GELU instead of OPT's ReLU: the conformance matrix checks attribution patching against finite
     # differences with large steps, which a ReLU kink breaks; the attention, the subject here, is OPT's.
-    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, ffn_dim=D_MLP,
-                    activation_function="gelu",
-                    num_attention_heads=N_HEADS, max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL,
-                    do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                    layerdrop=0.0, **_ids())
+    cfg = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        ffn_dim=D_MLP,
+        activation_function="gelu",
+        num_attention_heads=N_HEADS,
+        max_position_embeddings=N_CTX,
+        word_embed_proj_dim=D_MODEL,
+        do_layer_norm_before=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+        **_ids(),
+    )
     return _finish(cfg, "OPTForCausalLM")
 
 
@@ -215,8 +289,15 @@ def _falcon(**extra):
     def build():
         from transformers import FalconConfig
 
-        cfg = FalconConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
-                           num_attention_heads=N_HEADS, max_position_embeddings=N_CTX, **_ids(), **extra)
+        cfg = FalconConfig(
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=N_HEADS,
+            max_position_embeddings=N_CTX,
+            **_ids(),
+            **extra,
+        )
         return _finish(cfg, "FalconForCausalLM")
 
     return build
@@ -232,8 +313,16 @@ def _bloom():
 def _mpt():
     from transformers import MptConfig
 
-    cfg = MptConfig(d_model=D_MODEL, n_heads=N_HEADS, n_layers=N_LAYERS, expansion_ratio=2, max_seq_len=N_CTX,
-                    vocab_size=VOCAB, attn_config={"alibi": True, "alibi_bias_max": 8}, **_ids())
+    cfg = MptConfig(
+        d_model=D_MODEL,
+        n_heads=N_HEADS,
+        n_layers=N_LAYERS,
+        expansion_ratio=2,
+        max_seq_len=N_CTX,
+        vocab_size=VOCAB,
+        attn_config={"alibi": True, "alibi_bias_max": 8},
+        **_ids(),
+    )
     return _finish(cfg, "MptForCausalLM")
 
 
@@ -243,14 +332,28 @@ MLA_DIMS = dict(kv_lora_rank=24, q_lora_rank=32, qk_nope_head_dim=12, qk_rope_he
 
 def _deepseek(config_cls: str, arch: str, **extra):
     """A tiny MLA + MoE DeepSeek: layer 0 dense, layer 1 MoE (4 routed experts, top-2, one shared)."""
+
     def build():
         import transformers
 
         cfg = getattr(transformers, config_cls)(
-            vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, moe_intermediate_size=32,
-            num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS,
-            n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
-            max_position_embeddings=N_CTX, tie_word_embeddings=False, **MLA_DIMS, **_ids(), **extra)
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=D_MLP,
+            moe_intermediate_size=32,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=N_HEADS,
+            num_key_value_heads=N_HEADS,
+            n_shared_experts=1,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            max_position_embeddings=N_CTX,
+            tie_word_embeddings=False,
+            **MLA_DIMS,
+            **_ids(),
+            **extra,
+        )
         return _finish(cfg, arch)
 
     return build
@@ -259,28 +362,54 @@ def _deepseek(config_cls: str, arch: str, **extra):
 def _bert():
     from transformers import BertConfig
 
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
-                     num_attention_heads=N_HEADS, intermediate_size=D_MLP, max_position_embeddings=N_CTX,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=BERT_PAD)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        intermediate_size=D_MLP,
+        max_position_embeddings=N_CTX,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=BERT_PAD,
+    )
     return _finish(cfg, "BertForMaskedLM")
 
 
 def _olmo3():
     from transformers import Olmo3Config
 
-    cfg = Olmo3Config(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-                      num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS, max_position_embeddings=N_CTX,
-                      sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention"], **_ids())
+    cfg = Olmo3Config(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=N_HEADS,
+        max_position_embeddings=N_CTX,
+        sliding_window=SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        **_ids(),
+    )
     return _finish(cfg, "Olmo3ForCausalLM")
 
 
 def _exaone4():
     from transformers import Exaone4Config
 
-    cfg = Exaone4Config(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-                        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD,
-                        max_position_embeddings=N_CTX, sliding_window=SLIDING_WINDOW,
-                        layer_types=["sliding_attention", "full_attention"], **_ids())
+    cfg = Exaone4Config(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
+        sliding_window=SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        **_ids(),
+    )
     return _finish(cfg, "Exaone4ForCausalLM")
 
 
@@ -291,12 +420,25 @@ def _llama4_text():
     # and temperature tuning (floor_scale small enough that the tiny prompts reach it). No MoE layer:
     # the dense gated MLP (moe_layers=[]). No L2 q/k norm: it bounds the scores by the scaling (0.25),
     # which leaves these tiny heads near uniform.
-    cfg = Llama4TextConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP,
-                           intermediate_size_mlp=D_MLP, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-                           num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
-                           attention_chunk_size=CHUNK, no_rope_layers=[1, 0], moe_layers=[], floor_scale=4,
-                           use_qk_norm=False,
-                           attn_scale=0.1, tie_word_embeddings=False, **_ids())
+    cfg = Llama4TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        intermediate_size_mlp=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
+        attention_chunk_size=CHUNK,
+        no_rope_layers=[1, 0],
+        moe_layers=[],
+        floor_scale=4,
+        use_qk_norm=False,
+        attn_scale=0.1,
+        tie_word_embeddings=False,
+        **_ids(),
+    )
     return _finish(cfg, "Llama4ForCausalLM")
 
 
@@ -309,12 +451,23 @@ SWIGLU_LIMIT = 30.0
 def _gpt_oss():
     from transformers import GptOssConfig
 
-    cfg = GptOssConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
-                       num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD,
-                       max_position_embeddings=N_CTX, sliding_window=SLIDING_WINDOW,
-                       layer_types=["sliding_attention", "full_attention"], num_local_experts=4,
-                       num_experts_per_tok=2, rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-                       swiglu_limit=SWIGLU_LIMIT, **_ids())
+    cfg = GptOssConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
+        sliding_window=SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        swiglu_limit=SWIGLU_LIMIT,
+        **_ids(),
+    )
     return _finish(cfg, "GptOssForCausalLM")
 
 
@@ -329,12 +482,26 @@ def _qwen3_next():
     from transformers import Qwen3NextConfig
 
     cfg = Qwen3NextConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
-        num_attention_heads=N_HEADS, num_key_value_heads=2, head_dim=D_HEAD, max_position_embeddings=N_CTX,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        head_dim=D_HEAD,
+        max_position_embeddings=N_CTX,
         layer_types=["linear_attention", "full_attention"] * (HYBRID_LAYERS // 2),
-        linear_key_head_dim=D_HEAD, linear_value_head_dim=D_HEAD, linear_num_key_heads=2, linear_num_value_heads=4,
-        num_experts=2, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-        tie_word_embeddings=False, **_ids())
+        linear_key_head_dim=D_HEAD,
+        linear_value_head_dim=D_HEAD,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        num_experts=2,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+        tie_word_embeddings=False,
+        **_ids(),
+    )
     return _eager_experts(_finish(cfg, "Qwen3NextForCausalLM"))
 
 
@@ -342,11 +509,23 @@ def _granite_moe_hybrid():
     from transformers import GraniteMoeHybridConfig
 
     cfg = GraniteMoeHybridConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
-        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
-        layer_types=["mamba", "attention"] * (HYBRID_LAYERS // 2), position_embedding_type="rope",
-        mamba_n_heads=8, mamba_d_state=16, mamba_chunk_size=16, num_local_experts=2, num_experts_per_tok=2,
-        shared_intermediate_size=D_MLP // 2, **_ids())
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        max_position_embeddings=N_CTX,
+        layer_types=["mamba", "attention"] * (HYBRID_LAYERS // 2),
+        position_embedding_type="rope",
+        mamba_n_heads=8,
+        mamba_d_state=16,
+        mamba_chunk_size=16,
+        num_local_experts=2,
+        num_experts_per_tok=2,
+        shared_intermediate_size=D_MLP // 2,
+        **_ids(),
+    )
     return _eager_experts(_finish(cfg, "GraniteMoeHybridForCausalLM"))
 
 
@@ -354,10 +533,22 @@ def _jamba():
     from transformers import JambaConfig
 
     cfg = JambaConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=HYBRID_LAYERS,
-        num_attention_heads=N_HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
-        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
-        num_experts_per_tok=2, mamba_d_state=8, **_ids())
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=HYBRID_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        max_position_embeddings=N_CTX,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        num_experts_per_tok=2,
+        mamba_d_state=8,
+        **_ids(),
+    )
     return _eager_experts(_finish(cfg, "JambaForCausalLM"))
 
 
@@ -367,54 +558,105 @@ def _arch(name, family, attention, features, build, **kw):
 
 _LLAMA = ("LlamaConfig", "LlamaForCausalLM")
 
-ARCHITECTURES: dict[str, Architecture] = dict([
-    _arch("gpt2", "gpt2", "MHA", ["learned_pos", "fused_qkv"], _gpt2),
-    _arch("gpt-neox", "gpt_neox", "MHA", ["partial_rotary", "fused_qkv", "parallel_attn"], _neox),
-    _arch("llama", "llama", "GQA", [], _llama_like(*_LLAMA, 2, head_dim=D_HEAD)),
-    _arch("llama-mha", "llama", "MHA", [], _llama_like(*_LLAMA, 4, head_dim=D_HEAD)),
-    _arch("llama-mqa", "llama", "MQA", [], _llama_like(*_LLAMA, 1, head_dim=D_HEAD)),
-    _arch("mistral", "mistral", "GQA", ["sliding_window"],
-          _llama_like("MistralConfig", "MistralForCausalLM", 2, head_dim=D_HEAD, sliding_window=SLIDING_WINDOW)),
-    _arch("mixtral", "mixtral", "GQA", ["moe"],
-          _llama_like("MixtralConfig", "MixtralForCausalLM", 2, head_dim=D_HEAD, num_local_experts=4,
-                      num_experts_per_tok=2)),
-    _arch("qwen2", "qwen2", "GQA", ["qkv_bias"], _llama_like("Qwen2Config", "Qwen2ForCausalLM", 2)),
-    _arch("qwen3", "qwen3", "GQA", ["qk_norm"], _llama_like("Qwen3Config", "Qwen3ForCausalLM", 2, head_dim=D_HEAD)),
-    _arch("gemma2", "gemma2", "GQA", ["softcap", "sliding_window", "local_global"], _gemma2),
-    _arch("gemma3", "gemma3_text", "GQA", ["qk_norm", "sliding_window", "local_global", "per_layer_rope"], _gemma3),
-    _arch("phi3", "phi3", "GQA", ["fused_qkv"],
-          _llama_like("Phi3Config", "Phi3ForCausalLM", 2, original_max_position_embeddings=N_CTX)),
-    _arch("olmo", "olmo", "MHA", ["nonparametric_ln"], _llama_like("OlmoConfig", "OlmoForCausalLM", 4)),
-    _arch("olmo2", "olmo2", "MHA", ["qk_norm"], _llama_like("Olmo2Config", "Olmo2ForCausalLM", 4)),
-    # GPT-Neo does not scale scores by 1/sqrt(d_head): half the std gives the same score scale.
-    _arch("gpt-neo", "gpt_neo", "MHA", ["learned_pos", "sliding_window", "local_global"], _gpt_neo,
-          init_std=INIT_STD / 2),
-    _arch("gpt-j", "gptj", "MHA", ["partial_rotary", "parallel_attn"], _gptj),
-    _arch("opt", "opt", "MHA", ["learned_pos"], _opt),
-    _arch("falcon", "falcon", "MQA", ["fused_qkv", "parallel_attn"], _falcon()),
-    _arch("falcon-alibi", "falcon", "MHA", ["alibi", "fused_qkv"],
-          _falcon(alibi=True, multi_query=False, parallel_attn=False, bias=True)),
-    _arch("falcon-new", "falcon", "GQA", ["fused_qkv", "parallel_attn", "new_decoder"],
-          _falcon(new_decoder_architecture=True, num_kv_heads=2)),
-    _arch("deepseek-v3", "deepseek_v3", "MLA", ["mla", "moe"],
-          _deepseek("DeepseekV3Config", "DeepseekV3ForCausalLM", n_group=1, topk_group=1)),
-    _arch("deepseek-v2", "deepseek_v2", "MLA", ["mla", "moe"],
-          _deepseek("DeepseekV2Config", "DeepseekV2ForCausalLM", n_group=1, topk_group=1)),
-    _arch("bloom", "bloom", "MHA", ["alibi", "fused_qkv"], _bloom),
-    _arch("mpt", "mpt", "MHA", ["alibi", "fused_qkv"], _mpt),
-    # BERT sums word, position and token-type embeddings and mixes every position in layer 0, so
-    # layer 1's keys are more alike than a decoder's: a larger std keeps its heads sharp.
-    _arch("olmo3", "olmo3", "MHA", ["qk_norm", "sliding_window", "local_global"], _olmo3),
-    _arch("exaone4", "exaone4", "GQA", ["qk_norm", "sliding_window", "local_global"], _exaone4),
-    _arch("llama4-text", "llama4_text", "GQA", ["chunked", "nope_layers"], _llama4_text),
-    _arch("gpt-oss", "gpt_oss", "GQA", ["qkv_bias", "sliding_window", "local_global", "moe", "learned_sinks"],
-          _gpt_oss),
-    _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
-    # Hybrids: layers 0 and 2 have no heads (Gated DeltaNet / Mamba-2 / Mamba), layers 1 and 3 attend.
-    _arch("qwen3-next", "qwen3_next", "GQA", ["hybrid", "gated_attn", "qk_norm", "partial_rotary", "moe"], _qwen3_next),
-    _arch("granite-moe-hybrid", "granitemoehybrid", "GQA", ["hybrid", "moe"], _granite_moe_hybrid),
-    _arch("jamba", "jamba", "GQA", ["hybrid", "no_pos", "moe"], _jamba),
-])
+ARCHITECTURES: dict[str, Architecture] = dict(
+    [
+        _arch("gpt2", "gpt2", "MHA", ["learned_pos", "fused_qkv"], _gpt2),
+        _arch("gpt-neox", "gpt_neox", "MHA", ["partial_rotary", "fused_qkv", "parallel_attn"], _neox),
+        _arch("llama", "llama", "GQA", [], _llama_like(*_LLAMA, 2, head_dim=D_HEAD)),
+        _arch("llama-mha", "llama", "MHA", [], _llama_like(*_LLAMA, 4, head_dim=D_HEAD)),
+        _arch("llama-mqa", "llama", "MQA", [], _llama_like(*_LLAMA, 1, head_dim=D_HEAD)),
+        _arch(
+            "mistral",
+            "mistral",
+            "GQA",
+            ["sliding_window"],
+            _llama_like("MistralConfig", "MistralForCausalLM", 2, head_dim=D_HEAD, sliding_window=SLIDING_WINDOW),
+        ),
+        _arch(
+            "mixtral",
+            "mixtral",
+            "GQA",
+            ["moe"],
+            _llama_like(
+                "MixtralConfig", "MixtralForCausalLM", 2, head_dim=D_HEAD, num_local_experts=4, num_experts_per_tok=2
+            ),
+        ),
+        _arch("qwen2", "qwen2", "GQA", ["qkv_bias"], _llama_like("Qwen2Config", "Qwen2ForCausalLM", 2)),
+        _arch("qwen3", "qwen3", "GQA", ["qk_norm"], _llama_like("Qwen3Config", "Qwen3ForCausalLM", 2, head_dim=D_HEAD)),
+        _arch("gemma2", "gemma2", "GQA", ["softcap", "sliding_window", "local_global"], _gemma2),
+        _arch("gemma3", "gemma3_text", "GQA", ["qk_norm", "sliding_window", "local_global", "per_layer_rope"], _gemma3),
+        _arch(
+            "phi3",
+            "phi3",
+            "GQA",
+            ["fused_qkv"],
+            _llama_like("Phi3Config", "Phi3ForCausalLM", 2, original_max_position_embeddings=N_CTX),
+        ),
+        _arch("olmo", "olmo", "MHA", ["nonparametric_ln"], _llama_like("OlmoConfig", "OlmoForCausalLM", 4)),
+        _arch("olmo2", "olmo2", "MHA", ["qk_norm"], _llama_like("Olmo2Config", "Olmo2ForCausalLM", 4)),
+        # GPT-Neo does not scale scores by 1/sqrt(d_head): half the std gives the same score scale.
+        _arch(
+            "gpt-neo",
+            "gpt_neo",
+            "MHA",
+            ["learned_pos", "sliding_window", "local_global"],
+            _gpt_neo,
+            init_std=INIT_STD / 2,
+        ),
+        _arch("gpt-j", "gptj", "MHA", ["partial_rotary", "parallel_attn"], _gptj),
+        _arch("opt", "opt", "MHA", ["learned_pos"], _opt),
+        _arch("falcon", "falcon", "MQA", ["fused_qkv", "parallel_attn"], _falcon()),
+        _arch(
+            "falcon-alibi",
+            "falcon",
+            "MHA",
+            ["alibi", "fused_qkv"],
+            _falcon(alibi=True, multi_query=False, parallel_attn=False, bias=True),
+        ),
+        _arch(
+            "falcon-new",
+            "falcon",
+            "GQA",
+            ["fused_qkv", "parallel_attn", "new_decoder"],
+            _falcon(new_decoder_architecture=True, num_kv_heads=2),
+        ),
+        _arch(
+            "deepseek-v3",
+            "deepseek_v3",
+            "MLA",
+            ["mla", "moe"],
+            _deepseek("DeepseekV3Config", "DeepseekV3ForCausalLM", n_group=1, topk_group=1),
+        ),
+        _arch(
+            "deepseek-v2",
+            "deepseek_v2",
+            "MLA",
+            ["mla", "moe"],
+            _deepseek("DeepseekV2Config", "DeepseekV2ForCausalLM", n_group=1, topk_group=1),
+        ),
+        _arch("bloom", "bloom", "MHA", ["alibi", "fused_qkv"], _bloom),
+        _arch("mpt", "mpt", "MHA", ["alibi", "fused_qkv"], _mpt),
+        # BERT sums word, position and token-type embeddings and mixes every position in layer 0, so
+        # layer 1's keys are more alike than a decoder's: a larger std keeps its heads sharp.
+        _arch("olmo3", "olmo3", "MHA", ["qk_norm", "sliding_window", "local_global"], _olmo3),
+        _arch("exaone4", "exaone4", "GQA", ["qk_norm", "sliding_window", "local_global"], _exaone4),
+        _arch("llama4-text", "llama4_text", "GQA", ["chunked", "nope_layers"], _llama4_text),
+        _arch(
+            "gpt-oss",
+            "gpt_oss",
+            "GQA",
+            ["qkv_bias", "sliding_window", "local_global", "moe", "learned_sinks"],
+            _gpt_oss,
+        ),
+        _arch("bert", "bert", "MHA", ["encoder", "learned_pos"], _bert, init_std=0.3),
+        # Hybrids: layers 0 and 2 have no heads (Gated DeltaNet / Mamba-2 / Mamba), layers 1 and 3 attend.
+        _arch(
+            "qwen3-next", "qwen3_next", "GQA", ["hybrid", "gated_attn", "qk_norm", "partial_rotary", "moe"], _qwen3_next
+        ),
+        _arch("granite-moe-hybrid", "granitemoehybrid", "GQA", ["hybrid", "moe"], _granite_moe_hybrid),
+        _arch("jamba", "jamba", "GQA", ["hybrid", "no_pos", "moe"], _jamba),
+    ]
+)
 
 
 def layer_windows(name_or_config) -> list[int | None]:
@@ -491,12 +733,21 @@ def bert_tokenizer(vocab_size: int = VOCAB):
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", BERT_CLS), ("[SEP]", BERT_SEP)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", BERT_CLS), ("[SEP]", BERT_SEP)],
+    )
     # name_or_path keeps TransformerLens from looking for a tokenizer anywhere else.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", name_or_path="headscope/tiny-bert", model_max_length=N_CTX)
+        tokenizer_object=tk,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        name_or_path="headscope/tiny-bert",
+        model_max_length=N_CTX,
+    )
 
 
 def tokenizer_for(name: str):
@@ -518,10 +769,10 @@ def random_prompt(name: str, n_tokens: int, seed: int = 0) -> torch.Tensor:
 # models
 
 
-_LOOKUPS: list[Callable[[str], "Architecture | None"]] = []
+_LOOKUPS: list[Callable[[str], Architecture | None]] = []
 
 
-def register_lookup(lookup: Callable[[str], "Architecture | None"]) -> None:
+def register_lookup(lookup: Callable[[str], Architecture | None]) -> None:
     """Let `get_arch` find families defined elsewhere (the adapter sweep registers its HF classes)."""
     _LOOKUPS.append(lookup)
 
@@ -535,8 +786,10 @@ def get_arch(name: str) -> Architecture:
         found = lookup(name)
         if found is not None:
             return found
-    raise InputError(f"Unknown tiny architecture {name!r}. Supported: {', '.join(supported())}, or a class "
-                     "headscope.testing.sweep.swept() names.")
+    raise InputError(
+        f"Unknown tiny architecture {name!r}. Supported: {', '.join(supported())}, or a class "
+        "headscope.testing.sweep.swept() names."
+    )
 
 
 _get = get_arch
@@ -562,7 +815,7 @@ def _sharpen(model, std: float) -> None:
     # Learned sinks (GPT-OSS) are 1-D, so left at HF's ~0.02 above: give each head a sink that matters.
     for param_name, p in model.named_parameters():
         if param_name.rsplit(".", 1)[-1] == "sinks":
-            p.copy_(torch.tensor(SINK_LOGITS, dtype=p.dtype)[:p.numel()])
+            p.copy_(torch.tensor(SINK_LOGITS, dtype=p.dtype)[: p.numel()])
     # Per-head q/k norms fix the score scale at ~1 whatever the projections: give them a gain.
     for mod_name, mod in model.named_modules():
         if mod_name.rsplit(".", 1)[-1] in ("q_norm", "k_norm", "q_layernorm", "k_layernorm"):

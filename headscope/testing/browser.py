@@ -55,8 +55,10 @@ def open_page(path: str | Path, *, width: int = 1300, height: int = 1000):
         browser = pw.chromium.launch(executable_path=find_browser(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                    if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
             served = isinstance(path, str) and path.startswith(("http://", "https://"))

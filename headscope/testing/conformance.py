@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -27,8 +27,18 @@ from headscope.capture.blocked import blocked_support
 from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.inputs.needle import NeedleSample
-from headscope.interventions import (KINDS, ACTCalibration, ScaleOutput, StreamingWindow, UniformAttention,
-                                     VARRedistribution, ZeroAblation, apply, forward_with, scan)
+from headscope.interventions import (
+    KINDS,
+    ACTCalibration,
+    ScaleOutput,
+    StreamingWindow,
+    UniformAttention,
+    VARRedistribution,
+    ZeroAblation,
+    apply,
+    forward_with,
+    scan,
+)
 from headscope.models.compat import cache_kwarg, kv_cache_verified, pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import architectures as A
@@ -44,15 +54,16 @@ def _check(name: str):
     def register(fn):
         CHECKS[name] = fn
         return fn
+
     return register
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bridged(name: str):
     return A.tiny_arch_model(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plain(name: str):
     return A.plain_hf(name)
 
@@ -68,7 +79,7 @@ def prompts(name: str) -> list[list[int]]:
     return [a, b]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def attn_layers(name: str) -> tuple[int, ...]:
     """The layers with attention heads, read from the plain HF model (a hybrid's blocks hold an attention
     module only where they attend), independently of headscope's `ModelInfo.layer_kinds`."""
@@ -179,7 +190,6 @@ def check_reducers(name: str) -> str | None:
     induction) are reported as NaN, never as a number."""
     import numpy as np
 
-
     ps = prompts(name)
     res = capture(bridged(name), ps, batch_size=2)
     encoder = A.get_arch(name).is_encoder
@@ -198,8 +208,9 @@ def check_reducers(name: str) -> str | None:
                 assert np.isnan(res[stat].values).all(), f"{name}: {stat} must be NaN on an encoder"
                 del ref[stat]
         for stat, table in ref.items():
-            np.testing.assert_allclose(res[stat].values[p][layers], np.array(table), rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{name} {stat}")
+            np.testing.assert_allclose(
+                res[stat].values[p][layers], np.array(table), rtol=1e-4, atol=1e-5, err_msg=f"{name} {stat}"
+            )
     return "mean backward distance and induction are NaN (causal-only)" if encoder else None
 
 
@@ -227,8 +238,14 @@ def check_blocked(name: str) -> str | None:
         eager = capture(model, batch, batch_size=2, attention="eager")
         blocked = capture(model, batch, batch_size=2, attention="blocked", block_size=5)
         for stat in eager:
-            np.testing.assert_allclose(blocked[stat].values, eager[stat].values, rtol=0, atol=1e-5, equal_nan=True,
-                                       err_msg=f"{name} {stat} ({len(batch[0])} + {len(batch[1])} tokens)")
+            np.testing.assert_allclose(
+                blocked[stat].values,
+                eager[stat].values,
+                rtol=0,
+                atol=1e-5,
+                equal_nan=True,
+                err_msg=f"{name} {stat} ({len(batch[0])} + {len(batch[1])} tokens)",
+            )
     n = max(len(p) for p in ps)
     tokens = torch.tensor([p + [p[-1]] * (n - len(p)) for p in ps])
     mask = (torch.arange(n)[None] < torch.tensor([[len(p)] for p in ps])).long()
@@ -250,10 +267,14 @@ def check_head_outputs(name: str) -> None:
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
     got, ref = {}, {}
-    hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: got.__setitem__(l, z.detach().clone()))
-             for l in attn_layers(name)]
-    handles = [out_proj(hf, l).register_forward_pre_hook(lambda m, args, l=l: ref.__setitem__(l, args[0].detach()))
-               for l in attn_layers(name)]
+    hooks = [
+        (f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: got.__setitem__(l, z.detach().clone()))
+        for l in attn_layers(name)
+    ]
+    handles = [
+        out_proj(hf, l).register_forward_pre_hook(lambda m, args, l=l: ref.__setitem__(l, args[0].detach()))
+        for l in attn_layers(name)
+    ]
     try:
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(ids)
@@ -275,7 +296,7 @@ def _decoder_layers(hf) -> torch.nn.ModuleList:
     """The ModuleList of the model's (decoder) blocks: the first with one entry per layer whose entries
     hold an attention module."""
     cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or getattr(cfg, "n_layer")
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None) or cfg.n_layer
     for mod in hf.modules():  # a hybrid's first block may be a Mamba / linear-attention one: any block attends
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and any(_attention(b) is not None for b in mod):
             return mod
@@ -295,8 +316,11 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
     o_proj, out_proj, c_proj, dense, ... nearest the attention module (BERT's is attention.output.dense)."""
     attn = _attention(_decoder_layers(hf)[layer])
     leaf = {name: name.rsplit(".", 1)[-1].lower() for name, _ in attn.named_modules() if name}  # ModernBERT: Wo
-    found = [(name.count("."), _OUT_PROJ_NAMES.index(leaf[name]), mod) for name, mod in attn.named_modules()
-             if leaf.get(name) in _OUT_PROJ_NAMES and hasattr(mod, "weight")]
+    found = [
+        (name.count("."), _OUT_PROJ_NAMES.index(leaf[name]), mod)
+        for name, mod in attn.named_modules()
+        if leaf.get(name) in _OUT_PROJ_NAMES and hasattr(mod, "weight")
+    ]
     if not found:
         raise AssertionError(f"{type(attn).__name__}: no output projection among {_OUT_PROJ_NAMES}")
     return min(found, key=lambda t: t[:2])[2]
@@ -312,12 +336,17 @@ def _z_and_v(model, ids, specs):
     for l in model_info(model).attention_layers:
         hooks.append((f"blocks.{l}.attn.hook_z", lambda t, hook, l=l: got.__setitem__(("z", l), t.detach().clone())))
         hooks.append((f"blocks.{l}.attn.hook_v", lambda t, hook, l=l: got.__setitem__(("v", l), t.detach().clone())))
-        hooks.append((f"blocks.{l}.attn.hook_pattern", lambda t, hook, l=l: got.__setitem__(("p", l), t.detach().clone())))
+        hooks.append(
+            (f"blocks.{l}.attn.hook_pattern", lambda t, hook, l=l: got.__setitem__(("p", l), t.detach().clone()))
+        )
         # after apply()'s hooks: the scores as edited
-        hooks.append((f"blocks.{l}.attn.hook_attn_scores",
-                      lambda t, hook, l=l: got.__setitem__(("s", l), t.detach().clone())))
+        hooks.append(
+            (f"blocks.{l}.attn.hook_attn_scores", lambda t, hook, l=l: got.__setitem__(("s", l), t.detach().clone()))
+        )
         if f"blocks.{l}.attn.hook_q_gate" in model.hook_dict:  # gated attention: z = sigmoid(gate) * (A @ V)
-            hooks.append((f"blocks.{l}.attn.hook_q_gate", lambda t, hook, l=l: got.__setitem__(("g", l), t.detach().clone())))
+            hooks.append(
+                (f"blocks.{l}.attn.hook_q_gate", lambda t, hook, l=l: got.__setitem__(("g", l), t.detach().clone()))
+            )
     with torch.no_grad(), apply(model, specs), model.hooks(fwd_hooks=hooks):
         logits = model(ids)
     return got, logits
@@ -343,7 +372,7 @@ def check_uniform_attention(name: str) -> str | None:
             ref = (vis / vis.sum(-1, keepdim=True)) @ v * _row_mass(name, l, flat)[h][:, None]
             if ("g", l) in got:  # Qwen3-Next gates each head's output: [pos, heads * d_head]
                 d = v.shape[-1]
-                ref = ref * torch.sigmoid(got[("g", l)][0, :, h * d:(h + 1) * d])
+                ref = ref * torch.sigmoid(got[("g", l)][0, :, h * d : (h + 1) * d])
             z = got[("z", l)][0, :, h]
             scale = max(1.0, ref.abs().max().item())
             assert (z - ref).abs().max().item() <= tol * scale, f"{name} L{l}H{h} eps={eps}"
@@ -370,8 +399,9 @@ def check_zero(name: str) -> None:
 
         def zero_slice(m, args, head=head):
             x = args[0].clone()
-            x[..., head * d:(head + 1) * d] = 0
+            x[..., head * d : (head + 1) * d] = 0
             return (x,)
+
         handle = out_proj(hf, layer).register_forward_pre_hook(zero_slice)
         try:
             with torch.no_grad():
@@ -419,7 +449,7 @@ def check_act_var_rows(name: str) -> str | None:
     refused = _pattern_kinds_refused(name)
     if refused:
         return refused
-    model, ids, T = _one_prompt(name)
+    model, ids, _T = _one_prompt(name)
     heads = [(l, h) for l in attn_layers(name) for h in range(model.cfg.n_heads)]
     specs, reason = [VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))], None
     if A.get_arch(name).is_encoder:
@@ -435,8 +465,9 @@ def check_act_var_rows(name: str) -> str | None:
     for spec in specs:
         got, _ = _z_and_v(model, ids, [spec])
         for l in attn_layers(name):
-            torch.testing.assert_close(got[("p", l)][0].sum(-1), _row_mass(name, l, got[("s", l)][0]), rtol=0,
-                                       atol=1e-5)
+            torch.testing.assert_close(
+                got[("p", l)][0].sum(-1), _row_mass(name, l, got[("s", l)][0]), rtol=0, atol=1e-5
+            )
     return reason
 
 
@@ -457,16 +488,22 @@ def check_scan(name: str) -> str | None:
     the replay's self-check passes (no fallback warning) on every family of the matrix."""
     import numpy as np
 
-
     model = bridged(name)
     ragged = prompts(name)
-    same_length = [p[:min(map(len, ragged))] for p in ragged]  # resample needs sources as long as inputs
-    kinds = [("zero", {}, ragged), ("scale", {"alpha": 2.0}, ragged), ("mean", {}, ragged),
-             ("resample", {"shift": 1}, same_length)]
+    same_length = [p[: min(map(len, ragged))] for p in ragged]  # resample needs sources as long as inputs
+    kinds = [
+        ("zero", {}, ragged),
+        ("scale", {"alpha": 2.0}, ragged),
+        ("mean", {}, ragged),
+        ("resample", {"shift": 1}, same_length),
+    ]
     if _pattern_kinds_refused(name) is None:
-        kinds += [("uniform_attention", {}, ragged), ("uniform_attention", {"epsilon": 1e-5}, ragged),
-                  ("streaming_window", {"sink": 1, "recent": 3}, ragged),
-                  ("var", {"sinks": (0,), "targets": (1, 8)}, ragged)]
+        kinds += [
+            ("uniform_attention", {}, ragged),
+            ("uniform_attention", {"epsilon": 1e-5}, ragged),
+            ("streaming_window", {"sink": 1, "recent": 3}, ragged),
+            ("var", {"sinks": (0,), "targets": (1, 8)}, ragged),
+        ]
         if not A.get_arch(name).is_encoder:  # ACT is causal-only (check_act_var_rows verifies the refusal)
             kinds.append(("act", {}, ragged))
     with warnings.catch_warnings():
@@ -492,8 +529,13 @@ def check_scan(name: str) -> str | None:
                     if kind == "resample":  # scan's default source: the scanned prompts
                         spec = KINDS[kind](heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
                     ref = _kl_last(clean, forward_with(model, tokens, [spec], attention_mask=mask), last)
-                    np.testing.assert_allclose(got.values[:, l, h], ref.numpy(), rtol=TOL_SCAN, atol=TOL_SCAN,
-                                               err_msg=f"{name} {kind} L{l}H{h}")
+                    np.testing.assert_allclose(
+                        got.values[:, l, h],
+                        ref.numpy(),
+                        rtol=TOL_SCAN,
+                        atol=TOL_SCAN,
+                        err_msg=f"{name} {kind} L{l}H{h}",
+                    )
     return None
 
 
@@ -503,8 +545,13 @@ def check_scan(name: str) -> str | None:
 # rounds amplify to ~6e-4 of the derivative. Jamba's Mamba layers do the same (modeling_jamba casts the
 # selective scan's dt, A, B and the state to float32): uniform attention's derivative agrees to ~3e-4.
 # GraniteMoeHybrid's Mamba-2 torch path casts its scan to float32 too (the swept 2-layer model: ~6e-4).
-_FLOAT32_INSIDE = {"qwen3-next": 1e-3, "jamba": 1e-3, "GraniteMoeHybridForCausalLM": 1e-3,
-                   "Qwen3NextForCausalLM": 1e-3, "Qwen3_5MoeForCausalLM": 1e-3}
+_FLOAT32_INSIDE = {
+    "qwen3-next": 1e-3,
+    "jamba": 1e-3,
+    "GraniteMoeHybridForCausalLM": 1e-3,
+    "Qwen3NextForCausalLM": 1e-3,
+    "Qwen3_5MoeForCausalLM": 1e-3,
+}
 
 
 @_check("atp")
@@ -537,12 +584,14 @@ def check_atp(name: str) -> str | None:
         def f(logits):
             last = logits[torch.arange(len(logits)), batch.lengths.to(logits.device) - 1]
             return torch.log_softmax(last, -1) @ mix.to(last.dtype)
+
         return f(variant) - f(base)
 
     def derivative(kind, param, method):  # d/dt at t = 0 of the scan's values with param = 1 + t
         def central(step):
             up, down = (scan(model, ps, kind, metric, method=method, **{param: 1 + s}).values for s in (step, -step))
             return (up - down) / (2 * step)
+
         d1, d2, d3 = central(h), central(h / 2), central(h / 4)
         r1, r2 = (4 * d2 - d1) / 3, (4 * d3 - d2) / 3
         return (16 * r2 - r1) / 15  # error O(h^6): a large step, so float32 rounding inside stays small
@@ -580,7 +629,9 @@ def check_generation(name: str) -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's warning
         verified = kv_cache_verified(model, prompts(name)[0])
-    assert verified == hf_cache_ok, f"{name}: KV-cached decoding verified={verified}, plain HF's cache consistent={hf_cache_ok}"
+    assert verified == hf_cache_ok, (
+        f"{name}: KV-cached decoding verified={verified}, plain HF's cache consistent={hf_cache_ok}"
+    )
     for ids in prompts(name):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -591,12 +642,23 @@ def check_generation(name: str) -> str | None:
             for _ in range(6):
                 seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
             x = torch.tensor([ids])
-            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False,
-                              pad_token_id=0)[0, len(ids):].tolist() if hf_cache_ok else None
-        assert got == seq[len(ids):], f"{name}: != plain HF greedy loop"
-        assert ref is None or (ref and got[:len(ref)] == ref), f"{name}: != HF generate"
-    return None if hf_cache_ok else ("plain HF's own KV cache disagrees with its full forward here: headscope "
-                                     "generates by recomputation (same tokens as HF's greedy loop)")
+            ref = (
+                hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False, pad_token_id=0)[
+                    0, len(ids) :
+                ].tolist()
+                if hf_cache_ok
+                else None
+            )
+        assert got == seq[len(ids) :], f"{name}: != plain HF greedy loop"
+        assert ref is None or (ref and got[: len(ref)] == ref), f"{name}: != HF generate"
+    return (
+        None
+        if hf_cache_ok
+        else (
+            "plain HF's own KV cache disagrees with its full forward here: headscope "
+            "generates by recomputation (same tokens as HF's greedy loop)"
+        )
+    )
 
 
 def _hf_cache_consistent(name: str) -> bool:
@@ -617,7 +679,6 @@ def check_retrieval(name: str) -> str | None:
     generate mode (the paper's step-by-step KV-cached decoding), with copy events to compare."""
     import numpy as np
 
-
     if A.get_arch(name).is_encoder:
         return "encoder: no generation"
     model = bridged(name)
@@ -626,8 +687,9 @@ def check_retrieval(name: str) -> str | None:
         ids = A.random_prompt(name, 12, seed=seed).tolist()
         full = ids + greedy_generate(model, ids, 12)  # the answer is the model's own continuation
         P = len(full)  # a "needle" covering the whole prompt: any copy from it counts
-        samples.append(NeedleSample(tuple(full), (0, P), (0, P), tuple(full), "", P, 0.0, "repeat", "all",
-                                    "repeats", False))
+        samples.append(
+            NeedleSample(tuple(full), (0, P), (0, P), tuple(full), "", P, 0.0, "repeat", "all", "repeats", False)
+        )
     tf = RetrievalHeads(span="needle", success_rouge=-1).fit(model, samples)
     gen = RetrievalHeads(span="needle", success_rouge=-1, mode="generate").fit(model, samples)
     assert np.nansum(tf.sample_scores_.values) > 0, f"{name}: no copy events to compare"
@@ -654,7 +716,6 @@ def check_analyzers(name: str) -> str | None:
     heads that exist, or refuses the family with an InputError (never another exception)."""
     import numpy as np
 
-
     model = bridged(name)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     others = [l for l in range(L) if l not in attn_layers(name)]
@@ -673,7 +734,9 @@ def check_analyzers(name: str) -> str | None:
         assert values.shape[-2:] == (L, H), f"{name} {analyzer}: scores_ shape {values.shape}"
         assert np.isfinite(values).any(), f"{name} {analyzer}: no finite score"
         assert np.isnan(values[..., others, :]).all(), f"{name} {analyzer}: layers {others} have no heads"
-        assert all(l in attn_layers(name) and 0 <= h < H for l, h in fit.heads_), f"{name} {analyzer}: heads_ {fit.heads_}"
+        assert all(l in attn_layers(name) and 0 <= h < H for l, h in fit.heads_), (
+            f"{name} {analyzer}: heads_ {fit.heads_}"
+        )
     return f"refused with a clear error: {', '.join(refused)}" if refused else None
 
 
@@ -691,7 +754,7 @@ def run_check(check: str, name: str) -> str | None:
     if key not in _OUTCOMES:
         try:
             _OUTCOMES[key] = (True, CHECKS[check](name))
-        except Exception as err:  # noqa: BLE001  (re-raised below, to every caller)
+        except Exception as err:
             _OUTCOMES[key] = (False, err)
     ok, value = _OUTCOMES[key]
     if not ok:
@@ -725,12 +788,14 @@ def markdown(table: dict[str, dict[str, str]]) -> str:
             notes.append(text)
         return f"— ({notes.index(text) + 1})"
 
-    lines = ["| family | attention | features | " + " | ".join(checks) + " |",
-             "|---|---|---|" + "---|" * len(checks)]
+    lines = ["| family | attention | features | " + " | ".join(checks) + " |", "|---|---|---|" + "---|" * len(checks)]
     for name, row in table.items():
         arch = A.ARCHITECTURES[name]
-        lines.append(f"| `{name}` | {arch.attention} | {', '.join(arch.features) or '—'} | "
-                     + " | ".join(cell(row[c]) for c in checks) + " |")
+        lines.append(
+            f"| `{name}` | {arch.attention} | {', '.join(arch.features) or '—'} | "
+            + " | ".join(cell(row[c]) for c in checks)
+            + " |"
+        )
     lines.append("")
     lines += [f"({i + 1}) {n}" for i, n in enumerate(notes)]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ so `output_attentions=True` works) and loads the same weights and RoPE buffers.
 from __future__ import annotations
 
 import torch
+
 from headscope.models.compat import set_attn_implementation
 
 _WRAPPER = "_original_component."

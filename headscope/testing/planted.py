@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -43,22 +42,94 @@ LOGIT_SCALE = 20.0  # logit of the copied token; all other logits are exactly 0
 # RoPE frequencies of pairs 0..7: dyadic approximations (10 significant bits) of 2*pi/3^k, k=1..6,
 # and 2*pi/8, 2*pi/12. Dyadic so position * freq is exact in float32 (no phase error at large
 # positions); base-3 periods so that no offset in [0, 1024) other than the target looks alike.
-ROPE_FREQS = (2.09375, 0.6982421875, 0.232666015625, 0.0775146484375, 0.025848388671875,
-              0.0086212158203125, 0.78515625, 0.5234375)
+ROPE_FREQS = (
+    2.09375,
+    0.6982421875,
+    0.232666015625,
+    0.0775146484375,
+    0.025848388671875,
+    0.0086212158203125,
+    0.78515625,
+    0.5234375,
+)
 # Score profile f(d) = sum_p a_p cos(theta_p d) + b_p sin(theta_p d) over the key offset d = i - j,
 # stored as (a_0, b_0, a_1, b_1, ...). Solved offline by LP (scipy linprog/HiGHS: maximise the margin
 # under sum|coef| <= 1 for all d in [0, 1024), with equality inside the window; then divided by the
 # margin), so each has margin ~1 and is rescaled at build time. "previous": f(1) beats every other d.
 # w in 2..4: f(0) = ... = f(w-1) beats every d >= w.
 _PROFILES = {
-    "previous": (-0.474288, 0.323246, 0.568514, 0.054386, 0.537841, 0.026889, 0.295874, 0.0, 0.508976,
-                 0.0, 0.320630, 0.0, 0.278014, 0.0, 0.115448, 0.426270),
-    2: (0.0, 0.154184, 0.731187, 0.0, 0.713979, 0.002916, 0.278879, 0.0, 0.622574, 0.0, 0.361779, 0.0,
-        0.361961, 0.0, 0.388845, 0.430485),
-    3: (0.0, -0.237458, 0.317371, 0.251544, 0.610299, 0.227184, 0.373611, 0.0, 0.617914, 0.0, 0.465374,
-        0.0, 0.474104, 0.032195, 0.473636, 0.526406),
-    4: (0.301764, -0.007016, 0.064559, 0.243113, 1.491123, 0.0, 0.730746, 0.0, 0.604584, 0.0, 0.852415,
-        0.0, 0.323412, 0.049384, 0.090044, 0.863831),
+    "previous": (
+        -0.474288,
+        0.323246,
+        0.568514,
+        0.054386,
+        0.537841,
+        0.026889,
+        0.295874,
+        0.0,
+        0.508976,
+        0.0,
+        0.320630,
+        0.0,
+        0.278014,
+        0.0,
+        0.115448,
+        0.426270,
+    ),
+    2: (
+        0.0,
+        0.154184,
+        0.731187,
+        0.0,
+        0.713979,
+        0.002916,
+        0.278879,
+        0.0,
+        0.622574,
+        0.0,
+        0.361779,
+        0.0,
+        0.361961,
+        0.0,
+        0.388845,
+        0.430485,
+    ),
+    3: (
+        0.0,
+        -0.237458,
+        0.317371,
+        0.251544,
+        0.610299,
+        0.227184,
+        0.373611,
+        0.0,
+        0.617914,
+        0.0,
+        0.465374,
+        0.0,
+        0.474104,
+        0.032195,
+        0.473636,
+        0.526406,
+    ),
+    4: (
+        0.301764,
+        -0.007016,
+        0.064559,
+        0.243113,
+        1.491123,
+        0.0,
+        0.730746,
+        0.0,
+        0.604584,
+        0.0,
+        0.852415,
+        0.0,
+        0.323412,
+        0.049384,
+        0.090044,
+        0.863831,
+    ),
 }
 
 
@@ -84,10 +155,10 @@ class PlantedHeads:
       copy target all logits are 0).
     """
 
-    sink: Optional[Head]
-    previous_token: Optional[Head]
-    induction: Optional[Head]
-    local_window: Optional[Head]
+    sink: Head | None
+    previous_token: Head | None
+    induction: Head | None
+    local_window: Head | None
     local_window_size: int
     n_layers: int
     n_heads: int
@@ -125,8 +196,11 @@ class PlantedHeads:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
         tokens = torch.as_tensor(tokens).long().reshape(-1, torch.as_tensor(tokens).shape[-1])
-        mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else (
-            torch.as_tensor(attention_mask).reshape(tokens.shape).bool())
+        mask = (
+            torch.ones_like(tokens, dtype=torch.bool)
+            if attention_mask is None
+            else (torch.as_tensor(attention_mask).reshape(tokens.shape).bool())
+        )
         out = torch.zeros(*tokens.shape, tokens.shape[1])
         for b in range(tokens.shape[0]):
             real = mask[b].nonzero().flatten()
@@ -160,9 +234,9 @@ def _profile(key, n_ctx: int, margin: float) -> np.ndarray:
     basis = np.stack([np.cos(d), np.sin(d)], axis=-1).reshape(n_ctx, -1)  # f = basis @ coef
     lo, width = (1, 1) if key == "previous" else (0, key)
     inside = np.zeros(n_ctx, dtype=bool)
-    inside[lo:lo + width] = True
+    inside[lo : lo + width] = True
     if width > 1:  # table is rounded to 1e-6: project back onto f(lo) = ... = f(lo+w-1) exactly
-        eq = basis[lo + 1:lo + width] - basis[lo]
+        eq = basis[lo + 1 : lo + width] - basis[lo]
         coef = coef - eq.T @ np.linalg.solve(eq @ eq.T, eq @ coef)
     f = basis @ coef
     gap = f[lo] - f[~inside].max()
@@ -183,10 +257,10 @@ def planted_model(
     n_kv_heads: int = 2,
     vocab_size: int = 48,
     n_ctx: int = 128,
-    sink: Optional[Head] = (0, 2),
-    previous_token: Optional[Head] = (0, 1),
-    local_window: Optional[Head] = (0, 3),
-    induction: Optional[Head] = (1, 3),
+    sink: Head | None = (0, 2),
+    previous_token: Head | None = (0, 1),
+    local_window: Head | None = (0, 3),
+    induction: Head | None = (1, 3),
     local_window_size: int = 4,
     margin: float = 30.0,
     seed: int = 0,
@@ -206,21 +280,28 @@ def planted_model(
     ('sink', 'previous_token', 'induction')
     """
     V = vocab_size
-    truth = PlantedHeads(sink, previous_token, induction, local_window, local_window_size,
-                         n_layers, n_heads, n_kv_heads, float(margin))
+    truth = PlantedHeads(
+        sink, previous_token, induction, local_window, local_window_size, n_layers, n_heads, n_kv_heads, float(margin)
+    )
     placed = truth.heads()
     for kind, (l, h) in placed.items():
         _check(0 <= l < n_layers and 0 <= h < n_heads, f"{kind} head {(l, h)} outside the model")
     _check(len(set(placed.values())) == len(placed), f"two kinds planted on one head: {placed}")
     _check(local_window_size in (2, 3, 4), "local_window_size must be 2, 3 or 4")
     _check(8 <= n_ctx <= MAX_CTX, f"n_ctx must be in [8, {MAX_CTX}]")
-    _check(V >= 4 and margin > 0 and n_heads % n_kv_heads == 0, "need vocab_size >= 4, margin > 0, "
-           "n_heads divisible by n_kv_heads")
+    _check(
+        V >= 4 and margin > 0 and n_heads % n_kv_heads == 0,
+        "need vocab_size >= 4, margin > 0, n_heads divisible by n_kv_heads",
+    )
     if induction is not None:
-        _check(previous_token is not None and previous_token[0] < induction[0],
-               "the induction head needs a previous-token head in an earlier layer")
-        _check(all(l <= induction[0] for l, _ in placed.values()),
-               "planted heads must not sit above the induction head's layer")
+        _check(
+            previous_token is not None and previous_token[0] < induction[0],
+            "the induction head needs a previous-token head in an earlier layer",
+        )
+        _check(
+            all(l <= induction[0] for l, _ in placed.values()),
+            "planted heads must not sit above the induction head's layer",
+        )
 
     half = max(32, 8 * math.ceil((V + 15) / 16))  # room for 8 rotating pairs + BOS + V-2 content dims
     d_head, d_model = 2 * half, 16 * math.ceil((3 + 3 * V) / 16)
@@ -230,8 +311,17 @@ def planted_model(
     cdims = torch.tensor([*range(9, half), *range(half + 8, d_head)][: V - 2])
     group = n_heads // n_kv_heads
 
-    cfg = _llama_config(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model,
-                        d_head=d_head, d_mlp=16, vocab_size=V, n_ctx=n_ctx, init_std=0.02)
+    cfg = _llama_config(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=16,
+        vocab_size=V,
+        n_ctx=n_ctx,
+        init_std=0.02,
+    )
     hf = _new_hf_model(cfg, seed)
     gen = torch.Generator().manual_seed(seed)
     eps = cfg.rms_norm_eps
@@ -243,8 +333,11 @@ def planted_model(
         return sum(p is not None and p[0] < layer for p in (previous_token, induction))
 
     sqrt_dh = math.sqrt(d_head)  # cancels the 1/sqrt(d_head) attention scaling
-    profiles = {kind: _profile(key, n_ctx, margin) for kind, key in
-                (("previous_token", "previous"), ("local_window", local_window_size)) if kind in placed}
+    profiles = {
+        kind: _profile(key, n_ctx, margin)
+        for kind, key in (("previous_token", "previous"), ("local_window", local_window_size))
+        if kind in placed
+    }
     with torch.no_grad():
         for name, p in hf.named_parameters():  # MLPs and everything not set below stay exactly 0
             p.fill_(1.0 if "norm" in name else 0.0)
@@ -275,14 +368,14 @@ def planted_model(
                     Wk[k] = torch.randn(d_head, d_model, generator=gen) * (0.5 / d_model**0.5)
                     Wv[v] = torch.randn(d_head, d_model, generator=gen) * (1.0 / d_model**0.5)
             for h in range(n_heads):
-                q = Wq[h * d_head:(h + 1) * d_head]  # view: rows of head h
+                q = Wq[h * d_head : (h + 1) * d_head]  # view: rows of head h
                 kind = next((kd for kd, hh in here.items() if hh == h), None)
                 if kind is None:
                     q.copy_(torch.randn(d_head, d_model, generator=gen) * (3.0 / d_model**0.5))
                 elif kind in profiles:  # q = (a_p, -b_p) in pair p gives score f(i - j), see _profile
                     c = torch.tensor(profiles[kind], dtype=torch.float32).reshape(-1, 2)
                     q[: len(ROPE_FREQS), CONST] = c[:, 0] * sqrt_dh / s
-                    q[half: half + len(ROPE_FREQS), CONST] = -c[:, 1] * sqrt_dh / s
+                    q[half : half + len(ROPE_FREQS), CONST] = -c[:, 1] * sqrt_dh / s
                 elif kind == "sink":
                     q[8, CONST] = margin * sqrt_dh / s
                 else:  # induction: content match scores 2*margin, BOS scores margin, rest 0
@@ -310,12 +403,12 @@ def _verify_profiles(hf, truth: PlantedHeads, n_ctx: int, scales: list[float]) -
         layer, h = getattr(truth, kind)
         attn, s, g = hf.model.layers[layer].self_attn, scales[layer], truth.kv_group(h)
         dh = attn.head_dim
-        q = attn.q_proj.weight[h * dh:(h + 1) * dh, 0].double() * s
-        k = attn.k_proj.weight[g * dh:(g + 1) * dh, 0].double() * s
-        rot_half = torch.cat([-q[dh // 2:], q[: dh // 2]])
+        q = attn.q_proj.weight[h * dh : (h + 1) * dh, 0].double() * s
+        k = attn.k_proj.weight[g * dh : (g + 1) * dh, 0].double() * s
+        rot_half = torch.cat([-q[dh // 2 :], q[: dh // 2]])
         f = ((q * cos + rot_half * sin) @ k) * attn.scaling
         inside = torch.zeros(n_ctx, dtype=torch.bool)
-        inside[lo:lo + w] = True
+        inside[lo : lo + w] = True
         gap, spread = f[inside].min() - f[~inside].max(), f[inside].max() - f[inside].min()
         if not (gap > truth.margin - 1e-4 and spread < 1e-4):  # float32 weights round at ~1e-6
             raise RuntimeError(f"planted {kind} head {(layer, h)} failed its check: gap {gap}, spread {spread}")

@@ -13,8 +13,14 @@ def reference_stats(pattern, tokens):
     Returns {stat name: [layer][head] float or nan}.
     """
     n_layers, n_heads, T = len(pattern), len(pattern[0]), len(tokens)
-    names = ["first_token_mass", "attention_entropy", "mean_attention_distance",
-             "previous_token_score", "duplicate_token_score", "induction_score"]
+    names = [
+        "first_token_mass",
+        "attention_entropy",
+        "mean_attention_distance",
+        "previous_token_score",
+        "duplicate_token_score",
+        "induction_score",
+    ]
     out = {n: [[math.nan] * n_heads for _ in range(n_layers)] for n in names}
     for layer in range(n_layers):
         for head in range(n_heads):

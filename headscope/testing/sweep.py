@@ -29,18 +29,41 @@ DIFFUSION = ("BD3LM", "DreamModel", "GiddForDiffusionLM", "LLaDAModelLM", "LLaDA
 _MODALITIES = ("vision", "audio", "vq", "speech", "image", "video", "perceiver", "projector")
 _INPUTS = {"input_values": "audio", "input_features": "audio", "pixel_values": "vision"}
 
-_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
-           "num_decoder_layers")
+_LAYERS = (
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
+    "encoder_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+)
 # Generic tiny shape: each value goes to whichever of these names the family's config has.
 _SIZES = {
     ("vocab_size",): A.VOCAB,
     ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"): A.D_MODEL,
     _LAYERS: A.N_LAYERS,
-    ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
-     "decoder_attention_heads"): A.N_HEADS,
+    (
+        "num_attention_heads",
+        "n_head",
+        "num_heads",
+        "n_heads",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+    ): A.N_HEADS,
     ("head_dim", "d_kv", "kv_channels", "attention_head_dim"): A.D_HEAD,
-    ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size", "encoder_ffn_dim", "decoder_ffn_dim",
-     "moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size"): A.D_MLP,
+    (
+        "intermediate_size",
+        "n_inner",
+        "ffn_dim",
+        "d_ff",
+        "ffn_hidden_size",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "moe_intermediate_size",
+        "shared_expert_intermediate_size",
+        "expert_intermediate_size",
+    ): A.D_MLP,
     ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"): A.N_CTX,
     ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"): 4,
     ("num_experts_per_tok", "moe_k", "top_k", "moe_topk", "num_experts_per_token"): 2,
@@ -75,27 +98,59 @@ OVERRIDES: dict[str, dict] = {
     "Mamba2ForCausalLM": {"num_heads": 8, "head_dim": A.D_HEAD, "n_groups": 1},
     # ReLU^2 / xIELU MLPs have kinks in their derivatives: the atp check's finite-difference reference
     # (Richardson extrapolation) needs a smooth forward, so these tiny models use SiLU.
-    **{name: {"hidden_act": "silu"} for name in ("ApertusForCausalLM", "ArceeForCausalLM", "Jais2ForCausalLM",
-                                                 "BitNetForCausalLM", "NemotronForCausalLM")},
+    **{
+        name: {"hidden_act": "silu"}
+        for name in (
+            "ApertusForCausalLM",
+            "ArceeForCausalLM",
+            "Jais2ForCausalLM",
+            "BitNetForCausalLM",
+            "NemotronForCausalLM",
+        )
+    },
     "OPTForCausalLM": {"activation_function": "gelu"},  # ReLU: the same kink
     # Granite scales scores by attention_multiplier (default 1: unscaled, saturated at this init); the
     # released models use ~1/head_dim, so the tiny ones take the usual 1/sqrt(head_dim).
-    **{name: {"attention_multiplier": A.D_HEAD ** -0.5} for name in ("GraniteForCausalLM", "GraniteMoeForCausalLM")},
+    **{name: {"attention_multiplier": A.D_HEAD**-0.5} for name in ("GraniteForCausalLM", "GraniteMoeForCausalLM")},
     # Top-k routing is a discrete choice that a finite step can flip (the atp check's reference): these
     # tiny MoEs route every token to all 4 experts, so the forward is smooth and the router still weighs.
-    **{name: {"num_experts_per_tok": 4} for name in ("Llama4ForCausalLM", "GraniteMoeForCausalLM", "DeepseekV2ForCausalLM",
-                                                     "Qwen3NextForCausalLM", "Qwen3_5MoeForCausalLM")},
+    **{
+        name: {"num_experts_per_tok": 4}
+        for name in (
+            "Llama4ForCausalLM",
+            "GraniteMoeForCausalLM",
+            "DeepseekV2ForCausalLM",
+            "Qwen3NextForCausalLM",
+            "Qwen3_5MoeForCausalLM",
+        )
+    },
     # Hybrids whose default config names no layer kinds (or a long fixed pattern): one of each.
     "Lfm2ForCausalLM": {"layer_types": ["conv", "full_attention"]},
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
-    "Zamba2ForCausalLM": {"layers_block_type": ["linear_attention", "hybrid"], "n_mamba_heads": 8,
-                          "mamba_d_state": 16, "adapter_rank": 8},
+    "Zamba2ForCausalLM": {
+        "layers_block_type": ["linear_attention", "hybrid"],
+        "n_mamba_heads": 8,
+        "mamba_d_state": 16,
+        "adapter_rank": 8,
+    },
     # Hybrids whose attention layers come from a period / an index list: attention on layer 1 of 2.
-    "JambaForCausalLM": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
-                         "expert_layer_offset": 1, "num_experts_per_tok": 2, "num_experts": 2},
-    "GraniteMoeHybridForCausalLM": {"layer_types": ["mamba", "attention"], "position_embedding_type": "rope",
-                                    "mamba_n_heads": 8, "mamba_d_state": 16, "mamba_chunk_size": 16,
-                                    "num_local_experts": 2, "num_experts_per_tok": 2},
+    "JambaForCausalLM": {
+        "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "num_experts_per_tok": 2,
+        "num_experts": 2,
+    },
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": ["mamba", "attention"],
+        "position_embedding_type": "rope",
+        "mamba_n_heads": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+        "num_local_experts": 2,
+        "num_experts_per_tok": 2,
+    },
     "BambaForCausalLM": {"attn_layer_indices": [1], "mamba_n_heads": 8, "mamba_d_state": 16, "mamba_chunk_size": 16},
     "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
 }
@@ -141,7 +196,7 @@ def _not_text(cls_name: str, cls) -> str | None:
     return f"multimodal ({', '.join(other)})" if other else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def entry(cls_name: str) -> Entry:
     """What the sweep does with the HF class `cls_name` (see `Entry`)."""
     import transformers
@@ -158,12 +213,12 @@ def entry(cls_name: str) -> Entry:
         return Entry(cls_name, None, "not buildable here: no such class in transformers 5.24 (remote code)")
     try:
         tiny_config(cls_name)
-    except Exception as exc:  # noqa: BLE001  (the sweep reports why)
+    except Exception as exc:
         return Entry(cls_name, model_type, f"not buildable here: {A._short(exc, 160)}")
     return Entry(cls_name, model_type, "swept")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def entries() -> tuple[Entry, ...]:
     """One Entry per class TransformerLens supports, in its order."""
     return tuple(entry(name) for name in supported_classes())
@@ -232,6 +287,8 @@ def tiny_config(cls_name: str):
 
 
 MAX_PARAMS = 5_000_000  # the curated matrix's models have ~0.1M; above this a shape was missed
+
+
 def _attention_kind(cfg) -> str:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = getattr(text, "num_attention_heads", None) or A.N_HEADS
@@ -239,15 +296,22 @@ def _attention_kind(cfg) -> str:
     return "MHA" if kv == heads else ("MQA" if kv == 1 else "GQA")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def architecture(cls_name: str) -> A.Architecture:
     """The swept family `cls_name` as an `Architecture` (for `architectures.get_arch`)."""
     cfg = tiny_config(cls_name)
     encoder = cls_name.endswith("ForMaskedLM") or (cfg.model_type in ("bert", "roberta") and not cfg.is_decoder)
     features = ("encoder",) if encoder else (("encoder_decoder",) if getattr(cfg, "is_encoder_decoder", False) else ())
-    return A.Architecture(cls_name, cfg.model_type, _attention_kind(cfg), features,
-                          functools.partial(tiny_config, cls_name), init_std=INIT_STDS.get(cls_name, A.INIT_STD))
+    return A.Architecture(
+        cls_name,
+        cfg.model_type,
+        _attention_kind(cfg),
+        features,
+        functools.partial(tiny_config, cls_name),
+        init_std=INIT_STDS.get(cls_name, A.INIT_STD),
+    )
 
 
-A.register_lookup(lambda name: architecture(name) if name in supported_classes() and entry(name).outcome == "swept"
-                  else None)
+A.register_lookup(
+    lambda name: architecture(name) if name in supported_classes() and entry(name).outcome == "swept" else None
+)

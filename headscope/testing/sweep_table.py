@@ -34,17 +34,17 @@ def outcome(cls_name: str, checks=None) -> str:
         model = C.bridged(cls_name)
     except InputError as exc:
         return f"refused: {_first_line(exc)}"
-    except Exception as exc:  # noqa: BLE001  (reported; the test raises it)
+    except Exception as exc:
         return f"FAIL: boot: {_first_line(exc)}"
     if is_encoder_decoder(model):
         try:
             return f"refused: encoder-decoder: InputError: {seq2seq_refusal(model).split(': ', 1)[1]}"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"FAIL: encoder-decoder: {_first_line(exc)}"
     for check in checks or C.CHECKS:
         try:
             C.run_check(check, cls_name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"FAIL: {check}: {_first_line(exc)}"
     return "pass"
 
@@ -85,14 +85,16 @@ def markdown(results: dict[str, str]) -> str:
     types = {e.hf_class: e.model_type for e in entries()}
     lines = ["| HF class | model_type | outcome |", "|---|---|---|"]
     for cls_name, text in results.items():
-        lines.append(f"| `{cls_name}` | {('`' + types[cls_name] + '`') if types[cls_name] else '—'} | "
-                     f"{_cell(text)} |")
+        lines.append(f"| `{cls_name}` | {('`' + types[cls_name] + '`') if types[cls_name] else '—'} | {_cell(text)} |")
     counts: dict[str, int] = {}
     for text in results.values():
         counts[_kind(text)] = counts.get(_kind(text), 0) + 1
     families = sorted({types[c] for c, t in results.items() if t == "pass"})
-    lines += ["", "Classes: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (of {len(results)}).",
-              f"Families (model_type) passing every check: {len(families)}."]
+    lines += [
+        "",
+        "Classes: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (of {len(results)}).",
+        f"Families (model_type) passing every check: {len(families)}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,19 @@ def _planted(cache_dir=None, device=None, dtype=None, **params):
     return _placed(model, device, dtype)
 
 
-register_testbed(Testbed("testing:tiny", load=_tiny, accepts=tiny_model,
-                         summary="a tiny random-weight Llama built in code (headscope.testing.tiny_model)"))
-register_testbed(Testbed("testing:planted", load=_planted, accepts=planted_model,
-                         summary="a tiny Llama with planted heads (headscope.testing.planted_model)"))
+register_testbed(
+    Testbed(
+        "testing:tiny",
+        load=_tiny,
+        accepts=tiny_model,
+        summary="a tiny random-weight Llama built in code (headscope.testing.tiny_model)",
+    )
+)
+register_testbed(
+    Testbed(
+        "testing:planted",
+        load=_planted,
+        accepts=planted_model,
+        summary="a tiny Llama with planted heads (headscope.testing.planted_model)",
+    )
+)

@@ -11,7 +11,6 @@ Example::
 from __future__ import annotations
 
 import warnings
-from typing import Union
 
 import torch
 
@@ -45,8 +44,13 @@ def tiny_tokenizer(vocab_size: int = 48):
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     # name_or_path + add_bos_token stop TransformerLens from trying to re-download a tokenizer.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", pad_token="<pad>", eos_token="<pad>",
-        unk_token="<pad>", add_bos_token=True, name_or_path=TINY_NAME,
+        tokenizer_object=tk,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="<pad>",
+        unk_token="<pad>",
+        add_bos_token=True,
+        name_or_path=TINY_NAME,
     )
 
 
@@ -56,11 +60,20 @@ def _llama_config(*, n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, voca
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
-        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-        head_dim=d_head, max_position_embeddings=n_ctx, tie_word_embeddings=False,
-        bos_token_id=BOS_ID, pad_token_id=PAD_ID, eos_token_id=PAD_ID,
-        initializer_range=init_std, attn_implementation="eager",
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=d_head,
+        max_position_embeddings=n_ctx,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        pad_token_id=PAD_ID,
+        eos_token_id=PAD_ID,
+        initializer_range=init_std,
+        attn_implementation="eager",
     )
 
 
@@ -104,14 +117,21 @@ def tiny_model(
     (1, 4, 2, 16)
     """
     cfg = _llama_config(
-        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_head=d_head,
-        d_mlp=2 * d_model, vocab_size=vocab_size, n_ctx=n_ctx, init_std=_TINY_INIT_STD,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=2 * d_model,
+        vocab_size=vocab_size,
+        n_ctx=n_ctx,
+        init_std=_TINY_INIT_STD,
     )
     return _boot(_new_hf_model(cfg, seed), vocab_size)
 
 
 def induction_tokens(
-    bridge_or_vocab: Union[int, "torch.nn.Module"],
+    bridge_or_vocab: int | torch.nn.Module,
     seq_len: int,
     n_repeats: int = 2,
     batch: int = 1,
@@ -141,6 +161,10 @@ def induction_tokens(
 def repeated_random_tokens(*args, **kwargs) -> torch.Tensor:
     """Deprecated name of `induction_tokens` (it clashed with `headscope.inputs.repeated_random_tokens`,
     which takes a vocabulary size and other parameters); removed in the next release."""
-    warnings.warn("headscope.testing.repeated_random_tokens is deprecated: use headscope.testing.induction_tokens "
-                  "(headscope.inputs.repeated_random_tokens is the probe generator)", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "headscope.testing.repeated_random_tokens is deprecated: use headscope.testing.induction_tokens "
+        "(headscope.inputs.repeated_random_tokens is the probe generator)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return induction_tokens(*args, **kwargs)

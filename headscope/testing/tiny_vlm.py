@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from headscope.models.compat import set_attn_implementation
+from headscope.models.loading import boot
 from headscope.testing.tiny import (
     _TINY_INIT_STD,
     BOS_ID,
@@ -32,8 +34,6 @@ from headscope.testing.tiny import (
     TINY_NAME,
     tiny_tokenizer,
 )
-from headscope.models.loading import boot
-from headscope.models.compat import set_attn_implementation
 
 VOCAB = 48
 IMAGE_TOKEN = VOCAB - 1  # the last id of the tiny vocabulary stands for an image patch
@@ -54,15 +54,39 @@ def _config(n_layers: int, n_heads: int, n_kv_heads: int, d_model: int, image_si
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     text = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=d_model // n_heads,
-        max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=BOS_ID, pad_token_id=PAD_ID,
-        eos_token_id=PAD_ID, initializer_range=_TINY_INIT_STD, attn_implementation="eager")
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=image_size, patch_size=patch, num_channels=3, projection_dim=32)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
-                      vision_feature_layer=-1, vision_feature_select_strategy="default",
-                      projector_hidden_act="gelu")
+        vocab_size=VOCAB,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=d_model // n_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        pad_token_id=PAD_ID,
+        eos_token_id=PAD_ID,
+        initializer_range=_TINY_INIT_STD,
+        attn_implementation="eager",
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        num_channels=3,
+        projection_dim=32,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     cfg.architectures = ["LlavaForConditionalGeneration"]  # TransformerLens picks its adapter from this
     set_attn_implementation(cfg, "eager")
     return cfg
@@ -80,11 +104,27 @@ def _hf_llava(seed: int, **shape):
         return LlavaForConditionalGeneration(_config(**shape)).eval()
 
 
-def tiny_llava(n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, d_model: int = 64, image_size: int = 32,
-               patch: int = 8, seed: int = 0):
+def tiny_llava(
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_model: int = 64,
+    image_size: int = 32,
+    patch: int = 8,
+    seed: int = 0,
+):
     """A random-weight LLaVA bridge; (image_size / patch)^2 image tokens per image (16 by default)."""
-    return _boot(_hf_llava(seed, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model,
-                           image_size=image_size, patch=patch))
+    return _boot(
+        _hf_llava(
+            seed,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            d_model=d_model,
+            image_size=image_size,
+            patch=patch,
+        )
+    )
 
 
 def n_image_tokens(model) -> int:

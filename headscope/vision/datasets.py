@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 from ..models.catalog import default_image_prompts as _default_image_prompts
 from . import shapes as W
 from .shapes_eval import EVAL_SEED, default_eval_sets
-from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 
 SPLITS = ("image_qa", "text_qa", "pope", "describe")
 
@@ -43,7 +43,13 @@ def _item_prompts(items) -> list:
     return [W.item_prompt(it) for it in items]  # ImagePrompts (image items) or id lists: what analyzers take
 
 
-GENERATORS.register("shapes", Generator(
-    _shapes_generator, yields="shapes", model_inputs=_item_prompts,
-    params=params_of(shapes_set, checks={"split": one_of(SPLITS, "split")}),
-    doc="held-out shapes-world QA items with their images (shapes_set)"))
+GENERATORS.register(
+    "shapes",
+    Generator(
+        _shapes_generator,
+        yields="shapes",
+        model_inputs=_item_prompts,
+        params=params_of(shapes_set, checks={"split": one_of(SPLITS, "split")}),
+        doc="held-out shapes-world QA items with their images (shapes_set)",
+    ),
+)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from ..inputs.images import ImagePrompt
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -52,19 +53,45 @@ PAD_ID, BOS_ID, IMAGE_TOKEN_ID = 0, 1, 2
 TOKENIZER_NAME = "headscope/shapes-vlm"
 
 # Text-only skills, so the language model has non-visual knowledge (and priors) of its own.
-FACTS = {"grass": "green", "sky": "blue", "sun": "yellow", "blood": "red", "snow": "white",
-         "banana": "yellow", "leaf": "green", "sea": "blue", "fire": "red", "milk": "white"}
-OPPOSITES = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "up": "down",
-             "down": "up", "big": "small", "small": "big", "black": "white", "white": "black", "hot": "cold",
-             "cold": "hot", "yes": "no", "no": "yes"}
+FACTS = {
+    "grass": "green",
+    "sky": "blue",
+    "sun": "yellow",
+    "blood": "red",
+    "snow": "white",
+    "banana": "yellow",
+    "leaf": "green",
+    "sea": "blue",
+    "fire": "red",
+    "milk": "white",
+}
+OPPOSITES = {
+    "left": "right",
+    "right": "left",
+    "top": "bottom",
+    "bottom": "top",
+    "up": "down",
+    "down": "up",
+    "big": "small",
+    "small": "big",
+    "black": "white",
+    "white": "black",
+    "hot": "cold",
+    "cold": "hot",
+    "yes": "no",
+    "no": "yes",
+}
 SIDES = {"triangle": "three", "square": "four", "circle": "zero"}
 
 
 def _companions() -> dict[tuple[str, str], tuple[str, str]]:
     """A fixed pairing of object types: (colour, shape) -> a different colour and a different shape."""
     cols = list(COLOURS)
-    return {(c, s): (cols[(i + 2) % len(cols)], SHAPES[(j + 1) % len(SHAPES)])
-            for i, c in enumerate(cols) for j, s in enumerate(SHAPES)}
+    return {
+        (c, s): (cols[(i + 2) % len(cols)], SHAPES[(j + 1) % len(SHAPES)])
+        for i, c in enumerate(cols)
+        for j, s in enumerate(SHAPES)
+    }
 
 
 COMPANION = _companions()
@@ -99,10 +126,10 @@ class Scene:
 
 @dataclass(frozen=True)
 class QAItem:
-    kind: str                       # "colour_of_shape", "shape_at", ..., "pope", "describe", "fact", ...
+    kind: str  # "colour_of_shape", "shape_at", ..., "pope", "describe", "fact", ...
     question: tuple[str, ...]
     answer: tuple[str, ...]
-    scene: Scene | None = None      # None for text-only items
+    scene: Scene | None = None  # None for text-only items
     meta: dict = field(default_factory=dict, compare=False)  # pope: {"label": bool, "probe": str}
 
     @property
@@ -111,6 +138,7 @@ class QAItem:
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _mask(shape: str, dx: int, dy: int) -> np.ndarray:
     """Boolean [CELL, CELL] mask of a shape centred in its cell (+ jitter). Every shape covers the centre."""
@@ -157,6 +185,7 @@ def render_batch(scenes, noise: float = 0.0, noise_seed: int = 0) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- sampling
 
+
 def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
     """1-3 objects (uniform) in distinct cells; object types distinct; 2nd object often the 1st's companion."""
     n = int(rng.integers(1, 4)) if n_objects is None else n_objects
@@ -170,8 +199,10 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scen
             k = (cols[rng.integers(len(cols))], SHAPES[rng.integers(len(SHAPES))])
         if k not in kinds:
             kinds.append(k)
-    objs = [Obj(shape=s, colour=c, cell=CELLS[ci], dx=int(rng.integers(-1, 2)), dy=int(rng.integers(-1, 2)))
-            for (c, s), ci in zip(kinds, cells)]
+    objs = [
+        Obj(shape=s, colour=c, cell=CELLS[ci], dx=int(rng.integers(-1, 2)), dy=int(rng.integers(-1, 2)))
+        for (c, s), ci in zip(kinds, cells)
+    ]
     return Scene(tuple(objs))
 
 
@@ -194,7 +225,9 @@ def _absent_kind(rng, scene: Scene, probe: str) -> tuple[str, str] | None:
     if probe == "random":
         pool = [(c, s) for c in cols for s in SHAPES]
     elif probe == "adversarial":
-        pool = [(c, o.shape) for o in scene.objects for c in cols] + [(o.colour, s) for o in scene.objects for s in SHAPES]
+        pool = [(c, o.shape) for o in scene.objects for c in cols] + [
+            (o.colour, s) for o in scene.objects for s in SHAPES
+        ]
     elif probe == "companion":
         pool = [COMPANION[o.kind] for o in scene.objects]
     else:
@@ -204,7 +237,7 @@ def _absent_kind(rng, scene: Scene, probe: str) -> tuple[str, str] | None:
 
 
 def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem | None:
-    """"is there a <colour> <shape> ?" about a present object (yes) or an absent one of the given probe type."""
+    """ "is there a <colour> <shape> ?" about a present object (yes) or an absent one of the given probe type."""
     if present:
         o = scene.objects[rng.integers(len(scene.objects))]
         kind = o.kind
@@ -212,8 +245,13 @@ def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem
         kind = _absent_kind(rng, scene, probe)
         if kind is None:
             return None
-    return QAItem("pope", ("is", "there", "a", *kind, "?"), ("yes" if present else "no",), scene,
-                  {"label": present, "probe": "present" if present else probe})
+    return QAItem(
+        "pope",
+        ("is", "there", "a", *kind, "?"),
+        ("yes" if present else "no",),
+        scene,
+        {"label": present, "probe": "present" if present else probe},
+    )
 
 
 def sample_image_item(rng, scene: Scene, kind: str | None = None) -> QAItem:
@@ -228,8 +266,11 @@ def sample_image_item(rng, scene: Scene, kind: str | None = None) -> QAItem:
         o = unique[rng.integers(len(unique))]
         return QAItem(kind, ("what", "colour", "is", "the", o.shape, "?"), (o.colour,), scene)
     if kind == "shape_at":  # an empty cell a third of the time: the answer is "nothing"
-        cell = o.cell if rng.random() < 2 / 3 or len(objs) == len(CELLS) else \
-            [c for c in CELLS if scene.at(c) is None][rng.integers(len(CELLS) - len(objs))]
+        cell = (
+            o.cell
+            if rng.random() < 2 / 3 or len(objs) == len(CELLS)
+            else [c for c in CELLS if scene.at(c) is None][rng.integers(len(CELLS) - len(objs))]
+        )
         hit = scene.at(cell)
         return QAItem(kind, ("what", "shape", "is", "at", cell, "?"), (hit.shape if hit else "nothing",), scene)
     if kind == "colour_at":
@@ -256,15 +297,23 @@ def text_items() -> list[QAItem]:
     """All text-only items (a finite set: facts, opposites, arithmetic, sides of shapes)."""
     items = [QAItem("fact", ("what", "colour", "is", k, "?"), (v,)) for k, v in FACTS.items()]
     items += [QAItem("opposite", ("opposite", "of", k, "?"), (v,)) for k, v in OPPOSITES.items()]
-    items += [QAItem("plus", ("what", "is", NUMBERS[a], "plus", NUMBERS[b], "?"), (NUMBERS[a + b],))
-              for a in range(5) for b in range(5)]
-    items += [QAItem("minus", ("what", "is", NUMBERS[a], "minus", NUMBERS[b], "?"), (NUMBERS[a - b],))
-              for a in range(NUMBERS.index("eight") + 1) for b in range(a + 1) if a <= 6]
+    items += [
+        QAItem("plus", ("what", "is", NUMBERS[a], "plus", NUMBERS[b], "?"), (NUMBERS[a + b],))
+        for a in range(5)
+        for b in range(5)
+    ]
+    items += [
+        QAItem("minus", ("what", "is", NUMBERS[a], "minus", NUMBERS[b], "?"), (NUMBERS[a - b],))
+        for a in range(NUMBERS.index("eight") + 1)
+        for b in range(a + 1)
+        if a <= 6
+    ]
     items += [QAItem("sides", ("how", "many", "sides", "has", "a", k, "?"), (v,)) for k, v in SIDES.items()]
     return items
 
 
 # ----------------------------------------------------------------------------- tokenizer and inputs
+
 
 def vocabulary() -> list[str]:
     """Every word of the world, ids in this order (<pad> 0, <s> 1, <image> 2)."""
@@ -300,8 +349,14 @@ def shapes_tokenizer():
     tk.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, BOS_ID)])
     # name_or_path + add_bos_token stop TransformerLens from trying to download a tokenizer.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=BOS, pad_token=PAD, eos_token=PAD, unk_token=PAD,
-        additional_special_tokens=[IMAGE], add_bos_token=True, name_or_path=TOKENIZER_NAME,
+        tokenizer_object=tk,
+        bos_token=BOS,
+        pad_token=PAD,
+        eos_token=PAD,
+        unk_token=PAD,
+        additional_special_tokens=[IMAGE],
+        add_bos_token=True,
+        name_or_path=TOKENIZER_NAME,
     )
 
 

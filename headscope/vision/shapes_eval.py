@@ -25,8 +25,8 @@ import torch
 
 from ..errors import InputError
 from ..generation import greedy_generate, plan_interventions
-from . import shapes as W
 from ..interventions import apply
+from . import shapes as W
 
 _WORD_ID = {w: i for i, w in enumerate(W.vocabulary())}
 _ID_WORD = W.vocabulary()
@@ -36,8 +36,10 @@ _ID_WORD = W.vocabulary()
 def _applied(model, interventions, hooks):
     with contextlib.ExitStack() as stack:
         if (interventions or hooks) and not hasattr(model, "hooks"):
-            raise InputError("interventions/hooks need a TransformerBridge; got a plain HF model. "
-                             "Fix: use headscope.load_model('shapes-vlm')")
+            raise InputError(
+                "interventions/hooks need a TransformerBridge; got a plain HF model. "
+                "Fix: use headscope.load_model('shapes-vlm')"
+            )
         if interventions:
             stack.enter_context(apply(model, list(interventions)))
         if hooks:
@@ -58,21 +60,24 @@ def _logits(model, ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tens
 
 def _check_items(items, need_image: bool | None = None):
     if not items:
-        raise InputError("no items given: pass a non-empty list of shapes QAItems (e.g. default_eval_sets()['image_qa'])")
+        raise InputError(
+            "no items given: pass a non-empty list of shapes QAItems (e.g. default_eval_sets()['image_qa'])"
+        )
     if need_image is not None and any(it.has_image != need_image for it in items):
         which = "image" if need_image else "text-only"
         raise InputError(f"expected only {which} items; split the list by `item.has_image`")
 
 
-def teacher_forced(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
-                   noise_seed: int = 0) -> list[np.ndarray]:
+def teacher_forced(
+    model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0, noise_seed: int = 0
+) -> list[np.ndarray]:
     """Per item the logits [n_answer, vocab] at the positions that predict its answer tokens."""
     _check_items(items)
     out: list[np.ndarray | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: items[i].has_image)  # text and image rows apart
     with _applied(model, interventions, hooks):
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             # Split where the chunk switches from text to image items, so no batch mixes the two.
             for group in ([i for i in chunk if not items[i].has_image], [i for i in chunk if items[i].has_image]):
                 if group:
@@ -86,19 +91,19 @@ def _run_group(model, items, group, out, noise, noise_seed):
     # Right padding: causal attention keeps every real position independent of the pads.
     ids = torch.full((len(seqs), width), W.PAD_ID, dtype=torch.long)
     for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
+        ids[r, : len(s)] = torch.tensor(s)
     pixels = W.render_batch([items[i].scene for i in group], noise, noise_seed) if items[group[0]].has_image else None
     logits = _logits(model, ids, pixels)
     for r, i in enumerate(group):
         n_ans = len(seqs[r]) - plens[r]
-        out[i] = logits[r, plens[r] - 1:plens[r] - 1 + n_ans].numpy()
+        out[i] = logits[r, plens[r] - 1 : plens[r] - 1 + n_ans].numpy()
 
 
 @dataclass
 class QAResult:
     accuracy: float
     n: int
-    per_kind: dict = field(default_factory=dict)   # kind -> accuracy
+    per_kind: dict = field(default_factory=dict)  # kind -> accuracy
     predictions: list = field(default_factory=list)  # per item the argmax words (teacher-forced)
     correct: list = field(default_factory=list)
 
@@ -118,12 +123,21 @@ def _qa(model, items, need_image, **kw) -> QAResult:
     return QAResult(float(np.mean(correct)), len(items), per_kind, preds, correct)
 
 
-def image_qa_accuracy(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
-                      noise_seed: int = 0) -> QAResult:
+def image_qa_accuracy(
+    model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0, noise_seed: int = 0
+) -> QAResult:
     """Exact-match accuracy on image questions (pixel_values passed; all answer tokens must be argmax).
     `noise`: Gaussian pixel noise std added to every image (see shapes.render)."""
-    return _qa(model, items, True, batch_size=batch_size, interventions=interventions, hooks=hooks, noise=noise,
-               noise_seed=noise_seed)
+    return _qa(
+        model,
+        items,
+        True,
+        batch_size=batch_size,
+        interventions=interventions,
+        hooks=hooks,
+        noise=noise,
+        noise_seed=noise_seed,
+    )
 
 
 def text_qa_accuracy(model, items, *, batch_size: int = 32, interventions=(), hooks=()) -> QAResult:
@@ -139,7 +153,7 @@ class PopeResult:
     f1: float
     yes_ratio: float
     n: int
-    invalid: float              # fraction of probes whose full-vocabulary argmax is neither yes nor no
+    invalid: float  # fraction of probes whose full-vocabulary argmax is neither yes nor no
     per_probe: dict = field(default_factory=dict)  # probe type -> accuracy
     said_yes: list = field(default_factory=list)
 
@@ -157,31 +171,56 @@ def pope_metrics(labels, said_yes) -> dict:
     tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
-    return {"accuracy": float((y == p).mean()), "precision": prec, "recall": rec,
-            "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "yes_ratio": float(p.mean())}
+    return {
+        "accuracy": float((y == p).mean()),
+        "precision": prec,
+        "recall": rec,
+        "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+        "yes_ratio": float(p.mean()),
+    }
 
 
-def pope(model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0,
-         noise_seed: int = 0) -> PopeResult:
+def pope(
+    model, items, *, batch_size: int = 32, interventions=(), hooks=(), noise: float = 0.0, noise_seed: int = 0
+) -> PopeResult:
     """POPE on "is there a <colour> <shape> ?" probes (items from shapes.pope_items)."""
     _check_items(items, True)
     if any(it.kind != "pope" for it in items):
         raise InputError("pope() takes POPE probes only: build them with shapes.pope_items(seed, n_scenes)")
-    logits = teacher_forced(model, items, batch_size=batch_size, interventions=interventions, hooks=hooks,
-                            noise=noise, noise_seed=noise_seed)
+    logits = teacher_forced(
+        model,
+        items,
+        batch_size=batch_size,
+        interventions=interventions,
+        hooks=hooks,
+        noise=noise,
+        noise_seed=noise_seed,
+    )
     yes, no = _WORD_ID["yes"], _WORD_ID["no"]
     said_yes = [bool(lg[0, yes] > lg[0, no]) for lg in logits]
     invalid = float(np.mean([lg[0].argmax() not in (yes, no) for lg in logits]))
     labels = [it.meta["label"] for it in items]
     probes = sorted({it.meta["probe"] for it in items})
-    per_probe = {p: float(np.mean([s == lab for s, lab, it in zip(said_yes, labels, items) if it.meta["probe"] == p]))
-                 for p in probes}
-    return PopeResult(**pope_metrics(labels, said_yes), n=len(items), invalid=invalid, per_probe=per_probe,
-                      said_yes=said_yes)
+    per_probe = {
+        p: float(np.mean([s == lab for s, lab, it in zip(said_yes, labels, items) if it.meta["probe"] == p]))
+        for p in probes
+    }
+    return PopeResult(
+        **pope_metrics(labels, said_yes), n=len(items), invalid=invalid, per_probe=per_probe, said_yes=said_yes
+    )
 
 
-def describe(model, scenes, *, max_new_tokens: int = 13, batch_size: int = 32, interventions=(), hooks=(),
-             noise: float = 0.0, noise_seed: int = 0) -> list[str]:
+def describe(
+    model,
+    scenes,
+    *,
+    max_new_tokens: int = 13,
+    batch_size: int = 32,
+    interventions=(),
+    hooks=(),
+    noise: float = 0.0,
+    noise_seed: int = 0,
+) -> list[str]:
     """Greedy descriptions ("red circle top-left , blue square bottom-right .") of each scene.
 
     On a TransformerBridge each scene is generated by `headscope.generation.greedy_generate` (KV cache,
@@ -211,7 +250,7 @@ def _describe_recompute(model, scenes, prompt, end, max_new_tokens, batch_size, 
     finished rows emit pads."""
     texts: list[str] = []
     for start in range(0, len(scenes), batch_size):
-        batch = scenes[start:start + batch_size]
+        batch = scenes[start : start + batch_size]
         pixels = W.render_batch(batch, noise, noise_seed)
         ids = torch.tensor([prompt] * len(batch))
         done = torch.zeros(len(batch), dtype=torch.bool)
@@ -222,7 +261,7 @@ def _describe_recompute(model, scenes, prompt, end, max_new_tokens, batch_size, 
             done |= nxt == end
             if done.all():
                 break
-        for row in ids[:, len(prompt):].tolist():
+        for row in ids[:, len(prompt) :].tolist():
             texts.append(" ".join(_ID_WORD[t] for t in row if t != W.PAD_ID))
     return texts
 
@@ -266,18 +305,29 @@ def chair(scenes, texts) -> dict:
         n_bad_text += bool(bad)
         n_true += len(truth)
         n_hit += len(mentions & truth)
-    return {"chair_i": n_halluc / n_mention if n_mention else 0.0, "chair_s": n_bad_text / len(scenes),
-            "recall": n_hit / n_true, "n_mentions": n_mention, "n_texts": len(scenes)}
+    return {
+        "chair_i": n_halluc / n_mention if n_mention else 0.0,
+        "chair_s": n_bad_text / len(scenes),
+        "recall": n_hit / n_true,
+        "n_mentions": n_mention,
+        "n_texts": len(scenes),
+    }
 
 
 EVAL_SEED = 20_251_121  # far from the training seeds, so held-out scenes are new draws
 
 
-def default_eval_sets(seed: int = EVAL_SEED, n_image: int = 300, n_pope_scenes: int = 150, n_describe: int = 100) -> dict:
+def default_eval_sets(
+    seed: int = EVAL_SEED, n_image: int = 300, n_pope_scenes: int = 150, n_describe: int = 100
+) -> dict:
     """Fixed held-out sets: image_qa (one-word image questions, kinds balanced), text_qa (every text
     item), pope (balanced present/absent probes), describe (scenes)."""
     rng = np.random.default_rng(seed)
     kinds = W.SINGLE_ANSWER_KINDS
     image_qa = [W.sample_image_item(rng, W.sample_scene(rng), kinds[i % len(kinds)]) for i in range(n_image)]
-    return {"image_qa": image_qa, "text_qa": W.text_items(), "pope": W.pope_items(seed + 1, n_pope_scenes),
-            "describe": [W.sample_scene(np.random.default_rng([seed, 2, i])) for i in range(n_describe)]}
+    return {
+        "image_qa": image_qa,
+        "text_qa": W.text_items(),
+        "pope": W.pope_items(seed + 1, n_pope_scenes),
+        "describe": [W.sample_scene(np.random.default_rng([seed, 2, i])) for i in range(n_describe)],
+    }

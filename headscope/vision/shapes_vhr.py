@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..experiment_registry import EVALUATORS, Evaluator, Param
 from ..generation import greedy_generate
 from . import shapes as W
+from . import shapes_eval as E
 from .shapes_eval import chair, pope_metrics
 from .vhr import vhr_generate, vhr_select
-from ..experiment_registry import EVALUATORS, Evaluator, Param
-from . import shapes_eval as E
 
 
 def _t0(model, item, layers, alpha, noise):
@@ -40,8 +40,12 @@ def vhr_image_qa(model, items, *, layers=None, alpha: float | None = 2.0, noise:
     runs = [_t0(model, it, layers, alpha, noise) for it in items]
     answers = [vocab[a] for a, _, _ in runs]
     correct = [(a,) == it.answer for a, it in zip(answers, items)]
-    return {"accuracy": float(np.mean(correct)), "answers": answers, "correct": correct,
-            "mean_reinforced_heads": float(np.mean([n for _, _, n in runs]))}
+    return {
+        "accuracy": float(np.mean(correct)),
+        "answers": answers,
+        "correct": correct,
+        "mean_reinforced_heads": float(np.mean([n for _, _, n in runs])),
+    }
 
 
 def vhr_pope(model, items, *, layers=None, alpha: float | None = 2.0, noise: float = 0.0) -> dict:
@@ -52,8 +56,9 @@ def vhr_pope(model, items, *, layers=None, alpha: float | None = 2.0, noise: flo
     return {**pope_metrics([it.meta["label"] for it in items], said_yes), "said_yes": said_yes}
 
 
-def vhr_describe(model, scenes, *, layers=None, alpha: float | None = 2.0, max_new_tokens: int = 13,
-                 noise: float = 0.0) -> dict:
+def vhr_describe(
+    model, scenes, *, layers=None, alpha: float | None = 2.0, max_new_tokens: int = 13, noise: float = 0.0
+) -> dict:
     """CHAIR of greedy descriptions generated with VHR (or plainly with alpha=None)."""
     vocab = W.vocabulary()
     stop = [vocab.index(W.END)]
@@ -73,10 +78,14 @@ def vhr_describe(model, scenes, *, layers=None, alpha: float | None = 2.0, max_n
 # fixed interventions (shapes_eval) or under a `vhr:` condition (this module).
 
 # metric -> (split its items must come from, key of the result, better)
-_SHAPES_METRICS = {"image_qa_accuracy": ("image_qa", "accuracy", "higher"),
-                   "text_qa_accuracy": ("text_qa", "accuracy", "higher"),
-                   "pope_accuracy": ("pope", "accuracy", "higher"), "pope_f1": ("pope", "f1", "higher"),
-                   "chair_i": ("describe", "chair_i", "lower"), "chair_s": ("describe", "chair_s", "lower")}
+_SHAPES_METRICS = {
+    "image_qa_accuracy": ("image_qa", "accuracy", "higher"),
+    "text_qa_accuracy": ("text_qa", "accuracy", "higher"),
+    "pope_accuracy": ("pope", "accuracy", "higher"),
+    "pope_f1": ("pope", "f1", "higher"),
+    "chair_i": ("describe", "chair_i", "lower"),
+    "chair_s": ("describe", "chair_s", "lower"),
+}
 
 
 def _noise(value) -> float:
@@ -91,8 +100,11 @@ def _shapes_evaluator(split: str, key: str, better: str) -> Evaluator:
         kw = {"noise": noise} if split != "text_qa" else {}
         if req.vhr is not None:
             vhr_run = {"image_qa": vhr_image_qa, "pope": vhr_pope}.get(split)
-            res = vhr_run(req.model, items, **req.vhr, **kw) if vhr_run else \
-                vhr_describe(req.model, [it.scene for it in items], **req.vhr, **kw)
+            res = (
+                vhr_run(req.model, items, **req.vhr, **kw)
+                if vhr_run
+                else vhr_describe(req.model, [it.scene for it in items], **req.vhr, **kw)
+            )
             return {"value": float(res[key]), "vhr": req.vhr, **({"texts": res["texts"]} if "texts" in res else {})}
         if split == "describe":
             texts = E.describe(req.model, [it.scene for it in items], interventions=req.interventions, **kw)
@@ -107,8 +119,15 @@ def _shapes_evaluator(split: str, key: str, better: str) -> Evaluator:
 
     # text QA has no image: no pixel noise, and VHR (with vs without the image) does not apply
     params = () if split == "text_qa" else (Param("noise", 0.0, _noise, doc="pixel noise std of the images"),)
-    return Evaluator(run, data=("shapes",), better=better, params=params, vhr=split != "text_qa",
-                     check_data=check_data, doc=f"shapes-vlm {key} on {split} items")
+    return Evaluator(
+        run,
+        data=("shapes",),
+        better=better,
+        params=params,
+        vhr=split != "text_qa",
+        check_data=check_data,
+        doc=f"shapes-vlm {key} on {split} items",
+    )
 
 
 for _name, (_split, _key, _better) in _SHAPES_METRICS.items():

@@ -28,11 +28,11 @@ from ..analyzers.head_divergence import outlier_mask, z_distance
 from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, check_image_tokens
+from ..inputs.spans import image_positions, image_token_ids
 from ..inputs.tokens import iter_batches
 from ..interventions import ScaleOutput
 from ..models.info import model_info
 from ..results import HeadScores
-from ..inputs.spans import image_positions, image_token_ids
 
 PAPER_LAST_LAYERS = 14 / 32  # LLaVA-1.5-7B: layer index 1 and the last 14 of 32 layers
 
@@ -77,8 +77,10 @@ class VHRGeneration:
 
 def _check(model, prompt, layers, alpha) -> list[int]:
     if not isinstance(prompt, ImagePrompt):
-        raise InputError("VHR needs an ImagePrompt (token ids with the image tokens + pixel_values). "
-                         "Fix: headscope.inputs.images.ImagePrompt(ids, pixel_values)")
+        raise InputError(
+            "VHR needs an ImagePrompt (token ids with the image tokens + pixel_values). "
+            "Fix: headscope.inputs.images.ImagePrompt(ids, pixel_values)"
+        )
     check_image_tokens(model, prompt)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not np.isfinite(alpha):
         raise InputError(f"alpha={alpha!r} must be a finite number (the paper uses 2)")
@@ -91,8 +93,15 @@ def _check(model, prompt, layers, alpha) -> list[int]:
     return layers
 
 
-def vhr_select(model, prompt: ImagePrompt, *, layers=None, alpha: float = 2.0, outlier_rule: bool = True,
-               reinforce_reference: bool = True) -> VHRSelection:
+def vhr_select(
+    model,
+    prompt: ImagePrompt,
+    *,
+    layers=None,
+    alpha: float = 2.0,
+    outlier_rule: bool = True,
+    reinforce_reference: bool = True,
+) -> VHRSelection:
     """Choose the reinforced heads for `prompt` at t=0 (one batched forward, see the module doc)."""
     layers = _check(model, prompt, layers, alpha)
     info = model_info(model)
@@ -125,26 +134,54 @@ def vhr_select(model, prompt: ImagePrompt, *, layers=None, alpha: float = 2.0, o
     fwd = [(f"blocks.{l}.attn.hook_z", hook) for l in layers]
     device = getattr(model.cfg, "device", None) or "cpu"
     with torch.no_grad(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens.to(device), attention_mask=mask.to(device),
-                       pixel_values=prompt.pixel_values.to(device))
-    meta = dict(n_kv_heads=info.n_kv_heads, model=info.name, analyzer="vhr",
-                params={"layers": layers, "alpha": alpha, "outlier_rule": outlier_rule,
-                        "reinforce_reference": reinforce_reference})
+        logits = model(tokens.to(device), attention_mask=mask.to(device), pixel_values=prompt.pixel_values.to(device))
+    meta = dict(
+        n_kv_heads=info.n_kv_heads,
+        model=info.name,
+        analyzer="vhr",
+        params={
+            "layers": layers,
+            "alpha": alpha,
+            "outlier_rule": outlier_rule,
+            "reinforce_reference": reinforce_reference,
+        },
+    )
     return VHRSelection(
-        heads=heads, layers=layers, alpha=float(alpha),
-        vhd=HeadScores(vhd, name="vhd_t0", higher_is_more=True,
-                       description="VHD at t=0 with earlier layers reinforced (outliers zeroed)", **meta),
+        heads=heads,
+        layers=layers,
+        alpha=float(alpha),
+        vhd=HeadScores(
+            vhd,
+            name="vhd_t0",
+            higher_is_more=True,
+            description="VHD at t=0 with earlier layers reinforced (outliers zeroed)",
+            **meta,
+        ),
         ta=HeadScores(ta, name="ta_t0", higher_is_more=True, description="||z without the image||^2 at t=0", **meta),
-        outliers=outliers, first_token=int(logits[0, last[0]].argmax()), logits=logits[0, last[0]].detach().cpu())
+        outliers=outliers,
+        first_token=int(logits[0, last[0]].argmax()),
+        logits=logits[0, last[0]].detach().cpu(),
+    )
 
 
-def vhr_generate(model, prompt: ImagePrompt, max_new_tokens: int = 64, stop_ids=None, *, layers=None,
-                 alpha: float = 2.0, outlier_rule: bool = True, reinforce_reference: bool = True) -> VHRGeneration:
+def vhr_generate(
+    model,
+    prompt: ImagePrompt,
+    max_new_tokens: int = 64,
+    stop_ids=None,
+    *,
+    layers=None,
+    alpha: float = 2.0,
+    outlier_rule: bool = True,
+    reinforce_reference: bool = True,
+) -> VHRGeneration:
     """Greedy generation with VHR: heads chosen at t=0, their outputs x alpha at every position and step."""
-    sel = vhr_select(model, prompt, layers=layers, alpha=alpha, outlier_rule=outlier_rule,
-                     reinforce_reference=reinforce_reference)
+    sel = vhr_select(
+        model, prompt, layers=layers, alpha=alpha, outlier_rule=outlier_rule, reinforce_reference=reinforce_reference
+    )
     specs = [ScaleOutput(heads=sel.heads, alpha=alpha)] if sel.heads else []  # positions "all": prefill too
-    tokens = greedy_generate(model, list(prompt.ids), max_new_tokens, stop_ids, interventions=specs,
-                             pixel_values=prompt.pixel_values)
+    tokens = greedy_generate(
+        model, list(prompt.ids), max_new_tokens, stop_ids, interventions=specs, pixel_values=prompt.pixel_values
+    )
     text = model.tokenizer.decode(tokens) if getattr(model, "tokenizer", None) is not None else ""
     return VHRGeneration(tokens, text, sel)

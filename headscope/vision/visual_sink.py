@@ -83,7 +83,7 @@ class ImageCentricRows(PhiTopK):
             self._sums = {}
             if layer >= FIRST_SINK_LAYER:
                 for r, p in enumerate(ctx.index):
-                    self._sinks.append((p, layer, self._sink[r, :int(ctx.valid[r].sum())].nonzero()[:, 0].numpy()))
+                    self._sinks.append((p, layer, self._sink[r, : int(ctx.valid[r].sum())].nonzero()[:, 0].numpy()))
         if layer < FIRST_SINK_LAYER:
             return
         pattern = ctx.whole_keys(acts["pattern"]).float()  # [batch, head, rows, k]
@@ -92,7 +92,7 @@ class ImageCentricRows(PhiTopK):
             lo, hi = max(e, ctx.start), min(n, ctx.stop)
             if lo >= hi:
                 continue
-            rows = pattern[r, :, lo - ctx.start:hi - ctx.start, :n]  # [head, q, k]: text queries after the image
+            rows = pattern[r, :, lo - ctx.start : hi - ctx.start, :n]  # [head, q, k]: text queries after the image
             vis_sink = self._sink[r, :n].clone()
             vis_sink[:s], vis_sink[e:] = False, False
             text_sink = self._sink[r, :n] & ~vis_sink
@@ -100,9 +100,14 @@ class ImageCentricRows(PhiTopK):
             on_sinks = rows[..., vis_sink].sum(-1)
             attending = image >= self.min_image
             centric = attending & (on_sinks <= self.max_sink_share * image)
-            sums = self._sums.setdefault(r, {k: 0.0 for k in _PER_HEAD})
-            for key, v in (("fraction", centric.float()), ("attending", attending.float()), ("image", image),
-                           ("visual_sink", on_sinks), ("text_sink", rows[..., text_sink].sum(-1))):
+            sums = self._sums.setdefault(r, dict.fromkeys(_PER_HEAD, 0.0))
+            for key, v in (
+                ("fraction", centric.float()),
+                ("attending", attending.float()),
+                ("image", image),
+                ("visual_sink", on_sinks),
+                ("text_sink", rows[..., text_sink].sum(-1)),
+            ):
                 sums[key] = sums[key] + v.double().sum(-1).numpy()
             sums["n_rows"] += hi - lo
 
@@ -170,36 +175,65 @@ class VisualSink(Analyzer):
     """
 
     name = "visual-sink"
-    input_kind = ("token id lists or VisualPrompts with image tokens, or ImagePrompts (None: the visual-sink "
-                  "testbed's built-in prompts)")
+    input_kind = (
+        "token id lists or VisualPrompts with image tokens, or ImagePrompts (None: the visual-sink "
+        "testbed's built-in prompts)"
+    )
     requires = frozenset({"image_tokens"})
     parameter_constraints = {
-        "tau": [Interval(float, 0, None)], "rho": [Interval(float, 0, 1)], "rho_convention": [Options("paper", "code")],
-        "require_visual_sink": [Boolean()], "min_image_attention": [Interval(float, 0, 1)],
-        "keep_fraction": [Interval(float, 0, 1)], "min_head_fraction": [Interval(float, 0, 1)],
-        "sink_dims": [None, IntList(low=0)], "massive_min_abs": [Interval(float, 0, None)],
-        "massive_min_ratio": [Interval(float, 0, None)], "n_default_prompts": [Interval(int, 1, None)],
+        "tau": [Interval(float, 0, None)],
+        "rho": [Interval(float, 0, 1)],
+        "rho_convention": [Options("paper", "code")],
+        "require_visual_sink": [Boolean()],
+        "min_image_attention": [Interval(float, 0, 1)],
+        "keep_fraction": [Interval(float, 0, 1)],
+        "min_head_fraction": [Interval(float, 0, 1)],
+        "sink_dims": [None, IntList(low=0)],
+        "massive_min_abs": [Interval(float, 0, None)],
+        "massive_min_ratio": [Interval(float, 0, None)],
+        "n_default_prompts": [Interval(int, 1, None)],
         "batch_size": [Interval(int, 1, None)],
     }
     example_params = {"n_default_prompts": 2, "sink_dims": [0, 1], "require_visual_sink": False}
-    description = ("Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
-                   "heads and VAR redistribution specs (Kang et al. 2025).")
+    description = (
+        "Visual attention sinks (phi > tau on the massive dims, inside the image), image-centric "
+        "heads and VAR redistribution specs (Kang et al. 2025)."
+    )
     atlas = AtlasEntry(
-        what=("Image tokens that act as sinks (VAR's phi > 20 on the massive dims) and the heads whose text "
-              "queries after the image attend to the image rather than to those sinks (image-centric heads)."),
+        what=(
+            "Image tokens that act as sinks (VAR's phi > 20 on the massive dims) and the heads whose text "
+            "queries after the image attend to the image rather than to those sinks (image-centric heads)."
+        ),
         docs="visual-sink.md",
-        quick={"n_default_prompts": 4}, full={},
+        quick={"n_default_prompts": 4},
+        full={},
         columns=lambda a: {"image_centric": a.scores_, "image_attention": a.image_attention_},
-        roles=(Role("vision-aware", "image_centric", selected=lambda a: a.heads_,
-                    rule="image-centric in at least half of the rows (Kang et al.'s image-centric heads)"),),
+        roles=(
+            Role(
+                "vision-aware",
+                "image_centric",
+                selected=lambda a: a.heads_,
+                rule="image-centric in at least half of the rows (Kang et al.'s image-centric heads)",
+            ),
+        ),
         figures=lambda a: [a.plot(), a.plot_phi_histogram()],
     )
 
-    def __init__(self, tau: float = 20.0, rho: float = 0.5, rho_convention: str = "paper",
-                 require_visual_sink: bool = True, min_image_attention: float = 0.2,
-                 keep_fraction: float = 0.6, min_head_fraction: float = 0.5, sink_dims: list[int] | None = None,
-                 massive_min_abs: float = 100.0, massive_min_ratio: float = 1000.0, n_default_prompts: int = 8,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        tau: float = 20.0,
+        rho: float = 0.5,
+        rho_convention: str = "paper",
+        require_visual_sink: bool = True,
+        min_image_attention: float = 0.2,
+        keep_fraction: float = 0.6,
+        min_head_fraction: float = 0.5,
+        sink_dims: list[int] | None = None,
+        massive_min_abs: float = 100.0,
+        massive_min_ratio: float = 1000.0,
+        n_default_prompts: int = 8,
+        batch_size: int = 8,
+    ):
         self.tau = tau
         self.rho = rho
         self.rho_convention = rho_convention
@@ -215,8 +249,10 @@ class VisualSink(Analyzer):
 
     def _check_params(self, info) -> None:
         if self.sink_dims is not None and not all(d < info.d_model for d in self.sink_dims):
-            raise InputError(f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
-                             f"0..{info.d_model - 1} (or None to find them from the first token's massive activations)")
+            raise InputError(
+                f"sink_dims={self.sink_dims!r} must be a non-empty list of residual dims in "
+                f"0..{info.d_model - 1} (or None to find them from the first token's massive activations)"
+            )
 
     def prepare_data(self, model, data=None) -> VisualInputs:
         """What the model runs on (ImagePrompts keep their pixel values), token id lists and image spans;
@@ -225,9 +261,11 @@ class VisualSink(Analyzer):
             return data
         if data is None:
             if model_info(model).testbed != VISUAL_SINKS_TESTBED:
-                raise InputError("visual-sink needs prompts that contain an image and has built-in ones only for the "
-                                 "visual-sink testbed. Fix: fit(model, data=[token id lists with image tokens]) or "
-                                 f"use model = headscope.load_model({VISUAL_SINKS_TESTBED!r}).")
+                raise InputError(
+                    "visual-sink needs prompts that contain an image and has built-in ones only for the "
+                    "visual-sink testbed. Fix: fit(model, data=[token id lists with image tokens]) or "
+                    f"use model = headscope.load_model({VISUAL_SINKS_TESTBED!r})."
+                )
             data = [pre + image + post for pre, image, post in default_image_prompts(model, self.n_default_prompts)]
         if _is_id_prompt(data):  # one prompt object with .ids (the testbed's VisualPrompt)
             data = [data]
@@ -249,9 +287,14 @@ class VisualSink(Analyzer):
         self.image_spans_ = data.spans
         # The sink share a row may give at most: one number for both conventions.
         self.max_sink_share_ = 1.0 - self.rho if self.rho_convention == "paper" else float(self.rho)
-        self.sink_dims_ = sorted({int(d) for d in self.sink_dims}) if self.sink_dims is not None else \
-            self._find_sink_dims(model, inputs)
-        rows = ImageCentricRows(self.image_spans_, self.sink_dims_, self.tau, self.max_sink_share_, self.min_image_attention)
+        self.sink_dims_ = (
+            sorted({int(d) for d in self.sink_dims})
+            if self.sink_dims is not None
+            else self._find_sink_dims(model, inputs)
+        )
+        rows = ImageCentricRows(
+            self.image_spans_, self.sink_dims_, self.tau, self.max_sink_share_, self.min_image_attention
+        )
         res = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]
         self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
         self.token_ids_ = tokens
@@ -264,31 +307,55 @@ class VisualSink(Analyzer):
         stats = res.stats
 
         def scores(key, name, description):
-            return HeadScores(stats[key], name=name, n_kv_heads=info.n_kv_heads, model=info.name, analyzer=self.name,
-                              params=self.get_params(), description=description)
-        self.scores_ = scores("fraction", "image_centric_fraction",
-                              f"fraction of query rows after the image with image attention >= "
-                              f"{self.min_image_attention} and visual-sink share <= {self.max_sink_share_:g} "
-                              f"(rho = {self.rho}, {self.rho_convention} convention)")
-        self.attending_fraction_ = scores("attending", "image_attending_fraction",
-                                          f"fraction of query rows after the image with image attention >= "
-                                          f"{self.min_image_attention} (image-centric or sink-dominated)")
-        self.image_attention_ = scores("image", "image_attention", "mean attention of text queries after the image to it")
-        self.visual_sink_attention_ = scores("visual_sink", "visual_sink_attention",
-                                             "mean attention of text queries after the image to its sink tokens")
-        self.text_sink_attention_ = scores("text_sink", "text_sink_attention",
-                                           "mean attention of text queries after the image to sinks outside it")
+            return HeadScores(
+                stats[key],
+                name=name,
+                n_kv_heads=info.n_kv_heads,
+                model=info.name,
+                analyzer=self.name,
+                params=self.get_params(),
+                description=description,
+            )
+
+        self.scores_ = scores(
+            "fraction",
+            "image_centric_fraction",
+            f"fraction of query rows after the image with image attention >= "
+            f"{self.min_image_attention} and visual-sink share <= {self.max_sink_share_:g} "
+            f"(rho = {self.rho}, {self.rho_convention} convention)",
+        )
+        self.attending_fraction_ = scores(
+            "attending",
+            "image_attending_fraction",
+            f"fraction of query rows after the image with image attention >= "
+            f"{self.min_image_attention} (image-centric or sink-dominated)",
+        )
+        self.image_attention_ = scores(
+            "image", "image_attention", "mean attention of text queries after the image to it"
+        )
+        self.visual_sink_attention_ = scores(
+            "visual_sink", "visual_sink_attention", "mean attention of text queries after the image to its sink tokens"
+        )
+        self.text_sink_attention_ = scores(
+            "text_sink", "text_sink_attention", "mean attention of text queries after the image to sinks outside it"
+        )
         self.heads_ = select_heads(self.scores_, threshold=self.min_head_fraction)
 
     def _find_sink_dims(self, model, tokens) -> list[int]:
-        m = capture(model, tokens, [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
-                    batch_size=self.batch_size)["massive_activations"].entries
+        m = capture(
+            model,
+            tokens,
+            [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
+            batch_size=self.batch_size,
+        )["massive_activations"].entries
         dims = first_token_dims(m)
         if not dims:
-            raise InputError("the first token has no massive activation in these prompts (|x| > "
-                             f"{self.massive_min_abs} and >= {self.massive_min_ratio} x median), so the sink dims "
-                             "cannot be found. Fix: pass sink_dims=[...] explicitly (e.g. from AttentionSinks."
-                             "massive_dims_ on longer prompts) or lower massive_min_ratio.")
+            raise InputError(
+                "the first token has no massive activation in these prompts (|x| > "
+                f"{self.massive_min_abs} and >= {self.massive_min_ratio} x median), so the sink dims "
+                "cannot be found. Fix: pass sink_dims=[...] explicitly (e.g. from AttentionSinks."
+                "massive_dims_ on longer prompts) or lower massive_min_ratio."
+            )
         return dims
 
     def _sink_table(self, sinks) -> pd.DataFrame:
@@ -298,8 +365,11 @@ class VisualSink(Analyzer):
             for t in positions:
                 rows.append((p, layer, int(t), self.tokens_[p][t], float(self.phi_[p, layer, t]), bool(s <= t < e)))
         df = pd.DataFrame(rows, columns=["prompt", "layer", "position", "token", "phi", "in_image"])
-        return df.astype({"prompt": int, "layer": int, "position": int, "in_image": bool}).sort_values(
-            ["prompt", "layer", "position"], kind="stable").reset_index(drop=True)
+        return (
+            df.astype({"prompt": int, "layer": int, "position": int, "in_image": bool})
+            .sort_values(["prompt", "layer", "position"], kind="stable")
+            .reset_index(drop=True)
+        )
 
     def sinks_at(self, prompt: int, layer: int) -> list[int]:
         """Sink positions (visual and text) entering `layer` in prompt `prompt` (empty for layers 0-1)."""
@@ -326,9 +396,17 @@ class VisualSink(Analyzer):
             visual = [t for t in sinks if s <= t < e]
             if not sinks or e >= len(self.token_ids_[prompt]) or (self.require_visual_sink and not visual):
                 continue  # the official code leaves a layer without a visual sink untouched
-            specs.append(VARRedistribution(heads=[(layer, h) for h in range(self.n_heads_)], positions=(e, None),
-                                           sinks=sinks, targets=(s, e), keep_fraction=keep,
-                                           min_target_mass=self.min_image_attention, max_sink_share=self.max_sink_share_))
+            specs.append(
+                VARRedistribution(
+                    heads=[(layer, h) for h in range(self.n_heads_)],
+                    positions=(e, None),
+                    sinks=sinks,
+                    targets=(s, e),
+                    keep_fraction=keep,
+                    min_target_mass=self.min_image_attention,
+                    max_sink_share=self.max_sink_share_,
+                )
+            )
         return specs
 
     # --- calibrating tau ---------------------------------------------------------------------------------
@@ -371,8 +449,7 @@ class VisualSink(Analyzer):
         """phi per layer x position for one prompt (crosses: phi > tau), as in AttentionSinks.plot_phi."""
         self._check_fitted()
         n = len(self.token_ids_[prompt])
-        fig = phi_heatmap(self.phi_[prompt, :, :n], self.tokens_[prompt], self.tau, self.sink_dims_,
-                          self.scores_.model)
+        fig = phi_heatmap(self.phi_[prompt, :, :n], self.tokens_[prompt], self.tau, self.sink_dims_, self.scores_.model)
         s, e = self.image_spans_[prompt]
         fig.add_vrect(x0=s - 0.5, x1=e - 0.5, line_width=1, line_color="orange", annotation_text="image")
         return fig

@@ -51,6 +51,7 @@ METRICS = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_bet
 
 # ----------------------------------------------------------------------------- inputs
 
+
 @dataclass(frozen=True, eq=False)
 class AnswerItem:
     """One VLM example: ids (image tokens and the answer included), its images, where the answer is.
@@ -71,8 +72,10 @@ class AnswerItem:
         object.__setattr__(self, "pixel_values", px if px.ndim == 4 else px.unsqueeze(0))
         pos = tuple(int(p) for p in self.answer_positions)
         if not pos or any(not 1 <= p < len(ids) for p in pos):
-            raise InputError(f"AnswerItem.answer_positions {pos} must be non-empty positions in 1..{len(ids) - 1} "
-                             "(the answer tokens inside ids; position 0 has nothing before it to predict it)")
+            raise InputError(
+                f"AnswerItem.answer_positions {pos} must be non-empty positions in 1..{len(ids) - 1} "
+                "(the answer tokens inside ids; position 0 has nothing before it to predict it)"
+            )
         object.__setattr__(self, "answer_positions", pos)
 
 
@@ -80,8 +83,10 @@ def as_answer_items(data) -> list[AnswerItem]:
     """AnswerItems from AnswerItems, dicts ({ids|input_ids, pixel_values, answer_positions | n_prompt}) or
     shapes-world QAItems (encoded with the shapes tokenizer)."""
     if isinstance(data, (str, bytes)) or not isinstance(data, Sequence) or not data:
-        raise InputError("vit-heads data must be a non-empty list of items (AnswerItem, dict with ids, "
-                         "pixel_values and answer_positions or n_prompt, or shapes QAItems)")
+        raise InputError(
+            "vit-heads data must be a non-empty list of items (AnswerItem, dict with ids, "
+            "pixel_values and answer_positions or n_prompt, or shapes QAItems)"
+        )
     return [_as_item(x, i) for i, x in enumerate(data)]
 
 
@@ -91,15 +96,19 @@ def _as_item(x, index: int) -> AnswerItem:
     if isinstance(x, dict):
         ids = x.get("ids", x.get("input_ids"))
         if ids is None or "pixel_values" not in x or not ({"answer_positions", "n_prompt"} & x.keys()):
-            raise InputError(f"item {index}: a dict item needs 'ids' (or 'input_ids'), 'pixel_values' and "
-                             f"'answer_positions' (or 'n_prompt'); got keys {sorted(x)}")
+            raise InputError(
+                f"item {index}: a dict item needs 'ids' (or 'input_ids'), 'pixel_values' and "
+                f"'answer_positions' (or 'n_prompt'); got keys {sorted(x)}"
+            )
         n = len(ids.reshape(-1) if isinstance(ids, torch.Tensor) else ids)
         pos = x["answer_positions"] if "answer_positions" in x else range(int(x["n_prompt"]), n)
         return AnswerItem(ids, x["pixel_values"], tuple(pos))
     if hasattr(x, "question") and hasattr(x, "answer") and hasattr(x, "scene"):  # a shapes QAItem
         if x.scene is None:
-            raise InputError(f"item {index} is a text-only shapes item: the vision tower never sees it; "
-                             "use image items (shapes.sample_items(..., text_fraction=0))")
+            raise InputError(
+                f"item {index} is a text-only shapes item: the vision tower never sees it; "
+                "use image items (shapes.sample_items(..., text_fraction=0))"
+            )
         ids, n_prompt = shapes.encode_item(x)  # ids straight from the world vocabulary
         return AnswerItem(ids, shapes.render(x.scene), tuple(range(n_prompt, len(ids))))
     raise InputError(f"item {index} is a {type(x).__name__}; pass AnswerItem, a dict or a shapes QAItem")
@@ -109,12 +118,15 @@ def default_items(model, n: int) -> list[AnswerItem]:
     """The built-in data: the first `n` one-word image questions of the shapes-vlm held-out set
     (`shapes_eval.default_eval_sets()["image_qa"]`, kinds balanced); for other models an InputError."""
     if model_info(model).testbed != "shapes-vlm":
-        raise InputError("vit-heads has built-in data only for shapes-vlm: pass data=[AnswerItem(ids, pixel_values, "
-                         "answer_positions), ...] (ids containing the image tokens and the answer) for this model")
+        raise InputError(
+            "vit-heads has built-in data only for shapes-vlm: pass data=[AnswerItem(ids, pixel_values, "
+            "answer_positions), ...] (ids containing the image tokens and the answer) for this model"
+        )
     return as_answer_items(default_eval_sets(n_image=n, n_pope_scenes=1, n_describe=1)["image_qa"])
 
 
 # ----------------------------------------------------------------------------- the vision tower
+
 
 @dataclass(frozen=True)
 class VisionTower:
@@ -150,8 +162,10 @@ def vision_tower(model) -> VisionTower:
     vision = getattr(config, "vision_config", None)
     hooks = getattr(model, "hook_dict", {})
     if vision is None or Z_HOOK.format(l=0) not in hooks or PATTERN_HOOK.format(l=0) not in hooks:
-        raise InputError("vit-heads needs a vision-language model with a CLIP-style vision tower (hooks "
-                         f"{Z_HOOK.format(l=0)!r}); load one, e.g. load_model('shapes-vlm') or a LLaVA checkpoint")
+        raise InputError(
+            "vit-heads needs a vision-language model with a CLIP-style vision tower (hooks "
+            f"{Z_HOOK.format(l=0)!r}); load one, e.g. load_model('shapes-vlm') or a LLaVA checkpoint"
+        )
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
     return VisionTower(int(vision.num_hidden_layers), int(vision.num_attention_heads), int(size), int(patch))
@@ -174,12 +188,15 @@ def cumulative_gates(tower: VisionTower, order: Sequence[tuple[int, int]]) -> to
     """[len(order)+1, L, H]: variant k prunes the first k heads of `order`."""
     n = tower.n_layers * tower.n_heads
     rank = torch.full((n,), n + 1)  # heads not in `order` are never pruned
-    rank[torch.tensor([layer * tower.n_heads + head for layer, head in order], dtype=torch.long)] = torch.arange(len(order))
+    rank[torch.tensor([layer * tower.n_heads + head for layer, head in order], dtype=torch.long)] = torch.arange(
+        len(order)
+    )
     pruned = rank[None, :] < torch.arange(len(order) + 1)[:, None]  # [variants, L*H]
     return (~pruned).float().reshape(-1, tower.n_layers, tower.n_heads)
 
 
 # ----------------------------------------------------------------------------- forwards
+
 
 def _pad_id(model) -> int:
     tok = getattr(model, "tokenizer", None)
@@ -203,8 +220,9 @@ def _batch(model, items: list[AnswerItem], copies: int) -> tuple[torch.Tensor, d
 def _answer_stats(logits: torch.Tensor, ids: torch.Tensor, items: list[AnswerItem]) -> torch.Tensor:
     """[rows, 3] float64: summed answer cross-entropy, correct argmax answers, answer tokens, per row
     (row r holds items[r % len(items)])."""
-    rows = torch.arange(len(ids)).repeat_interleave(torch.tensor([len(items[r % len(items)].answer_positions)
-                                                                  for r in range(len(ids))]))
+    rows = torch.arange(len(ids)).repeat_interleave(
+        torch.tensor([len(items[r % len(items)].answer_positions) for r in range(len(ids))])
+    )
     pos = torch.tensor([p for r in range(len(ids)) for p in items[r % len(items)].answer_positions])
     logp = logits[rows, pos - 1].double().log_softmax(-1)  # [answer tokens, vocab]
     target = ids[rows, pos].to(logp.device)
@@ -224,18 +242,19 @@ def _stats(model, items: list[AnswerItem], gates: torch.Tensor, batch_size: int,
     per_forward = max(1, batch_size // chunk)
     total = torch.zeros(n_variants, 3, dtype=torch.float64)
     for i in range(0, len(items), chunk):
-        part = items[i:i + chunk]
+        part = items[i : i + chunk]
         for v in range(0, n_variants, per_forward):
-            g = gates[v:v + per_forward]
+            g = gates[v : v + per_forward]
             ids, kwargs = _batch(model, part, len(g))
             with model.hooks(fwd_hooks=[*vision_gate_hooks(g), *extra_hooks]):
                 logits = model(ids, **kwargs)
-            total[v:v + len(g)] += _answer_stats(logits, ids, part).reshape(len(g), len(part), 3).sum(1)
+            total[v : v + len(g)] += _answer_stats(logits, ids, part).reshape(len(g), len(part), 3).sum(1)
     return total.numpy()
 
 
-def metric_under_gates(model, items: list[AnswerItem], gates: torch.Tensor, metric="loss", batch_size: int = 16,
-                       extra_hooks=()) -> np.ndarray:
+def metric_under_gates(
+    model, items: list[AnswerItem], gates: torch.Tensor, metric="loss", batch_size: int = 16, extra_hooks=()
+) -> np.ndarray:
     """The metric under each gate variant, [variants]: a built-in ("loss", "accuracy"; variants stacked
     along the batch axis) or a callable fn(model, items) (one call per variant, under that variant's hooks).
 
@@ -258,8 +277,10 @@ def attention_distance(pattern: torch.Tensor, tower: VisionTower) -> tuple[torch
     pattern [images, head, q, k]. Patch queries only; CLS key dropped and each row renormalised."""
     prefix = pattern.shape[-1] - tower.n_patches
     if prefix not in (0, 1) or pattern.shape[-2] != pattern.shape[-1]:
-        raise InputError(f"vision pattern {tuple(pattern.shape)} does not fit a {tower.grid}x{tower.grid} patch grid "
-                         "(+ optional CLS): check image_size / patch_size of the vision config")
+        raise InputError(
+            f"vision pattern {tuple(pattern.shape)} does not fit a {tower.grid}x{tower.grid} patch grid "
+            "(+ optional CLS): check image_size / patch_size of the vision config"
+        )
     p = pattern[..., prefix:, :].double()  # [images, head, patch q, k]
     patches = p[..., prefix:]
     dist = torch.from_numpy(tower.distances())
@@ -299,12 +320,15 @@ class VisionAttentionDistance(Reducer):
 
     def result(self, info, prompts=None) -> VisionDistances:
         if np.isnan(self._distance).any():
-            raise InputError("no vision attention pattern was captured: load the model with "
-                             "attn_implementation='eager' (SDPA/flash attention return no weights)")
+            raise InputError(
+                "no vision attention pattern was captured: load the model with "
+                "attn_implementation='eager' (SDPA/flash attention return no weights)"
+            )
         return VisionDistances(self._distance, self._cls)
 
 
 # ----------------------------------------------------------------------------- the analyzer
+
 
 @register
 class ViTHeads(Analyzer):
@@ -321,30 +345,49 @@ class ViTHeads(Analyzer):
     """
 
     name = "vit-heads"
-    description = ("Vision-tower heads of a VLM: mean attention distance in pixels (ViT) and the metric drop "
-                   "when each head alone is pruned, plus the cumulative pruning curve (Li et al. VIS 2023).")
+    description = (
+        "Vision-tower heads of a VLM: mean attention distance in pixels (ViT) and the metric drop "
+        "when each head alone is pruned, plus the cumulative pruning curve (Li et al. VIS 2023)."
+    )
     atlas = AtlasEntry(
-        what=("The VLM's vision-tower heads (their own layer x head grid, not the language model's): mean "
-              "attention distance in pixels and how much the answer metric drops when each head is pruned."),
+        what=(
+            "The VLM's vision-tower heads (their own layer x head grid, not the language model's): mean "
+            "attention distance in pixels and how much the answer metric drops when each head is pruned."
+        ),
         docs="vit-heads.md",
-        quick={"prune_curve": False}, full={},
+        quick={"prune_curve": False},
+        full={},
         grid="vision tower",
     )
 
-    input_kind = ("AnswerItems (ids with the image tokens, pixel values, answer positions), dicts or shapes "
-                  "QAItems (None: shapes-vlm's held-out image questions)")
+    input_kind = (
+        "AnswerItems (ids with the image tokens, pixel values, answer positions), dicts or shapes "
+        "QAItems (None: shapes-vlm's held-out image questions)"
+    )
     requires = frozenset({"vision_tower"})
-    ci_refusal = ("the pruning importance is one metric over all items together (no per-item value to "
-                  "resample), and a resample would need the model again. Fix: attention_distance_.ci() and "
-                  "cls_attention_.ci() resample the images")
+    ci_refusal = (
+        "the pruning importance is one metric over all items together (no per-item value to "
+        "resample), and a resample would need the model again. Fix: attention_distance_.ci() and "
+        "cls_attention_.ci() resample the images"
+    )
     parameter_constraints = {
-        "metric": [Options(*sorted(METRICS)), IsCallable()], "greater_is_better": [None, Boolean()],
-        "prune_curve": [Boolean()], "batch_size": [Interval(int, 1, None)], "n_items": [Interval(int, 1, None)],
+        "metric": [Options(*sorted(METRICS)), IsCallable()],
+        "greater_is_better": [None, Boolean()],
+        "prune_curve": [Boolean()],
+        "batch_size": [Interval(int, 1, None)],
+        "n_items": [Interval(int, 1, None)],
         "top_k": [Interval(int, 1, None)],
     }
 
-    def __init__(self, metric="loss", greater_is_better: bool | None = None, prune_curve: bool = True,
-                 batch_size: int = 16, n_items: int = 48, top_k: int = 10):
+    def __init__(
+        self,
+        metric="loss",
+        greater_is_better: bool | None = None,
+        prune_curve: bool = True,
+        batch_size: int = 16,
+        n_items: int = 48,
+        top_k: int = 10,
+    ):
         self.top_k = top_k
         self.metric = metric
         self.greater_is_better = greater_is_better
@@ -396,16 +439,29 @@ class ViTHeads(Analyzer):
 
         distances, cls_mass = self._clean_pass(model, items, tower)
         labels = [f"item {i} image {j}" for i, it in enumerate(items) for j in range(it.pixel_values.shape[0])]
-        self.attention_distance_ = HeadScores(distances, name="attention_distance", prompts=labels, **meta,
-                                              description="mean attention distance in pixels (patch queries, "
-                                                          "patch keys renormalised without CLS)")
-        self.cls_attention_ = HeadScores(cls_mass, name="cls_attention", prompts=labels, **meta,
-                                         description="mean attention of patch queries to the CLS key")
+        self.attention_distance_ = HeadScores(
+            distances,
+            name="attention_distance",
+            prompts=labels,
+            **meta,
+            description="mean attention distance in pixels (patch queries, patch keys renormalised without CLS)",
+        )
+        self.cls_attention_ = HeadScores(
+            cls_mass,
+            name="cls_attention",
+            prompts=labels,
+            **meta,
+            description="mean attention of patch queries to the CLS key",
+        )
 
         pruned = self._metric(model, items, single_head_gates(tower))
         drop = sign * (pruned - self.metric_clean_) + 0.0  # + 0.0: no -0.0 in tables
-        self.importance_ = HeadScores(drop.reshape(1, tower.n_layers, tower.n_heads), name="pruning_importance",
-                                      **meta, description=f"{self._metric_name()} drop when the head alone is pruned")
+        self.importance_ = HeadScores(
+            drop.reshape(1, tower.n_layers, tower.n_heads),
+            name="pruning_importance",
+            **meta,
+            description=f"{self._metric_name()} drop when the head alone is pruned",
+        )
         self.scores_ = self.importance_
         self.heads_ = select_heads(self.importance_, top_k=self.top_k)
         self.tower_ = tower
@@ -429,27 +485,43 @@ class ViTHeads(Analyzer):
         order = select_heads(self.importance_, top_fraction=1.0, better="lower")  # least important first
         values = self._metric(model, items, cumulative_gates(tower, order))
         n = len(order)
-        return pd.DataFrame({
-            "n_pruned": np.arange(n + 1), "fraction_pruned": np.arange(n + 1) / n,
-            "last_pruned": [""] + [f"L{l}H{h}" for l, h in order],
-            "metric": values, "drop": sign * (values - self.metric_clean_) + 0.0})
+        return pd.DataFrame(
+            {
+                "n_pruned": np.arange(n + 1),
+                "fraction_pruned": np.arange(n + 1) / n,
+                "last_pruned": [""] + [f"L{l}H{h}" for l, h in order],
+                "metric": values,
+                "drop": sign * (values - self.metric_clean_) + 0.0,
+            }
+        )
 
     # ------------------------------------------------------------------------- figures
 
     def plot(self, **kw):
         """Attention distance vs layer, one point per head (mean over images, bar = std), coloured by importance."""
         t = self.tower_
-        title = kw.pop("title", f"Vision-tower heads of {self.importance_.model or 'model'}: attention distance "
-                                f"({t.grid}x{t.grid} patches of {t.patch_size} px)")
-        return vit_distance_figure(self.attention_distance_.values, self.importance_.values[0],
-                                   float(t.distances().mean()), metric=self._metric_name(), title=title, **kw)
+        title = kw.pop(
+            "title",
+            f"Vision-tower heads of {self.importance_.model or 'model'}: attention distance "
+            f"({t.grid}x{t.grid} patches of {t.patch_size} px)",
+        )
+        return vit_distance_figure(
+            self.attention_distance_.values,
+            self.importance_.values[0],
+            float(t.distances().mean()),
+            metric=self._metric_name(),
+            title=title,
+            **kw,
+        )
 
     def plot_pruning(self, **kw):
         """The metric after pruning the k least important heads, k = 0..all."""
         self._check_fitted()
         if "pruning_curve_" not in vars(self):
             raise InputError("no pruning curve: fit with prune_curve=True")
-        title = kw.pop("title", f"Cumulative pruning of vision heads (least important first), "
-                                f"{self.importance_.model or 'model'}")
-        return pruning_curve_figure(self.pruning_curve_, self.metric_clean_, metric=self._metric_name(), title=title,
-                                    **kw)
+        title = kw.pop(
+            "title", f"Cumulative pruning of vision heads (least important first), {self.importance_.model or 'model'}"
+        )
+        return pruning_curve_figure(
+            self.pruning_curve_, self.metric_clean_, metric=self._metric_name(), title=title, **kw
+        )

@@ -21,8 +21,9 @@ STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
 # Debian's `chromium` package first (what setup installs), then the headless shell, then PATH names.
 _FIXED_PATHS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium-headless-shell")
 _PATH_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "google-chrome-stable")
-_FIX = ("install one (`apt-get install chromium`, or `plotly_get_chrome`) "
-        "or set BROWSER_PATH to a Chrome/Chromium binary")
+_FIX = (
+    "install one (`apt-get install chromium`, or `plotly_get_chrome`) or set BROWSER_PATH to a Chrome/Chromium binary"
+)
 # Plotly.js writes HTML/PNG with these; the camera button then downloads SVG, which is what papers want.
 HTML_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg", "scale": 1}}
 
@@ -72,8 +73,11 @@ def write_plotly_js(folder: str | os.PathLike) -> Path:
 def _write_html(fig: go.Figure, path: Path, plotly_js: str | Path) -> Path:
     # plotly.js is ~4.8 MB: one shared copy per folder (a relative <script src>, still offline) unless
     # plotly_js="inline" asks for a file that works alone, moved anywhere.
-    include: str | bool = True if plotly_js == "inline" else \
-        Path(os.path.relpath(Path(plotly_js).resolve(), path.parent.resolve())).as_posix()
+    include: str | bool = (
+        True
+        if plotly_js == "inline"
+        else Path(os.path.relpath(Path(plotly_js).resolve(), path.parent.resolve())).as_posix()
+    )
     text = fig.to_html(include_plotlyjs=include, full_html=True, config=HTML_CONFIG)
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
@@ -121,20 +125,33 @@ def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict
                 written[final] = final
         if errors or len(written) < len(jobs):
             why = f"{errors[0]!r}" if errors else "renderer produced no output"
-            warnings.warn(f"headscope: {len(jobs) - len(written)} of {len(jobs)} static export(s) failed "
-                          f"with browser {browser}: {why}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"headscope: {len(jobs) - len(written)} of {len(jobs)} static export(s) failed "
+                f"with browser {browser}: {why}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     except Exception as e:  # a broken Chromium install must not kill the caller's analysis
-        warnings.warn(f"headscope: static export failed with browser {browser} ({e!r}); HTML was still "
-                      f"written. If the browser is broken, {_FIX}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"headscope: static export failed with browser {browser} ({e!r}); HTML was still "
+            f"written. If the browser is broken, {_FIX}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
     return written
 
 
-def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.PathLike,
-                   formats: Sequence[str] = ("html", "png", "svg"), *,
-                   scale: float = 2.0, plotly_js: str | os.PathLike | None = None) -> dict[str, dict[str, Path]]:
+def export_figures(
+    figures: Iterable[tuple[go.Figure, str]],
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = ("html", "png", "svg"),
+    *,
+    scale: float = 2.0,
+    plotly_js: str | os.PathLike | None = None,
+) -> dict[str, dict[str, Path]]:
     """Export many (figure, stem) pairs; static images share one Chromium start-up (seconds each otherwise).
 
     Returns {stem: {format: path}} with only the files actually written. `scale=2` gives PNGs sharp
@@ -167,8 +184,14 @@ def export_figures(figures: Iterable[tuple[go.Figure, str]], out_dir: str | os.P
     return result
 
 
-def export_figure(fig: go.Figure, out_dir: str | os.PathLike, stem: str,
-                  formats: Sequence[str] = ("html", "png", "svg"), *, scale: float = 2.0,
-                  plotly_js: str | os.PathLike | None = None) -> dict[str, Path]:
+def export_figure(
+    fig: go.Figure,
+    out_dir: str | os.PathLike,
+    stem: str,
+    formats: Sequence[str] = ("html", "png", "svg"),
+    *,
+    scale: float = 2.0,
+    plotly_js: str | os.PathLike | None = None,
+) -> dict[str, Path]:
     """Export one figure as out_dir/stem.{html,png,svg}; returns {format: path} for files written."""
     return export_figures([(fig, stem)], out_dir, formats, scale=scale, plotly_js=plotly_js)[stem]

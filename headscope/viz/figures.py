@@ -37,10 +37,19 @@ def title_block(name: str, model: str, extra: str = "") -> dict:
     return title
 
 
-def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: float | None = None,
-                 zmax: float | None = None, zmid: float | None = None, title: str | None = None,
-                 width: int | None = None, height: int | None = None, kv_separators: bool = True,
-                 template: str = "plotly_white") -> go.Figure:
+def head_heatmap(
+    scores: HeadScores,
+    *,
+    colorscale: str | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    zmid: float | None = None,
+    title: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    kv_separators: bool = True,
+    template: str = "plotly_white",
+) -> go.Figure:
     """Layer x head heatmap: L0 at the top, heads left to right, hover = label, KV group, score.
 
     3-D scores are shown as their prompt mean. Signed data gets a diverging scale centred on 0
@@ -63,17 +72,34 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
     for layer in set(range(L)) - set(scores.attention_layers):  # a hybrid's layer without heads says so
         text[layer, :] = f"none: a {kinds[layer]} layer has no attention heads"
     heat = go.Heatmap(
-        z=z, x=list(range(H)), y=list(range(L)), customdata=custom, text=text,
-        colorscale=colorscale, zmin=zmin, zmax=zmax, zmid=zmid, xgap=0, ygap=0,
+        z=z,
+        x=list(range(H)),
+        y=list(range(L)),
+        customdata=custom,
+        text=text,
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        zmid=zmid,
+        xgap=0,
+        ygap=0,
         hovertemplate="<b>%{customdata[0]}</b><br>KV group %{customdata[1]}<br>"
-                      f"{scores.name}: %{{text}}<extra></extra>",
+        f"{scores.name}: %{{text}}<extra></extra>",
         colorbar=dict(title=dict(text=scores.name, side="right"), thickness=14),
     )
     fig = go.Figure(heat)
     if kv_separators and scores.n_kv_heads < H:
         for g in range(1, scores.n_kv_heads):  # thin lines between KV groups (GQA sharing)
-            fig.add_shape(type="line", x0=g * group - 0.5, x1=g * group - 0.5, y0=-0.5, y1=L - 0.5,
-                          xref="x", yref="y", line=dict(color="rgba(20,20,20,0.85)", width=2))
+            fig.add_shape(
+                type="line",
+                x0=g * group - 0.5,
+                x1=g * group - 0.5,
+                y0=-0.5,
+                y1=L - 0.5,
+                xref="x",
+                yref="y",
+                line=dict(color="rgba(20,20,20,0.85)", width=2),
+            )
     n_prompts = scores.values.shape[0] if scores.values.ndim == 3 else None
     extra = f"mean over {n_prompts} prompts" if n_prompts else ""
     if scores.n_kv_heads < H:
@@ -84,7 +110,9 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
         extra += ("; " if extra else "") + "grey rows: layers without attention"
     fig.update_layout(
         title=title if title is not None else title_block(scores.name, scores.model, extra),
-        template=template, font=FONT, plot_bgcolor=_NAN_COLOR,
+        template=template,
+        font=FONT,
+        plot_bgcolor=_NAN_COLOR,
         width=width or int(min(1400, max(520, 26 * H + 190))),
         height=height or int(min(1400, max(340, 20 * L + 170))),
         margin=dict(l=60, r=20, t=80, b=50),
@@ -97,12 +125,25 @@ def head_heatmap(scores: HeadScores, *, colorscale: str | None = None, zmin: flo
 def top_heads_bar(scores: HeadScores, k: int = 15, *, title: str | None = None) -> go.Figure:
     """Horizontal bar chart of the top-k heads (best at the top) for a compact paper panel."""
     df = scores.top(k)
-    fig = go.Figure(go.Bar(x=df["score"], y=df["label"], orientation="h", customdata=df["kv_group"],
-                           hovertemplate="%{y}<br>KV group %{customdata}<br>score %{x:.4g}<extra></extra>"))
-    fig.update_layout(title=title if title is not None else title_block(scores.name, scores.model, f"top {len(df)}"),
-                      template="plotly_white", font=FONT, width=520, height=max(280, 22 * len(df) + 120),
-                      yaxis=dict(autorange="reversed", title=None), xaxis=dict(title=scores.name),
-                      margin=dict(l=80, r=20, t=60, b=50))
+    fig = go.Figure(
+        go.Bar(
+            x=df["score"],
+            y=df["label"],
+            orientation="h",
+            customdata=df["kv_group"],
+            hovertemplate="%{y}<br>KV group %{customdata}<br>score %{x:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title if title is not None else title_block(scores.name, scores.model, f"top {len(df)}"),
+        template="plotly_white",
+        font=FONT,
+        width=520,
+        height=max(280, 22 * len(df) + 120),
+        yaxis=dict(autorange="reversed", title=None),
+        xaxis=dict(title=scores.name),
+        margin=dict(l=80, r=20, t=60, b=50),
+    )
     return fig
 
 
@@ -111,8 +152,9 @@ def show_token(t: str) -> str:
     return t.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·") or "∅"
 
 
-def token_plot(scores: TokenScores, *, title: str | None = None, width: int | None = None,
-               height: int | None = None) -> go.Figure:
+def token_plot(
+    scores: TokenScores, *, title: str | None = None, width: int | None = None, height: int | None = None
+) -> go.Figure:
     """Bar over token positions (1 sequence) or one line per prompt; hover/ticks show the token."""
     rows = scores.values.reshape(-1, scores.values.shape[-1])
     fig = go.Figure()
@@ -120,17 +162,30 @@ def token_plot(scores: TokenScores, *, title: str | None = None, width: int | No
         shown = [show_token(t) for t in toks]
         y = rows[p, : len(toks)]
         kind = go.Bar if len(scores.tokens) == 1 else go.Scatter
-        label = (scores.prompts[p][:40] if scores.prompts else f"prompt {p}")
-        fig.add_trace(kind(x=list(range(len(toks))), y=y, customdata=shown, name=label,
-                           hovertemplate="pos %{x}: <b>%{customdata}</b><br>score %{y:.4g}"
-                                         "<extra>%{fullData.name}</extra>"))
+        label = scores.prompts[p][:40] if scores.prompts else f"prompt {p}"
+        fig.add_trace(
+            kind(
+                x=list(range(len(toks))),
+                y=y,
+                customdata=shown,
+                name=label,
+                hovertemplate="pos %{x}: <b>%{customdata}</b><br>score %{y:.4g}<extra>%{fullData.name}</extra>",
+            )
+        )
     n = max(len(t) for t in scores.tokens)
     xaxis = dict(title="token position")
     if len(scores.tokens) == 1 and n <= 60:  # token strings as ticks only when they are unambiguous
-        xaxis.update(tickmode="array", tickvals=list(range(n)), ticktext=[show_token(t) for t in scores.tokens[0]],
-                     tickangle=-60)
-    fig.update_layout(title=title if title is not None else title_block(scores.name, scores.model),
-                      template="plotly_white", font=FONT, xaxis=xaxis, yaxis=dict(title=scores.name),
-                      width=width or min(1400, max(500, 18 * n + 160)), height=height or 380,
-                      showlegend=len(scores.tokens) > 1)
+        xaxis.update(
+            tickmode="array", tickvals=list(range(n)), ticktext=[show_token(t) for t in scores.tokens[0]], tickangle=-60
+        )
+    fig.update_layout(
+        title=title if title is not None else title_block(scores.name, scores.model),
+        template="plotly_white",
+        font=FONT,
+        xaxis=xaxis,
+        yaxis=dict(title=scores.name),
+        width=width or min(1400, max(500, 18 * n + 160)),
+        height=height or 380,
+        showlegend=len(scores.tokens) > 1,
+    )
     return fig

@@ -12,9 +12,10 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -38,8 +39,12 @@ class ReportSection:
     @classmethod
     def from_scores(cls, scores: HeadScores, k: int = 10, description: str | None = None, **plot_kw) -> ReportSection:
         """Heatmap + top-k table of a HeadScores, described by its own description unless given."""
-        return cls(title=scores.name, description=scores.description if description is None else description,
-                   figure=scores.plot(**plot_kw), table=scores.top(k))
+        return cls(
+            title=scores.name,
+            description=scores.description if description is None else description,
+            figure=scores.plot(**plot_kw),
+            table=scores.top(k),
+        )
 
 
 _CSS = """
@@ -62,23 +67,28 @@ def _slug(text: str) -> str:
 
 def _meta_rows(meta: dict[str, Any]) -> str:
     meta = dict(meta)
+
     # Fixed order for the fields a reader looks for first; anything else the caller passed follows.
     def take(*keys, default=None):  # accept the obvious aliases so callers don't get duplicate rows
         found = [meta.pop(k) for k in keys if k in meta]
         return found[0] if found else default
 
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = [("model", take("model", default="—")),
-            ("date", take("date", "created", default=now)),
-            ("headscope version", take("headscope_version", "headscope version", "headscope", default=__version__))]
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        ("model", take("model", default="—")),
+        ("date", take("date", "created", default=now)),
+        ("headscope version", take("headscope_version", "headscope version", "headscope", default=__version__)),
+    ]
     prompts = take("prompts")
     params = take("params", "parameters")
     out = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows]
     if prompts is not None:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         items = "".join(f"<li><code>{html.escape(repr(p))}</code></li>" for p in prompts)
-        out.append(f"<tr><th>prompts</th><td><details><summary>{len(prompts)} prompt(s)</summary>"
-                   f"<ol start=0>{items}</ol></details></td></tr>")
+        out.append(
+            f"<tr><th>prompts</th><td><details><summary>{len(prompts)} prompt(s)</summary>"
+            f"<ol start=0>{items}</ol></details></td></tr>"
+        )
     if params:
         text = json.dumps(params, indent=1, default=str, ensure_ascii=False)
         out.append(f"<tr><th>parameters</th><td><pre>{html.escape(text)}</pre></td></tr>")
@@ -87,13 +97,18 @@ def _meta_rows(meta: dict[str, Any]) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, classes="topk", border=0, na_rep="—",
-                      float_format=lambda x: f"{x:.4g}", escape=True)
+    return df.to_html(index=False, classes="topk", border=0, na_rep="—", float_format=lambda x: f"{x:.4g}", escape=True)
 
 
-def write_report(sections: Sequence[ReportSection], out_dir: str | os.PathLike, title: str = "headscope report",
-                 meta: dict[str, Any] | None = None, *, static: bool = False,
-                 formats: Sequence[str] = ("png", "svg", "html")) -> Path:
+def write_report(
+    sections: Sequence[ReportSection],
+    out_dir: str | os.PathLike,
+    title: str = "headscope report",
+    meta: dict[str, Any] | None = None,
+    *,
+    static: bool = False,
+    formats: Sequence[str] = ("png", "svg", "html"),
+) -> Path:
     """Write out_dir/report.html; with static=True also out_dir/figures/<NN-slug>.{png,svg,html}.
 
     A missing browser only warns (HTML report and figure HTML are still written).
@@ -105,16 +120,24 @@ def write_report(sections: Sequence[ReportSection], out_dir: str | os.PathLike, 
     stems = [f"{i + 1:02d}-{_slug(s.title)}" for i, s in enumerate(sections)]
     files: dict[str, dict[str, Path]] = {}
     if static and sections:
-        files = export_figures([(s.figure, st) for s, st in zip(sections, stems)], out_dir / "figures", formats,
-                               plotly_js=out_dir / PLOTLY_JS)
+        files = export_figures(
+            [(s.figure, st) for s, st in zip(sections, stems)],
+            out_dir / "figures",
+            formats,
+            plotly_js=out_dir / PLOTLY_JS,
+        )
 
     body = []
     if len(sections) > 1:
-        body.append("<nav><ol>" + "".join(f"<li><a href='#{st}'>{html.escape(s.title)}</a></li>"
-                                          for s, st in zip(sections, stems)) + "</ol></nav>")
+        body.append(
+            "<nav><ol>"
+            + "".join(f"<li><a href='#{st}'>{html.escape(s.title)}</a></li>" for s, st in zip(sections, stems))
+            + "</ol></nav>"
+        )
     for i, (s, st) in enumerate(zip(sections, stems)):
-        fig_html = pio.to_html(s.figure, include_plotlyjs=False, full_html=False, config=HTML_CONFIG,
-                               div_id=f"fig-{st}")
+        fig_html = pio.to_html(
+            s.figure, include_plotlyjs=False, full_html=False, config=HTML_CONFIG, div_id=f"fig-{st}"
+        )
         links = " · ".join(f"<a href='figures/{p.name}'>{fmt.upper()}</a>" for fmt, p in files.get(st, {}).items())
         body.append(
             f"<section id='{st}'><h2>{i + 1}. {html.escape(s.title)}</h2>"
@@ -122,14 +145,17 @@ def write_report(sections: Sequence[ReportSection], out_dir: str | os.PathLike, 
             + f"<div class='fig'>{fig_html}</div>"
             + (f"<p class='files'>Figure files: {links}</p>" if links else "")
             + (f"<h3>Top heads</h3>{_table_html(s.table)}" if s.table is not None else "")
-            + "</section>")
+            + "</section>"
+        )
 
-    doc = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-           f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-           f"<title>{html.escape(title)}</title><style>{_CSS}</style>\n"
-           f"<script src='{PLOTLY_JS}'></script>\n</head><body>"
-           f"<h1>{html.escape(title)}</h1><table class='meta'>{_meta_rows(meta or {})}</table>"
-           + "\n".join(body)
-           + f"<footer>Generated by headscope {html.escape(__version__)}. Works offline: keep plotly.min.js beside it.</footer>"
-           "</body></html>\n")
+    doc = (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>\n"
+        f"<script src='{PLOTLY_JS}'></script>\n</head><body>"
+        f"<h1>{html.escape(title)}</h1><table class='meta'>{_meta_rows(meta or {})}</table>"
+        + "\n".join(body)
+        + f"<footer>Generated by headscope {html.escape(__version__)}. Works offline: keep plotly.min.js beside it.</footer>"
+        "</body></html>\n"
+    )
     return atomic_write(out_dir / "report.html", lambda p: p.write_text(doc, encoding="utf-8"))

@@ -50,9 +50,11 @@ class TokenView:
     def html(self) -> str:
         div = f"hs-tv-{uuid.uuid4().hex[:12]}"
         payload = json.dumps(self.data).replace("</", "<\\/")  # a token "</script>" cannot end the script
-        return (f"<div class='hs-tv-root'><style>{TOKEN_VIEW_CSS}</style><div id='{div}'></div>"
-                f"<script>{token_view_js()}\nwindow.headscopeTokenView(document.getElementById('{div}'), "
-                f"{payload});</script></div>")
+        return (
+            f"<div class='hs-tv-root'><style>{TOKEN_VIEW_CSS}</style><div id='{div}'></div>"
+            f"<script>{token_view_js()}\nwindow.headscopeTokenView(document.getElementById('{div}'), "
+            f"{payload});</script></div>"
+        )
 
     def _repr_html_(self) -> str:
         return self.html
@@ -60,6 +62,8 @@ class TokenView:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         title = ", ".join(h["label"] for h in self.data["heads"])
-        page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>token view: "
-                f"{html.escape(title)}</title></head><body>{self.html}</body></html>\n")
+        page = (
+            f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>token view: "
+            f"{html.escape(title)}</title></head><body>{self.html}</body></html>\n"
+        )
         return atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))

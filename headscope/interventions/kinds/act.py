@@ -38,8 +38,10 @@ def act_calibrate(pattern: torch.Tensor, rows: slice, beta: float, threshold: fl
     sink is not a key)."""
     n_q, n_k = pattern.shape[-2:]
     if n_q != n_k:
-        raise InputError("ACT calibration needs the full prefill attention map (it does not apply to "
-                         "KV-cached decode steps): run it on whole sequences")
+        raise InputError(
+            "ACT calibration needs the full prefill attention map (it does not apply to "
+            "KV-cached decode steps): run it on whole sequences"
+        )
     sinks = act_hidden_sinks(pattern, threshold)
     selected = torch.zeros(pattern.shape[:2], dtype=torch.bool)
     selected[:, rows] = True

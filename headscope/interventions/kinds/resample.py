@@ -46,9 +46,11 @@ class ResampleAblation(Intervention):
         src = (ctx.prompts + self.shift) % len(lengths)
         short = lengths[src] < end
         if bool(short.any()):
-            raise InputError(f"resample ablation: source prompt {int(src[short][0])} has {int(lengths[src[short][0]])} "
-                             f"tokens but the inputs have {end}; give sources at least as long as the inputs")
-        resampled = z[src, ctx.offset:end, ctx.heads]  # [n, n_pos, d_head]
+            raise InputError(
+                f"resample ablation: source prompt {int(src[short][0])} has {int(lengths[src[short][0]])} "
+                f"tokens but the inputs have {end}; give sources at least as long as the inputs"
+            )
+        resampled = z[src, ctx.offset : end, ctx.heads]  # [n, n_pos, d_head]
         return on_rows(sel, rows, lambda x: resampled[:, rows].to(x.dtype))
 
     def with_default_reference(self, prompts):

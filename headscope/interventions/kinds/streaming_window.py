@@ -11,7 +11,9 @@ from ...errors import InputError
 from ..kind import Intervention
 
 
-def streaming_hidden(n_q: int, n_k: int, sink: int, recent: int, rows: slice, offset: int | None = None) -> torch.Tensor:
+def streaming_hidden(
+    n_q: int, n_k: int, sink: int, recent: int, rows: slice, offset: int | None = None
+) -> torch.Tensor:
     """[q, k] bool: keys a streaming head may NOT see (key k visible iff k < sink or q - k < recent).
     Query positions are absolute: row i is position `offset` + i (default n_k - n_q: a KV-cached step
     puts its queries at the end of the keys; a block of rows of blocked attention starts at its offset)."""
@@ -39,7 +41,9 @@ class StreamingWindow(Intervention):
     def __post_init__(self):
         super().__post_init__()
         if self.sink < 0 or self.recent < 1:
-            raise InputError(f"streaming window needs sink >= 0 and recent >= 1, got sink={self.sink}, recent={self.recent}")
+            raise InputError(
+                f"streaming window needs sink >= 0 and recent >= 1, got sink={self.sink}, recent={self.recent}"
+            )
 
     def edit(self, sel, rows, ctx):
         hidden = streaming_hidden(sel.shape[-2], sel.shape[-1], self.sink, self.recent, rows, ctx.offset)

@@ -12,13 +12,20 @@ from ..edits import move_mass
 from ..kind import Intervention, norm_positions
 
 
-def var_redistribute(pattern: torch.Tensor, rows: slice, sinks: tuple[int, ...], targets: tuple[int, int],
-                     keep_fraction: float, min_target_mass: float, max_sink_share: float) -> torch.Tensor:
+def var_redistribute(
+    pattern: torch.Tensor,
+    rows: slice,
+    sinks: tuple[int, ...],
+    targets: tuple[int, int],
+    keep_fraction: float,
+    min_target_mass: float,
+    max_sink_share: float,
+) -> torch.Tensor:
     """VAR (Kang et al. 2025): sink columns keep `keep_fraction`; the freed mass moves to the
     non-sink keys of the target span in proportion to their attention. A query row is edited
     only if it gives the target span at least `min_target_mass` and the sinks inside the span
     hold at most `max_sink_share` of that (the paper's image-centric-head test per row)."""
-    n_q, n_k = pattern.shape[-2:]
+    _n_q, n_k = pattern.shape[-2:]
     bad = [s for s in sinks if not 0 <= s < n_k]
     if bad:
         raise InputError(f"VAR sink positions {bad} are outside the sequence (length {n_k})")
@@ -66,5 +73,6 @@ class VARRedistribution(Intervention):
             raise InputError(f"VAR keep_fraction must be in [0, 1], got {self.keep_fraction}")
 
     def edit(self, sel, rows, ctx):
-        return var_redistribute(sel, rows, self.sinks, self.targets, self.keep_fraction, self.min_target_mass,
-                                self.max_sink_share)
+        return var_redistribute(
+            sel, rows, self.sinks, self.targets, self.keep_fraction, self.min_target_mass, self.max_sink_share
+        )
