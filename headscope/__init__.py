@@ -20,7 +20,6 @@ _LAZY = {
     "TokenScores": "headscope.results",
     "apply": "headscope.interventions",
     "forward_with": "headscope.interventions",
-    "run": "headscope.interventions",  # deprecated alias of forward_with (warns when called)
     "scan": "headscope.interventions",
     "patch": "headscope.interventions",
     "direct_logit_attribution": "headscope.interventions",

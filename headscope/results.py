@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -340,13 +340,16 @@ class HeadScores(_Result):
             )
         return float(self._mean()[layer, head])
 
-    def top(self, k: int = 10, largest: bool | None = None) -> pd.DataFrame:
+    def top(self, k: int = 10, better: Better | None = None) -> pd.DataFrame:
         """The k most important heads (prompt-mean if 3-D), in the scores' own direction (`better`: a
-        logit-difference scan's most negative change first); NaN heads always sort last. `largest=True/False`
-        forces the largest / smallest first."""
+        logit-difference scan's most negative change first); NaN heads always sort last. `better`
+        ("higher", "lower" or "magnitude") overrides the direction, e.g. `top(8, better="lower")`."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"top: k must be a positive integer, got {k!r}")
-        better = self.better if largest is None else ("higher" if largest else "lower")
+        if better is None:
+            better = self.better
+        if better not in BETTER:
+            raise InputError(f"top: better={better!r}: use one of {', '.join(BETTER)}")
         mean = self._mean()
         key = {"higher": -mean, "lower": mean, "magnitude": -np.abs(mean)}[better]
         df = self._long(mean[None], with_prompt=False)
@@ -453,13 +456,13 @@ class HeadScores(_Result):
 # ---- ranking heads ------------------------------------------------------------------------------------
 # "Which direction is better" has one spelling in the ranking code: better="higher" (the largest
 # score ranks first: more of what the scores measure), "lower" (the smallest first), or "magnitude"
-# (the largest |score| first). The older spellings map onto it where they are kept for
-# compatibility: HeadScores' stored `higher_is_more` (the default), `largest=` of select_heads and
-# HeadScores.top, and an experiment spec's `rank: largest / smallest / magnitude`.
-BETTER = ("higher", "lower", "magnitude")
+# (the largest |score| first). Two older spellings map onto it: HeadScores' stored `higher_is_more`
+# (the default) and an experiment spec's `rank: largest / smallest / magnitude`.
+Better = Literal["higher", "lower", "magnitude"]
+BETTER: tuple[Better, ...] = get_args(Better)
 
 
-def rank_heads(scores: HeadScores, better: str | None = None) -> list[tuple[int, int]]:
+def rank_heads(scores: HeadScores, better: Better | None = None) -> list[tuple[int, int]]:
     """Every measured head of `scores`, best first: the one head ranking of headscope.
 
     Uses the prompt mean of 3-D scores. NaN heads (not measured, e.g. layers a scan skipped) are never
@@ -491,21 +494,16 @@ def select_heads(
     threshold: float | None = None,
     top_k: int | None = None,
     top_fraction: float | None = None,
-    better: str | None = None,
-    largest: bool | None = None,
+    better: Literal["higher", "lower"] | None = None,
 ) -> list[tuple[int, int]]:
     """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
     NaN never selected).
 
-    `better` ("higher" or "lower"; default: the scores' own `higher_is_more`) says which end is best;
-    `largest=True/False` is its older spelling, still accepted. A top fraction keeps at least one head.
+    `better` ("higher" or "lower"; default: the scores' own `higher_is_more`) says which end is best.
+    A top fraction keeps at least one head.
     """
     if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
         raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
-    if better is not None and largest is not None:
-        raise InputError("pass better='higher'/'lower' (largest= is its older spelling), not both")
-    if better is None and largest is not None:
-        better = "higher" if largest else "lower"
     if better not in (None, "higher", "lower"):
         raise InputError(f"better={better!r}: use 'higher' or 'lower'")
     heads = rank_heads(scores, better)

@@ -84,7 +84,7 @@ def test_head_scores_of_a_hybrid_are_nan_off_attention_and_never_ranked(tmp_path
     assert s.attention_layers == (1, 3) and "layers 0, 2 have no attention heads" in s.note
     top = s.top(100)  # more than there are heads: still only attention heads
     assert len(top) == 6 and set(top["layer"]) == {1, 3}
-    assert set(s.top(100, largest=False)["layer"]) == {1, 3}
+    assert set(s.top(100, better="lower")["layer"]) == {1, 3}
     with pytest.raises(InputError, match="mamba layer, it has no attention heads"):
         s.score(2, 0)
     assert s.score(3, 2) == np.mean(values[:, 3, 2])

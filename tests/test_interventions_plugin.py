@@ -253,18 +253,24 @@ def test_kinds_declare_what_generation_and_scans_need():
     assert UniformAttention(heads=[(0, 0)]).with_default_reference(own) == UniformAttention(heads=[(0, 0)])
 
 
-def test_old_names_warn_and_point_to_the_new_ones():
+def test_the_pre_release_aliases_are_gone():
+    """0.1.0 was never released, so its renames keep no alias (CHANGELOG.md lists each replacement)."""
     import headscope
+    import headscope.models
+    import headscope.testing
+    from headscope import interventions
     from headscope.interventions import prepare as prepare_module
+    from headscope.results import HeadScores, select_heads
 
-    model = tiny_model(seed=24)
-    tokens = torch.tensor(PROMPTS[:1])
-    spec = [ZeroAblation(heads=[(0, 1)])]
-    with pytest.warns(DeprecationWarning, match="forward_with"):
-        old = headscope.run(model, tokens, spec)
-    assert torch.equal(old, headscope.forward_with(model, tokens, spec))
-    with pytest.warns(DeprecationWarning, match="prepare_references"):
-        prepare_module.prepare(model, spec)
+    assert not hasattr(headscope, "run") and "run" not in dir(headscope)
+    assert not hasattr(interventions, "run") and not hasattr(prepare_module, "prepare")
+    assert not hasattr(headscope.models, "BUNDLED") and not hasattr(headscope.testing, "repeated_random_tokens")
+    scores = HeadScores(np.array([[0.5, 0.1]]), name="x")
+    with pytest.raises(TypeError, match="largest"):
+        scores.top(1, largest=False)
+    with pytest.raises(TypeError, match="largest"):
+        select_heads(scores, top_k=1, largest=False)
+    assert headscope.forward_with is interventions.forward_with
 
 
 def test_a_whole_query_kind_makes_chat_generation_recompute_every_step():

@@ -283,7 +283,7 @@ def test_tiny_model_is_seeded_and_random():
     assert a.to_tokens("t2 t3 t4").tolist() == [[1, 2, 3, 4]]
 
 
-def test_repeated_random_tokens():
+def test_induction_tokens():
     t = induction_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=7)
     assert t.shape == (5, 1 + 46 * 3) and t.dtype == torch.long
     assert (t[:, 0] == 1).all()
@@ -294,11 +294,3 @@ def test_repeated_random_tokens():
     assert not torch.equal(t, induction_tokens(48, seq_len=46, n_repeats=3, batch=5, seed=8))
     with pytest.raises(ValueError):
         induction_tokens(48, seq_len=47)
-
-
-def test_old_name_of_induction_tokens_warns_and_gives_the_same_batch():
-    from headscope.testing import repeated_random_tokens
-
-    with pytest.warns(DeprecationWarning, match="induction_tokens"):
-        old = repeated_random_tokens(48, seq_len=5, batch=2, seed=3)
-    assert torch.equal(old, induction_tokens(48, seq_len=5, batch=2, seed=3))

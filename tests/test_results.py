@@ -62,7 +62,7 @@ def test_top_orders_and_puts_nan_last():
     assert s.top(2)["label"].tolist() == ["L0H2", "L1H1"]
     low = HeadScores(v, name="x", higher_is_more=False).top(3)
     assert low["label"].tolist() == ["L1H2", "L1H0", "L0H0"]
-    assert s.top(6, largest=False)["label"].tolist()[-1] == "L0H1"  # NaN last both ways
+    assert s.top(6, better="lower")["label"].tolist()[-1] == "L0H1"  # NaN last both ways
     with pytest.raises(ValueError, match="k"):
         s.top(0)
 
@@ -286,9 +286,9 @@ def test_rank_heads_is_both_former_rankings():
             for rank, better in (("largest", "higher"), ("smallest", "lower"), ("magnitude", "magnitude")):
                 assert rank_heads(s, better) == _old_ranking(s, rank)
             assert rank_heads(s) == rank_heads(s, "higher" if higher else "lower")
-            for largest in (None, True, False):
+            for better, largest in ((None, None), ("higher", True), ("lower", False)):
                 for kw in ({"threshold": 0.3}, {"threshold": -0.2}, {"top_k": 7}, {"top_fraction": 0.25}):
-                    assert select_heads(s, largest=largest, **kw) == _old_select(s, largest=largest, **kw)
+                    assert select_heads(s, better=better, **kw) == _old_select(s, largest=largest, **kw)
 
 
 def test_rank_heads_nan_never_inf_ranked_and_errors():

@@ -4,7 +4,7 @@ Each kind is one `Intervention` subclass (built-ins in `kinds/`, one module each
 it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
 """
 
-from .apply import apply, forward_with, run
+from .apply import apply, forward_with
 from .atp import attribution_scan
 from .dla import direct_logit_attribution
 from .kind import EditContext
@@ -51,7 +51,6 @@ __all__ = [
     "forward_with",
     "patch",
     "prepare_references",
-    "run",
     "scan",
     "variant_outputs",
 ]

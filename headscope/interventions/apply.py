@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 
@@ -97,14 +96,3 @@ def forward_with(
     )
     with torch.no_grad(), apply(model, specs, decode_start=decode_start, attention=mode):
         return model(tokens, **forward_kw)
-
-
-def run(model, tokens, interventions, *, decode_start: int | None = None, **forward_kw):
-    """Deprecated alias of `forward_with` (the name `run` is the `headscope run` experiment command)."""
-    warnings.warn(
-        "headscope.run / headscope.interventions.run is renamed forward_with (run is the `headscope run` "
-        "experiment command); the old name goes in the next release",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return forward_with(model, tokens, interventions, decode_start=decode_start, **forward_kw)

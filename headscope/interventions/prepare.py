@@ -9,8 +9,8 @@ on the layers they touch.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+from typing import cast
 
 from ..capture.engine import capture
 from ..capture.reducers import Reducer
@@ -59,9 +59,8 @@ class _HeadOutputs(Reducer):
 def head_outputs(model, prompts, layers, *, keep_full: bool, batch_size: int = 8) -> HeadOutputs:
     """hook_z of `layers` on `prompts` (see HeadOutputs): the capture engine, observe-only."""
     collector = _HeadOutputs(layers, keep_full=keep_full)
-    return capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size, progress=False)[
-        collector.name
-    ]
+    result = capture(model, prompts, [collector], layers=sorted(layers), batch_size=batch_size, progress=False)
+    return cast(HeadOutputs, result[collector.name])  # the collector's result_type; capture types results as HeadScores
 
 
 class Prepared:
@@ -100,14 +99,3 @@ def prepare_references(model, interventions, *, default_prompts=None, batch_size
         prompts = [list(p) if isinstance(p, tuple) else p for p in prompts]
         prepared._by_spec[spec] = spec.prepare_reference(model, prompts, batch_size)
     return prepared
-
-
-def prepare(model, interventions, *, default_prompts=None, batch_size: int = 8) -> Prepared:
-    """Deprecated alias of `prepare_references` (`headscope.experiments.prepare` is another function)."""
-    warnings.warn(
-        "headscope.interventions.prepare.prepare is renamed prepare_references (headscope.experiments."
-        "prepare is an unrelated function); the old name goes in the next release",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return prepare_references(model, interventions, default_prompts=default_prompts, batch_size=batch_size)

@@ -3,10 +3,9 @@
 from .bundled import SMOLLM2_NAME, default_cache_dir, smollm2_fp32_dir
 from .catalog import TESTBEDS, Testbed, default_image_prompts, register_testbed
 from .info import ModelInfo, model_info, record_facts
-from .loading import BUNDLED, boot, hf_offline, load_model
+from .loading import boot, hf_offline, load_model
 
 __all__ = [
-    "BUNDLED",
     "SMOLLM2_NAME",
     "TESTBEDS",
     "ModelInfo",

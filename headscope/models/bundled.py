@@ -86,7 +86,7 @@ def _convert(gguf: Path, out: Path) -> None:
     # writes an ordinary checkpoint that loads without the gguf reader.
     hf.config.quantization_config = None
     del hf.config.quantization_config
-    hf.hf_quantizer = None
+    hf.hf_quantizer = None  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors/modules only
     hf.save_pretrained(out)
     tok.save_pretrained(out)
 

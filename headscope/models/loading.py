@@ -178,7 +178,6 @@ def _load_smollm2(cache_dir, device, dtype):
 
 
 register_testbed(Testbed(bundled.SMOLLM2_NAME, load=_load_smollm2, summary="the bundled default model"))
-BUNDLED = TESTBEDS  # the catalog's old name (one release)
 ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
 
 

@@ -14,7 +14,7 @@
 from headscope.testing.analyzer_check import check_analyzer
 from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.planted import KINDS, PlantedHeads, planted_model
-from headscope.testing.tiny import induction_tokens, repeated_random_tokens, tiny_model, tiny_tokenizer
+from headscope.testing.tiny import induction_tokens, tiny_model, tiny_tokenizer
 
 __all__ = [
     "KINDS",
@@ -23,7 +23,6 @@ __all__ = [
     "induction_tokens",
     "plain_hf_copy",
     "planted_model",
-    "repeated_random_tokens",
     "tiny_model",
     "tiny_tokenizer",
 ]

@@ -10,8 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from headscope.inputs.probes import repeated_random_tokens as _probe
@@ -156,15 +154,3 @@ def induction_tokens(
     # Tiny vocabularies: every id above BOS is a content token; large ones use the probe's default range.
     token_range = (max(PAD_ID, BOS_ID) + 1, vocab) if vocab <= 2000 else None
     return _probe(vocab, seq_len, n_repeats, batch, seed, token_range=token_range, first_token=bos)
-
-
-def repeated_random_tokens(*args, **kwargs) -> torch.Tensor:
-    """Deprecated name of `induction_tokens` (it clashed with `headscope.inputs.repeated_random_tokens`,
-    which takes a vocabulary size and other parameters); removed in the next release."""
-    warnings.warn(
-        "headscope.testing.repeated_random_tokens is deprecated: use headscope.testing.induction_tokens "
-        "(headscope.inputs.repeated_random_tokens is the probe generator)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return induction_tokens(*args, **kwargs)

@@ -22,7 +22,7 @@ CELLS = [
              "groups = pd.DataFrame([(l, 'local') for l, _ in pa.local_heads_] + [(l, 'global') for l, _ in pa.global_heads_],\n"
              "                      columns=['layer', 'group'])\n"
              "pd.crosstab(groups.layer, groups.group).T   # heads per layer in each group"),
-    ("code", "pa.scores_.top(8, largest=False)   # the most local heads (lowest distance)"),
+    ("code", "pa.scores_.top(8, better='lower')   # the most local heads (lowest distance)"),
     ("md", "## WAAD and FAI over one response\nTop: WAAD of the local group, triangles on preplan tokens "
            "(top 40% of |WAAD_t − WAAD_t+1|). Bottom: FAI of the global group, anchors in orange (top 40%). "
            "Hover for each token's values."),

@@ -16,7 +16,7 @@ CELLS = [
     ("md", "Zero-ablate each head alone and measure the change in logit(correct) − logit(' Rome') at the last "
            "position (negative = the head helped):"),
     ("code", "effects = scan(model, prompts, 'zero', 'logit_diff', metric_kwargs={'answers': answers})\n"
-             "mean = effects.mean_over_prompts()\nmean.top(8, largest=False)"),
+             "mean = effects.mean_over_prompts()\nmean.top(8, better='lower')"),
     ("code", "mean.plot(title='Change in logit difference when one head is zeroed')"),
     ("md", "Specs serialise, so an experiment can be written down and replayed:"),
     ("code", "spec = ZeroAblation(heads=[(17, 3), (18, 6)], positions=(4, None))\nspec.to_dict()"),
