@@ -11,7 +11,7 @@
 >>> tokens = induction_tokens(model, seq_len=20)   # [1, 41]
 """
 
-from headscope.testing.analyzer_check import check_analyzer
+from headscope.testing.analyzer_check import analyzer_checks, check_analyzer, parametrize_with_checks
 from headscope.testing.hf_reference import plain_hf_copy
 from headscope.testing.planted import KINDS, PlantedHeads, planted_model
 from headscope.testing.tiny import induction_tokens, tiny_model, tiny_tokenizer
@@ -19,8 +19,10 @@ from headscope.testing.tiny import induction_tokens, tiny_model, tiny_tokenizer
 __all__ = [
     "KINDS",
     "PlantedHeads",
+    "analyzer_checks",
     "check_analyzer",
     "induction_tokens",
+    "parametrize_with_checks",
     "plain_hf_copy",
     "planted_model",
     "tiny_model",

@@ -1,21 +1,34 @@
-"""`check_analyzer`: run an analyzer class through headscope's analyzer contract, like scikit-learn's
-`check_estimator`. The suite runs it on every registered analyzer; run it on your own:
+"""The analyzer contract as named checks, like scikit-learn's `check_estimator` / `parametrize_with_checks`.
+
+All at once, reporting every broken rule:
 
     >>> from headscope.testing import check_analyzer
-    >>> check_analyzer(MyAnalyzer)          # raises AssertionError naming the first broken rule
+    >>> check_analyzer(MyAnalyzer)      # one AssertionError that names each broken rule
 
-It fits the analyzer on two tiny test models (random weights and planted heads, or their
-image-token / LLaVA variants when the class `requires` them) with its `example_data` and
-`example_params`, in seconds, and checks: parameters only stored by `__init__`, declared and enforced
-(`parameter_constraints`), `clone`, clear errors before `fit`, `fit` returning self with `scores_` a
-[prompt, layer, head] HeadScores, `heads_` a valid selection from `ranking_`, no parameter changed,
-the same result twice and from prepared data, no attribute of an earlier fit surviving a refit,
-results that save, load and plot, and `ci()` holding the score (or refusing with InputError).
+One pytest test per rule (test ids `my-heads-fits_on_test_models`, `my-heads-refit`, ...):
+
+    >>> from headscope.testing import parametrize_with_checks
+    >>> @parametrize_with_checks([MyAnalyzer])
+    ... def test_contract(analyzer, check):
+    ...     check(analyzer)
+
+`analyzer_checks(MyAnalyzer)` yields the checks themselves (`check.name`, `check.rule`). They fit the
+analyzer on two tiny test models (random weights and planted heads, or their image-token / LLaVA variants
+when the class `requires` them) with its `example_data` and `example_params`, in seconds, and check:
+parameters only stored by `__init__`, declared and enforced (`parameter_constraints`), `clone`, clear
+errors before `fit`, `fit` returning self with `scores_` a [prompt, layer, head] HeadScores, `heads_` a
+valid selection from `ranking_`, no parameter changed, the same result twice and from prepared data, no
+attribute of an earlier fit surviving a refit, results that save, load and plot, and `ci()` holding the
+score (or refusing with InputError). The checks of one analyzer share its fits (each made once, on
+first use), so checking rule by rule costs what checking all at once does.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -43,142 +56,357 @@ def models_for(requires=frozenset()) -> dict:
     return models
 
 
-def _fail(cls, rule: str, detail: str):
-    raise AssertionError(f"{cls.__name__} breaks the analyzer contract ({rule}): {detail}")
-
-
 def _same(a, b) -> bool:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
 
 
-def _check_class(cls) -> None:
-    for attr in ("name", "description", "input_kind"):
-        if not getattr(cls, attr, ""):
-            _fail(cls, "class attributes", f"`{attr}` is empty")
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        _fail(cls, "registry", f"the name {cls.name!r} belongs to {REGISTRY[cls.name].__name__}")
-    sig = inspect.signature(cls.__init__)
-    names = cls._param_names()
-    missing = [n for n in names if sig.parameters[n].default is inspect.Parameter.empty]
+class FitFailed(AssertionError):
+    """`fit` raised on a test model: every check that reads that fit fails with this."""
+
+
+@dataclass
+class _Fit:
+    """One fit on one test model, and the later fits of its checks (each made on first use)."""
+
+    model: Any
+    data: Any
+    an: Analyzer
+    out: Any
+    before: str  # repr of the parameters before fit
+    scores: Any
+    heads: list
+    _again: Analyzer | None = None
+    _prepared: tuple[Analyzer, Any] | None = None  # (the analyzer fitted on prepared data, its scores_)
+
+    def again(self) -> Analyzer:
+        if self._again is None:
+            self._again = self.an.clone().fit(self.model, type(self.an).example_data(self.model))
+        return self._again
+
+    def from_prepared(self) -> tuple[Analyzer, Any]:
+        if self._prepared is None:
+            fitted = self.an.clone().fit(self.model, self.an.prepare_data(self.model, self.data))
+            self._prepared = (fitted, fitted.scores_)  # scores_ kept: the refit check refits this analyzer
+        return self._prepared
+
+
+@dataclass
+class _Subject:
+    """One analyzer class under check: its test models and fits, made on first use and shared by its
+    checks; dropped once each check has run (a parametrized suite would otherwise hold every analyzer's)."""
+
+    cls: type[Analyzer]
+    given: dict | None
+    n_checks: int
+    _models: dict | None = None
+    _fits: dict = field(default_factory=dict)  # label -> _Fit or the FitFailed it raised
+    _ran: set = field(default_factory=set)
+
+    @property
+    def models(self) -> dict:
+        if self._models is None:
+            self._models = dict(self.given) if self.given else models_for(self.cls.requires)
+        return self._models
+
+    def fit(self, label: str) -> _Fit:
+        if label not in self._fits:
+            model = self.models[label]
+            try:
+                data = self.cls.example_data(model)
+                an = self.cls(**self.cls.example_params)
+                before = repr(an.get_params())
+                out = an.fit(model, data)
+                self._fits[label] = _Fit(model, data, an, out, before, an.scores_, list(an.heads_))
+            except Exception as err:  # any error of the analyzer's own code is the finding: report it by rule
+                failed = FitFailed(
+                    f"{self.cls.__name__} breaks the analyzer contract (fits on the test models): on {label}, "
+                    f"fit raised {type(err).__name__}: {err}"
+                )
+                failed.__cause__ = err
+                self._fits[label] = failed
+        got = self._fits[label]
+        if isinstance(got, FitFailed):
+            raise got
+        return got
+
+    def fits(self) -> Iterator[tuple[str, _Fit]]:
+        for label in self.models:
+            yield label, self.fit(label)
+
+    def done(self, name: str) -> None:
+        self._ran.add(name)
+        if len(self._ran) >= self.n_checks:
+            self._models, self._fits, self._ran = None, {}, set()
+
+
+Fail = Callable[[str], NoReturn]
+_CHECKS: list[tuple[str, str, Callable[[_Subject, Fail], None]]] = []
+
+
+def _check(name: str, rule: str):
+    """Register a check: `name` is its test id, `rule` the words its failure message names."""
+
+    def register(fn):
+        _CHECKS.append((name, rule, fn))
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class AnalyzerCheck:
+    """One rule of the contract for one analyzer class; call it (with that class, or nothing) to check."""
+
+    analyzer: type[Analyzer]
+    name: str  # the test id, e.g. "fits_on_test_models"
+    rule: str  # the rule's words in failure messages, e.g. "fit returns self"
+    _fn: Callable[[_Subject, Fail], None] = field(repr=False)
+    _subject: _Subject = field(repr=False, compare=False)
+
+    def __call__(self, analyzer=None) -> None:
+        if analyzer is not None and _class_of(analyzer) is not self.analyzer:
+            raise InputError(
+                f"check {self.name!r} was made for {self.analyzer.__name__}, not {_class_of(analyzer).__name__}"
+            )
+        cls = self.analyzer
+
+        def fail(detail: str) -> NoReturn:
+            raise AssertionError(f"{cls.__name__} breaks the analyzer contract ({self.rule}): {detail}")
+
+        try:
+            self._fn(self._subject, fail)
+        finally:
+            self._subject.done(self.name)
+
+
+def _class_of(analyzer) -> type[Analyzer]:
+    cls = analyzer if isinstance(analyzer, type) else type(analyzer)
+    if not issubclass(cls, Analyzer):
+        raise InputError(f"{cls.__name__} is not a headscope Analyzer subclass")
+    return cls
+
+
+def analyzer_checks(analyzer, models: dict | None = None) -> Iterator[AnalyzerCheck]:
+    """The contract's checks for an analyzer class (or instance: its class), one per rule, in order.
+    `models` ({label: model}) replaces the built-in tiny test models."""
+    cls = _class_of(analyzer)
+    subject = _Subject(cls, models, len(_CHECKS))
+    for name, rule, fn in _CHECKS:
+        yield AnalyzerCheck(cls, name, rule, fn, subject)
+
+
+def check_analyzer(analyzer, models: dict | None = None) -> list[str]:
+    """Run every check of `analyzer_checks`; raise one AssertionError naming each broken rule, else return
+    the labels of the models it fit on."""
+    cls = _class_of(analyzer)
+    checks = list(analyzer_checks(cls, models))
+    labels = list(checks[0]._subject.models)  # built once here, shared by the checks
+    broken, fit_errors = [], set()
+    for check in checks:
+        try:
+            check()
+        except FitFailed as err:
+            seen = str(err) in fit_errors
+            fit_errors.add(str(err))
+            broken.append(f"- {check.name}: " + ("not checked: the fit failed (above)" if seen else str(err)))
+        except AssertionError as err:
+            broken.append(f"- {check.name}: {err}")
+        except Exception as err:  # a check that crashes on this analyzer is a broken rule too: name it, go on
+            broken.append(f"- {check.name} ({check.rule}): raised {type(err).__name__}: {err}")
+    if broken:
+        raise AssertionError(
+            f"{cls.__name__} fails {len(broken)} of {len(checks)} checks of the analyzer contract:\n"
+            + "\n".join(broken)
+        )
+    return labels
+
+
+def parametrize_with_checks(analyzers, models: dict | None = None):
+    """A `pytest.mark.parametrize("analyzer, check", ...)` over every (analyzer, check) pair, with ids
+    `<analyzer name>-<check name>`; the test body is `check(analyzer)`."""
+    import pytest  # only here: headscope.testing is importable without pytest
+
+    params = [
+        pytest.param(check.analyzer, check, id=f"{check.analyzer.name or check.analyzer.__name__}-{check.name}")
+        for analyzer in analyzers
+        for check in analyzer_checks(analyzer, models)
+    ]
+    return pytest.mark.parametrize("analyzer, check", params)
+
+
+# ---- the rules ---------------------------------------------------------------------------------------
+
+
+@_check("class_attributes", "class attributes")
+def _class_attributes(s: _Subject, fail: Fail) -> None:
+    empty = [attr for attr in ("name", "description", "input_kind") if not getattr(s.cls, attr, "")]
+    if empty:
+        fail(f"{', '.join(f'`{a}`' for a in empty)} empty")
+
+
+@_check("registry", "registry")
+def _registry(s: _Subject, fail: Fail) -> None:
+    if s.cls.name in REGISTRY and REGISTRY[s.cls.name] is not s.cls:
+        fail(f"the name {s.cls.name!r} belongs to {REGISTRY[s.cls.name].__name__}")
+
+
+@_check("defaults", "defaults")
+def _defaults(s: _Subject, fail: Fail) -> None:
+    sig = inspect.signature(s.cls.__init__)
+    missing = [n for n in s.cls._param_names() if sig.parameters[n].default is inspect.Parameter.empty]
     if missing:
-        _fail(cls, "defaults", f"parameters {missing} have no default (fit must run with defaults)")
-    undeclared = set(names) - set(cls.parameter_constraints)
+        fail(f"parameters {missing} have no default (fit must run with defaults)")
+
+
+@_check("parameter_constraints", "parameter_constraints")
+def _parameter_constraints(s: _Subject, fail: Fail) -> None:
+    names, constraints = s.cls._param_names(), s.cls.parameter_constraints
+    undeclared = set(names) - set(constraints)
     if undeclared:
-        _fail(cls, "parameter_constraints", f"no constraints for {sorted(undeclared)}")
+        fail(f"no constraints for {sorted(undeclared)}")
+    sig = inspect.signature(s.cls.__init__)
     for name in names:
         default = sig.parameters[name].default
-        options = cls.parameter_constraints[name]
-        if not any(default is None if o is None else o.accepts(default) for o in options):
-            _fail(cls, "parameter_constraints", f"the default {name}={default!r} is rejected by its own constraints")
+        if default is inspect.Parameter.empty:
+            continue  # the defaults check reports it
+        if not any(default is None if o is None else o.accepts(default) for o in constraints[name]):
+            fail(f"the default {name}={default!r} is rejected by its own constraints")
 
 
-def _check_params_only(cls, params: dict) -> Analyzer:
-    an = cls(**params)
-    extra = set(vars(an)) - set(cls._param_names())
+@_check("init_stores_parameters_only", "__init__ stores parameters only")
+def _init_stores_parameters_only(s: _Subject, fail: Fail) -> None:
+    params = dict(s.cls.example_params)
+    an = s.cls(**params)
+    extra = set(vars(an)) - set(s.cls._param_names())
     if extra:
-        _fail(cls, "__init__ stores parameters only", f"__init__ also set {sorted(extra)}")
+        fail(f"__init__ also set {sorted(extra)}")
     got = an.get_params()
     if any(got[k] is not v for k, v in params.items()):
-        _fail(
-            cls,
-            "__init__ stores parameters only",
-            "a parameter was converted or copied in __init__ "
-            f"(got {got}, given {params}); keep it as given and check it in fit",
+        fail(
+            f"a parameter was converted or copied in __init__ (got {got}, given {params}); keep it as given and check it in fit"
         )
+
+
+@_check("clone", "clone")
+def _clone(s: _Subject, fail: Fail) -> None:
+    an = s.cls(**s.cls.example_params)
     clone = an.clone()
-    if type(clone) is not cls or clone is an or clone.get_params().keys() != got.keys():
-        _fail(cls, "clone", "clone() must return a new unfitted instance with the same parameters")
+    if type(clone) is not s.cls or clone is an or clone.get_params().keys() != an.get_params().keys():
+        fail("clone() must return a new unfitted instance with the same parameters")
+
+
+@_check("not_fitted", "not fitted")
+def _not_fitted(s: _Subject, fail: Fail) -> None:
+    an = s.cls(**s.cls.example_params)
     for attr in ("scores_", "heads_", "ranking_"):
         try:
             getattr(an, attr)
         except NotFittedError:
             continue
-        _fail(cls, "not fitted", f"reading {attr} before fit did not raise NotFittedError")
-    return an
+        fail(f"reading {attr} before fit did not raise NotFittedError")
 
 
-def _check_rejects_bad_params(cls, model, data) -> None:
+@_check("parameter_errors", "parameter errors")
+def _parameter_errors(s: _Subject, fail: Fail) -> None:
     """Each parameter set to a value its constraints reject: fit raises InputError naming it."""
-    for name, options in cls.parameter_constraints.items():
+    model = next(iter(s.models.values()))
+    data = s.cls.example_data(model)
+    for name, options in s.cls.parameter_constraints.items():
         bad = next((o.invalid_example() for o in options if o is not None), None)
         if bad is None or any(bad is None if o is None else o.accepts(bad) for o in options):
             continue  # nothing is invalid for this parameter (Anything)
-        an = cls(**{**cls.example_params, name: bad})
+        an = s.cls(**{**s.cls.example_params, name: bad})
         try:
             an.fit(model, data)
         except InputError as err:
             if name not in str(err):
-                _fail(cls, "parameter errors", f"{name}={bad!r} raised an error that does not name it: {err}")
+                fail(f"{name}={bad!r} raised an error that does not name it: {err}")
             continue
-        _fail(cls, "parameter errors", f"fit accepted {name}={bad!r}")
+        fail(f"fit accepted {name}={bad!r}")
 
 
-def _check_fit(cls, model, label: str) -> bool:
-    """Fit on one model and check the result; True when some score is finite."""
-    data = cls.example_data(model)
-    an = cls(**cls.example_params)
-    before = repr(an.get_params())
-    out = an.fit(model, data)
-    if out is not an:
-        _fail(cls, "fit returns self", f"fit returned {type(out).__name__}")
-    if repr(an.get_params()) != before:
-        _fail(cls, "fit leaves parameters alone", f"{before} became {an.get_params()!r}")
-    scores = an.scores_
-    if not isinstance(scores, HeadScores) or scores.values.ndim != 3:
-        _fail(cls, "scores_", f"on {label}: not a [prompt, layer, head] HeadScores")
-    measured = set(an.ranking_)
-    if not all(h in measured for h in an.heads_):
-        _fail(cls, "heads_", f"on {label}: heads_ {an.heads_} holds heads that ranking_ does not (unmeasured)")
-    again = an.clone().fit(model, cls.example_data(model))
-    if not _same(again.scores_.values, scores.values) or again.heads_ != an.heads_:
-        _fail(cls, "deterministic", f"on {label}: a second fit on the same data gave other scores or heads")
-    prepared = an.prepare_data(model, data)
-    from_prepared = an.clone().fit(model, prepared)
-    if not _same(from_prepared.scores_.values, scores.values):
-        _fail(cls, "prepare_data", f"on {label}: fitting prepared data gave other scores (not idempotent)")
-    an.stale_ = "left over"
-    an.fit(model, data)
-    if "stale_" in vars(an):
-        _fail(cls, "refit", "an attribute of an earlier fit survived a refit")
-    frame = scores.to_dataframe()
-    if frame.empty:
-        _fail(cls, "results", "scores_.to_dataframe() is empty")
-    if an.plot() is None:
-        _fail(cls, "results", "plot() returned nothing")
-    _check_ci(cls, an, label)
-    return bool(np.isfinite(scores.values).any())
+@_check("fits_on_test_models", "fit returns self")
+def _fits(s: _Subject, fail: Fail) -> None:
+    for label, f in s.fits():
+        if f.out is not f.an:
+            fail(f"on {label}: fit returned {type(f.out).__name__}")
 
 
-def _check_ci(cls, an, label: str) -> None:
+@_check("fit_leaves_parameters_alone", "fit leaves parameters alone")
+def _leaves_parameters(s: _Subject, fail: Fail) -> None:
+    for _, f in s.fits():
+        if repr(f.an.get_params()) != f.before:
+            fail(f"{f.before} became {f.an.get_params()!r}")
+
+
+@_check("scores", "scores_")
+def _scores(s: _Subject, fail: Fail) -> None:
+    measured = False
+    for label, f in s.fits():
+        if not isinstance(f.scores, HeadScores) or f.scores.values.ndim != 3:
+            fail(f"on {label}: not a [prompt, layer, head] HeadScores")
+        measured = measured or bool(np.isfinite(f.scores.values).any())
+    if not measured:
+        fail(f"every score is NaN on every test model ({', '.join(s.models)}): nothing was checked")
+
+
+@_check("heads", "heads_")
+def _heads(s: _Subject, fail: Fail) -> None:
+    for label, f in s.fits():
+        measured = set(f.an.ranking_)
+        if not all(h in measured for h in f.heads):
+            fail(f"on {label}: heads_ {f.heads} holds heads that ranking_ does not (unmeasured)")
+
+
+@_check("deterministic", "deterministic")
+def _deterministic(s: _Subject, fail: Fail) -> None:
+    for label, f in s.fits():
+        again = f.again()
+        if not _same(again.scores_.values, f.scores.values) or again.heads_ != f.heads:
+            fail(f"on {label}: a second fit on the same data gave other scores or heads")
+
+
+@_check("prepare_data", "prepare_data")
+def _prepare_data(s: _Subject, fail: Fail) -> None:
+    for label, f in s.fits():
+        if not _same(f.from_prepared()[1].values, f.scores.values):
+            fail(f"on {label}: fitting prepared data gave other scores (not idempotent)")
+
+
+@_check("refit", "refit")
+def _refit(s: _Subject, fail: Fail) -> None:
+    for _, f in s.fits():
+        an = f.from_prepared()[0]
+        an.__dict__["stale_"] = "left over"  # as if an earlier fit had set it
+        an.fit(f.model, f.data)
+        if "stale_" in vars(an):
+            fail("an attribute of an earlier fit survived a refit")
+
+
+@_check("results", "results")
+def _results(s: _Subject, fail: Fail) -> None:
+    for label, f in s.fits():
+        if f.scores.to_dataframe().empty:
+            fail(f"on {label}: scores_.to_dataframe() is empty")
+        if f.an.plot() is None:
+            fail(f"on {label}: plot() returned nothing")
+
+
+@_check("ci", "ci")
+def _ci(s: _Subject, fail: Fail) -> None:
     """ci() is an interval around the analyzer's own score (its prompt mean), or an InputError saying why not."""
-    try:
-        ci = an.ci(n_boot=100, seed=0)
-    except InputError:
-        return  # a refusal (ci_refusal), one prompt, or nothing to resample: the message says which
-    mean = an.scores_.mean_over_prompts().values
-    if ci.estimate.shape != mean.shape or not np.allclose(ci.estimate, mean, rtol=1e-9, atol=1e-12, equal_nan=True):
-        _fail(cls, "ci", f"on {label}: ci().estimate is not the prompt mean of scores_")
-    ok = np.isfinite(ci.estimate) & np.isfinite(ci.low) & np.isfinite(ci.high)
-    if not ((ci.low[ok] <= ci.estimate[ok]) & (ci.estimate[ok] <= ci.high[ok])).all():
-        _fail(cls, "ci", f"on {label}: an interval does not hold its estimate")
+    for label, f in s.fits():
+        try:
+            ci = f.an.ci(n_boot=100, seed=0)
+        except InputError:
+            continue  # a refusal (ci_refusal), one prompt, or nothing to resample: the message says which
+        mean = f.scores.mean_over_prompts().values
+        if ci.estimate.shape != mean.shape or not np.allclose(ci.estimate, mean, rtol=1e-9, atol=1e-12, equal_nan=True):
+            fail(f"on {label}: ci().estimate is not the prompt mean of scores_")
+        ok = np.isfinite(ci.estimate) & np.isfinite(ci.low) & np.isfinite(ci.high)
+        if not ((ci.low[ok] <= ci.estimate[ok]) & (ci.estimate[ok] <= ci.high[ok])).all():
+            fail(f"on {label}: an interval does not hold its estimate")
 
 
-def check_analyzer(analyzer, models: dict | None = None) -> list[str]:
-    """Check an analyzer class (or instance: its class) against the contract; returns the models it fit
-    on. `models` ({label: model}) replaces the built-in tiny test models."""
-    cls = analyzer if isinstance(analyzer, type) else type(analyzer)
-    if not issubclass(cls, Analyzer):
-        raise InputError(f"{cls.__name__} is not a headscope Analyzer subclass")
-    _check_class(cls)
-    _check_params_only(cls, dict(cls.example_params))
-    models = models or models_for(cls.requires)
-    first = next(iter(models.values()))
-    _check_rejects_bad_params(cls, first, cls.example_data(first))
-    measured = [_check_fit(cls, model, label) for label, model in models.items()]
-    if not any(measured):
-        _fail(cls, "scores_", f"every score is NaN on every test model ({', '.join(models)}): nothing was checked")
-    return list(models)
-
-
-__all__ = ["check_analyzer", "models_for"]
+__all__ = ["AnalyzerCheck", "FitFailed", "analyzer_checks", "check_analyzer", "models_for", "parametrize_with_checks"]
