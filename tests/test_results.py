@@ -63,6 +63,9 @@ def test_top_orders_and_puts_nan_last():
     low = HeadScores(v, name="x", higher_is_more=False).top(3)
     assert low["label"].tolist() == ["L1H2", "L1H0", "L0H0"]
     assert s.top(6, better="lower")["label"].tolist()[-1] == "L0H1"  # NaN last both ways
+    assert s.top(6, better="magnitude")["label"].tolist() == ["L0H2", "L1H1", "L0H0", "L1H2", "L1H0", "L0H1"]
+    with pytest.raises(ValueError, match="better='largest': use one of higher, lower, magnitude"):
+        s.top(2, better="largest")
     with pytest.raises(ValueError, match="k"):
         s.top(0)
 
