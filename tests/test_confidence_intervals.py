@@ -8,6 +8,7 @@ import scipy.stats
 
 from headscope.analyzers.head_importance import HeadImportance
 from headscope.analyzers.retrieval import RetrievalHeads
+from headscope.analyzers.sahara import Sahara
 from headscope.atlas import Atlas
 from headscope.atlas.data import Column, ColumnCI, StepResult
 from headscope.atlas.page import write_page
@@ -16,7 +17,6 @@ from headscope.errors import InputError
 from headscope.interventions.scan import scan
 from headscope.interventions.screen import ScreenedScan
 from headscope.results import HeadScores
-from headscope.safety.sahara import Sahara
 from headscope.testing import induction_tokens, planted_model
 
 N_PROMPTS, N_DATASETS = 40, 2000

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "headscope"
 
 LAYERS = [
-    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence"},  # core
+    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence", "divergence"},  # core
     {"viz"},
     {"results"},
     {"models"},
@@ -25,8 +25,8 @@ LAYERS = [
     {"families"},  # one module per model family: blocked forwards (capture), readout quirks, refusals
     {"interventions"},
     {"generation"},
-    {"analyzers"},
-    {"safety", "vision"},  # applications of the analyzers and the engine
+    {"safety", "vision"},  # domain support: prompt sets, judges, the shapes world, evaluators (no analyzer)
+    {"analyzers"},  # every analyzer, whatever its domain (docs/architecture.md, "Where an analyzer lives")
     {"testbeds"},  # models built for a method; load_model finds them through the catalog
     {"experiments", "atlas"},
     {"cli", "plugins", "testing", "__init__", "__main__"},  # entry points and test helpers

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..analyzers import REGISTRY
+from ..analyzers.vit_heads import vision_tower
 from ..errors import InputError
 from ..models import model_info
 from ..results import HeadScores
-from ..vision.vit_heads import vision_tower
 from .classic import CLASSIC
 from .data import Column, StepResult, column_ci
 from .roles import resolve

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.head_divergence import outlier_mask, z_distance
+from ..divergence import outlier_mask, z_distance
 from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, check_image_tokens

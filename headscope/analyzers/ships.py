@@ -7,11 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register, select_heads
-from ..analyzers.params import HeadList, Interval, Options, Text
 from ..interventions.scan import scan
-from ._inputs import TEMPLATES, default_harmful_prompts, needs_chat_template, quick_harmful_prompts, safety_prompt_ids
+from ..safety.formats import (
+    TEMPLATES,
+    default_harmful_prompts,
+    needs_chat_template,
+    quick_harmful_prompts,
+    safety_prompt_ids,
+)
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import HeadList, Interval, Options, Text
 
 
 @dataclass

@@ -29,9 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.atlas_entry import AtlasEntry
-from ..analyzers.base import Analyzer, register, select_heads
-from ..analyzers.params import Boolean, Interval, IsCallable, Options
 from ..capture.engine import VISION_SITES, capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
@@ -40,9 +37,12 @@ from ..inputs.spans import image_token_ids
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
 from ..results import HeadScores
+from ..vision import shapes
+from ..vision.shapes_eval import default_eval_sets
 from ..viz.method_figures import pruning_curve_figure, vit_distance_figure
-from . import shapes
-from .shapes_eval import default_eval_sets
+from .atlas_entry import AtlasEntry
+from .base import Analyzer, register, select_heads
+from .params import Boolean, Interval, IsCallable, Options
 
 Z_HOOK = VISION_SITES["z"]  # [images, pos, head, d_head]
 PATTERN_HOOK = VISION_SITES["pattern"]  # [images, head, q, k]

@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register
-from ..analyzers.params import Interval
 from ..errors import InputError
 from ..inputs.tokens import to_token_lists
 from ..interventions import UniformAttention
 from ..interventions.scan import clean_readout, variant_outputs
 from ..models.info import model_info
 from ..results import HeadScores
-from ._inputs import needs_chat_template, quick_harmful_prompts
+from ..safety.formats import needs_chat_template, quick_harmful_prompts
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register
+from .params import Interval
 from .ships import INPUT_KIND, REQUEST_CONSTRAINTS, Requests, as_prompt_ids
 
 

@@ -20,10 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register, select_heads
-from ..analyzers.params import Boolean, Interval, IntList, Options
 from ..capture import capture
 from ..errors import InputError
 from ..inputs.spans import image_span
@@ -33,6 +29,10 @@ from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..results import HeadScores
 from ..viz.method_figures import phi_heatmap, phi_histogram
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import Boolean, Interval, IntList, Options
+from .sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
