@@ -25,11 +25,11 @@ from ..errors import InputError
 from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
-from ..viz.method_figures import group_heatmap, preplan_token_figure
 from ._group_pattern import GroupTokenStats, ResponseDistance, select_tokens
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, HeadList, Interval, IntList, Options
+from .preplan_anchor_figures import group_heatmap, preplan_token_figure
 
 TEMPLATES = ("auto", "chat", "plain", "raw")
 PEAK_RULES = ("top_quantile", "local_max")

@@ -23,11 +23,11 @@ from ..errors import InputError
 from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
-from ..viz.method_figures import massive_curve, phi_heatmap, phi_lines
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
 from .params import Interval, IntList
 from .sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
+from .sinks_figures import massive_curve, phi_heatmap, phi_lines
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -28,11 +28,11 @@ from ..interventions.specs import VARRedistribution
 from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..results import HeadScores
-from ..viz.method_figures import phi_heatmap, phi_histogram
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Boolean, Interval, IntList, Options
 from .sink_reducers import MassiveActivations, PhiTopK, first_token_dims
+from .sinks_figures import phi_heatmap, phi_histogram
 
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")

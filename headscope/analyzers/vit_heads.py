@@ -39,10 +39,10 @@ from ..models.info import model_info
 from ..results import HeadScores
 from ..vision import shapes
 from ..vision.shapes_eval import default_eval_sets
-from ..viz.method_figures import pruning_curve_figure, vit_distance_figure
 from .atlas_entry import AtlasEntry
 from .base import Analyzer, register, select_heads
 from .params import Boolean, Interval, IsCallable, Options
+from .vit_heads_figures import pruning_curve_figure, vit_distance_figure
 
 Z_HOOK = VISION_SITES["z"]  # [images, pos, head, d_head]
 PATTERN_HOOK = VISION_SITES["pattern"]  # [images, head, q, k]
