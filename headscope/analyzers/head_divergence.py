@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from ..capture import capture
-from ..divergence import DISTANCES, outlier_mask, z_distance
+from ..divergence import DISTANCES, Distance, outlier_mask, z_distance
 from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, ids_of
-from ..inputs.segments import VARIANTS, build_variants, segment_prompts
+from ..inputs.segments import NAMED_POSITIONS, VARIANTS, NamedPosition, Variant, build_variants, segment_prompts
 from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..paths import data_dir
@@ -62,7 +62,7 @@ class HeadDivergence(Analyzer):
         "image); None: built-in passages (image prompts on a VLM testbed)"
     )
     parameter_constraints = {
-        "positions": [Options("last", "after_segment"), Interval(int, None, None), IntList()],
+        "positions": [Options(*NAMED_POSITIONS), Interval(int, None, None), IntList()],
         "distance": [Options(*DISTANCES)],
         "variant": [Options(*VARIANTS)],
         "filler": [None, Anything()],
@@ -99,9 +99,9 @@ class HeadDivergence(Analyzer):
 
     def __init__(
         self,
-        positions="last",
-        distance: str = "euclidean",
-        variant: str = "removed",
+        positions: NamedPosition | int | list[int] = "last",
+        distance: Distance = "euclidean",
+        variant: Variant = "removed",
         filler=None,
         outlier_rule: bool = False,
         top_k_per_layer: int = 4,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,10 @@ from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, HeadList, Interval, IntList, Options
 from .preplan_anchor_figures import group_heatmap, preplan_token_figure
 
-TEMPLATES = ("auto", "chat", "plain", "raw")
-PEAK_RULES = ("top_quantile", "local_max")
+Template = Literal["auto", "chat", "plain", "raw"]
+PeakRule = Literal["top_quantile", "local_max"]
+TEMPLATES: tuple[Template, ...] = get_args(Template)
+PEAK_RULES: tuple[PeakRule, ...] = get_args(PeakRule)
 
 
 def load_pairs(path=None) -> list[tuple[str, str]]:
@@ -80,7 +83,7 @@ class EncodedPairs:
     labels: list[str]
 
 
-def encode_pairs(model, pairs, template: str = "auto") -> tuple[list[list[int]], list[int]]:
+def encode_pairs(model, pairs, template: Template = "auto") -> tuple[list[list[int]], list[int]]:
     """Token ids of prompt+response and the position where each response starts.
 
     Strings: "chat" wraps the prompt as a user turn with the tokenizer's chat template (generation
@@ -172,12 +175,12 @@ class PreplanAnchor(Analyzer):
         self,
         local_fraction: float = 0.3,
         global_fraction: float = 0.3,
-        layers=None,
+        layers: Literal["middle"] | list[int] | None = None,
         window: int = 10,
         horizon=(1, None),
         quantile: float = 0.4,
-        peak_rule: str = "top_quantile",
-        template: str = "auto",
+        peak_rule: PeakRule = "top_quantile",
+        template: Template = "auto",
         local_heads=None,
         global_heads=None,
         batch_size: int = 8,

@@ -15,7 +15,7 @@ from ..interventions import UniformAttention
 from ..interventions.scan import clean_readout, variant_outputs
 from ..models.info import model_info
 from ..results import HeadScores
-from ..safety.formats import needs_chat_template, quick_harmful_prompts
+from ..safety.formats import PromptFormat, needs_chat_template, quick_harmful_prompts
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register
 from .params import Interval
@@ -82,7 +82,12 @@ class Sahara(Analyzer):
     )
 
     def __init__(
-        self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None, batch_size: int = 8
+        self,
+        epsilon: float = 1e-5,
+        search_steps: int = 3,
+        prompt_format: PromptFormat | str = "chat",
+        heads=None,
+        batch_size: int = 8,
     ):
         self.epsilon = epsilon
         self.search_steps = search_steps

@@ -10,6 +10,7 @@ import numpy as np
 from ..interventions.scan import scan
 from ..safety.formats import (
     TEMPLATES,
+    PromptFormat,
     default_harmful_prompts,
     needs_chat_template,
     quick_harmful_prompts,
@@ -94,7 +95,12 @@ class Ships(Analyzer):
     )
 
     def __init__(
-        self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None, batch_size: int = 8
+        self,
+        epsilon: float = 1e-5,
+        prompt_format: PromptFormat | str = "chat",
+        top_k: int = 10,
+        heads=None,
+        batch_size: int = 8,
     ):
         self.epsilon = epsilon
         self.prompt_format = prompt_format

@@ -16,6 +16,7 @@ layer (the image-centric rule), so nothing of size T x T is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,8 @@ from .params import Boolean, Interval, IntList, Options
 from .sink_reducers import MassiveActivations, PhiTopK, first_token_dims
 from .sinks_figures import phi_heatmap, phi_histogram
 
+RhoConvention = Literal["paper", "code"]
+RHO_CONVENTIONS: tuple[RhoConvention, ...] = get_args(RhoConvention)
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
 
@@ -183,7 +186,7 @@ class VisualSink(Analyzer):
     parameter_constraints = {
         "tau": [Interval(float, 0, None)],
         "rho": [Interval(float, 0, 1)],
-        "rho_convention": [Options("paper", "code")],
+        "rho_convention": [Options(*RHO_CONVENTIONS)],
         "require_visual_sink": [Boolean()],
         "min_image_attention": [Interval(float, 0, 1)],
         "keep_fraction": [Interval(float, 0, 1)],
@@ -223,7 +226,7 @@ class VisualSink(Analyzer):
         self,
         tau: float = 20.0,
         rho: float = 0.5,
-        rho_convention: str = "paper",
+        rho_convention: RhoConvention = "paper",
         require_visual_sink: bool = True,
         min_image_attention: float = 0.2,
         keep_fraction: float = 0.6,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,8 @@ from .vit_heads_figures import pruning_curve_figure, vit_distance_figure
 
 Z_HOOK = VISION_SITES["z"]  # [images, pos, head, d_head]
 PATTERN_HOOK = VISION_SITES["pattern"]  # [images, head, q, k]
-METRICS = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_better
+Metric = Literal["loss", "accuracy"]
+METRICS: dict[Metric, bool] = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_better
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -253,7 +255,12 @@ def _stats(model, items: list[AnswerItem], gates: torch.Tensor, batch_size: int,
 
 
 def metric_under_gates(
-    model, items: list[AnswerItem], gates: torch.Tensor, metric="loss", batch_size: int = 16, extra_hooks=()
+    model,
+    items: list[AnswerItem],
+    gates: torch.Tensor,
+    metric: Metric | Callable = "loss",
+    batch_size: int = 16,
+    extra_hooks=(),
 ) -> np.ndarray:
     """The metric under each gate variant, [variants]: a built-in ("loss", "accuracy"; variants stacked
     along the batch axis) or a callable fn(model, items) (one call per variant, under that variant's hooks).
@@ -381,7 +388,7 @@ class ViTHeads(Analyzer):
 
     def __init__(
         self,
-        metric="loss",
+        metric: Metric | Callable = "loss",
         greater_is_better: bool | None = None,
         prune_curve: bool = True,
         batch_size: int = 16,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ..errors import InputError
 from ..inputs.tokens import encode
 from ..models.info import model_info
@@ -10,7 +12,10 @@ from .prompts import prompt_set
 
 # The official code's templates (Zhou et al. 2024), byte for byte:
 QUERY_TEMPLATE = "## Query: {query}\n## Answer:"  # `ships_test` (generation) and the quick-start
-TEMPLATES = {
+Template = Literal["raw", "query", "ships", "sahara"]
+# "chat", a named template, or any template string with a {query} field (hence `| str` where taken).
+PromptFormat = Literal["chat", Template]
+TEMPLATES: dict[Template, str] = {
     "raw": "{query}",  # `get_ships` without a template (use_tem=False)
     "query": QUERY_TEMPLATE,
     "ships": "## Query:{query} \n## Answer:",  # `SHIPS.main` scoring with use_tem=True
@@ -18,7 +23,7 @@ TEMPLATES = {
 }
 
 
-def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
+def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list[list[int]]:
     """Token ids of each request under `prompt_format`.
 
     "chat": the model's chat template with the assistant turn opened (how the safety-tuned
