@@ -14,7 +14,7 @@ right key is unambiguous. `scores_` is the statistic named by `score` (default: 
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ..capture import capture
 from ..capture.reducers import DEFAULT_REDUCERS
@@ -37,7 +37,7 @@ STATISTICS: tuple[Statistic, ...] = (*TEXT_STATS, *REPEAT_STATS)
 
 # Prompts and repeat lengths per atlas preset. quick: 8 built-in prompts, 2 repeated-token probes of
 # 2 x 50; full: the analyzer's defaults.
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "quick": {"n_text_prompts": 8, "repeat_len": 50, "n_repeat_prompts": 2, "seed": 0, "batch_size": 4},
     "full": {"n_text_prompts": None, "repeat_len": 100, "n_repeat_prompts": 8, "seed": 0, "batch_size": 4},
 }
@@ -72,9 +72,14 @@ ROLES = (
         rule="mean attention distance <= 2 tokens on text (headscope convention; generic)",
     ),
 )
-# The default cut of `heads_` for each statistic: its role's (none for mass and entropy: give threshold=).
-ROLE_CUTS = {role.column: float(role.threshold) for role in ROLES if role.threshold is not None}
-_LABEL = {**dict.fromkeys(TEXT_STATS, "text prompts"), **dict.fromkeys(REPEAT_STATS, "repeated random tokens")}
+# The default cut of `heads_` for each statistic: its role's (none for mass and entropy: give threshold=),
+# and the end its role counts from (a local head has a *short* mean distance).
+ROLE_CUTS: dict[str, float] = {role.column: float(role.threshold) for role in ROLES if role.threshold is not None}
+BETTER: dict[str, str] = {role.column: "lower" for role in ROLES if role.below}
+_LABEL: dict[str, str] = {
+    **dict.fromkeys(TEXT_STATS, "text prompts"),
+    **dict.fromkeys(REPEAT_STATS, "repeated random tokens"),
+}
 
 
 def _bidirectional_note(fitted) -> list[str]:
@@ -189,4 +194,4 @@ class ClassicPatterns(Analyzer):
         self.statistics_ = stats
         self.scores_ = stats[self.score]
         cut = ROLE_CUTS[self.score] if self.threshold is None else self.threshold
-        self.heads_ = select_heads(self.scores_, threshold=cut)
+        self.heads_ = select_heads(self.scores_, threshold=cut, better=BETTER.get(self.score))
