@@ -17,6 +17,7 @@ passes (with, without) collect z at those positions only; no attention pattern i
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,8 +156,11 @@ class HeadDivergence(Analyzer):
         pair = build_variants(model, items, variant=self.variant, positions=self.positions, filler=self.filler)
         with_seg = ZAtPositions(pair.present_positions, name="z_sq_norm_with_segment")
         without = ZAtPositions(pair.other_positions, name="z_sq_norm_without_segment")
-        present = capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)[with_seg.name]
-        absent = capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)[without.name]
+        # A ZAtPositions result (z per prompt and its squared norm), not a HeadScores.
+        present: Any = capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)[
+            with_seg.name
+        ]
+        absent: Any = capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)[without.name]
 
         per_pos = [z_distance(a, b, self.distance).numpy() for a, b in zip(present.z, absent.z)]  # [layer, pos, head]
         raw = np.stack([d.mean(1) for d in per_pos])  # [prompt, layer, head]
@@ -169,7 +173,7 @@ class HeadDivergence(Analyzer):
 
         prompts = [it.text if it.text is not None else model.tokenizer.decode(it.present) for it in items]
         params = self.get_params()
-        meta = {
+        meta: dict[str, Any] = {
             "n_kv_heads": info.n_kv_heads,
             "layer_kinds": info.layer_kinds,
             "model": info.name,
@@ -241,7 +245,7 @@ class HeadDivergence(Analyzer):
         mean = self.scores_.mean_over_prompts().values  # [layer, head]
         keep = mean > np.median(mean, axis=1, keepdims=True)  # VHR's H_l, per layer
         order = np.argsort(-np.where(keep, mean, -np.inf).ravel(), kind="stable")[: int(keep.sum())]
-        return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+        return [(int(a), int(b)) for a, b in (np.unravel_index(i, mean.shape) for i in order)]
 
     def plot(self, **kw):
         """Layer x head heatmap of the prompt-mean VHD."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -250,7 +250,7 @@ class PreplanAnchor(Analyzer):
         ids, starts, prompts = data.ids, data.starts, data.labels
         # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
         dist = ResponseDistance(starts)
-        raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
+        raw: Any = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
         self.scores_ = HeadScores(
             raw.values,
             name="mean_backward_distance",
@@ -273,7 +273,8 @@ class PreplanAnchor(Analyzer):
             masks[g][tuple(np.array(heads).T)] = True
         reducer = GroupTokenStats(masks, starts, self.window, horizon)
         group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
-        self._token_stats = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[
+        # GroupTokenStats gives {"waad"|"fai": per-prompt arrays}, not a HeadScores.
+        self._token_stats: Any = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[
             reducer.name
         ]
         self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
@@ -283,7 +284,8 @@ class PreplanAnchor(Analyzer):
         tok = getattr(model, "tokenizer", None)
         width = max(len(ids) - s for ids, s in zip(self.token_ids_, self.response_starts_))
         rows = {k: np.full((len(prompts), width), np.nan) for k in ("waad", "delta", "fai")}
-        strings, records = [], {"preplan": [], "anchor": []}
+        strings: list = []
+        records: dict[str, list] = {"preplan": [], "anchor": []}
         for p, (ids, start) in enumerate(zip(self.token_ids_, self.response_starts_)):
             w = self._token_stats["waad"][p][start:]
             f = self._token_stats["fai"][p][start:]
@@ -342,7 +344,9 @@ class PreplanAnchor(Analyzer):
         marked = lambda table: set(table.loc[table["prompt"] == p, "response_index"])
         return preplan_token_figure(
             toks,
-            *(s.values[p, :n] for s in (self.waad_, self.waad_delta_, self.fai_)),
+            self.waad_.values[p, :n],
+            self.waad_delta_.values[p, :n],
+            self.fai_.values[p, :n],
             marked(self.preplan_tokens_),
             marked(self.anchor_tokens_),
             quantile=self.quantile,

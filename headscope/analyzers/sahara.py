@@ -140,10 +140,13 @@ class Sahara(Analyzer):
         ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [*info.heads()]
         u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
-        group, rows, self.step_scores_ = [], [], []
+        group: list[tuple[int, int]] = []
+        rows: list = []
+        self.step_scores_ = []
         for step in range(min(self.search_steps, len(pool))):
             angles = self._angles(model, ids, u_base, group, [h for h in pool if h not in group])
-            best = tuple(int(x) for x in np.unravel_index(np.nanargmax(angles), angles.shape))
+            layer, head = np.unravel_index(np.nanargmax(angles), angles.shape)
+            best = (int(layer), int(head))
             group.append(best)
             rows.append(
                 {

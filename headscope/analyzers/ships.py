@@ -45,7 +45,7 @@ def as_prompt_ids(model, data, prompt_format: str) -> Requests:
 
 
 # The two analyzers take the same parameters the same way.
-REQUEST_CONSTRAINTS = {
+REQUEST_CONSTRAINTS: dict[str, list] = {
     "epsilon": [Interval(float, 0, None, "neither")],
     "prompt_format": [Options("chat", *TEMPLATES), Text("{query}")],
     "heads": [None, HeadList()],

@@ -13,6 +13,7 @@ Formulas, defaults and gotchas: docs/attention-sinks.md and docs/methods.md, par
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -177,7 +178,7 @@ class AttentionSinks(Analyzer):
         hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
         phi = PhiTopK(self.sink_dims, top_k)
         learned = [SinkLogitMass()] if info.learned_sinks else []  # GPT-OSS: the learned sink's own share
-        res = capture(
+        res: Any = capture(  # each reducer's own result type (tables, counts, phi), not only HeadScores
             model,
             data,
             [

@@ -16,7 +16,7 @@ layer (the image-centric rule), so nothing of size T x T is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -298,7 +298,7 @@ class VisualSink(Analyzer):
         rows = ImageCentricRows(
             self.image_spans_, self.sink_dims_, self.tau, self.max_sink_share_, self.min_image_attention
         )
-        res = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]
+        res: Any = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]  # ImageCentricResult
         self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
         self.token_ids_ = tokens
         tok = getattr(model, "tokenizer", None)
@@ -345,12 +345,13 @@ class VisualSink(Analyzer):
         self.heads_ = select_heads(self.scores_, threshold=self.min_head_fraction)
 
     def _find_sink_dims(self, model, tokens) -> list[int]:
-        m = capture(
+        massive: Any = capture(  # a MassiveActivations result, not a HeadScores
             model,
             tokens,
             [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
             batch_size=self.batch_size,
-        )["massive_activations"].entries
+        )["massive_activations"]
+        m = massive.entries
         dims = first_token_dims(m)
         if not dims:
             raise InputError(
@@ -401,9 +402,9 @@ class VisualSink(Analyzer):
                 continue  # the official code leaves a layer without a visual sink untouched
             specs.append(
                 VARRedistribution(
-                    heads=[(layer, h) for h in range(self.n_heads_)],
+                    heads=tuple((layer, h) for h in range(self.n_heads_)),
                     positions=(e, None),
-                    sinks=sinks,
+                    sinks=tuple(sinks),
                     targets=(s, e),
                     keep_fraction=keep,
                     min_target_mass=self.min_image_attention,

@@ -7,10 +7,11 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..analyzers import REGISTRY
+from ..analyzers import REGISTRY, Analyzer
 from ..analyzers.atlas_entry import AtlasEntry
 from ..analyzers.vit_heads import vision_tower
 from ..errors import InputError
@@ -30,7 +31,7 @@ class Step:
     key: str
     title: str
     entry: AtlasEntry
-    analyzer: type
+    analyzer: type[Analyzer]
 
     def skip_reason(self, model) -> str | None:
         info = model_info(model)
@@ -84,10 +85,11 @@ def run_analyzer(step: Step, model, preset: str, *, prompts_file=None) -> StepRe
     entry, info = step.entry, model_info(model)
     params = entry.params(preset, info)
     analyzer = step.analyzer(**params)
+    data: Any = None  # None: the analyzer's built-in data
     if entry.text_prompts:
         data = load_prompts(prompts_file)
-    else:
-        data = entry.data(model, preset) if entry.data else None
+    elif entry.data:
+        data = entry.data(model, preset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         analyzer.fit(model, data)

@@ -22,6 +22,8 @@ TEMPLATES: dict[Template, str] = {
     "sahara": "## Query:{query}\n## Answer:",  # Generalized Ships / Sahara
 }
 
+_BY_NAME: dict[str, str] = dict(TEMPLATES.items())  # looked up by any string: a template given verbatim is no key
+
 
 def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list[list[int]]:
     """Token ids of each request under `prompt_format`.
@@ -39,7 +41,7 @@ def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list
         raise InputError("safety-head analyzers need a non-empty list of request strings (harmful prompts)")
     if prompt_format == "chat":
         return [chat_ids(model, p) for p in prompts]
-    template = TEMPLATES.get(prompt_format, prompt_format)
+    template = _BY_NAME.get(prompt_format, prompt_format)  # a named template, or the template itself
     if "{query}" not in template:
         raise InputError(
             f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
