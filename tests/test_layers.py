@@ -156,3 +156,17 @@ def test_architecture_doc_lists_each_layer(layer):
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     for pkg in LAYERS[layer] - {"__init__", "__main__", "_version"}:
         assert f"`{pkg}`" in doc, f"docs/architecture.md does not describe `{pkg}`"
+
+
+def test_every_analyzer_lives_in_analyzers():
+    """docs/architecture.md, "Where an analyzer lives": an Analyzer subclass defined anywhere else in
+    the package (safety/, vision/, ...) is a second home. Read from the source, like the checks above."""
+    bad = []
+    for path in _sources():
+        if _package(path) == "analyzers":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("Analyzer") for b in node.bases):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: class {node.name}")
+    assert not bad, "analyzers outside headscope/analyzers/ (move them there):\n" + "\n".join(bad)
