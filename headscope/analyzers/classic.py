@@ -90,8 +90,14 @@ def _bidirectional_note(fitted) -> list[str]:
 
 @register
 class ClassicPatterns(Analyzer):
-    """Six classic statistics of each head's attention pattern; heads_ = the heads beyond `threshold`
-    on the `score` statistic."""
+    """Six classic statistics of each head's attention pattern.
+
+    score: which statistic is `scores_` (one of `STATISTICS`). threshold: the cut of `heads_` on it
+    (None: its role's cut, 0.4, or a mean distance below 2 tokens; mass and entropy have none, so
+    they need one). n_text_prompts: how many text prompts (None: all given). repeat_len,
+    n_repeat_prompts, seed: the repeated-random-token probes (the length is cut to what the model's
+    vocabulary and context allow, kept in `repeat_len_`).
+    """
 
     name = "classic"
     description = (
