@@ -27,13 +27,13 @@ import numpy as np
 import plotly.graph_objects as go
 
 import headscope
+from headscope.analyzers.sahara import Sahara
+from headscope.analyzers.ships import Ships
 from headscope.fileio import atomic_write
 from headscope.fileio import cached_json as cached
 from headscope.interventions import ScaleOutput, UniformAttention
 from headscope.results import HeadScores
 from headscope.safety import attack_success_rate, prompt_set
-from headscope.safety.sahara import Sahara
-from headscope.safety.ships import Ships
 from headscope.viz.export import export_figure
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import headscope
+from headscope.analyzers.visual_sink import FIRST_SINK_LAYER, VisualSink
 from headscope.fileio import atomic_write
 from headscope.interventions import apply
 from headscope.testbeds import visual_sinks
-from headscope.vision.visual_sink import FIRST_SINK_LAYER, VisualSink
 from headscope.viz.export import export_figure
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,14 +24,14 @@ import plotly.graph_objects as go
 import torch
 
 import headscope
-from headscope.fileio import atomic_write, jsonable
-from headscope.vision.vit_heads import (
+from headscope.analyzers.vit_heads import (
     ViTHeads,
     cumulative_gates,
     default_items,
     metric_under_gates,
     vision_tower,
 )
+from headscope.fileio import atomic_write, jsonable
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("loss", "accuracy")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from headscope.analyzers._group_pattern import ResponseDistance
-from headscope.analyzers._sink_reducers import TokenImportance
+from headscope.analyzers.sink_reducers import TokenImportance
 from headscope.capture import capture
 from headscope.capture.context import BatchContext
 from headscope.capture.reducers import Reducer, default_reducers

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from headscope.analyzers._group_pattern import GroupMeanPattern, GroupTokenStats, ResponseDistance, fai, waad
-from headscope.analyzers._sink_reducers import HiddenSinks, TokenImportance
 from headscope.analyzers.retrieval import CopyPasteReducer
+from headscope.analyzers.sink_reducers import HiddenSinks, TokenImportance
+from headscope.analyzers.visual_sink import ImageCentricRows
 from headscope.capture import blocked as blk
 from headscope.capture import capture
 from headscope.capture.reducers import SinkLogitMass, default_reducers
@@ -30,7 +31,6 @@ from headscope.models.compat import pattern_edits_take_effect
 from headscope.models.info import model_info
 from headscope.testing import planted_model, tiny_model
 from headscope.testing.architectures import ARCHITECTURES, random_prompt, supported, tiny_arch_model
-from headscope.vision.visual_sink import ImageCentricRows
 
 # Every family runs blocked: through transformers' AttentionInterface, or (GPT-Neo, Falcon, BLOOM, MPT,
 # whose HF attention computes attention inline, or DeepSeek's MLA, which caches a latent) through headscope's
@@ -355,8 +355,8 @@ def test_hooks_must_understand_blocks():
 def test_residual_and_head_output_reducers_alongside_blocks(name):
     """Reducers of hook_z (served by the kernel) and of the residual stream (the bridge's hooks) give the
     eager numbers next to pattern readers fed by blocks."""
-    from headscope.analyzers._sink_reducers import MassiveActivations, PhiTopK
     from headscope.analyzers._z_reducers import ZAtPositions
+    from headscope.analyzers.sink_reducers import MassiveActivations, PhiTopK
 
     model = tiny_arch_model(name)
     prompts = _prompts(name)

@@ -8,6 +8,7 @@ import scipy.stats
 
 from headscope.analyzers.head_importance import HeadImportance
 from headscope.analyzers.retrieval import RetrievalHeads
+from headscope.analyzers.sahara import Sahara
 from headscope.atlas import Atlas
 from headscope.atlas.data import Column, ColumnCI, StepResult
 from headscope.atlas.page import write_page
@@ -16,7 +17,6 @@ from headscope.errors import InputError
 from headscope.interventions.scan import scan
 from headscope.interventions.screen import ScreenedScan
 from headscope.results import HeadScores
-from headscope.safety.sahara import Sahara
 from headscope.testing import induction_tokens, planted_model
 
 N_PROMPTS, N_DATASETS = 40, 2000
@@ -281,8 +281,8 @@ def test_atlas_interval_over_few_prompts_says_it_covers_less():
 def test_atlas_columns_carry_the_bootstrap_of_their_per_prompt_scores(planted, tmp_path):
     """A planted atlas: the classic columns' intervals are HeadScores.ci(n_boot=200, seed=0) of the same
     per-prompt statistics, and head importance's its own resampling (saved, so --from keeps them)."""
+    from headscope.analyzers.classic import PARAMS, TEXT_STATS
     from headscope.atlas import build_atlas
-    from headscope.atlas.classic import PARAMS, TEXT_STATS
     from headscope.capture import capture
     from headscope.capture.reducers import DEFAULT_REDUCERS
     from headscope.inputs.prompts import load_prompts

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "headscope"
 
 LAYERS = [
-    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence"},  # core
+    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence", "divergence"},  # core
     {"viz"},
     {"results"},
     {"models"},
@@ -25,8 +25,8 @@ LAYERS = [
     {"families"},  # one module per model family: blocked forwards (capture), readout quirks, refusals
     {"interventions"},
     {"generation"},
-    {"analyzers"},
-    {"safety", "vision"},  # applications of the analyzers and the engine
+    {"safety", "vision"},  # domain support: prompt sets, judges, the shapes world, evaluators (no analyzer)
+    {"analyzers"},  # every analyzer, whatever its domain (docs/architecture.md, "Where an analyzer lives")
     {"testbeds"},  # models built for a method; load_model finds them through the catalog
     {"experiments", "atlas"},
     {"cli", "plugins", "testing", "__init__", "__main__"},  # entry points and test helpers
@@ -156,3 +156,17 @@ def test_architecture_doc_lists_each_layer(layer):
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     for pkg in LAYERS[layer] - {"__init__", "__main__", "_version"}:
         assert f"`{pkg}`" in doc, f"docs/architecture.md does not describe `{pkg}`"
+
+
+def test_every_analyzer_lives_in_analyzers():
+    """docs/architecture.md, "Where an analyzer lives": an Analyzer subclass defined anywhere else in
+    the package (safety/, vision/, ...) is a second home. Read from the source, like the checks above."""
+    bad = []
+    for path in _sources():
+        if _package(path) == "analyzers":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("Analyzer") for b in node.bases):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: class {node.name}")
+    assert not bad, "analyzers outside headscope/analyzers/ (move them there):\n" + "\n".join(bad)

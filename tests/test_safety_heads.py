@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from headscope.analyzers import get_analyzer
+from headscope.analyzers.sahara import Sahara, leading_left_vector, subspace_angle
+from headscope.analyzers.ships import Ships
 from headscope.errors import InputError
-from headscope.safety.sahara import Sahara, leading_left_vector, subspace_angle
-from headscope.safety.ships import Ships
 from headscope.testing import induction_tokens, plain_hf_copy, planted_model, tiny_model
 
 
@@ -134,7 +134,7 @@ def test_ships_on_smollm2_matches_the_hf_reference(smol, smol_hf):
 
 
 def test_paper_templates_byte_for_byte_with_the_tokenizers_special_tokens():
-    from headscope.safety._inputs import TEMPLATES, safety_prompt_ids
+    from headscope.safety.formats import TEMPLATES, safety_prompt_ids
     from headscope.testing.architectures import tiny_arch_model
 
     assert TEMPLATES["ships"] == "## Query:{query} \n## Answer:"

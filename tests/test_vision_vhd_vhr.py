@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.analyzers.head_divergence import HeadDivergence, outlier_mask
+from headscope.analyzers.head_divergence import HeadDivergence
 from headscope.capture import capture
 from headscope.capture.reducers import default_reducers
+from headscope.divergence import outlier_mask
 from headscope.errors import InputError
 from headscope.generation import greedy_generate
 from headscope.inputs.images import ImagePrompt
@@ -193,7 +194,7 @@ def test_a_saved_llava_folder_loads_like_a_real_checkpoint(random_vlm, tmp_path)
 
 
 def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
-    from headscope.vision.vhd import generation_vhd
+    from headscope.analyzers.head_divergence import generation_vhd
 
     p = prompts(random_vlm, 1, n_after=3)[0]
     hd, tokens = generation_vhd(random_vlm, p, max_new_tokens=4)
@@ -214,7 +215,7 @@ def test_generation_vhd_measures_each_step_teacher_forced(random_vlm):
 def test_visual_sink_phi_runs_on_a_llava_with_pixel_values(random_vlm):
     """The visual-sink analyzer on a real LLaVA architecture: phi uses the image features (pixel values
     reach the model), equal to a recomputation from plain-HF hidden states."""
-    from headscope.vision.visual_sink import VisualSink
+    from headscope.analyzers.visual_sink import VisualSink
 
     items = prompts(random_vlm, 2)
     vs = VisualSink(sink_dims=[3, 7], tau=1.0).fit(random_vlm, items)

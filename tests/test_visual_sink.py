@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from headscope.analyzers.visual_sink import FIRST_SINK_LAYER, VisualSink
 from headscope.errors import InputError
 from headscope.interventions import apply
 from headscope.models.info import record_facts
 from headscope.testing import tiny_model
 from headscope.testing.hf_reference import plain_hf_copy
-from headscope.vision.visual_sink import FIRST_SINK_LAYER, VisualSink
 
 DIM, VALUE = 13, 1e4
 SINK_IDS, IMAGE_IDS = (40, 41), tuple(range(30, 42))

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from headscope.analyzers.base import get_analyzer
+from headscope.analyzers.vit_heads import AnswerItem, ViTHeads, vision_tower
 from headscope.errors import InputError
 from headscope.testing.tiny_vlm import _boot, _hf_llava, tiny_vlm_prompt
-from headscope.vision.vit_heads import AnswerItem, ViTHeads, vision_tower
 
 SHAPE = {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_model": 64, "image_size": 32, "patch": 8}
 GRID, PATCH, D_HEAD = 4, 8, 16  # the tiny tower: 4x4 patches of 8 px, 2 heads of 16 dims, 2 layers

@@ -76,6 +76,9 @@ class AtlasEntry:
     applies(model): a reason it does not apply, or None.
     grid: "model" (columns are the language model's heads) or another grid's name (e.g. "vision
     tower": the section is shown, its scores stay out of the head table and role map).
+    title: the section's heading (None: the analyzer's registry name). order: sections run and show in
+    this order, then registry order (the classic patterns, 0, come first). text_prompts: fit on the
+    atlas's text prompts (`headscope report --prompts FILE`, else the built-in ones) instead of `data`.
     """
 
     what: str
@@ -89,6 +92,9 @@ class AtlasEntry:
     notes: Callable[[Any], list[str]] | None = None
     applies: Callable[[Any], str | None] | None = None
     grid: str = "model"
+    title: str | None = None
+    order: int = 1
+    text_prompts: bool = False
 
     def params(self, preset: str, info) -> dict:
         """The preset's parameters; a callable preset is given the ModelInfo (sizes that depend on the

@@ -17,15 +17,17 @@ passes (with, without) collect z at those positions only; no attention pattern i
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..capture import capture
+from ..divergence import DISTANCES, Distance, outlier_mask, z_distance
 from ..errors import InputError
-from ..inputs.images import ids_of
-from ..inputs.segments import VARIANTS, build_variants, segment_prompts
+from ..generation import greedy_generate
+from ..inputs.images import ImagePrompt, ids_of
+from ..inputs.segments import NAMED_POSITIONS, VARIANTS, NamedPosition, Variant, build_variants, segment_prompts
 from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..paths import data_dir
@@ -35,21 +37,7 @@ from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, Boolean, Interval, IntList, Options
 
-DISTANCES = ("euclidean", "sq_l2", "cosine")
 SELECTS = ("top_k", "threshold", "top_fraction")
-
-
-def z_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """Distance over the last dim (d_head): [..., d_head] x2 -> [...] (float64)."""
-    a, b = a.double(), b.double()
-    if distance == "euclidean":
-        return (a - b).norm(dim=-1)
-    if distance == "sq_l2":
-        return ((a - b) ** 2).sum(-1)
-    if distance == "cosine":  # 1 - cos; a zero vector counts as orthogonal to everything
-        denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
-        return 1.0 - (a * b).sum(-1) / denom
-    raise InputError(f"distance={distance!r}: use one of {DISTANCES}")
 
 
 def default_segment_data() -> list[dict]:
@@ -57,16 +45,6 @@ def default_segment_data() -> list[dict]:
     about it (data/segments/context_questions.json)."""
     doc = json.loads((data_dir() / "segments" / "context_questions.json").read_text(encoding="utf-8"))
     return doc["items"]
-
-
-def outlier_mask(vhd: np.ndarray, ta: np.ndarray) -> np.ndarray:
-    """VHR's outlier rule, per prompt and layer (arrays [..., head]): VHD > mu + sigma AND TA > mu + sigma
-    (population std over the layer's heads); TA = ||z without the segment||^2."""
-
-    def above(x):
-        return x > x.mean(-1, keepdims=True) + x.std(-1, keepdims=True)
-
-    return above(vhd) & above(ta)
 
 
 def token_vhd(vhd: np.ndarray, k: int) -> np.ndarray:
@@ -85,7 +63,7 @@ class HeadDivergence(Analyzer):
         "image); None: built-in passages (image prompts on a VLM testbed)"
     )
     parameter_constraints = {
-        "positions": [Options("last", "after_segment"), Interval(int, None, None), IntList()],
+        "positions": [Options(*NAMED_POSITIONS), Interval(int, None, None), IntList()],
         "distance": [Options(*DISTANCES)],
         "variant": [Options(*VARIANTS)],
         "filler": [None, Anything()],
@@ -122,9 +100,9 @@ class HeadDivergence(Analyzer):
 
     def __init__(
         self,
-        positions="last",
-        distance: str = "euclidean",
-        variant: str = "removed",
+        positions: NamedPosition | int | list[int] = "last",
+        distance: Distance = "euclidean",
+        variant: Variant = "removed",
         filler=None,
         outlier_rule: bool = False,
         top_k_per_layer: int = 4,
@@ -178,8 +156,11 @@ class HeadDivergence(Analyzer):
         pair = build_variants(model, items, variant=self.variant, positions=self.positions, filler=self.filler)
         with_seg = ZAtPositions(pair.present_positions, name="z_sq_norm_with_segment")
         without = ZAtPositions(pair.other_positions, name="z_sq_norm_without_segment")
-        present = capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)[with_seg.name]
-        absent = capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)[without.name]
+        # A ZAtPositions result (z per prompt and its squared norm), not a HeadScores.
+        present: Any = capture(model, pair.present, [with_seg], batch_size=self.batch_size, progress=False)[
+            with_seg.name
+        ]
+        absent: Any = capture(model, pair.other, [without], batch_size=self.batch_size, progress=False)[without.name]
 
         per_pos = [z_distance(a, b, self.distance).numpy() for a, b in zip(present.z, absent.z)]  # [layer, pos, head]
         raw = np.stack([d.mean(1) for d in per_pos])  # [prompt, layer, head]
@@ -192,7 +173,7 @@ class HeadDivergence(Analyzer):
 
         prompts = [it.text if it.text is not None else model.tokenizer.decode(it.present) for it in items]
         params = self.get_params()
-        meta = {
+        meta: dict[str, Any] = {
             "n_kv_heads": info.n_kv_heads,
             "layer_kinds": info.layer_kinds,
             "model": info.name,
@@ -264,7 +245,7 @@ class HeadDivergence(Analyzer):
         mean = self.scores_.mean_over_prompts().values  # [layer, head]
         keep = mean > np.median(mean, axis=1, keepdims=True)  # VHR's H_l, per layer
         order = np.argsort(-np.where(keep, mean, -np.inf).ravel(), kind="stable")[: int(keep.sum())]
-        return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+        return [(int(a), int(b)) for a, b in (np.unravel_index(i, mean.shape) for i in order)]
 
     def plot(self, **kw):
         """Layer x head heatmap of the prompt-mean VHD."""
@@ -275,3 +256,28 @@ class HeadDivergence(Analyzer):
         """T-VHD at each measured position (useful with positions='after_segment')."""
         self._check_fitted()
         return self.token_vhd_positions_.plot(**kw)
+
+
+def generation_vhd(model, prompt: ImagePrompt, max_new_tokens: int = 32, stop_ids=None, **params):
+    """VHD at every generation step (He et al.'s token-level VHD): generate with the image, then
+    measure each head's divergence at the query position of each step, teacher-forced on the
+    generated text. Returns (fitted HeadDivergence, generated token ids); `params` go to
+    HeadDivergence (not `positions`).
+
+    Step t's token is predicted at position P - 1 + t (P = prompt length), so those are the measured
+    positions; `token_vhd_positions_` of the returned analyzer then holds T-VHD per generated token.
+
+        >>> hd, tokens = generation_vhd(model, prompt, max_new_tokens=16)
+        >>> hd.plot_tokens(); hd.token_vhd_positions_.to_dataframe()
+    """
+    if not isinstance(prompt, ImagePrompt):
+        raise InputError("generation_vhd needs an ImagePrompt (ids with the image tokens + pixel_values)")
+    if "positions" in params:
+        raise InputError("generation_vhd measures every generation step; drop positions= (or use HeadDivergence)")
+    tokens = greedy_generate(model, list(prompt.ids), max_new_tokens, stop_ids, pixel_values=prompt.pixel_values)
+    n = len(prompt.ids)
+    # The last generated token is never fed back (nothing is predicted from it), so it is not appended.
+    full = ImagePrompt((*prompt.ids, *tokens[:-1]), prompt.pixel_values)
+    positions = list(range(n - 1, n - 1 + len(tokens)))
+    hd = HeadDivergence(positions=positions, **params).fit(model, [full])
+    return hd, tokens

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable as _Callable
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -167,7 +166,7 @@ class Text(Constraint):
 
 class IsCallable(Constraint):
     def accepts(self, v) -> bool:
-        return isinstance(v, _Callable)
+        return callable(v)
 
     def describe(self) -> str:
         return "a callable"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -25,14 +26,16 @@ from ..errors import InputError
 from ..models.info import model_info
 from ..paths import data_dir
 from ..results import HeadScores, TokenScores
-from ..viz.method_figures import group_heatmap, preplan_token_figure
 from ._group_pattern import GroupTokenStats, ResponseDistance, select_tokens
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
 from .params import Anything, HeadList, Interval, IntList, Options
+from .preplan_anchor_figures import group_heatmap, preplan_token_figure
 
-TEMPLATES = ("auto", "chat", "plain", "raw")
-PEAK_RULES = ("top_quantile", "local_max")
+Template = Literal["auto", "chat", "plain", "raw"]
+PeakRule = Literal["top_quantile", "local_max"]
+TEMPLATES: tuple[Template, ...] = get_args(Template)
+PEAK_RULES: tuple[PeakRule, ...] = get_args(PeakRule)
 
 
 def load_pairs(path=None) -> list[tuple[str, str]]:
@@ -80,7 +83,7 @@ class EncodedPairs:
     labels: list[str]
 
 
-def encode_pairs(model, pairs, template: str = "auto") -> tuple[list[list[int]], list[int]]:
+def encode_pairs(model, pairs, template: Template = "auto") -> tuple[list[list[int]], list[int]]:
     """Token ids of prompt+response and the position where each response starts.
 
     Strings: "chat" wraps the prompt as a user turn with the tokenizer's chat template (generation
@@ -172,12 +175,12 @@ class PreplanAnchor(Analyzer):
         self,
         local_fraction: float = 0.3,
         global_fraction: float = 0.3,
-        layers=None,
+        layers: Literal["middle"] | list[int] | None = None,
         window: int = 10,
         horizon=(1, None),
         quantile: float = 0.4,
-        peak_rule: str = "top_quantile",
-        template: str = "auto",
+        peak_rule: PeakRule = "top_quantile",
+        template: Template = "auto",
         local_heads=None,
         global_heads=None,
         batch_size: int = 8,
@@ -247,7 +250,7 @@ class PreplanAnchor(Analyzer):
         ids, starts, prompts = data.ids, data.starts, data.labels
         # Pass 1: per-head distance over response queries (layers outside the selection stay NaN).
         dist = ResponseDistance(starts)
-        raw = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
+        raw: Any = capture(model, ids, [dist], layers=layers, batch_size=self.batch_size)[dist.name]
         self.scores_ = HeadScores(
             raw.values,
             name="mean_backward_distance",
@@ -270,7 +273,8 @@ class PreplanAnchor(Analyzer):
             masks[g][tuple(np.array(heads).T)] = True
         reducer = GroupTokenStats(masks, starts, self.window, horizon)
         group_layers = sorted({l for l, _ in self.local_heads_ + self.global_heads_})
-        self._token_stats = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[
+        # GroupTokenStats gives {"waad"|"fai": per-prompt arrays}, not a HeadScores.
+        self._token_stats: Any = capture(model, ids, [reducer], layers=group_layers, batch_size=self.batch_size)[
             reducer.name
         ]
         self.token_ids_, self.response_starts_, self.layers_ = ids, starts, layers
@@ -280,7 +284,8 @@ class PreplanAnchor(Analyzer):
         tok = getattr(model, "tokenizer", None)
         width = max(len(ids) - s for ids, s in zip(self.token_ids_, self.response_starts_))
         rows = {k: np.full((len(prompts), width), np.nan) for k in ("waad", "delta", "fai")}
-        strings, records = [], {"preplan": [], "anchor": []}
+        strings: list = []
+        records: dict[str, list] = {"preplan": [], "anchor": []}
         for p, (ids, start) in enumerate(zip(self.token_ids_, self.response_starts_)):
             w = self._token_stats["waad"][p][start:]
             f = self._token_stats["fai"][p][start:]
@@ -339,7 +344,9 @@ class PreplanAnchor(Analyzer):
         marked = lambda table: set(table.loc[table["prompt"] == p, "response_index"])
         return preplan_token_figure(
             toks,
-            *(s.values[p, :n] for s in (self.waad_, self.waad_delta_, self.fai_)),
+            self.waad_.values[p, :n],
+            self.waad_delta_.values[p, :n],
+            self.fai_.values[p, :n],
             marked(self.preplan_tokens_),
             marked(self.anchor_tokens_),
             quantile=self.quantile,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,14 @@ from .params import Anything, Interval, IntList, Options
 DEFAULT_CONTEXT_LENGTHS = (120, 200)  # where the bundled model retrieves >= 80% (docs/retrieval-accuracy.md)
 
 
+Mode = Literal["teacher_forced", "generate"]
+Span = Literal["answer", "needle"]
+Count = Literal["steps", "distinct"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+SPANS: tuple[Span, ...] = get_args(Span)
+COUNTS: tuple[Count, ...] = get_args(Count)
+
+
 def rouge1_recall(reference: str, output: str) -> float:
     """ROUGE-1 recall: the share of the reference's words (lower-cased alphanumeric runs, with
     multiplicity) that the output contains. As rouge_score without stemming."""
@@ -61,7 +70,7 @@ def token_recall(reference, output) -> float:
 
 
 def count_copy_events(
-    argmax: torch.Tensor, seq: torch.Tensor, span: tuple[int, int], count: str = "steps"
+    argmax: torch.Tensor, seq: torch.Tensor, span: tuple[int, int], count: Count = "steps"
 ) -> torch.Tensor:
     """Copy-paste events per head.
 
@@ -87,7 +96,7 @@ class CopyPasteReducer(Reducer):
     needs = ("pattern",)
     description = "Retrieval (copy-paste) score of Wu et al.: argmax attention on the copy span at the copied token."
 
-    def __init__(self, prompt_lens, spans, count: str = "steps"):
+    def __init__(self, prompt_lens, spans, count: Count = "steps"):
         self.prompt_lens, self.spans, self.count = list(prompt_lens), [tuple(s) for s in spans], count
 
     def params(self):
@@ -150,8 +159,8 @@ def generate_copy_scores(
     sample: NeedleSample,
     max_new_tokens: int,
     stop_ids=(),
-    span: str = "answer",
-    count: str = "steps",
+    span: Span = "answer",
+    count: Count = "steps",
     interventions=(),
 ) -> tuple[list[int], np.ndarray]:
     """The paper's loop for one sample: (greedy output ids, per-head score [layer, head]), optionally
@@ -174,7 +183,7 @@ def generate_copy_scores(
     return out, events.double().numpy() / (b - a)
 
 
-def _span(sample: NeedleSample, span: str) -> tuple[int, int]:
+def _span(sample: NeedleSample, span: Span) -> tuple[int, int]:
     return sample.answer_span if span == "answer" else sample.needle_span
 
 
@@ -207,7 +216,7 @@ class RetrievalHeads(Analyzer):
     input_kind = "NeedleSamples (make_needle_prompts / make_repeat_samples), 'repeats', or None: needle prompts"
     parameter_constraints = {
         "threshold": [Interval(float, 0, None)],
-        "mode": [Options("teacher_forced", "generate")],
+        "mode": [Options(*MODES)],
         "n_samples": [Interval(int, 1, None)],
         "context_lengths": [IntList(low=1)],
         "depths": [None, Anything()],
@@ -215,8 +224,8 @@ class RetrievalHeads(Analyzer):
         "success_rouge": [Interval(float, None, 1)],  # < 0: every sample counts
         "seed": [Interval(int, 0, None)],
         "max_new_tokens": [Interval(int, 1, None)],
-        "span": [Options("answer", "needle")],
-        "count": [Options("steps", "distinct")],
+        "span": [Options(*SPANS)],
+        "count": [Options(*COUNTS)],
     }
     example_params = {"n_samples": 2}
     description = "Copy-paste retrieval score (Wu et al. 2024) on needle-in-a-haystack prompts."
@@ -250,7 +259,7 @@ class RetrievalHeads(Analyzer):
     def __init__(
         self,
         threshold: float = 0.1,
-        mode: str = "teacher_forced",
+        mode: Mode = "teacher_forced",
         n_samples: int = 10,
         context_lengths=DEFAULT_CONTEXT_LENGTHS,
         depths=None,
@@ -258,8 +267,8 @@ class RetrievalHeads(Analyzer):
         success_rouge: float = 0.5,
         seed: int = 0,
         max_new_tokens: int = 10,
-        span: str = "answer",
-        count: str = "steps",
+        span: Span = "answer",
+        count: Count = "steps",
     ):
         self.threshold, self.mode, self.n_samples = threshold, mode, n_samples
         self.context_lengths, self.depths, self.prompt_form = context_lengths, depths, prompt_form
@@ -298,7 +307,8 @@ class RetrievalHeads(Analyzer):
         info = model_info(model)
         needs_stop = any(s.stop for s in samples)
         stops = model_info(model).stop_token_ids if needs_stop else frozenset()
-        outputs, values = [], []
+        outputs: list[list[int]] = []
+        values: Any = []  # per-sample arrays (generate), then one [sample, layer, head] array
         for s in tqdm(samples, desc="retrieval", unit="sample", disable=len(samples) < 5):
             steps = self.max_new_tokens if s.stop else len(s.answer_ids)
             if self.mode == "generate":
@@ -432,7 +442,7 @@ EVALUATORS.register(
         _needle_evaluator,
         data=("needle",),
         better="higher",
-        needs={"generation"},
+        needs=frozenset({"generation"}),
         doc="fraction of needle samples whose answer greedy decoding reproduces (measured teacher-forced)",
     ),
 )

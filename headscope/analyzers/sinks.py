@@ -13,6 +13,7 @@ Formulas, defaults and gotchas: docs/attention-sinks.md and docs/methods.md, par
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,11 @@ from ..errors import InputError
 from ..inputs.prompts import load_prompts
 from ..models.info import model_info
 from ..results import TokenScores
-from ..viz.method_figures import massive_curve, phi_heatmap, phi_lines
-from ._sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, prompts_or_default, register, select_heads
 from .params import Interval, IntList
+from .sink_reducers import HiddenSinks, MassiveActivations, PhiTopK, TokenImportance, first_token_dims, phi_from_top_k
+from .sinks_figures import massive_curve, phi_heatmap, phi_lines
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -177,7 +178,7 @@ class AttentionSinks(Analyzer):
         hidden = HiddenSinks(self.hidden_sink_threshold, self.hidden_sink_min_queries)
         phi = PhiTopK(self.sink_dims, top_k)
         learned = [SinkLogitMass()] if info.learned_sinks else []  # GPT-OSS: the learned sink's own share
-        res = capture(
+        res: Any = capture(  # each reducer's own result type (tables, counts, phi), not only HeadScores
             model,
             data,
             [

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..analyzers.classic import ClassicPatterns
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..inputs.prompts import load_prompts
@@ -150,7 +151,7 @@ def build_atlas(
         unknown = sorted(set(only) - {s.key for s in steps})
         if unknown:
             raise InputError(f"unknown atlas step(s) {unknown}; steps: {[s.key for s in steps]}")
-        steps = [s for s in steps if s.key in set(only) or s.key == "classic"]
+        steps = [s for s in steps if s.key in set(only) or s.key == ClassicPatterns.name]  # the role map's base
     key = _run_key(info, preset, prompts_file, viewer_prompt, viewer_max_tokens)
     done = {} if fresh else _reusable(out_dir, key, steps)
     write_json(out_dir / "scores" / "run.json", key)

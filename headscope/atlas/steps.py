@@ -1,5 +1,5 @@
-"""The atlas's steps: the classic pattern statistics, then every registered analyzer with an `atlas`
-entry that applies to the model. A step's result is plain data (columns, resolved roles, figures as
+"""The atlas's steps: every registered analyzer with an `atlas` entry that applies to the model, the
+classic pattern statistics first (their entry's `order`). A step's result is plain data (columns, resolved roles, figures as
 plotly JSON, top heads), so the page can be rebuilt from disk without the model (`--from`)."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from ..analyzers import REGISTRY
+from ..analyzers import REGISTRY, Analyzer
+from ..analyzers.atlas_entry import AtlasEntry
+from ..analyzers.vit_heads import vision_tower
 from ..errors import InputError
+from ..inputs.prompts import load_prompts
 from ..models import model_info
 from ..results import HeadScores
-from ..vision.vit_heads import vision_tower
-from .classic import CLASSIC
 from .data import Column, StepResult, column_ci
 from .roles import resolve
 
@@ -25,16 +26,16 @@ PRESETS = ("quick", "full")
 
 @dataclass
 class Step:
-    """A unit of the atlas: `run(model, preset)` returns a StepResult (or raises InputError: skipped)."""
+    """A unit of the atlas: one analyzer and its AtlasEntry; `run_step` returns its StepResult."""
 
     key: str
     title: str
-    entry: Any  # an AtlasEntry
-    analyzer: type | None = None
+    entry: AtlasEntry
+    analyzer: type[Analyzer]
 
     def skip_reason(self, model) -> str | None:
         info = model_info(model)
-        needs = getattr(self.analyzer, "requires", frozenset()) if self.analyzer else frozenset()
+        needs = self.analyzer.requires
         if "image_tokens" in needs and not info.image_token_ids:
             return "needs prompts with image tokens: run the atlas on a VLM (e.g. --model smollm2-visual-sinks)"
         if "vision_tower" in needs:  # --list must say what the run will do: ask the analyzer's own check
@@ -46,14 +47,14 @@ class Step:
 
 
 def plan(model) -> list[Step]:
-    """The classic step, then each registered analyzer that declares an atlas entry (registry order)."""
-    steps = [Step("classic", "Classic attention patterns", CLASSIC)]
+    """Each registered analyzer that declares an atlas entry, by the entry's `order`, then registry order."""
+    steps = []
     for name in REGISTRY:
         cls = REGISTRY[name]
         entry = getattr(cls, "atlas", None)
         if entry is not None:
-            steps.append(Step(name, name, entry, cls))
-    return steps
+            steps.append(Step(name, entry.title or name, entry, cls))
+    return sorted(steps, key=lambda s: s.entry.order)  # stable: registry order within an order
 
 
 def _has_data(fig) -> bool:
@@ -78,12 +79,17 @@ def _mean_2d(scores: HeadScores) -> np.ndarray:
     return np.asarray(scores.mean_over_prompts().values, dtype=float)
 
 
-def run_analyzer(step: Step, model, preset: str) -> StepResult:
-    """Fit the step's analyzer with the preset's parameters and read its columns, roles and figures."""
+def run_analyzer(step: Step, model, preset: str, *, prompts_file=None) -> StepResult:
+    """Fit the step's analyzer with the preset's parameters and read its columns, roles and figures.
+    An entry with `text_prompts` fits on the atlas's text prompts (`prompts_file`, else the built-in ones)."""
     entry, info = step.entry, model_info(model)
     params = entry.params(preset, info)
     analyzer = step.analyzer(**params)
-    data = entry.data(model, preset) if entry.data else None
+    data: Any = None  # None: the analyzer's built-in data
+    if entry.text_prompts:
+        data = load_prompts(prompts_file)
+    elif entry.data:
+        data = entry.data(model, preset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         analyzer.fit(model, data)
@@ -132,10 +138,7 @@ def run_step(step: Step, model, preset: str, *, prompts_file=None) -> StepResult
         return StepResult(step.key, step.title, step.entry.what, step.entry.docs, status="skipped", reason=reason)
     t0 = time.perf_counter()
     try:
-        if hasattr(step.entry, "run"):  # the classic step reads the text prompts itself
-            result = step.entry.run(step, model, preset, prompts_file=prompts_file)
-        else:
-            result = run_analyzer(step, model, preset)
+        result = run_analyzer(step, model, preset, prompts_file=prompts_file)
     except InputError as err:  # e.g. a causal-only analyzer on BERT: the analyzer says why
         return StepResult(
             step.key,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -28,8 +29,10 @@ from ..models.info import model_info
 from .images import ImagePrompt, check_image_tokens
 from .spans import image_span
 
-VARIANTS = ("removed", "replaced")
-NAMED_POSITIONS = ("last", "after_segment")
+Variant = Literal["removed", "replaced"]
+NamedPosition = Literal["last", "after_segment"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+NAMED_POSITIONS: tuple[NamedPosition, ...] = get_args(NamedPosition)
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ class VariantPair:
 
 
 def build_variants(
-    model, items: list[SegmentPrompt], *, variant: str = "removed", positions="last", filler=None
+    model, items: list[SegmentPrompt], *, variant: Variant = "removed", positions="last", filler=None
 ) -> VariantPair:
     """The "present" prompts and their "removed" / "replaced" variants; positions are matched by their
     distance from the end, which is the same query token in both (the suffix is untouched)."""

@@ -19,12 +19,13 @@ the KV cache agrees with t=0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.head_divergence import outlier_mask, z_distance
+from ..divergence import outlier_mask, z_distance
 from ..errors import InputError
 from ..generation import greedy_generate
 from ..inputs.images import ImagePrompt, check_image_tokens
@@ -113,7 +114,8 @@ def vhr_select(
     tokens, mask, last = batch.tokens, batch.attention_mask, batch.lengths - 1
     vhd = np.full((1, info.n_layers, info.n_heads), np.nan)
     ta = np.full_like(vhd, np.nan)
-    heads, outliers = [], []
+    heads: list[tuple[int, int]] = []
+    outliers: list[tuple[int, int]] = []
 
     def hook(z, hook):  # z [2, pos, head, d_head]
         layer = int(hook.name.split(".")[1])
@@ -135,7 +137,7 @@ def vhr_select(
     device = getattr(model.cfg, "device", None) or "cpu"
     with torch.no_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens.to(device), attention_mask=mask.to(device), pixel_values=prompt.pixel_values.to(device))
-    meta = dict(
+    meta: dict[str, Any] = dict(
         n_kv_heads=info.n_kv_heads,
         model=info.name,
         analyzer="vhr",
@@ -179,7 +181,7 @@ def vhr_generate(
     sel = vhr_select(
         model, prompt, layers=layers, alpha=alpha, outlier_rule=outlier_rule, reinforce_reference=reinforce_reference
     )
-    specs = [ScaleOutput(heads=sel.heads, alpha=alpha)] if sel.heads else []  # positions "all": prefill too
+    specs = [ScaleOutput(heads=tuple(sel.heads), alpha=alpha)] if sel.heads else []  # positions "all": prefill too
     tokens = greedy_generate(
         model, list(prompt.ids), max_new_tokens, stop_ids, interventions=specs, pixel_values=prompt.pixel_values
     )

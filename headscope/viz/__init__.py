@@ -1,4 +1,5 @@
-"""Figures, static export and HTML reports for headscope results (plotly only; no torch)."""
+"""Generic figures (head heatmaps, token plots, top-heads bars), static export and HTML reports for
+headscope results (plotly only; no torch). An analyzer's own figures live beside it in headscope/analyzers/."""
 
 from headscope.viz.export import BrowserNotFound, export_figure, export_figures, find_browser
 from headscope.viz.figures import head_heatmap, token_plot, top_heads_bar

@@ -36,13 +36,13 @@ CELLS = [
              "    print('greedy' if alpha is None else 'VHR  ', {k: round(r[k], 3) for k in ('chair_i', 'chair_s', 'recall')})"),
     ("md", "## The vision tower's heads\nAttention distance (pixels between query and key patches, weighted by "
            "attention) and importance by pruning (rise of the answer loss when the head is zeroed)."),
-    ("code", "from headscope.vision.vit_heads import ViTHeads\n\n"
+    ("code", "from headscope.analyzers.vit_heads import ViTHeads\n\n"
              "vit = ViTHeads(n_items=48, batch_size=64).fit(model)\nvit.importance_.top(4)"),
     ("code", "vit.plot()"),
     ("md", "## Visual attention sinks (SmolLM2 testbed)\n`smollm2-visual-sinks` puts a run of visual codes into "
            "SmolLM2's input; some codes carry the first token's massive activation. φ > τ finds them; "
            "`var_interventions` redistributes attention from sinks to the other image tokens."),
-    ("code", "from headscope.vision.visual_sink import VisualSink\n\n"
+    ("code", "from headscope.analyzers.visual_sink import VisualSink\n\n"
              "sinks_model = headscope.load_model('smollm2-visual-sinks')\n"
              "vs = VisualSink(n_default_prompts=2).fit(sinks_model)\n"
              "vs.visual_sinks_.query('layer == 15')"),

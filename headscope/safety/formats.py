@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ..errors import InputError
 from ..inputs.tokens import encode
 from ..models.info import model_info
@@ -10,15 +12,20 @@ from .prompts import prompt_set
 
 # The official code's templates (Zhou et al. 2024), byte for byte:
 QUERY_TEMPLATE = "## Query: {query}\n## Answer:"  # `ships_test` (generation) and the quick-start
-TEMPLATES = {
+Template = Literal["raw", "query", "ships", "sahara"]
+# "chat", a named template, or any template string with a {query} field (hence `| str` where taken).
+PromptFormat = Literal["chat", Template]
+TEMPLATES: dict[Template, str] = {
     "raw": "{query}",  # `get_ships` without a template (use_tem=False)
     "query": QUERY_TEMPLATE,
     "ships": "## Query:{query} \n## Answer:",  # `SHIPS.main` scoring with use_tem=True
     "sahara": "## Query:{query}\n## Answer:",  # Generalized Ships / Sahara
 }
 
+_BY_NAME: dict[str, str] = dict(TEMPLATES.items())  # looked up by any string: a template given verbatim is no key
 
-def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
+
+def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list[list[int]]:
     """Token ids of each request under `prompt_format`.
 
     "chat": the model's chat template with the assistant turn opened (how the safety-tuned
@@ -34,7 +41,7 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
         raise InputError("safety-head analyzers need a non-empty list of request strings (harmful prompts)")
     if prompt_format == "chat":
         return [chat_ids(model, p) for p in prompts]
-    template = TEMPLATES.get(prompt_format, prompt_format)
+    template = _BY_NAME.get(prompt_format, prompt_format)  # a named template, or the template itself
     if "{query}" not in template:
         raise InputError(
             f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "

@@ -16,14 +16,11 @@ layer (the image-centric rule), so nothing of size T x T is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from ..analyzers._sink_reducers import MassiveActivations, PhiTopK, first_token_dims
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register, select_heads
-from ..analyzers.params import Boolean, Interval, IntList, Options
 from ..capture import capture
 from ..errors import InputError
 from ..inputs.spans import image_span
@@ -32,8 +29,14 @@ from ..interventions.specs import VARRedistribution
 from ..models.catalog import default_image_prompts
 from ..models.info import model_info
 from ..results import HeadScores
-from ..viz.method_figures import phi_heatmap, phi_histogram
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import Boolean, Interval, IntList, Options
+from .sink_reducers import MassiveActivations, PhiTopK, first_token_dims
+from .sinks_figures import phi_heatmap, phi_histogram
 
+RhoConvention = Literal["paper", "code"]
+RHO_CONVENTIONS: tuple[RhoConvention, ...] = get_args(RhoConvention)
 FIRST_SINK_LAYER = 2  # DimProspector never runs on layers 0 and 1 (docs/methods.md, VAR)
 _PER_HEAD = ("fraction", "attending", "image", "visual_sink", "text_sink", "n_rows")
 
@@ -183,7 +186,7 @@ class VisualSink(Analyzer):
     parameter_constraints = {
         "tau": [Interval(float, 0, None)],
         "rho": [Interval(float, 0, 1)],
-        "rho_convention": [Options("paper", "code")],
+        "rho_convention": [Options(*RHO_CONVENTIONS)],
         "require_visual_sink": [Boolean()],
         "min_image_attention": [Interval(float, 0, 1)],
         "keep_fraction": [Interval(float, 0, 1)],
@@ -223,7 +226,7 @@ class VisualSink(Analyzer):
         self,
         tau: float = 20.0,
         rho: float = 0.5,
-        rho_convention: str = "paper",
+        rho_convention: RhoConvention = "paper",
         require_visual_sink: bool = True,
         min_image_attention: float = 0.2,
         keep_fraction: float = 0.6,
@@ -295,7 +298,7 @@ class VisualSink(Analyzer):
         rows = ImageCentricRows(
             self.image_spans_, self.sink_dims_, self.tau, self.max_sink_share_, self.min_image_attention
         )
-        res = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]
+        res: Any = capture(model, inputs, [rows], batch_size=self.batch_size)["image_centric"]  # ImageCentricResult
         self.n_layers_, self.n_heads_ = info.n_layers, info.n_heads
         self.token_ids_ = tokens
         tok = getattr(model, "tokenizer", None)
@@ -342,12 +345,13 @@ class VisualSink(Analyzer):
         self.heads_ = select_heads(self.scores_, threshold=self.min_head_fraction)
 
     def _find_sink_dims(self, model, tokens) -> list[int]:
-        m = capture(
+        massive: Any = capture(  # a MassiveActivations result, not a HeadScores
             model,
             tokens,
             [MassiveActivations(self.massive_min_abs, self.massive_min_ratio)],
             batch_size=self.batch_size,
-        )["massive_activations"].entries
+        )["massive_activations"]
+        m = massive.entries
         dims = first_token_dims(m)
         if not dims:
             raise InputError(
@@ -398,9 +402,9 @@ class VisualSink(Analyzer):
                 continue  # the official code leaves a layer without a visual sink untouched
             specs.append(
                 VARRedistribution(
-                    heads=[(layer, h) for h in range(self.n_heads_)],
+                    heads=tuple((layer, h) for h in range(self.n_heads_)),
                     positions=(e, None),
-                    sinks=sinks,
+                    sinks=tuple(sinks),
                     targets=(s, e),
                     keep_fraction=keep,
                     min_target_mass=self.min_image_attention,

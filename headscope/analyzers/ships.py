@@ -7,11 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register, select_heads
-from ..analyzers.params import HeadList, Interval, Options, Text
 from ..interventions.scan import scan
-from ._inputs import TEMPLATES, default_harmful_prompts, needs_chat_template, quick_harmful_prompts, safety_prompt_ids
+from ..safety.formats import (
+    TEMPLATES,
+    PromptFormat,
+    default_harmful_prompts,
+    needs_chat_template,
+    quick_harmful_prompts,
+    safety_prompt_ids,
+)
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register, select_heads
+from .params import HeadList, Interval, Options, Text
 
 
 @dataclass
@@ -38,7 +45,7 @@ def as_prompt_ids(model, data, prompt_format: str) -> Requests:
 
 
 # The two analyzers take the same parameters the same way.
-REQUEST_CONSTRAINTS = {
+REQUEST_CONSTRAINTS: dict[str, list] = {
     "epsilon": [Interval(float, 0, None, "neither")],
     "prompt_format": [Options("chat", *TEMPLATES), Text("{query}")],
     "heads": [None, HeadList()],
@@ -88,7 +95,12 @@ class Ships(Analyzer):
     )
 
     def __init__(
-        self, epsilon: float = 1e-5, prompt_format: str = "chat", top_k: int = 10, heads=None, batch_size: int = 8
+        self,
+        epsilon: float = 1e-5,
+        prompt_format: PromptFormat | str = "chat",
+        top_k: int = 10,
+        heads=None,
+        batch_size: int = 8,
     ):
         self.epsilon = epsilon
         self.prompt_format = prompt_format

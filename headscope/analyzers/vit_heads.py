@@ -24,14 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.atlas_entry import AtlasEntry
-from ..analyzers.base import Analyzer, register, select_heads
-from ..analyzers.params import Boolean, Interval, IsCallable, Options
 from ..capture.engine import VISION_SITES, capture
 from ..capture.reducers import Reducer
 from ..errors import InputError
@@ -40,13 +38,17 @@ from ..inputs.spans import image_token_ids
 from ..interventions.hooks import head_gate_hooks
 from ..models.info import model_info
 from ..results import HeadScores
-from ..viz.method_figures import pruning_curve_figure, vit_distance_figure
-from . import shapes
-from .shapes_eval import default_eval_sets
+from ..vision import shapes
+from ..vision.shapes_eval import default_eval_sets
+from .atlas_entry import AtlasEntry
+from .base import Analyzer, register, select_heads
+from .params import Boolean, Interval, IsCallable, Options
+from .vit_heads_figures import pruning_curve_figure, vit_distance_figure
 
 Z_HOOK = VISION_SITES["z"]  # [images, pos, head, d_head]
 PATTERN_HOOK = VISION_SITES["pattern"]  # [images, head, q, k]
-METRICS = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_better
+Metric = Literal["loss", "accuracy"]
+METRICS: dict[Metric, bool] = {"loss": False, "accuracy": True}  # built-in metric -> greater_is_better
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -110,7 +112,7 @@ def _as_item(x, index: int) -> AnswerItem:
                 "use image items (shapes.sample_items(..., text_fraction=0))"
             )
         ids, n_prompt = shapes.encode_item(x)  # ids straight from the world vocabulary
-        return AnswerItem(ids, shapes.render(x.scene), tuple(range(n_prompt, len(ids))))
+        return AnswerItem(tuple(ids), shapes.render(x.scene), tuple(range(n_prompt, len(ids))))
     raise InputError(f"item {index} is a {type(x).__name__}; pass AnswerItem, a dict or a shapes QAItem")
 
 
@@ -171,7 +173,7 @@ def vision_tower(model) -> VisionTower:
     return VisionTower(int(vision.num_hidden_layers), int(vision.num_attention_heads), int(size), int(patch))
 
 
-def vision_gate_hooks(gates: torch.Tensor) -> list[tuple[str, Callable]]:
+def vision_gate_hooks(gates: torch.Tensor) -> list[tuple[str, Any]]:
     """Hooks multiplying each vision head's output by a gate per stacked variant ([variants, L, H]; the
     vision batch holds the variants' images in variant-major blocks): the engine's head gates on the
     vision tower."""
@@ -253,7 +255,12 @@ def _stats(model, items: list[AnswerItem], gates: torch.Tensor, batch_size: int,
 
 
 def metric_under_gates(
-    model, items: list[AnswerItem], gates: torch.Tensor, metric="loss", batch_size: int = 16, extra_hooks=()
+    model,
+    items: list[AnswerItem],
+    gates: torch.Tensor,
+    metric: Metric | Callable = "loss",
+    batch_size: int = 16,
+    extra_hooks=(),
 ) -> np.ndarray:
     """The metric under each gate variant, [variants]: a built-in ("loss", "accuracy"; variants stacked
     along the batch axis) or a callable fn(model, items) (one call per variant, under that variant's hooks).
@@ -381,7 +388,7 @@ class ViTHeads(Analyzer):
 
     def __init__(
         self,
-        metric="loss",
+        metric: Metric | Callable = "loss",
         greater_is_better: bool | None = None,
         prune_curve: bool = True,
         batch_size: int = 16,
@@ -425,7 +432,7 @@ class ViTHeads(Analyzer):
             text = [torch.randint(low, high, (n,), generator=g).tolist() for n in (2, 4)]
             ids = bos + text[0] + block + text[1]
             pixels = torch.rand(1, 3, tower.image_size, tower.image_size, generator=g)
-            items.append(AnswerItem(ids, pixels, tuple(range(len(ids) - 3, len(ids)))))
+            items.append(AnswerItem(tuple(ids), pixels, tuple(range(len(ids) - 3, len(ids)))))
         return items
 
     def _metric(self, model, items, gates: torch.Tensor) -> np.ndarray:
@@ -435,7 +442,7 @@ class ViTHeads(Analyzer):
         sign = self._direction()
         tower = vision_tower(model)
         name = model_info(model).name
-        meta = {"model": name, "analyzer": self.name, "params": self.get_params(), "n_kv_heads": None}
+        meta: dict[str, Any] = {"model": name, "analyzer": self.name, "params": self.get_params(), "n_kv_heads": None}
 
         distances, cls_mass = self._clean_pass(model, items, tower)
         labels = [f"item {i} image {j}" for i, it in enumerate(items) for j in range(it.pixel_values.shape[0])]
@@ -478,7 +485,7 @@ class ViTHeads(Analyzer):
         self.metric_clean_ = float(self._metric(model, items, one)[0])
         reducer = VisionAttentionDistance(tower)
         prompts = [ImagePrompt(tuple(int(t) for t in it.ids), it.pixel_values) for it in items]
-        got = capture(model, prompts, [reducer], batch_size=self.batch_size, progress=False)[reducer.name]
+        got: Any = capture(model, prompts, [reducer], batch_size=self.batch_size, progress=False)[reducer.name]
         return got.distance, got.cls  # [images, layer, head]
 
     def _curve(self, model, items, tower, sign) -> pd.DataFrame:

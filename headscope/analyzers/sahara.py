@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analyzers.atlas_entry import AtlasEntry, Role
-from ..analyzers.base import Analyzer, example_prompts, register
-from ..analyzers.params import Interval
 from ..errors import InputError
 from ..inputs.tokens import to_token_lists
 from ..interventions import UniformAttention
 from ..interventions.scan import clean_readout, variant_outputs
 from ..models.info import model_info
 from ..results import HeadScores
-from ._inputs import needs_chat_template, quick_harmful_prompts
+from ..safety.formats import PromptFormat, needs_chat_template, quick_harmful_prompts
+from .atlas_entry import AtlasEntry, Role
+from .base import Analyzer, example_prompts, register
+from .params import Interval
 from .ships import INPUT_KIND, REQUEST_CONSTRAINTS, Requests, as_prompt_ids
 
 
@@ -82,7 +82,12 @@ class Sahara(Analyzer):
     )
 
     def __init__(
-        self, epsilon: float = 1e-5, search_steps: int = 3, prompt_format: str = "chat", heads=None, batch_size: int = 8
+        self,
+        epsilon: float = 1e-5,
+        search_steps: int = 3,
+        prompt_format: PromptFormat | str = "chat",
+        heads=None,
+        batch_size: int = 8,
     ):
         self.epsilon = epsilon
         self.search_steps = search_steps
@@ -135,10 +140,13 @@ class Sahara(Analyzer):
         ids = data.ids
         pool = sorted({(int(l), int(h)) for l, h in self.heads}) if self.heads is not None else [*info.heads()]
         u_base = leading_left_vector(clean_readout(model, ids, "final_hidden", batch_size=self.batch_size))
-        group, rows, self.step_scores_ = [], [], []
+        group: list[tuple[int, int]] = []
+        rows: list = []
+        self.step_scores_ = []
         for step in range(min(self.search_steps, len(pool))):
             angles = self._angles(model, ids, u_base, group, [h for h in pool if h not in group])
-            best = tuple(int(x) for x in np.unravel_index(np.nanargmax(angles), angles.shape))
+            layer, head = np.unravel_index(np.nanargmax(angles), angles.shape)
+            best = (int(layer), int(head))
             group.append(best)
             rows.append(
                 {
