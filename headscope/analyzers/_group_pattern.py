@@ -98,7 +98,7 @@ class GroupMeanPattern(Reducer):
         # that was not captured cannot silently shrink the denominator.
         self._counts = {g: np.zeros(n_prompts) for g in self.groups}
 
-    def update(self, layer, acts, ctx):
+    def update_rows(self, layer, acts, ctx):  # fed_by_blocks is False: always the block of every row
         pattern = acts["pattern"]  # [batch, head, q, k]
         lengths = ctx.valid.sum(-1).tolist()
         for g, mask in self.groups.items():
@@ -161,9 +161,6 @@ class GroupTokenStats(Reducer):
         self._waad: list[np.ndarray | None] = [None] * n_prompts
         self._fai: list[np.ndarray | None] = [None] * n_prompts
         self._seen = {g: np.zeros(n_prompts) for g in self.groups}
-
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
 
     def update_rows(self, layer, acts, ctx):
         pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
