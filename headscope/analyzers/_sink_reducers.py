@@ -214,9 +214,9 @@ class PhiTopK(Reducer):
     top_k > d_model / tau^2 the test phi > tau is decided exactly from the kept values.
     """
 
-    result_type = PhiResult
+    result_type: type = PhiResult
     name = "phi"
-    needs = ("resid_pre",)
+    needs: tuple[str, ...] = ("resid_pre",)
     description = "VAR sink-token criterion phi = max over sink dims of |x_d| / RMS(x), entering each layer."
 
     def __init__(self, sink_dims=None, top_k: int = 8, eps: float = 1e-6):
@@ -260,6 +260,7 @@ class PhiTopK(Reducer):
         vals = np.full((self._n_prompts, self._n_layers, T, k), np.nan, dtype=np.float32)
         dims = np.full((self._n_prompts, self._n_layers, T, k), -1, dtype=np.int32)
         for index, layer, v, d in self._chunks:
+            assert d is not None  # without sink dims every chunk keeps its top-k dims
             vals[index, layer, : v.shape[1]] = v.numpy()
             dims[index, layer, : v.shape[1]] = d.numpy()
         return PhiResult(self._lengths, None, vals, dims)

@@ -128,7 +128,9 @@ class RowMask:
             allow_is_causal_skip=False,
             allow_is_bidirectional_skip=False,
         )
-        return sdpa_mask(**kw)
+        mask = sdpa_mask(**kw)
+        assert mask is not None  # both skips are disallowed: sdpa_mask always builds the mask
+        return mask
 
 
 def _row_mask(**kwargs) -> RowMask:
@@ -246,7 +248,8 @@ class _Extra:
     """What a layer adds to its mask and softmax: an additive score bias and a local window (adapted
     families), learned sink logits (GPT-OSS)."""
 
-    bias: object = None  # callable (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
+    # (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
+    bias: Callable[[int, int, int], torch.Tensor] | None = None
     window: int | None = None
     sinks: torch.Tensor | None = None  # [h] learned sink logit per query head
 
@@ -393,7 +396,7 @@ def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extr
                 else extra.bias(start, stop, n_keys).to(query.dtype).expand(shape)
             )
             visible = bias if visible is None else bias.masked_fill(~visible, torch.finfo(query.dtype).min)
-            if first:
+            if extra.sinks is not None:  # `first`: the sink logits' column goes first
                 sink = extra.sinks.to(query.dtype).view(1, h, 1, 1).expand(b, h, stop - start, 1)
                 visible = torch.cat([sink, visible], dim=-1)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
@@ -475,7 +478,7 @@ def _switched(model, session: _Session):
         yield
     finally:
         for cfg, impl in zip(configs, before):
-            set_attn_implementation(cfg, impl)
+            set_attn_implementation(cfg, impl)  # type: ignore[arg-type]  # as found, None included
         for (_, c), m in zip(components, hf_modules):
             restore_forward(c)
             for sub in m.modules():

@@ -115,8 +115,10 @@ class ImageCentricRows(PhiTopK):
             self._stats["n_rows"][p, layer] = sums["n_rows"]
         self._sums = {}
 
-    def result(self, info, prompts=None) -> ImageCentricResult:
-        return ImageCentricResult(super().result(info, prompts).phi, self._stats, self._sinks)
+    def result(self, info, prompts=None) -> ImageCentricResult:  # type: ignore[override]  # PhiTopK's code, its own result
+        phi = super().result(info, prompts).phi
+        assert phi is not None  # the sink dims are given: phi is exact
+        return ImageCentricResult(phi, self._stats, self._sinks)
 
 
 @dataclass
