@@ -25,8 +25,8 @@ class FullPatterns(Reducer):
     def start(self, info, n_prompts):
         self.seen = []
 
-    def update(self, layer, acts, ctx):
-        self.seen.append((layer, acts["pattern"].clone(), ctx))
+    def update_rows(self, layer, acts, rows):  # eager capture: the block of every row, `rows.ctx` the batch's
+        self.seen.append((layer, acts["pattern"].clone(), rows.ctx))
 
     def result(self, info, prompts=None):
         return self.seen

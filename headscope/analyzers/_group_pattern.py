@@ -98,7 +98,7 @@ class GroupMeanPattern(Reducer):
         # that was not captured cannot silently shrink the denominator.
         self._counts = {g: np.zeros(n_prompts) for g in self.groups}
 
-    def update(self, layer, acts, ctx):
+    def update_rows(self, layer, acts, ctx):  # fed_by_blocks is False: always the block of every row
         pattern = acts["pattern"]  # [batch, head, q, k]
         lengths = ctx.valid.sum(-1).tolist()
         for g, mask in self.groups.items():
@@ -121,7 +121,8 @@ class GroupMeanPattern(Reducer):
             expected = float(mask.sum())
             if any(c != expected for c in self._counts[g]):
                 raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
-            out[g] = [s / expected for s in self._sums[g]]
+            # every prompt's sum is filled once its heads are all counted (checked just above)
+            out[g] = [s / expected for s in self._sums[g] if s is not None]
         return out
 
 
@@ -162,9 +163,6 @@ class GroupTokenStats(Reducer):
         self._fai: list[np.ndarray | None] = [None] * n_prompts
         self._seen = {g: np.zeros(n_prompts) for g in self.groups}
 
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
-
     def update_rows(self, layer, acts, ctx):
         pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         t = ctx.query_positions[:, None].double()  # [rows, 1]
@@ -198,9 +196,12 @@ class GroupTokenStats(Reducer):
         for g in self.groups:
             if any(c != expected[g] for c in self._seen[g]):
                 raise RuntimeError(f"group {g!r}: not every head of the group was captured for every prompt")
-        waads = [w / expected["local"] for w in self._waad]
+        # every prompt's sums are filled once its heads are all counted (checked just above)
+        waads = [w / expected["local"] for w in self._waad if w is not None]
         fais = []
         for p, num in enumerate(self._fai):
+            if num is None:
+                raise RuntimeError(f"prompt {p} was never captured (a bug in the engine)")
             n = len(num)
             t, s = np.arange(n)[:, None], np.arange(n)[None, :]
             count = ((t >= self.starts[p]) & (t - s >= self.horizon[0]) & (t - s <= self.horizon[1])).sum(0)

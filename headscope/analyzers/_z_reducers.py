@@ -54,7 +54,7 @@ class ZAtPositions(Reducer):
             torch.full((info.n_layers, len(pos), info.n_heads, info.d_head), float("nan")) for pos in self.positions
         ]
 
-    def update(self, layer, acts, ctx) -> None:
+    def update_rows(self, layer, acts, ctx) -> None:
         z = acts["z"]  # [batch, pos, head, d_head]
         for row, idx in enumerate(ctx.index):  # one gather per prompt; heads stay vectorised
             pos = torch.tensor(self.positions[idx])

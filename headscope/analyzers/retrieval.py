@@ -109,15 +109,11 @@ class CopyPasteReducer(Reducer):
 
     fed_by_blocks = True
 
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
-        self.end_layer(layer, ctx)
-
     def update_rows(self, layer, acts, ctx):
         """The most-attended key of each answer query (rows P-1 .. n-2) inside this block."""
         pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         if ctx.start == 0:
-            self._argmax = {}
+            self._argmax: dict[int, torch.Tensor] = {}
         lengths = ctx.valid.sum(-1)
         for row, idx in enumerate(ctx.index):
             P, n = self.prompt_lens[idx], int(lengths[row])

@@ -81,22 +81,21 @@ class HiddenSinks(Reducer):
     def start(self, info, n_prompts):
         self._counts = np.zeros((n_prompts, info.n_layers, info.n_heads))
         self._rows: dict[str, list[np.ndarray]] = {c: [] for c in ("prompt", "layer", "head", "position", "score")}
+        self._col: torch.Tensor | None = None  # this layer's column sums over the blocks so far
 
     fed_by_blocks = True
-
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
-        self.end_layer(layer, ctx)
 
     def update_rows(self, layer, acts, ctx):
         # mass each key receives from the real queries, summed in float64 (thresholds like 0.1 = 1/10 are
         # hit exactly by clean heads): a block of rows at a time, so the float64 copy stays a block's size
         pattern = ctx.whole_keys(acts["pattern"])  # [batch, head, rows, k]
         col = torch.einsum("bhqk,bq->bhk", pattern.double(), ctx.valid_queries.double())
-        self._col = col if ctx.start == 0 else self._col + col
+        self._col = col if ctx.start == 0 or self._col is None else self._col + col
 
     def end_layer(self, layer, ctx):
         col, self._col = self._col, None
+        if col is None:  # no block of this layer reached the reducer
+            return
         valid = ctx.valid  # [batch, pos]
         n_queries = valid.sum(-1, keepdim=True) - ctx.positions[None, :]  # [batch, k]: N - j
         s = col / n_queries.clamp(min=1)[:, None, :]  # [batch, head, k]
@@ -168,7 +167,7 @@ class MassiveActivations(Reducer):
             c: [] for c in ("prompt", "layer", "position", "dim", "value", "median")
         }
 
-    def update(self, layer, acts, ctx):
+    def update_rows(self, layer, acts, ctx):
         x = acts["resid_post"].float()  # [batch, pos, d_model]
         d = x.shape[-1]
         mag = x.abs().masked_fill(~ctx.valid[..., None], float("nan"))  # pads never count
@@ -215,9 +214,9 @@ class PhiTopK(Reducer):
     top_k > d_model / tau^2 the test phi > tau is decided exactly from the kept values.
     """
 
-    result_type = PhiResult
+    result_type: type = PhiResult
     name = "phi"
-    needs = ("resid_pre",)
+    needs: tuple[str, ...] = ("resid_pre",)
     description = "VAR sink-token criterion phi = max over sink dims of |x_d| / RMS(x), entering each layer."
 
     def __init__(self, sink_dims=None, top_k: int = 8, eps: float = 1e-6):
@@ -232,7 +231,7 @@ class PhiTopK(Reducer):
         self._chunks: list[tuple[list[int], int, torch.Tensor, torch.Tensor | None]] = []
         self._lengths = np.zeros(n_prompts, dtype=np.int64)
 
-    def update(self, layer, acts, ctx):
+    def update_rows(self, layer, acts, ctx):
         x = acts["resid_pre"].float()  # [batch, pos, d_model]
         ratio = x.abs() / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # [batch, pos, d_model]
         self._lengths[ctx.index] = ctx.valid.sum(-1).numpy()
@@ -261,6 +260,7 @@ class PhiTopK(Reducer):
         vals = np.full((self._n_prompts, self._n_layers, T, k), np.nan, dtype=np.float32)
         dims = np.full((self._n_prompts, self._n_layers, T, k), -1, dtype=np.int32)
         for index, layer, v, d in self._chunks:
+            assert d is not None  # without sink dims every chunk keeps its top-k dims
             vals[index, layer, : v.shape[1]] = v.numpy()
             dims[index, layer, : v.shape[1]] = d.numpy()
         return PhiResult(self._lengths, None, vals, dims)

@@ -73,17 +73,13 @@ class ImageCentricRows(PhiTopK):
 
     fed_by_blocks = True
 
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx.rows(0, ctx.tokens.shape[1]))
-        self.end_layer(layer, ctx)
-
     def update_rows(self, layer, acts, ctx):
         """Sums over this block's text query rows after the image (means taken in `end_layer`)."""
         if ctx.start == 0:
-            super().update(layer, {"resid_pre": acts["resid_pre"]}, ctx)  # this layer's phi (exact: dims given)
+            super().update_rows(layer, {"resid_pre": acts["resid_pre"]}, ctx)  # this layer's phi (exact: dims given)
             phi = self._chunks[-1][2]  # [batch, pos], NaN on pads
             self._sink = phi.nan_to_num(-1.0) > self.tau
-            self._sums = {}
+            self._sums: dict[int, dict] = {}
             if layer >= FIRST_SINK_LAYER:
                 for r, p in enumerate(ctx.index):
                     self._sinks.append((p, layer, self._sink[r, : int(ctx.valid[r].sum())].nonzero()[:, 0].numpy()))
@@ -122,8 +118,10 @@ class ImageCentricRows(PhiTopK):
             self._stats["n_rows"][p, layer] = sums["n_rows"]
         self._sums = {}
 
-    def result(self, info, prompts=None) -> ImageCentricResult:
-        return ImageCentricResult(super().result(info, prompts).phi, self._stats, self._sinks)
+    def result(self, info, prompts=None) -> ImageCentricResult:  # type: ignore[override]  # PhiTopK's code, its own result
+        phi = super().result(info, prompts).phi
+        assert phi is not None  # the sink dims are given: phi is exact
+        return ImageCentricResult(phi, self._stats, self._sinks)
 
 
 @dataclass

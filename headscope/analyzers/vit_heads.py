@@ -320,7 +320,7 @@ class VisionAttentionDistance(Reducer):
         shape = (n_images, self.geometry.n_layers, self.geometry.n_heads)
         self._distance, self._cls = np.full(shape, np.nan), np.full(shape, np.nan)
 
-    def update(self, layer, acts, ctx) -> None:
+    def update_rows(self, layer, acts, ctx) -> None:  # rows are images: ctx.image_index numbers them
         distance, cls = attention_distance(acts["pattern"], self.geometry)  # [images, head]
         self._distance[ctx.image_index, layer] = distance.numpy()
         self._cls[ctx.image_index, layer] = cls.numpy()

@@ -35,7 +35,9 @@ import functools
 import math
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,9 @@ BLOCKED_IMPLEMENTATION = "headscope_blocked"
 MIN_ROWS, MAX_ROWS = 4, 256
 FALLBACK_ROWS = 32  # a model whose config names no MLP width
 DEFAULT_BLOCK_SIZE = None
-ATTENTION_MODES = ("auto", "eager", "blocked")
+# How capture runs attention: "eager" (the bridge's), "blocked" (the kernel here), "auto" (by the pattern's size)
+Attention = Literal["auto", "eager", "blocked"]
+ATTENTION_MODES: tuple[Attention, ...] = get_args(Attention)
 DEFAULT_PATTERN_BUDGET_MB = (
     512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
 )
@@ -124,7 +128,9 @@ class RowMask:
             allow_is_causal_skip=False,
             allow_is_bidirectional_skip=False,
         )
-        return sdpa_mask(**kw)
+        mask = sdpa_mask(**kw)
+        assert mask is not None  # both skips are disallowed: sdpa_mask always builds the mask
+        return mask
 
 
 def _row_mask(**kwargs) -> RowMask:
@@ -152,8 +158,12 @@ class _Session:
             fns.remove(fn)
 
 
-_SESSIONS: dict[int, tuple[_Session, int]] = {}  # id(model) -> (session, how many contexts share it)
-_LAYER_OF: dict[int, tuple[_Session, int]] = {}  # id(HF attention module) -> (session, layer)
+# Per-model state in weak-keyed tables: an entry goes with its model (or module), so an object that happens
+# to get a collected one's id() is never handed its session (as a table keyed by id() could).
+# model -> (its session, how many open contexts share it)
+_SESSIONS: weakref.WeakKeyDictionary[object, tuple[_Session, int]] = weakref.WeakKeyDictionary()
+# HF attention (sub)module -> (its model's session, its layer)
+_LAYER_OF: weakref.WeakKeyDictionary[object, tuple[_Session, int]] = weakref.WeakKeyDictionary()
 # HF attention (sub)module -> its route (`headscope.capture.routed`): how a layer whose bridge would report
 # patterns after HF computes attention outside any blocked context, with the bridge's hooks live.
 LIVE_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -185,7 +195,7 @@ def attention_forward(
     as one more column that has no value and is dropped afterwards, exactly as HF's eager attention and
     TransformerLens do: hooks at "attn_scores" see the scores without it, and the pattern over real keys
     sums to 1 - the sink's probability."""
-    entry = _LAYER_OF.get(id(module))
+    entry = _LAYER_OF.get(module)
     if entry is None and module in LIVE_ROUTES:  # not blocked: headscope's eager route (capture.routed)
         return LIVE_ROUTES[module](
             module, query, key, value, attention_mask, scaling, dropout, softcap, _Extra(score_bias, window)
@@ -238,7 +248,8 @@ class _Extra:
     """What a layer adds to its mask and softmax: an additive score bias and a local window (adapted
     families), learned sink logits (GPT-OSS)."""
 
-    bias: object = None  # callable (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
+    # (start, stop, n_keys) -> tensor broadcastable to [b, h, rows, n_keys]
+    bias: Callable[[int, int, int], torch.Tensor] | None = None
     window: int | None = None
     sinks: torch.Tensor | None = None  # [h] learned sink logit per query head
 
@@ -385,7 +396,7 @@ def _fused(query, key, value, mask, scaling, causal, groups, block, extra: _Extr
                 else extra.bias(start, stop, n_keys).to(query.dtype).expand(shape)
             )
             visible = bias if visible is None else bias.masked_fill(~visible, torch.finfo(query.dtype).min)
-            if first:
+            if extra.sinks is not None:  # `first`: the sink logits' column goes first
                 sink = extra.sinks.to(query.dtype).view(1, h, 1, 1).expand(b, h, stop - start, 1)
                 visible = torch.cat([sink, visible], dim=-1)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
@@ -461,17 +472,17 @@ def _switched(model, session: _Session):
         for (layer, c), m in zip(components, hf_modules):
             override_forward(c, _hf_forward(m))
             for sub in m.modules():  # the module HF passes may be a child (BERT's BertSelfAttention)
-                _LAYER_OF[id(sub)] = (session, layer)
+                _LAYER_OF[sub] = (session, layer)
         for cfg in configs:
             set_attn_implementation(cfg, BLOCKED_IMPLEMENTATION)
         yield
     finally:
         for cfg, impl in zip(configs, before):
-            set_attn_implementation(cfg, impl)
+            set_attn_implementation(cfg, impl)  # type: ignore[arg-type]  # as found, None included
         for (_, c), m in zip(components, hf_modules):
             restore_forward(c)
             for sub in m.modules():
-                _LAYER_OF.pop(id(sub), None)
+                _LAYER_OF.pop(sub, None)
 
 
 def split_hooks(hooks) -> tuple[list, list]:
@@ -520,15 +531,14 @@ def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK
     if block_size is not None and int(block_size) < 1:
         raise InputError(f"block_size must be >= 1 (or None: d_mlp / (4 heads) rows), got {block_size}")
     bridge_hooks, kernel_hooks = split_hooks(hooks)
-    key = id(model)
     with contextlib.ExitStack() as stack:
-        if key in _SESSIONS:
-            session, depth = _SESSIONS[key]
-            _SESSIONS[key] = (session, depth + 1)
+        if model in _SESSIONS:
+            session, depth = _SESSIONS[model]
+            _SESSIONS[model] = (session, depth + 1)
         else:
             session = _Session(None if block_size is None else int(block_size), default_rows(model))
             stack.enter_context(_switched(model, session))
-            _SESSIONS[key] = (session, 1)
+            _SESSIONS[model] = (session, 1)
         try:
             for layer, site, fn in kernel_hooks:
                 session.add(layer, site, fn)
@@ -537,11 +547,11 @@ def blocked_attention(model, hooks=(), *, block_size: int | None = DEFAULT_BLOCK
         finally:
             for layer, site, fn in kernel_hooks:
                 session.remove(layer, site, fn)
-            session_, depth = _SESSIONS[key]
+            session_, depth = _SESSIONS[model]
             if depth > 1:
-                _SESSIONS[key] = (session_, depth - 1)
+                _SESSIONS[model] = (session_, depth - 1)
             else:
-                del _SESSIONS[key]
+                del _SESSIONS[model]
 
 
 # ---- eager or blocked? ----------------------------------------------------------------------------
@@ -553,7 +563,13 @@ def pattern_mb(rows: int, n_heads: int, n_tokens: int) -> float:
 
 
 def resolve_attention(
-    model, attention: str, rows: int, n_tokens: int, *, max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB, why_not=list
+    model,
+    attention: Attention,
+    rows: int,
+    n_tokens: int,
+    *,
+    max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB,
+    why_not=list,
 ) -> bool:
     """Whether a forward of `rows` x `n_tokens` runs blocked: `attention` "eager" never, "blocked" always,
     "auto" when one layer's pattern would exceed `max_pattern_mb`. `why_not()` lists what the caller
@@ -590,11 +606,15 @@ _SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # relative to the logits' scale; halves: 2e-2
 
 
+def block_aware(fn: Callable) -> Callable:
+    """Mark a hook as understanding blocks of query rows (see the module doc); returns it."""
+    fn.block_aware = True  # type: ignore[attr-defined]
+    return fn
+
+
+@block_aware
 def _observe_rows(tensor, hook):
     return None
-
-
-_observe_rows.block_aware = True
 
 
 def _probe_batch(model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,8 @@ class BatchContext:
         self.tokens = batch.tokens  # [batch, pos]
         self.valid = batch.valid  # [batch, pos]
         self.index = batch.index  # prompt index of each row
-        self.image_index = None  # [images]: global number of each image of the batch (vision-tower reducers)
+        # [images]: the global number of each image of the batch (vision-tower reducers); None without images
+        self.image_index: torch.Tensor | None = getattr(batch, "image_index", None)
 
     @cached_property
     def positions(self) -> torch.Tensor:
@@ -71,34 +72,36 @@ class BatchContext:
         return order, rank, group_start
 
     @cached_property
-    def _all_rows(self) -> RowBlock:
+    def whole(self) -> RowBlock:
+        """The block of every query row against every key: what `Reducer.update` (the eager path) hands
+        `update_rows`. Built once per batch, so its masks are computed once for every layer and reducer."""
         return RowBlock(self, 0, self.tokens.shape[1])
 
     # The masks of the whole pattern are those of the block of every row: one definition serves both.
     @property
     def queries_after_first(self) -> torch.Tensor:
         """[batch, q] real queries except position 0, whose causal row is trivially [1]."""
-        return self._all_rows.queries_after_first
+        return self.whole.queries_after_first
 
     @property
     def earlier_same_token(self) -> torch.Tensor:
         """[batch, q, k] True where key k < q holds the same token id as query q (both real)."""
-        return self._all_rows.earlier_same_token
+        return self.whole.earlier_same_token
 
     @property
     def after_earlier_same_token(self) -> torch.Tensor:
         """[batch, q, k] True where k-1 is an earlier copy of token q (the induction target)."""
-        return self._all_rows.after_earlier_same_token
+        return self.whole.after_earlier_same_token
 
     @property
     def queries_with_earlier_copy(self) -> torch.Tensor:
         """[batch, q] queries whose token occurred before (where duplicate/induction apply)."""
-        return self._all_rows.queries_with_earlier_copy
+        return self.whole.queries_with_earlier_copy
 
     @property
     def earlier_copies(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch row, query, key) of every True entry of `earlier_same_token`."""
-        return self._all_rows.earlier_copies
+        return self.whole.earlier_copies
 
 
 class RowBlock:

@@ -8,30 +8,34 @@ per-head accumulators. Full patterns are kept only with `keep_patterns=True`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from ..errors import InputError
-from ..inputs.images import batch_forward_kwargs, images_of
-from ..inputs.tokens import iter_batches, to_token_lists
+from ..inputs.tokens import to_token_lists
 from ..models.info import model_device, model_info
 from ..results import HeadScores
+from .batch import PromptImages, capture_batches
 from .blocked import (
     ATTENTION_MODES,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_PATTERN_BUDGET_MB,
     INTERNAL_SITES,
+    Attention,
+    block_aware,
     blocked_attention,
     pattern_mb,
     resolve_attention,
 )
 from .context import BatchContext
-from .reducers import Reducer, default_reducers
+from .reducers import Reducer, Tower, default_reducers
 
 # Hook sites in the order they fire inside one block; a layer's tensors are dispatched when the
 # last site it needs has fired.
@@ -55,10 +59,10 @@ VISION_SITES = {
     "pattern": "vision_encoder.encoder_layers.{l}.attn.hook_pattern",  # [images, head, q, k]
     "z": "vision_encoder.encoder_layers.{l}.attn.hook_z",  # [images, pos, head, d_head]
 }
-TOWERS = {"language": SITES, "vision": VISION_SITES}
+TOWERS: dict[Tower, dict[str, str]] = {"language": SITES, "vision": VISION_SITES}
 
 
-def site_name(site: str, layer: int, tower: str = "language") -> str:
+def site_name(site: str, layer: int, tower: Tower = "language") -> str:
     """The hook name of `site` at `layer` of a tower ("language": the decoder blocks; "vision": a VLM's
     vision encoder), the one table every hook in headscope is named from."""
     if tower not in TOWERS:
@@ -79,7 +83,7 @@ class CaptureResult(Mapping):
     layers: list[int]
     patterns: list[torch.Tensor] | None = field(default=None, repr=False)  # per prompt [len(layers), head, q, k]
 
-    def __getitem__(self, name: str) -> HeadScores:
+    def __getitem__(self, name: str) -> Any:  # each reducer's own `result_type` (HeadScores for most)
         try:
             return self.scores[name]
         except KeyError:
@@ -102,9 +106,14 @@ def _check_reducers(reducers) -> list[Reducer]:
             raise InputError(
                 f"{r!r} is not a headscope Reducer instance (did you pass the class? use {getattr(r, '__name__', r)}())"
             )
-        unknown = set(r.needs) - set(SITES)
+        if r.tower not in TOWERS:
+            raise InputError(f"reducer {r.name!r} has tower={r.tower!r}: use one of {', '.join(TOWERS)}")
+        known = list(TOWERS[r.tower])
+        unknown = set(r.needs) - set(known)
         if unknown:
-            raise InputError(f"reducer {r.name!r} needs unknown activations {sorted(unknown)}; known: {ORDER}")
+            raise InputError(
+                f"reducer {r.name!r} needs unknown activations {sorted(unknown)}; the {r.tower} tower has {known}"
+            )
         if r.name in names:
             raise InputError(f"two reducers are named {r.name!r}; give each a distinct name")
         names.add(r.name)
@@ -134,7 +143,7 @@ def capture(
     keep_patterns: bool = False,
     prepend_bos: bool | None = None,
     progress: bool | None = None,
-    attention: str = "auto",
+    attention: Attention = "auto",
     block_size: int | None = DEFAULT_BLOCK_SIZE,
     max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB,
 ) -> CaptureResult:
@@ -175,7 +184,7 @@ def capture(
     reducers = _check_reducers(reducers)
     layers = info.check_layers(layers)
     token_lists = to_token_lists(model, inputs, info, prepend_bos)
-    images = images_of(inputs)  # ImagePrompt rows pass their pixel values with their batch
+    images = PromptImages.of(inputs)  # ImagePrompt rows: each batch carries its rows' pixel values
     vision = [r for r in reducers if r.tower == "vision"]
     reducers = [r for r in reducers if r.tower != "vision"]
     if vision and images is None:
@@ -189,15 +198,14 @@ def capture(
     )
     for r in reducers:
         r.start(info, len(token_lists))
-    image_offsets = _image_offsets(images) if vision else None
     for r in vision:
-        r.start(info, int(image_offsets[-1]))
+        r.start(info, images.count if images is not None else 0)
     kept: list[list[torch.Tensor]] | None = [[] for _ in token_lists] if keep_patterns else None
     kept_mb = sum(len(layers) * pattern_mb(1, info.n_heads, len(t)) for t in token_lists) if keep_patterns else 0
     why_not = functools.partial(_why_not_blocked, reducers, keep_patterns, kept_mb, images is not None)
 
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
-    batches = list(iter_batches(token_lists, batch_size, pad_id))
+    batches = list(capture_batches(token_lists, batch_size, pad_id, images))
     device = model_device(model)  # inputs follow the model; reducers work on CPU float32 copies
     show = progress if progress is not None else len(batches) > 1
     # The forward ends after the last captured block: no final norm and no [T, vocabulary] logits (TL's own
@@ -208,39 +216,46 @@ def capture(
         blocked = resolve_attention(
             model, attention, *batch.tokens.shape, max_pattern_mb=max_pattern_mb, why_not=why_not
         )
-        if blocked:
-            hooks = _blocked_hooks(layers, reducers, ctx)
-        else:
-            hooks = _eager_hooks(layers, reducers, ctx, batch, kept)
+        hooks = _blocked_hooks(layers, reducers, ctx) if blocked else _whole_hooks(layers, reducers, ctx, kept)
         if vision:
-            hooks += _vision_hooks(model, vision, ctx, image_offsets)
+            hooks += _whole_hooks(range(_vision_layers(model)), vision, ctx, tower="vision")
         hooks.append(stop)  # last: the layer's own hooks run first
-        tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
-        with torch.no_grad():
-            if blocked:
-                with blocked_attention(model, hooks, block_size=block_size) as session:
-                    model(tokens, attention_mask=mask, **batch_forward_kwargs(images, batch.index))
-                    _check_calls(session, layers)
-            else:
-                with model.hooks(fwd_hooks=hooks):
-                    model(tokens, attention_mask=mask, **batch_forward_kwargs(images, batch.index))
+        with torch.no_grad(), _attached(model, hooks, blocked, block_size, layers):
+            model(batch.tokens.to(device), **batch.forward_kwargs(device))
 
     scores = {r.name: _checked_result(r, info, prompts) for r in reducers + vision}
     patterns = [torch.stack(p) for p in kept] if kept is not None else None
     return CaptureResult(scores, token_lists, prompts, layers, patterns)
 
 
+@contextlib.contextmanager
+def _attached(model, hooks: list, blocked: bool, block_size: int | None, layers: list[int]) -> Iterator[None]:
+    """`hooks` attached for one forward: on the bridge (eager) or in a blocked-attention context, whose
+    kernel must then have run on every captured layer."""
+    if not blocked:
+        with model.hooks(fwd_hooks=hooks):
+            yield
+        return
+    with blocked_attention(model, hooks, block_size=block_size) as session:
+        yield
+        _check_calls(session, layers)
+
+
 def _stop_forward(tensor, hook):
     raise StopAtLayerException(tensor)  # the bridge's forward catches it and returns
 
 
-def _needs(reducers, keep_patterns: bool = False) -> list[str]:
-    return sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=ORDER.index)
+def _needs(reducers, keep_patterns: bool = False, tower: Tower = "language") -> list[str]:
+    """The sites `reducers` read on `tower`, in the order they fire within a layer."""
+    order = list(TOWERS[tower])
+    return sorted({n for r in reducers for n in r.needs} | ({"pattern"} if keep_patterns else set()), key=order.index)
 
 
-def _eager_hooks(layers, reducers, ctx: BatchContext, batch, kept) -> list:
-    """Hooks that stash a layer's activations and hand them to every reducer when its last site fires."""
-    needs = _needs(reducers, kept is not None)
+def _whole_hooks(layers, reducers, ctx: BatchContext, kept=None, tower: Tower = "language") -> list:
+    """Hooks that stash a layer's activations and hand them whole to every reducer (`Reducer.update`: all
+    query rows as one block) when the layer's last needed site fires; `kept` collects the patterns."""
+    sites = TOWERS[tower]
+    needs = _needs(reducers, kept is not None, tower)
     last_site = needs[-1] if needs else None  # no decoder reducer: only the vision tower is hooked
     stash: dict[str, torch.Tensor] = {}
 
@@ -253,19 +268,20 @@ def _eager_hooks(layers, reducers, ctx: BatchContext, batch, kept) -> list:
                 for r in reducers:
                     r.update(layer, {n: acts[n] for n in r.needs}, ctx)
                 if kept is not None:
-                    for row, idx in enumerate(batch.index):
-                        n = int(batch.lengths[row])
+                    for row, idx in enumerate(ctx.index):
+                        n = int(ctx.batch.lengths[row])
                         kept[idx].append(acts["pattern"][row, :, :n, :n].float().cpu().clone())
             return None  # observe only: never modify the forward pass
 
         return hook
 
-    return [(SITES[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
+    return [(sites[s].format(l=layer), make_hook(layer, s)) for layer in layers for s in needs]
 
 
 def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
-    """Hooks for blocked attention: pattern readers get each block of rows (with the earlier sites they
-    read) and `end_layer` after the layer's last block; the other reducers are served as in eager."""
+    """Hooks for blocked attention: pattern readers get each block of rows through `update_rows` (with the
+    earlier sites they read whole) and `end_layer` after the layer's last block; the other reducers are
+    served as in eager (`update`: their whole layer as one block)."""
     readers = [r for r in reducers if "pattern" in r.needs]
     others = [r for r in reducers if "pattern" not in r.needs]
     other_needs = _needs(others)
@@ -293,8 +309,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
                 scores[layer] = for_reducers(block)
             return None
 
-        hook.block_aware = True
-        return hook
+        return block_aware(hook)
 
     def make_rows(layer: int):
         def hook(pattern, hook):
@@ -308,8 +323,7 @@ def _blocked_hooks(layers, reducers, ctx: BatchContext) -> list:
                 r.update_rows(layer, acts, rows)
             return None
 
-        hook.block_aware = True
-        return hook
+        return block_aware(hook)
 
     def make_end(layer: int):
         def hook(z, hook):
@@ -347,7 +361,7 @@ def _why_not_blocked(reducers, keep_patterns: bool, kept_mb: float, with_images:
         if inside:
             why.append(f"reducer {r.name!r} reads {inside}, which blocked attention does not offer")
         elif "pattern" in r.needs and not r.fed_by_blocks:
-            why.append(f"reducer {r.name!r} ({type(r).__name__}) needs the whole pattern")
+            why.append(f"reducer {r.name!r} ({type(r).__name__}) needs the whole pattern (fed_by_blocks = False)")
         elif "pattern" in r.needs and set(r.needs) - {"pattern", *_BEFORE_ATTENTION}:
             why.append(f"reducer {r.name!r} reads the pattern together with activations after attention")
     return why
@@ -363,30 +377,6 @@ def _checked_result(reducer: Reducer, info, prompts):
     return out
 
 
-def _image_offsets(images) -> torch.Tensor:
-    """[n_prompts + 1] cumulative image counts: prompt p's images are numbered offsets[p]..offsets[p+1]-1."""
-    counts = torch.tensor([0 if px is None else int(px.shape[0]) for px in images])
-    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-
-
-def _vision_hooks(model, reducers, ctx: BatchContext, offsets: torch.Tensor) -> list:
-    """Observe-only hooks on the vision encoder for vision-tower reducers. The model encodes the batch's
-    images in row order, so the context numbers them with `image_index` (global, in prompt order)."""
-    ctx.image_index = torch.cat([torch.arange(int(offsets[p]), int(offsets[p + 1])) for p in ctx.index])
-    n_layers = int(model.original_model.config.vision_config.num_hidden_layers)
-    needs = sorted({n for r in reducers for n in r.needs})
-    unknown = set(needs) - set(VISION_SITES)
-    if unknown:
-        raise InputError(f"vision-tower reducers read {sorted(unknown)}; the vision tower has {sorted(VISION_SITES)}")
-
-    def make(layer: int, site: str):
-        def hook(tensor, hook):
-            acts = {site: for_reducers(tensor)}
-            for r in reducers:
-                if site in r.needs:
-                    r.update(layer, acts, ctx)
-            return None  # observe only
-
-        return hook
-
-    return [(site_name(s, layer, "vision"), make(layer, s)) for layer in range(n_layers) for s in needs]
+def _vision_layers(model) -> int:
+    """The number of encoder layers of a VLM's vision tower."""
+    return int(model.original_model.config.vision_config.num_hidden_layers)

@@ -3,23 +3,35 @@ so nothing of size layers x heads x T x T outlives the layer's hook.
 
 A reducer declares the activations it `needs` ("pattern", "z", "q", "k", "v", "rot_q", "rot_k",
 "attn_scores", "resid_pre", "resid_mid", "resid_post", "attn_out"); the engine hands them over
-for one layer at a time. Query-averaged statistics subclass `QueryMeanReducer` and only write
-`per_query`: a [batch, head, query] statistic and the [batch, query] mask of queries it covers.
+for one layer at a time, through one method, `update_rows`: a block of the pattern's query rows (the
+eager path's block is every row; blocked attention at long context hands a few rows at a time). Query-
+averaged statistics subclass `QueryMeanReducer` and only write `per_query`: a [batch, head, query] statistic and the [batch, query] mask of queries it covers.
 All six are vectorised over heads: no Python loop per head.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from ..models.info import ModelInfo
 from ..results import HeadScores
-from .context import BatchContext
+from .context import BatchContext, RowBlock
+
+# The tower a reducer reads: the decoder blocks ("language") or a VLM's vision encoder ("vision").
+Tower = Literal["language", "vision"]
 
 
 class Reducer:
-    """Base contract. Subclasses set `name`, `needs`, `description` and implement update/result.
+    """Base contract. Subclasses set `name`, `needs`, `description` and implement `start`, `update_rows`
+    (and `end_layer` when a layer's statistic is finished after its last block) and `result`.
+
+    One way in: `update_rows(layer, acts, rows)` folds a block of query rows, `rows` a `RowBlock`
+    (`rows.start`, `rows.stop`, its masks). The eager path hands every query row of the layer as one block
+    (`update`, below, written once here); blocked attention at long context hands `block_size` rows at a
+    time, then calls `end_layer`. Activations other than the pattern always come whole ([batch, pos, ...]).
 
     `result()` returns an instance of `result_type`: a HeadScores [prompt, layer, head] for per-head
     statistics; a reducer whose output is something else (token tables, vectors) declares its own result
@@ -31,14 +43,14 @@ class Reducer:
     description = ""
     higher_is_more = True
     result_type: type = HeadScores
-    # "vision": the reducer reads a VLM's vision encoder (sites of capture.engine.VISION_SITES); its
-    # update gets [images, ...] activations and a context whose `image_index` numbers each image.
-    tower: str = "language"
-    # Long contexts (blocked attention, capture(attention="blocked")) hand a pattern reader its rows a
-    # block of queries at a time: a reducer that can fold blocks sets `fed_by_blocks` and implements
-    # `update_rows` (and `end_layer` when a layer's statistic is finished after its last block, e.g. a
-    # column sum). Other pattern readers need the whole pattern and run only in the eager path.
-    fed_by_blocks: bool = False
+    # "vision": the reducer reads a VLM's vision encoder (sites of capture.engine.VISION_SITES); it gets
+    # [images, ...] activations and a context whose `image_index` numbers each image.
+    tower: Tower = "language"
+    # Whether `update_rows` folds any block of the pattern's rows to the same statistic as the whole (a sum
+    # over queries; a column statistic finished in `end_layer`). False: it needs every row at once (a whole
+    # [T, T] map), so capture runs it only on the eager path, and refuses blocked attention for it. Declared
+    # once per class; only pattern readers are ever fed by blocks.
+    fed_by_blocks: ClassVar[bool] = False
     # Sites a reducer uses when the engine has them at no extra cost, never requires: blocked attention
     # hands a float32 block's masked pre-softmax "attn_scores" along with its pattern.
     optional_needs: tuple[str, ...] = ()
@@ -47,20 +59,23 @@ class Reducer:
         return {}
 
     def start(self, info: ModelInfo, n_prompts: int) -> None:
+        """Allocate the accumulators: `n_prompts` prompts (the number of images for a vision-tower reducer)."""
         raise NotImplementedError
 
-    def update(self, layer: int, acts: dict[str, torch.Tensor], ctx: BatchContext) -> None:
-        raise NotImplementedError
-
-    def update_rows(self, layer: int, acts: dict[str, torch.Tensor], ctx) -> None:
-        """Fold query rows [ctx.start, ctx.stop) of the pattern (`ctx` a `RowBlock`; acts' pattern
-        [batch, head, rows, key], other acts whole). Only for `fed_by_blocks` reducers."""
-        raise NotImplementedError(f"{type(self).__name__} is not fed by blocks of rows")
+    def update_rows(self, layer: int, acts: dict[str, torch.Tensor], rows: RowBlock) -> None:
+        """Fold query rows [rows.start, rows.stop) of layer `layer`: acts' pattern [batch, head, rows, keys]
+        (keys 0..rows.n_keys-1), other acts whole. The one method a reducer implements to receive data."""
+        raise NotImplementedError(f"{type(self).__name__} implements no update_rows")
 
     def end_layer(self, layer: int, ctx: BatchContext) -> None:
-        """Called after the last block of a layer's rows (blocked path only; `update` does both)."""
+        """Called after the last block of a layer's rows (nothing to do for a sum over queries)."""
 
-    def result(self, info: ModelInfo, prompts: list[str] | None = None):
+    def update(self, layer: int, acts: dict[str, torch.Tensor], ctx: BatchContext) -> None:
+        """A whole layer at once (the eager path): every query row as one block, then the layer's end."""
+        self.update_rows(layer, acts, ctx.whole)
+        self.end_layer(layer, ctx)
+
+    def result(self, info: ModelInfo, prompts: list[str] | None = None) -> Any:
         """The folded statistic, an instance of `result_type`."""
         raise NotImplementedError
 
@@ -82,36 +97,32 @@ class QueryMeanReducer(Reducer):
     def start(self, info: ModelInfo, n_prompts: int) -> None:
         self._sums = np.zeros((n_prompts, info.n_layers, info.n_heads))
         self._counts = np.zeros((n_prompts, info.n_layers))
-        self._layer_sum = self._layer_count = None  # this layer's blocks so far, folded by end_layer
+        # this layer's blocks so far, folded by end_layer
+        self._layer_sum: torch.Tensor | None = None
+        self._layer_count: torch.Tensor | None = None
 
-    def per_query(self, acts: dict[str, torch.Tensor], ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (stat [batch, head, query], covered [batch, query] bool)."""
+    def per_query(self, acts: dict[str, torch.Tensor], ctx: RowBlock) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (stat [batch, head, query], covered [batch, query] bool) for the block's query rows."""
         raise NotImplementedError
 
-    def update(self, layer, acts, ctx):
-        self.update_rows(layer, acts, ctx)
-        self.end_layer(layer, ctx)
-
-    def update_rows(self, layer, acts, ctx):
-        """Fold a block of the pattern's query rows (`ctx` = `BatchContext.rows(start, stop)`, acts'
-        pattern [batch, head, rows, key]); the whole pattern is the block of every row. Each statistic is
-        a per-query value, so blocks add up to exactly the whole."""
-        if self.causal_only and not ctx.info.causal:
+    def update_rows(self, layer, acts, rows):
+        """Each statistic is a per-query value, so blocks of rows add up to exactly the whole."""
+        if self.causal_only and not rows.info.causal:
             return  # not applicable on a bidirectional encoder: the result stays NaN
-        stat, covered = self.per_query(acts, ctx)
+        stat, covered = self.per_query(acts, rows)
         # where, not a product: a row no query covers may hold inf or NaN (a padded query of a sliding-window
         # or chunked layer sees no key at all: every score is masked and the log-free entropy overflows),
         # and 0 x NaN would still poison the prompt's sum.
         summed = torch.where(covered[:, None, :], stat.double(), 0.0).sum(-1)  # [batch, head]
         count = covered.sum(-1)
-        if self._layer_sum is None:
+        if self._layer_sum is None or self._layer_count is None:
             self._layer_sum, self._layer_count = summed, count
         else:  # in torch until the layer ends: hundreds of blocks per layer at long context
             self._layer_sum += summed
             self._layer_count += count
 
     def end_layer(self, layer, ctx):
-        if self._layer_sum is not None:
+        if self._layer_sum is not None and self._layer_count is not None:
             self._sums[ctx.index, layer] += self._layer_sum.numpy()
             self._counts[ctx.index, layer] += self._layer_count.numpy()
         self._layer_sum = self._layer_count = None

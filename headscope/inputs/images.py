@@ -1,9 +1,10 @@
 """Prompts that carry images: token ids with the image placeholder tokens, plus the pixel values.
 
 Anything in headscope that takes prompts (capture, analyzers, head divergence) also takes
-`ImagePrompt`s; batches pass the rows' images to the model as `pixel_values`. A LLaVA model fills
-its image-token embeddings with the vision features in order, so a batch may mix rows with and
-without images: the batch's pixel values are the images of its rows, concatenated in row order.
+`ImagePrompt`s; each of capture's batches carries its rows' images and passes them to the model as
+`pixel_values` (`headscope.capture.batch.CaptureBatch.forward_kwargs`). A LLaVA model fills its
+image-token embeddings with the vision features in order, so a batch may mix rows with and without
+images: the batch's pixel values are the images of its rows, concatenated in row order.
 
     >>> p = ImagePrompt(ids, pixels)                  # pixels [n_images, 3, H, W]
     >>> capture(model, [p, p2], reducers)             # or HeadDivergence().fit(model, [p, p2])
@@ -69,21 +70,12 @@ def images_of(inputs) -> list[torch.Tensor | None] | None:
     return images if any(px is not None for px in images) else None
 
 
-def batch_forward_kwargs(images: list[torch.Tensor | None] | None, index: Sequence[int], device=None) -> dict:
-    """The model keyword arguments for the batch rows `index`: {"pixel_values": [...]} or {}."""
-    if images is None:
-        return {}
-    rows = [images[i] for i in index if images[i] is not None]
-    if not rows:
-        return {}
-    px = torch.cat(rows)
-    return {"pixel_values": px.to(device) if device is not None else px}
-
-
 def check_image_tokens(model, prompt: ImagePrompt, index: int = 0) -> None:
     """The number of image tokens must equal images x tokens per image (LLaVA raises deep inside otherwise)."""
     config = getattr(getattr(model, "original_model", None), "config", None)
-    if getattr(config, "model_type", None) != "llava":  # other families tile images into varying counts
+    if (
+        config is None or getattr(config, "model_type", None) != "llava"
+    ):  # other families tile images into varying counts
         return
     vision = config.vision_config
     n_tokens = len(image_positions(model, prompt.ids))
