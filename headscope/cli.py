@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .errors import HeadscopeError
 
@@ -188,8 +189,9 @@ def _scan(args) -> int:
             print(f"{name:<20} {_first_paragraph(KINDS[name].__doc__)}")
         print("metrics:")
         for name in sorted(METRICS):
+            metric: Any = METRICS[name]  # a metric class: description and important are class attributes
             print(
-                f"  {name:<18} {METRICS[name].description} (important: {METRICS[name].important} first)"
+                f"  {name:<18} {metric.description} (important: {metric.important} first)"
                 + ("; needs --answers" if name == "logit_diff" else "")
             )
         print("(analyzers: headscope analyze --list)")

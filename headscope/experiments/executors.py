@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.io as pio
@@ -45,10 +46,10 @@ class Item:
 class Context:
     """What executors share during one run."""
 
-    spec: object
-    store: object
-    model: object
-    info: object
+    spec: Any  # ExperimentSpec
+    store: Any  # the run's results store
+    model: Any
+    info: Any  # ModelInfo
     datasets: dict  # DataSpec path -> Dataset
     memo: dict = field(default_factory=dict)
     _scores: dict = field(default_factory=dict)
@@ -224,24 +225,8 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
             screened = load_screened(ctx.store.unit_dir(unit.name))
             values = screened.values
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
-        return HeadScores(
-            values,
-            name=unit.name,
-            n_kv_heads=first.n_kv_heads,
-            model=first.model,
-            analyzer="scan",
-            params=params,
-            prompts=ds.labels,
-            better=first.better,
-            description=first.description,
-            layer_kinds=first.layer_kinds,
-        )
-    values, first = None, None
-    for chunk in _chunks(unit, ctx.info):
-        part = HeadScores.load(_chunk_file(unit, ctx, chunk))
-        if values is None:
-            values, first = np.full(part.values.shape, np.nan), part
-        values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
+    else:
+        first, values = _stitched(unit, ctx)
     return HeadScores(
         values,
         name=unit.name,
@@ -254,6 +239,15 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         description=first.description,
         layer_kinds=first.layer_kinds,
     )
+
+
+def _stitched(unit, ctx: Context) -> tuple[HeadScores, np.ndarray]:
+    """The first chunk's scores (for their provenance) and every chunk's layers in one [prompt, layer, head]."""
+    parts = [(chunk, HeadScores.load(_chunk_file(unit, ctx, chunk))) for chunk in _chunks(unit, ctx.info)]
+    values = np.full(parts[0][1].values.shape, np.nan)
+    for chunk, part in parts:
+        values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
+    return parts[0][1], values
 
 
 # ---- combining ----------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ class _Nodes:
     def __init__(
         self, spec, estimator: Estimator, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int, model
     ):
-        self.delta, self.eps = {}, {}
+        self.delta: dict[int, torch.Tensor] = {}
+        self.eps: dict[int, torch.Tensor] = {}
         self.node = _node_site(spec, estimator)
         self.hooks = []
         select = _all_heads(batch_index, n_heads)
@@ -104,7 +105,7 @@ class _Nodes:
                     (SITES["attn_scores"].format(l=layer), self._new_pattern(layer, edit, sink_logits(model, layer)))
                 )
                 self.hooks.append((SITES["pattern"].format(l=layer), self._at_pattern(layer)))
-        self._new = {}
+        self._new: dict[int, torch.Tensor] = {}
 
     def _leaf(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         eps = torch.zeros_like(x, requires_grad=True)
@@ -236,7 +237,7 @@ def estimate(model, inputs, request: ScanRequest) -> HeadScores:
     bound = bind(request, model, inputs)
     info, token_lists, score, visited = bound.info, bound.token_lists, bound.score, bound.visited
     scan_layers = sorted({l for l, _ in visited})
-    spec = dataclasses.replace(template, heads=[(l, h) for l in scan_layers for h in range(info.n_heads)])
+    spec = dataclasses.replace(template, heads=tuple((l, h) for l in scan_layers for h in range(info.n_heads)))
     check_specs([spec], info)
     check_editable(model, [spec])
     prepared = prepare_references(model, [spec], default_prompts=token_lists, batch_size=batch_size)
@@ -273,9 +274,9 @@ def estimate(model, inputs, request: ScanRequest) -> HeadScores:
                     per_output = []
                     for j, (_, out) in enumerate(outputs):
                         last = n_drop == len(drops) - 1 and j == len(outputs) - 1
-                        grads = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
+                        raw = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
                         grads = {
-                            l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)
+                            l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, raw, eps)
                         }
                         per_output.append(nodes.per_head(grads))
                     est = _combine(outputs, per_output, scan_layers)

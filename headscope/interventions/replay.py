@@ -42,7 +42,9 @@ class CleanRun:
     local/global models), the logits and the final-norm hidden states."""
 
     def __init__(self, model, batch, first_layer: int):
-        self.inputs, self.args, self.kwargs = {}, {}, {}
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.args: dict[int, tuple] = {}
+        self.kwargs: dict[int, dict] = {}
         handles = []
 
         def grab(layer):
@@ -80,18 +82,19 @@ def clean_readout(
         raise InputError(f"readout={readout!r}: use 'logits' or 'final_hidden'")
     info = model_info(model)
     ids = to_token_lists(model, inputs, info, prepend_bos)
-    out = None
+    out: torch.Tensor | None = None
     for batch in iter_batches(ids, batch_size, info.pad_token_id if info.pad_token_id is not None else 0):
         clean = CleanRun(model, batch, first_layer=len(model.blocks))  # no block inputs needed
         rows = clean.readout(batch, True, readout)[:, 0].float().cpu()
         out = torch.zeros(len(ids), rows.shape[-1]) if out is None else out
         out[batch.index] = rows
+    assert out is not None  # to_token_lists refuses an empty prompt list
     return out
 
 
 def forward_keeping_final(model, tokens, attention_mask):
     """The model's own forward on the model's device: (logits, the unembedding's input)."""
-    got = {}
+    got: dict[str, torch.Tensor] = {}
 
     def keep(module, args, kwargs):  # the unembedding's input: the final norm's output, or the family's readout
         got.update(h=args[0] if args else next(iter(kwargs.values())))

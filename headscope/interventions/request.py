@@ -170,7 +170,7 @@ class ScanRequest:
                 f"method={self.method!r} has no attribution estimate: use method='atp', 'atp*', 'atp+exact' "
                 "or 'atp*+exact' for estimate() and verify()"
             )
-        return est  # type: ignore[return-value]
+        return est
 
     def replace(self, **changes) -> ScanRequest:
         """A copy with some fields changed, validated again."""

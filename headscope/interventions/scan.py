@@ -72,11 +72,10 @@ def variant_outputs(
     elif options:
         raise InputError(f"pass the options in the ScanRequest, not as keywords too (got {sorted(options)})")
     info = model_info(model)
-    spec = dataclasses.replace(request.template, heads=list(request.visit or ()))
-    if request.visit is None:
-        spec = dataclasses.replace(
-            spec, heads=[(l, h) for l in info.check_layers(request.layers) for h in range(info.n_heads)]
-        )
+    visit = request.visit
+    if visit is None:
+        visit = tuple((l, h) for l in info.check_layers(request.layers) for h in range(info.n_heads))
+    spec = dataclasses.replace(request.template, heads=visit)
     check_specs([spec], info)
     check_editable(model, [spec])
     batch_size, per_rows = request.batch_size, request.max_rows
