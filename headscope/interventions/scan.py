@@ -171,6 +171,12 @@ def verify(model, inputs, request: ScanRequest, estimate: HeadScores, top_k: int
             "verify() checks an attribution estimate: build the request with method='atp+exact' or "
             "'atp*+exact' (or 'atp' / 'atp*'), the method estimate() ran with"
         )
+    info = model_info(model)
+    if estimate.values.ndim != 3 or estimate.values.shape[1:] != (info.n_layers, info.n_heads):
+        raise InputError(
+            f"the estimate has shape {estimate.values.shape}, not [prompt, {info.n_layers}, {info.n_heads}] "
+            "of this model: verify() the estimate of the same model, inputs and request"
+        )
     order = screen_order(estimate)
     if not order:
         raise InputError("the estimate has no finite value to rank: nothing to verify (was it from this request?)")
