@@ -33,15 +33,16 @@ def one_mode(mode: str, n_prompts: int, n_tokens: int, out: Path) -> None:
     from headscope.inputs.tokens import iter_batches
 
     scan_mod = importlib.import_module("headscope.interventions.scan")
+    replay_mod = importlib.import_module("headscope.interventions.replay")
     model = headscope.load_model()
     g = torch.Generator().manual_seed(n_tokens)
     tokens = torch.randint(1000, 11000, (n_prompts, n_tokens), generator=g)
     t0 = time.perf_counter()
     if mode == "check":
         batch = next(iter(iter_batches([row.tolist() for row in tokens], n_prompts, 0)))
-        clean = scan_mod._CleanRun(model, batch, 0)
+        clean = replay_mod.CleanRun(model, batch, 0)
         t0 = time.perf_counter()  # the clean run is part of every scan; time only the check
-        err = scan_mod.replay_error(model, clean, batch, [0, model.cfg.n_layers - 1], True, "logits")
+        err = replay_mod.replay_error(model, clean, batch, [0, model.cfg.n_layers - 1], True, "logits")
         result = {"seconds": time.perf_counter() - t0, "replay_error": err}
     else:
         scores = scan_mod.scan(model, tokens, "zero", "kl_last", batch_size=n_prompts, progress=False, replay=mode)

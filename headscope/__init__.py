@@ -2,6 +2,7 @@
 
 Public surface (lazily imported so `import headscope` stays fast):
     load_model, model_info, capture, reducers, HeadScores, apply, forward_with, scan, patch,
+    ScanRequest, estimate, verify (the two steps of a screened scan),
     direct_logit_attribution, get_analyzer, token_view
 """
 
@@ -21,6 +22,9 @@ _LAZY = {
     "apply": "headscope.interventions",
     "forward_with": "headscope.interventions",
     "scan": "headscope.interventions",
+    "ScanRequest": "headscope.interventions",
+    "estimate": "headscope.interventions",
+    "verify": "headscope.interventions",
     "patch": "headscope.interventions",
     "direct_logit_attribution": "headscope.interventions",
     "get_analyzer": "headscope.analyzers",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .errors import HeadscopeError
 
@@ -188,24 +189,23 @@ def _scan(args) -> int:
             print(f"{name:<20} {_first_paragraph(KINDS[name].__doc__)}")
         print("metrics:")
         for name in sorted(METRICS):
+            metric: Any = METRICS[name]  # a metric class: description and important are class attributes
             print(
-                f"  {name:<18} {METRICS[name].description} (important: {METRICS[name].important} first)"
+                f"  {name:<18} {metric.description} (important: {metric.important} first)"
                 + ("; needs --answers" if name == "logit_diff" else "")
             )
         print("(analyzers: headscope analyze --list)")
         return 0
-    if args.kind in REGISTRY and args.kind not in KINDS:  # `headscope scan NAME` before it meant analyze
-        print(
-            f"headscope: warning: `headscope scan {args.kind}` is deprecated and will be removed in the next "
-            f"release; use `headscope analyze {args.kind}`",
-            file=sys.stderr,
-        )
-        args.name = args.kind
-        return _analyze(args)
     from .errors import InputError
     from .inputs.prompts import load_prompts
     from .interventions import scan
     from .viz.export import export_figure
+
+    if args.kind in REGISTRY and args.kind not in KINDS:  # an analyzer's name: say which command runs it
+        raise InputError(
+            f"{args.kind!r} is an analyzer, not an intervention kind: run it with `headscope analyze {args.kind}` "
+            "(`headscope scan --list` lists the kinds)"
+        )
 
     prompts = load_prompts(args.prompts)  # None: the built-in set
     extra = {"top_k": args.top_k} if args.top_k is not None else {}

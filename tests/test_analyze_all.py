@@ -1,5 +1,5 @@
 """Every registered analyzer runs end to end from the CLI (`headscope analyze NAME`) on the bundled model
-and writes its figure; `headscope scan KIND` runs the exact all-heads scan; the old `scan NAME` still works."""
+and writes its figure; `headscope scan KIND` runs the exact all-heads scan; `scan NAME` of an analyzer points to `analyze NAME`."""
 
 import json
 
@@ -46,11 +46,11 @@ def test_analyze_from_cli(name, tmp_path):
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
-def test_old_scan_name_still_analyzes_with_a_warning(tmp_path, capsys):
+def test_scan_of_an_analyzer_name_points_to_analyze(tmp_path, capsys):
     args = ["scan", "head-importance", "--model", "testing:planted", "--out", str(tmp_path), "--no-static"]
-    assert main(args) == 0
-    assert "deprecated" in capsys.readouterr().err
-    assert json.loads((tmp_path / "head-importance.json").read_text())["provenance"]["analyzer"] == "head-importance"
+    assert main(args) == 2
+    assert "headscope analyze head-importance" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was computed or written
 
 
 def test_scan_verb_runs_the_all_heads_scan(tmp_path):

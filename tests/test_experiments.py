@@ -396,7 +396,7 @@ def test_evaluate_scan_metrics_equal_scan_and_a_plain_loop(tmp_path):
     }
     for metric in ("kl_last", "logit_diff", "loss"):
         kwargs = {"answers": answers} if metric == "logit_diff" else None
-        single = scan(model, prompts, "zero", metric, heads=[(1, 3)], metric_kwargs=kwargs, progress=False)
+        single = scan(model, prompts, "zero", metric, visit=[(1, 3)], metric_kwargs=kwargs, progress=False)
         for cond, specs in conditions.items():
             rec = json.loads((out / "units" / metric / f"{cond}.json").read_text())
             assert [Intervention.from_dict(d) for d in rec["interventions"]] == specs

@@ -132,10 +132,8 @@ def test_scan_keeps_visited_heads_apart_from_heads_edited_together(toy):
             )
     assert np.isnan(got.values[:, 0, 0]).all() and np.isnan(got.values[:, 1, 0]).all()  # not visited
     assert got.params["base_interventions"] == [s.to_dict() for s in base_iv]
-    old_form = scan(model, PROMPTS, "toy_times", "kl_last", heads=visit, base_interventions=base_iv, factor=FACTOR)
-    np.testing.assert_array_equal(old_form.values, got.values)
-    with pytest.raises(InputError, match="not both"):
-        scan(model, PROMPTS, "toy_times", visit=visit, heads=visit)
+    with pytest.raises(InputError, match=r"heads= is not a scan option.*visit=.*base_interventions="):
+        scan(model, PROMPTS, "toy_times", heads=visit, factor=FACTOR)
 
 
 SPEC = """

@@ -73,7 +73,7 @@ def test_mean_and_resample_scans_default_to_the_scanned_inputs():
 
 def test_scan_subset_loss_and_logit_diff_metrics():
     model = tiny_model(seed=13)
-    s = scan(model, RAGGED, "zero", "loss", heads=[(1, 2), (0, 0)])
+    s = scan(model, RAGGED, "zero", "loss", visit=[(1, 2), (0, 0)])
     assert np.isfinite(s.values[:, 1, 2]).all() and np.isnan(s.values[:, 1, 0]).all()
     with torch.no_grad():  # independent check of the loss change for one prompt and head
         ids = torch.tensor([RAGGED[1]])
@@ -113,7 +113,7 @@ def test_scan_rejects_bad_kinds_params_and_metrics_before_compute():
     with pytest.raises(InputError, match="one pair per prompt"):
         scan(model, RAGGED, "zero", "logit_diff")
     with pytest.raises(InputError, match="out of range"):
-        scan(model, RAGGED, "zero", heads=[(5, 0)])
+        scan(model, RAGGED, "zero", visit=[(5, 0)])
     # A span past every prompt (the longest has 11 tokens) would report 0 for every head: refused, for
     # the exact scan and for attribution patching; a span reaching into the longest prompt runs.
     for method in ("exact", "atp"):
@@ -128,7 +128,7 @@ def test_scan_equals_the_naive_loop_on_smollm2(smol):
         "input_ids"
     ]
     heads = [(l, h) for l in (0, 14, 29) for h in range(9)]  # bottom, middle and top layers (27 of 270 heads)
-    fast = scan(smol, [ids], "uniform_attention", "kl_last", heads=heads, epsilon=1e-5)
+    fast = scan(smol, [ids], "uniform_attention", "kl_last", visit=heads, epsilon=1e-5)
     slow = naive_scan(smol, [ids], "uniform_attention", heads, epsilon=1e-5)
     got = fast.values[:, [0, 14, 29]]
     np.testing.assert_allclose(got, slow[:, [0, 14, 29]], atol=1e-4)

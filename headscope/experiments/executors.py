@@ -13,13 +13,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.io as pio
 
 from ..analyzers import get_analyzer
-from ..interventions import scan
-from ..interventions.screen import ScreenedScan, default_top_k, screen_order
+from ..interventions import ScanRequest, estimate, exact, verify
+from ..interventions.screen import ScreenedScan, default_top_k
 from ..results import HeadScores, rank_heads
 from ..viz.figures import title_block
 from .conditions import RANK_BETTER
@@ -45,10 +46,10 @@ class Item:
 class Context:
     """What executors share during one run."""
 
-    spec: object
-    store: object
-    model: object
-    info: object
+    spec: Any  # ExperimentSpec
+    store: Any  # the run's results store
+    model: Any
+    info: Any  # ModelInfo
     datasets: dict  # DataSpec path -> Dataset
     memo: dict = field(default_factory=dict)
     _scores: dict = field(default_factory=dict)
@@ -121,26 +122,25 @@ def _estimate_file(unit, ctx) -> Path:
     return ctx.store.unit_dir(unit.name) / "estimate.parquet"
 
 
-def _verified_file(unit, ctx) -> Path:
-    return ctx.store.unit_dir(unit.name) / "verified.parquet"
+def _exact_file(unit, ctx) -> Path:
+    return ctx.store.unit_dir(unit.name) / "exact.parquet"
 
 
-def _scan_call(unit, ctx, **kw):
+SCREEN_FILE = "screen.json"  # the verified heads and top_k exactly as verify() returned them
+
+
+def _request(unit, ctx, **fields) -> ScanRequest:
+    """The unit's scan request (the spec was validated before the model loaded; this adds the data's answers)."""
     ds = ctx.dataset(unit)
-    params = dict(unit.params)
-    positions = params.pop("positions", "all")
     kwargs = {"answers": ds.answers} if unit.metric == "logit_diff" else None
-    return scan(
-        ctx.model,
-        ds.token_lists,
+    return ScanRequest.build(
         unit.target,
         unit.metric,
         batch_size=unit.batch_size,
         metric_kwargs=kwargs,
-        positions=positions,
         progress=False,
-        **kw,
-        **params,
+        **fields,
+        **unit.params,
     )
 
 
@@ -149,27 +149,45 @@ def _visited(unit, ctx) -> list:
     return [(l, h) for l in layers for h in range(ctx.info.n_heads)]
 
 
+def load_screened(folder: Path) -> ScreenedScan:
+    """The ScreenedScan of a finished '+exact' scan unit from its folder, identical to the one its verify
+    item's `verify()` returned (the estimate, the exact table, and verify()'s own verified mask and top_k)."""
+    screen = json.loads((folder / SCREEN_FILE).read_text(encoding="utf-8"))
+    est = HeadScores.load(folder / "estimate.parquet")
+    verified = np.zeros(est.values.shape[1:], dtype=bool)
+    for l, h in screen["verified"]:
+        verified[l, h] = True
+    return ScreenedScan(est, HeadScores.load(folder / "exact.parquet"), verified, int(screen["top_k"]))
+
+
 def _plan_attribution(unit, ctx: Context) -> list[Item]:
-    """Attribution patching: one item estimating every head of `layers` (one forward + backward per
-    batch: not worth splitting), then for the '+exact' methods one item scanning the top_k heads of that
-    estimate exactly (read from the estimate's file, so a resumed run verifies the same heads)."""
-    estimator = unit.method.removesuffix("+exact")
+    """Attribution patching as `scan()` runs it, in its two steps: one item calling `estimate()` for every
+    head of `layers` (one forward + backward per batch: not worth splitting), then for the '+exact' methods
+    one item calling `verify()` on that saved estimate (so a resumed run verifies the same heads). The verify
+    item writes verify()'s verified heads and top_k, then the exact table last (its marker)."""
     estimate_file = _estimate_file(unit, ctx)
 
-    def estimate():
-        _scan_call(unit, ctx, method=estimator, layers=unit.layers, graddrop=unit.graddrop).save(estimate_file)
+    def request() -> ScanRequest:
+        return _request(unit, ctx, method=unit.method, layers=unit.layers, graddrop=unit.graddrop, top_k=unit.top_k)
 
-    items = [Item(unit, f"{estimator} estimate", estimate_file, estimate)]
+    def run_estimate():
+        estimate(ctx.model, ctx.dataset(unit).token_lists, request()).save(estimate_file)
+
+    estimator = unit.method.removesuffix("+exact")
+    items = [Item(unit, f"{estimator} estimate", estimate_file, run_estimate)]
     if unit.method.endswith("+exact"):
-        verified_file = _verified_file(unit, ctx)
+        exact_file = _exact_file(unit, ctx)
 
-        def verify():
-            order = screen_order(HeadScores.load(estimate_file))
-            _scan_call(unit, ctx, visit=order[: unit.top_k or default_top_k(len(order))]).save(verified_file)
+        def run_verify():
+            screened = verify(ctx.model, ctx.dataset(unit).token_lists, request(), HeadScores.load(estimate_file))
+            ctx.store.write_json(
+                exact_file.parent / SCREEN_FILE, {"top_k": screened.top_k, "verified": screened.verified_heads}
+            )
+            screened.exact.save(exact_file)  # the marker, written last
 
         top = unit.top_k or f"{default_top_k(len(_visited(unit, ctx)))}"
         items.append(
-            Item(unit, f"exact scan of the top {top}", verified_file, verify, needs=((unit.name, items[0].key),))
+            Item(unit, f"exact scan of the top {top}", exact_file, run_verify, needs=((unit.name, items[0].key),))
         )
     return items
 
@@ -182,7 +200,7 @@ def plan_scan(unit, ctx: Context) -> list[Item]:
         marker = _chunk_file(unit, ctx, chunk)
 
         def run(chunk=chunk, marker=marker):
-            _scan_call(unit, ctx, layers=chunk).save(marker)
+            exact(ctx.model, ctx.dataset(unit).token_lists, _request(unit, ctx, layers=chunk)).save(marker)
 
         items.append(Item(unit, f"layers {chunk[0]}-{chunk[-1]}", marker, run))
     return items
@@ -204,29 +222,11 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         values = first.values
         params.update(method=unit.method, **({"graddrop": True} if unit.graddrop else {}))
         if unit.method.endswith("+exact"):
-            exact = HeadScores.load(_verified_file(unit, ctx))
-            verified = np.isfinite(exact.values).all(axis=0)  # [layer, head]: the heads the exact scan ran on
-            screened = ScreenedScan(first, exact, verified, int(verified.sum()))
+            screened = load_screened(ctx.store.unit_dir(unit.name))
             values = screened.values
             params.update(top_k=screened.top_k, verified=screened.verified_heads)
-        return HeadScores(
-            values,
-            name=unit.name,
-            n_kv_heads=first.n_kv_heads,
-            model=first.model,
-            analyzer="scan",
-            params=params,
-            prompts=ds.labels,
-            better=first.better,
-            description=first.description,
-            layer_kinds=first.layer_kinds,
-        )
-    values, first = None, None
-    for chunk in _chunks(unit, ctx.info):
-        part = HeadScores.load(_chunk_file(unit, ctx, chunk))
-        if values is None:
-            values, first = np.full(part.values.shape, np.nan), part
-        values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
+    else:
+        first, values = _stitched(unit, ctx)
     return HeadScores(
         values,
         name=unit.name,
@@ -239,6 +239,15 @@ def scan_scores(unit, ctx: Context) -> HeadScores:
         description=first.description,
         layer_kinds=first.layer_kinds,
     )
+
+
+def _stitched(unit, ctx: Context) -> tuple[HeadScores, np.ndarray]:
+    """The first chunk's scores (for their provenance) and every chunk's layers in one [prompt, layer, head]."""
+    parts = [(chunk, HeadScores.load(_chunk_file(unit, ctx, chunk))) for chunk in _chunks(unit, ctx.info)]
+    values = np.full(parts[0][1].values.shape, np.nan)
+    for chunk, part in parts:
+        values[:, chunk, :] = part.values[:, chunk, :]  # [prompt, layer, head]
+    return parts[0][1], values
 
 
 # ---- combining ----------------------------------------------------------------------------------------

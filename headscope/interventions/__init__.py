@@ -5,14 +5,15 @@ it in `KINDS`. See docs/interventions.md, "Adding an intervention kind".
 """
 
 from .apply import apply, forward_with
-from .atp import attribution_scan
+from .atp import estimate
 from .dla import direct_logit_attribution
 from .kind import EditContext
 from .metrics import METRICS
 from .patch_results import LogitAttribution, PatchScores
 from .patching import PATCH_SITES, patch
 from .prepare import prepare_references
-from .scan import clean_readout, scan, variant_outputs
+from .request import Method, Replay, ScanRequest
+from .scan import clean_readout, exact, scan, variant_outputs, verify
 from .screen import ScreenedScan
 from .specs import (
     KINDS,
@@ -36,21 +37,26 @@ __all__ = [
     "Intervention",
     "LogitAttribution",
     "MeanAblation",
+    "Method",
     "PatchScores",
+    "Replay",
     "ResampleAblation",
     "ScaleOutput",
+    "ScanRequest",
     "ScreenedScan",
     "StreamingWindow",
     "UniformAttention",
     "VARRedistribution",
     "ZeroAblation",
     "apply",
-    "attribution_scan",
     "clean_readout",
     "direct_logit_attribution",
+    "estimate",
+    "exact",
     "forward_with",
     "patch",
     "prepare_references",
     "scan",
     "variant_outputs",
+    "verify",
 ]

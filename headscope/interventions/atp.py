@@ -43,24 +43,19 @@ from tqdm.auto import tqdm
 from ..capture.blocked import attention_softmax
 from ..capture.engine import SITES
 from ..errors import InputError
-from ..inputs.tokens import iter_batches, to_token_lists
+from ..inputs.tokens import iter_batches
 from ..models.family import sink_logits
-from ..models.info import model_device, model_info
+from ..models.info import model_device
 from ..results import HeadScores
 from .hooks import check_editable, check_specs, layer_hook, query_slice
 from .kind import ATTENTION_SITES
-from .metrics import KLLast, important_end, resolve_metric
+from .metrics import KLLast, important_end
 from .prepare import prepare_references
-from .targets import check_reach as _check_reach
+from .request import Estimator, ScanRequest, bind
 from .targets import metric_name, prompt_labels
-from .targets import template as _template
-from .targets import visited_heads as _visited_heads
-
-ESTIMATORS = ("atp", "atp*")
-DEFAULT_KL_TOKENS = 16
 
 
-def _node_site(spec, estimator: str) -> str:
+def _node_site(spec, estimator: Estimator) -> str:
     """Where the gradient is taken: the kind's own site, except that AtP*'s QK fix moves a score kind
     to the pattern (its change computed exactly through the softmax)."""
     if spec.site == "attn_scores" and estimator == "atp*":
@@ -68,7 +63,7 @@ def _node_site(spec, estimator: str) -> str:
     return spec.site
 
 
-def _check_kind(spec, estimator: str) -> None:
+def _check_kind(spec, estimator: Estimator) -> None:
     if spec.site not in ("z",) + ATTENTION_SITES:
         raise InputError(
             f"attribution patching estimates head-output and attention kinds; {spec.kind!r} edits "
@@ -94,9 +89,10 @@ class _Nodes:
     ∂M/∂ε is the total derivative of the metric with respect to the node."""
 
     def __init__(
-        self, spec, estimator: str, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int, model
+        self, spec, estimator: Estimator, layers, rows: slice, prepared, batch_index: torch.Tensor, n_heads: int, model
     ):
-        self.delta, self.eps = {}, {}
+        self.delta: dict[int, torch.Tensor] = {}
+        self.eps: dict[int, torch.Tensor] = {}
         self.node = _node_site(spec, estimator)
         self.hooks = []
         select = _all_heads(batch_index, n_heads)
@@ -109,7 +105,7 @@ class _Nodes:
                     (SITES["attn_scores"].format(l=layer), self._new_pattern(layer, edit, sink_logits(model, layer)))
                 )
                 self.hooks.append((SITES["pattern"].format(l=layer), self._at_pattern(layer)))
-        self._new = {}
+        self._new: dict[int, torch.Tensor] = {}
 
     def _leaf(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         eps = torch.zeros_like(x, requires_grad=True)
@@ -227,46 +223,25 @@ def _graddrop_hooks(model, n_layers: int, keep: list):
     return [(name, make(layer)) for layer in range(n_layers) for name in _branch_outputs(model, layer)]
 
 
-def attribution_scan(
-    model,
-    inputs,
-    kind="zero",
-    metric="logit_diff",
-    *,
-    estimator: str = "atp*",
-    visit=None,
-    layers=None,
-    batch_size: int = 8,
-    metric_kwargs: dict | None = None,
-    positions="all",
-    decode_start: int | None = None,
-    prepend_bos: bool | None = None,
-    graddrop: bool = False,
-    kl_tokens: int = DEFAULT_KL_TOKENS,
-    progress: bool | None = None,
-    **kind_params,
-) -> HeadScores:
+def estimate(model, inputs, request: ScanRequest) -> HeadScores:
     """The estimated metric change when each single head is intervened on, for every head and prompt,
-    from one clean forward and one backward per batch (see the module doc). Same inputs and output as
-    `scan()` (which calls this for method="atp" / "atp*"); heads not visited are NaN.
+    from one clean forward and one backward per batch (see the module doc), with the request's estimator
+    ("atp" or "atp*", from its method: "atp+exact" estimates with "atp"). Same output as the exact scan
+    (`scan()` calls this for the attribution methods); heads not visited are NaN.
 
     Only the layers of the visited heads get a node; the estimate of a head uses only its own node.
     """
-    if estimator not in ESTIMATORS:
-        raise InputError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    info = model_info(model)
-    template = _template(kind, positions, kind_params)
+    estimator, graddrop, batch_size = request.estimator, request.graddrop, request.batch_size
+    template = request.template
     _check_kind(template, estimator)
-    token_lists = to_token_lists(model, inputs, info, prepend_bos)
-    _check_reach(template, token_lists, decode_start)
-    score = resolve_metric(metric, model, len(token_lists), metric_kwargs)
-    visited = _visited_heads(info, visit, layers)
+    bound = bind(request, model, inputs)
+    info, token_lists, score, visited = bound.info, bound.token_lists, bound.score, bound.visited
     scan_layers = sorted({l for l, _ in visited})
-    spec = dataclasses.replace(template, heads=[(l, h) for l in scan_layers for h in range(info.n_heads)])
+    spec = dataclasses.replace(template, heads=tuple((l, h) for l in scan_layers for h in range(info.n_heads)))
     check_specs([spec], info)
     check_editable(model, [spec])
     prepared = prepare_references(model, [spec], default_prompts=token_lists, batch_size=batch_size)
-    rows = query_slice(spec.positions, decode_start)
+    rows = query_slice(spec.positions, request.decode_start)
     values = np.full((len(token_lists), info.n_layers, info.n_heads), np.nan)
     pad_id = info.pad_token_id if info.pad_token_id is not None else 0
     batches = list(iter_batches(token_lists, batch_size, pad_id))
@@ -276,7 +251,7 @@ def attribution_scan(
         total=len(batches),
         desc=f"atp {template.kind}",
         unit="batch",
-        disable=not (progress if progress is not None else len(batches) > 4),
+        disable=not (request.progress if request.progress is not None else len(batches) > 4),
     )
     # Gradients whatever the caller's grad mode (TransformerLens tutorials start with
     # torch.set_grad_enabled(False)): the forward, the metric and the sums all need the graph.
@@ -289,7 +264,7 @@ def attribution_scan(
                 hooks = nodes.hooks + (_graddrop_hooks(model, info.n_layers, keep) if graddrop else [])
                 with model.hooks(fwd_hooks=hooks):
                     logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
-                outputs = _metric_outputs(score, logits, batch, kl_tokens)
+                outputs = _metric_outputs(score, logits, batch, request.kl_tokens)
                 eps = [nodes.eps[l] for l in scan_layers]
                 drops = list(range(info.n_layers)) if graddrop else [None]
                 total = {l: torch.zeros(len(batch.index), info.n_heads, dtype=torch.float64) for l in scan_layers}
@@ -299,9 +274,9 @@ def attribution_scan(
                     per_output = []
                     for j, (_, out) in enumerate(outputs):
                         last = n_drop == len(drops) - 1 and j == len(outputs) - 1
-                        grads = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
+                        raw = torch.autograd.grad(out.sum(), eps, retain_graph=not last, allow_unused=True)
                         grads = {
-                            l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, grads, eps)
+                            l: (g if g is not None else torch.zeros_like(e)) for l, g, e in zip(scan_layers, raw, eps)
                         }
                         per_output.append(nodes.per_head(grads))
                     est = _combine(outputs, per_output, scan_layers)
@@ -316,13 +291,13 @@ def attribution_scan(
     finally:
         bar.close()
     prompts = prompt_labels(inputs)
-    name = metric_name(score, metric)
+    name = metric_name(score, request.metric)
     params = {
         "kind": template.kind,
         "metric": name,
         "method": estimator,
         **({"graddrop": True} if graddrop else {}),
-        **({"kl_tokens": kl_tokens} if isinstance(score, KLLast) else {}),
+        **({"kl_tokens": request.kl_tokens} if isinstance(score, KLLast) else {}),
     }
     what = "|effect| estimate (GradDrop)" if graddrop else "estimated change"
     return HeadScores(

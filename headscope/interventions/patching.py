@@ -24,7 +24,7 @@ from ..models.compat import pattern_edits_take_effect
 from ..models.info import model_device, model_info
 from .metrics import _answer_ids
 from .patch_results import PatchScores
-from .scan import _REPLAY_TOLERANCE, _CleanRun, _finish, _full_forward, _warn_no_replay, replay_error
+from .replay import CleanRun, finish, full_forward, replay_matches
 from .targets import prompt_labels
 
 # Sites `patch` accepts, and the axis a variant patches one entry of (None: the residual, per position).
@@ -210,16 +210,13 @@ def patch(
             zip(iter_batches(base_ids, batch_size, pad), iter_batches(source_ids, batch_size, pad))
         ):
             sources, source_logits = _capture(model, sb, site_list, L)
-            base = _CleanRun(model, bb, 0)
+            base = CleanRun(model, bb, 0)
             with torch.no_grad():
                 source_m[sb.index] = score(_at_last(source_logits, sb, last_only), sb).float().cpu().numpy()
                 base_m[bb.index] = score(_at_last(base.logits, bb, last_only), bb).float().cpu().numpy()
             B, width = len(bb.index), bb.tokens.shape[1]
             if n_batch == 0 and replay == "auto":
-                err = replay_error(model, base, bb, sorted({0, L - 1}), last_only, "logits")
-                if err is None or err > _REPLAY_TOLERANCE.get(base.logits.dtype, 1e-2):
-                    use_replay = False
-                    _warn_no_replay(model, err)
+                use_replay = replay_matches(model, base, bb, sorted({0, L - 1}), last_only, "logits")
             for site in site_list:
                 unit = PATCH_SITES[site]
                 n_units = 1 if unit is None else sources[(site, 0)].shape[1 if site == "pattern" else 2]
@@ -243,9 +240,9 @@ def patch(
                         hook = (SITES[site].format(l=layer), _patch_hook(site, sources[(site, layer)], chunk, B))
                         with torch.no_grad(), model.hooks(fwd_hooks=[hook]):
                             if use_replay:
-                                out = _finish(model, base.inputs[layer].repeat(c, 1, 1), layer, base, c, last_rows)
+                                out = finish(model, base.inputs[layer].repeat(c, 1, 1), layer, base, c, last_rows)
                             else:
-                                out = _full_forward(model, bb, c, last_rows, "logits")
+                                out = full_forward(model, bb, c, last_rows, "logits")
                             for k, (u, p) in enumerate(chunk):
                                 m = score(out[k * B : (k + 1) * B], bb).float().cpu().numpy()
                                 idx = (bb.index, layer) + (() if unit is None else (u,)) + (() if p is None else (p,))

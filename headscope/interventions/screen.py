@@ -1,7 +1,7 @@
 """Screen, then verify: rank every head by attribution patching, run the exact scan on the top k.
 
-`scan(..., method="atp+exact")` (or "atp*+exact") returns a `ScreenedScan`: both tables, and which
-heads were verified exactly. What to trust: the exact column where `verified`, the estimate as a
+`verify(model, inputs, request, estimate)` (what `scan(..., method="atp+exact")` or "atp*+exact" runs
+after `estimate()`) returns a `ScreenedScan`: both tables, and which heads were verified exactly. What to trust: the exact column where `verified`, the estimate as a
 ranking elsewhere (docs/attribution-patching.md says how good that ranking is on the bundled model).
 """
 

@@ -38,14 +38,14 @@ def check_reach(template: Intervention, token_lists, decode_start: int | None = 
         )
 
 
-def visited_heads(info, visit, layers, name: str = "visit") -> list[tuple[int, int]]:
+def visited_heads(info, visit, layers) -> list[tuple[int, int]]:
     """The heads a scan visits one at a time: `visit` if given, else every head of `layers`."""
     if visit is not None:
         out = sorted({(int(l), int(h)) for l, h in visit})
         for l, h in out:
             info.check_head(l, h)
         if not out:
-            raise InputError(f"{name} is empty: name at least one (layer, head), or pass {name}=None for all")
+            raise InputError("visit is empty: name at least one (layer, head), or pass visit=None for all")
         return out
     return [(l, h) for l in info.check_layers(layers) for h in range(info.n_heads)]
 
