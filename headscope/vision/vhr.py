@@ -19,6 +19,7 @@ the KV cache agrees with t=0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -113,7 +114,8 @@ def vhr_select(
     tokens, mask, last = batch.tokens, batch.attention_mask, batch.lengths - 1
     vhd = np.full((1, info.n_layers, info.n_heads), np.nan)
     ta = np.full_like(vhd, np.nan)
-    heads, outliers = [], []
+    heads: list[tuple[int, int]] = []
+    outliers: list[tuple[int, int]] = []
 
     def hook(z, hook):  # z [2, pos, head, d_head]
         layer = int(hook.name.split(".")[1])
@@ -135,7 +137,7 @@ def vhr_select(
     device = getattr(model.cfg, "device", None) or "cpu"
     with torch.no_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens.to(device), attention_mask=mask.to(device), pixel_values=prompt.pixel_values.to(device))
-    meta = dict(
+    meta: dict[str, Any] = dict(  # HeadScores keywords shared by both tables
         n_kv_heads=info.n_kv_heads,
         model=info.name,
         analyzer="vhr",

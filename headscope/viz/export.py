@@ -107,7 +107,8 @@ def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict
         return {}
     # Let plotly's own fig.write_image work in this session too; never override a user's setting.
     os.environ.setdefault("BROWSER_PATH", browser)
-    specs, tmps = [], []
+    specs: list[dict] = []
+    tmps: list[Path] = []
     for fig, final, fmt in jobs:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{len(tmps)}.tmp")
@@ -167,12 +168,13 @@ def export_figures(
     if len(set(stems)) != len(stems):
         raise ValueError(f"export_figures: duplicate stems would overwrite each other: {stems}")
     result: dict[str, dict[str, Path]] = {stem: {} for stem in stems}
+    js: str | Path = "inline"
     if "html" in formats and plotly_js != "inline":  # the shared plotly.js, written (or checked) once
-        plotly_js = write_plotly_js(out_dir) if plotly_js is None else Path(plotly_js)
+        js = write_plotly_js(out_dir) if plotly_js is None else Path(plotly_js)
     jobs, owners = [], []
     for fig, stem in figures:
         if "html" in formats:
-            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html", plotly_js)
+            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html", js)
         for fmt in formats:
             if fmt != "html":
                 jobs.append((fig, out_dir / f"{stem}.{fmt}", fmt))
