@@ -160,7 +160,7 @@ def _bca_levels(stat, n_units, estimate, boot, alpha):
     for z in (_normal.inv_cdf(alpha), _normal.inv_cdf(1 - alpha)):
         with np.errstate(invalid="ignore", divide="ignore"):
             shifted = z0 + (z0 + z) / (1 - accel * (z0 + z))
-        out.append(_cdf(np.where(np.isfinite(shifted), shifted, z)).astype(float))
+        out.append(np.asarray(_cdf(np.where(np.isfinite(shifted), shifted, z)), dtype=float))
     return out[0], out[1]
 
 

@@ -263,7 +263,8 @@ def greedy_generate(
     images = _image_kwargs(model, ids, pixel_values, device)
     # The KV cache is a shortcut: verified once per model against a full forward; without it, recompute.
     use_cache = use_cache and kv_cache_verified(model, ids, images)
-    P, out, cache = len(ids), [], None
+    P, cache = len(ids), None
+    out: list[int] = []
     with torch.no_grad():
         if use_cache and P > 1:
             try:

@@ -242,6 +242,8 @@ def _scan(unit: Unit, sec: Section, options: Section | None) -> None:
     unit.metric = sec.get("metric", as_str)
     if unit.metric not in METRICS:
         raise fail(sec.at("metric"), f"unknown scan metric {unit.metric!r}; known: {', '.join(sorted(METRICS))}")
+    if unit.data is None:  # _unit_data requires a dataset of every scan unit
+        raise fail(sec.at("data"), "a scan unit needs a dataset")
     if unit.metric == "logit_diff" and not unit.data.answers:
         raise fail(
             sec.at("data"),

@@ -199,7 +199,8 @@ def make_needle_prompts(
     for length in lengths:
         length = int(length)
         # Depths and needles both cycle (seeded offsets / order), so every cell sees them evenly.
-        shift, order = rng.randrange(len(depths)), []
+        shift = rng.randrange(len(depths))
+        order: list[int] = []
         for j in range(n):
             if not order:  # a fresh needle order every round, so needle-depth pairs vary
                 order = rng.sample(range(len(needles)), len(needles))
@@ -209,7 +210,8 @@ def make_needle_prompts(
                 before = [tokenizer.bos_token_id] + before
             budget = length - len(before) - len(after) - len(_needle_ids(tokenizer, needle, " ")[0])
             # Consecutive sentences from a random start (wrapping around the corpus) until the budget.
-            start, chosen, used = rng.randrange(len(sents)), [], 0
+            start, used = rng.randrange(len(sents)), 0
+            chosen: list[int] = []
             for k in range(len(sents)):
                 i = (start + k) % len(sents)
                 size = len(piece(i, not chosen))

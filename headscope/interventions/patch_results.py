@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -316,7 +317,8 @@ class PatchScores:
             and self.corrupt_prompts == other.corrupt_prompts
         )
 
-    __hash__ = None
+    # Unhashable (mutable numpy payload), declared as typeshed declares list's: see results._Result.
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (

@@ -369,19 +369,20 @@ def planted_model(
                     Wv[v] = torch.randn(d_head, d_model, generator=gen) * (1.0 / d_model**0.5)
             for h in range(n_heads):
                 q = Wq[h * d_head : (h + 1) * d_head]  # view: rows of head h
-                kind = next((kd for kd, hh in here.items() if hh == h), None)
-                if kind is None:
+                head_kind = next((kd for kd, hh in here.items() if hh == h), None)
+                if head_kind is None:
                     q.copy_(torch.randn(d_head, d_model, generator=gen) * (3.0 / d_model**0.5))
-                elif kind in profiles:  # q = (a_p, -b_p) in pair p gives score f(i - j), see _profile
-                    c = torch.tensor(profiles[kind], dtype=torch.float32).reshape(-1, 2)
+                elif head_kind in profiles:  # q = (a_p, -b_p) in pair p gives score f(i - j), see _profile
+                    c = torch.tensor(profiles[head_kind], dtype=torch.float32).reshape(-1, 2)
                     q[: len(ROPE_FREQS), CONST] = c[:, 0] * sqrt_dh / s
                     q[half : half + len(ROPE_FREQS), CONST] = -c[:, 1] * sqrt_dh / s
-                elif kind == "sink":
+                elif head_kind == "sink":
                     q[8, CONST] = margin * sqrt_dh / s
                 else:  # induction: content match scores 2*margin, BOS scores margin, rest 0
                     q[cdims, CUR + content] = 2 * margin * sqrt_dh / s
                     q[8, CONST] = margin * sqrt_dh / s
-                target = {"previous_token": PREV, "induction": NEXT}.get(kind)
+                copies: dict[str | None, int] = {"previous_token": PREV, "induction": NEXT}
+                target = copies.get(head_kind)
                 if target is not None:  # copy the attended token's one-hot (v = E_cur) into the block
                     Wo[target + torch.arange(V), h * d_head + torch.arange(V)] = 1.0
     _verify_profiles(hf, truth, n_ctx, [rms_scale(written_before(l)) for l in range(n_layers)])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -236,6 +237,10 @@ def _absent_kind(rng, scene: Scene, probe: str) -> tuple[str, str] | None:
     return pool[rng.integers(len(pool))] if pool else None
 
 
+@overload
+def pope_item(rng, scene: Scene, present: Literal[True], probe: str = "random") -> QAItem: ...
+@overload
+def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem | None: ...
 def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem | None:
     """ "is there a <colour> <shape> ?" about a present object (yes) or an absent one of the given probe type."""
     if present:
@@ -388,7 +393,9 @@ def encode_item(item: QAItem, tok=None) -> tuple[list[int], int]:
 def item_prompt(item: QAItem, tok=None, noise: float = 0.0, noise_seed: int = 0):
     """An ImagePrompt (image items) or a plain id list (text items), for headscope's analyzers."""
     ids = prompt_ids(item, tok)
-    return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0)) if item.has_image else ids
+    if item.scene is None:  # a text item (not has_image)
+        return ids
+    return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0))
 
 
 def sample_items(seed: int, n: int, text_fraction: float = 0.15, kinds=IMAGE_KINDS) -> list[QAItem]:
