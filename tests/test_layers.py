@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "headscope"
 
 LAYERS = [
-    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence"},  # core
+    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence", "options"},  # core
     {"viz"},
     {"results"},
     {"models"},

@@ -24,6 +24,8 @@ from ..errors import InputError
 from ..interventions import METRICS
 from ..interventions.scan import METHODS as SCAN_METHODS
 from ..models.catalog import TESTBEDS
+from ..options import DTYPE_NAMES, DtypeName
+from ..viz.export import FORMATS, ExportFormat
 from ._fields import (
     Section,
     as_bool,
@@ -40,7 +42,6 @@ from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
 
-FORMATS = ("html", "png", "svg", "pdf", "jpeg", "webp")
 UNIT_TYPES = ("analyze", "scan", "evaluate")
 COMMON = {"name", "data"}
 
@@ -72,12 +73,12 @@ class Spec:
     model_params: dict
     data: dict[str, DataSpec]
     units: list[Unit]
-    figures: tuple[str, ...]
+    figures: tuple[ExportFormat, ...]
     description: str = ""
     text: str = ""
     base_dir: Path = Path(".")
     hash: str = ""
-    model_dtype: str | None = None  # "float32" / "bfloat16" / "float16" / "float64"; None = load_model's default
+    model_dtype: DtypeName | None = None  # None = load_model's default
 
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
@@ -134,10 +135,7 @@ def _formats(value, path):
     return list(dict.fromkeys(items))
 
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def _model(value, path) -> tuple[str, dict, str | None]:
+def _model(value, path) -> tuple[str, dict, DtypeName | None]:
     dtype = None
     if isinstance(value, str):
         name, params = value, {}
@@ -145,8 +143,8 @@ def _model(value, path) -> tuple[str, dict, str | None]:
         sec = Section(value, path)
         name = sec.get("name", as_str)
         dtype = sec.get("dtype", as_str, None)
-        if dtype is not None and dtype not in DTYPES:
-            raise fail(sec.at("dtype"), f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype is not None and dtype not in DTYPE_NAMES:
+            raise fail(sec.at("dtype"), f"dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
         params = {k: v for k, v in sec.raw.items() if k not in ("name", "dtype")}
         sec.finish(extra_allowed=params)
     testbed = TESTBEDS.get(name.lower()) if isinstance(name, str) else None

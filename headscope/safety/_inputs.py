@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from ..errors import InputError
 from ..inputs.tokens import encode
 from ..models.info import model_info
@@ -10,7 +12,8 @@ from .prompts import prompt_set
 
 # The official code's templates (Zhou et al. 2024), byte for byte:
 QUERY_TEMPLATE = "## Query: {query}\n## Answer:"  # `ships_test` (generation) and the quick-start
-TEMPLATES = {
+Template = Literal["raw", "query", "ships", "sahara"]
+TEMPLATES: dict[Template, str] = {
     "raw": "{query}",  # `get_ships` without a template (use_tem=False)
     "query": QUERY_TEMPLATE,
     "ships": "## Query:{query} \n## Answer:",  # `SHIPS.main` scoring with use_tem=True
@@ -18,7 +21,11 @@ TEMPLATES = {
 }
 
 
-def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
+# A prompt format: the model's chat template, a named template, or any template string with {query}.
+PromptFormat = Literal["chat"] | Template
+
+
+def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list[list[int]]:
     """Token ids of each request under `prompt_format`.
 
     "chat": the model's chat template with the assistant turn opened (how the safety-tuned
@@ -34,10 +41,10 @@ def safety_prompt_ids(model, prompts, prompt_format: str) -> list[list[int]]:
         raise InputError("safety-head analyzers need a non-empty list of request strings (harmful prompts)")
     if prompt_format == "chat":
         return [chat_ids(model, p) for p in prompts]
-    template = TEMPLATES.get(prompt_format, prompt_format)
+    template = TEMPLATES[prompt_format] if prompt_format in TEMPLATES else prompt_format
     if "{query}" not in template:
         raise InputError(
-            f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
+            f"prompt_format must be 'chat', one of {sorted(get_args(Template))} or a template containing "
             f"{{query}}, got {prompt_format!r}"
         )
     info = model_info(model)
