@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -42,7 +42,8 @@ from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
 
-UNIT_TYPES = ("analyze", "scan", "evaluate")
+UnitType = Literal["analyze", "scan", "evaluate"]  # what a unit does (its one key of these)
+UNIT_TYPES: tuple[UnitType, ...] = get_args(UnitType)
 COMMON = {"name", "data"}
 
 
@@ -50,7 +51,7 @@ COMMON = {"name", "data"}
 class Unit:
     index: int
     name: str
-    type: str  # "analyze" | "scan" | "evaluate"
+    type: UnitType
     path: str
     target: str  # analyzer name, intervention kind, or evaluate metric
     data: DataSpec | None = None

@@ -19,8 +19,8 @@ token sits at the same distance from the end in every variant, which is how posi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
