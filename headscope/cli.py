@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import HeadscopeError
-from .options import DTYPE_NAMES, EXECUTORS, torch_dtype
+from .options import DTYPE_NAMES, EXECUTORS, SCAN_METHODS, torch_dtype
 
 
 def _report(args) -> int:
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--method",
         default="exact",
-        choices=["exact", "atp", "atp*", "atp+exact", "atp*+exact"],
+        choices=SCAN_METHODS,
         help="exact (default), atp / atp* (attribution patching: one forward + one backward), or "
         "atp+exact / atp*+exact (estimate every head, verify the top k exactly)",
     )

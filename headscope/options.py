@@ -25,6 +25,11 @@ ATTENTION_MODES: tuple[AttentionMode, ...] = get_args(AttentionMode)
 Preset = Literal["quick", "full"]
 PRESETS: tuple[Preset, ...] = get_args(Preset)
 
+# How scan() measures each head: exactly (one forward per head), by attribution patching ("atp", or
+# "atp*" with its attention-softmax correction), or an estimate whose top heads are then verified exactly.
+ScanMethod = Literal["exact", "atp", "atp*", "atp+exact", "atp*+exact"]
+SCAN_METHODS: tuple[ScanMethod, ...] = get_args(ScanMethod)
+
 # How scan() and patch() batch their variant forwards: "auto" replays the clean run's prefix once it
 # checked that the replay reproduces the model's logits, "off" runs full forwards, "force" replays unchecked.
 Replay = Literal["auto", "off", "force"]

@@ -22,9 +22,8 @@ import yaml
 from ..analyzers import REGISTRY as ANALYZERS  # the analyzers' own registry (a layer below)
 from ..errors import InputError
 from ..interventions import METRICS
-from ..interventions.scan import METHODS as SCAN_METHODS
 from ..models.catalog import TESTBEDS
-from ..options import DTYPE_NAMES, DtypeName
+from ..options import DTYPE_NAMES, SCAN_METHODS, DtypeName, ScanMethod
 from ..viz.export import FORMATS, ExportFormat
 from ._fields import (
     Section,
@@ -60,7 +59,7 @@ class Unit:
     layers: list[int] | None = None
     layers_per_unit: int = 1
     batch_size: int = 8
-    method: str = "exact"  # scan: "exact", "atp", "atp*", "atp+exact", "atp*+exact"
+    method: ScanMethod = "exact"  # scan units only
     top_k: int | None = None  # scan "+exact" methods: heads verified exactly
     graddrop: bool = False  # scan "atp" methods: AtP*'s GradDrop
     intervention: dict | None = None  # evaluate: template, heads filled by each condition
