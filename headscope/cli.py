@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from .errors import HeadscopeError
+from .options import DTYPE_NAMES, EXECUTORS, SCAN_METHODS, torch_dtype
 
 
 def _report(args) -> int:
@@ -60,7 +61,7 @@ def _report_steps(args) -> int:
 def _view(args) -> int:
     from .atlas.serve import view
 
-    view(args.model, args.report, args.port, device=args.device, dtype=_dtype(args.dtype))
+    view(args.model, args.report, args.port, device=args.device, dtype=torch_dtype(args.dtype))
     return 0
 
 
@@ -80,19 +81,7 @@ def _load(args):
     """The model of a verb, on its --device and --dtype."""
     from .models import load_model
 
-    return load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
-
-
-def _dtype(name):
-    import torch
-
-    return (
-        None
-        if name is None
-        else {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}[
-            name
-        ]
-    )
+    return load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
 
 
 def _answers(values: list[str], n_prompts: int) -> list[tuple[str, str]]:
@@ -379,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--method",
         default="exact",
-        choices=["exact", "atp", "atp*", "atp+exact", "atp*+exact"],
+        choices=SCAN_METHODS,
         help="exact (default), atp / atp* (attribution patching: one forward + one backward), or "
         "atp+exact / atp*+exact (estimate every head, verify the top k exactly)",
     )
@@ -402,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard the folder's earlier results and start again")
     run.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=EXECUTORS,
         default="local",
         help="local: this process, units in order; ray: a pool of Ray actors (docs/scale-out.md)",
     )
@@ -436,7 +425,7 @@ def _model_options(parser) -> None:
     parser.add_argument(
         "--dtype",
         default=None,
-        choices=("float32", "bfloat16", "float16", "float64"),
+        choices=DTYPE_NAMES,
         help="model weights' dtype (default: float32)",
     )
 

@@ -29,13 +29,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
 
-METHODS = ("percentile", "bca")
+CIMethod = Literal["percentile", "bca"]  # see the module docstring
+METHODS: tuple[CIMethod, ...] = get_args(CIMethod)
+# Which end of a score ranks first: the largest ("higher"), the smallest ("lower") or the largest |score|
+# ("magnitude"). HeadScores.better and headscope.results.rank_heads take the same words.
+Better = Literal["higher", "lower", "magnitude"]
 # Below this many prompts a percentile interval of a mean covers clearly less than its level (measured:
 # ~0.80-0.90 at 5-10 normal prompts, docs/confidence-intervals.md): the interval's text says so.
 FEW = 10
@@ -111,7 +116,7 @@ def bootstrap(
     level: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
-    method: str = "percentile",
+    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, low, high), each [K], of a statistic of weighted units.
 
@@ -155,7 +160,7 @@ def _bca_levels(stat, n_units, estimate, boot, alpha):
     for z in (_normal.inv_cdf(alpha), _normal.inv_cdf(1 - alpha)):
         with np.errstate(invalid="ignore", divide="ignore"):
             shifted = z0 + (z0 + z) / (1 - accel * (z0 + z))
-        out.append(_cdf(np.where(np.isfinite(shifted), shifted, z)).astype(float))
+        out.append(np.asarray(_cdf(np.where(np.isfinite(shifted), shifted, z)), dtype=float))
     return out[0], out[1]
 
 
@@ -211,9 +216,9 @@ class HeadScoresCI:
     level: float
     n_prompts: int
     n_boot: int
-    method: str
+    method: str  # a CIMethod
     seed: int
-    better: str = "higher"
+    better: Better = "higher"
     unit: str = "prompts"
     statistic: str = "mean over prompts"
     attrs: dict = field(default_factory=dict)  # the source's provenance
@@ -312,8 +317,8 @@ def ci_result(
     level=0.95,
     n_boot=1000,
     seed=0,
-    method="percentile",
-    better: str = "higher",
+    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
+    better: Better = "higher",
     unit: str = "prompts",
     statistic: str = "mean over prompts",
     attrs: dict | None = None,
@@ -344,9 +349,9 @@ def mean_ci(
     level=0.95,
     n_boot=1000,
     seed=0,
-    method="percentile",
+    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
     include: np.ndarray | None = None,
-    better: str = "higher",
+    better: Better = "higher",
     unit: str = "prompts",
     statistic: str = "mean over prompts",
     attrs: dict | None = None,

@@ -21,17 +21,19 @@ rate, KL from the clean model: lower). Head rankings use the same word (headscop
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import InputError
 from .registry import Registry
 
 REQUIRED = inspect.Parameter.empty  # a Param without a default must be given
-BETTER = ("higher", "lower")
+EvalBetter = Literal["higher", "lower"]  # the direction in which the model does better
+BETTER: tuple[EvalBetter, ...] = get_args(EvalBetter)
 # What an evaluator may need (Evaluator.needs). The spec validation enforces each one.
-NEEDS = {
+Need = Literal["generation", "chat", "answers"]
+NEEDS: dict[Need, str] = {
     "generation": "decodes after the prompt (greedy or teacher-forced answer), so interventions with "
     "positions: decode have a decode start; evaluators without it refuse positions: decode",
     "chat": "a chat model: the tokenizer must have a chat template (checked once the model is loaded)",
@@ -134,9 +136,9 @@ class Evaluator:
 
     run: Callable[..., dict]
     data: tuple[str, ...]
-    better: str
+    better: EvalBetter
     params: tuple[Param, ...] | None = None
-    needs: frozenset[str] = frozenset()
+    needs: Collection[Need] = frozenset()  # any collection; stored as a frozenset
     vhr: bool = False
     check_data: Callable[[Any], str | None] | None = None
     label: str = ""
@@ -149,8 +151,9 @@ class Evaluator:
             object.__setattr__(self, "params", params_of(self.run, skip=_first_arg(self.run)))
         if self.better not in BETTER:
             raise TypeError(f"Evaluator better={self.better!r}: use one of {BETTER}")
-        if not self.needs <= set(NEEDS):
-            raise TypeError(f"Evaluator needs {sorted(self.needs - set(NEEDS))}: known needs are {sorted(NEEDS)}")
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise TypeError(f"Evaluator needs {sorted(unknown)}: known needs are {sorted(NEEDS)}")
         if not self.data:
             raise TypeError("Evaluator data: name at least one dataset kind it accepts")
         _owned_by(self, self.run)
@@ -203,9 +206,11 @@ __all__ = [
     "NEEDS",
     "PROMPT_FORMATS",
     "REQUIRED",
+    "EvalBetter",
     "EvalRequest",
     "Evaluator",
     "Generator",
+    "Need",
     "Param",
     "one_of",
     "params_of",

@@ -64,7 +64,11 @@ def jsonable(x: Any) -> Any:
 
 def encode_nan(arr: np.ndarray) -> list:
     # NaN -> null keeps the JSON standard; +-inf stay floats (Python's json reads Infinity back).
-    return np.where(np.isnan(arr), None, arr).tolist() if arr.dtype.kind == "f" else arr.tolist()
+    if arr.dtype.kind != "f":
+        return arr.tolist()
+    out = arr.astype(object)
+    out[np.isnan(arr)] = None
+    return out.tolist()
 
 
 def _rows(x: Any, ind: int) -> str:

@@ -58,6 +58,7 @@ from .interventions.kind import Intervention
 from .interventions.prepare import Prepared, prepare_references
 from .models.compat import KVCacheMismatch, cached_forward, kv_cache_verified, mark_cache_broken
 from .models.info import model_device, model_info, stop_token_ids  # noqa: F401  (stop_token_ids: public here too)
+from .options import AttentionMode
 
 # Sites whose query axis is dim 2 ([batch, head, q, k]); every other site has it at dim 1.
 _QK_SITES = ("attn_scores", "pattern")
@@ -211,7 +212,7 @@ def greedy_generate(
     on_step: StepCallback | None = None,
     use_cache: bool | None = None,
     pixel_values: torch.Tensor | None = None,
-    attention: str = "auto",
+    attention: AttentionMode = "auto",
 ) -> list[int]:
     """Greedy (argmax) continuation of one prompt; returns the new token ids.
 
@@ -263,7 +264,8 @@ def greedy_generate(
     images = _image_kwargs(model, ids, pixel_values, device)
     # The KV cache is a shortcut: verified once per model against a full forward; without it, recompute.
     use_cache = use_cache and kv_cache_verified(model, ids, images)
-    P, out, cache = len(ids), [], None
+    P, cache = len(ids), None
+    out: list[int] = []
     with torch.no_grad():
         if use_cache and P > 1:
             try:
@@ -291,7 +293,7 @@ def greedy_generate(
     return out
 
 
-def _attention(model, plan: InterventionPlan, attention: str, hooks, n_tokens: int, text_only: bool = True):
+def _attention(model, plan: InterventionPlan, attention: AttentionMode, hooks, n_tokens: int, text_only: bool = True):
     """The context one forward of `n_tokens` runs in: the plan's hooks on eager or blocked attention."""
     why = lambda: eager_only(plan.specs) + ([] if text_only else ["the forward carries images"])
     if resolve_attention(model, attention, 1, n_tokens, why_not=why):
@@ -300,7 +302,7 @@ def _attention(model, plan: InterventionPlan, attention: str, hooks, n_tokens: i
 
 
 def greedy_reproduces(
-    model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None, attention: str = "auto"
+    model, prompt_ids, answer_ids, *, interventions=(), pixel_values=None, attention: AttentionMode = "auto"
 ) -> bool:
     """Whether greedy decoding of `prompt_ids` under `interventions` reproduces `answer_ids` exactly
     (a needle answer, a copied segment).

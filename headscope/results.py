@@ -13,13 +13,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from headscope._version import __version__
-from headscope.confidence import HeadScoresCI, mean_ci
+from headscope.confidence import Better, HeadScoresCI, mean_ci
 from headscope.errors import HeadscopeError, InputError
 from headscope.fileio import atomic_write, dump_rows_json, encode_nan, jsonable
 from headscope.viz.figures import head_heatmap, token_plot
@@ -89,6 +89,7 @@ class _Result:
     """Shared provenance / save plumbing for HeadScores and TokenScores."""
 
     values: np.ndarray
+    dims: tuple[str, ...]
     prompts: list[str] | None
 
     def _init_meta(self, *, name, model, analyzer, params, prompts, description, version, created, extra):
@@ -127,7 +128,9 @@ class _Result:
             and self.prompts == other.prompts
         )
 
-    __hash__ = None  # mutable numpy payload
+    # Unhashable: a mutable numpy payload. Declared as typeshed declares list's: mypy types every
+    # object's __hash__ as a method, so setting it to None needs the ignore.
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def allclose(self, other: _Result, atol: float = 1e-8, rtol: float = 0.0) -> bool:
         """Same shape and values within tolerance (NaN == NaN); ignores provenance."""
@@ -189,7 +192,7 @@ class HeadScores(_Result):
         description: str = "",
         version: str | None = None,
         created: str | None = None,
-        better: str | None = None,
+        better: str | None = None,  # a Better (typed str while analyzers pass a str)
         layer_kinds=None,
     ):
         self.values = _as_array(values, "HeadScores", (2, 3))
@@ -333,9 +336,10 @@ class HeadScores(_Result):
     def score(self, layer: int, head: int) -> float:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise InputError(f"L{layer}H{head} out of range: model has {self.n_layers} layers x {self.n_heads} heads")
-        if layer not in self.attention_layers:
+        kinds = self.layer_kinds
+        if kinds is not None and layer not in self.attention_layers:  # (every layer attends without kinds)
             raise InputError(
-                f"L{layer}H{head}: layer {layer} is a {self.layer_kinds[layer]} layer, it has no attention "
+                f"L{layer}H{head}: layer {layer} is a {kinds[layer]} layer, it has no attention "
                 f"heads ({self.note}). Fix: an attention layer ({', '.join(map(str, self.attention_layers))})"
             )
         return float(self._mean()[layer, head])
@@ -456,10 +460,11 @@ class HeadScores(_Result):
 # ---- ranking heads ------------------------------------------------------------------------------------
 # "Which direction is better" has one spelling in the ranking code: better="higher" (the largest
 # score ranks first: more of what the scores measure), "lower" (the smallest first), or "magnitude"
-# (the largest |score| first). Two older spellings map onto it: HeadScores' stored `higher_is_more`
-# (the default) and an experiment spec's `rank: largest / smallest / magnitude`.
-Better = Literal["higher", "lower", "magnitude"]
+# (the largest |score| first). One older spelling maps onto it: HeadScores' stored `higher_is_more`
+# (the default); an experiment spec's `rank: largest / smallest / magnitude` is its own vocabulary.
 BETTER: tuple[Better, ...] = get_args(Better)
+# select_heads' `better`: a threshold or a top-k is taken from one end of the signed scale.
+SelectBetter = Literal["higher", "lower"]
 
 
 def rank_heads(scores: HeadScores, better: Better | None = None) -> list[tuple[int, int]]:
@@ -485,7 +490,8 @@ def rank_heads(scores: HeadScores, better: Better | None = None) -> list[tuple[i
     key = {"higher": -mean, "lower": mean, "magnitude": -np.abs(mean)}[better].ravel()
     order = np.argsort(np.where(np.isnan(key), np.inf, key), kind="stable")
     order = order[~np.isnan(key[order])]
-    return [tuple(int(x) for x in np.unravel_index(i, mean.shape)) for i in order]
+    layers, heads = np.unravel_index(order, mean.shape)
+    return [(int(l), int(h)) for l, h in zip(layers, heads, strict=True)]
 
 
 def select_heads(
@@ -494,7 +500,7 @@ def select_heads(
     threshold: float | None = None,
     top_k: int | None = None,
     top_fraction: float | None = None,
-    better: Literal["higher", "lower"] | None = None,
+    better: str | None = None,  # a SelectBetter (typed str while analyzers pass a str)
 ) -> list[tuple[int, int]]:
     """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
     NaN never selected).
@@ -504,8 +510,8 @@ def select_heads(
     """
     if sum(x is not None for x in (threshold, top_k, top_fraction)) != 1:
         raise InputError("select_heads takes exactly one of threshold, top_k, top_fraction")
-    if better not in (None, "higher", "lower"):
-        raise InputError(f"better={better!r}: use 'higher' or 'lower'")
+    if better is not None and better not in get_args(SelectBetter):
+        raise InputError(f"better={better!r}: use {' or '.join(map(repr, get_args(SelectBetter)))}")
     heads = rank_heads(scores, better)
     if threshold is not None:
         end = scores.better if better is None else better
@@ -518,6 +524,7 @@ def select_heads(
         return [h for h in heads if beyond(mean[h])]
     if top_k is not None:
         return heads[: int(top_k)]
+    assert top_fraction is not None  # the one of the three given (checked above)
     return heads[: max(1, round(top_fraction * len(heads)))]  # a fraction of the measured heads
 
 
@@ -529,10 +536,13 @@ def _load_parquet(path: Path) -> tuple[dict, np.ndarray]:
     except Exception as e:  # pyarrow raises several types (ArrowInvalid, OSError) for bad files
         raise ResultFileError(f"{path}: not a readable parquet file (truncated or corrupted?): {e}") from None
     raw = (table.schema.metadata or {}).get(_PARQUET_KEY)
+    no_metadata = ResultFileError(f"{path}: parquet has no headscope metadata (not saved by HeadScores.save)")
+    if raw is None:
+        raise no_metadata
     try:
         doc = json.loads(raw)
     except (TypeError, ValueError):
-        raise ResultFileError(f"{path}: parquet has no headscope metadata (not saved by HeadScores.save)") from None
+        raise no_metadata from None
     if doc.get("format") != _FORMAT["HeadScores"] or "provenance" not in doc or "shape" not in doc:
         raise ResultFileError(f"{path}: headscope metadata is not a HeadScores record")
     shape = tuple(doc["shape"])

@@ -16,7 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "headscope"
 
 LAYERS = [
-    {"errors", "paths", "fileio", "_version", "registry", "experiment_registry", "confidence", "divergence"},  # core
+    {
+        "errors",
+        "paths",
+        "fileio",
+        "_version",
+        "registry",
+        "experiment_registry",
+        "confidence",
+        "divergence",
+        "options",
+    },  # core
     {"viz"},
     {"results"},
     {"models"},

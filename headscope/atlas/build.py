@@ -24,10 +24,11 @@ from ..errors import InputError
 from ..fileio import atomic_write
 from ..inputs.prompts import load_prompts
 from ..models import load_model, model_info
+from ..options import PRESETS, Preset
 from .atlas import Atlas, step_file, write_json
 from .data import StepResult
 from .page import write_page
-from .steps import PRESETS, plan, run_step
+from .steps import plan, run_step
 from .viewer import MAX_TOKENS, VIEWER_PROMPT, default_viewer_ids, viewer_data
 
 _VERSIONS = ("torch", "transformers", "transformer-lens", "numpy", "plotly", "kaleido")
@@ -110,7 +111,7 @@ def build_atlas(
     model=None,
     out_dir: str | Path = "headscope-report",
     *,
-    preset: str = "quick",
+    preset: Preset = "quick",
     prompts_file=None,
     viewer_prompt=None,
     viewer_max_tokens: int = MAX_TOKENS,

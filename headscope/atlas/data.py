@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -102,6 +103,9 @@ def column_ci(scores: HeadScores, analyzer=None) -> ColumnCI | None:
     return ColumnCI.of(ci)
 
 
+StepStatus = Literal["ok", "skipped"]
+
+
 @dataclass
 class StepResult:
     """What one step left for the page: status "ok", or "skipped" with the reason."""
@@ -110,7 +114,7 @@ class StepResult:
     title: str
     what: str
     docs: str
-    status: str = "ok"
+    status: StepStatus = "ok"
     reason: str = ""
     params: dict = field(default_factory=dict)
     seconds: float = 0.0

@@ -52,8 +52,12 @@ def render_docs(pages: list[str], out_dir: Path) -> dict[str, str]:
             f"<p><a href='../report.html'>&larr; back to the atlas</a> · headscope docs: {html.escape(page)}</p>"
             f"{body}</body></html>\n"
         )
-        atomic_write(out_dir / hrefs[page], lambda p, d=doc: p.write_text(d, encoding="utf-8"))
+        _write_page(out_dir / hrefs[page], doc)
     return hrefs
+
+
+def _write_page(path: Path, doc: str) -> None:
+    atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
 
 
 def _relink(m: re.Match, src: Path, dest: Path, rendered: list[str]) -> str:

@@ -18,6 +18,7 @@ The rule (also on the page and in docs/report.md):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +44,7 @@ _PRIORITY = {name: i for i, name in enumerate(ROLE_COLOURS)}
 _SPARE = ["#8c564b", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 
 
-def role_colour(name: str, others: list[str] = ()) -> str:
+def role_colour(name: str, others: Sequence[str] = ()) -> str:
     if name in ROLE_COLOURS:
         return ROLE_COLOURS[name]
     extra = [n for n in others if n not in ROLE_COLOURS]
@@ -134,7 +135,7 @@ def assign(roles: list[ResolvedRole], columns: dict[str, np.ndarray], shape: tup
     strength = np.full(shape, np.nan)
     has: list[list[list[str]]] = [[[] for _ in range(n_heads)] for _ in range(n_layers)]
     names = list(dict.fromkeys(r.name for r in roles))
-    specific = {}  # a role name's tier (its first declaration)
+    specific: dict[str, bool] = {}  # a role name's tier (its first declaration)
     for r in roles:
         specific.setdefault(r.name, r.specific)
     for tier in (True, False):  # specific roles first; generic only where no specific role applies

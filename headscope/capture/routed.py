@@ -59,6 +59,8 @@ class _LayerRoute:
 
     def __call__(self, module, query, key, value, mask, scaling, dropout, softcap, extra):
         component = self._component()
+        if component is None:  # held weakly; alive whenever its bridge runs a forward
+            raise RuntimeError(f"layer {self.layer}'s routed attention outlived its bridge component")
         self.calls[self.layer] = self.calls.get(self.layer, 0) + 1
         _b, h, T, d = query.shape
         scaling = d**-0.5 if scaling is None else scaling

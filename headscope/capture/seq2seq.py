@@ -14,6 +14,7 @@ time (no padding to get wrong), teacher-forced on the target.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
 import torch
 
@@ -21,7 +22,8 @@ from ..errors import InputError
 from ..models.info import is_encoder_decoder, model_device
 from ..results import HeadScores
 
-STACKS = ("encoder", "decoder", "cross")
+Stack = Literal["encoder", "decoder", "cross"]  # self-attention of each stack, and decoder-to-encoder
+STACKS: tuple[Stack, ...] = get_args(Stack)
 _HOOK = {
     "encoder": "encoder_blocks.{l}.attn.hook_pattern",
     "decoder": "decoder_blocks.{l}.self_attn.hook_pattern",
@@ -64,7 +66,7 @@ def _ids(tokenizer, item, what: str, i: int) -> list[int]:
     return ids
 
 
-def _statistics(p: torch.Tensor, stack: str) -> dict[str, torch.Tensor]:
+def _statistics(p: torch.Tensor, stack: Stack) -> dict[str, torch.Tensor]:
     """Per-head statistics of one prompt's [layer, head, q, k] pattern, each [layer, head]."""
     p = p.double()
     out = {
@@ -152,7 +154,7 @@ def capture_seq2seq(
             if keep_patterns:
                 patterns[s].append(p)
     name = getattr(config, "name_or_path", "") or type(model.original_model).__name__
-    stats = {}
+    stats: dict[str, dict[str, HeadScores]] = {}
     for s in STACKS:
         stats[s] = {
             stat: HeadScores(

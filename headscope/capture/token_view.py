@@ -37,6 +37,8 @@ def token_view_data(model, prompt, heads, *, max_tokens: int = MAX_TOKENS) -> di
         )
     layers = sorted({layer for layer, _ in heads})
     res = capture(model, [ids], [FirstTokenMass()], layers=layers, keep_patterns=True, batch_size=1, progress=False)
+    if res.patterns is None:  # keep_patterns=True keeps them: an engine regression
+        raise RuntimeError("capture(keep_patterns=True) returned no patterns")
     patterns = res.patterns[0].float()  # [len(layers), head, q, k]
     out = []
     for layer, head in heads:

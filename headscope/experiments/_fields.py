@@ -50,7 +50,8 @@ class Section:
     def __init__(self, raw: Any, path: str):
         if not isinstance(raw, dict):
             raise fail(path, f"must be a mapping (key: value lines), got {type_name(raw)}")
-        self.raw, self.path, self.used = raw, path, set()
+        self.raw, self.path = raw, path
+        self.used: set[str] = set()
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key

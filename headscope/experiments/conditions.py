@@ -12,6 +12,7 @@ conditions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -19,7 +20,11 @@ from ..errors import InputError
 from ..interventions import KINDS, Intervention
 from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, check_call_params, fail, int_at_least
 
-RANKS = ("auto", "largest", "smallest", "magnitude", "selected")
+Rank = Literal["auto", "largest", "smallest", "magnitude", "selected"]
+RANKS: tuple[Rank, ...] = get_args(Rank)
+# How a condition names its heads: the one field of these it has (see the module docstring).
+Mode = Literal["heads", "interventions", "top_k", "random", "vhr"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 # The spec's `rank:` words (kept: specs use them) in headscope's one spelling of "which heads come
 # first" (`better` of headscope.results.rank_heads).
 RANK_BETTER = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude"}
@@ -29,14 +34,14 @@ RANK_BETTER = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude
 class Condition:
     name: str
     path: str
-    mode: str  # "heads" | "interventions" | "top_k" | "random" | "vhr"
+    mode: Mode
     heads: list | None = None
     interventions: list[dict] | None = None
     ks: list[int] | None = None
     seeds: list = field(default_factory=lambda: [None])
     source: str | None = None  # `from:` an earlier analyze/scan unit
     exclude_top: int | None = None
-    rank: str = "auto"
+    rank: Rank = "auto"
     vhr: dict | None = None  # {"alpha": float, "layers": list | None}
 
     def head_lists(self):
@@ -49,20 +54,32 @@ class Condition:
     def items(self) -> list[tuple[str, int, int | None]]:
         """(file stem, K, seed) of each work unit of this condition."""
         if self.mode == "heads":
-            return [(self.name, len(self.heads), None)]
+            return [(self.name, len(_given(self.heads, self, "heads")), None)]
         if self.mode == "interventions":
-            return [(self.name, len({tuple(h) for iv in self.interventions for h in iv["heads"]}), None)]
+            ivs = _given(self.interventions, self, "interventions")
+            return [(self.name, len({tuple(h) for iv in ivs for h in iv["heads"]}), None)]
         if self.mode == "vhr":
             return [(self.name, 0, None)]
+        ks = _given(self.ks, self, self.mode)
         if self.mode == "top_k":
-            return [(f"{self.name}_k{k}", k, None) for k in self.ks]
-        return [(f"{self.name}_k{k}_seed{s}", k, s) for k in self.ks for s in self.seeds]
+            return [(f"{self.name}_k{k}", k, None) for k in ks]
+        return [(f"{self.name}_k{k}_seed{s}", k, s) for k in ks for s in self.seeds]
+
+
+T = TypeVar("T")
+
+
+def _given(value: T | None, c: Condition, name: str) -> T:
+    """A field that `c`'s mode requires: `parse_conditions` sets it; a hand-built Condition may not."""
+    if value is None:
+        raise InputError(f"{c.path}: a {c.mode!r} condition needs {name}")
+    return value
 
 
 def check_intervention(d: dict, path: str, kind_path: str | None = None):
     """Validate an intervention dict (heads may be absent: a template), naming the field on error."""
     kind = d.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise fail(
             kind_path or f"{path}.kind", f"unknown intervention kind {kind!r}; known: {', '.join(sorted(KINDS))}"
         )
@@ -80,7 +97,7 @@ def check_intervention(d: dict, path: str, kind_path: str | None = None):
 
 def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
     sec = Section(raw, path)
-    modes = [m for m in ("heads", "interventions", "top_k", "random", "vhr") if m in sec.raw]
+    modes = [m for m in MODES if m in sec.raw]
     if len(modes) != 1:
         raise fail(
             path,
@@ -125,7 +142,7 @@ def _parse_one(raw, path: str, earlier, has_template: bool) -> Condition:
                 )
     if c.mode == "random":
         c.seeds = sec.get("seeds", as_int_list(0), [0])
-        default = max(c.ks) if c.source else None
+        default = max(_given(c.ks, c, "random")) if c.source else None
         c.exclude_top = sec.get("exclude_top", int_at_least(0), default)
         if c.exclude_top and c.source is None:
             raise fail(sec.at("exclude_top"), "needs from: (the unit whose top heads are excluded)")
@@ -159,7 +176,7 @@ def parse_conditions(value, path: str, earlier, has_template: bool) -> list[Cond
     items = as_list(value, path)
     if not items:
         raise fail(path, "is empty: list at least one condition")
-    out = []
+    out: list[Condition] = []
     for i, raw in enumerate(items):
         c = _parse_one(raw, f"{path}[{i}]", earlier, has_template)
         if any(o.name == c.name for o in out):
@@ -175,7 +192,7 @@ def choose_heads(c: Condition, k: int, seed, ranked, all_heads, n_selected: int 
     """The heads of one work unit: top K of `ranked`, or K seeded random heads outside the top.
     With rank: selected, `ranked` starts with the analyzer's `n_selected` heads_."""
     if c.mode == "heads":
-        return sorted(c.heads)
+        return sorted(_given(c.heads, c, "heads"))
     if c.mode == "top_k":
         limit = n_selected if c.rank == "selected" else len(ranked)
         if k > limit:

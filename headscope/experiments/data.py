@@ -150,8 +150,9 @@ def parse_data(raw: Any, name: str, path: str, base_dir: Path) -> DataSpec:
         check_params(spec.params, gen.params, path)  # the parameters sit next to `generator:`
         sec.finish(extra_allowed=spec.params)
     elif sources == ["prompts"]:
-        spec.prompts, spec.kind = _prompts(sec.get("prompts"), sec.at("prompts"))
-        spec.answers = sec.get("answers", lambda v, p: _answers(v, p, len(spec.prompts)), None)
+        prompts, spec.kind = _prompts(sec.get("prompts"), sec.at("prompts"))
+        spec.prompts = prompts
+        spec.answers = sec.get("answers", lambda v, p: _answers(v, p, len(prompts)), None)
         sec.finish()
     else:
         spec.file, spec.prompts, spec.answers, spec.file_sha256 = _read_file(
@@ -171,8 +172,10 @@ def materialize(spec: DataSpec, model, info) -> Dataset:
     try:
         if gen is not None:
             items = gen.make(model, info, **resolve_params(spec.params, gen.params, spec.path))
-        else:
+        elif spec.prompts is not None:
             items = list(spec.prompts)
+        else:  # parse_data gives every spec prompts (inline or from its file) or a generator
+            raise fail(spec.path, "has no prompts: give prompts, a file or a generator")
         if spec.template is not None:
             items = [spec.template.replace("{prompt}", p) for p in items]
         prompts = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..experiment_registry import EVALUATORS, EvalRequest, Evaluator
+from ..experiment_registry import EVALUATORS, EvalBetter, EvalRequest, Evaluator
 from ..inputs.tokens import iter_batches
 from ..interventions import apply
 from ..interventions.metrics import METRICS, resolve_metric
@@ -20,7 +20,8 @@ from ..interventions.metrics import METRICS, resolve_metric
 # The direction in which the model does better (an evaluator's `better`) is the opposite end of the one
 # that marks an important head (`important`): KL and the loss change are best small, the logit
 # difference change large (a drop = the heads helped).
-METRIC_BETTER = {m: {"higher": "lower", "lower": "higher"}[cls.important] for m, cls in METRICS.items()}
+_OPPOSITE: dict[str, EvalBetter] = {"higher": "lower", "lower": "higher"}
+METRIC_BETTER = {m: _OPPOSITE[cls.important] for m, cls in METRICS.items()}
 
 
 def metric_change(model, info, ds, specs, metric: str, batch_size: int, cache: dict) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -163,7 +164,9 @@ def _drive(ray, spec, store, actors, progress, t0) -> None:
         }
 
     log = _load_log(store)
-    idle, running, failure = list(actors), {}, None
+    idle = list(actors)
+    running: dict[Any, tuple[Any, dict]] = {}  # a Ray object ref -> (its actor, its item)
+    failure: Exception | None = None
     start, computed = time.time(), 0
     with tqdm(
         total=total,

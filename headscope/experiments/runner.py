@@ -17,13 +17,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import HeadscopeError, InputError
+from ..options import EXECUTORS, Executor
 from . import executors, ray_executor
 from .spec import Spec, load_spec
 from .store import Store
 from .summary import write_summary
 from .units import FINISHERS, PLANNERS, prepare
 
-EXECUTORS = ("local", "ray")
 # Test-only: seconds to sleep after each finished item, so a test can kill a run between items.
 DELAY_ENV = "HEADSCOPE_UNIT_DELAY_S"
 
@@ -39,7 +39,7 @@ def run_experiment(
     fresh: bool = False,
     model=None,
     progress: bool | None = None,
-    executor: str = "local",
+    executor: Executor = "local",
     address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0,

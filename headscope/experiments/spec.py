@@ -15,15 +15,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from ..analyzers import REGISTRY as ANALYZERS  # the analyzers' own registry (a layer below)
 from ..errors import InputError
 from ..interventions import METRICS
-from ..interventions.scan import METHODS as SCAN_METHODS
 from ..models.catalog import TESTBEDS
+from ..options import DTYPE_NAMES, SCAN_METHODS, DtypeName, ScanMethod
+from ..viz.export import FORMATS, ExportFormat
 from ._fields import (
     Section,
     as_bool,
@@ -40,8 +41,8 @@ from .conditions import Condition, check_intervention, parse_conditions
 from .data import DataSpec, parse_data
 from .evaluate import check_conditions, check_evaluator
 
-FORMATS = ("html", "png", "svg", "pdf", "jpeg", "webp")
-UNIT_TYPES = ("analyze", "scan", "evaluate")
+UnitType = Literal["analyze", "scan", "evaluate"]  # what a unit does (its one key of these)
+UNIT_TYPES: tuple[UnitType, ...] = get_args(UnitType)
 COMMON = {"name", "data"}
 
 
@@ -49,7 +50,7 @@ COMMON = {"name", "data"}
 class Unit:
     index: int
     name: str
-    type: str  # "analyze" | "scan" | "evaluate"
+    type: UnitType
     path: str
     target: str  # analyzer name, intervention kind, or evaluate metric
     data: DataSpec | None = None
@@ -58,7 +59,7 @@ class Unit:
     layers: list[int] | None = None
     layers_per_unit: int = 1
     batch_size: int = 8
-    method: str = "exact"  # scan: "exact", "atp", "atp*", "atp+exact", "atp*+exact"
+    method: ScanMethod = "exact"  # scan units only
     top_k: int | None = None  # scan "+exact" methods: heads verified exactly
     graddrop: bool = False  # scan "atp" methods: AtP*'s GradDrop
     intervention: dict | None = None  # evaluate: template, heads filled by each condition
@@ -72,12 +73,12 @@ class Spec:
     model_params: dict
     data: dict[str, DataSpec]
     units: list[Unit]
-    figures: tuple[str, ...]
+    figures: tuple[ExportFormat, ...]
     description: str = ""
     text: str = ""
     base_dir: Path = Path(".")
     hash: str = ""
-    model_dtype: str | None = None  # "float32" / "bfloat16" / "float16" / "float64"; None = load_model's default
+    model_dtype: DtypeName | None = None  # None = load_model's default
 
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
@@ -134,10 +135,7 @@ def _formats(value, path):
     return list(dict.fromkeys(items))
 
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def _model(value, path) -> tuple[str, dict, str | None]:
+def _model(value, path) -> tuple[str, dict, DtypeName | None]:
     dtype = None
     if isinstance(value, str):
         name, params = value, {}
@@ -145,8 +143,8 @@ def _model(value, path) -> tuple[str, dict, str | None]:
         sec = Section(value, path)
         name = sec.get("name", as_str)
         dtype = sec.get("dtype", as_str, None)
-        if dtype is not None and dtype not in DTYPES:
-            raise fail(sec.at("dtype"), f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype is not None and dtype not in DTYPE_NAMES:
+            raise fail(sec.at("dtype"), f"dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
         params = {k: v for k, v in sec.raw.items() if k not in ("name", "dtype")}
         sec.finish(extra_allowed=params)
     testbed = TESTBEDS.get(name.lower()) if isinstance(name, str) else None
@@ -242,6 +240,8 @@ def _scan(unit: Unit, sec: Section, options: Section | None) -> None:
     unit.metric = sec.get("metric", as_str)
     if unit.metric not in METRICS:
         raise fail(sec.at("metric"), f"unknown scan metric {unit.metric!r}; known: {', '.join(sorted(METRICS))}")
+    if unit.data is None:  # _unit_data requires a dataset of every scan unit
+        raise fail(sec.at("data"), "a scan unit needs a dataset")
     if unit.metric == "logit_diff" and not unit.data.answers:
         raise fail(
             sec.at("data"),

@@ -22,6 +22,7 @@ import fcntl
 import json
 import shutil
 from pathlib import Path
+from typing import TextIO
 
 from .._version import __version__
 from ..errors import InputError
@@ -78,7 +79,7 @@ class Store(Folder):
     def __init__(self, out, spec, *, fresh: bool = False):
         super().__init__(out)
         self.spec = spec
-        self._lock = None
+        self._lock: TextIO | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         state_file = self.root / "state.json"
@@ -115,15 +116,15 @@ class Store(Folder):
     # ---- locking and cleanup ------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
         # flock is released by the kernel when the process dies, so a SIGKILLed run never blocks a resume.
-        self._lock = open(self.root / ".lock", "w")
+        lock = open(self.root / ".lock", "w")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock.close()
-            self._lock = None
+            lock.close()
             raise InputError(
                 f"another headscope run is writing to {self.root}; wait for it or use another --out"
             ) from None
+        self._lock = lock
 
     def close(self) -> None:
         if self._lock is not None:

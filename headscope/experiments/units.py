@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import ModelNotFoundError
 from ..models import load_model, model_info
+from ..options import torch_dtype
 from . import evaluate as _evaluate
 from . import executors
 from .data import materialize
@@ -20,7 +19,7 @@ def load_spec_model(spec: Spec, **options):
     """The spec's model: a `load_model` name/path, or a testbed with its parameters (`testing:tiny`);
     `options` = where to load it (device, n_devices)."""
     if spec.model_dtype is not None:
-        options = {"dtype": getattr(torch, spec.model_dtype), **options}
+        options = {"dtype": torch_dtype(spec.model_dtype), **options}
     try:
         return load_model(spec.model, **spec.model_params, **options)
     except ModelNotFoundError as e:

@@ -34,6 +34,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -43,8 +44,12 @@ from ..models.info import model_info, tokenizer_adds_bos
 from ..paths import data_dir
 from .probes import repeated_random_tokens
 
-FORMS = ("completion", "question", "paper", "chat", "paper-chat")
-_CHAT_FORMS = ("chat", "paper-chat")
+NeedleForm = Literal["completion", "question", "paper", "chat", "paper-chat"]  # see the module docstring
+FORMS: tuple[NeedleForm, ...] = get_args(NeedleForm)
+_CHAT_FORMS: tuple[NeedleForm, ...] = ("chat", "paper-chat")
+# A sample's form: a needle prompt's, or "repeat" for a repeated-token sample (make_repeat_samples).
+SampleForm = NeedleForm | Literal["repeat"]
+SampleSource = Literal["needle", "repeats"]
 DEFAULT_DEPTHS = tuple(float(d) for d in np.linspace(0, 100, 10))  # the paper's depth grid
 QUESTION = "Based on the content of the book, Question: "
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -66,9 +71,9 @@ class NeedleSample:
     answer_text: str
     context_length: int  # tokens in the prompt
     depth: float  # requested depth, percent of the haystack
-    form: str
+    form: SampleForm
     needle_id: str
-    source: str = "needle"  # "needle" | "repeats"
+    source: SampleSource = "needle"
     stop: bool = True
 
 
@@ -106,7 +111,7 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def _scaffold(tokenizer, form: str, needle: dict) -> tuple[list[int], list[int]]:
+def _scaffold(tokenizer, form: NeedleForm, needle: dict) -> tuple[list[int], list[int]]:
     """Token ids before and after the haystack for one prompt form."""
     if form == "completion":
         return [], _ids(tokenizer, "\n" + needle["prefix"])
@@ -144,7 +149,7 @@ def make_needle_prompts(
     context_lengths,
     depths=None,
     seed: int = 0,
-    form: str = "completion",
+    form: str = "completion",  # a NeedleForm (typed str while the retrieval analyzer passes a str)
     *,
     needles: list[dict] | None = None,
     haystack: list[str] | None = None,
@@ -199,7 +204,8 @@ def make_needle_prompts(
     for length in lengths:
         length = int(length)
         # Depths and needles both cycle (seeded offsets / order), so every cell sees them evenly.
-        shift, order = rng.randrange(len(depths)), []
+        shift = rng.randrange(len(depths))
+        order: list[int] = []
         for j in range(n):
             if not order:  # a fresh needle order every round, so needle-depth pairs vary
                 order = rng.sample(range(len(needles)), len(needles))
@@ -209,7 +215,8 @@ def make_needle_prompts(
                 before = [tokenizer.bos_token_id] + before
             budget = length - len(before) - len(after) - len(_needle_ids(tokenizer, needle, " ")[0])
             # Consecutive sentences from a random start (wrapping around the corpus) until the budget.
-            start, chosen, used = rng.randrange(len(sents)), [], 0
+            start, used = rng.randrange(len(sents)), 0
+            chosen: list[int] = []
             for k in range(len(sents)):
                 i = (start + k) % len(sents)
                 size = len(piece(i, not chosen))

@@ -29,9 +29,9 @@ from ..models.info import model_info
 from .images import ImagePrompt, check_image_tokens
 from .spans import image_span
 
-Variant = Literal["removed", "replaced"]
-NamedPosition = Literal["last", "after_segment"]
+Variant = Literal["removed", "replaced"]  # the segment deleted, or replaced by a same-length filler
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
+NamedPosition = Literal["last", "after_segment"]  # the last token, or every token after the segment
 NAMED_POSITIONS: tuple[NamedPosition, ...] = get_args(NamedPosition)
 
 
@@ -61,7 +61,7 @@ class SegmentPrompt:
         """[start, end) of the segment in the present prompt."""
         return len(self.prefix), len(self.prefix) + len(self.segment)
 
-    def variant(self, kind: str, filler: Sequence[int] | None = None) -> list[int]:
+    def variant(self, kind: Variant, filler: Sequence[int] | None = None) -> list[int]:
         """The prompt with the segment removed, or replaced by `filler` (same length as the segment)."""
         if kind == "removed":
             return [*self.prefix, *self.suffix]
@@ -71,7 +71,7 @@ class SegmentPrompt:
             return [*self.prefix, *filler, *self.suffix]
         raise InputError(f"unknown variant {kind!r}; use one of {VARIANTS}")
 
-    def resolve_positions(self, positions) -> list[int]:
+    def resolve_positions(self, positions) -> list[int]:  # validated here: a NamedPosition, int or ints
         """Absolute positions in the present prompt for "last", "after_segment", an int or a list of ints
         (negative = from the end); each must lie after the segment."""
         n, end = len(self.present), self.span[1]
@@ -233,7 +233,7 @@ def filler_ids(model, filler, length: int) -> list[int]:
 class VariantPair:
     """Present prompts and their counterparts, with the chosen positions in each (aligned pairwise)."""
 
-    variant: str
+    variant: Variant
     present: list  # token-id lists, or ImagePrompts for prompts with images
     other: list[list[int]]
     present_positions: list[list[int]]

@@ -131,7 +131,7 @@ def direct_logit_attribution(
         f"blocks.{l}.{s}" for l in range(L) for s in ("attn.hook_z", "hook_attn_out", "hook_mlp_out")
     ]
     for batch in iter_batches(ids, batch_size, pad):
-        got = {}
+        got: dict[str, torch.Tensor] = {}
 
         def keep(name, got=got):  # by the name asked for: a hook point's own name may be an alias's
             def hook(t, hook):

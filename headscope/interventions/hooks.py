@@ -93,7 +93,9 @@ def layer_hook(
             out[row_idx, :, head_idx] = spec.edit(tensor[row_idx, :, head_idx], block_rows, ctx)
         return out
 
-    hook.block_aware = spec.row_local  # exact on blocks of rows; a redistribution (ACT, VAR) stays eager
+    # exact on blocks of rows; a redistribution (ACT, VAR) stays eager. A function attribute the blocked
+    # engine reads (headscope.capture.blocked), which mypy's function type has no room for.
+    hook.block_aware = spec.row_local  # type: ignore[attr-defined]
     return hook
 
 
@@ -143,7 +145,7 @@ def build_hooks(
     *,
     offset: int = 0,
     n_queries: int | None = None,
-) -> list[tuple[str, object]]:
+) -> list[tuple[str, Callable]]:
     """(hook name, fn) pairs for the specs; validates every head against the model first.
     Specs with a reference field (mean, resample) need `prepared` (see `prepare.prepare_references`).
 
@@ -163,7 +165,7 @@ def build_hooks(
     return hooks
 
 
-def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -> list[tuple[str, object]]:
+def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -> list[tuple[str, Callable]]:
     """Hooks multiplying every head's output (hook_z) by a gate (Michel et al.'s head mask ξ).
 
     `gates` is [n_layers, n_heads] (every batch row), usually ones with requires_grad so that

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
@@ -29,7 +30,8 @@ from ..capture.engine import SITES
 from ..errors import InputError
 from ..registry import Registry
 
-Positions = str | tuple  # "all" | "decode" | (start, end)
+PositionMode = Literal["all", "decode"]  # every query position | those past the decode start
+Positions = PositionMode | tuple[int, int | None]  # or a [start, end) span (end None: to the end)
 KINDS: Registry[type[Intervention]] = Registry(
     "intervention kind", fix="or define one: subclass headscope.interventions.Intervention, see docs/interventions.md"
 )
@@ -62,13 +64,14 @@ def norm_heads(heads) -> tuple[tuple[int, int], ...]:
 
 
 def norm_positions(positions) -> Positions:
-    if positions in ("all", "decode"):
+    if positions in get_args(PositionMode):
         return positions
     try:
         start, end = positions
         start, end = int(start), (None if end is None else int(end))
     except (TypeError, ValueError):
-        raise InputError(f"positions must be 'all', 'decode' or a [start, end) pair, got {positions!r}") from None
+        modes = ", ".join(repr(m) for m in get_args(PositionMode))
+        raise InputError(f"positions must be {modes} or a [start, end) pair, got {positions!r}") from None
     if start < 0 or (end is not None and end <= start):
         raise InputError(f"positions span {positions!r} is empty or negative")
     return (start, end)
@@ -100,7 +103,7 @@ class Intervention:
     ("all", "decode" = positions >= the decode start given at run time, or a [start, end) span), and
     the kind's parameters. Subclass it to add a kind (see the module docstring)."""
 
-    heads: tuple = ()
+    heads: Sequence[tuple[int, int]] = ()  # any (layer, head) pairs; __post_init__ stores a sorted tuple
     positions: Positions = "all"
     kind: ClassVar[str] = ""
     site: ClassVar[str] = ""

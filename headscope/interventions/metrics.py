@@ -15,14 +15,28 @@ arrive as [batch, 1, vocab]. A plain callable receives full [batch, pos, vocab] 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar, get_args
 
 import torch
 import torch.nn.functional as F
 
+from ..confidence import Better
 from ..errors import InputError
 
 
-class KLLast:
+class BuiltinMetric:
+    """What every built-in metric declares (see the module docstring); `__call__` computes it."""
+
+    name: ClassVar[str]
+    last_only: ClassVar[bool]
+    description: ClassVar[str]
+    important: ClassVar[Better]
+
+    def __call__(self, base: torch.Tensor, variant: torch.Tensor, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class KLLast(BuiltinMetric):
     """KL(p_base || p_variant) of the next-token distribution at the last prompt position
     (Ships' per-head score; computed from log-softmax, so the paper's +1e-12 is not needed)."""
 
@@ -34,7 +48,7 @@ class KLLast:
         return (log_p.exp() * (log_p - log_q)).sum(-1).float()
 
 
-class LogitDiff:
+class LogitDiff(BuiltinMetric):
     """Change of logit(correct) - logit(wrong) at the last position: negative = the head helped."""
 
     name, last_only, description = "logit_diff", True, "change in logit(correct) - logit(wrong) at the last position"
@@ -53,7 +67,7 @@ class LogitDiff:
         return diff(variant) - diff(base)
 
 
-class LossChange:
+class LossChange(BuiltinMetric):
     """Change of the mean next-token cross-entropy over each prompt's real tokens."""
 
     name, last_only, description = "loss", False, "change in mean next-token loss"
@@ -70,7 +84,7 @@ def _loss(logits, batch):
     return (nll * valid).sum(-1) / valid.sum(-1).clamp_min(1)
 
 
-METRICS = {"kl_last": KLLast, "logit_diff": LogitDiff, "loss": LossChange}
+METRICS: dict[str, type[BuiltinMetric]] = {"kl_last": KLLast, "logit_diff": LogitDiff, "loss": LossChange}
 
 
 def _answer_ids(model, answers, n_prompts: int) -> torch.Tensor:
@@ -97,10 +111,10 @@ def _answer_ids(model, answers, n_prompts: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-IMPORTANT = ("higher", "lower", "magnitude")
+IMPORTANT: tuple[Better, ...] = get_args(Better)
 
 
-def important_end(metric) -> str:
+def important_end(metric) -> Better:
     """Which end of `metric`'s change marks an important head (its `important`, else "magnitude")."""
     end = getattr(metric, "important", "magnitude")
     if end not in IMPORTANT:

@@ -12,11 +12,13 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from ..confidence import Better
 from ..errors import InputError
 from ..fileio import atomic_write, dump_rows_json, encode_nan, jsonable
 from ..results import HeadScores, ResultFileError
@@ -175,7 +177,7 @@ class PatchScores:
             "params": p["params"],
         }
 
-    def heads(self, better: str | None = None) -> HeadScores:
+    def heads(self, better: Better | None = None) -> HeadScores:
         """The per-head values as HeadScores ([prompt, layer, head] or [layer, head]) for rank_heads / top:
         only for per-head results (not per position, not resid_pre). Ranked by `better`; default: normalized
         scores "higher" (the most of the gap closed first); raw metric values "higher" when denoising and
@@ -316,7 +318,8 @@ class PatchScores:
             and self.corrupt_prompts == other.corrupt_prompts
         )
 
-    __hash__ = None
+    # Unhashable (mutable numpy payload), declared as typeshed declares list's: see results._Result.
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (

@@ -13,6 +13,9 @@ to full forwards where the replay does not reproduce the model's own logits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -22,14 +25,24 @@ from ..errors import InputError
 from ..inputs.tokens import iter_batches, to_token_lists
 from ..models.compat import pattern_edits_take_effect
 from ..models.info import model_device, model_info
+from ..options import REPLAYS, Replay
 from .metrics import _answer_ids
 from .patch_results import PatchScores
 from .replay import CleanRun, finish, full_forward, replay_matches
 from .targets import prompt_labels
 
 # Sites `patch` accepts, and the axis a variant patches one entry of (None: the residual, per position).
-PATCH_SITES = {"z": "head", "q": "head", "k": "kv_head", "v": "kv_head", "pattern": "head", "resid_pre": None}
-DIRECTIONS = ("denoising", "noising")
+PatchSite = Literal["z", "q", "k", "v", "pattern", "resid_pre"]
+PATCH_SITES: dict[PatchSite, str | None] = {
+    "z": "head",
+    "q": "head",
+    "k": "kv_head",
+    "v": "kv_head",
+    "pattern": "head",
+    "resid_pre": None,
+}
+Direction = Literal["denoising", "noising"]  # run corrupt and patch clean in, or the reverse
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 
 
 class PatchLogitDiff:
@@ -81,7 +94,7 @@ def _check_pairs(clean_ids, corrupt_ids) -> None:
             )
 
 
-def _check_sites(sites, model) -> list[str]:
+def _check_sites(sites: PatchSite | Sequence[PatchSite], model) -> list[PatchSite]:
     site_list = [sites] if isinstance(sites, str) else list(sites)
     if not site_list:
         raise InputError(f"sites is empty: name at least one of {', '.join(PATCH_SITES)}")
@@ -145,16 +158,16 @@ def patch(
     clean,
     corrupt,
     metric="logit_diff",
-    sites="z",
+    sites: PatchSite | Sequence[PatchSite] = "z",
     *,
-    direction: str = "denoising",
+    direction: Direction = "denoising",
     per_position: bool = False,
     metric_kwargs: dict | None = None,
     batch_size: int = 8,
     max_rows: int = 64,
     prepend_bos: bool | None = None,
     progress: bool | None = None,
-    replay: str = "auto",
+    replay: Replay = "auto",
 ):
     """Exact activation patching of every head (or residual position) between paired prompts.
 
@@ -188,8 +201,8 @@ def patch(
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction={direction!r}: use 'denoising' (run corrupt, patch clean in) or 'noising'")
-    if replay not in ("auto", "off", "force"):
-        raise InputError(f"replay must be 'auto', 'off' or 'force', got {replay!r}")
+    if replay not in REPLAYS:
+        raise InputError(f"replay must be {', '.join(map(repr, REPLAYS[:-1]))} or {REPLAYS[-1]!r}, got {replay!r}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise InputError(f"max_rows must be a positive integer, got {max_rows!r}")
     site_list = _check_sites(sites, model)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import subprocess
 import warnings
 import weakref
+from types import ModuleType
 
 import torch
 
@@ -48,7 +50,8 @@ class KVCacheMismatch(RuntimeError):
 def cache_kwarg(model) -> str:
     """The name under which the installed transformers takes the KV cache: 'cache' (5.24+) or
     'past_key_values' (earlier)."""
-    return _cache_kwarg_of(type(getattr(model, "original_model", model)))
+    hf_class = type(getattr(model, "original_model", model))
+    return _cache_kwarg_of(hf_class)  # type: ignore[arg-type]  # mypy does not see a class object as Hashable
 
 
 @functools.cache
@@ -310,9 +313,9 @@ def attn_implementation(config) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-def set_attn_implementation(config, implementation: str) -> None:
+def set_attn_implementation(config, implementation: str | None) -> None:
     """Select an HF attention implementation on a config ("eager", or one registered with
-    `AttentionInterface`). transformers reads the private `_attn_implementation` at every forward;
+    `AttentionInterface`; None, what `attn_implementation` reads on a config that never chose one). transformers reads the private `_attn_implementation` at every forward;
     its public setter validates against installed kernels, which a registered name is not."""
     config._attn_implementation = implementation
 
@@ -378,8 +381,9 @@ def no_runtime_installs():
     skipped), and `subprocess` refuses package-install commands.
     """
     patches = []
+    helpers: ModuleType | None
     try:
-        from transformer_lens.model_bridge.sources.transformers import helpers
+        helpers = importlib.import_module("transformer_lens.model_bridge.sources.transformers.helpers")
     except ImportError:
         helpers = None
     if helpers is not None and hasattr(helpers, "_ensure_torchvision"):

@@ -94,7 +94,7 @@ class ModelInfo:
                 f"kinds: {_kinds_text(self.layer_kinds)}), so it has no heads headscope can read. Fix: a model "
                 "whose bridge maps its attention (docs/architectures.md lists the families checked)"
             )
-        if not self.has_heads(layer):
+        if not self.has_heads(layer) and self.layer_kinds is not None:  # (False only with layer_kinds)
             raise InputError(
                 f"layer {layer} of {self.name} is a {self.layer_kinds[int(layer)]} layer: it has no attention "
                 f"heads. Layer kinds: {_kinds_text(self.layer_kinds)}. Fix: use an attention layer "
@@ -253,12 +253,12 @@ def bridge_layer_kinds(model) -> tuple[str, ...] | None:
     checked against the bridge, whose blocks have an `attn` exactly on the attention layers. A block
     without `attn` where the config names attention gets the kind "unbridged attention" (the bridge maps
     that layer's attention under another name: headscope cannot read its heads)."""
-    kinds = config_layer_kinds(model)
+    configured = config_layer_kinds(model)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        return kinds
+        return configured
     n = len(blocks)
-    kinds = list(kinds) if kinds is not None and len(kinds) == n else ["attention"] * n
+    kinds = list(configured) if configured is not None and len(configured) == n else ["attention"] * n
     for i, block in enumerate(blocks):
         has_attn = hasattr(block, "attn")
         if kinds[i] == "attention" and not has_attn:

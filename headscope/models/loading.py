@@ -178,7 +178,11 @@ def _load_smollm2(cache_dir, device, dtype):
 
 
 register_testbed(Testbed(bundled.SMOLLM2_NAME, load=_load_smollm2, summary="the bundled default model"))
-ALIASES = {None: bundled.SMOLLM2_NAME, "default": bundled.SMOLLM2_NAME, "smollm2": bundled.SMOLLM2_NAME}
+ALIASES: dict[str | None, str] = {
+    None: bundled.SMOLLM2_NAME,
+    "default": bundled.SMOLLM2_NAME,
+    "smollm2": bundled.SMOLLM2_NAME,
+}
 
 
 def _hub_id_is_cached(repo_id: str) -> bool:
@@ -223,7 +227,9 @@ def load_model(
         >>> model.cfg.n_layers, model.cfg.n_heads
         (30, 9)
     """
-    key = ALIASES.get(name_or_path, name_or_path)
+    if name_or_path is None:
+        name_or_path = ALIASES[None]  # the bundled model
+    key = ALIASES.get(name_or_path, name_or_path) if isinstance(name_or_path, str) else name_or_path
     if isinstance(key, str) and key.lower() in TESTBEDS:
         name = key.lower()
         if n_devices and n_devices > 1:

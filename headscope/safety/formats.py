@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from ..errors import InputError
 from ..inputs.tokens import encode
@@ -44,7 +44,7 @@ def safety_prompt_ids(model, prompts, prompt_format: PromptFormat | str) -> list
     template = _BY_NAME.get(prompt_format, prompt_format)  # a named template, or the template itself
     if "{query}" not in template:
         raise InputError(
-            f"prompt_format must be 'chat', one of {sorted(TEMPLATES)} or a template containing "
+            f"prompt_format must be 'chat', one of {sorted(get_args(Template))} or a template containing "
             f"{{query}}, got {prompt_format!r}"
         )
     info = model_info(model)

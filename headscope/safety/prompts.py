@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from typing import Literal, get_args
 
 from ..errors import HeadscopeError, InputError
 from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 from ..paths import data_dir
 
-PROMPT_SETS = ("harmful-train", "harmless-train", "harmful-heldout", "harmless-heldout")
-_TRAIN_FILES = {"harmful": "train_harmful.json", "harmless": "train_harmless.json"}
+PromptSet = Literal["harmful-train", "harmless-train", "harmful-heldout", "harmless-heldout"]
+PROMPT_SETS: tuple[PromptSet, ...] = get_args(PromptSet)
+TrainingSet = Literal["harmful", "harmless"]
+_TRAIN_FILES: dict[TrainingSet, str] = {"harmful": "train_harmful.json", "harmless": "train_harmless.json"}
 
 
 @cache
@@ -29,7 +32,7 @@ def _load(filename: str) -> dict:
         ) from exc
 
 
-def training_pairs(kind: str) -> list[tuple[str, str]]:
+def training_pairs(kind: TrainingSet) -> list[tuple[str, str]]:
     """(prompt, target response) pairs of the training set `kind` ("harmful" or "harmless").
 
     Harmful prompts are paired with refusals, harmless ones with helpful answers.
@@ -39,7 +42,7 @@ def training_pairs(kind: str) -> list[tuple[str, str]]:
     return [(it["prompt"], it["response"]) for it in _load(_TRAIN_FILES[kind])["items"]]
 
 
-def prompt_set(name: str) -> list[str]:
+def prompt_set(name: PromptSet) -> list[str]:
     """The prompts of a named set: "harmful-train", "harmless-train", "harmful-heldout" or
     "harmless-heldout" (a fresh list; the held-out sets have 25 prompts each).
 
@@ -49,8 +52,8 @@ def prompt_set(name: str) -> list[str]:
     """
     if name not in PROMPT_SETS:
         raise InputError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
-    kind, split = name.split("-")
-    if split == "train":
+    kind: TrainingSet = "harmful" if name.startswith("harmful-") else "harmless"
+    if name.endswith("-train"):
         return [p for p, _ in training_pairs(kind)]
     return list(_load("heldout.json")[kind])
 
@@ -58,7 +61,7 @@ def prompt_set(name: str) -> list[str]:
 # ---- `headscope run` data generator: a spec's `generator: prompt_set` ----------------------------------
 
 
-def _prompt_set_generator(model, info, name: str) -> list[str]:
+def _prompt_set_generator(model, info, name: PromptSet) -> list[str]:
     return prompt_set(name)
 
 

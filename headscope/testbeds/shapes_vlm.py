@@ -72,7 +72,8 @@ def shapes_vlm_hf(folder: str | Path | None = None, device=None, dtype=None):
         model.load_state_dict(state, strict=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelNotFoundError(f"{SHAPES_VLM_NAME}: cannot build the model from {folder} ({exc}). {FIX}") from exc
-    model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    # transformers wraps PreTrainedModel.to with functools.wraps, whose typing mypy reads as needing `self`
+    model.to(device=device or "cpu", dtype=dtype or torch.float32)  # type: ignore[call-arg]
     return model.eval()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -33,6 +34,9 @@ from headscope.errors import InputError
 from headscope.models.compat import set_experts_implementation
 from headscope.models.loading import boot
 from headscope.testing.tiny import BOS_ID, PAD_ID, tiny_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 VOCAB = 64
 D_MODEL = 64
@@ -85,6 +89,10 @@ FEATURES = (
 HYBRID_LAYERS = 4
 
 
+# Query heads per KV head: all (multi-head), a group (grouped-query), one KV head for all (multi-query).
+AttentionKind = Literal["MHA", "GQA", "MQA"]
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One cell of the matrix: a tiny model of ``family`` with an attention variant and features.
@@ -95,9 +103,9 @@ class Architecture:
 
     name: str
     family: str
-    attention: str  # "MHA" | "GQA" | "MQA"
+    attention: AttentionKind
     features: tuple[str, ...]
-    build_config: Callable[[], object] = field(repr=False, compare=False)
+    build_config: Callable[[], PretrainedConfig] = field(repr=False, compare=False)
     init_std: float = INIT_STD
 
     @property
@@ -278,7 +286,8 @@ def _opt():
         do_layer_norm_before=True,
         dropout=0.0,
         attention_dropout=0.0,
-        activation_dropout=0.0,
+        # an extra keyword transformers' config accepts at run time; its typing declares no such field
+        activation_dropout=0.0,  # type: ignore[call-arg]
         layerdrop=0.0,
         **_ids(),
     )
@@ -404,7 +413,8 @@ def _exaone4():
         num_hidden_layers=N_LAYERS,
         num_attention_heads=N_HEADS,
         num_key_value_heads=2,
-        head_dim=D_HEAD,
+        # an extra keyword transformers' config accepts at run time; its typing declares no such field
+        head_dim=D_HEAD,  # type: ignore[call-arg]
         max_position_embeddings=N_CTX,
         sliding_window=SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"],
@@ -831,6 +841,8 @@ def tiny_hf(name: str, seed: int = 0):
 
     arch = _get(name)
     cfg = arch.build_config()
+    if not cfg.architectures:
+        raise AssertionError(f"{name}: build_config() set no architectures (see _finish)")
     model_cls = getattr(transformers, cfg.architectures[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -62,7 +62,7 @@ def open_page(path: str | Path, *, width: int = 1300, height: int = 1000):
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
             served = isinstance(path, str) and path.startswith(("http://", "https://"))
-            page.goto(path if served else Path(path).resolve().as_uri())
+            page.goto(str(path) if served else Path(path).resolve().as_uri())
             page.wait_for_load_state("load")
             page.wait_for_timeout(300)  # plotly draws after load
             yield page, problems

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ from headscope.inputs.needle import NeedleSample
 from headscope.interventions import (
     KINDS,
     ACTCalibration,
+    Intervention,
     ScaleOutput,
     StreamingWindow,
     UniformAttention,
@@ -164,6 +166,7 @@ def check_patterns(name: str) -> None:
     res = capture(bridged(name), ps, keep_patterns=True, batch_size=2)
     assert tuple(res.layers) == attn_layers(name), f"{name}: captured layers {res.layers}"
     tol = max(TOL_PATTERN, 2 * _hf_batch_gap(name, ps))
+    assert res.patterns is not None, f"{name}: keep_patterns=True kept no patterns"
     for ids, got in zip(ps, res.patterns):
         ref = _hf_attentions(name, ids)
         torch.testing.assert_close(got, ref, rtol=0, atol=tol)
@@ -251,7 +254,7 @@ def check_blocked(name: str) -> str | None:
     mask = (torch.arange(n)[None] < torch.tensor([[len(p)] for p in ps])).long()
     real = mask.bool()
     first, last = _first_last(name)
-    specs = [[ZeroAblation(heads=[(last, 1)])]]
+    specs: list[list[Intervention]] = [[ZeroAblation(heads=[(last, 1)])]]
     if pattern_edits_take_effect(model):
         specs.append([UniformAttention(heads=[(first, 1), (last, 2)], positions=(3, None))])
     for spec in specs:
@@ -266,7 +269,8 @@ def check_head_outputs(name: str) -> None:
     """hook_z equals the input of HF's output projection (heads concatenated)."""
     model, hf = bridged(name), plain(name)
     ids = torch.tensor([prompts(name)[0]])
-    got, ref = {}, {}
+    got: dict[int, torch.Tensor] = {}
+    ref: dict[int, torch.Tensor] = {}
     hooks = [
         (f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: got.__setitem__(l, z.detach().clone()))
         for l in attn_layers(name)
@@ -315,6 +319,8 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
     block's attention module (self_attn, attn, attention, ...) and, inside it, the linear layer named
     o_proj, out_proj, c_proj, dense, ... nearest the attention module (BERT's is attention.output.dense)."""
     attn = _attention(_decoder_layers(hf)[layer])
+    if attn is None:
+        raise AssertionError(f"{type(hf).__name__}: block {layer} has no attention module among {_ATTENTION_NAMES}")
     leaf = {name: name.rsplit(".", 1)[-1].lower() for name, _ in attn.named_modules() if name}  # ModernBERT: Wo
     found = [
         (name.count("."), _OUT_PROJ_NAMES.index(leaf[name]), mod)
@@ -331,7 +337,7 @@ def out_proj(hf, layer: int) -> torch.nn.Module:
 
 
 def _z_and_v(model, ids, specs):
-    got = {}
+    got: dict[tuple[str, int], torch.Tensor] = {}  # (hook: z, v, p, s or g; layer) -> activation
     hooks = []
     for l in model_info(model).attention_layers:
         hooks.append((f"blocks.{l}.attn.hook_z", lambda t, hook, l=l: got.__setitem__(("z", l), t.detach().clone())))
@@ -451,7 +457,8 @@ def check_act_var_rows(name: str) -> str | None:
         return refused
     model, ids, _T = _one_prompt(name)
     heads = [(l, h) for l in attn_layers(name) for h in range(model.cfg.n_heads)]
-    specs, reason = [VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))], None
+    specs: list[Intervention] = [VARRedistribution(heads=heads, sinks=(0,), targets=(1, 8))]
+    reason = None
     if A.get_arch(name).is_encoder:
         try:
             forward_with(model, ids, [ACTCalibration(heads=heads)])
@@ -491,7 +498,7 @@ def check_scan(name: str) -> str | None:
     model = bridged(name)
     ragged = prompts(name)
     same_length = [p[: min(map(len, ragged))] for p in ragged]  # resample needs sources as long as inputs
-    kinds = [
+    kinds: list[tuple[str, dict[str, Any], list[list[int]]]] = [
         ("zero", {}, ragged),
         ("scale", {"alpha": 2.0}, ragged),
         ("mean", {}, ragged),
@@ -521,13 +528,15 @@ def check_scan(name: str) -> str | None:
             got = scan(model, ps, kind, "kl_last", **params)
             others = [l for l in range(model.cfg.n_layers) if l not in attn_layers(name)]
             assert np.isnan(got.values[:, others]).all(), f"{name} {kind}: layers {others} have no heads"
+            # a kind's class, called with its own fields (reference, source), which the base class lacks
+            make: Callable[..., Intervention] = KINDS[kind]
             for l in attn_layers(name):
                 for h in range(model.cfg.n_heads):
-                    spec = KINDS[kind](heads=[(l, h)], **params)
+                    spec = make(heads=[(l, h)], **params)
                     if kind == "mean":  # scan's default reference set: the scanned prompts
-                        spec = KINDS[kind](heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
+                        spec = make(heads=[(l, h)], reference=tuple(tuple(p) for p in ps))
                     if kind == "resample":  # scan's default source: the scanned prompts
-                        spec = KINDS[kind](heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
+                        spec = make(heads=[(l, h)], source=tuple(tuple(p) for p in ps), **params)
                     ref = _kl_last(clean, forward_with(model, tokens, [spec], attention_mask=mask), last)
                     np.testing.assert_allclose(
                         got.values[:, l, h],
@@ -607,8 +616,8 @@ def check_atp(name: str) -> str | None:
         for est in ("atp", "atp*"):
             estimate = derivative(kind, param, est)
             assert np.isnan(estimate[:, others]).all(), f"{name} {kind} {est}: layers {others} have no heads"
-            err = float(np.abs(estimate[:, layers] - exact[:, layers]).max())
-            assert err <= tol * scale, f"{name} {kind} {est}: |AtP - finite difference| = {err:.3g} (scale {scale:.3g})"
+            gap = float(np.abs(estimate[:, layers] - exact[:, layers]).max())
+            assert gap <= tol * scale, f"{name} {kind} {est}: |AtP - finite difference| = {gap:.3g} (scale {scale:.3g})"
     return None
 
 
@@ -699,7 +708,7 @@ def check_retrieval(name: str) -> str | None:
 
 # The text analyzers with inputs a tiny model can take (retrieval has a column of its own; the
 # vision analyzers need a VLM testbed and are checked in tests/test_vision_*.py).
-_ANALYZER_RUNS = (
+_ANALYZER_RUNS: tuple[tuple[str, dict[str, Any], str | None], ...] = (
     ("attention-sinks", {}, "ids"),
     ("streaming-heads", {"seg_len": 12, "n_repeats": 3, "check": False}, None),
     ("head-importance", {}, "ids"),
@@ -744,7 +753,7 @@ def check_analyzers(name: str) -> str | None:
 # the table
 
 
-_OUTCOMES: dict[tuple[str, str], tuple[bool, object]] = {}
+_OUTCOMES: dict[tuple[str, str], str | Exception | None] = {}  # a check's result, or what it raised
 
 
 def run_check(check: str, name: str) -> str | None:
@@ -753,11 +762,11 @@ def run_check(check: str, name: str) -> str | None:
     key = (check, name)
     if key not in _OUTCOMES:
         try:
-            _OUTCOMES[key] = (True, CHECKS[check](name))
+            _OUTCOMES[key] = CHECKS[check](name)
         except Exception as err:
-            _OUTCOMES[key] = (False, err)
-    ok, value = _OUTCOMES[key]
-    if not ok:
+            _OUTCOMES[key] = err
+    value = _OUTCOMES[key]
+    if isinstance(value, Exception):
         raise value
     return value
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ import torch
 from headscope.testing.tiny import BOS_ID, PAD_ID, _boot, _llama_config, _new_hf_model
 
 Head = tuple[int, int]
-KINDS = ("sink", "previous_token", "induction", "local_window")
+PlantedKind = Literal["sink", "previous_token", "induction", "local_window"]
+KINDS: tuple[PlantedKind, ...] = get_args(PlantedKind)
 MAX_CTX = 1024  # the score coefficients below are verified (margin 1) for every offset in [0, MAX_CTX)
 LOGIT_SCALE = 20.0  # logit of the copied token; all other logits are exactly 0
 
@@ -166,11 +168,11 @@ class PlantedHeads:
     margin: float = 30.0  # attention-logit gap between the planted keys and every other key
     bos_token_id: int = BOS_ID
 
-    def kinds(self) -> tuple[str, ...]:
+    def kinds(self) -> tuple[PlantedKind, ...]:
         """Kinds planted in this model, in ``KINDS`` order."""
         return tuple(k for k in KINDS if getattr(self, k) is not None)
 
-    def heads(self) -> dict[str, Head]:
+    def heads(self) -> dict[PlantedKind, Head]:
         """``{kind: (layer, head)}`` for the planted kinds."""
         return {k: getattr(self, k) for k in self.kinds()}
 
@@ -187,7 +189,7 @@ class PlantedHeads:
         """Plain dict of every field (heads as ``(layer, head)`` tuples or None)."""
         return dataclasses.asdict(self)
 
-    def expected_pattern(self, kind: str, tokens, attention_mask=None) -> torch.Tensor:
+    def expected_pattern(self, kind: PlantedKind, tokens, attention_mask=None) -> torch.Tensor:
         """Exact pattern of the ``kind`` head: float32 ``[batch, query_pos, key_pos]``.
 
         ``tokens``: ``[batch, pos]`` (or ``[pos]``). ``attention_mask``: optional ``[batch, pos]`` 1/0;
@@ -207,7 +209,7 @@ class PlantedHeads:
             out[b, real[:, None], real[None, :]] = self._pattern(kind, tokens[b, real])
         return out
 
-    def _pattern(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+    def _pattern(self, kind: PlantedKind, x: torch.Tensor) -> torch.Tensor:
         n, bos = len(x), self.bos_token_id
         idx = torch.arange(n)
         causal = idx[None, :] <= idx[:, None]
@@ -369,19 +371,20 @@ def planted_model(
                     Wv[v] = torch.randn(d_head, d_model, generator=gen) * (1.0 / d_model**0.5)
             for h in range(n_heads):
                 q = Wq[h * d_head : (h + 1) * d_head]  # view: rows of head h
-                kind = next((kd for kd, hh in here.items() if hh == h), None)
-                if kind is None:
+                head_kind = next((kd for kd, hh in here.items() if hh == h), None)
+                if head_kind is None:
                     q.copy_(torch.randn(d_head, d_model, generator=gen) * (3.0 / d_model**0.5))
-                elif kind in profiles:  # q = (a_p, -b_p) in pair p gives score f(i - j), see _profile
-                    c = torch.tensor(profiles[kind], dtype=torch.float32).reshape(-1, 2)
+                elif head_kind in profiles:  # q = (a_p, -b_p) in pair p gives score f(i - j), see _profile
+                    c = torch.tensor(profiles[head_kind], dtype=torch.float32).reshape(-1, 2)
                     q[: len(ROPE_FREQS), CONST] = c[:, 0] * sqrt_dh / s
                     q[half : half + len(ROPE_FREQS), CONST] = -c[:, 1] * sqrt_dh / s
-                elif kind == "sink":
+                elif head_kind == "sink":
                     q[8, CONST] = margin * sqrt_dh / s
                 else:  # induction: content match scores 2*margin, BOS scores margin, rest 0
                     q[cdims, CUR + content] = 2 * margin * sqrt_dh / s
                     q[8, CONST] = margin * sqrt_dh / s
-                target = {"previous_token": PREV, "induction": NEXT}.get(kind)
+                copies: dict[str | None, int] = {"previous_token": PREV, "induction": NEXT}
+                target = copies.get(head_kind)
                 if target is not None:  # copy the attended token's one-hot (v = E_cur) into the block
                     Wo[target + torch.arange(V), h * d_head + torch.arange(V)] = 1.0
     _verify_profiles(hf, truth, n_ctx, [rms_scale(written_before(l)) for l in range(n_layers)])

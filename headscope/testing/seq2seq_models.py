@@ -30,7 +30,8 @@ def _t5():
         num_decoder_layers=2,
         num_heads=N_HEADS,
         dropout_rate=0.0,
-        decoder_start_token_id=0,
+        # an extra keyword transformers' config accepts at run time; its typing declares no such field
+        decoder_start_token_id=0,  # type: ignore[call-arg]
         pad_token_id=0,
         eos_token_id=2,
     ), "T5ForConditionalGeneration"

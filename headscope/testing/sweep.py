@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 from headscope.testing import architectures as A
 
@@ -236,7 +237,7 @@ def _has(defaults, name: str) -> bool:
 def _tiny_kwargs(cc) -> dict:
     """Constructor kwargs that shrink a config of class `cc` (and its sub-configs) to the tiny shape."""
     defaults = cc()
-    kwargs = {}
+    kwargs: dict[str, Any] = {}  # sizes (ints), layer_types (a list), sub-configs
     for names, value in _SIZES.items():
         kwargs.update({n: value for n in names if _has(defaults, n)})
     kwargs.update(bos_token_id=A.BOS_ID, pad_token_id=A.PAD_ID, eos_token_id=A.PAD_ID)
@@ -289,7 +290,7 @@ def tiny_config(cls_name: str):
 MAX_PARAMS = 5_000_000  # the curated matrix's models have ~0.1M; above this a shape was missed
 
 
-def _attention_kind(cfg) -> str:
+def _attention_kind(cfg) -> A.AttentionKind:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = getattr(text, "num_attention_heads", None) or A.N_HEADS
     kv = getattr(text, "num_key_value_heads", None) or heads

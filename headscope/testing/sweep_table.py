@@ -85,11 +85,13 @@ def markdown(results: dict[str, str]) -> str:
     types = {e.hf_class: e.model_type for e in entries()}
     lines = ["| HF class | model_type | outcome |", "|---|---|---|"]
     for cls_name, text in results.items():
-        lines.append(f"| `{cls_name}` | {('`' + types[cls_name] + '`') if types[cls_name] else '—'} | {_cell(text)} |")
+        model_type = types[cls_name]
+        lines.append(f"| `{cls_name}` | {('`' + model_type + '`') if model_type else '—'} | {_cell(text)} |")
     counts: dict[str, int] = {}
     for text in results.values():
         counts[_kind(text)] = counts.get(_kind(text), 0) + 1
-    families = sorted({types[c] for c, t in results.items() if t == "pass"})
+    # (a class that passes was built, so transformers has it and its model_type)
+    families = sorted({m for c, t in results.items() if t == "pass" and (m := types[c]) is not None})
     lines += [
         "",
         "Classes: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (of {len(results)}).",

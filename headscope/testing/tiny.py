@@ -10,11 +10,16 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from headscope.inputs.probes import repeated_random_tokens as _probe
 from headscope.models.compat import no_runtime_installs
 from headscope.models.loading import hf_offline
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 PAD_ID, BOS_ID = 0, 1
 TINY_NAME = "headscope/tiny"
@@ -71,7 +76,9 @@ def _llama_config(*, n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, voca
         pad_token_id=PAD_ID,
         eos_token_id=PAD_ID,
         initializer_range=init_std,
-        attn_implementation="eager",
+        # transformers' config dataclasses take attn_implementation as an extra keyword, which their
+        # dataclass_transform typing does not declare
+        attn_implementation="eager",  # type: ignore[call-arg]
     )
 
 
@@ -129,7 +136,7 @@ def tiny_model(
 
 
 def induction_tokens(
-    bridge_or_vocab: int | torch.nn.Module,
+    bridge_or_vocab: int | TransformerBridge,
     seq_len: int,
     n_repeats: int = 2,
     batch: int = 1,
@@ -144,6 +151,7 @@ def induction_tokens(
     >>> induction_tokens(48, seq_len=3, seed=0).shape
     torch.Size([1, 7])
     """
+    bos: int | None
     if isinstance(bridge_or_vocab, int):
         vocab, bos = bridge_or_vocab, BOS_ID
     else:

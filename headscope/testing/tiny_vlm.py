@@ -67,7 +67,9 @@ def _config(n_layers: int, n_heads: int, n_kv_heads: int, d_model: int, image_si
         pad_token_id=PAD_ID,
         eos_token_id=PAD_ID,
         initializer_range=_TINY_INIT_STD,
-        attn_implementation="eager",
+        # transformers' config dataclasses take attn_implementation as an extra keyword, which their
+        # dataclass_transform typing does not declare
+        attn_implementation="eager",  # type: ignore[call-arg]
     )
     vision = CLIPVisionConfig(
         hidden_size=32,

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from ..errors import InputError
 from ..experiment_registry import GENERATORS, Generator, one_of, params_of
 from ..models.catalog import default_image_prompts as _default_image_prompts
 from . import shapes as W
-from .shapes_eval import EVAL_SEED, default_eval_sets
+from .shapes_eval import EVAL_SEED, Split, default_eval_sets
 
-SPLITS = ("image_qa", "text_qa", "pope", "describe")
+SPLITS: tuple[Split, ...] = get_args(Split)
 
 
-def shapes_set(split: str = "image_qa", n: int | None = None, seed: int = EVAL_SEED) -> list:
+def shapes_set(split: Split = "image_qa", n: int | None = None, seed: int = EVAL_SEED) -> list:
     """The first `n` items (all if None) of a held-out split; "describe" items carry their scene."""
     if split not in SPLITS:
         raise InputError(f"split={split!r}: use one of {', '.join(SPLITS)}")

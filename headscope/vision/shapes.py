@@ -25,7 +25,9 @@ a model that leans on it says yes to an absent companion.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args, overload
 
 import numpy as np
 import torch
@@ -218,7 +220,12 @@ def describe_item(scene: Scene) -> QAItem:
     return QAItem("describe", DESCRIBE_Q, describe_text(scene), scene)
 
 
-def _absent_kind(rng, scene: Scene, probe: str) -> tuple[str, str] | None:
+# POPE's absent-object probes (see _absent_kind).
+Probe = Literal["random", "adversarial", "companion"]
+PROBES: tuple[Probe, ...] = get_args(Probe)
+
+
+def _absent_kind(rng, scene: Scene, probe: Probe) -> tuple[str, str] | None:
     """An object type not in the scene: "random", "adversarial" (a present shape in a wrong colour or a
     present colour on a wrong shape) or "companion" (the planted co-occurrence partner of a present object)."""
     cols = list(COLOURS)
@@ -231,12 +238,16 @@ def _absent_kind(rng, scene: Scene, probe: str) -> tuple[str, str] | None:
     elif probe == "companion":
         pool = [COMPANION[o.kind] for o in scene.objects]
     else:
-        raise ValueError(f"unknown probe {probe!r}")
+        raise ValueError(f"unknown probe {probe!r}; known: {PROBES}")
     pool = sorted({k for k in pool if not scene.has(*k)})
     return pool[rng.integers(len(pool))] if pool else None
 
 
-def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem | None:
+@overload
+def pope_item(rng, scene: Scene, present: Literal[True], probe: Probe = "random") -> QAItem: ...
+@overload
+def pope_item(rng, scene: Scene, present: bool, probe: Probe = "random") -> QAItem | None: ...
+def pope_item(rng, scene: Scene, present: bool, probe: Probe = "random") -> QAItem | None:
     """ "is there a <colour> <shape> ?" about a present object (yes) or an absent one of the given probe type."""
     if present:
         o = scene.objects[rng.integers(len(scene.objects))]
@@ -254,7 +265,7 @@ def pope_item(rng, scene: Scene, present: bool, probe: str = "random") -> QAItem
     )
 
 
-def sample_image_item(rng, scene: Scene, kind: str | None = None) -> QAItem:
+def sample_image_item(rng, scene: Scene, kind: ImageKind | None = None) -> QAItem:
     """One question about `scene` (kind drawn uniformly over IMAGE_KINDS unless given)."""
     kind = kind or IMAGE_KINDS[rng.integers(len(IMAGE_KINDS))]
     objs = scene.objects
@@ -281,14 +292,15 @@ def sample_image_item(rng, scene: Scene, kind: str | None = None) -> QAItem:
         return QAItem(kind, ("where", "is", "the", o.colour, o.shape, "?"), (o.cell,), scene)
     if kind == "pope":
         present = rng.random() < 0.5
-        probe = ("random", "adversarial", "companion")[rng.integers(3)]
+        probe = PROBES[rng.integers(len(PROBES))]
         return pope_item(rng, scene, present, probe) or pope_item(rng, scene, True)
     if kind == "describe":
         return describe_item(scene)
     raise ValueError(f"unknown image item kind {kind!r}; known: {IMAGE_KINDS}")
 
 
-IMAGE_KINDS = ("colour_of_shape", "shape_at", "colour_at", "count", "where", "pope", "describe")
+ImageKind = Literal["colour_of_shape", "shape_at", "colour_at", "count", "where", "pope", "describe"]
+IMAGE_KINDS: tuple[ImageKind, ...] = get_args(ImageKind)
 # Each item kind that ends in one answer word (everything but "describe").
 SINGLE_ANSWER_KINDS = IMAGE_KINDS[:-1]
 
@@ -388,7 +400,9 @@ def encode_item(item: QAItem, tok=None) -> tuple[list[int], int]:
 def item_prompt(item: QAItem, tok=None, noise: float = 0.0, noise_seed: int = 0):
     """An ImagePrompt (image items) or a plain id list (text items), for headscope's analyzers."""
     ids = prompt_ids(item, tok)
-    return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0)) if item.has_image else ids
+    if item.scene is None:  # a text item (not has_image)
+        return ids
+    return ImagePrompt(tuple(ids), render(item.scene, noise, noise_seed).unsqueeze(0))
 
 
 def sample_items(seed: int, n: int, text_fraction: float = 0.15, kinds=IMAGE_KINDS) -> list[QAItem]:
@@ -404,7 +418,7 @@ def sample_items(seed: int, n: int, text_fraction: float = 0.15, kinds=IMAGE_KIN
     return out
 
 
-def pope_items(seed: int, n_scenes: int, probes=("random", "adversarial", "companion")) -> list[QAItem]:
+def pope_items(seed: int, n_scenes: int, probes: Sequence[Probe] = PROBES) -> list[QAItem]:
     """Balanced POPE set: per scene one present probe and one absent probe (probe type cycling)."""
     rng = np.random.default_rng(seed)
     out = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def teacher_forced(
 ) -> list[np.ndarray]:
     """Per item the logits [n_answer, vocab] at the positions that predict its answer tokens."""
     _check_items(items)
-    out: list[np.ndarray | None] = [None] * len(items)
+    out: dict[int, np.ndarray] = {}  # item index -> its logits (_run_group fills every index)
     order = sorted(range(len(items)), key=lambda i: items[i].has_image)  # text and image rows apart
     with _applied(model, interventions, hooks):
         for start in range(0, len(order), batch_size):
@@ -82,7 +83,7 @@ def teacher_forced(
             for group in ([i for i in chunk if not items[i].has_image], [i for i in chunk if items[i].has_image]):
                 if group:
                     _run_group(model, items, group, out, noise, noise_seed)
-    return out
+    return [out[i] for i in range(len(items))]
 
 
 def _run_group(model, items, group, out, noise, noise_seed):
@@ -269,7 +270,8 @@ def _describe_recompute(model, scenes, prompt, end, max_new_tokens, batch_size, 
 def mentioned_objects(text) -> list[tuple[str, str]]:
     """(colour, shape) of every ", "/"."-separated chunk that names a colour and a shape, in order."""
     words = text.split() if isinstance(text, str) else list(text)
-    chunks, cur = [], []
+    chunks: list[list[str]] = []
+    cur: list[str] = []
     for w in words + [","]:
         if w in (",", "."):
             chunks.append(cur)
@@ -315,6 +317,8 @@ def chair(scenes, texts) -> dict:
 
 
 EVAL_SEED = 20_251_121  # far from the training seeds, so held-out scenes are new draws
+# The held-out sets `default_eval_sets` returns (headscope.vision.datasets loads them by this name).
+Split = Literal["image_qa", "text_qa", "pope", "describe"]
 
 
 def default_eval_sets(

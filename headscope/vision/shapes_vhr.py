@@ -11,14 +11,17 @@ gives the same protocol without reinforcement (plain greedy), so the two are dir
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypedDict
+
 import numpy as np
 import torch
 
-from ..experiment_registry import EVALUATORS, Evaluator, Param
+from ..experiment_registry import EVALUATORS, EvalBetter, Evaluator, Param
 from ..generation import greedy_generate
 from . import shapes as W
 from . import shapes_eval as E
-from .shapes_eval import chair, pope_metrics
+from .shapes_eval import Split, chair, pope_metrics
 from .vhr import vhr_generate, vhr_select
 
 
@@ -78,7 +81,7 @@ def vhr_describe(
 # fixed interventions (shapes_eval) or under a `vhr:` condition (this module).
 
 # metric -> (split its items must come from, key of the result, better)
-_SHAPES_METRICS = {
+_SHAPES_METRICS: dict[str, tuple[Split, str, EvalBetter]] = {
     "image_qa_accuracy": ("image_qa", "accuracy", "higher"),
     "text_qa_accuracy": ("text_qa", "accuracy", "higher"),
     "pope_accuracy": ("pope", "accuracy", "higher"),
@@ -94,10 +97,14 @@ def _noise(value) -> float:
     return float(value)
 
 
-def _shapes_evaluator(split: str, key: str, better: str) -> Evaluator:
+class _NoiseKw(TypedDict, total=False):
+    noise: float  # pixel noise std: image splits only
+
+
+def _shapes_evaluator(split: Split, key: str, better: EvalBetter) -> Evaluator:
     def run(req, noise: float = 0.0) -> dict:
         items = req.data.items
-        kw = {"noise": noise} if split != "text_qa" else {}
+        kw: _NoiseKw = {"noise": noise} if split != "text_qa" else {}
         if req.vhr is not None:
             vhr_run = {"image_qa": vhr_image_qa, "pope": vhr_pope}.get(split)
             res = (
@@ -109,7 +116,12 @@ def _shapes_evaluator(split: str, key: str, better: str) -> Evaluator:
         if split == "describe":
             texts = E.describe(req.model, [it.scene for it in items], interventions=req.interventions, **kw)
             return {"value": float(E.chair([it.scene for it in items], texts)[key]), "texts": texts}
-        plain = {"image_qa": E.image_qa_accuracy, "text_qa": E.text_qa_accuracy, "pope": E.pope}[split]
+        plains: dict[str, Callable[..., Any]] = {
+            "image_qa": E.image_qa_accuracy,
+            "text_qa": E.text_qa_accuracy,
+            "pope": E.pope,
+        }
+        plain = plains[split]
         return {"value": float(getattr(plain(req.model, items, interventions=req.interventions, **kw), key))}
 
     def check_data(data) -> str | None:

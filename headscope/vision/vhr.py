@@ -137,7 +137,7 @@ def vhr_select(
     device = getattr(model.cfg, "device", None) or "cpu"
     with torch.no_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens.to(device), attention_mask=mask.to(device), pixel_values=prompt.pixel_values.to(device))
-    meta: dict[str, Any] = dict(
+    meta: dict[str, Any] = dict(  # HeadScores keywords shared by both tables
         n_kv_heads=info.n_kv_heads,
         model=info.name,
         analyzer="vhr",

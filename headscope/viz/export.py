@@ -11,13 +11,17 @@ import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from headscope.fileio import atomic_write
 
-STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
+# What a figure can be written as: offline HTML, or a static image rendered by kaleido.
+ExportFormat = Literal["html", "png", "svg", "pdf", "jpeg", "webp"]
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+STATIC_FORMATS: tuple[ExportFormat, ...] = tuple(f for f in FORMATS if f != "html")
 # Debian's `chromium` package first (what setup installs), then the headless shell, then PATH names.
 _FIXED_PATHS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium-headless-shell")
 _PATH_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "google-chrome-stable")
@@ -82,16 +86,16 @@ def _write_html(fig: go.Figure, path: Path, plotly_js: str | Path) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+def _check_formats(formats: ExportFormat | Sequence[ExportFormat]) -> tuple[ExportFormat, ...]:
     if isinstance(formats, str):
         formats = (formats,)
     bad = [f for f in formats if f != "html" and f not in STATIC_FORMATS]
     if bad:
-        raise ValueError(f"unsupported export format(s) {bad}; choose from html, {', '.join(STATIC_FORMATS)}")
+        raise ValueError(f"unsupported export format(s) {bad}; choose from {', '.join(FORMATS)}")
     return tuple(dict.fromkeys(formats))
 
 
-def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict[Path, Path]:
+def _write_static(jobs: list[tuple[go.Figure, Path, ExportFormat]], scale: float) -> dict[Path, Path]:
     """Render all (fig, final_path, fmt) jobs in ONE kaleido/Chromium session; returns {final: written}.
 
     Each image goes to a temp name beside its target and is os.replace'd only once complete, so an
@@ -107,7 +111,8 @@ def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict
         return {}
     # Let plotly's own fig.write_image work in this session too; never override a user's setting.
     os.environ.setdefault("BROWSER_PATH", browser)
-    specs, tmps = [], []
+    specs: list[dict] = []
+    tmps: list[Path] = []
     for fig, final, fmt in jobs:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{len(tmps)}.tmp")
@@ -147,7 +152,7 @@ def _write_static(jobs: list[tuple[go.Figure, Path, str]], scale: float) -> dict
 def export_figures(
     figures: Iterable[tuple[go.Figure, str]],
     out_dir: str | os.PathLike,
-    formats: Sequence[str] = ("html", "png", "svg"),
+    formats: ExportFormat | Sequence[ExportFormat] = ("html", "png", "svg"),
     *,
     scale: float = 2.0,
     plotly_js: str | os.PathLike | None = None,
@@ -167,12 +172,14 @@ def export_figures(
     if len(set(stems)) != len(stems):
         raise ValueError(f"export_figures: duplicate stems would overwrite each other: {stems}")
     result: dict[str, dict[str, Path]] = {stem: {} for stem in stems}
+    js: str | Path = "inline"
     if "html" in formats and plotly_js != "inline":  # the shared plotly.js, written (or checked) once
-        plotly_js = write_plotly_js(out_dir) if plotly_js is None else Path(plotly_js)
-    jobs, owners = [], []
+        js = write_plotly_js(out_dir) if plotly_js is None else Path(plotly_js)
+    jobs: list[tuple[go.Figure, Path, ExportFormat]] = []
+    owners = []
     for fig, stem in figures:
         if "html" in formats:
-            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html", plotly_js)
+            result[stem]["html"] = _write_html(fig, out_dir / f"{stem}.html", js)
         for fmt in formats:
             if fmt != "html":
                 jobs.append((fig, out_dir / f"{stem}.{fmt}", fmt))
@@ -188,7 +195,7 @@ def export_figure(
     fig: go.Figure,
     out_dir: str | os.PathLike,
     stem: str,
-    formats: Sequence[str] = ("html", "png", "svg"),
+    formats: ExportFormat | Sequence[ExportFormat] = ("html", "png", "svg"),
     *,
     scale: float = 2.0,
     plotly_js: str | os.PathLike | None = None,

@@ -6,7 +6,7 @@ Figures are sized explicitly so a static export (png/svg for a paper) looks like
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -69,8 +69,9 @@ def head_heatmap(
     custom[..., 1] = np.broadcast_to(scores.kv_group, (L, H))
     text = np.where(np.isnan(z), "NaN (no valid data)", np.char.mod("%.4g", np.nan_to_num(z)))
     kinds = scores.layer_kinds
-    for layer in set(range(L)) - set(scores.attention_layers):  # a hybrid's layer without heads says so
-        text[layer, :] = f"none: a {kinds[layer]} layer has no attention heads"
+    if kinds is not None:  # a hybrid's layer without heads says so (without kinds, every layer attends)
+        for layer in set(range(L)) - set(scores.attention_layers):
+            text[layer, :] = f"none: a {kinds[layer]} layer has no attention heads"
     heat = go.Heatmap(
         z=z,
         x=list(range(H)),
@@ -173,7 +174,7 @@ def token_plot(
             )
         )
     n = max(len(t) for t in scores.tokens)
-    xaxis = dict(title="token position")
+    xaxis: dict[str, Any] = dict(title="token position")
     if len(scores.tokens) == 1 and n <= 60:  # token strings as ticks only when they are unambiguous
         xaxis.update(
             tickmode="array", tickvals=list(range(n)), ticktext=[show_token(t) for t in scores.tokens[0]], tickangle=-60

@@ -23,7 +23,7 @@ import plotly.io as pio
 
 from headscope._version import __version__
 from headscope.fileio import atomic_write
-from headscope.viz.export import HTML_CONFIG, PLOTLY_JS, export_figures, write_plotly_js
+from headscope.viz.export import HTML_CONFIG, PLOTLY_JS, ExportFormat, export_figures, write_plotly_js
 
 if TYPE_CHECKING:
     from headscope.results import HeadScores
@@ -107,7 +107,7 @@ def write_report(
     meta: dict[str, Any] | None = None,
     *,
     static: bool = False,
-    formats: Sequence[str] = ("png", "svg", "html"),
+    formats: Sequence[ExportFormat] = ("png", "svg", "html"),
 ) -> Path:
     """Write out_dir/report.html; with static=True also out_dir/figures/<NN-slug>.{png,svg,html}.
 
