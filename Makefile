@@ -21,6 +21,7 @@ lint:              ## set up, then lint and format-check (ruff) and type-check t
 	scripts/setup.sh
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 setup:             ## only the set-up (.venv = requirements/lock.txt + headscope)
 	scripts/setup.sh

@@ -116,7 +116,7 @@ def bootstrap(
     level: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
-    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
+    method: CIMethod = "percentile",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, low, high), each [K], of a statistic of weighted units.
 
@@ -216,7 +216,7 @@ class HeadScoresCI:
     level: float
     n_prompts: int
     n_boot: int
-    method: str  # a CIMethod
+    method: CIMethod
     seed: int
     better: Better = "higher"
     unit: str = "prompts"
@@ -317,7 +317,7 @@ def ci_result(
     level=0.95,
     n_boot=1000,
     seed=0,
-    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
+    method: CIMethod = "percentile",
     better: Better = "higher",
     unit: str = "prompts",
     statistic: str = "mean over prompts",
@@ -349,7 +349,7 @@ def mean_ci(
     level=0.95,
     n_boot=1000,
     seed=0,
-    method: str = "percentile",  # a CIMethod (typed str while analyzers pass a str)
+    method: CIMethod = "percentile",
     include: np.ndarray | None = None,
     better: Better = "higher",
     unit: str = "prompts",

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from headscope._version import __version__
-from headscope.confidence import Better, HeadScoresCI, mean_ci
+from headscope.confidence import Better, CIMethod, HeadScoresCI, mean_ci
 from headscope.errors import HeadscopeError, InputError
 from headscope.fileio import atomic_write, dump_rows_json, encode_nan, jsonable
 from headscope.viz.figures import head_heatmap, token_plot
@@ -192,7 +192,7 @@ class HeadScores(_Result):
         description: str = "",
         version: str | None = None,
         created: str | None = None,
-        better: str | None = None,  # a Better (typed str while analyzers pass a str)
+        better: Better | None = None,
         layer_kinds=None,
     ):
         self.values = _as_array(values, "HeadScores", (2, 3))
@@ -297,7 +297,9 @@ class HeadScores(_Result):
             layer_kinds=self.layer_kinds,
         )
 
-    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile") -> HeadScoresCI:
+    def ci(
+        self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: CIMethod = "percentile"
+    ) -> HeadScoresCI:
         """Bootstrap confidence interval of each head's prompt mean, resampling prompts with replacement
         (NaN prompts left out, as mean_over_prompts; an unmeasured head stays NaN). method: "percentile"
         or "bca". See headscope.confidence and docs/confidence-intervals.md.
@@ -500,7 +502,7 @@ def select_heads(
     threshold: float | None = None,
     top_k: int | None = None,
     top_fraction: float | None = None,
-    better: str | None = None,  # a SelectBetter (typed str while analyzers pass a str)
+    better: SelectBetter | None = None,
 ) -> list[tuple[int, int]]:
     """Heads by threshold (beyond it), top-k, or top fraction of `rank_heads`, best first (prompt-mean;
     NaN never selected).

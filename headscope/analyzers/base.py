@@ -31,6 +31,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ...confidence import CIMethod
 from ..errors import InputError
 from ..inputs.probes import repeated_random_tokens
 from ..models.info import model_info
@@ -183,7 +184,7 @@ class Analyzer:
             layer_kinds=scores.layer_kinds,
         )
 
-    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: CIMethod = "percentile"):
         """Bootstrap confidence interval per head of the analyzer's score, resampling prompts with
         replacement (a HeadScoresCI; docs/confidence-intervals.md). Default: the prompt mean of
         `scores_`; analyzers whose score is not a mean over prompts resample their own per-sample data

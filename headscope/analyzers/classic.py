@@ -23,7 +23,7 @@ from ..inputs.probes import repeated_random_tokens
 from ..inputs.prompts import load_prompts
 from ..inputs.tokens import encode_to_fit
 from ..models.info import model_info
-from ..results import HeadScores
+from ..results import HeadScores, SelectBetter
 from .atlas_entry import AtlasEntry, Role, probe_tokens
 from .base import Analyzer, register, select_heads
 from .params import Interval, Options
@@ -75,7 +75,7 @@ ROLES = (
 # The default cut of `heads_` for each statistic: its role's (none for mass and entropy: give threshold=),
 # and the end its role counts from (a local head has a *short* mean distance).
 ROLE_CUTS: dict[str, float] = {role.column: float(role.threshold) for role in ROLES if role.threshold is not None}
-BETTER: dict[str, str] = {role.column: "lower" for role in ROLES if role.below}
+BETTER: dict[str, SelectBetter] = {role.column: "lower" for role in ROLES if role.below}
 _LABEL: dict[str, str] = {
     **dict.fromkeys(TEXT_STATS, "text prompts"),
     **dict.fromkeys(REPEAT_STATS, "repeated random tokens"),

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...confidence import CIMethod
 from ..confidence import check_ci_args, check_units, ci_result
 from ..inputs.prompts import load_prompts
 from ..inputs.tokens import to_token_lists
@@ -127,7 +128,7 @@ class HeadImportance(Analyzer):
             values = (values - lo) / (hi - lo + 1e-20)
         return values
 
-    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: CIMethod = "percentile"):
         """Bootstrap CI per head, resampling prompts: a resample's importance is its prompts' summed
         |dL/d gate| over their summed tokens, normalised as the fit's (a ratio, not a prompt mean)."""
         self._check_fitted()

@@ -25,7 +25,7 @@ from ..capture import capture
 from ..errors import InputError
 from ..models.info import model_info
 from ..paths import data_dir
-from ..results import HeadScores, TokenScores
+from ..results import HeadScores, SelectBetter, TokenScores
 from ._group_pattern import GroupTokenStats, ResponseDistance, select_tokens
 from .atlas_entry import AtlasEntry, Role
 from .base import Analyzer, example_prompts, register, select_heads
@@ -222,7 +222,9 @@ class PreplanAnchor(Analyzer):
             return [info.attention_layers[i] for i in middle_layers(len(info.attention_layers))]
         return info.check_layers(self.layers)
 
-    def _group(self, distances: HeadScores, explicit, fraction: float, better: str, info) -> list[tuple[int, int]]:
+    def _group(
+        self, distances: HeadScores, explicit, fraction: float, better: SelectBetter, info
+    ) -> list[tuple[int, int]]:
         if explicit is not None:
             heads = [(int(l), int(h)) for l, h in explicit]
             for l, h in heads:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ...confidence import CIMethod
 from ..capture import capture
 from ..capture.reducers import Reducer
 from ..confidence import mean_ci
@@ -34,6 +35,7 @@ from ..experiment_registry import EVALUATORS, Evaluator
 from ..generation import greedy_generate, greedy_reproduces, plan_interventions
 from ..inputs.needle import (
     FORMS,
+    NeedleForm,
     NeedleSample,
     make_needle_prompts,
     make_repeat_samples,
@@ -259,7 +261,7 @@ class RetrievalHeads(Analyzer):
         n_samples: int = 10,
         context_lengths=DEFAULT_CONTEXT_LENGTHS,
         depths=None,
-        prompt_form: str = "completion",
+        prompt_form: NeedleForm = "completion",
         success_rouge: float = 0.5,
         seed: int = 0,
         max_new_tokens: int = 10,
@@ -391,7 +393,7 @@ class RetrievalHeads(Analyzer):
             }
         )
 
-    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: CIMethod = "percentile"):
         """Bootstrap CI per head, resampling needle samples (retrieved or not, as drawn): a resample's
         score is the mean over its retrieved samples, as the fit's (so the accuracy's own noise is in the
         interval). A resample with no retrieved sample has no score and is left out."""

@@ -276,6 +276,7 @@ def phi_from_top_k(result: PhiResult, sink_dims) -> np.ndarray:
     NaN where none is (then phi <= that token's k-th value, below tau when top_k > d_model / tau^2)."""
     if result.phi is not None:
         return result.phi
+    assert result.top_dims is not None and result.top_values is not None  # a result keeps phi or its top-k
     hit = np.isin(result.top_dims, np.asarray(list(sink_dims), dtype=np.int64))  # [prompt, layer, pos, k]
     vals = np.where(hit, result.top_values, -np.inf).max(-1)  # values sorted descending: first hit wins
     return np.where(np.isfinite(vals), vals, np.nan).astype(np.float64)

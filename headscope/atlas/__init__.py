@@ -6,9 +6,10 @@ one offline page. Analyzers join it by declaring an `atlas` entry (headscope.ana
     >>> Atlas.load("headscope-report").to_dataframe()                     # doctest: +SKIP
 """
 
+from ..options import PRESETS
 from .atlas import Atlas
 from .build import build_atlas, rebuild
 from .roles import NO_ROLE
-from .steps import PRESETS, plan
+from .steps import plan
 
 __all__ = ["NO_ROLE", "PRESETS", "Atlas", "build_atlas", "plan", "rebuild"]

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from ...confidence import CIMethod
 from ..errors import InputError
 from ..results import HeadScores
 from .roles import ResolvedRole
@@ -26,7 +27,7 @@ class ColumnCI:
     level: float
     n: int
     unit: str = "prompts"
-    method: str = "percentile"
+    method: CIMethod = "percentile"
     n_boot: int = ATLAS_N_BOOT
 
     @classmethod

@@ -17,11 +17,10 @@ from ..analyzers.vit_heads import vision_tower
 from ..errors import InputError
 from ..inputs.prompts import load_prompts
 from ..models import model_info
+from ..options import Preset
 from ..results import HeadScores
 from .data import Column, StepResult, column_ci
 from .roles import resolve
-
-PRESETS = ("quick", "full")
 
 
 @dataclass
@@ -79,7 +78,7 @@ def _mean_2d(scores: HeadScores) -> np.ndarray:
     return np.asarray(scores.mean_over_prompts().values, dtype=float)
 
 
-def run_analyzer(step: Step, model, preset: str, *, prompts_file=None) -> StepResult:
+def run_analyzer(step: Step, model, preset: Preset, *, prompts_file=None) -> StepResult:
     """Fit the step's analyzer with the preset's parameters and read its columns, roles and figures.
     An entry with `text_prompts` fits on the atlas's text prompts (`prompts_file`, else the built-in ones)."""
     entry, info = step.entry, model_info(model)
@@ -130,7 +129,7 @@ def run_analyzer(step: Step, model, preset: str, *, prompts_file=None) -> StepRe
     return result
 
 
-def run_step(step: Step, model, preset: str, *, prompts_file=None) -> StepResult:
+def run_step(step: Step, model, preset: Preset, *, prompts_file=None) -> StepResult:
     """Run one step, timed; a step that does not apply, or whose input the model rejects, is skipped
     with the reason (shown on the page) instead of failing the whole atlas."""
     reason = step.skip_reason(model)

@@ -95,13 +95,9 @@ class WindowedPattern(Reducer):
         idx = [rows[i] - q0 for i in keep]
         self._out[layer, :, idx[0] : idx[-1] + 1] = block.numpy()
 
-    def update(self, layer, acts, ctx) -> None:
-        pattern = acts["pattern"][0]  # [head, q, k]
-        self._fold(layer, pattern, list(range(pattern.shape[1])), pattern.shape[2])
-
-    def update_rows(self, layer, acts, ctx) -> None:
-        pattern = acts["pattern"][0]
-        self._fold(layer, pattern, list(range(ctx.start, ctx.stop)), ctx.n_keys)
+    def update_rows(self, layer, acts, rows) -> None:
+        pattern = acts["pattern"][0]  # [head, rows, keys]
+        self._fold(layer, pattern, list(range(rows.start, rows.stop)), rows.n_keys)
 
     def result(self, info, prompts=None) -> WindowResult:
         return WindowResult(self._out)

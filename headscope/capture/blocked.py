@@ -37,7 +37,6 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +52,7 @@ from ..models.compat import (
 )
 from ..models.family import blocked_forward_for
 from ..models.info import model_device, model_info
+from ..options import ATTENTION_MODES, AttentionMode
 
 BLOCKED_IMPLEMENTATION = "headscope_blocked"
 # block_size=None: rows per block such that one block's float32 scores [batch, head, rows, T] take a
@@ -62,9 +62,8 @@ BLOCKED_IMPLEMENTATION = "headscope_blocked"
 MIN_ROWS, MAX_ROWS = 4, 256
 FALLBACK_ROWS = 32  # a model whose config names no MLP width
 DEFAULT_BLOCK_SIZE = None
-# How capture runs attention: "eager" (the bridge's), "blocked" (the kernel here), "auto" (by the pattern's size)
-Attention = Literal["auto", "eager", "blocked"]
-ATTENTION_MODES: tuple[Attention, ...] = get_args(Attention)
+# How capture runs attention: one set of words with the CLI's (headscope.options.AttentionMode).
+Attention = AttentionMode
 DEFAULT_PATTERN_BUDGET_MB = (
     512.0  # "auto": a forward whose [rows, head, T, T] float32 pattern exceeds this runs blocked
 )
@@ -478,7 +477,7 @@ def _switched(model, session: _Session):
         yield
     finally:
         for cfg, impl in zip(configs, before):
-            set_attn_implementation(cfg, impl)  # type: ignore[arg-type]  # as found, None included
+            set_attn_implementation(cfg, impl)  # as found, None included
         for (_, c), m in zip(components, hf_modules):
             restore_forward(c)
             for sub in m.modules():

@@ -16,6 +16,7 @@ from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
+from ..confidence import Better
 from ..errors import InputError
 from ..interventions import KINDS, Intervention
 from ._fields import Section, as_heads, as_int_list, as_list, as_name, as_str, check_call_params, fail, int_at_least
@@ -27,7 +28,7 @@ Mode = Literal["heads", "interventions", "top_k", "random", "vhr"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 # The spec's `rank:` words (kept: specs use them) in headscope's one spelling of "which heads come
 # first" (`better` of headscope.results.rank_heads).
-RANK_BETTER = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude"}
+RANK_BETTER: dict[str, Better] = {"largest": "higher", "smallest": "lower", "magnitude": "magnitude"}
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import plotly.io as pio
 
 from ..analyzers import get_analyzer
+from ..confidence import Better
 from ..interventions import ScanRequest, estimate, exact, verify
 from ..interventions.screen import ScreenedScan, default_top_k
 from ..results import HeadScores, rank_heads
@@ -74,7 +75,7 @@ class Context:
         chosen = [tuple(h) for h in info["heads"]]
         return chosen + [h for h in by_score if h not in set(chosen)], len(chosen)
 
-    def auto_better(self, unit_name: str) -> str:
+    def auto_better(self, unit_name: str) -> Better:
         """rank: auto: the scores' own direction (a scan's: its metric's `important` end)."""
         return self.scores(unit_name).better
 
@@ -253,7 +254,7 @@ def _stitched(unit, ctx: Context) -> tuple[HeadScores, np.ndarray]:
 # ---- combining ----------------------------------------------------------------------------------------
 
 
-def _top_rows(scores: HeadScores, better: str, n: int = 10) -> list[dict]:
+def _top_rows(scores: HeadScores, better: Better, n: int = 10) -> list[dict]:
     mean = scores.mean_over_prompts().values
     return [
         {"label": f"L{l}H{h}", "layer": l, "head": h, "score": float(mean[l, h])}

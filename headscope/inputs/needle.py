@@ -149,7 +149,7 @@ def make_needle_prompts(
     context_lengths,
     depths=None,
     seed: int = 0,
-    form: str = "completion",  # a NeedleForm (typed str while the retrieval analyzer passes a str)
+    form: NeedleForm = "completion",
     *,
     needles: list[dict] | None = None,
     haystack: list[str] | None = None,

@@ -9,6 +9,7 @@ import torch
 from ..capture.blocked import DEFAULT_BLOCK_SIZE, DEFAULT_PATTERN_BUDGET_MB, blocked_attention, resolve_attention
 from ..errors import InputError
 from ..models.info import model_info
+from ..options import AttentionMode
 from .hooks import build_hooks, check_editable, check_specs
 from .prepare import prepare_references
 
@@ -19,7 +20,7 @@ def apply(
     interventions,
     *,
     decode_start: int | None = None,
-    attention: str = "eager",
+    attention: AttentionMode = "eager",
     block_size: int | None = DEFAULT_BLOCK_SIZE,
 ):
     """Context manager: attach the interventions' hooks, always remove them on exit (also on error).
@@ -73,7 +74,7 @@ def forward_with(
     interventions,
     *,
     decode_start: int | None = None,
-    attention: str = "auto",
+    attention: AttentionMode = "auto",
     max_pattern_mb: float = DEFAULT_PATTERN_BUDGET_MB,
     **forward_kw,
 ):
@@ -87,7 +88,7 @@ def forward_with(
     """
     specs = check_specs(interventions, model_info(model))
     rows, n_tokens = tokens.shape if tokens.ndim == 2 else (1, tokens.shape[-1])
-    mode = (
+    mode: AttentionMode = (
         "blocked"
         if resolve_attention(
             model, attention, rows, n_tokens, max_pattern_mb=max_pattern_mb, why_not=lambda: eager_only(specs)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..capture.engine import SITES, site_name
+from ..capture.reducers import Tower
 from ..errors import InputError
 from ..models.compat import pattern_edit_route, pattern_route_failure
 from ..models.info import ModelInfo, model_info
@@ -165,7 +166,7 @@ def build_hooks(
     return hooks
 
 
-def head_gate_hooks(gates: torch.Tensor, layers=None, tower: str = "language") -> list[tuple[str, Callable]]:
+def head_gate_hooks(gates: torch.Tensor, layers=None, tower: Tower = "language") -> list[tuple[str, Callable]]:
     """Hooks multiplying every head's output (hook_z) by a gate (Michel et al.'s head mask ξ).
 
     `gates` is [n_layers, n_heads] (every batch row), usually ones with requires_grad so that

@@ -40,16 +40,16 @@ class _HeadOutputs(Reducer):
     def start(self, info, n_prompts):
         self.sums, self.count, self.full = {}, 0, {l: [None] * n_prompts for l in self.layers}
 
-    def update(self, layer, acts, ctx):
+    def update_rows(self, layer, acts, rows):
         if layer not in self.layers:
             return
-        z = acts["z"].float()  # [batch, pos, head, d_head]
-        valid = ctx.valid  # [batch, pos]
+        z = acts["z"].float()  # [batch, pos, head, d_head] (acts other than the pattern come whole)
+        valid = rows.valid  # [batch, pos]
         self.sums[layer] = self.sums.get(layer, 0) + (z * valid[..., None, None]).sum((0, 1))
         if layer == min(self.layers):
             self.count += int(valid.sum())
         if self.keep_full:
-            for row, idx in enumerate(ctx.index):
+            for row, idx in enumerate(rows.index):
                 self.full[layer][idx] = z[row, : int(valid[row].sum())].clone()
 
     def result(self, info, prompts=None) -> HeadOutputs:

@@ -17,18 +17,18 @@ from typing import Any, Literal, get_args
 from ..errors import InputError
 from ..inputs.tokens import to_token_lists
 from ..models.info import ModelInfo, model_info
+from ..options import REPLAYS, SCAN_METHODS, Replay, ScanMethod
 from .hooks import check_specs
 from .kind import Intervention
 from .metrics import METRICS, resolve_metric
 from .targets import check_reach, template, visited_heads
 
-Method = Literal["exact", "atp", "atp*", "atp+exact", "atp*+exact"]
+# The method and replay words live in headscope.options (the CLI offers the same ones without torch).
+Method = ScanMethod
+METHODS: tuple[Method, ...] = SCAN_METHODS
 Estimator = Literal["atp", "atp*"]
-Replay = Literal["auto", "off", "force"]
 Readout = Literal["logits", "final_hidden"]
-METHODS: tuple[Method, ...] = get_args(Method)
 ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
-REPLAYS: tuple[Replay, ...] = get_args(Replay)
 READOUTS: tuple[Readout, ...] = get_args(Readout)
 DEFAULT_KL_TOKENS = 16
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...confidence import CIMethod
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..results import HeadScores
@@ -87,7 +88,7 @@ class ScreenedScan:
             layer_kinds=e.layer_kinds,
         )
 
-    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: str = "percentile"):
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0, method: CIMethod = "percentile"):
         """Bootstrap CI over prompts of the combined values (exact where verified, the estimate elsewhere:
         an unverified head's interval is the estimate's spread, not the exact effect's)."""
         return self.combined.ci(level=level, n_boot=n_boot, seed=seed, method=method)
