@@ -31,7 +31,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ...confidence import CIMethod
+from ..confidence import CIMethod
 from ..errors import InputError
 from ..inputs.probes import repeated_random_tokens
 from ..models.info import model_info

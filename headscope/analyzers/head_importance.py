@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...confidence import CIMethod
-from ..confidence import check_ci_args, check_units, ci_result
+from ..confidence import CIMethod, check_ci_args, check_units, ci_result
 from ..inputs.prompts import load_prompts
 from ..inputs.tokens import to_token_lists
 from ..interventions.hooks import head_gate_hooks

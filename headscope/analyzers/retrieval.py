@@ -26,10 +26,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ...confidence import CIMethod
 from ..capture import capture
 from ..capture.reducers import Reducer
-from ..confidence import mean_ci
+from ..confidence import CIMethod, mean_ci
 from ..errors import InputError
 from ..experiment_registry import EVALUATORS, Evaluator
 from ..generation import greedy_generate, greedy_reproduces, plan_interventions

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from ...confidence import CIMethod
+from ..confidence import CIMethod
 from ..errors import InputError
 from ..results import HeadScores
 from .roles import ResolvedRole

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...confidence import CIMethod
+from ..confidence import CIMethod
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..results import HeadScores
